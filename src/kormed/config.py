@@ -1,0 +1,249 @@
+"""Typed configuration: dataclass defaults <- YAML file section <- command-line options.
+
+Every stage declares a dataclass whose fields carry their default and a `help` text in `metadata`.
+They are registered in `CONFIG_SECTIONS`, from which `kormed config show` and `docs/configuration.md`
+are generated: that is the one place where every default is documented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kormed.errors import KormedError
+
+T = TypeVar("T")
+
+# section name in the YAML file -> "module:DataclassName"
+CONFIG_SECTIONS: dict[str, str] = {
+    "prepare": "kormed.prepare.config:PrepareConfig",
+    "tokenizer": "kormed.tokenizer.config:TokenizerConfig",
+    "cpt": "kormed.train.config:CPTConfig",
+    "sft": "kormed.train.config:SFTConfig",
+    "loop": "kormed.train.config:LoopConfig",
+    "eval": "kormed.eval.config:EvalConfig",
+}
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with a documented default (mutable defaults are copied per instance)."""
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def nested(cls: type, help: str) -> Any:  # noqa: A002
+    """A dataclass field holding another config dataclass."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def _deepcopy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise KormedError("config file does not exist", path=p)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise KormedError(f"not valid UTF-8 ({exc.reason})", path=p) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise KormedError(f"malformed YAML: {getattr(exc, 'problem', exc)}", path=p, line=line) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KormedError("a config file must be a mapping of sections", path=p)
+    return data
+
+
+def _resolve_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(value: Any, tp: Any, where: str, path: str | None) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where, path)
+            except KormedError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else KormedError("invalid value", path=path, field=where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise KormedError(f"expected a mapping, got {value!r}", path=path, field=where)
+        return build(tp, value, path=path, prefix=where + ".")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise KormedError(f"expected a list, got {value!r}", path=path, field=where)
+        return [_coerce(v, args[0] if args else Any, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KormedError(f"expected a mapping, got {value!r}", path=path, field=where)
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{where}.{k}", path) for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in args:
+            raise KormedError(f"must be one of {list(args)}, got {value!r}", path=path, field=where)
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise KormedError(f"expected true/false, got {value!r}", path=path, field=where)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise KormedError(f"expected an integer, got {value!r}", path=path, field=where)
+        try:
+            return int(value)
+        except ValueError:
+            raise KormedError(f"expected an integer, got {value!r}", path=path, field=where) from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise KormedError(f"expected a number, got {value!r}", path=path, field=where)
+        try:
+            return float(value)
+        except ValueError:
+            raise KormedError(f"expected a number, got {value!r}", path=path, field=where) from None
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise KormedError(f"expected a string, got {value!r}", path=path, field=where)
+    return value
+
+
+def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> T:
+    """Construct dataclass `cls` from a mapping, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
+        kwargs[name] = _coerce(value, _resolve_type(cls, name), prefix + name, path)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def merge(base: Any, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> Any:
+    """Return a copy of dataclass `base` with `values` (possibly nested mappings) applied."""
+    current = dataclasses.asdict(base)
+    _deep_update(current, values)
+    return build(type(base), current, path=path, prefix=prefix)
+
+
+def _deep_update(target: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        k = str(key).replace("-", "_")
+        if isinstance(value, dict) and isinstance(target.get(k), dict):
+            _deep_update(target[k], value)
+        else:
+            target[k] = value
+
+
+def section_class(section: str) -> type:
+    module, _, name = CONFIG_SECTIONS[section].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_config(
+    section: str,
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    preset: dict[str, Any] | None = None,
+) -> Any:
+    """Defaults, then an optional preset mapping, then the YAML file's `section`, then CLI overrides (None = unset)."""
+    cls = section_class(section)
+    cfg = cls()
+    if preset:
+        cfg = merge(cfg, preset, prefix=f"{section}.")
+    if config_path is not None:
+        data = read_yaml(config_path)
+        unknown = [k for k in data if k not in CONFIG_SECTIONS and k not in ("name", "pipeline", "run")]
+        if unknown:
+            raise KormedError(
+                f"unknown section '{unknown[0]}' (known: {', '.join(CONFIG_SECTIONS)})", path=config_path
+            )
+        section_values = data.get(section) or {}
+        if not isinstance(section_values, dict):
+            raise KormedError("section must be a mapping", path=config_path, field=section)
+        cfg = merge(cfg, section_values, path=str(config_path), prefix=f"{section}.")
+    if overrides:
+        set_values = {k: v for k, v in overrides.items() if v is not None}
+        if set_values:
+            cfg = merge(cfg, set_values, prefix="--")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
+
+
+def _document(cls: type, obj: Any, indent: int) -> list[str]:
+    lines: list[str] = []
+    pad = "  " * indent
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        help_text = f.metadata.get("help", "")
+        for hl in help_text.splitlines() or [""]:
+            if hl:
+                lines.append(f"{pad}# {hl}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.extend(_document(type(value), value, indent + 1))
+        elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            lines.append(f"{pad}{f.name}:")
+            for k, v in value.items():
+                lines.append(f"{pad}  {k}:")
+                lines.extend(_document(type(v), v, indent + 2))
+        else:
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+    return lines
+
+
+def defaults_yaml(sections: list[str] | None = None) -> str:
+    """Every default of every registered section, as commented YAML (the documented reference)."""
+    out: list[str] = []
+    for section in sections or list(CONFIG_SECTIONS):
+        try:
+            cls = section_class(section)
+        except (ImportError, AttributeError):
+            continue  # a stage not built yet
+        out.append(f"{section}:")
+        out.extend(_document(cls, cls(), 1))
+        out.append("")
+    return "\n".join(out)
