@@ -30,13 +30,18 @@ for _name, _sub in subapps.items():
     app.add_typer(_sub, name=_name)
 
 # Stage modules that register commands; a stage not built yet is simply absent.
+# A command module must not import torch/transformers at module level (keeps `kormed --help` fast).
 COMMAND_MODULES = [
-    "kormed.prepare.commands",
-    "kormed.tokenizer.commands",
-    "kormed.train.commands",
-    "kormed.eval.commands",
-    "kormed.bench.commands",
-    "kormed.pipeline.commands",
+    "kormed.prepare.commands",  # kormed prepare
+    "kormed.prepare.namumark_cli",  # kormed namumark
+    "kormed.tokenizer.commands",  # kormed tokenizer extend
+    "kormed.train.cpt_cli",  # kormed train cpt, kormed export
+    "kormed.train.sft_cli",  # kormed train sft, kormed train loop
+    "kormed.eval.commands",  # kormed eval kormedmcqa / ppl
+    "kormed.bench.prepare",  # kormed bench prepare
+    "kormed.bench.eval",  # kormed bench eval
+    "kormed.bench.train",  # kormed bench train
+    "kormed.pipeline.commands",  # kormed run, demo, report
 ]
 
 

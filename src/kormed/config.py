@@ -25,8 +25,8 @@ CONFIG_SECTIONS: dict[str, str] = {
     "prepare": "kormed.prepare.config:PrepareConfig",
     "tokenizer": "kormed.tokenizer.config:TokenizerConfig",
     "cpt": "kormed.train.config:CPTConfig",
-    "sft": "kormed.train.config:SFTConfig",
-    "loop": "kormed.train.config:LoopConfig",
+    "sft": "kormed.train.sft_config:SFTConfig",
+    "loop": "kormed.train.sft_config:LoopConfig",
     "eval": "kormed.eval.config:EvalConfig",
 }
 

@@ -184,3 +184,54 @@ def load_model(model_path: str, runtime: RuntimeSpec) -> Any:
 def language_model_prefix(model: Any) -> str:
     """Module-name regex prefix that selects the language model's layers (excludes a vision tower)."""
     return r".*language_model.*" if is_multimodal(model.config) else r".*"
+
+
+def read_adapter_base(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on (`base_model_name_or_path` of adapter_config.json)."""
+    cfg = Path(adapter_dir) / "adapter_config.json"
+    if not cfg.is_file():
+        raise KormedError("not an adapter directory (no adapter_config.json)", path=adapter_dir)
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise KormedError(f"malformed adapter_config.json: {exc.msg}", path=cfg, line=exc.lineno) from None
+
+
+def load_model_and_tokenizer(
+    model: str | None,
+    *,
+    adapter: str | Path | None = None,
+    runtime: RuntimeSpec | None = None,
+    trainable_adapter: bool = False,
+    log: Any = print,
+) -> tuple[Any, Any, RuntimeSpec]:
+    """Load a base model (+ optional PEFT adapter directory written by kormed) and its text tokenizer.
+
+    With an adapter and no --model, the base recorded in the adapter is used (the embedded default when it
+    recorded none). The adapter's own `tokenizer/` wins over the base tokenizer (it may be extended); the
+    base embeddings are resized to match it (padded to a multiple of 64) before the adapter loads.
+    """
+    runtime = runtime or pick_runtime("auto")
+    if adapter is not None and model is None:
+        base = read_adapter_base(adapter)
+        if base and not Path(base).exists() and base.count("/") != 1:
+            base = None  # a path from another machine; fall back to the default
+        model = base
+    model_path = resolve_model(model, log=log)
+    tok_path = model_path
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise KormedError("not an adapter directory (no adapter_config.json)", path=adapter)
+        if (Path(adapter) / "tokenizer" / "tokenizer_config.json").is_file():
+            tok_path = str(Path(adapter) / "tokenizer")
+    tokenizer = load_tokenizer(tok_path)
+    net = load_model(model_path, runtime)
+    if adapter is not None:
+        from peft import PeftModel
+
+        rows = net.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            net.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
+        net = PeftModel.from_pretrained(net, str(adapter), is_trainable=trainable_adapter)
+        net.to(runtime.device)
+    return net, tokenizer, runtime
