@@ -132,3 +132,28 @@ def test_embedded_model_is_real_gemma3(embedded_model_dir, real_tokenizer):
     assert not hasattr(cfg, "quantization_config")
     assert real_tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]
     assert real_tokenizer("안녕").input_ids[0] == real_tokenizer.bos_token_id
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the config dataclasses; regenerate with
+    `kormed config show --markdown > docs/configuration.md`."""
+    from pathlib import Path
+
+    from kormed.config import defaults_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == defaults_markdown()
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kormed.cli", "model", "path", "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "kormed: error:" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -58,9 +58,14 @@ def model_path(
 @subapps["config"].command("show")
 def config_show(
     section: list[str] = typer.Argument(None, help="Sections to show (default: all)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print docs/configuration.md instead."),
 ) -> None:
     """Print every configuration option with its default and documentation, as YAML."""
-    from kormed.config import CONFIG_SECTIONS, defaults_yaml
+    from kormed.config import CONFIG_SECTIONS, defaults_markdown, defaults_yaml
+
+    if markdown:
+        typer.echo(defaults_markdown(), nl=False)
+        return
 
     for s in section or []:
         if s not in CONFIG_SECTIONS:
