@@ -1,0 +1,97 @@
+"""Perplexity on held-out raw text, over packed blocks built exactly like the CPT training blocks.
+
+`packed_eval_blocks` tokenizes each text without special tokens and packs it with
+:func:`kormed.data.packing.pack_documents` (BOS first in every block, the end-of-document token after every
+text), so a block here is byte-for-byte a block the CPT stage trains on. `evaluate_perplexity` returns the
+token-weighted mean next-token loss over every predicted position of every block (the sum of per-token
+negative log-likelihoods divided by the number of predicted tokens; padding never counts), and exp of it.
+The CPT trainer uses these two functions for its validation, so `kormed eval ppl` and CPT report one number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from kormed.data.packing import pack_documents, resolve_eod_id
+
+
+def packed_eval_blocks(
+    tokenizer: Any, texts: list[str], *, max_length: int, eod_token: str = "<end_of_turn>"
+) -> list[list[int]]:
+    """Token-id blocks of at most `max_length` ids, `[bos, ...]`, each text followed by `eod_token`."""
+    eod_id = resolve_eod_id(tokenizer, eod_token)
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        from kormed.errors import KormedError
+
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    docs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return pack_documents(docs, max_length=max_length, bos_id=int(bos_id), eod_id=eod_id)
+
+
+def _model_device(model: Any) -> Any:
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model always has parameters
+        return torch.device("cpu")
+
+
+def evaluate_perplexity(
+    model: Any,
+    blocks: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    device: Any = None,
+    progress: bool = True,
+) -> dict[str, float | int]:
+    """Token-weighted next-token loss and perplexity of `model` over `blocks`.
+
+    Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. The model is put in
+    eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
+    lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    total_nll = 0.0
+    total_tokens = 0
+    # Longest first, so that padding is minimal and the largest batch (memory peak) comes first.
+    order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
+                width = max(len(blocks[i]) for i in batch)
+                ids = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(blocks[i])] = torch.tensor(list(blocks[i]), dtype=torch.long)
+                    mask[row, : len(blocks[i])] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                # Position t predicts token t+1; only pairs where the target is a real (unpadded) token count.
+                targets = ids[:, 1:]
+                valid = mask[:, 1:].bool()
+                # One row at a time: an fp32 copy of a whole batch of 262K-vocabulary logits would double the peak.
+                for row in range(len(batch)):
+                    keep = valid[row]
+                    nll = F.cross_entropy(logits[row, :-1][keep].float(), targets[row][keep], reduction="sum")
+                    total_nll += float(nll.item())
+                    total_tokens += int(keep.sum().item())
+                del logits
+    finally:
+        if was_training:
+            model.train()
+    loss = total_nll / total_tokens if total_tokens else float("nan")
+    perplexity = math.exp(loss) if total_tokens and loss < 700 else float("inf") if total_tokens else float("nan")
+    return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
