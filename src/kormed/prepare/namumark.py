@@ -1,0 +1,613 @@
+"""NamuMark (the markup of namu.wiki) to plain text for language-model pretraining.
+
+A small hand-written parser, not a regex cascade (why by hand: no maintained Python NamuMark parser exists; the
+PyPI `namu-wiki-extractor` is a chain of regexes that breaks on nesting, escapes and `>`). The stages are:
+
+1. pre-pass: surrogates removed, NFC, `\\r\\n` -> `\\n`, `##` comment lines dropped (only at column 0 and only
+   outside an open `{{{ }}}`);
+2. one escape-aware scan pairs every `{{{` with its `}}}` by depth counting (the "brace map"); an unpaired
+   `{{{` is literal text;
+3. block structure per logical line (a line that continues while a `{{{ }}}` block is open): headings, tables
+   (multi-line rows, attributes, captions), lists, indents, quotes, horizontal rules;
+4. inline structure inside a line: escapes, `{{{ }}}` blocks, `[[links]]`, `[* footnotes]`, `[macros]`,
+   `<math>`, and the paired text-formatting markers;
+5. whitespace normalisation.
+
+Rendering policy (so results are comparable): headings are their text on a line; a table row is one line with
+its non-empty cells joined by " | "; footnotes and strikethrough are dropped with their content; folding titles
+are dropped; code (`#!syntax`, literal `{{{ }}}`) and `[math(...)]` TeX are kept; `[ruby(x,ruby=y)]` -> `x(y)`;
+external links whose text is `#` are dropped; an unknown `[x]` stays literal; `[age]`/`[dday]`/`[date]` are
+dropped (never computed against today, so output is deterministic).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+__all__ = ["is_redirect", "namumark_to_text", "normalize_whitespace", "remove_invisible"]
+
+MAX_DEPTH = 24  # nesting guard: deeper blocks are emitted as their raw text (thetree caps at 15, namucode at 30)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad]")
+_SPACES = re.compile(r"[ \t\f\v\xa0]+")
+_REDIRECT = re.compile(r"#(?:redirect|넘겨주기)\b", re.IGNORECASE)
+
+_BRACE_TOK = re.compile(r"\\.|\{\{\{|\}\}\}", re.S)
+# Inline tokens. Group names drive the dispatch in _Parser.inline.
+_INLINE_TOK = re.compile(
+    r"(?P<esc>\\.)|(?P<brace>\{\{\{)|(?P<link>\[\[)|(?P<fn>\[\*)|(?P<macro>\[)|(?P<math><math>)"
+    r"|(?P<mark>'''''|'''|''|__|~~|--|\^\^|,,)",
+    re.S | re.IGNORECASE,
+)
+_LINK_TOK = re.compile(r"\\.|\{\{\{|\[\[|\]\]", re.S)
+_LINK_SPLIT_TOK = re.compile(r"\\.|\{\{\{|\[\[|\]\]|\|", re.S)
+_BRACKET_TOK = re.compile(r"\\.|\{\{\{|\[|\]", re.S)
+_UNESCAPE = re.compile(r"\\(.)", re.S)
+
+_HEADING = re.compile(r"(={1,6})(#?) +(.+?) +\2\1[ \t]*\Z")
+_HR = re.compile(r"-{4,9}[ \t]*\Z")
+_LIST = re.compile(r"( +)(?:\*[ \t]*|(?:1|a|A|i|I)\.(?:#\d+)?[ \t]+)")
+_QUOTE = re.compile(r">+[ \t]?")
+_SIZE = re.compile(r"[+-][1-5][ \n]")
+_COLOR_ONE = r"#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3}|[A-Za-z]+)"
+_COLOR = re.compile(rf"{_COLOR_ONE}(?:,{_COLOR_ONE})?[ \n]")
+_MACRO_HEAD = re.compile(r"\[([A-Za-z가-힣]+)([(\]])")
+_CELL_ATTR = re.compile(
+    r"[ \t]*<(?:[-^v|]{1,2}\d+|[(:)]|#[0-9A-Za-z]+(?:,#[0-9A-Za-z]+)?|[A-Za-z][A-Za-z ]*=[^<>\n]*"
+    r"|nopad|keepall|rowkeepall|colkeepall)>",
+    re.IGNORECASE,
+)
+_HTML_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6])\s*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]*>")
+_EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+# Macros that render to nothing in plain text. Names are matched case-insensitively.
+_DROP_MACROS = frozenset(
+    "목차 tableofcontents 각주 footnote clearfix date datetime age dday pagecount include youtube kakaotv "
+    "nicovideo vimeo navertv anchor".split()
+)
+_MARKS = {"'''''", "'''", "''", "__", "~~", "--", "^^", ",,"}
+_DROP_MARKS = {"~~", "--"}  # strikethrough: dropped with its content (policy)
+
+
+def remove_invisible(text: str) -> str:
+    """Remove unpaired surrogates and zero-width characters."""
+    return _ZERO_WIDTH.sub("", _SURROGATES.sub("", text))
+
+
+def normalize_whitespace(text: str) -> str:
+    """Collapse runs of spaces, strip every line, collapse blank-line runs to one, strip the ends."""
+    out: list[str] = []
+    blank = False
+    for line in text.split("\n"):
+        line = _SPACES.sub(" ", line).strip()
+        if not line:
+            blank = True
+            continue
+        if blank and out:
+            out.append("")
+        blank = False
+        out.append(line)
+    return "\n".join(out)
+
+
+def is_redirect(markup: str) -> bool:
+    """True when the document's first line is `#redirect X` / `#넘겨주기 X` (any case)."""
+    head = markup.lstrip("\ufeff \t\r\n")[:64]
+    return _REDIRECT.match(head) is not None
+
+
+def _drop_comments(text: str) -> str:
+    """Drop `##` comment lines: only at column 0 and only outside an open `{{{ }}}` block."""
+    if "##" not in text:
+        return text
+    out: list[str] = []
+    depth = 0
+    for line in text.split("\n"):
+        if depth == 0 and line.startswith("##"):
+            continue
+        out.append(line)
+        if "{{{" in line or "}}}" in line:
+            for m in _BRACE_TOK.finditer(line):
+                tok = m.group()
+                if tok == "{{{":
+                    depth += 1
+                elif tok == "}}}" and depth:
+                    depth -= 1
+    return "\n".join(out)
+
+
+def _brace_map(text: str) -> dict[int, int]:
+    """Pair each `{{{` (start index) with its `}}}` (start index) by escape-aware depth counting."""
+    pairs: dict[int, int] = {}
+    if "{{{" not in text:
+        return pairs
+    stack: list[int] = []
+    for m in _BRACE_TOK.finditer(text):
+        tok = m.group()
+        if tok == "{{{":
+            stack.append(m.start())
+        elif tok == "}}}" and stack:
+            pairs[stack.pop()] = m.start()
+    return pairs
+
+
+class _Parser:
+    """Renders one pre-processed document. Works on index ranges of `self.s` so the brace map stays valid."""
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.bmap = _brace_map(s)
+        self._noclose: dict[tuple[str, int], int] = {}
+
+    # ---------------------------------------------------------------- lines
+    def line_end(self, pos: int, hi: int) -> int:
+        """End (index of the `\\n`, or hi) of the logical line at pos: newlines inside `{{{ }}}` don't end it."""
+        s = self.s
+        nl = s.find("\n", pos, hi)
+        if nl < 0:
+            nl = hi
+        if not self.bmap:
+            return nl
+        q = pos
+        while True:
+            p = s.find("{{{", q, nl)
+            if p < 0:
+                return nl
+            c = self.bmap.get(p)
+            if c is None:
+                q = p + 1
+                continue
+            if c + 3 > hi:  # closes outside this range: treat as literal here
+                q = p + 1
+                continue
+            q = c + 3
+            if q > nl:
+                nl = s.find("\n", q, hi)
+                if nl < 0:
+                    nl = hi
+
+    # ---------------------------------------------------------------- blocks
+    def blocks(self, lo: int, hi: int, out: list[str], depth: int) -> None:
+        """Render the lines in [lo, hi) as block content, appending output lines (may contain `\\n`) to out."""
+        s = self.s
+        pos = lo
+        while pos < hi:
+            end = self.line_end(pos, hi)
+            p = pos
+            while p < end and s[p] == " ":
+                p += 1
+            if s.startswith("|", p, end) and (s.startswith("||", p) or self._is_caption(p, end)):
+                pos = self.table(p, hi, out, depth)
+                continue
+            self.line(pos, end, out, depth)
+            pos = end + 1
+
+    def _is_caption(self, p: int, end: int) -> bool:
+        """`|caption|a||b||`: a single bar, caption text, then cells (the row ends with `||`)."""
+        s = self.s
+        q = s.find("|", p + 1, end)
+        return q > p + 1 and s.startswith("||", self._rstrip_end(p, end) - 2)
+
+    def _rstrip_end(self, lo: int, hi: int) -> int:
+        """hi moved left over trailing spaces/tabs (without copying the string)."""
+        s = self.s
+        while hi > lo and s[hi - 1] in " \t":
+            hi -= 1
+        return hi
+
+    def line(self, lo: int, hi: int, out: list[str], depth: int) -> None:
+        """One logical line (no top-level newline): comment, heading, hr, list, quote, indent or paragraph."""
+        s = self.s
+        if lo >= hi:
+            out.append("")
+            return
+        c = s[lo]
+        if c == "#" and s.startswith("##", lo):
+            return
+        if c == "=":
+            m = _HEADING.match(s, lo, hi)
+            if m:
+                out.append(self.inline(m.start(3), m.end(3), depth))
+                return
+        elif c == "-":
+            if _HR.match(s, lo, hi):
+                return
+        elif c == " ":
+            m = _LIST.match(s, lo, hi)
+            if m:
+                self._para(m.end(), hi, out, depth)
+                return
+            p = lo
+            while p < hi and s[p] == " ":
+                p += 1
+            self.line(p, hi, out, depth)
+            return
+        elif c == ">":
+            m = _QUOTE.match(s, lo, hi)
+            self.line(m.end(), hi, out, depth)
+            return
+        self._para(lo, hi, out, depth)
+
+    def _para(self, lo: int, hi: int, out: list[str], depth: int) -> None:
+        """A text line; a line whose markup renders to nothing leaves no (blank) line behind."""
+        text = self.inline(lo, hi, depth)
+        if text and not text.isspace():
+            out.append(text.strip("\n"))
+
+    def table(self, p: int, hi: int, out: list[str], depth: int) -> int:
+        """Render table rows starting at p; returns the position after the table."""
+        s = self.s
+        first = True
+        pos = p
+        while pos < hi:
+            q = pos
+            while q < hi and s[q] == " ":
+                q += 1
+            if s.startswith("||", q):
+                start = q + 2
+            elif first and s.startswith("|", q) and self._is_caption(q, self.line_end(q, hi)):
+                bar = s.find("|", q + 1, hi)
+                out.append(self.inline(q + 1, bar, depth))
+                start = bar + 1
+            else:
+                break
+            first = False
+            # the row runs until a logical line that ends with `||`
+            end = self.line_end(pos, hi)
+            while True:
+                r = self._rstrip_end(pos, end)
+                if r >= start + 2 and s.startswith("||", r - 2):
+                    row_end = r - 2
+                    break
+                if end >= hi:
+                    row_end = end
+                    break
+                end = self.line_end(end + 1, hi)
+            cells = []
+            for a, b in self.split_cells(start, row_end):
+                while True:
+                    m = _CELL_ATTR.match(s, a, b)
+                    if not m:
+                        break
+                    a = m.end()
+                cell_out: list[str] = []
+                self.blocks(a, b, cell_out, depth + 1)
+                text = " ".join(" ".join(cell_out).split())
+                if text:
+                    cells.append(text)
+            if cells:
+                out.append(" | ".join(cells))
+            pos = end + 1
+        return pos
+
+    def split_cells(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Split [lo, hi) at `||` outside `{{{ }}}` blocks and escapes."""
+        s = self.s
+        cells = []
+        a = lo
+        i = lo
+        while True:
+            j = s.find("||", i, hi)
+            k = s.find("{{{", i, j if j >= 0 else hi)
+            e = s.find("\\", i, j if j >= 0 else hi)
+            if k >= 0 and (e < 0 or k < e):
+                c = self.bmap.get(k)
+                i = c + 3 if c is not None and c + 3 <= hi else k + 1
+                continue
+            if e >= 0:
+                i = e + 2
+                continue
+            if j < 0:
+                cells.append((a, hi))
+                return cells
+            cells.append((a, j))
+            a = i = j + 2
+
+    # ---------------------------------------------------------------- inline
+    def body(self, lo: int, hi: int, depth: int) -> str:
+        """Content of an unwrapped `{{{ }}}` block: inline if one line, else block-rendered on its own lines."""
+        if self.s.find("\n", lo, hi) < 0:
+            return self.inline(lo, hi, depth)
+        out: list[str] = []
+        self.blocks(lo, hi, out, depth)
+        return "\n" + "\n".join(out) + "\n"
+
+    def brace(self, p: int, c: int, depth: int) -> str:
+        """Render the `{{{ ... }}}` block whose content is s[p+3:c]."""
+        s = self.s
+        lo = p + 3
+        if depth > MAX_DEPTH:
+            return s[lo:c]
+        if s.startswith("#!", lo):
+            nl = s.find("\n", lo, c)
+            head = s[lo + 2 : nl if nl >= 0 else c]
+            kind = head.split(None, 1)[0].lower() if head.strip() else ""
+            if kind == "html":
+                raw = s[lo + 6 : c]
+                raw = _HTML_BREAK.sub("\n", raw)
+                return html.unescape(_HTML_TAG.sub("", raw))
+            if kind == "syntax":
+                if nl < 0:
+                    parts = head.split(None, 2)
+                    return parts[2] if len(parts) > 2 else ""
+                return "\n" + s[nl + 1 : c] + "\n"
+            if kind == "if":
+                return ""
+            # #!wiki, #!folding (title dropped by policy) and unknown #! blocks: the first line is parameters
+            if nl < 0:
+                return ""
+            return self.body(nl + 1, c, depth)
+        m = _SIZE.match(s, lo, c) or _COLOR.match(s, lo, c)
+        if m:
+            return self.body(m.end(), c, depth)
+        text = s[lo:c]  # literal: verbatim, nothing inside parsed
+        return "\n" + text + "\n" if "\n" in text else text
+
+    def find_close(self, marker: str, lo: int, hi: int) -> int:
+        """Start of the next `marker` token in [lo, hi), skipping escapes, blocks, links and footnotes; -1 if none."""
+        key = (marker, hi)
+        failed = self._noclose.get(key)
+        if failed is not None and lo >= failed:
+            return -1
+        s = self.s
+        pos = lo
+        search = _INLINE_TOK.search
+        while True:
+            m = search(s, pos, hi)
+            if m is None:
+                self._noclose[key] = lo if failed is None else min(lo, failed)
+                return -1
+            kind = m.lastgroup
+            st = m.start()
+            if kind == "mark":
+                if m.group() == marker:
+                    return st
+                pos = m.end()
+            elif kind == "brace":
+                c = self.bmap.get(st)
+                pos = c + 3 if c is not None and c + 3 <= hi else st + 3
+            elif kind == "link":
+                e = self.link_end(st, hi)
+                pos = e + 2 if e >= 0 else st + 1
+            elif kind == "fn":
+                e = self.bracket_end(st, hi)
+                pos = e + 1 if e >= 0 else st + 1
+            else:
+                pos = m.end() if kind != "macro" else st + 1
+
+    def link_end(self, st: int, hi: int) -> int:
+        """Index of the `]]` closing the `[[` at st (depth counted), or -1."""
+        s = self.s
+        depth = 1
+        pos = st + 2
+        search = _LINK_TOK.search
+        while True:
+            m = search(s, pos, hi)
+            if m is None:
+                return -1
+            tok = m.group()
+            if tok == "{{{":
+                c = self.bmap.get(m.start())
+                pos = c + 3 if c is not None and c + 3 <= hi else m.end()
+            elif tok == "[[":
+                depth += 1
+                pos = m.end()
+            elif tok == "]]":
+                depth -= 1
+                if depth == 0:
+                    return m.start()
+                pos = m.end()
+            else:
+                pos = m.end()
+
+    def bracket_end(self, st: int, hi: int) -> int:
+        """Index of the `]` closing the `[` at st, counting single brackets; -1 if none."""
+        s = self.s
+        depth = 1
+        pos = st + 1
+        search = _BRACKET_TOK.search
+        while True:
+            m = search(s, pos, hi)
+            if m is None:
+                return -1
+            tok = m.group()
+            if tok == "{{{":
+                c = self.bmap.get(m.start())
+                pos = c + 3 if c is not None and c + 3 <= hi else m.end()
+            elif tok == "[":
+                depth += 1
+                pos = m.end()
+            elif tok == "]":
+                depth -= 1
+                if depth == 0:
+                    return m.start()
+                pos = m.end()
+            else:
+                pos = m.end()
+
+    def link(self, st: int, e: int, depth: int) -> str:
+        """Render the link `[[ ... ]]` with content s[st+2:e]."""
+        s = self.s
+        lo = st + 2
+        # split target | display at the first top-level unescaped bar
+        bar = -1
+        pos = lo
+        nest = 0
+        search = _LINK_SPLIT_TOK.search
+        while True:
+            m = search(s, pos, e)
+            if m is None:
+                break
+            tok = m.group()
+            if tok == "|" and nest == 0:
+                bar = m.start()
+                break
+            if tok == "{{{":
+                c = self.bmap.get(m.start())
+                pos = c + 3 if c is not None and c + 3 <= e else m.end()
+                continue
+            if tok == "[[":
+                nest += 1
+            elif tok == "]]":
+                nest -= 1
+            pos = m.end()
+        raw_target = s[lo : bar if bar >= 0 else e]
+        target = raw_target.strip()
+        if target.startswith(("파일:", "분류:")) or target.lower().startswith(("file:", "image:", "이미지:")):
+            return ""
+        if bar >= 0:
+            if _EXTERNAL.match(target) and s[bar + 1 : e].strip() == "#":
+                return ""  # a citation marker
+            return self.inline(bar + 1, e, depth)
+        if target.startswith(":"):
+            target = target[1:]
+        if not _EXTERNAL.match(target):
+            # the anchor goes: an unescaped `#` starts it
+            m = re.search(r"(?<!\\)#", target)
+            if m is not None:
+                target = target[: m.start()] if m.start() > 0 else target[1:]
+        return _UNESCAPE.sub(r"\1", target)
+
+    def macro(self, st: int, hi: int) -> tuple[str, int] | None:
+        """Render a known macro at st; returns (text, end) or None when `[` is literal text."""
+        s = self.s
+        m = _MACRO_HEAD.match(s, st, hi)
+        if m is None:
+            return None
+        name = m.group(1).lower()
+        if m.group(2) == "]":
+            if name == "br":
+                return "\n", m.end()
+            if name in _DROP_MACROS:
+                return "", m.end()
+            return None
+        # with arguments: they end at the first unescaped `)]`
+        pos = m.end()
+        while True:
+            q = s.find(")]", pos, hi)
+            if q < 0:
+                return None
+            if s[q - 1] != "\\" or q - 1 < m.end():
+                break
+            pos = q + 1
+        args = s[m.end() : q]
+        end = q + 2
+        if name == "math":
+            return args, end
+        if name == "ruby":
+            parts = re.split(r"(?<!\\),", args)
+            base = _UNESCAPE.sub(r"\1", parts[0]).strip()
+            reading = ""
+            for part in parts[1:]:
+                k, _, v = part.partition("=")
+                if k.strip().lower() == "ruby":
+                    reading = _UNESCAPE.sub(r"\1", v).strip()
+            return (f"{base}({reading})" if reading else base), end
+        if name in _DROP_MACROS:
+            return "", end
+        return None
+
+    def inline(self, lo: int, hi: int, depth: int) -> str:
+        """Render the inline content of s[lo:hi] (no top-level newline) to text."""
+        s = self.s
+        if depth > MAX_DEPTH:
+            return s[lo:hi]
+        depth += 1
+        parts: list[str] = []
+        append = parts.append
+        pos = lo
+        search = _INLINE_TOK.search
+        while pos < hi:
+            m = search(s, pos, hi)
+            if m is None:
+                append(s[pos:hi])
+                break
+            st = m.start()
+            if st > pos:
+                append(s[pos:st])
+            kind = m.lastgroup
+            if kind == "esc":
+                append(s[st + 1])
+                pos = st + 2
+            elif kind == "brace":
+                c = self.bmap.get(st)
+                if c is None or c + 3 > hi:
+                    append("{{{")
+                    pos = st + 3
+                else:
+                    append(self.brace(st, c, depth))
+                    pos = c + 3
+            elif kind == "link":
+                e = self.link_end(st, hi)
+                if e < 0:
+                    append("[")
+                    pos = st + 1
+                else:
+                    append(self.link(st, e, depth))
+                    pos = e + 2
+            elif kind == "fn":
+                e = self.bracket_end(st, hi)
+                if e < 0:
+                    append("[*")
+                    pos = st + 2
+                else:
+                    pos = e + 1  # footnote dropped with its content (policy)
+            elif kind == "macro":
+                r = self.macro(st, hi)
+                if r is None:
+                    append("[")
+                    pos = st + 1
+                else:
+                    append(r[0])
+                    pos = r[1]
+            elif kind == "math":
+                q = _find_ci(s, "</math>", m.end(), hi)
+                if q < 0:
+                    append(m.group())
+                    pos = m.end()
+                else:
+                    append(s[m.end() : q])
+                    pos = q + 7
+            else:  # text-formatting marker
+                mark = m.group()
+                end = m.end()
+                close = self.find_close(mark, end, hi)
+                if close < 0 and mark == "'''''":
+                    mark, end = "'''", st + 3
+                    close = self.find_close(mark, end, hi)
+                if close <= end:  # unpaired or empty: literal
+                    append(mark)
+                    pos = end
+                    continue
+                if mark not in _DROP_MARKS:
+                    append(self.inline(end, close, depth))
+                pos = close + len(mark)
+        return "".join(parts)
+
+
+_MATH_CLOSE = re.compile(r"</math>", re.IGNORECASE)
+
+
+def _find_ci(s: str, needle: str, lo: int, hi: int) -> int:
+    """Index of `</math>` (any case) in s[lo:hi], or -1."""
+    m = _MATH_CLOSE.search(s, lo, hi)
+    return m.start() if m else -1
+
+
+def namumark_to_text(markup: str) -> str:
+    """Convert one NamuMark document to plain text under the rendering policy above; "" for a redirect."""
+    if not markup:
+        return ""
+    text = _SURROGATES.sub("", markup)
+    if is_redirect(text):
+        return ""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _drop_comments(text)
+    parser = _Parser(text)
+    out: list[str] = []
+    parser.blocks(0, len(text), out, 0)
+    return normalize_whitespace(_ZERO_WIDTH.sub("", "\n".join(out)))
