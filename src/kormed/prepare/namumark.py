@@ -66,10 +66,9 @@ _EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Macros that render to nothing in plain text. Names are matched case-insensitively.
 _DROP_MACROS = frozenset(
-    "목차 tableofcontents 각주 footnote clearfix date datetime age dday pagecount include youtube kakaotv "
-    "nicovideo vimeo navertv anchor".split()
+    {"목차", "tableofcontents", "각주", "footnote", "clearfix", "date", "datetime", "age", "dday", "pagecount"}
+    | {"include", "youtube", "kakaotv", "nicovideo", "vimeo", "navertv", "anchor"}
 )
-_MARKS = {"'''''", "'''", "''", "__", "~~", "--", "^^", ",,"}
 _DROP_MARKS = {"~~", "--"}  # strikethrough: dropped with its content (policy)
 
 

@@ -50,7 +50,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     @app.command("namumark")
     def namumark(
         file: Path = typer.Argument(None, help="NamuMark document (or JSONL with --jsonl); stdin when omitted."),
-        jsonl: bool = typer.Option(False, "--jsonl", help="FILE is JSONL of {\"text\": ...}: convert each record."),
+        jsonl: bool = typer.Option(False, "--jsonl", help='FILE is JSONL of {"text": ...}: convert each record.'),
         field: str = typer.Option("text", "--field", help="With --jsonl: the field holding the NamuMark text."),
         out: Path = typer.Option(None, "--out", help="Write the result here (atomically) instead of stdout."),
     ) -> None:
