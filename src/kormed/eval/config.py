@@ -1,0 +1,75 @@
+"""Configuration of `kormed eval` (section `eval` of a YAML config; `kormed config show eval`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kormed.config import opt
+from kormed.errors import KormedError
+
+DEFAULT_MAX_NEW_TOKENS = 32
+HARNESS_MAX_GEN_TOKS = 1024
+
+
+@dataclass
+class EvalConfig:
+    """KorMedMCQA accuracy and held-out perplexity."""
+
+    model: str | None = opt(None, "Base or merged model: hub id or local directory; null = the embedded Gemma 3 270M.")
+    adapter: str | None = opt(
+        None, "kormed adapter directory (PEFT) to load on top of `model`; with no `model`, its recorded base."
+    )
+    data: str | None = opt(
+        None, "kormedmcqa: test JSONL in the KorMedMCQA schema (question, A-E, answer 1-5, ...).\n"
+        "ppl: JSONL of raw text, one {\"text\": ...} per line.",
+    )
+    fewshot_file: str | None = opt(
+        None, "JSONL of few-shot examples (the dataset's `fewshot` split). Shots are taken first-n, from the\n"
+        "rows of the question's own subset when the file has any, else from the whole file.",
+    )
+    num_fewshot: int = opt(0, "Number of few-shot examples before each question (harness default: 0).")
+    mode: Literal["generate", "loglik", "chat"] = opt(
+        "generate",
+        "generate: the lm-evaluation-harness kormedmcqa v3.0 protocol (prompt, greedy decoding, stop sequences,\n"
+        "extraction cascade); comparable with published numbers.\n"
+        "loglik: the option with the highest log-likelihood after the same prompt (fast, deterministic).\n"
+        "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.",
+    )
+    loglik_target: Literal["letter", "text"] = opt(
+        "letter",
+        "loglik mode: score the option letter (' A'...' E', summed log-prob) or the option text (' <text>',\n"
+        "log-prob divided by its UTF-8 byte length, like the harness's acc_norm).",
+    )
+    chat_mcq_prompt: str | None = opt(
+        None, "chat mode: user-turn template of an MCQ; null = the SFT default (kormed.data.chat). Set it to the\n"
+        "`sft.templates.mcq_prompt` you trained with if you changed that.",
+    )
+    batch_size: int = opt(8, "Questions per forward/generate batch (left-padded).")
+    max_new_tokens: int = opt(
+        DEFAULT_MAX_NEW_TOKENS,
+        f"Greedy generation limit (generate and chat modes). The harness uses max_gen_toks={HARNESS_MAX_GEN_TOKS},\n"
+        "but its '.' and blank-line stop sequences end almost every answer within a few tokens; raise it for\n"
+        "models that reason before answering.",
+    )
+    limit: int | None = opt(None, "Evaluate only the first N questions (null = all).")
+    subset: str | None = opt(
+        None, "Subset name for records that carry neither `exam_type` nor `subject` (default: the file name stem)."
+    )
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N. On CUDA: bf16 and the fastest attention available.")
+    output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
+    max_length: int = opt(1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).")
+    eod_token: str = opt("<end_of_turn>", "ppl: end-of-document token appended after every text, as in CPT.")
+    text_field: str = opt("text", "ppl: the JSONL field that holds the raw text.")
+
+    def validate(self) -> None:
+        for name in ("num_fewshot",):
+            if getattr(self, name) < 0:
+                raise KormedError("must be 0 or more", field=name)
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise KormedError("must be at least 1", field=name)
+        if self.limit is not None and self.limit < 1:
+            raise KormedError("must be at least 1 (or null for all)", field="limit")
+        if self.max_length < 2:
+            raise KormedError("must be at least 2 (BOS plus one token)", field="max_length")

@@ -1,0 +1,410 @@
+"""KorMedMCQA accuracy in three modes: `generate` (the lm-evaluation-harness protocol), `loglik`, `chat`.
+
+`generate` reproduces the harness task `kormedmcqa`, version 3.0, so that our numbers sit beside published
+ones: the prompt `{question.strip()}\\nA. {A}\\n...E. {E}\\n정답：` (FULL-WIDTH colon, U+FF1A), few-shot examples
+taken first-n and written `...정답： {letter}\\n\\n` directly before the question, greedy decoding cut at the
+stop sequences `Q:`, `</s>`, `<|im_end|>`, `.`, blank line, and the extraction cascade of
+:mod:`kormed.eval.extract`; the score is exact match of the letter. The harness generates up to 1024 tokens;
+our default limit is smaller (see `EvalConfig.max_new_tokens`) which changes nothing once a stop sequence hit.
+
+`loglik` scores the five continuations (` A`...` E`, or the option texts) after the same prompt and picks the
+most likely one. Continuation tokens are those the tokenizer produces for `prompt + continuation` after the
+prompt's own tokens (so ` B` is the single token `▁B`, not `B`), as the harness does for multiple choice.
+
+`chat` renders the question as the Gemma chat turn the SFT stages train on (:mod:`kormed.data.chat`),
+generates until `<end_of_turn>`, and parses the answer with the same cascade.
+
+Every prompt starts with `<bos>` exactly once; generation is batched with left padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.eval.extract import apply_stop_sequences, extract_answer
+from kormed.records import LETTERS, MCQ
+
+HARNESS_VERSION = "kormedmcqa 3.0"
+HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\n")
+HARNESS_MAX_GEN_TOKS = 1024
+FULLWIDTH_COLON = "\uff1a"
+ANSWER_CUE = f"정답{FULLWIDTH_COLON}"
+MODES = ("generate", "loglik", "chat")
+
+
+# --------------------------------------------------------------------------------------------- prompts
+def harness_question_text(mcq: MCQ) -> str:
+    """The harness `doc_to_text`: question (stripped), options A-E one a line, then `정답：`."""
+    options = "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, mcq.options, strict=True))
+    return f"{mcq.question.strip()}{options}\n{ANSWER_CUE}"
+
+
+def harness_fewshot_text(mcq: MCQ) -> str:
+    """The harness `fewshot_config.doc_to_text`: the question text, a space, the answer letter, a blank line."""
+    return f"{harness_question_text(mcq)} {mcq.answer_letter}\n\n"
+
+
+def select_fewshot(mcq: MCQ, fewshot: Sequence[MCQ], num_fewshot: int) -> list[MCQ]:
+    """First `num_fewshot` examples: from the question's own subset when the pool has any, else the whole pool
+    (the harness's `first_n` sampler over the per-subset `fewshot` split)."""
+    if num_fewshot <= 0:
+        return []
+    same = [f for f in fewshot if f.subset and f.subset == mcq.subset]
+    pool = same or list(fewshot)
+    if len(pool) < num_fewshot:
+        where = f"subset '{mcq.subset}'" if same else "the few-shot file"
+        raise KormedError(
+            f"--num-fewshot {num_fewshot} asks for more examples than {where} has ({len(pool)})", field="num_fewshot"
+        )
+    return pool[:num_fewshot]
+
+
+def generate_prompt(mcq: MCQ, fewshot: Sequence[MCQ] = (), num_fewshot: int = 0, *, bos: str = "<bos>") -> str:
+    """The full `generate`/`loglik` prompt: `<bos>`, the few-shot examples, the question text."""
+    shots = "".join(harness_fewshot_text(f) for f in select_fewshot(mcq, fewshot, num_fewshot))
+    return f"{bos}{shots}{harness_question_text(mcq)}"
+
+
+def chat_mode_prompt(mcq: MCQ, *, template: str | None = None, bos: str = "<bos>") -> str:
+    """The `chat` prompt: `<bos>` + the Gemma user turn of the SFT MCQ format + the model-turn header."""
+    from kormed.data.chat import chat_prompt, mcq_user_prompt
+
+    user = mcq_user_prompt(mcq) if template is None else mcq_user_prompt(mcq, template)
+    return f"{bos}{chat_prompt(user)}"
+
+
+def loglik_continuations(mcq: MCQ, target: str = "letter") -> list[str]:
+    """The five scored continuations: ` A`...` E` (as in the few-shot answers), or ` <option text>`."""
+    if target == "letter":
+        return [f" {letter}" for letter in LETTERS]
+    if target == "text":
+        return [f" {text.strip()}" for text in mcq.options]
+    raise KormedError(f"loglik_target must be 'letter' or 'text', got {target!r}", field="loglik_target")
+
+
+# --------------------------------------------------------------------------------------------- model plumbing
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list | tuple):
+            ids.update(int(x) for x in source)
+    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids.add(eot)
+    return sorted(ids)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    stop_sequences: Sequence[str] = (),
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy continuations of `prompts` (which carry their own `<bos>`), batched with left padding.
+
+    Generation of a row ends at an end-of-sequence token (`<eos>`, `<end_of_turn>`) or at one of
+    `stop_sequences` (transformers' `stop_strings`); the returned text is decoded without special tokens and
+    cut before the first stop sequence, as the harness does.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    device = _device_of(model)
+    encoded = [_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    gen_config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=int(max_new_tokens),
+        eos_token_id=_stop_token_ids(model, tokenizer),
+        pad_token_id=_pad_id(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        stop_strings=list(stop_sequences) or None,
+        use_cache=True,
+    )
+    outputs: list[str] = [""] * len(prompts)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.no_grad():
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            ids, mask = _left_pad([encoded[i] for i in batch], _pad_id(tokenizer), device)
+            extra = {"tokenizer": tokenizer} if stop_sequences else {}
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config, **extra)
+            new = out[:, ids.shape[1] :]
+            for row, i in enumerate(batch):
+                text = tokenizer.decode(new[row], skip_special_tokens=True)
+                outputs[i] = apply_stop_sequences(text, tuple(stop_sequences))
+    return outputs
+
+
+def loglik_scores(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "loglik",
+) -> list[float]:
+    """Sum of log-probabilities of each `continuation` after its `context` (the context carries its `<bos>`).
+
+    As in the harness, the continuation's tokens are `tok(context + continuation)` minus `tok(context)`.
+    Requests whose model input is identical (e.g. five one-token letters after one prompt) share a forward
+    pass. Inputs are left-padded with matching position ids and only the needed last logits are computed.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = _device_of(model)
+    ctx_cache: dict[str, list[int]] = {}
+    inputs: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    for r, (context, continuation) in enumerate(requests):
+        ctx = ctx_cache.get(context)
+        if ctx is None:
+            ctx = ctx_cache[context] = _ids(tokenizer, context)
+        whole = _ids(tokenizer, context + continuation)
+        if whole[: len(ctx)] != ctx:
+            # The continuation merged with the context's last token: score from the first differing token.
+            common = next(i for i, (a, b) in enumerate(zip(ctx, whole, strict=False)) if a != b)
+            ctx_used, cont = whole[:common], whole[common:]
+        else:
+            ctx_used, cont = ctx, whole[len(ctx) :]
+        if not cont or not ctx_used:
+            raise KormedError(f"empty continuation or context when scoring {continuation!r}")
+        key = tuple(ctx_used + cont[:-1])
+        inputs.setdefault(key, []).append((r, cont))
+    keys = sorted(inputs, key=lambda k: -len(k))
+    scores = [0.0] * len(requests)
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+    with torch.no_grad():
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            ids, mask = _left_pad(batch, _pad_id(tokenizer), device)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(cont) for key in batch for _, cont in inputs[key])
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, key in enumerate(batch):
+                for r, cont in inputs[key]:
+                    # The last len(cont) kept positions predict the continuation's tokens.
+                    lp = logprobs[row, logprobs.shape[1] - len(cont) :]
+                    target = torch.tensor(cont, device=lp.device).unsqueeze(-1)
+                    scores[r] = float(lp.gather(-1, target).sum().item())
+    return scores
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def _year_key(mcq: MCQ) -> str:
+    return str(mcq.year) if mcq.year is not None else "unknown"
+
+
+def _summarise(records: list[dict[str, Any]], key: str) -> dict[str, dict[str, float | int]]:
+    groups: dict[str, list[bool]] = {}
+    for rec in records:
+        groups.setdefault(rec[key], []).append(rec["correct"])
+    return {
+        name: {"accuracy": sum(v) / len(v), "correct": sum(v), "total": len(v)} for name, v in sorted(groups.items())
+    }
+
+
+def evaluate_kormedmcqa(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[MCQ],
+    *,
+    mode: str = "loglik",
+    fewshot: Sequence[MCQ] = (),
+    num_fewshot: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    loglik_target: str = "letter",
+    chat_template: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score `questions` with `model` in `mode` (generate | loglik | chat). The model is put in eval mode and
+    restored afterwards; nothing is written.
+
+    Returns {"accuracy", "correct", "total", "unparseable", "per_subset", "per_year", "mode", "num_fewshot",
+    "harness_version", "questions": [{prompt, output, extracted, answer, correct, subset, year, source, ...}]}.
+    """
+    if mode not in MODES:
+        raise KormedError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    if not questions:
+        raise KormedError("no questions to evaluate")
+    if batch_size < 1:
+        raise KormedError("batch_size must be at least 1", field="batch_size")
+    bos = tokenizer.bos_token
+    if not bos:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    was_training = model.training
+    model.eval()
+    try:
+        records = _run_mode(
+            model, tokenizer, list(questions), mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, loglik_target=loglik_target,
+            chat_template=chat_template, progress=progress, bos=bos,
+        )
+    finally:
+        if was_training:
+            model.train()
+    correct = sum(r["correct"] for r in records)
+    return {
+        "accuracy": correct / len(records),
+        "correct": correct,
+        "total": len(records),
+        "unparseable": sum(1 for r in records if not r["extracted"]),
+        "per_subset": _summarise(records, "subset"),
+        "per_year": _summarise(records, "year"),
+        "mode": mode,
+        "num_fewshot": num_fewshot if mode != "chat" else 0,
+        "loglik_target": loglik_target if mode == "loglik" else None,
+        "max_new_tokens": max_new_tokens if mode != "loglik" else None,
+        "harness_version": HARNESS_VERSION if mode == "generate" else None,
+        "questions": records,
+    }
+
+
+def _base_record(mcq: MCQ, prompt: str) -> dict[str, Any]:
+    return {"prompt": prompt, "answer": mcq.answer_letter, "subset": mcq.subset or "unknown",
+            "year": _year_key(mcq), "source": mcq.source}
+
+
+def _run_mode(
+    model: Any, tokenizer: Any, questions: list[MCQ], *, mode: str, fewshot: Sequence[MCQ], num_fewshot: int,
+    batch_size: int, max_new_tokens: int, loglik_target: str, chat_template: str | None, progress: bool, bos: str,
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    if mode == "chat":
+        prompts = [chat_mode_prompt(q, template=chat_template, bos=bos) for q in questions]
+    else:
+        prompts = [generate_prompt(q, fewshot, num_fewshot, bos=bos) for q in questions]
+    if mode in ("generate", "chat"):
+        stops = HARNESS_STOP_SEQUENCES if mode == "generate" else ()
+        outputs = generate_texts(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_sequences=stops,
+            batch_size=batch_size, progress=progress, desc=f"kormedmcqa {mode}",
+        )
+        for q, prompt, output in zip(questions, prompts, outputs, strict=True):
+            extracted = extract_answer(output)
+            rec = _base_record(q, prompt)
+            rec.update(output=output, extracted=extracted, correct=extracted == q.answer_letter)
+            records.append(rec)
+        return records
+    requests = [(p, c) for q, p in zip(questions, prompts, strict=True) for c in loglik_continuations(q, loglik_target)]
+    raw = loglik_scores(model, tokenizer, requests, batch_size=batch_size, progress=progress, desc="kormedmcqa loglik")
+    for n, (q, prompt) in enumerate(zip(questions, prompts, strict=True)):
+        conts = loglik_continuations(q, loglik_target)
+        option_scores = raw[5 * n : 5 * n + 5]
+        if loglik_target == "text":  # the harness's acc_norm: log-likelihood per UTF-8 byte of the continuation
+            option_scores = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(option_scores, conts, strict=True)]
+        best = max(range(5), key=lambda i: (option_scores[i], -i))  # ties: the earlier letter
+        rec = _base_record(q, prompt)
+        rec.update(
+            output=conts[best].strip(),
+            extracted=LETTERS[best],
+            correct=LETTERS[best] == q.answer_letter,
+            scores={LETTERS[i]: round(option_scores[i], 6) for i in range(5)},
+        )
+        records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------------------------- files and tables
+def load_questions(
+    path: str | Path, *, subset: str | None = None, limit: int | None = None
+) -> list[MCQ]:
+    """Read and validate a KorMedMCQA JSONL; records with neither `exam_type` nor `subject` get `subset`
+    (default: the file name stem, e.g. `doctor` for doctor.jsonl). Errors name the file, line and field."""
+    from kormed.records import read_mcq_jsonl
+
+    p = Path(path)
+    questions, _ = read_mcq_jsonl(p, default_subset=subset or p.stem)
+    return questions[:limit] if limit else questions
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table: overall, per subset, per year, unparseable."""
+    lines = [f"KorMedMCQA ({result['mode']}" + (f", {result['harness_version']}" if result.get("harness_version")
+                                                else "") + f", {result.get('num_fewshot', 0)}-shot)"]
+    width = max([len("overall")] + [len(k) for k in result["per_subset"]] + [len(k) for k in result["per_year"]])
+    header = f"  {'':<{width}}  {'accuracy':>8}  {'correct':>7}  {'total':>6}"
+    lines.append(header)
+
+    def row(name: str, acc: float, correct: int, total: int) -> str:
+        return f"  {name:<{width}}  {acc * 100:7.2f}%  {correct:>7}  {total:>6}"
+
+    lines.append(row("overall", result["accuracy"], result["correct"], result["total"]))
+    for title, key in (("subset", "per_subset"), ("year", "per_year")):
+        lines.append(f"  -- by {title}")
+        for name, s in result[key].items():
+            lines.append(row(name, s["accuracy"], s["correct"], s["total"]))
+    lines.append(f"  unparseable answers: {result['unparseable']}")
+    return "\n".join(lines)
+
+
+def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """`kormed eval kormedmcqa`: load the model (+ adapter), the questions and few-shot file, evaluate,
+    write `cfg.output` atomically when set, and return the result."""
+    from kormed.io import write_json
+    from kormed.models import load_model_and_tokenizer, pick_runtime
+
+    if not cfg.data:
+        raise KormedError("no test file given", field="data", hint="pass --data test.jsonl")
+    questions = load_questions(cfg.data, subset=cfg.subset, limit=cfg.limit)
+    fewshot: list[MCQ] = []
+    if cfg.num_fewshot > 0:
+        if cfg.mode == "chat":
+            raise KormedError("few-shot examples are not used in chat mode", field="num_fewshot")
+        if not cfg.fewshot_file:
+            raise KormedError(f"--num-fewshot {cfg.num_fewshot} needs --fewshot-file", field="fewshot_file")
+        fewshot = load_questions(cfg.fewshot_file, subset=cfg.subset)
+    runtime = pick_runtime(cfg.device)
+    model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
+    result = evaluate_kormedmcqa(
+        model, tokenizer, questions, mode=cfg.mode, fewshot=fewshot, num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, loglik_target=cfg.loglik_target,
+        chat_template=cfg.chat_mcq_prompt, progress=progress,
+    )
+    result.update(
+        model=cfg.model or "embedded:gemma3-270m",
+        adapter=cfg.adapter,
+        data=str(cfg.data),
+        fewshot_file=cfg.fewshot_file if cfg.num_fewshot else None,
+        runtime={"device": runtime.device, "dtype": runtime.dtype, "attn_implementation": runtime.attn_implementation},
+    )
+    if cfg.output:
+        write_json(cfg.output, result)
+    return result
