@@ -95,3 +95,50 @@ def evaluate_perplexity(
     loss = total_nll / total_tokens if total_tokens else float("nan")
     perplexity = math.exp(loss) if total_tokens and loss < 700 else float("inf") if total_tokens else float("nan")
     return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
+
+
+def read_texts(path: str, *, field: str = "text", limit: int | None = None) -> list[str]:
+    """Texts of a JSONL file (`{"text": ...}` per line); a missing or non-string field names the file and line."""
+    from kormed.errors import KormedError
+    from kormed.io import iter_jsonl
+
+    texts: list[str] = []
+    for line, rec in iter_jsonl(path, what="text JSONL file"):
+        value = rec.get(field)
+        if not isinstance(value, str):
+            problem = "missing field" if value is None else f"expected a string, got {type(value).__name__}"
+            raise KormedError(problem, path=path, line=line, field=field)
+        if value.strip():
+            texts.append(value)
+        if limit and len(texts) >= limit:
+            break
+    if not texts:
+        raise KormedError("no texts in the file", path=path)
+    return texts
+
+
+def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
+    from kormed.errors import KormedError
+    from kormed.io import write_json
+    from kormed.models import load_model_and_tokenizer, pick_runtime
+
+    if not cfg.data:
+        raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
+    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit)
+    runtime = pick_runtime(cfg.device)
+    model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
+    blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
+    result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress))
+    result.update(
+        documents=len(texts),
+        max_length=cfg.max_length,
+        eod_token=cfg.eod_token,
+        model=cfg.model or "embedded:gemma3-270m",
+        adapter=cfg.adapter,
+        data=str(cfg.data),
+        runtime={"device": runtime.device, "dtype": runtime.dtype, "attn_implementation": runtime.attn_implementation},
+    )
+    if cfg.output:
+        write_json(cfg.output, result)
+    return result
