@@ -1,0 +1,492 @@
+"""The pipeline runner: one YAML file -> every stage in order, in one run directory, resumable.
+
+A pipeline file holds a few top-level keys (`name`, `run_dir`, `stages`, `model`, `device`, `data_root`,
+`report_to`, `eval_targets`) and one section per stage (`prepare`, `tokenizer`, `cpt`, `sft`, `loop`, `eval`) with
+that stage's own options (`kormed config show` documents them). Each stage's config is built as:
+stage defaults <- the runner's wiring (run-directory paths, the previous stage's outputs) <- the file's section,
+so anything the file sets wins over the wiring.
+
+A finished stage is skipped on a rerun when the hash of (its config + its input files) is the one recorded in
+`RUN_DIR/state.json` and its outputs still exist; `--from STAGE` reruns STAGE and every later stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from kormed.config import merge, read_yaml
+from kormed.errors import KormedError
+from kormed.io import read_json, write_json
+
+STAGE_ORDER: tuple[str, ...] = ("prepare", "tokenizer", "cpt", "sft", "loop", "eval")
+# where each stage writes inside the run directory (the seeds' layouts live inside these)
+STAGE_DIRS: dict[str, str] = {
+    "prepare": "corpus",
+    "tokenizer": "tokenizer",
+    "cpt": "cpt",
+    "sft": "sft",
+    "loop": "loop",
+    "eval": "eval",
+}
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "run_dir",
+    "stages",
+    "model",
+    "device",
+    "data_root",
+    "report_to",
+    "eval_targets",
+)
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+# files above this size are fingerprinted by size, mtime and their first/last MiB instead of a full hash
+FULL_HASH_LIMIT = 256 * 1024 * 1024
+# directory entries never part of a stage's inputs (checkpoints, logs, editor/OS litter)
+_SKIP_NAMES = ("checkpoint-", "runs", "tensorboard", ".", "__pycache__")
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- pipeline file
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """A parsed pipeline file."""
+
+    name: str
+    run_dir: Path
+    stages: list[str]
+    sections: dict[str, dict[str, Any]]
+    model: str | None = None
+    device: str | None = None
+    data_root: str | None = None
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    eval_targets: list[str] | None = None
+    description: str = ""
+    source: Path | None = None
+
+
+def _parse_stages(value: Any, source: Path | None) -> list[str]:
+    if value is None:
+        return list(STAGE_ORDER)
+    if isinstance(value, dict):  # {tokenizer: false, loop: false}: the default order with some stages disabled
+        for key, enabled in value.items():
+            if key not in STAGE_ORDER:
+                raise KormedError(f"unknown stage '{key}' (known: {', '.join(STAGE_ORDER)})", path=source,
+                                  field="stages")
+            if not isinstance(enabled, bool):
+                raise KormedError(f"expected true/false, got {enabled!r}", path=source, field=f"stages.{key}")
+        return [s for s in STAGE_ORDER if value.get(s, True)]
+    if isinstance(value, list):
+        for item in value:
+            if item not in STAGE_ORDER:
+                raise KormedError(f"unknown stage {item!r} (known: {', '.join(STAGE_ORDER)})", path=source,
+                                  field="stages")
+        if len(set(value)) != len(value):
+            raise KormedError("a stage is listed twice", path=source, field="stages")
+        ordered = [s for s in STAGE_ORDER if s in value]
+        if ordered != list(value):
+            raise KormedError(f"stages must follow the data flow order {' -> '.join(STAGE_ORDER)}", path=source,
+                              field="stages")
+        return ordered
+    raise KormedError("expected a list of stages or a mapping stage: true/false", path=source, field="stages")
+
+
+def pipeline_from_mapping(
+    data: dict[str, Any],
+    *,
+    source: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    report_to: list[str] | None = None,
+) -> Pipeline:
+    """Build a Pipeline from a parsed YAML mapping (top-level keys + stage sections), checking every key."""
+    src = Path(source) if source is not None else None
+    for key in data:
+        if key not in TOP_LEVEL_KEYS and key not in STAGE_ORDER:
+            raise KormedError(
+                f"unknown key '{key}' (pipeline keys: {', '.join(TOP_LEVEL_KEYS)}; stage sections: "
+                f"{', '.join(STAGE_ORDER)})",
+                path=src,
+            )
+    name = data.get("name")
+    if name is None:
+        name = src.stem if src is not None else "run"
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise KormedError(f"expected a plain run name, got {name!r}", path=src, field="name")
+    sections: dict[str, dict[str, Any]] = {}
+    for stage in STAGE_ORDER:
+        value = data.get(stage) or {}
+        if not isinstance(value, dict):
+            raise KormedError("a stage section must be a mapping of options", path=src, field=stage)
+        sections[stage] = value
+    rt = report_to if report_to is not None else data.get("report_to", ["tensorboard"])
+    if isinstance(rt, str):
+        rt = [r.strip() for r in rt.split(",") if r.strip()]
+    if not isinstance(rt, list) or not all(isinstance(r, str) for r in rt):
+        raise KormedError(f"expected a list such as [tensorboard, wandb], got {rt!r}", path=src, field="report_to")
+    targets = data.get("eval_targets")
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
+        raise KormedError("expected a list such as [base, cpt, sft, loop]", path=src, field="eval_targets")
+    for key in ("model", "device", "data_root", "description"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise KormedError(f"expected a string, got {value!r}", path=src, field=key)
+    rd = run_dir if run_dir is not None else data.get("run_dir") or Path("runs") / name
+    return Pipeline(
+        name=name,
+        run_dir=Path(rd),
+        stages=_parse_stages(data.get("stages"), src),
+        sections=sections,
+        model=data.get("model"),
+        device=data.get("device"),
+        data_root=data.get("data_root"),
+        report_to=list(rt),
+        eval_targets=list(targets) if targets is not None else None,
+        description=data.get("description") or "",
+        source=src,
+    )
+
+
+def load_pipeline(
+    path: str | Path, *, run_dir: str | Path | None = None, report_to: list[str] | None = None
+) -> Pipeline:
+    """Read a pipeline YAML file (errors name the file, line and key)."""
+    return pipeline_from_mapping(read_yaml(path), source=path, run_dir=run_dir, report_to=report_to)
+
+
+# --------------------------------------------------------------------------------------------------- stages
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a stage's wiring and run function see: the pipeline, earlier stages' configs and results."""
+
+    pipeline: Pipeline
+    configs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log: Log = _stderr
+
+    @property
+    def run_dir(self) -> Path:
+        return self.pipeline.run_dir
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.pipeline.run_dir / STAGE_DIRS.get(stage, stage)
+
+    def tb_dir(self, stage: str) -> Path:
+        return self.pipeline.run_dir / "tensorboard" / stage
+
+    def enabled(self, stage: str) -> bool:
+        """True when `stage` is in this run (enabled in the file and its code is installed)."""
+        return stage in self.configs
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """How the runner drives one stage. The functions call the stage's own API; they never re-implement it."""
+
+    name: str
+    config_cls: Callable[[], type]  # imports lazily; ImportError/AttributeError -> the stage is unavailable
+    wire: Callable[[RunContext], dict[str, Any]]  # defaults from the run dir and earlier stages (file wins)
+    run: Callable[[Any, RunContext], Any]
+    inputs: Callable[[Any, RunContext], Iterable[str | Path | None]]  # files/dirs whose content the result depends on
+    outputs: Callable[[Any, RunContext], Iterable[str | Path]]  # must exist for a finished stage to be reused
+    volatile: tuple[str, ...] = ()  # config fields that never change the result (logging, worker counts)
+    resume_field: str | None = None  # bool config field that makes the stage continue an interrupted run
+    output_dirs: Callable[[Any, RunContext], Iterable[str | Path]] | None = None  # cleared before a fresh rerun
+
+
+def filter_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the keys that `cls` (a config dataclass) declares, dropping None values."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names and v is not None}
+
+
+def resolve_configs(
+    pipeline: Pipeline, specs: dict[str, StageSpec], log: Log = _stderr
+) -> tuple[RunContext, dict[str, str]]:
+    """Build every enabled stage's config (defaults <- wiring <- file section), before anything runs, so a typo in
+    the last section fails in seconds rather than after hours of training. Returns the context and the stages that
+    are unavailable (their code is not installed), with the reason."""
+    ctx = RunContext(pipeline=pipeline, log=log)
+    unavailable: dict[str, str] = {}
+    for stage in pipeline.stages:
+        spec = specs.get(stage)
+        if spec is None:
+            unavailable[stage] = "no runner for this stage"
+            continue
+        try:
+            cls = spec.config_cls()
+        except (ImportError, AttributeError) as exc:
+            unavailable[stage] = f"not installed ({exc})"
+            continue
+        cfg = cls()
+        wiring = filter_fields(cls, spec.wire(ctx))
+        if wiring:
+            cfg = merge(cfg, _plain(wiring), prefix=f"{stage}.")
+        section = pipeline.sections.get(stage) or {}
+        if section:
+            cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=f"{stage}.")
+        ctx.configs[stage] = cfg
+    return ctx, unavailable
+
+
+# --------------------------------------------------------------------------------------------------- hashing
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-able copy: Paths become strings, dataclasses dicts, tuples lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float | int | str | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        if st.st_size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+            return h.hexdigest()
+        # huge raw inputs (e.g. 18 GB of Arrow shards): size + mtime + both ends, so a rerun does not read them all
+        h.update(fh.read(1 << 20))
+        fh.seek(st.st_size - (1 << 20))
+        h.update(fh.read(1 << 20))
+    return f"{h.hexdigest()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def fingerprint(path: str | Path) -> str:
+    """Content hash of a file, or of every file in a directory (relative names included); 'missing' if absent."""
+    p = Path(path)
+    if p.is_file():
+        return _file_digest(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            rel = f.relative_to(p)
+            if any(part.startswith(_SKIP_NAMES) for part in rel.parts) or not f.is_file():
+                continue
+            h.update(str(rel.as_posix()).encode())
+            h.update(b"\0")
+            h.update(_file_digest(f).encode())
+            h.update(b"\n")
+        return "dir:" + h.hexdigest()
+    return "missing"
+
+
+def stage_hash(spec: StageSpec, cfg: Any, ctx: RunContext) -> tuple[str, dict[str, str]]:
+    """sha256 of the stage's config (minus its volatile fields) and the fingerprints of its input files."""
+    config = _plain(cfg)
+    for name in spec.volatile:
+        config.pop(name, None)
+    inputs = {str(p): fingerprint(p) for p in spec.inputs(cfg, ctx) if p is not None}
+    payload = json.dumps({"stage": spec.name, "config": config, "inputs": inputs}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest(), inputs
+
+
+# --------------------------------------------------------------------------------------------------- state
+
+
+def read_state(run_dir: str | Path) -> dict[str, Any]:
+    """The run's state.json (empty state when there is none)."""
+    p = Path(run_dir) / STATE_FILE
+    if not p.exists():
+        return {"version": STATE_VERSION, "stages": {}}
+    state = read_json(p, what="run state")
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+        raise KormedError("not a kormed run state file", path=p, hint="delete it to start the run afresh")
+    return state
+
+
+def write_state(run_dir: str | Path, state: dict[str, Any]) -> None:
+    state["updated"] = _now()
+    write_json(Path(run_dir) / STATE_FILE, _plain(state))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return path.resolve() != root.resolve()
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    from_stage: str | None = None,
+    specs: dict[str, StageSpec] | None = None,
+    log: Log = _stderr,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run the enabled stages in order, skipping the ones that are current; returns the final state."""
+    if specs is None:
+        from kormed.pipeline.stages import default_specs
+
+        specs = default_specs()
+    if from_stage is not None and from_stage not in pipeline.stages:
+        raise KormedError(
+            f"--from {from_stage}: not a stage of this pipeline (enabled: {', '.join(pipeline.stages)})",
+            field="--from",
+        )
+    ctx, unavailable = resolve_configs(pipeline, specs, log)
+    run_dir = pipeline.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = read_state(run_dir)
+    state.update(
+        version=STATE_VERSION,
+        name=pipeline.name,
+        pipeline=str(pipeline.source) if pipeline.source else None,
+        order=list(pipeline.stages),
+    )
+    state.setdefault("created", _now())
+    _write_resolved(pipeline, ctx)
+    from_index = pipeline.stages.index(from_stage) if from_stage else None
+    log(f"kormed run: {pipeline.name} -> {run_dir} (stages: {', '.join(pipeline.stages)})")
+    try:
+        for index, stage in enumerate(pipeline.stages):
+            if stage in unavailable:
+                log(f"[{stage}] unavailable: {unavailable[stage]}; later stages run without it")
+                state["stages"][stage] = {"status": "unavailable", "reason": unavailable[stage], "checked": _now()}
+                write_state(run_dir, state)
+                continue
+            _run_stage(specs[stage], ctx, state, forced=from_index is not None and index >= from_index,
+                       before_from=from_index is not None and index < from_index)
+    finally:
+        write_state(run_dir, state)
+        if report:
+            try:
+                from kormed.pipeline.report import write_report
+
+                html, _md = write_report(run_dir)
+                log(f"report: {html}")
+            except Exception as exc:  # noqa: BLE001 - a broken plot must not hide the run's own outcome
+                log(f"report: could not be written ({type(exc).__name__}: {exc}); retry with `kormed report {run_dir}`")
+    return state
+
+
+def _write_resolved(pipeline: Pipeline, ctx: RunContext) -> None:
+    """The configs actually used, one section per stage: rerun any stage by hand with `--config` on this file."""
+    import yaml
+
+    from kormed.io import atomic_write
+
+    doc = {"name": pipeline.name, "run_dir": str(pipeline.run_dir), "stages": list(pipeline.stages)}
+    for key in ("model", "device", "data_root"):
+        if getattr(pipeline, key) is not None:
+            doc[key] = getattr(pipeline, key)
+    doc["report_to"] = list(pipeline.report_to)
+    for stage, cfg in ctx.configs.items():
+        doc[stage] = _plain(cfg)
+    with atomic_write(pipeline.run_dir / "resolved_config.yaml") as fh:
+        yaml.safe_dump(doc, fh, allow_unicode=True, sort_keys=False)
+
+
+def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, forced: bool, before_from: bool) -> None:
+    stage = spec.name
+    cfg = ctx.configs[stage]
+    run_dir = ctx.run_dir
+    prev = state["stages"].get(stage) or {}
+    digest, inputs = stage_hash(spec, cfg, ctx)
+    outputs = [Path(p) for p in spec.outputs(cfg, ctx)]
+    missing = [str(p) for p in outputs if not p.exists()]
+    done = prev.get("status") == "done"
+    if before_from:
+        if not done or missing:
+            what = f"its outputs are missing ({missing[0]})" if done else "it has not finished in this run directory"
+            raise KormedError(
+                f"--from: stage '{stage}' comes before the restart point but {what}",
+                path=run_dir / STATE_FILE,
+                hint=f"run `kormed run` without --from, or restart from '{stage}'",
+            )
+        if prev.get("hash") != digest:
+            ctx.log(f"[{stage}] config or inputs changed since it ran; kept as is because of --from")
+        ctx.results[stage] = prev.get("result")
+        return
+    if not forced and done and prev.get("hash") == digest and not missing:
+        ctx.log(f"[{stage}] up to date (finished {prev.get('finished')}, {prev.get('wall_s', 0):.0f}s); skipped")
+        ctx.results[stage] = prev.get("result")
+        prev["skipped_at"] = _now()
+        return
+    reason = "forced by --from" if forced else (
+        "first run" if not prev else
+        f"outputs missing ({missing[0]})" if done and prev.get("hash") == digest else
+        f"previous attempt {prev.get('status')}" if prev.get("hash") == digest else
+        "config or inputs changed"
+    )
+    resume = (
+        not forced
+        and spec.resume_field is not None
+        and prev.get("hash") == digest
+        and prev.get("status") in ("failed", "interrupted", "running")
+        and hasattr(cfg, spec.resume_field)
+    )
+    if resume:
+        cfg = dataclasses.replace(cfg, **{spec.resume_field: True})
+        ctx.configs[stage] = cfg
+        reason += "; resuming from its last checkpoint"
+    else:
+        # a fresh (re)run: the stage's directories in the run dir and its TensorBoard logs hold one attempt only
+        dirs = list(spec.output_dirs(cfg, ctx)) if spec.output_dirs else [ctx.stage_dir(stage)]
+        for d in [*map(Path, dirs), ctx.tb_dir(stage)]:
+            if d.is_dir() and _inside(d, run_dir):
+                shutil.rmtree(d)
+    ctx.log(f"[{stage}] running ({reason})")
+    entry: dict[str, Any] = {
+        "status": "running",
+        "hash": digest,
+        "inputs": inputs,
+        "config": _plain(cfg),
+        "started": _now(),
+        "output_dir": STAGE_DIRS.get(stage, stage),
+    }
+    state["stages"][stage] = entry
+    write_state(run_dir, state)
+    t0 = time.perf_counter()
+    try:
+        result = spec.run(cfg, ctx)
+    except KeyboardInterrupt:
+        entry.update(status="interrupted", wall_s=round(time.perf_counter() - t0, 3), finished=_now())
+        raise
+    except BaseException as exc:
+        entry.update(status="failed", wall_s=round(time.perf_counter() - t0, 3), finished=_now(),
+                     error=f"{type(exc).__name__}: {exc}")
+        raise
+    wall = time.perf_counter() - t0
+    entry.update(status="done", wall_s=round(wall, 3), finished=_now(), result=_plain(result))
+    ctx.results[stage] = entry["result"]
+    write_state(run_dir, state)
+    # the hash is of the inputs as they were when the stage started; outputs written now are the next stage's inputs
+    ctx.log(f"[{stage}] done in {wall:.1f}s")
