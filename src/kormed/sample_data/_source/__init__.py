@@ -1,0 +1,1 @@
+"""Authored sources of the bundled sample data (original text written for kormed)."""
