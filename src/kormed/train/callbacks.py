@@ -1,0 +1,163 @@
+"""Trainer callbacks of the shared engine: non-finite loss guard, interrupt-and-checkpoint, early stopping,
+tokens/s. They share a :class:`kormed.train.engine.StopRecord` that says why a run stopped."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from kormed.train.engine import (
+    STOP_EARLY,
+    STOP_INTERRUPTED,
+    STOP_NON_FINITE,
+    STOP_TARGET,
+    SignalFlag,
+    StopRecord,
+    is_main_process,
+)
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stop at the first NaN/inf loss BEFORE the optimizer applies it: gradients are dropped, no checkpoint
+    is saved afterwards, so the last checkpoint on disk is the last good one."""
+
+    def __init__(self, stop: StopRecord) -> None:
+        self.stop = stop
+        self.trainer: Any = None
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.trainer is None or not self.trainer.pop_nonfinite():
+            return control
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without a gradient
+        step = state.global_step + 1
+        last = _last_checkpoint(args.output_dir)
+        self.stop.set(STOP_NON_FINITE, step, f"non-finite (NaN/inf) loss at step {step}; last good checkpoint: "
+                      f"{last or 'none'}")
+        if is_main_process():
+            print(f"\n[kormed] {self.stop.detail}. Stopping; lower the learning rate or check the data.", flush=True)
+        control.should_training_stop = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.reason == STOP_NON_FINITE:
+            control.should_save = False
+            control.should_evaluate = False
+            control.should_training_stop = True
+        return control
+
+
+def _last_checkpoint(ckpt_dir: str) -> str | None:
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(ckpt_dir) if Path(ckpt_dir).is_dir() else None
+
+
+class InterruptCallback(TrainerCallback):
+    """On SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop (resume with --resume)."""
+
+    def __init__(self, stop: StopRecord) -> None:
+        self.stop = stop
+        self.flag = SignalFlag()
+        self.trainer: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.flag.install()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        raised = self.flag.raised is not None
+        if self.trainer is not None:
+            raised = self.trainer.any_process(raised)  # all processes stop at the same step
+        if raised and self.stop.reason != STOP_NON_FINITE:
+            self.stop.set(STOP_INTERRUPTED, state.global_step, f"interrupted at step {state.global_step}")
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flag.uninstall()
+        return control
+
+
+class EarlyStopping(TrainerCallback, ExportableState):
+    """Stop when `metric` has not decreased by more than `min_delta` for `patience` validations, or as soon as
+    the matching perplexity falls below `target_perplexity`. Written here rather than HF's EarlyStoppingCallback
+    because that one has no target perplexity and does not report why it stopped."""
+
+    def __init__(self, stop: StopRecord, *, metric: str = "eval_loss", patience: int = 5, min_delta: float = 0.01,
+                 target_perplexity: float | None = None) -> None:
+        self.stop = stop
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.patience = patience
+        self.min_delta = min_delta
+        self.target_perplexity = target_perplexity
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return control
+        if self.best is None or value < self.best - self.min_delta:
+            self.best = value
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+        ppl_key = self.metric[: -len("_loss")] + "_perplexity" if self.metric.endswith("_loss") else None
+        ppl = metrics.get(ppl_key) if ppl_key else None
+        if self.target_perplexity is not None and ppl is not None and ppl < self.target_perplexity:
+            self.stop.set(STOP_TARGET, state.global_step,
+                          f"validation perplexity {ppl:.4f} < target {self.target_perplexity}")
+            control.should_training_stop = True
+        elif self.bad_evals >= self.patience:
+            self.stop.set(STOP_EARLY, state.global_step,
+                          f"{self.metric} did not improve by more than {self.min_delta} for {self.patience} "
+                          f"validations (best {self.best:.4f})")
+            control.should_training_stop = True
+        return control
+
+    def state(self) -> dict:
+        return {
+            "args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
+                     "target_perplexity": self.target_perplexity},
+            "attributes": {"best": self.best, "bad_evals": self.bad_evals},
+        }
+
+
+class ThroughputCallback(TrainerCallback):
+    """Add `tokens_per_second` (non-padding tokens over the last logging interval, all processes) and the
+    training perplexity exp(loss) to every training log line."""
+
+    def __init__(self) -> None:
+        self._t: float | None = None
+        self._tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t = time.time()
+        self._tokens = state.num_input_tokens_seen
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or self._t is None:
+            return control
+        now = time.time()
+        seen = state.num_input_tokens_seen
+        extra: dict[str, float] = {}
+        if now > self._t and seen > self._tokens:
+            extra["tokens_per_second"] = round((seen - self._tokens) / (now - self._t), 2)
+        self._t, self._tokens = now, seen
+        loss = logs["loss"]
+        if isinstance(loss, float) and math.isfinite(loss) and loss < 700:
+            extra["perplexity"] = round(math.exp(loss), 4)
+        logs.update(extra)  # seen by the loggers that run after this callback (TensorBoard, progress)
+        if state.log_history and state.log_history[-1].get("loss") == loss:
+            state.log_history[-1].update(extra)
+        return control

@@ -1,0 +1,143 @@
+"""Configuration of the training stages: LoRA and Trainer options shared by CPT and SFT, and the `cpt` section.
+
+`LoraOptions` and `TrainOptions` are nested under `lora:` and `train:` in every training section, e.g.
+
+    cpt:
+      data: runs/x/corpus/raw_text_mixed.jsonl
+      val: runs/x/corpus/raw_text_val.jsonl
+      lora: {r: 16, train_embeddings: true}
+      train: {batch_size: 2, grad_accum: 16, lr: 2.0e-5}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kormed.config import nested, opt
+from kormed.errors import KormedError
+
+# The linear layers of a Gemma 3 decoder block (attention and MLP); the vision tower is never targeted.
+GEMMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraOptions:
+    """PEFT LoRA settings (rsLoRA by default) and optional embedding training."""
+
+    r: int = opt(16, "LoRA rank.")
+    alpha: int = opt(32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.")
+    dropout: float = opt(0.05, "Dropout on the LoRA input.")
+    use_rslora: bool = opt(True, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); stable at higher ranks.")
+    target_modules: list[str] = opt(
+        list(GEMMA_LINEAR_MODULES),
+        "Linear layers that get LoRA adapters, by name; only layers of the language model are matched\n"
+        "(a multimodal checkpoint's vision tower is left alone).",
+    )
+    train_embeddings: bool = opt(
+        False,
+        "Also train the token embeddings. Gemma ties embed_tokens and lm_head: kormed trains ONE tied matrix\n"
+        "(PEFT modules_to_save with ensure_weight_tying), so saving, reloading and merging stay consistent.",
+    )
+    embedding_rows: Literal["all", "new"] = opt(
+        "all",
+        "With train_embeddings: 'all' trains the whole embedding matrix; 'new' trains only the rows of tokens\n"
+        "added by an extended tokenizer (PEFT trainable_token_indices; far less memory).",
+    )
+    embedding_lr: float | None = opt(
+        None, "Learning rate of the embedding parameters; default: a quarter of train.lr (2-10x smaller is usual)."
+    )
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise KormedError("must be at least 1", field="lora.r")
+        if not 0.0 <= self.dropout < 1.0:
+            raise KormedError("must be in [0, 1)", field="lora.dropout")
+        if not self.target_modules:
+            raise KormedError("at least one target module is needed", field="lora.target_modules")
+
+
+@dataclass
+class TrainOptions:
+    """HF Trainer settings shared by every training stage (seeds' defaults: batch 2 x accumulation 16, lr 2e-5)."""
+
+    batch_size: int = opt(2, "Sequences per device per micro-batch.")
+    grad_accum: int = opt(
+        16,
+        "Gradient accumulation steps for ONE process. Effective batch = batch_size x grad_accum (32 sequences);\n"
+        "under `accelerate launch` with N processes the accumulation is divided by N to keep it (see scale_accum).",
+    )
+    scale_accum: bool = opt(
+        True, "Keep the effective batch constant when processes are added: grad_accum / world_size per process."
+    )
+    lr: float = opt(2e-5, "Peak learning rate.")
+    warmup_ratio: float = opt(0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.")
+    scheduler: str = opt("cosine", "Decay after warmup: cosine, linear, constant_with_warmup (HF scheduler names).")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases, norms or embeddings).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides epochs).")
+    eval_steps: int = opt(50, "Validate every N optimizer steps.")
+    save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).")
+    save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).")
+    logging_steps: int = opt(10, "Log the training loss every N optimizer steps.")
+    eval_batch_size: int | None = opt(None, "Sequences per device during validation (default: 2 x batch_size).")
+    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass (less memory).")
+    seed: int = opt(42, "Seed of the data order, dropout and initialisation.")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available). bf16 on GPU, fp32 on CPU.")
+    report_to: list[str] = opt(["tensorboard"], "Trainer loggers; TensorBoard logs go to <output>/runs/.")
+    early_stopping_patience: int = opt(5, "Stop after this many validations without improvement (seeds: 5-10).")
+    early_stopping_min_delta: float = opt(0.01, "Smallest decrease of the monitored loss that counts as improvement.")
+    early_stopping_metric: str = opt("eval_loss", "Metric watched by early stopping and best-checkpoint selection.")
+    target_perplexity: float | None = opt(None, "Stop as soon as validation perplexity falls below this (seeds: 3.0).")
+    load_best_at_end: bool = opt(True, "Restore the best validated checkpoint before saving the final adapter.")
+    eval_on_start: bool = opt(True, "Validate once before the first step (the 'before' number).")
+    num_workers: int = opt(0, "DataLoader worker processes.")
+    optim: str = opt("adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_8bit, ...).")
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise KormedError("must be at least 1", field=f"train.{name}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise KormedError("must be at least 1", field="train.max_steps")
+        if self.lr <= 0:
+            raise KormedError("must be positive", field="train.lr")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise KormedError("must be in [0, 1)", field="train.warmup_ratio")
+        if self.epochs <= 0:
+            raise KormedError("must be positive", field="train.epochs")
+
+
+@dataclass
+class CPTConfig:
+    """`kormed train cpt`: continued pretraining with LoRA on packed raw Korean text."""
+
+    data: str | None = opt(None, "Training text, JSONL with one {\"text\": ...} per line (kormed prepare output).")
+    val: str | None = opt(None, "Held-out validation text, same format.")
+    model: str | None = opt(None, "Hub id or local model directory; default: the embedded Gemma 3 270M.")
+    tokenizer_path: str | None = opt(
+        None, "Extended tokenizer directory (kormed tokenizer extend); the embeddings are resized and initialised."
+    )
+    adapter: str | None = opt(None, "Continue training this kormed adapter directory instead of a fresh LoRA.")
+    output: str | None = opt(None, "Output directory; default: model/00_trained/<model-name>/.")
+    max_length: int = opt(512, "Tokens per packed block (the first is always <bos>).")
+    eod_token: str = opt("<end_of_turn>", "Token appended after every document (seeds: <end_of_turn>; or <eos>).")
+    max_samples: int | None = opt(None, "Use only the first N training documents.")
+    max_val_samples: int | None = opt(None, "Use only the first N validation documents.")
+    num_proc: int | None = opt(None, "Tokenization processes (default: min(8, CPU count)).")
+    cache_dir: str | None = opt(None, "Where the packed dataset is cached (default: <kormed cache>/packed).")
+    resume: bool = opt(False, "Continue from the last checkpoint in <output>/checkpoints with the same data order.")
+    kormedmcqa_data: str | None = opt(None, "KorMedMCQA JSONL for periodic accuracy checks during CPT (optional).")
+    kormedmcqa_every: int = opt(0, "Check KorMedMCQA accuracy every N optimizer steps (0: never).")
+    kormedmcqa_limit: int | None = opt(200, "Questions used by each periodic KorMedMCQA check.")
+    lora: LoraOptions = nested(LoraOptions, "LoRA adapter settings.")
+    train: TrainOptions = nested(TrainOptions, "Trainer settings.")
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise KormedError("must be at least 2", field="cpt.max_length")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise KormedError("must be at least 1", field="cpt.max_samples")
+        if self.eod_token not in ("<end_of_turn>", "<eos>") and not self.eod_token.startswith("<"):
+            raise KormedError("must be a special token such as <end_of_turn> or <eos>", field="cpt.eod_token")

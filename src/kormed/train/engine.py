@@ -1,0 +1,855 @@
+"""The shared training engine: model + LoRA preparation, an HF `Trainer` with kormed's guards, and outputs.
+
+Every training stage (CPT, SFT, the SFT loop) uses the same four calls:
+
+    from kormed.train.config import LoraOptions, TrainOptions
+    from kormed.train import engine
+
+    runtime = pick_runtime(options.device)
+    model, tokenizer, info = engine.prepare_model_for_training(model_name, adapter=None, lora=lora,
+                                                               runtime=runtime, tokenizer_path=None)
+    trainer = engine.build_trainer(model, tokenizer, train_ds, {"val": val_ds}, engine.CausalCollator(tokenizer),
+                                   options, output_dir)
+    summary = engine.run_training(trainer, resume=cfg.resume)      # handles SIGINT/SIGTERM, NaN, early stop
+    engine.finish_run(trainer, tokenizer, output_dir, info | {...}, summary)  # adapter + info + plot (rank 0)
+
+Datasets hold `input_ids` (lists of ints, every sequence starting with `<bos>`) and optionally `labels`
+(same length, -100 where no loss is wanted: SFT builds answer-only labels this way). `CausalCollator` pads
+both; without `labels` every real token is a target (CPT). The loss is the token-weighted mean over the whole
+accumulated batch (sum of per-token NLL / number of target tokens, counted across accumulation steps and
+processes), so it does not depend on how a batch is split into micro-batches or processes.
+
+Validation (`KormedTrainer.evaluate`) is token-weighted too: for each named eval set it reports
+`eval_<name>_loss`, `eval_<name>_perplexity` (= exp(loss)) and `eval_<name>_tokens`; the first set is also
+reported as `eval_loss` / `eval_perplexity`, which early stopping and best-checkpoint selection watch by
+default (`TrainOptions.early_stopping_metric`). Extra callbacks (e.g. KorMedMCQA accuracy) go in `callbacks`.
+
+Layout of `output_dir`: `checkpoints/` (Trainer checkpoints, for --resume), `runs/` (TensorBoard), and at the
+end `adapter_config.json`, `adapter_model.safetensors`, `tokenizer/`, `training_info.json`, `training_curves.png`.
+Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.io import atomic_write, write_json
+from kormed.models import (
+    RuntimeSpec,
+    is_multimodal,
+    load_model,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    pick_runtime,
+    resolve_model,
+)
+from kormed.train.config import LoraOptions, TrainOptions
+
+Log = Callable[[str], Any]
+
+STOP_COMPLETED = "completed"  # max_steps or the epochs ran out
+STOP_EARLY = "early_stopping"  # no improvement for `patience` validations
+STOP_TARGET = "target_perplexity"  # validation perplexity fell below the target
+STOP_INTERRUPTED = "interrupted"  # SIGINT / SIGTERM: a checkpoint was saved, --resume continues
+STOP_NON_FINITE = "non_finite_loss"  # NaN/inf loss: stopped before the bad update, last good checkpoint kept
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """True on the process that writes outputs (rank 0), also before/without torch.distributed."""
+    try:
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+    except Exception:  # pragma: no cover - accelerate always importable here
+        return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    """Number of training processes (`accelerate launch` / torchrun set WORLD_SIZE)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def format_count(n: int) -> str:
+    """1_590_000_000 -> '1.59B', 2_949_120 -> '2.95M'."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    """sha256 of a file (of its first `limit` bytes when given)."""
+    h = hashlib.sha256()
+    left = limit
+    with Path(path).open("rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+                if left <= 0:
+                    break
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide training numerics (recorded in training_info.json)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("kormed", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "tokenizers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def effective_grad_accum(options: TrainOptions, n_processes: int | None = None) -> int:
+    """Per-process accumulation so that batch_size x accumulation x processes stays batch_size x grad_accum."""
+    n = n_processes or world_size()
+    if not options.scale_accum or n == 1:
+        return options.grad_accum
+    if options.grad_accum % n:
+        warnings.warn(
+            f"grad_accum {options.grad_accum} is not divisible by {n} processes; the effective batch changes",
+            stacklevel=2,
+        )
+    return max(1, round(options.grad_accum / n))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model preparation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def lora_target_regex(model: Any, modules: Sequence[str]) -> str:
+    """A PEFT target_modules regex (full match) selecting `modules` in the language model only."""
+    names = "|".join(re.escape(m) for m in modules)
+    if is_multimodal(model.config):
+        return rf".*language_model.*\.({names})"
+    return rf".*\.({names})"
+
+
+def embeddings_tied(model: Any) -> bool:
+    """Whether the output projection shares its weight with the input embeddings (Gemma: yes)."""
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = print) -> list[int]:
+    """Resize the embeddings to an extended tokenizer; return the ids of the new tokens.
+
+    Uses the tokenizer stage's `resize_and_init_embeddings` (mean-of-pieces initialisation) when it exists,
+    else transformers' `resize_token_embeddings(mean_resizing=True)`; rows are padded to a multiple of 64.
+    """
+    base_n, new_n = len(base_tokenizer), len(tokenizer)
+    if new_n < base_n:
+        raise KormedError(f"the tokenizer has fewer tokens ({new_n}) than the model's base tokenizer ({base_n})")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if new_n > rows:
+        try:
+            from kormed.tokenizer.embeddings import resize_and_init_embeddings
+        except ImportError:
+            resize_and_init_embeddings = None
+        if resize_and_init_embeddings is not None:
+            resize_and_init_embeddings(model, base_tokenizer, tokenizer, pad_to_multiple_of=64)
+        else:
+            model.resize_token_embeddings(new_n, pad_to_multiple_of=64, mean_resizing=True)
+        log(f"[kormed] embeddings resized: {rows} -> {model.get_input_embeddings().weight.shape[0]} rows "
+            f"({new_n - base_n} new tokens)")
+    return list(range(base_n, new_n))
+
+
+def count_parameters(model: Any) -> dict[str, Any]:
+    """Trainable and total parameters (PEFT's count) and the seeds' display form '1.59B (26.78%)'."""
+    trainable, total = model.get_nb_trainable_parameters()
+    pct = 100.0 * trainable / total if total else 0.0
+    return {
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "trainable_percent": round(pct, 4),
+        "trainable": f"{format_count(int(trainable))} ({pct:.2f}%)",
+    }
+
+
+def prepare_model_for_training(
+    model_name: str | None,
+    adapter: str | Path | None = None,
+    lora: LoraOptions | None = None,
+    runtime: RuntimeSpec | None = None,
+    tokenizer_path: str | Path | None = None,
+    log: Log = print,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load the base model and text tokenizer, and wrap the model in a trainable PEFT LoRA adapter.
+
+    - `adapter`: continue training an existing kormed adapter (its config wins over `lora`; its tokenizer/
+      is used and the embeddings are resized to it).
+    - `tokenizer_path`: an extended tokenizer; the embeddings grow to it (see :func:`grow_embeddings`).
+    - LoRA (rsLoRA by default) goes on the language model's linear layers only (never a vision tower).
+    - `lora.train_embeddings`: with Gemma's tied embed_tokens/lm_head, ONE tied trainable copy is trained
+      (PEFT `modules_to_save` + `ensure_weight_tying`), or only the new rows (`embedding_rows='new'`,
+      PEFT `trainable_token_indices`), so a saved adapter reloads and merges to the same model.
+
+    Returns (peft_model, tokenizer, info) where info records model, tokenizer, LoRA settings, runtime and the
+    trainable-parameter count (printed like the seeds: "trainable params: 1.59B (26.78%)").
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = lora or LoraOptions()
+    runtime = runtime or pick_runtime("auto")
+    new_ids: list[int] = []
+    if adapter is not None:
+        if tokenizer_path is not None:
+            raise KormedError(
+                "--tokenizer-path cannot be combined with continuing an adapter (the adapter has its tokenizer/)"
+            )
+        model, tokenizer, runtime = load_model_and_tokenizer(
+            model_name, adapter=adapter, runtime=runtime, trainable_adapter=True, log=log
+        )
+        model_path = str(model.base_model.model.config.name_or_path or model_name)
+        log(f"[kormed] continuing adapter {adapter} (its LoRA settings are kept)")
+    else:
+        model_path = resolve_model(model_name, log=log)
+        base_tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(str(tokenizer_path)) if tokenizer_path is not None else base_tokenizer
+        base = load_model(model_path, runtime)
+        if tokenizer_path is not None:
+            new_ids = grow_embeddings(base, base_tokenizer, tokenizer, log=log)
+        tied = embeddings_tied(base)
+        kwargs: dict[str, Any] = {}
+        if lora.train_embeddings:
+            if lora.embedding_rows == "new":
+                if not new_ids:
+                    raise KormedError(
+                        "lora.embedding_rows 'new' needs an extended tokenizer (--tokenizer-path) with new tokens",
+                        field="lora.embedding_rows",
+                    )
+                kwargs["trainable_token_indices"] = {"embed_tokens": new_ids}
+            else:
+                kwargs["modules_to_save"] = ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
+            if tied:
+                kwargs["ensure_weight_tying"] = True
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            use_rslora=lora.use_rslora,
+            target_modules=lora_target_regex(base, lora.target_modules),
+            task_type="CAUSAL_LM",
+            bias="none",
+            **kwargs,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
+            model = get_peft_model(base, config)
+    counts = count_parameters(model)
+    log(f"[kormed] trainable params: {counts['trainable']} of {format_count(counts['total_params'])}")
+    info = {
+        "model": model_name or "embedded",
+        "model_path": model_path,
+        "multimodal": is_multimodal(model.base_model.model.config),
+        "adapter_init": str(adapter) if adapter is not None else None,
+        "tokenizer": {
+            "path": str(tokenizer_path) if tokenizer_path is not None else model_path,
+            "vocab_size": len(tokenizer),
+            "new_tokens": len(new_ids),
+        },
+        "lora": dataclasses.asdict(lora),
+        "embeddings_tied": embeddings_tied(model.base_model.model),
+        "runtime": dataclasses.asdict(runtime),
+        **counts,
+    }
+    return model, tokenizer, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data collation and loss
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CausalCollator:
+    """Right-pad `input_ids` (and `labels`, if present) to the longest sequence in the batch.
+
+    Written by hand rather than DataCollatorForLanguageModeling because that one masks every token equal to
+    pad_token_id, which silently drops real <eos> targets when pad == eos; here only the padding is masked.
+    """
+
+    def __init__(self, tokenizer: Any = None, pad_id: int | None = None, pad_to_multiple_of: int | None = None):
+        pid = pad_id if pad_id is not None else getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pid if pid is not None else 0)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(features)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, f in enumerate(features):
+            seq = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            k = len(seq)
+            ids[row, :k] = seq
+            mask[row, :k] = 1
+            lab = f.get("labels")
+            labels[row, :k] = seq if lab is None else torch.as_tensor(lab, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _shifted_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per-sequence sum of next-token NLL and count of target tokens (label -100 is ignored)."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100,
+        reduction="none",
+    ).view(shift_labels.shape)
+    valid = shift_labels.ne(-100)
+    return (nll * valid).sum(dim=1), valid.sum(dim=1)
+
+
+def token_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Sum of per-token NLL over the micro-batch divided by the number of target tokens of the WHOLE
+    accumulated batch (`num_items_in_batch`, from the Trainer). Summed over micro-batches this is exactly the
+    token mean of the full batch, independent of gradient accumulation (the Gemma 3 GA-scaling pitfall)."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    nll, count = _shifted_nll(logits, labels)
+    denom = num_items_in_batch if num_items_in_batch is not None else count.sum()
+    if hasattr(denom, "to"):
+        denom = denom.to(nll.device)
+    return nll.sum() / denom
+
+
+# --------------------------------------------------------------------------------------------------------------
+# trainer and callbacks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _embedding_param(name: str) -> bool:
+    return "embed_tokens" in name or "lm_head" in name or "trainable_tokens" in name
+
+
+def _trainer_base() -> type:
+    from transformers import Trainer
+
+    return Trainer
+
+
+class StopRecord:
+    """Why a run stopped (first reason wins), shared by the callbacks and the trainer."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.step: int | None = None
+        self.detail: str = ""
+
+    def set(self, reason: str, step: int, detail: str = "") -> None:
+        if self.reason is None:
+            self.reason, self.step, self.detail = reason, step, detail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stop_reason": self.reason or STOP_COMPLETED, "stop_step": self.step, "stop_detail": self.detail}
+
+
+def _make_trainer_class() -> type:
+    import torch
+
+    Trainer = _trainer_base()
+
+    class KormedTrainer(Trainer):
+        """HF Trainer + embedding LR group, non-finite loss detection and token-weighted validation."""
+
+        def __init__(self, *args: Any, embedding_lr: float | None = None, stop_record: StopRecord | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.embedding_lr = embedding_lr
+            self.stop_record = stop_record or StopRecord()
+            self._nonfinite: Any = None
+            # Our loss always shifts labels: count targets over labels[..., 1:] whatever the model class says.
+            if hasattr(self, "_loss_shifts_labels"):
+                self._loss_shifts_labels = True
+
+        # separate learning rate for trained embeddings ------------------------------------------------
+        def create_optimizer(self, model: Any = None) -> Any:
+            opt_model = self.model if model is None else model
+            if self.optimizer is not None:
+                return self.optimizer
+            named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+            emb = [p for n, p in named if _embedding_param(n)]
+            if not emb:
+                return super().create_optimizer(model)
+            decay_names = set(self.get_decay_parameter_names(opt_model))
+            groups = [
+                {"params": [p for n, p in named if not _embedding_param(n) and n in decay_names],
+                 "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if not _embedding_param(n) and n not in decay_names],
+                 "weight_decay": 0.0},
+                {"params": emb, "weight_decay": 0.0, "lr": self.embedding_lr or self.args.learning_rate * 0.25},
+            ]
+            groups = [g for g in groups if g["params"]]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            return self.optimizer
+
+        # non-finite loss detection (no host sync here; the guard callback syncs once per step) ------------
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            bad = ~torch.isfinite(loss.detach())
+            self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
+            return loss
+
+        def pop_nonfinite(self) -> bool:
+            """Whether any process saw a non-finite micro-batch loss since the last call (collective)."""
+            flag = self._nonfinite
+            self._nonfinite = None
+            t = torch.zeros((), device=self.args.device) if flag is None else flag.float().to(self.args.device)
+            if self.args.world_size > 1:
+                t = self.accelerator.reduce(t.reshape(1), reduction="sum")
+            return bool(t.sum().item() > 0)
+
+        def any_process(self, value: bool) -> bool:
+            """OR of a boolean over processes (collective when distributed)."""
+            if self.args.world_size <= 1:
+                return value
+            t = torch.tensor([1.0 if value else 0.0], device=self.args.device)
+            return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+
+        # token-weighted validation ----------------------------------------------------------------------
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                     metric_key_prefix: str = "eval") -> dict[str, float]:
+            sets = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if sets is None:
+                return {}
+            if not isinstance(sets, dict):
+                sets = {"": sets}
+            start = time.time()
+            metrics: dict[str, float] = {}
+            for i, (name, ds) in enumerate(sets.items()):
+                loss, tokens = self._token_weighted_eval(ds, name or "val")
+                ppl = math.exp(loss) if loss < 700 else float("inf")
+                key = f"{metric_key_prefix}_{name}" if name else metric_key_prefix
+                metrics[f"{key}_loss"] = loss
+                metrics[f"{key}_perplexity"] = ppl
+                metrics[f"{key}_tokens"] = tokens
+                if i == 0 and name:
+                    metrics[f"{metric_key_prefix}_loss"] = loss
+                    metrics[f"{metric_key_prefix}_perplexity"] = ppl
+            elapsed = time.time() - start
+            metrics[f"{metric_key_prefix}_runtime"] = round(elapsed, 4)
+            total_tokens = sum(v for k, v in metrics.items() if k.endswith("_tokens"))
+            metrics[f"{metric_key_prefix}_tokens_per_second"] = round(total_tokens / max(elapsed, 1e-9), 3)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+        def _token_weighted_eval(self, dataset: Any, name: str) -> tuple[float, int]:
+            from tqdm.auto import tqdm
+
+            dataloader = self.get_eval_dataloader(dataset)
+            model = self.model_wrapped if self.model_wrapped is not None else self.model
+            was_training = model.training
+            model.eval()
+            total = torch.zeros((), dtype=torch.float64, device=self.args.device)
+            count = torch.zeros((), dtype=torch.int64, device=self.args.device)
+            try:
+                with torch.no_grad():
+                    for batch in tqdm(dataloader, desc=f"validate {name}", leave=False,
+                                      disable=self.args.disable_tqdm or not self.is_world_process_zero()):
+                        batch = self._prepare_inputs(batch)
+                        labels = batch.pop("labels")
+                        with self.compute_loss_context_manager():
+                            logits = model(**batch).logits
+                        nll, n = _shifted_nll(logits, labels)
+                        # gather_for_metrics drops the samples duplicated to even out the last batch
+                        nll, n = self.accelerator.gather_for_metrics((nll.double(), n))
+                        total += nll.sum()
+                        count += n.sum()
+                        del logits
+            finally:
+                if was_training:
+                    model.train()
+            tokens = int(count.item())
+            return (float(total.item()) / tokens if tokens else float("nan")), tokens
+
+    return KormedTrainer
+
+
+_TRAINER_CLASS: type | None = None
+
+
+def trainer_class() -> type:
+    """The KormedTrainer class (built lazily so importing this module does not import transformers)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is None:
+        _TRAINER_CLASS = _make_trainer_class()
+    return _TRAINER_CLASS
+
+
+def _callbacks_module() -> Any:
+    from kormed.train import callbacks
+
+    return callbacks
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    eval_datasets: dict[str, Any] | None,
+    collator: Any,
+    options: TrainOptions,
+    output_dir: str | Path,
+    callbacks: Iterable[Any] = (),
+    *,
+    embedding_lr: float | None = None,
+    runtime: RuntimeSpec | None = None,
+) -> Any:
+    """An HF Trainer (KormedTrainer) set up the kormed way.
+
+    bf16 on GPU / fp32 on CPU (from `runtime`, default `pick_runtime(options.device)`), gradient checkpointing,
+    warmup + decay, a loss independent of gradient accumulation, token-weighted validation every
+    `options.eval_steps`, a separate learning rate for trained embeddings (`embedding_lr`, default lr / 4),
+    TensorBoard under `output_dir/runs`, checkpoints under `output_dir/checkpoints`, and the guard callbacks:
+    non-finite loss stop, SIGINT/SIGTERM checkpoint-and-stop, early stopping (patience, min_delta, target
+    perplexity), tokens/s logging. `trainer.stop_record` says why the run stopped.
+    """
+    from transformers import TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    cb = _callbacks_module()
+    runtime = runtime or pick_runtime(options.device)
+    output_dir = Path(output_dir)
+    has_eval = bool(eval_datasets)
+    save_steps = options.save_steps or options.eval_steps
+    load_best = options.load_best_at_end and has_eval and save_steps % options.eval_steps == 0
+    report_to = [r for r in options.report_to if r != "tensorboard"] or "none"
+    grad_accum = effective_grad_accum(options)
+    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
+    ckpt_name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
+    checkpointing = {
+        ckpt_name: options.gradient_checkpointing,
+        f"{ckpt_name}_kwargs": {"use_reentrant": False} if options.gradient_checkpointing else None,
+    }
+    args = TrainingArguments(
+        **checkpointing,
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.eval_batch_size or 2 * options.batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=options.lr,
+        warmup_steps=options.warmup_ratio,
+        lr_scheduler_type=options.scheduler,
+        weight_decay=options.weight_decay,
+        max_grad_norm=options.max_grad_norm,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=options.eval_steps,
+        eval_on_start=options.eval_on_start and has_eval,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=options.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model=options.early_stopping_metric if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        logging_steps=options.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=runtime.dtype == "bfloat16",
+        fp16=False,  # never: Gemma 3 activations overflow float16
+        use_cpu=runtime.device == "cpu",
+        report_to=report_to,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=options.num_workers,
+        optim=options.optim,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+        restore_callback_states_from_checkpoint=True,
+        average_tokens_across_devices=True,
+    )
+    stop = StopRecord()
+    extra = [
+        cb.NonFiniteLossGuard(stop),
+        cb.InterruptCallback(stop),
+        cb.EarlyStopping(
+            stop,
+            metric=options.early_stopping_metric,
+            patience=options.early_stopping_patience,
+            min_delta=options.early_stopping_min_delta,
+            target_perplexity=options.target_perplexity,
+        ),
+        cb.ThroughputCallback(),
+    ]
+    if "tensorboard" in options.report_to:
+        tb = TensorBoardCallback()
+        tb.logging_dir = str(output_dir / "runs")
+        extra.append(tb)
+    if options.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    trainer = trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_loss_func=token_weighted_loss,
+        callbacks=[*extra, *callbacks],
+        embedding_lr=embedding_lr,
+        stop_record=stop,
+    )
+    for c in extra:
+        if hasattr(c, "trainer"):
+            c.trainer = trainer
+    trainer.kormed_runtime = runtime
+    return trainer
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest Trainer checkpoint under output_dir/checkpoints, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = Path(output_dir) / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def run_training(trainer: Any, *, resume: bool = False, log: Log = print) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint when `resume`), and summarise the run.
+
+    Returns stop_reason/stop_step/stop_detail, global_step, tokens_seen, wall_time_s, resumed_from,
+    best_metric/best_step/best_checkpoint, first_eval/best_eval/last_eval (metric dicts), eval_history and
+    train_loss_last. Refuses to mix with stale checkpoints of an earlier run unless `resume`.
+    """
+    out = Path(trainer.args.output_dir).parent
+    ckpt = last_checkpoint(out)
+    resume_from = None
+    if resume:
+        if ckpt is None:
+            log(f"[kormed] --resume: no checkpoint in {out / 'checkpoints'}, starting from the beginning")
+        else:
+            resume_from = ckpt
+            log(f"[kormed] resuming from {ckpt}")
+    elif ckpt is not None:
+        raise KormedError(
+            "the output directory has checkpoints of an earlier run",
+            path=ckpt,
+            hint="pass --resume to continue it, or choose another --output",
+        )
+    start = time.time()
+    trainer.train(resume_from_checkpoint=resume_from)
+    wall = time.time() - start
+    return summarize(trainer, wall_time=wall, resumed_from=resume_from)
+
+
+def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None) -> dict[str, Any]:
+    """The run summary recorded in training_info.json (see :func:`run_training`)."""
+    state = trainer.state
+    evals = [
+        {k: v for k, v in e.items() if k.startswith("eval_") or k in ("step", "epoch")}
+        for e in state.log_history
+        if "eval_loss" in e
+    ]
+    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+    best_eval = None
+    if state.best_global_step is not None:
+        best_eval = next((e for e in evals if e.get("step") == state.best_global_step), None)
+    elif evals:
+        best_eval = min(evals, key=lambda e: e["eval_loss"])
+    return {
+        **trainer.stop_record.as_dict(),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs": state.epoch,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "wall_time_s": round(wall_time, 3),
+        "resumed_from": resumed_from,
+        "best_metric": state.best_metric,
+        "best_step": getattr(state, "best_global_step", None),
+        "best_checkpoint": state.best_model_checkpoint,
+        "first_eval": evals[0] if evals else None,
+        "best_eval": best_eval,
+        "last_eval": evals[-1] if evals else None,
+        "eval_history": evals,
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "world_size": trainer.args.world_size,
+        "effective_batch_size": trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _replace_into(src: Path, dst: Path) -> None:
+    """Move `src` (file or directory) over `dst` with renames (atomic per entry on one filesystem)."""
+    if dst.is_dir() and not dst.is_symlink():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def save_adapter(
+    model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
+    state_dict: dict[str, Any] | None = None,
+) -> Path | None:
+    """Write the seeds' layout into `output_dir`: adapter_config.json, adapter_model.safetensors, tokenizer/,
+    training_info.json. Files are staged in a temporary directory and renamed into place; only the main
+    process writes (returns None elsewhere). Pass `state_dict` when it had to be gathered (FSDP)."""
+    if not is_main_process():
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
+        stage = Path(tmp)
+        model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(stage / "tokenizer")
+        for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer"):
+            if (stage / name).exists():
+                _replace_into(stage / name, out / name)
+        # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
+    if info is not None:
+        write_json(out / "training_info.json", info)
+    return out
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """Loss (train and validation) and validation perplexity against the optimizer step, as a PNG."""
+    if not is_main_process():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"], e.get("eval_perplexity")) for e in log_history if "eval_loss" in e]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax1.plot([s for s, _ in train], [v for _, v in train], label="train loss", color="tab:blue")
+    if evals:
+        ax1.plot([s for s, _, _ in evals], [v for _, v, _ in evals], "o-", label="validation loss", color="tab:red")
+        ax2.plot([s for s, _, _ in evals], [p for _, _, p in evals], "o-", color="tab:red")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss (nats/token)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("validation perplexity")
+    if evals and all(p and p > 0 and math.isfinite(p) for _, _, p in evals):
+        ax2.set_yscale("log")
+    ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return Path(path)
+
+
+def gather_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """Full (unsharded) state dict under FSDP (a collective: call on every process); None otherwise."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None
+
+
+def finish_run(
+    trainer: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any], summary: dict[str, Any],
+    *, save: bool = True,
+) -> dict[str, Any]:
+    """Write the final adapter (when `save`), training_info.json (info + summary) and training_curves.png.
+
+    Call on every process (FSDP gathers the weights collectively); only the main process writes.
+    Returns the full training info dict.
+    """
+    full = {**info, **summary}
+    runtime = getattr(trainer, "kormed_runtime", None)
+    if runtime is not None:
+        full["runtime"] = dataclasses.asdict(runtime)
+    full["library_versions"] = library_versions()
+    full = json.loads(json.dumps(full, default=str))  # plain JSON types only
+    state_dict = gather_state_dict(trainer) if save else None
+    out = Path(output_dir)
+    if save:
+        save_adapter(trainer.model, tokenizer, out, full, state_dict=state_dict)
+    elif is_main_process():
+        write_json(out / "training_info.json", full)
+    plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))
+    if trainer.args.world_size > 1:
+        trainer.accelerator.wait_for_everyone()
+    return full
+
+
+# --------------------------------------------------------------------------------------------------------------
+# signal handling (used by InterruptCallback)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SignalFlag:
+    """Install SIGINT/SIGTERM handlers that set a flag (a second Ctrl-C aborts at once); restore on uninstall."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.raised = signum
+        if is_main_process():
+            print(f"\n[kormed] {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                  "(Ctrl-C again aborts without saving)", flush=True)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
