@@ -53,7 +53,7 @@ STATE_VERSION = 1
 # files above this size are fingerprinted by size, mtime and their first/last MiB instead of a full hash
 FULL_HASH_LIMIT = 256 * 1024 * 1024
 # directory entries never part of a stage's inputs (checkpoints, logs, editor/OS litter)
-_SKIP_NAMES = ("checkpoint-", "runs", "tensorboard", ".", "__pycache__")
+_SKIP_NAMES = ("checkpoint", "runs", "tensorboard", ".", "__pycache__")
 
 Log = Callable[[str], None]
 

@@ -1,0 +1,209 @@
+"""`kormed report`: a synthetic run directory (TensorBoard events, trainer logs, stats and eval JSONs) becomes a
+self-contained HTML page and a Markdown twin; missing pieces say "not run"; the page renders in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kormed.errors import KormedError
+from kormed.pipeline.report import collect, read_scalars, scalars_from_log_history, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+
+
+def _mcq(acc: float, doctor: float, nurse: float, total: int = 20) -> dict:
+    return {
+        "accuracy": acc, "correct": round(acc * total), "total": total, "unparseable": 1, "mode": "loglik",
+        "per_subset": {"doctor": {"accuracy": doctor, "correct": 5, "total": 10},
+                       "nurse": {"accuracy": nurse, "correct": 5, "total": 10}},
+        "per_year": {}, "questions": [],
+    }
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    """A run directory as `kormed run` leaves it (prepare, tokenizer, cpt, sft step1-2, eval; loop not run)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rd = tmp_path / "runs" / "synthetic"
+    _write(rd / "state.json", {
+        "version": 1, "name": "synthetic", "pipeline": "pipeline.yaml", "updated": "2026-11-24T21:00:00+00:00",
+        "order": ["prepare", "tokenizer", "cpt", "sft", "loop", "eval"],
+        "stages": {
+            "prepare": {"status": "done", "wall_s": 12.5, "output_dir": "corpus", "result": {"documents": 130}},
+            "tokenizer": {"status": "done", "wall_s": 30.0, "output_dir": "tokenizer"},
+            "cpt": {"status": "done", "wall_s": 421.0, "output_dir": "cpt"},
+            "sft": {"status": "done", "wall_s": 200.0, "output_dir": "sft"},
+            "loop": {"status": "unavailable", "reason": "not installed"},
+            "eval": {"status": "done", "wall_s": 95.0, "output_dir": "eval"},
+        },
+    })
+    _write(rd / "corpus" / "raw_text_mixed.stats.json", {
+        "sources": [
+            {"source": "namu_wiki", "base": 80, "multiplier": 1, "final": 80, "ratio": 0.55, "characters": 90000},
+            {"source": "mcq", "base": 6, "multiplier": 5, "final": 30, "ratio": 0.2, "characters": 6000},
+            {"source": "medical_dict", "base": 7, "multiplier": 5, "final": 35, "ratio": 0.25, "characters": 3500},
+        ],
+        "dropped": {"too_short": 4, "low_hangul": 2},
+    })
+    _write(rd / "tokenizer" / "tokenizer_report.json", {
+        "method": "bpe", "new_tokens": 1200, "base_vocab_size": 262145, "vocab_size": 263345,
+        "heldout": {"tokens_per_1000_chars_before": 640.0, "tokens_per_1000_chars_after": 450.0,
+                    "new_token_share_of_chars": 0.31},
+        "medical": {"tokens_per_1000_chars_before": 700.0, "tokens_per_1000_chars_after": 420.0,
+                    "new_token_share_of_chars": 0.4},
+        "settings": {"max_new_tokens": 1200},
+    })
+    # CPT: curves in the run's TensorBoard directory, stop info in training_info.json
+    writer = SummaryWriter(log_dir=str(rd / "tensorboard" / "cpt" / "runs" / "x"))
+    for step in range(1, 31):
+        writer.add_scalar("train/loss", 4.0 - step * 0.05, step)
+        if step % 10 == 0:
+            writer.add_scalar("eval/loss", 3.8 - step * 0.04, step)
+            writer.add_scalar("eval/perplexity", 40.0 - step, step)
+    writer.close()
+    _write(rd / "cpt" / "training_info.json", {
+        "stop_reason": "early_stopping", "stop_step": 30, "tokens_seen": 120000, "wall_time_s": 400.0,
+        "config": {"train": {"target_perplexity": 3.0}},
+    })
+    # SFT: no TensorBoard events, only the Trainer's log_history (fallback path)
+    for step_no, stop in ((1, "conditions_met"), (2, "max_steps")):
+        d = rd / "sft" / f"step{step_no}"
+        history = [{"step": s, "loss": 2.0 / s, "epoch": 0.1} for s in range(1, 9)]
+        history += [{"step": s, "eval_qa_loss": 1.0 / s, "eval_raw_loss": 2.5} for s in (4, 8)]
+        _write(d / "trainer_state.json", {"log_history": history})
+        _write(d / "training_info.json", {
+            "stop_reason": stop, "stop_step": 8,
+            "stop_conditions": [{"metric": "eval_qa_loss", "threshold": 0.3, "op": "<"}],
+        })
+    _write(rd / "eval" / "kormedmcqa_base.json", _mcq(0.25, 0.2, 0.3))
+    _write(rd / "eval" / "kormedmcqa_cpt.json", _mcq(0.3, 0.3, 0.3))
+    _write(rd / "eval" / "kormedmcqa_sft.json", _mcq(0.45, 0.4, 0.5))
+    _write(rd / "eval" / "ppl_base.json", {"loss": 3.2, "perplexity": 24.5, "tokens": 5000})
+    _write(rd / "eval" / "ppl_sft.json", {"loss": 2.9, "perplexity": 18.2, "tokens": 5000})
+    return rd
+
+
+def _images(html: str) -> dict[str, bytes]:
+    found = re.findall(r'<img alt="[^"]*" data-name="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    return {name: base64.b64decode(b64) for name, b64 in found}
+
+
+def test_readers(run_dir: Path):
+    scalars = read_scalars(run_dir / "tensorboard" / "cpt")
+    assert [s for s, _ in scalars["eval/loss"]] == [10, 20, 30]
+    assert scalars["train/loss"][0] == (1, pytest.approx(3.95))
+    hist = scalars_from_log_history([{"step": 2, "loss": 1.5, "epoch": 0.1}, {"step": 4, "eval_qa_loss": 0.7},
+                                     {"epoch": 1.0, "train_runtime": 3.0}])
+    assert hist == {"train/loss": [(2, 1.5)], "eval/qa_loss": [(4, 0.7)]}
+    data = collect(run_dir)
+    assert [u.name for u in data.training["sft"]] == ["sft/step1", "sft/step2"]
+    assert data.training["sft"][0].source == "sft/step1/trainer_state.json"
+    assert data.training["cpt"][0].source == "tensorboard/cpt"
+    assert sorted(data.mcq) == ["base", "cpt", "sft"] and sorted(data.ppl) == ["base", "sft"]
+
+
+def test_report_has_every_section_and_embedded_plots(run_dir: Path):
+    html_path, md_path = write_report(run_dir)
+    html = html_path.read_text(encoding="utf-8")
+    # self-contained: no external resource of any kind
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<link" not in html and "<script" not in html
+    images = _images(html)
+    expected = {"wall_time.png", "data_distribution.png", "data_characters.png", "token_efficiency.png",
+                "curves_cpt.png", "curves_sft_step1.png", "curves_sft_step2.png", "kormedmcqa.png", "perplexity.png"}
+    assert set(images) == expected
+    for png in images.values():
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    for title in ("Stages", "Data distribution", "Token efficiency", "Training curves", "KorMedMCQA accuracy"):
+        assert f"<h2>{title}" in html
+    # figures from the inputs appear in the tables
+    assert "namu_wiki" in html and "too_short" in html
+    assert "640.0" in html and "29.7%" in html  # tokens/1k chars before, saving on held-out text
+    assert "early_stopping" in html and "conditions_met" in html and "max_steps" in html
+    assert "0.450" in html and "doctor" in html and "nurse" in html
+    assert "300 tokens/s" in html  # cpt: 120,000 tokens in 400 s
+    assert "7m 01s" in html  # cpt wall time 421 s
+    assert "unavailable" in html and "dictionary &lt;-&gt; exam loop: not run." in html
+    # the Markdown twin points at PNG files that exist and are the same images
+    md = md_path.read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\((report_assets/[^)]+)\)", md)
+    assert {Path(link).name for link in links} == expected
+    for link in links:
+        assert (run_dir / link).read_bytes() == images[Path(link).name]
+    assert "| model | mode | questions | accuracy | doctor | nurse | unparseable |" in md
+    # rerunning gives the same page
+    write_report(run_dir)
+    assert html_path.read_text(encoding="utf-8") == html
+
+
+def test_missing_pieces_say_not_run(tmp_path: Path):
+    rd = tmp_path / "empty"
+    rd.mkdir()
+    html_path, md_path = write_report(rd)
+    md = md_path.read_text(encoding="utf-8")
+    assert md.count("not run") >= 5
+    assert "<img" not in html_path.read_text(encoding="utf-8")
+    # a broken JSON file is treated as missing, not a crash
+    (rd / "eval").mkdir()
+    (rd / "eval" / "kormedmcqa_base.json").write_text("{broken", encoding="utf-8")
+    (rd / "state.json").write_text("[]", encoding="utf-8")
+    write_report(rd)
+    with pytest.raises(KormedError, match="does not exist"):
+        write_report(tmp_path / "nowhere")
+
+
+def test_stale_plots_are_removed(run_dir: Path):
+    write_report(run_dir)
+    assert (run_dir / "report_assets" / "perplexity.png").exists()
+    for p in (run_dir / "eval").glob("ppl_*.json"):
+        p.unlink()
+    write_report(run_dir)
+    assert not (run_dir / "report_assets" / "perplexity.png").exists()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian package `chromium`)")
+    html_path, _ = write_report(run_dir)
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,2400",
+           f"--screenshot={shot}", html_path.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    import numpy as np
+    from matplotlib.image import imread
+
+    img = imread(str(shot))
+    assert img.shape[0] >= 2000 and img.shape[1] >= 1100
+    pixels = (img[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+    colours = np.unique(pixels[:: max(1, len(pixels) // 200000)], axis=0)
+    non_white = (pixels.min(axis=1) < 240).mean()
+    # text, tables and coloured plots: many colours and a real share of non-white pixels (not a blank page)
+    assert len(colours) > 200, len(colours)
+    assert non_white > 0.05, non_white
