@@ -215,7 +215,9 @@ def loglik_scores(
             ids, mask = _left_pad(batch, _pad_id(tokenizer), device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             keep = max(len(cont) for key in batch for _, cont in inputs[key])
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep).logits
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep, use_cache=False
+            ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, key in enumerate(batch):
                 for r, cont in inputs[key]:

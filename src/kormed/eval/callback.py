@@ -1,0 +1,109 @@
+"""Periodic KorMedMCQA accuracy during training, as a transformers `TrainerCallback`.
+
+Every `every_n_evals` evaluations the callback scores a fixed random sample of questions (the same sample
+each time, so the numbers are comparable across steps) and
+
+* adds `eval_kormedmcqa_accuracy` (and `eval_kormedmcqa_unparseable`) to the evaluation's metrics dict, so
+  `metric_for_best_model="eval_kormedmcqa_accuracy"` and stop conditions that read the metrics see it;
+* when attached to its trainer (`KorMedMCQACallback.add_to(trainer, ...)` or `callback.attach(trainer)`),
+  logs it with `trainer.log`, i.e. into the same TensorBoard run (shown as `eval/kormedmcqa_accuracy`) and
+  into `trainer.state.log_history`. Without a trainer it appends the record to `state.log_history` itself.
+
+Only the main process evaluates (fine for single-device and DDP training; under FSDP/ZeRO-3 the sharded model
+cannot be run on one rank, so do not use this callback there).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from kormed.eval.kormedmcqa import evaluate_kormedmcqa
+from kormed.records import MCQ
+
+METRIC = "eval_kormedmcqa_accuracy"
+
+
+class KorMedMCQACallback(TrainerCallback):
+    """Score a sampled subset of KorMedMCQA questions every N evaluations and log the accuracy."""
+
+    def __init__(
+        self,
+        questions: Sequence[MCQ],
+        *,
+        every_n_evals: int = 1,
+        sample: int | None = 100,
+        seed: int = 0,
+        mode: str = "loglik",
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 32,
+        fewshot: Sequence[MCQ] = (),
+        num_fewshot: int = 0,
+        chat_template: str | None = None,
+        progress: bool = False,
+        trainer: Any = None,
+    ) -> None:
+        if every_n_evals < 1:
+            raise ValueError("every_n_evals must be at least 1")
+        if not questions:
+            raise ValueError("no questions to evaluate")
+        qs = list(questions)
+        if sample is not None and sample < len(qs):
+            # A fixed sample (kept in file order) so that successive evaluations are comparable.
+            picked = sorted(random.Random(seed).sample(range(len(qs)), sample))
+            qs = [qs[i] for i in picked]
+        self.questions = qs
+        self.every_n_evals = every_n_evals
+        self.mode = mode
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.fewshot = list(fewshot)
+        self.num_fewshot = num_fewshot
+        self.chat_template = chat_template
+        self.progress = progress
+        self.trainer = trainer
+        self.evaluations = 0
+        self.history: list[dict[str, Any]] = []
+
+    def attach(self, trainer: Any) -> KorMedMCQACallback:
+        """Log through `trainer.log` (same TensorBoard run, same log history)."""
+        self.trainer = trainer
+        return self
+
+    @classmethod
+    def add_to(cls, trainer: Any, questions: Sequence[MCQ], **kwargs: Any) -> KorMedMCQACallback:
+        """Create the callback, attach it to `trainer` and register it there; returns it."""
+        callback = cls(questions, trainer=trainer, **kwargs)
+        trainer.add_callback(callback)
+        return callback
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        self.evaluations += 1
+        if self.evaluations % self.every_n_evals != 0 or not state.is_world_process_zero:
+            return
+        model = kwargs.get("model")
+        if self.trainer is not None and hasattr(self.trainer, "accelerator"):
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        tokenizer = self.tokenizer or kwargs.get("processing_class")
+        if model is None or tokenizer is None:
+            raise ValueError("KorMedMCQACallback needs the model and a tokenizer (pass tokenizer=...)")
+        result = evaluate_kormedmcqa(
+            model, tokenizer, self.questions, mode=self.mode, fewshot=self.fewshot, num_fewshot=self.num_fewshot,
+            batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, chat_template=self.chat_template,
+            progress=self.progress,
+        )
+        logs = {METRIC: result["accuracy"], "eval_kormedmcqa_unparseable": float(result["unparseable"])}
+        self.history.append({"step": state.global_step, "accuracy": result["accuracy"], "total": result["total"],
+                             "mode": self.mode})
+        if metrics is not None:
+            metrics.update(logs)
+        if self.trainer is not None:
+            self.trainer.log(dict(logs))
+        else:
+            state.log_history.append({**logs, "step": state.global_step})
