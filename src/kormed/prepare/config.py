@@ -1,0 +1,168 @@
+"""Configuration of `kormed prepare` (section `prepare`). Defaults follow seed 001; `--preset seed-000` gives 000."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kormed.config import opt, read_yaml
+from kormed.errors import KormedError
+
+PLAIN_SOURCES = ("namu_wiki", "wikipedia_korean", "c4_korean")
+MEDICAL_SOURCES = ("mcq", "medical_dict", "char_dict")
+ALL_SOURCES = PLAIN_SOURCES + MEDICAL_SOURCES
+DEFAULT_OUT = "data/01_raw/00_korean/korean/raw_text_mixed.jsonl"
+
+
+@dataclass
+class PlainSourceConfig:
+    """One plain-text Arrow source (a `save_to_disk` Dataset, or a DatasetDict with a `train` split)."""
+
+    path: str = opt("", "Dataset directory; a relative path is taken under data_root.")
+    optional: bool = opt(False, "If true a missing source is reported and skipped; if false it is an error.")
+    multiplier: int = opt(1, "Each kept document is written this many times (seed 001: 1, seed 000: 5).")
+    weight: float = opt(1.0, "Share of plain_docs taken from this source when plain_mix is 'weights'.")
+    cleaner: Literal["namumark", "wiki", "none"] = opt(
+        "wiki", "namumark: NamuMark parser (redirects skipped); wiki: Wikipedia/C4 leftovers removed; none."
+    )
+    text_field: str = opt("text", "Column holding the document text.")
+    split: str = opt("train", "Split used when the directory holds a DatasetDict.")
+    main_namespace_only: bool = opt(
+        False, "Keep only namespace 0 (main articles) when the dataset has a `namespace` column (Namu Wiki)."
+    )
+
+
+@dataclass
+class FileSourceConfig:
+    """One medical source: the KorMedMCQA JSONL or a `[{term, definition}]` dictionary."""
+
+    path: str = opt("", "File; a relative path is taken under data_root.")
+    optional: bool = opt(False, "If true a missing source is reported and skipped; if false it is an error.")
+    multiplier: int = opt(5, "Each record is written this many times (medical data x5 in both seeds).")
+
+
+def _plain(path: str, cleaner: str, *, namespace: bool = False, help: str) -> Any:  # noqa: A002
+    return dataclasses.field(
+        default_factory=lambda: PlainSourceConfig(
+            path=path,
+            cleaner=cleaner,
+            main_namespace_only=namespace,  # type: ignore[arg-type]
+        ),
+        metadata={"help": help},
+    )
+
+
+def _file(path: str, help: str) -> Any:  # noqa: A002
+    return dataclasses.field(default_factory=lambda: FileSourceConfig(path=path), metadata={"help": help})
+
+
+@dataclass
+class PrepareConfig:
+    """Everything `kormed prepare` reads: sources, filters, sampling, mixing and outputs."""
+
+    data_root: str = opt(".", "Directory in the seeds' layout (data/01_raw/..., data/02_refined/...).")
+    out: str = opt(
+        "",
+        f"Output JSONL; empty = {DEFAULT_OUT} under data_root. Beside it go <name>.val.jsonl and <name>.stats.json.",
+    )
+    namu_wiki: PlainSourceConfig = _plain(
+        "data/01_raw/00_korean/namu_wiki", "namumark", namespace=True, help="Namu Wiki dump (NamuMark markup)."
+    )
+    wikipedia_korean: PlainSourceConfig = _plain(
+        "data/01_raw/00_korean/wikipedia-korean", "wiki", help="Korean Wikipedia (plain text with leftovers)."
+    )
+    c4_korean: PlainSourceConfig = _plain("data/01_raw/00_korean/c4_korean", "wiki", help="Korean C4 web text.")
+    mcq: FileSourceConfig = _file(
+        "data/01_raw/02_kor_med_test/train.jsonl",
+        "KorMedMCQA questions (train split only: the test split is for evaluation and never enters the corpus).",
+    )
+    medical_dict: FileSourceConfig = _file("data/02_refined/01_medical_dict.json", "Medical dictionary.")
+    char_dict: FileSourceConfig = _file("data/02_refined/02_char_dict.json", "Medical symbol dictionary.")
+    plain_docs: int = opt(100_000, "Plain-text documents sampled across the plain sources (after filtering).")
+    all: bool = opt(False, "Use every plain document that passes the filters instead of sampling plain_docs.")
+    plain_mix: Literal["proportional", "weights"] = opt(
+        "proportional",
+        "How plain_docs is split across plain sources: in proportion to their row counts, or by their `weight`.",
+    )
+    min_chars: int = opt(100, "Drop cleaned plain documents shorter than this many characters.")
+    min_hangul_ratio: float = opt(
+        0.1, "Drop cleaned plain documents whose Hangul characters are below this share of non-space characters."
+    )
+    mcq_style: Literal["korean_only", "with_english"] = opt(
+        "korean_only", "Options in `선택지:`: Korean names only (seed 001) or with their English (seed 000)."
+    )
+    char_particles: Literal["seed", "rule"] = opt(
+        "seed", "Symbol sentences: the seeds' fixed 는/를, or particles by the documented rule."
+    )
+    val_fraction: float = opt(
+        0.02, "Held-out validation documents, as a share of the plain documents used (0 disables)."
+    )
+    val_min_chars: int = opt(300, "Validation documents have at least this many characters.")
+    val_max_docs: int = opt(5000, "At most this many validation documents.")
+    seed: int = opt(42, "Random seed for sampling, validation split and shuffle (same inputs + seed = same bytes).")
+    num_proc: int = opt(0, "Worker processes for cleaning; 0 = all CPU cores.")
+    batch_size: int = opt(256, "Documents per cleaning task sent to a worker.")
+    shuffle_bucket_mb: int = opt(
+        256, "Memory bound of the shuffle: the corpus is shuffled in random buckets of about this many MB."
+    )
+    skip_bad: bool = opt(False, "Skip bad records (counted and reported) instead of stopping at the first one.")
+
+    def validate(self) -> None:
+        if self.plain_docs < 0:
+            raise KormedError("must be >= 0", field="prepare.plain_docs")
+        if not 0.0 <= self.min_hangul_ratio <= 1.0:
+            raise KormedError("must be between 0 and 1", field="prepare.min_hangul_ratio")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise KormedError("must be in [0, 1)", field="prepare.val_fraction")
+        if self.num_proc < 0:
+            raise KormedError("must be >= 0 (0 = all cores)", field="prepare.num_proc")
+        if self.batch_size < 1 or self.shuffle_bucket_mb < 1:
+            raise KormedError("must be >= 1", field="prepare.batch_size/shuffle_bucket_mb")
+        for name in ALL_SOURCES:
+            src = getattr(self, name)
+            if src.multiplier < 0:
+                raise KormedError("must be >= 0", field=f"prepare.{name}.multiplier")
+            if isinstance(src, PlainSourceConfig) and src.weight < 0:
+                raise KormedError("must be >= 0", field=f"prepare.{name}.weight")
+
+    # -- resolved paths ---------------------------------------------------------------------------------------
+    def root(self) -> Path:
+        return Path(self.data_root).expanduser()
+
+    def source_path(self, name: str) -> Path:
+        """Absolute-or-root-relative path of source `name` (relative paths are under data_root)."""
+        p = Path(getattr(self, name).path).expanduser()
+        return p if p.is_absolute() else self.root() / p
+
+    def out_path(self) -> Path:
+        p = Path(self.out or DEFAULT_OUT).expanduser()
+        return p if p.is_absolute() else self.root() / p
+
+    def val_path(self) -> Path:
+        out = self.out_path()
+        return out.with_name(out.name.removesuffix(".jsonl") + ".val.jsonl")
+
+    def stats_path(self) -> Path:
+        out = self.out_path()
+        return out.with_name(out.name.removesuffix(".jsonl") + ".stats.json")
+
+
+def presets_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "presets"
+
+
+def load_preset(name: str, section: str = "prepare") -> dict[str, Any]:
+    """The `section` mapping of a preset: a bundled name (`seed-000`) or a YAML file path."""
+    p = Path(name)
+    if not p.suffix:
+        p = presets_dir() / f"{name}.yaml"
+        if not p.is_file():
+            known = sorted(f.stem for f in presets_dir().glob("*.yaml"))
+            raise KormedError(f"unknown preset '{name}' (bundled: {', '.join(known) or 'none'})")
+    data = read_yaml(p)
+    values = data.get(section) or {}
+    if not isinstance(values, dict):
+        raise KormedError("section must be a mapping", path=p, field=section)
+    return values

@@ -1,0 +1,391 @@
+"""`run_prepare`: the four sources become one cleaned, mixed CPT corpus (+ validation set and stats).
+
+Plain sources (per source, in config order):
+1. validation: walk a seeded permutation of the rows, clean each, and keep the first documents that pass the
+   filters and have at least `val_min_chars` characters until the source's validation quota is met;
+2. training: sampled mode walks the same permutation (validation rows left out) and keeps the first
+   `quota` documents that pass; `--all` streams every shard in order instead. A training document whose text
+   equals a validation text is dropped (`duplicate_of_val`), so the two sets are disjoint by row and by text.
+Cleaning runs in `num_proc` worker processes over batches with bounded look-ahead; results are consumed in
+order, so the output does not depend on `num_proc`, batch or chunk sizes. Kept documents go to a spool file,
+never to memory; medical records are rendered and spooled `multiplier` times; `mix.shuffle_file` then writes
+the output atomically in a seeded random order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.io import write_json, write_jsonl
+from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
+from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
+from kormed.prepare.mix import (
+    RNG_SAMPLE,
+    RNG_VAL,
+    Spool,
+    allocate,
+    distribution_rows,
+    format_table,
+    jsonl_line,
+    rng,
+    shuffle_file,
+)
+from kormed.prepare.sources import ArrowSource, Batch
+
+Log = Callable[[str], None]
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class _Cleaner:
+    """Ordered, bounded parallel map of `clean_batch` (in-process when num_proc is 1).
+
+    Why not Pool.imap: its feeder thread drains the whole input iterator at once, which would read a whole
+    corpus into memory; here at most `window` batches are in flight."""
+
+    def __init__(self, num_proc: int) -> None:
+        self.num_proc = num_proc
+        self.pool = multiprocessing.get_context("spawn").Pool(num_proc) if num_proc > 1 else None
+        self.window = 4 * num_proc
+
+    def map(self, spec: FilterSpec, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list]]:
+        if self.pool is None:
+            for b in batches:
+                yield b, clean_batch((spec, b.texts, b.namespaces))
+            return
+        pending: deque = deque()
+        for b in batches:
+            pending.append((b, self.pool.apply_async(clean_batch, ((spec, b.texts, b.namespaces),))))
+            if len(pending) >= self.window:
+                done, res = pending.popleft()
+                yield done, res.get()
+        while pending:
+            done, res = pending.popleft()
+            yield done, res.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _permutation_batches(
+    src: ArrowSource, perm: Any, batch_size: int, skip: set[int], need: Callable[[], int]
+) -> Iterator[Batch]:
+    """Batches of rows in permutation order, read chunk by chunk (chunk sized to what is still needed)."""
+    pos = 0
+    n = len(perm)
+    while pos < n:
+        want = need()
+        if want <= 0:
+            return
+        size = int(min(max(2 * want + batch_size, 4 * batch_size), 50_000))
+        rows = [int(r) for r in perm[pos : pos + size] if int(r) not in skip]
+        pos += size
+        if not rows:
+            continue
+        got = src.take(rows)
+        for i in range(0, len(rows), batch_size):
+            yield Batch(
+                got.rows[i : i + batch_size],
+                got.texts[i : i + batch_size],
+                got.namespaces[i : i + batch_size] if got.namespaces is not None else None,
+            )
+
+
+class _Run:
+    def __init__(self, cfg: PrepareConfig, log: Log | None, progress: bool) -> None:
+        self.cfg = cfg
+        self.log = log or (lambda _m: None)
+        self.progress = progress
+        self.missing: dict[str, str] = {}
+        self.sources: dict[str, dict[str, Any]] = {}
+        self.drops: dict[str, dict[str, int]] = {}
+        self.skipped: dict[str, Any] = {}
+        self.errors: dict[str, list[str]] = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def present(self, name: str) -> bool:
+        """Whether source `name` exists; a missing required source is an error, a missing optional one skipped."""
+        path = self.cfg.source_path(name)
+        src_cfg = getattr(self.cfg, name)
+        if path.exists():
+            return True
+        if src_cfg.optional:
+            self.missing[name] = str(path)
+            self.log(f"source '{name}' not found at {path}: skipped (optional)")
+            return False
+        raise KormedError(
+            f"source '{name}' does not exist",
+            path=path,
+            hint=f"pass --{name.replace('_', '-')} PATH, or set prepare.{name}.optional: true to skip it",
+        )
+
+    def bar(self, total: int | None, desc: str) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="doc", disable=not self.progress, dynamic_ncols=True, leave=False)
+
+    def _clean_error(self, name: str, src: ArrowSource, row: int, reason: str, counts: Counter) -> None:
+        message = reason.removeprefix("clean_error: ")
+        shard, local = src.shard_of(row)
+        if not self.cfg.skip_bad:
+            raise KormedError(
+                f"cleaning failed: {message}",
+                path=shard.path,
+                field=f"{src.text_field} (row {local})",
+                hint="--skip-bad skips such documents (counted in the stats)",
+            )
+        counts["clean_error"] += 1
+        examples = self.errors.setdefault(name, [])
+        if len(examples) < 5:
+            examples.append(f"{shard.path} row {local}: {message}")
+
+    # -- plain sources ----------------------------------------------------------------------------------------
+    def plain(self, cleaner: _Cleaner, spool: Spool) -> list[str]:
+        cfg = self.cfg
+        opened: dict[str, ArrowSource] = {}
+        for name in PLAIN_SOURCES:
+            if not self.present(name):
+                continue
+            sc: PlainSourceConfig = getattr(cfg, name)
+            opened[name] = ArrowSource(name, cfg.source_path(name), text_field=sc.text_field, split=sc.split)
+        names = list(opened)
+        if cfg.plain_mix == "weights":
+            weights = [getattr(cfg, n).weight for n in names]
+        else:
+            weights = [float(opened[n].num_rows) for n in names]
+        total_rows = sum(opened[n].num_rows for n in names)
+        planned = total_rows if cfg.all else min(cfg.plain_docs, total_rows)
+        quotas = [None] * len(names) if cfg.all else allocate(cfg.plain_docs, weights)
+        n_val = 0
+        if cfg.val_fraction > 0 and planned > 0:
+            n_val = min(cfg.val_max_docs, max(1, round(cfg.val_fraction * planned)))
+        val_quotas = allocate(n_val, weights if not cfg.all else [float(opened[n].num_rows) for n in names])
+        val_texts: list[str] = []
+        for index, name in enumerate(names):
+            val_texts += self._plain_source(
+                PLAIN_SOURCES.index(name), opened[name], quotas[index], val_quotas[index], cleaner, spool
+            )
+        return val_texts
+
+    def _plain_source(
+        self, stream: int, src: ArrowSource, quota: int | None, val_quota: int, cleaner: _Cleaner, spool: Spool
+    ) -> list[str]:
+        cfg = self.cfg
+        sc: PlainSourceConfig = getattr(cfg, src.name)
+        spec = FilterSpec(sc.cleaner, cfg.min_chars, cfg.min_hangul_ratio, sc.main_namespace_only)
+        perm = rng(cfg.seed, RNG_SAMPLE, stream).permutation(src.num_rows)
+        bs = cfg.batch_size
+
+        # 1. validation documents (the first in permutation order that pass and are long enough)
+        val: list[str] = []
+        val_rows: set[int] = set()
+        if val_quota > 0:
+            batches = _permutation_batches(src, perm, bs, set(), lambda: 4 * (val_quota - len(val)))
+            for batch, results in cleaner.map(spec, batches):
+                for row, (text, _reason) in zip(batch.rows, results, strict=True):
+                    if text is not None and len(text) >= cfg.val_min_chars and len(val) < val_quota:
+                        val.append(text)
+                        val_rows.add(row)
+                if len(val) >= val_quota:
+                    break
+        val_digests = {_digest(t) for t in val}
+
+        # 2. training documents
+        counts: Counter = Counter()
+        kept = chars = read = 0
+        target = quota if quota is not None else src.num_rows - len(val_rows)
+        if quota is not None:
+            batches = _permutation_batches(src, perm, bs, val_rows, lambda: quota - kept)
+        else:
+            batches = src.iter_all(bs, skip=val_rows)
+        bar = self.bar(target, f"{src.name}")
+        try:
+            for batch, results in cleaner.map(spec, batches):
+                for row, (text, reason) in zip(batch.rows, results, strict=True):
+                    if quota is not None and kept >= quota:
+                        break
+                    read += 1
+                    if quota is None:
+                        bar.update(1)
+                    if text is None:
+                        if reason and reason.startswith("clean_error"):
+                            self._clean_error(src.name, src, row, reason, counts)
+                        else:
+                            counts[reason] += 1
+                        continue
+                    if val_digests and _digest(text) in val_digests:
+                        counts["duplicate_of_val"] += 1
+                        continue
+                    spool.add(text, sc.multiplier)
+                    kept += 1
+                    chars += len(text)
+                    if quota is not None:
+                        bar.update(1)
+                if quota is not None and kept >= quota:
+                    break
+        finally:
+            bar.close()
+        self.sources[src.name] = {
+            "group": "plain",
+            "path": str(src.path),
+            "shards": len(src.shards),
+            "rows": src.num_rows,
+            "requested": quota if quota is not None else "all",
+            "read": read,
+            "base": kept,
+            "multiplier": sc.multiplier,
+            "final": kept * sc.multiplier,
+            "characters": chars * sc.multiplier,
+            "base_characters": chars,
+            "val_docs": len(val),
+            "exhausted": quota is not None and kept < quota,
+        }
+        self.drops[src.name] = {r: counts[r] for r in DROP_REASONS if counts[r]}
+        if quota is not None and kept < quota:
+            self.log(f"{src.name}: only {kept:,} of {quota:,} requested documents available after filtering")
+        return val
+
+    # -- medical sources --------------------------------------------------------------------------------------
+    def medical(self, spool: Spool) -> None:
+        from kormed.prepare.render import render_mcq, render_medical, render_symbol
+        from kormed.records import read_dictionary, read_mcq_jsonl
+
+        cfg = self.cfg
+        for name in MEDICAL_SOURCES:
+            if not self.present(name):
+                continue
+            path = cfg.source_path(name)
+            mult = getattr(cfg, name).multiplier
+            if name == "mcq":
+                records, report = read_mcq_jsonl(path, skip_bad=cfg.skip_bad)
+                texts = [render_mcq(r, cfg.mcq_style) for r in records]
+            else:
+                entries, report = read_dictionary(path, skip_bad=cfg.skip_bad)
+                if name == "medical_dict":
+                    texts = [render_medical(e) for e in entries]
+                else:
+                    texts = [render_symbol(e, cfg.char_particles) for e in entries]
+            if report.total:
+                self.skipped[name] = report.to_dict()
+                self.log(f"{name}: skipped {report.total} bad record(s): {dict(report.reasons)} ({path})")
+            for t in texts:
+                spool.add(t, mult)
+            self.sources[name] = {
+                "group": "medical",
+                "path": str(path),
+                "base": len(texts),
+                "multiplier": mult,
+                "final": len(texts) * mult,
+                "characters": sum(len(t) for t in texts) * mult,
+                "base_characters": sum(len(t) for t in texts),
+            }
+
+
+def _resolve_num_proc(n: int) -> int:
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool = True) -> dict[str, Any]:
+    """Build the mixed CPT corpus described by `cfg`; returns the output paths and the stats.
+
+    Writes `out` (JSONL `{"text"}` lines, shuffled), `<out>.val.jsonl` (held-out raw Korean text) and
+    `<out>.stats.json` (distribution table and drop counts), all atomically. Same inputs + seed = same bytes.
+    """
+    started = time.monotonic()
+    root = cfg.root()
+    if not root.is_dir():
+        raise KormedError("data root does not exist or is not a directory", path=root, field="data_root")
+    out = cfg.out_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = _Run(cfg, log, progress)
+    num_proc = _resolve_num_proc(cfg.num_proc)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
+    cleaner = _Cleaner(num_proc)
+    try:
+        spool = Spool(tmpdir / "spool.jsonl")
+        try:
+            val_texts = run.plain(cleaner, spool)
+            run.medical(spool)
+        finally:
+            spool.close()
+        if spool.lines == 0:
+            raise KormedError("no documents to write: every source is missing, empty or filtered out", path=root)
+        bar = run.bar(spool.lines, "shuffle")
+        try:
+            shuffle_file(
+                spool.path,
+                spool.lines,
+                spool.bytes,
+                out,
+                seed=cfg.seed,
+                bucket_bytes=cfg.shuffle_bucket_mb << 20,
+                tmpdir=tmpdir,
+                progress=bar.update,
+            )
+        finally:
+            bar.close()
+        order = rng(cfg.seed, RNG_VAL).permutation(len(val_texts))
+        write_jsonl(cfg.val_path(), ({"text": val_texts[i]} for i in order))
+    finally:
+        cleaner.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    rows = distribution_rows(
+        {n: run.sources[n] for n in (*PLAIN_SOURCES, *MEDICAL_SOURCES) if n in run.sources}, PLAIN_SOURCES
+    )
+    stats: dict[str, Any] = {
+        "out": str(out),
+        "val": str(cfg.val_path()),
+        "seed": cfg.seed,
+        "mode": "all" if cfg.all else "sampled",
+        "lines": spool.lines,
+        "bytes": spool.bytes,
+        "table": rows,
+        "sources": run.sources,
+        "drops": run.drops,
+        "skipped": run.skipped,
+        "clean_errors": run.errors,
+        "missing": run.missing,
+        "val_docs": len(val_texts),
+        "val_characters": sum(len(t) for t in val_texts),
+        "filters": {"min_chars": cfg.min_chars, "min_hangul_ratio": cfg.min_hangul_ratio},
+        "mcq_style": cfg.mcq_style,
+    }
+    write_json(cfg.stats_path(), stats)
+    elapsed = time.monotonic() - started
+    if log is not None:
+        log(format_table(rows))
+        drops = {n: d for n, d in run.drops.items() if d}
+        if drops:
+            parts = [f"{n}: " + ", ".join(f"{r} {c:,}" for r, c in d.items()) for n, d in drops.items()]
+            log("dropped: " + "; ".join(parts))
+        log(
+            f"wrote {spool.lines:,} lines ({spool.bytes / 1e6:.1f} MB) to {out}; "
+            f"{len(val_texts):,} validation docs to {cfg.val_path()}; stats in {cfg.stats_path()} "
+            f"({elapsed:.1f}s, {num_proc} proc)"
+        )
+    return {
+        "out": str(out),
+        "val": str(cfg.val_path()),
+        "stats_path": str(cfg.stats_path()),
+        "lines": spool.lines,
+        "stats": stats,
+        "elapsed_s": elapsed,
+    }
+
+
+__all__ = ["run_prepare", "jsonl_line"]

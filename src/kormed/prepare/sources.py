@@ -1,0 +1,157 @@
+"""Readers for the plain-text Arrow sources with bounded memory.
+
+A source is a directory written by `datasets` `save_to_disk`: a Dataset, or a DatasetDict whose `train` split
+holds the shards (Namu Wiki: 38 shards, ~18 GB). Shards are memory-mapped Arrow files; we open ONE shard at a
+time and close it before the next, so resident memory stays around one shard's touched pages however large the
+corpus is. Sampling reads only the wanted rows (`take` by index); `--all` streams shard by shard.
+The medical sources (KorMedMCQA JSONL, dictionaries) are read with `kormed.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kormed.errors import KormedError
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    rows: int
+
+
+@dataclass
+class Batch:
+    """A batch of documents: global row numbers, texts and (if the dataset has one) namespaces."""
+
+    rows: list[int]
+    texts: list[Any]
+    namespaces: list[Any] | None
+
+
+def _open_shard(path: Path) -> Any:
+    """A memory-mapped `datasets.Dataset` over one Arrow file."""
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_file(str(path))
+    except Exception as exc:  # pyarrow raises several types for a broken file; report it as the user's input
+        raise KormedError(f"cannot read Arrow shard ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def _shard_files(path: Path, split: str) -> list[Path]:
+    """The shard files of a saved Dataset / DatasetDict (or a folder of bare `.arrow` files), in order."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except FileNotFoundError:
+        ds = None  # not written by save_to_disk: accept a folder of bare .arrow files (checked below)
+    except Exception as exc:
+        raise KormedError(f"cannot open the dataset ({type(exc).__name__}: {exc})", path=path) from None
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise KormedError(
+                f"the DatasetDict has no '{split}' split (splits: {', '.join(ds)})", path=path, field="split"
+            )
+        ds = ds[split]
+    if isinstance(ds, Dataset):
+        if ds._indices is not None:  # save_to_disk flattens indices; a mapping would make shard rows wrong
+            raise KormedError("dataset has an indices mapping; re-save it with save_to_disk", path=path)
+        files = [Path(f["filename"]) for f in ds.cache_files]
+        del ds
+        if files:
+            return files
+    files = sorted(path.glob("*.arrow")) or sorted((path / split).glob("*.arrow"))
+    if not files:
+        raise KormedError(
+            "not an Arrow dataset (no dataset_dict.json/state.json and no .arrow files)",
+            path=path,
+            hint="point the source at the directory written by datasets' save_to_disk",
+        )
+    return files
+
+
+class ArrowSource:
+    """One plain-text source: its shards, row count, and row access one shard at a time."""
+
+    def __init__(self, name: str, path: str | Path, *, text_field: str = "text", split: str = "train") -> None:
+        self.name = name
+        self.path = Path(path)
+        self.text_field = text_field
+        if not self.path.exists():
+            raise KormedError(f"source '{name}' does not exist", path=self.path)
+        if not self.path.is_dir():
+            raise KormedError(f"source '{name}' must be a dataset directory", path=self.path)
+        self.shards: list[Shard] = []
+        columns: list[str] | None = None
+        for f in _shard_files(self.path, split):
+            ds = _open_shard(f)
+            if columns is None:
+                columns = list(ds.column_names)
+            elif list(ds.column_names) != columns:
+                raise KormedError(f"shard columns {ds.column_names} differ from {columns}", path=f)
+            self.shards.append(Shard(f, len(ds)))
+            del ds
+        self.columns = columns or []
+        if text_field not in self.columns:
+            raise KormedError(
+                f"no '{text_field}' column (columns: {', '.join(self.columns)})", path=self.path, field="text_field"
+            )
+        self.has_namespace = "namespace" in self.columns
+        self.offsets = np.cumsum([0] + [s.rows for s in self.shards])
+        self.num_rows = int(self.offsets[-1])
+
+    @property
+    def _read_columns(self) -> list[str]:
+        return [self.text_field] + (["namespace"] if self.has_namespace else [])
+
+    def shard_of(self, row: int) -> tuple[Shard, int]:
+        """The shard holding global `row` and the row's index inside it."""
+        i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.shards[i], row - int(self.offsets[i])
+
+    def take(self, rows: np.ndarray | list[int]) -> Batch:
+        """Documents at the given global rows, in the given order (each shard opened once, then closed)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        texts: list[Any] = [None] * len(rows)
+        namespaces: list[Any] | None = [None] * len(rows) if self.has_namespace else None
+        shard_ids = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(shard_ids):
+            where = np.nonzero(shard_ids == s)[0]
+            local = rows[where] - self.offsets[s]
+            order = np.argsort(local, kind="stable")  # read in file order, put back in request order
+            ds = _open_shard(self.shards[s].path).select_columns(self._read_columns)
+            got = ds[[int(x) for x in local[order]]]
+            del ds
+            for k, j in enumerate(where[order]):
+                texts[j] = got[self.text_field][k]
+                if namespaces is not None:
+                    namespaces[j] = got["namespace"][k]
+        return Batch([int(r) for r in rows], texts, namespaces)
+
+    def iter_all(self, batch_size: int, skip: set[int] | None = None) -> Iterator[Batch]:
+        """Every document in order, streamed shard by shard; rows in `skip` are left out."""
+        skip = skip or set()
+        for s, shard in enumerate(self.shards):
+            base = int(self.offsets[s])
+            ds = _open_shard(shard.path).select_columns(self._read_columns)
+            start = 0
+            for got in ds.iter(batch_size=batch_size):
+                n = len(got[self.text_field])
+                rows = list(range(base + start, base + start + n))
+                start += n
+                keep = [i for i, r in enumerate(rows) if r not in skip]
+                if not keep:
+                    continue
+                yield Batch(
+                    [rows[i] for i in keep],
+                    [got[self.text_field][i] for i in keep],
+                    [got["namespace"][i] for i in keep] if self.has_namespace else None,
+                )
+            del ds
