@@ -90,7 +90,7 @@ class KorMedMCQACallback(TrainerCallback):
         model = kwargs.get("model")
         if self.trainer is not None and hasattr(self.trainer, "accelerator"):
             model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        tokenizer = self.tokenizer or kwargs.get("processing_class")
+        tokenizer = self.tokenizer or kwargs.get("processing_class") or getattr(self.trainer, "processing_class", None)
         if model is None or tokenizer is None:
             raise ValueError("KorMedMCQACallback needs the model and a tokenizer (pass tokenizer=...)")
         result = evaluate_kormedmcqa(
