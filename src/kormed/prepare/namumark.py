@@ -30,6 +30,7 @@ __all__ = ["is_redirect", "namumark_to_text", "normalize_whitespace", "remove_in
 
 MAX_DEPTH = 24  # nesting guard: deeper blocks are emitted as their raw text (thetree caps at 15, namucode at 30)
 
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad]")
 _SPACES = re.compile("[ \t\f\v\xa0\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\f\v\xa0\u2000-\u200a\u202f\u205f\u3000]")
@@ -45,13 +46,14 @@ _INLINE_TOK = re.compile(
     r"|(?P<mark>'''''|'''|''|__|~~|--|\^\^|,,))",
     re.S,
 )
-_LINK_TOK = re.compile(r"(?=[\\{\[\]])(?:\\.|\{\{\{|\[\[|\]\])", re.S)
+_LINK_PAIR_TOK = re.compile(r"(?=[\\{}\[\]])(?:\\.|\{\{\{|\}\}\}|\[\[|\]\])", re.S)
 _LINK_SPLIT_TOK = re.compile(r"\\.|\{\{\{|\[\[|\]\]|\|", re.S)
-_BRACKET_TOK = re.compile(r"(?=[\\{\[\]])(?:\\.|\{\{\{|\[|\])", re.S)
+_BRACKET_PAIR_TOK = re.compile(r"(?=[\\{}\[\]])(?:\\.|\{\{\{|\}\}\}|\[|\])", re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _LINK_COMPLEX = re.compile(r"\\|\{\{\{|\[\[")
 _ANCHOR = re.compile(r"(?<!\\)#")
 _SIMPLE_LINK = re.compile(r"\[\[([^\[\]\\{|\n]*)(?:\|([^\[\]\\{|\n]*))?\]\]")
+_SIMPLE_FOOTNOTE = re.compile(r"\[\*[^\[\]\\{]*\]")
 _FILE_PREFIX = re.compile(r"(?:file|image|이미지):", re.IGNORECASE)
 
 _HEADING = re.compile(r"(={1,6})(#?) +(.+?) +\2\1[ \t]*\Z")
@@ -140,6 +142,10 @@ class _Parser:
         self.s = s
         self.bmap = _brace_map(s)
         self._noclose: dict[tuple[str, int], int] = {}
+        self._bclose: set[int] | None = None
+        self._no_args_end: dict[int, int] = {}
+        self._lmap: dict[int, int] | None = None  # `[[` -> `]]`, built on first use
+        self._fmap: dict[int, int] | None = None  # `[` -> `]`, built on first use
 
     # ---------------------------------------------------------------- lines
     def line_end(self, pos: int, hi: int) -> int:
@@ -198,37 +204,37 @@ class _Parser:
         return hi
 
     def line(self, lo: int, hi: int, out: list[str], depth: int) -> None:
-        """One logical line (no top-level newline): comment, heading, hr, list, quote, indent or paragraph."""
+        """One logical line (no top-level newline): comment, heading, hr, list, quote, indent or paragraph.
+        Quote markers and indentation are peeled off in a loop (no recursion, so `> > > ...` cannot overflow)."""
         s = self.s
-        if lo >= hi:
-            out.append("")
+        if lo < hi and s.startswith("##", lo):
             return
-        c = s[lo]
-        if c == "#" and s.startswith("##", lo):
-            return
-        if c == "=":
-            m = _HEADING.match(s, lo, hi)
-            if m:
-                out.append(self.inline(m.start(3), m.end(3), depth))
+        while True:
+            if lo >= hi:
+                out.append("")
                 return
-        elif c == "-":
-            if _HR.match(s, lo, hi):
-                return
-        elif c == " ":
-            m = _LIST.match(s, lo, hi)
-            if m:
-                self._para(m.end(), hi, out, depth)
-                return
-            p = lo
-            while p < hi and s[p] == " ":
-                p += 1
-            self.line(p, hi, out, depth)
+            c = s[lo]
+            if c == "=":
+                m = _HEADING.match(s, lo, hi)
+                if m:
+                    out.append(self.inline(m.start(3), m.end(3), depth))
+                    return
+            elif c == "-":
+                if _HR.match(s, lo, hi):
+                    return
+            elif c == " ":
+                m = _LIST.match(s, lo, hi)
+                if m:
+                    self._para(m.end(), hi, out, depth)
+                    return
+                while lo < hi and s[lo] == " ":
+                    lo += 1
+                continue
+            elif c == ">":
+                lo = _QUOTE.match(s, lo, hi).end()
+                continue
+            self._para(lo, hi, out, depth)
             return
-        elif c == ">":
-            m = _QUOTE.match(s, lo, hi)
-            self.line(m.end(), hi, out, depth)
-            return
-        self._para(lo, hi, out, depth)
 
     def _para(self, lo: int, hi: int, out: list[str], depth: int) -> None:
         """A text line; a line whose markup renders to nothing leaves no (blank) line behind."""
@@ -312,7 +318,7 @@ class _Parser:
             return self.inline(lo, hi, depth)
         out: list[str] = []
         self.blocks(lo, hi, out, depth)
-        return "\n" + "\n".join(out) + "\n"
+        return "\n" + "\n".join(out).strip("\n") + "\n"
 
     def brace(self, p: int, c: int, depth: int) -> str:
         """Render the `{{{ ... }}}` block whose content is s[p+3:c]."""
@@ -332,7 +338,7 @@ class _Parser:
                 if nl < 0:
                     parts = head.split(None, 2)
                     return parts[2] if len(parts) > 2 else ""
-                return "\n" + s[nl + 1 : c] + "\n"
+                return "\n" + s[nl + 1 : c].strip("\n") + "\n"
             if kind in ("if", "style"):
                 return ""  # template conditionals and CSS carry no article text
             # #!wiki, #!folding (title dropped by policy) and unknown #! blocks: the first line is parameters
@@ -343,7 +349,7 @@ class _Parser:
         if m:
             return self.body(m.end(), c, depth)
         text = s[lo:c]  # literal: verbatim, nothing inside parsed
-        return "\n" + text + "\n" if "\n" in text else text
+        return "\n" + text.strip("\n") + "\n" if "\n" in text else text
 
     def find_close(self, marker: str, lo: int, hi: int) -> int:
         """Start of the next `marker` token in [lo, hi), skipping escapes, blocks, links and footnotes; -1 if none."""
@@ -372,60 +378,55 @@ class _Parser:
                 e = self.link_end(st, hi)
                 pos = e + 2 if e >= 0 else st + 1
             elif kind == "fn":
+                sm = _SIMPLE_FOOTNOTE.match(s, st, hi)
+                if sm is not None:  # fast path: nothing nested inside; dropped (policy)
+                    pos = sm.end()
+                    continue
                 e = self.bracket_end(st, hi)
                 pos = e + 1 if e >= 0 else st + 1
             else:
                 pos = m.end() if kind != "macro" else st + 1
 
-    def link_end(self, st: int, hi: int) -> int:
-        """Index of the `]]` closing the `[[` at st (depth counted), or -1."""
+    def _pairs(self, tok: re.Pattern[str], opener: str, closer: str) -> dict[int, int]:
+        """Pair every `opener` token with its `closer` in one escape-aware pass, by a stack per `{{{ }}}` level
+        (brackets inside a block pair only among themselves). Equivalent to depth counting from each opener,
+        but linear: a line full of unclosed `[[` costs nothing extra."""
         s = self.s
-        depth = 1
-        pos = st + 2
-        search = _LINK_TOK.search
-        while True:
-            m = search(s, pos, hi)
-            if m is None:
-                return -1
-            tok = m.group()
-            if tok == "{{{":
-                c = self.bmap.get(m.start())
-                pos = c + 3 if c is not None and c + 3 <= hi else m.end()
-            elif tok == "[[":
-                depth += 1
-                pos = m.end()
-            elif tok == "]]":
-                depth -= 1
-                if depth == 0:
-                    return m.start()
-                pos = m.end()
-            else:
-                pos = m.end()
+        bmap = self.bmap
+        bclose = self._bclose
+        if bclose is None:
+            bclose = self._bclose = set(bmap.values())
+        pairs: dict[int, int] = {}
+        stack: list[int] = []
+        saved: list[list[int]] = []
+        for m in tok.finditer(s):
+            t = m.group()
+            if t == opener:
+                stack.append(m.start())
+            elif t == closer:
+                if stack:
+                    pairs[stack.pop()] = m.start()
+            elif t == "{{{":
+                if m.start() in bmap:
+                    saved.append(stack)
+                    stack = []
+            elif t == "}}}" and m.start() in bclose and saved:
+                stack = saved.pop()
+        return pairs
+
+    def link_end(self, st: int, hi: int) -> int:
+        """Index of the `]]` closing the `[[` at st (depth counted), or -1 if it does not close before hi."""
+        if self._lmap is None:
+            self._lmap = self._pairs(_LINK_PAIR_TOK, "[[", "]]")
+        e = self._lmap.get(st)
+        return e if e is not None and e + 2 <= hi else -1
 
     def bracket_end(self, st: int, hi: int) -> int:
-        """Index of the `]` closing the `[` at st, counting single brackets; -1 if none."""
-        s = self.s
-        depth = 1
-        pos = st + 1
-        search = _BRACKET_TOK.search
-        while True:
-            m = search(s, pos, hi)
-            if m is None:
-                return -1
-            tok = m.group()
-            if tok == "{{{":
-                c = self.bmap.get(m.start())
-                pos = c + 3 if c is not None and c + 3 <= hi else m.end()
-            elif tok == "[":
-                depth += 1
-                pos = m.end()
-            elif tok == "]":
-                depth -= 1
-                if depth == 0:
-                    return m.start()
-                pos = m.end()
-            else:
-                pos = m.end()
+        """Index of the `]` closing the `[` at st (single brackets counted), or -1 if it does not close before hi."""
+        if self._fmap is None:
+            self._fmap = self._pairs(_BRACKET_PAIR_TOK, "[", "]")
+        e = self._fmap.get(st)
+        return e if e is not None and e + 1 <= hi else -1
 
     def link(self, st: int, e: int, depth: int) -> str:
         """Render the link `[[ ... ]]` with content s[st+2:e]."""
@@ -494,9 +495,12 @@ class _Parser:
             return None
         # with arguments: they end at the first unescaped `)]`
         pos = m.end()
+        if self._no_args_end.get(hi, hi) <= pos:
+            return None  # known: no `)]` after this point (keeps a line of unclosed `[x(` linear)
         while True:
             q = s.find(")]", pos, hi)
             if q < 0:
+                self._no_args_end[hi] = min(pos, self._no_args_end.get(hi, hi))
                 return None
             if s[q - 1] != "\\" or q - 1 < m.end():
                 break
@@ -572,6 +576,10 @@ class _Parser:
                     append(self.link(st, e, depth))
                     pos = e + 2
             elif kind == "fn":
+                sm = _SIMPLE_FOOTNOTE.match(s, st, hi)
+                if sm is not None:  # fast path: nothing nested inside; dropped (policy)
+                    pos = sm.end()
+                    continue
                 e = self.bracket_end(st, hi)
                 if e < 0:
                     append("[*")

@@ -1,0 +1,274 @@
+"""NamuMark -> plain text: the held-out cases, every construct, guards, determinism, and `kormed namumark`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kormed.cli import app
+from kormed.errors import KormedError
+from kormed.prepare.namumark import is_redirect, namumark_to_text, normalize_whitespace
+
+CASES_PATH = Path(__file__).parent / "data" / "namumark_cases.jsonl"
+CASES = [json.loads(line) for line in CASES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+# Every construct of the issue and of the research table must appear in at least one held-out case.
+REQUIRED_CONSTRUCTS = {
+    "heading", "bold", "italic", "underline", "sup", "sub", "strike", "link", "escape", "file", "category",
+    "external_link", "footnote", "macro", "include", "youtube", "br", "ruby", "math", "unknown_macro", "quote",
+    "comment", "literal", "hr", "list", "indent", "size", "color", "nesting", "wiki", "folding", "syntax", "html",
+    "if", "table", "whitespace",
+}  # fmt: skip
+
+
+def test_held_out_set_shape() -> None:
+    assert len(CASES) == 47
+    assert len({c["id"] for c in CASES}) == 47
+    covered = {k for c in CASES for k in c["constructs"]}
+    assert covered >= REQUIRED_CONSTRUCTS, REQUIRED_CONSTRUCTS - covered
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_held_out_case(case: dict) -> None:
+    assert namumark_to_text(case["markup"]) == case["expected"]
+
+
+def test_held_out_score_at_least_45() -> None:
+    ok = sum(namumark_to_text(c["markup"]) == c["expected"] for c in CASES)
+    assert ok >= 45
+
+
+# ----------------------------------------------------------------------------------------- more constructs
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        # links: anchors, escapes, relative, leading colon, images as display, escaped bar
+        ("[[#개요|개요로 가기]] [[#s-3]]", "개요로 가기 s-3"),
+        ("[[\\\\]] [[[12:00]#]]", "\\ [12:00]"),
+        ("[[:파일:심장.png]] 참고", "파일:심장.png 참고"),
+        ("[[a\\|b]]", "a|b"),
+        ("[[문서|'''굵은''' 표시]]", "굵은 표시"),
+        ("[[https://x.org|[[파일:logo.svg]]]]끝", "끝"),
+        ("[[분류:의학|정렬키]]본문", "본문"),
+        ("[[파일:a.JPG]][[File:b.gif]]글", "글"),
+        ("미닫이 [[ 안닫힘", "미닫이 [[ 안닫힘"),
+        # footnotes: re-reference, link inside, unclosed stays literal
+        ("가[*1 첫 각주]나[*1]다", "가나다"),
+        ("가[* [[링크]]와 {{{#red 색}}}]나", "가나"),
+        ("가 [* 닫히지 않음", "가 [* 닫히지 않음"),
+        # macros: args with escaped paren, unknown macro with args literal, video macros, anchor, pagecount
+        ("[math(f\\)(x))]", "f\\)(x)"),
+        ("[unknown(1)] [ruby(글)]", "[unknown(1)] 글"),
+        ("[navertv(1)][nicovideo(sm9)][anchor(a)][pagecount][PageCount(문서)][datetime]끝", "끝"),
+        ("<MATH>x^2</MATH>", "x^2"),
+        ("[br]", ""),
+        # formatting: markers inside other constructs, sup inside link text, lone markers
+        ("^^[[위첨자]]^^ ,,아래,,", "위첨자 아래"),
+        ("단일 ~ 와 - 와 _ 와 ^ 와 , 는 글자", "단일 ~ 와 - 와 _ 와 ^ 와 , 는 글자"),
+        ("~~~~ 빈 취소선", "~~~~ 빈 취소선"),
+        # blocks: #!style dropped, one-line #!wiki, syntax on one line, html with <br>, literal tail text
+        ("{{{#!style\n.a { color: red; }\n}}}본문", "본문"),
+        ('{{{#!wiki style="b"}}}끝', "끝"),
+        ("{{{#!html 첫<br>둘&nbsp;셋&#x41;}}}", "첫\n둘 셋A"),
+        ("{{{\n코드\n}}} 꼬리 [[문서]]", "코드\n꼬리 문서"),
+        ("{{{#!folding 제목\n{{{#!wiki\n== 숨은 제목 ==\n본문\n}}}}}}", "숨은 제목\n본문"),
+        ("{{{#!wiki\n## 블록 안 주석\n보임\n}}}", "보임"),
+        # lists: a wiki block inside an item continues it (as on namu.wiki)
+        (
+            " * {{{#!wiki style=\"display: inline\"\n{{{#fff '''주황'''}}}}}}\n 경고에 쓴다.",
+            "주황\n경고에 쓴다.",
+        ),
+        (" i. 로마\n A. 대문자\n  * 깊은 목록", "로마\n대문자\n깊은 목록"),
+        # tables inside a wiki block, never-closed row, comment line between rows
+        ('{{{#!wiki style="x"\n|| A || B ||\n|| 1 || 2 ||\n}}}\n끝', "A | B\n1 | 2\n끝"),
+        ("|| 열림 || 안 닫힘", "열림 | 안 닫힘"),
+        ("|| a || b ||\n## 주석\n|| c || d ||", "a | b\nc | d"),
+        ("||<table bordercolor=#000><tablewidth=100%><nopad><keepall> x ||", "x"),
+        # headings: level 6, heading with markup, not a heading when unbalanced
+        ("====== 여섯 ======\n== 맞지 않음 ===", "여섯\n== 맞지 않음 ==="),
+        # horizontal rule of 10 dashes is text
+        ("----------", "----------"),
+        # CRLF line endings and a lone CR
+        ("== 제목 ==\r\n본문\r\n", "제목\n본문"),
+    ],
+)
+def test_construct(markup: str, expected: str) -> None:
+    assert namumark_to_text(markup) == expected
+
+
+def test_redirect() -> None:
+    for doc in ("#redirect 고혈압", "#REDIRECT 고혈압\n", "#넘겨주기 당뇨병", "\ufeff#redirect X", "  #Redirect X"):
+        assert is_redirect(doc)
+        assert namumark_to_text(doc) == ""
+    for doc in ("고혈압은 #redirect 아님", "## #redirect", "본문\n#redirect X", "#redirection 이론"):
+        assert not is_redirect(doc)
+        assert namumark_to_text(doc) != "" or doc.startswith("##")
+
+
+def test_surrogates_and_zero_width_removed() -> None:
+    doc = "가\udef0나\ud800 다\u200b라\u200d마\ufeff바 [[링크\udc00]]"
+    out = namumark_to_text(doc)
+    assert out == "가나 다라마바 링크"
+    out.encode("utf-8")  # would raise on a lone surrogate
+
+
+def test_nfc_and_whitespace_normalisation() -> None:
+    decomposed = "\u1100\u1161"  # 가 as conjoining jamo
+    assert namumark_to_text(decomposed) == "가"
+    assert normalize_whitespace("  a \t b  \n\n\n\n c \n") == "a b\n\nc"
+    assert namumark_to_text("") == ""
+    assert namumark_to_text("\n \n") == ""
+
+
+def test_age_dday_never_depend_on_today() -> None:
+    # The extractor computes these against today's date; kormed drops them, so output is date independent.
+    assert namumark_to_text("[age(2000-01-01)]세 [dday(2000-01-01)]일 [date]") == "세 일"
+
+
+def test_deterministic() -> None:
+    from kormed.bench.prepare import generate_corpus
+
+    docs = generate_corpus(30, seed=7)
+    assert docs == generate_corpus(30, seed=7)
+    assert docs != generate_corpus(30, seed=8)
+    first = [namumark_to_text(d) for d in docs]
+    assert first == [namumark_to_text(d) for d in docs]
+    for markup, text in zip(docs, first, strict=True):
+        assert "'''" not in text and "[[" not in text and "{{{" not in text and "}}}" not in text, markup
+        assert "[*" not in text and "||" not in text
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "{{{+1 " * 3000 + "x" + "}}}" * 3000,
+        "{{{#!wiki\n" * 2000 + "x\n" + "}}}" * 2000,
+        "[[" * 5000 + "x" + "]]" * 5000,
+        "[[a " * 5000,
+        "[* a " * 5000,
+        "[* " * 5000 + "]" * 5000,
+        "> " * 20000 + "q",
+        "[[a|" * 3000 + "x" + "]]" * 3000,
+        "[br(" * 5000,
+        "'''a ''b __c ^^d ,,e ~~f" * 1000,
+        "||" + "a||" * 10000,
+        "||a\n" * 3000,
+    ],
+    ids=[
+        "size",
+        "wiki",
+        "links",
+        "unclosed_links",
+        "unclosed_footnotes",
+        "footnotes",
+        "quotes",
+        "link_text",
+        "macro_args",
+        "markers",
+        "wide_table",
+        "open_rows",
+    ],
+)
+def test_pathological_input_is_bounded(doc: str) -> None:
+    t0 = time.process_time()
+    out = namumark_to_text(doc)
+    assert isinstance(out, str)
+    assert time.process_time() - t0 < 5.0  # generous: these take ~10-50 ms; quadratic behaviour takes minutes
+
+
+# ----------------------------------------------------------------------------------------- CLI
+runner = CliRunner()
+
+
+def test_cli_file_and_stdin(tmp_path: Path) -> None:
+    f = tmp_path / "doc.txt"
+    f.write_text("== 개요 ==\n'''고혈압'''은 [[혈압]]이 높은 상태다.[* 각주]\n", encoding="utf-8")
+    r = runner.invoke(app, ["namumark", str(f)])
+    assert r.exit_code == 0, r.output
+    assert r.output == "개요\n고혈압은 혈압이 높은 상태다.\n"
+    r = runner.invoke(app, ["namumark"], input="[[a|b]] ~~c~~ d")
+    assert r.exit_code == 0
+    assert r.output == "b d\n"
+    out = tmp_path / "o.txt"
+    r = runner.invoke(app, ["namumark", str(f), "--out", str(out)])
+    assert r.exit_code == 0
+    assert out.read_text(encoding="utf-8") == "개요\n고혈압은 혈압이 높은 상태다.\n"
+
+
+def test_cli_jsonl_keeps_count_order_and_fields(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    recs = [
+        {"id": 1, "title": "A", "text": "'''가'''"},
+        {"id": 2, "text": "#redirect 가"},  # becomes empty, but is kept: no filtering here
+        {"id": 3, "text": "|| x || y ||", "extra": [1, 2]},
+    ]
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n\n", encoding="utf-8")
+    r = runner.invoke(app, ["namumark", "--jsonl", str(src)])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(line) for line in r.output.splitlines()]
+    assert [g["id"] for g in got] == [1, 2, 3]
+    assert [g["text"] for g in got] == ["가", "", "x | y"]
+    assert got[0]["title"] == "A" and got[2]["extra"] == [1, 2]
+    out = tmp_path / "out.jsonl"
+    r = runner.invoke(app, ["namumark", "--jsonl", str(src), "--out", str(out)])
+    assert r.exit_code == 0
+    assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == got
+
+
+def test_cli_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"text": "a"}\n{"text": broken\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    r = runner.invoke(app, ["namumark", "--jsonl", str(src), "--out", str(out)])
+    assert r.exit_code != 0
+    assert isinstance(r.exception, KormedError)
+    assert f"{src}:2" in str(r.exception)
+    assert not out.exists()  # atomic: nothing half-written
+    src.write_text('{"text": "a"}\n{"title": "no text"}\n', encoding="utf-8")
+    r = runner.invoke(app, ["namumark", "--jsonl", str(src)])
+    assert isinstance(r.exception, KormedError)
+    assert f"{src}:2" in str(r.exception) and "'text'" in str(r.exception)
+    src.write_text('{"text": 5}\n', encoding="utf-8")
+    r = runner.invoke(app, ["namumark", "--jsonl", str(src)])
+    assert isinstance(r.exception, KormedError) and "string" in str(r.exception)
+
+
+def test_cli_bad_utf8_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("정상\n".encode() + b"\xff\xfe\n")
+    r = runner.invoke(app, ["namumark", str(bad)])
+    assert isinstance(r.exception, KormedError)
+    assert f"{bad}:2" in str(r.exception) and "UTF-8" in str(r.exception)
+    r = runner.invoke(app, ["namumark", str(tmp_path / "nope.txt")])
+    assert isinstance(r.exception, KormedError) and "does not exist" in str(r.exception)
+
+
+def test_cli_main_prints_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kormed.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{nope\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["namumark", "--jsonl", str(bad)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kormed: error: ") and f"{bad}:1" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------- bench
+def test_bench_prepare_command(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = runner.invoke(app, ["bench", "prepare", "--docs", "20", "--repeats", "1", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "MB/s per core" in r.output and "held-out cases exactly right: kormed 47/47" in r.output
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["docs"] == 20 and res["kormed"]["mb_per_s_per_core"] > 0
+    assert res["cases"]["kormed_exact"] == 47
+    if "namu_wiki_extractor" in res:  # dev extra installed
+        assert res["speed_ratio_kormed_over_extractor"] > 0
+        assert "ratio kormed / extractor" in r.output
+        assert res["cases"]["extractor_exact"] < 45  # the regex chain's known failures
