@@ -175,7 +175,7 @@ def read_dictionary(path: str | Path, *, skip_bad: bool = False) -> tuple[list[D
         where = f"[{index}]"
         try:
             if not isinstance(rec, dict):
-                raise KormedError(f"expected an object, got {type(rec).__name__}", path=p, field=where)
+                raise KormedError(f"expected an object, got {type(rec).__name__}", path=p)
             term = _text_field(rec, "term", p, None)
             definition = _text_field(rec, "definition", p, None)
         except KormedError as exc:

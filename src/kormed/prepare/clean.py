@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 # Every reason a plain document can be dropped, in the order they are checked (stats list them in this order).
@@ -52,16 +53,19 @@ def is_main_namespace(namespace: Any) -> bool:
     return str(namespace).strip() in ("0", "")
 
 
-def _clean_text(text: str, cleaner: str) -> str:
+def cleaner_function(cleaner: str) -> Callable[[str], str]:
+    """The text cleaner of a source: NamuMark parser, Wikipedia/C4 leftovers cleaner, or strip only."""
     if cleaner == "namumark":
         from kormed.prepare.namumark import namumark_to_text
 
-        return namumark_to_text(text)
+        return namumark_to_text
     if cleaner == "wiki":
         from kormed.prepare.webtext import clean_wiki_text
 
-        return clean_wiki_text(text)
-    return text.strip()
+        return clean_wiki_text
+    if cleaner == "none":
+        return str.strip
+    raise ValueError(f"unknown cleaner {cleaner!r}")
 
 
 def clean_document(text: Any, namespace: Any, spec: FilterSpec) -> tuple[str | None, str | None]:
@@ -78,8 +82,9 @@ def clean_document(text: Any, namespace: Any, spec: FilterSpec) -> tuple[str | N
 
         if is_redirect(text):
             return None, "redirect"
+    clean = cleaner_function(spec.cleaner)  # outside the try: a missing cleaner is a bug, not a bad document
     try:
-        cleaned = _clean_text(text, spec.cleaner)
+        cleaned = clean(text)
     except Exception as exc:  # a cleaner bug on one document must be reported with where it happened
         return None, f"clean_error: {type(exc).__name__}: {exc}"
     cleaned = cleaned.strip()

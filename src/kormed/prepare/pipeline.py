@@ -158,7 +158,7 @@ class _Run:
         cfg = self.cfg
         opened: dict[str, ArrowSource] = {}
         for name in PLAIN_SOURCES:
-            if not self.present(name):
+            if name in self.missing:
                 continue
             sc: PlainSourceConfig = getattr(cfg, name)
             opened[name] = ArrowSource(name, cfg.source_path(name), text_field=sc.text_field, split=sc.split)
@@ -260,13 +260,16 @@ class _Run:
         return val
 
     # -- medical sources --------------------------------------------------------------------------------------
-    def medical(self, spool: Spool) -> None:
+    def medical(self) -> list[tuple[str, int]]:
+        """Read, validate and render the medical sources (small: read before the long plain pass, so their
+        errors surface at once); returns (text, copies) pairs."""
         from kormed.prepare.render import render_mcq, render_medical, render_symbol
         from kormed.records import read_dictionary, read_mcq_jsonl
 
         cfg = self.cfg
+        out: list[tuple[str, int]] = []
         for name in MEDICAL_SOURCES:
-            if not self.present(name):
+            if name in self.missing:
                 continue
             path = cfg.source_path(name)
             mult = getattr(cfg, name).multiplier
@@ -282,8 +285,7 @@ class _Run:
             if report.total:
                 self.skipped[name] = report.to_dict()
                 self.log(f"{name}: skipped {report.total} bad record(s): {dict(report.reasons)} ({path})")
-            for t in texts:
-                spool.add(t, mult)
+            out += [(t, mult) for t in texts]
             self.sources[name] = {
                 "group": "medical",
                 "path": str(path),
@@ -293,6 +295,7 @@ class _Run:
                 "characters": sum(len(t) for t in texts) * mult,
                 "base_characters": sum(len(t) for t in texts),
             }
+        return out
 
 
 def _resolve_num_proc(n: int) -> int:
@@ -310,16 +313,20 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     if not root.is_dir():
         raise KormedError("data root does not exist or is not a directory", path=root, field="data_root")
     out = cfg.out_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, log, progress)
     num_proc = _resolve_num_proc(cfg.num_proc)
+    for name in (*PLAIN_SOURCES, *MEDICAL_SOURCES):
+        run.present(name)  # every required source checked before any work
+    medical = run.medical()
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     cleaner = _Cleaner(num_proc)
     try:
         spool = Spool(tmpdir / "spool.jsonl")
         try:
             val_texts = run.plain(cleaner, spool)
-            run.medical(spool)
+            for text, copies in medical:
+                spool.add(text, copies)
         finally:
             spool.close()
         if spool.lines == 0:
