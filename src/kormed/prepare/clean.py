@@ -9,8 +9,8 @@ source's cleaner (NamuMark parser or the Wikipedia/C4 leftovers cleaner), then t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 # Every reason a plain document can be dropped, in the order they are checked (stats list them in this order).
