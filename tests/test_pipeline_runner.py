@@ -347,3 +347,67 @@ def test_fingerprint_covers_content_and_names(tmp_path):
     assert fingerprint(d) != first
     assert fingerprint(tmp_path / "nope") == "missing"
     assert fingerprint(d / "b.json") == fingerprint(d / "b.json")
+
+
+def test_launcher_runs_the_stage_command_with_its_resolved_config(setup):
+    """`launcher:` (e.g. accelerate launch) runs a training stage as `<launcher> -m kormed.cli <command> --config
+    RUN/configs/<stage>.yaml`; here the launcher is a small Python script standing in for accelerate."""
+    import sys
+
+    tmp_path, _source, fakes = setup
+    fake_launcher = tmp_path / "fake_launch.py"
+    fake_launcher.write_text(
+        "import json, sys, yaml, pathlib\n"
+        "args = sys.argv[1:]\n"
+        "cfg = yaml.safe_load(open(args[args.index('--config') + 1]))['cpt']\n"
+        "out = pathlib.Path(cfg['output']); out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'adapter.txt').write_text(open(cfg['data']).read() + '|launched ' + ' '.join(args[:4]))\n"
+        "(out / 'training_info.json').write_text(json.dumps({'stop_reason': 'max_steps', 'rows': list(range(40))}))\n"
+        "sys.exit(3 if cfg['fail'] else 0)\n",
+        encoding="utf-8",
+    )
+    specs = fakes.specs()
+    specs["cpt"] = dataclasses.replace(specs["cpt"], command=("train", "cpt"),
+                                       collect=lambda cfg, ctx: {"read_back": True})
+    pipe = _pipeline(tmp_path)
+    pipe.launcher = f"{sys.executable} {fake_launcher}"
+    run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
+    run = tmp_path / "run"
+    assert "cpt" not in fakes.calls  # the in-process function was not used
+    assert (run / "cpt" / "adapter.txt").read_text(encoding="utf-8").endswith("|launched -m kormed.cli train cpt")
+    assert (run / "configs" / "cpt.yaml").is_file()
+    assert read_state(run)["stages"]["cpt"]["result"] == {"read_back": True}
+    pipe = _pipeline(tmp_path, cpt={"fail": True})
+    pipe.launcher = f"{sys.executable} {fake_launcher}"
+    with pytest.raises(KormedError, match="exit code 3"):
+        run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
+    pipe.launcher = "no-such-launcher-xyz --flag"
+    with pytest.raises(KormedError, match="launcher not found"):
+        run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
+
+
+def test_tensorboard_gathered_and_report_written_at_the_end(setup):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from kormed.pipeline.report import read_scalars
+
+    tmp_path, _source, fakes = setup
+    specs = fakes.specs()
+    inner = specs["cpt"].run
+
+    def cpt_with_logs(cfg, ctx):
+        result = inner(cfg, ctx)
+        writer = SummaryWriter(log_dir=str(Path(cfg.output) / "runs" / "Nov24"))
+        for step in (1, 2, 3):
+            writer.add_scalar("train/loss", 3.0 / step, step)
+        writer.close()
+        return result
+
+    specs["cpt"] = dataclasses.replace(specs["cpt"], run=cpt_with_logs)
+    run_pipeline(_pipeline(tmp_path), specs=specs, log=lambda m: None, report=True)
+    run = tmp_path / "run"
+    # the trainer's events are gathered into the run's TensorBoard directory, plus the runner's stage summaries
+    assert [s for s, _ in read_scalars(run / "tensorboard" / "cpt" / "runs")["train/loss"]] == [1, 2, 3]
+    assert list((run / "tensorboard" / "prepare" / "kormed_summary").glob("events.out.tfevents.*"))
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "curves_cpt.png" in html and (run / "report.md").is_file()

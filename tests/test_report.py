@@ -50,13 +50,21 @@ def run_dir(tmp_path: Path) -> Path:
             "eval": {"status": "done", "wall_s": 95.0, "output_dir": "eval"},
         },
     })
+    # the shape kormed prepare writes: the seeds' table (plain sum row, its parts, medical rows, total)
+    def row(source, base, mult, final, chars, ratio, **extra):
+        return {"source": source, "base": base, "multiplier": mult, "final": final, "ratio": ratio,
+                "ratio_text": f"{ratio * 100:.1f}%", "characters": chars, **extra}
+
     _write(rd / "corpus" / "raw_text_mixed.stats.json", {
-        "sources": [
-            {"source": "namu_wiki", "base": 80, "multiplier": 1, "final": 80, "ratio": 0.55, "characters": 90000},
-            {"source": "mcq", "base": 6, "multiplier": 5, "final": 30, "ratio": 0.2, "characters": 6000},
-            {"source": "medical_dict", "base": 7, "multiplier": 5, "final": 35, "ratio": 0.25, "characters": 3500},
+        "table": [
+            row("Korean Plain", 80, 1, 80, 90000, 0.55),
+            row("namu_wiki", 50, 1, 50, 60000, 0.35, part_of="Korean Plain"),
+            row("c4_korean", 30, 1, 30, 30000, 0.2, part_of="Korean Plain"),
+            row("MCQ", 6, 5, 30, 6000, 0.2),
+            row("Medical Dict", 7, 5, 35, 3500, 0.25),
+            row("Total", 93, "", 145, 99500, 1.0),
         ],
-        "dropped": {"too_short": 4, "low_hangul": 2},
+        "drops": {"namu_wiki": {"too_short": 4, "low_hangul": 2}, "c4_korean": {}},
     })
     _write(rd / "tokenizer" / "tokenizer_report.json", {
         "method": "bpe", "new_tokens": 1200, "base_vocab_size": 262145, "vocab_size": 263345,
@@ -130,7 +138,7 @@ def test_report_has_every_section_and_embedded_plots(run_dir: Path):
     for title in ("Stages", "Data distribution", "Token efficiency", "Training curves", "KorMedMCQA accuracy"):
         assert f"<h2>{title}" in html
     # figures from the inputs appear in the tables
-    assert "namu_wiki" in html and "too_short" in html
+    assert "namu_wiki" in html and "namu_wiki: too_short" in html and "5x" in html and "55.0%" in html
     assert "640.0" in html and "29.7%" in html  # tokens/1k chars before, saving on held-out text
     assert "early_stopping" in html and "conditions_met" in html and "max_steps" in html
     assert "0.450" in html and "doctor" in html and "nurse" in html

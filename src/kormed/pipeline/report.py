@@ -64,6 +64,8 @@ def read_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
         except Exception:  # noqa: BLE001 - a truncated event file (killed run) must not break the report
             continue
         for tag in acc.Tags().get("scalars", []):
+            if tag.startswith("kormed/"):  # the runner's per-stage summary scalars, not a curve
+                continue
             for ev in acc.Scalars(tag):
                 series.setdefault(tag, {})[int(ev.step)] = float(ev.value)
     return {tag: sorted(points.items()) for tag, points in sorted(series.items())}
@@ -210,7 +212,7 @@ def collect(run_dir: str | Path) -> ReportData:
                 ppl[_target_of(p, "ppl")] = data
     loop_table = None
     loop_dir = _stage_dir(rd, state, "loop", "loop")
-    for name in ("rounds.json", "loop_summary.json", "summary.json"):
+    for name in ("loop_table.json", "rounds.json", "summary.json"):
         data = _load_json(loop_dir / name)
         rows = data.get("rounds") if isinstance(data, dict) else data
         if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
@@ -504,7 +506,7 @@ def _overview(data: ReportData) -> Section:
 
 def _rows_of_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-source distribution rows of prepare's stats.json (list of rows or mapping source -> row)."""
-    for key in ("sources", "distribution", "table", "rows"):
+    for key in ("table", "sources", "distribution", "rows"):
         val = stats.get(key)
         if isinstance(val, list) and val and all(isinstance(r, dict) for r in val):
             return val
@@ -521,18 +523,33 @@ def _data_section(data: ReportData) -> Section:
     rows = _rows_of_stats(data.stats)
     sec.p(f"From `{data.stats_path}`.")
     if rows:
-        cols = [c for c in ("source", "name", "base", "multiplier", "final", "ratio", "characters", "chars")
-                if any(c in r for r in rows)]
-        sec.table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows])
-        label_key = "source" if any("source" in r for r in rows) else "name"
-        labels = [str(r.get(label_key, "?")) for r in rows]
-        finals = [_number(r.get("final")) for r in rows]
-        if all(v is not None for v in finals):
+        known = ("source", "base", "multiplier", "final", "ratio", "characters")
+        cols = [c for c in known if any(c in r for r in rows)]
+        table = []
+        for r in rows:
+            cells = []
+            for c in cols:
+                v = r.get(c)
+                if c == "source" and r.get("part_of"):
+                    v = f"  - {v}"
+                elif c == "ratio" and r.get("ratio_text"):
+                    v = r["ratio_text"]
+                elif c == "multiplier" and isinstance(v, int):
+                    v = f"{v}x"
+                cells.append(_fmt(v))
+            table.append(cells)
+        sec.table(cols, table)
+        # the chart: leaves only (each plain source rather than their "Korean Plain" sum), no total row
+        parents = {r.get("part_of") for r in rows if r.get("part_of")}
+        leaves = [r for r in rows if r.get("source") not in parents and str(r.get("source")).lower() != "total"]
+        labels = [str(r.get("source", "?")) for r in leaves]
+        finals = [_number(r.get("final")) for r in leaves]
+        if leaves and all(v is not None for v in finals):
             sec.img("data_distribution.png", _bar(labels, finals, title="Documents per source (after multipliers)",
                                                   ylabel="documents", fmt="{:,.0f}", horizontal=True),
                     "documents per source")
-        chars = [_number(r.get("characters", r.get("chars"))) for r in rows]
-        if all(v is not None for v in chars):
+        chars = [_number(r.get("characters")) for r in leaves]
+        if leaves and all(v is not None for v in chars):
             sec.img("data_characters.png", _bar(labels, chars, title="Characters per source", ylabel="characters",
                                                 fmt="{:,.0f}", horizontal=True), "characters per source")
     drops = data.stats.get("dropped") or data.stats.get("drops") or data.stats.get("drop_counts")

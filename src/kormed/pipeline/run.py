@@ -47,6 +47,7 @@ TOP_LEVEL_KEYS = (
     "data_root",
     "report_to",
     "eval_targets",
+    "launcher",
 )
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -78,6 +79,7 @@ class Pipeline:
     data_root: str | None = None
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
     eval_targets: list[str] | None = None
+    launcher: str | None = None  # e.g. "accelerate launch --config_file ddp.yaml": runs the training stages' commands
     description: str = ""
     source: Path | None = None
 
@@ -143,7 +145,7 @@ def pipeline_from_mapping(
     targets = data.get("eval_targets")
     if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
         raise KormedError("expected a list such as [base, cpt, sft, loop]", path=src, field="eval_targets")
-    for key in ("model", "device", "data_root", "description"):
+    for key in ("model", "device", "data_root", "description", "launcher"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise KormedError(f"expected a string, got {value!r}", path=src, field=key)
@@ -158,6 +160,7 @@ def pipeline_from_mapping(
         data_root=data.get("data_root"),
         report_to=list(rt),
         eval_targets=list(targets) if targets is not None else None,
+        launcher=data.get("launcher") or None,
         description=data.get("description") or "",
         source=src,
     )
@@ -209,7 +212,10 @@ class StageSpec:
     outputs: Callable[[Any, RunContext], Iterable[str | Path]]  # must exist for a finished stage to be reused
     volatile: tuple[str, ...] = ()  # config fields that never change the result (logging, worker counts)
     resume_field: str | None = None  # bool config field that makes the stage continue an interrupted run
+    resume_hook: Callable[[Any, RunContext], Any] | None = None  # or: the config that continues it (None: cannot)
     output_dirs: Callable[[Any, RunContext], Iterable[str | Path]] | None = None  # cleared before a fresh rerun
+    command: tuple[str, ...] | None = None  # its `kormed` subcommand (e.g. ("train", "cpt")), for `launcher`
+    collect: Callable[[Any, RunContext], Any] | None = None  # its result read back from disk after a launched run
 
 
 def filter_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +346,89 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve() != root.resolve()
 
 
+# --------------------------------------------------------------------------------------------------- launcher
+
+
+def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> Any:
+    """Run a training stage as its own command under the pipeline's launcher (e.g. `accelerate launch ...`):
+    the stage's resolved config is written to RUN_DIR/configs/<stage>.yaml and passed with --config, so the
+    processes of a multi-GPU run get exactly the config a single-process run would use."""
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from kormed.io import atomic_write
+
+    assert spec.command is not None and ctx.pipeline.launcher
+    config_file = ctx.run_dir / "configs" / f"{spec.name}.yaml"
+    with atomic_write(config_file) as fh:
+        yaml.safe_dump({spec.name: _plain(cfg)}, fh, allow_unicode=True, sort_keys=False)
+    try:
+        launcher = shlex.split(ctx.pipeline.launcher)
+    except ValueError as exc:
+        raise KormedError(f"cannot parse the launcher command: {exc}", path=ctx.pipeline.source,
+                          field="launcher") from None
+    cmd = [*launcher, "-m", "kormed.cli", *spec.command, "--config", str(config_file)]
+    ctx.log(f"[{spec.name}] $ {shlex.join(cmd)}")
+    try:
+        proc = subprocess.run(cmd, check=False)
+    except FileNotFoundError:
+        raise KormedError(f"launcher not found: {launcher[0]}", path=ctx.pipeline.source, field="launcher",
+                          hint="install accelerate (`pip install accelerate`) or remove `launcher:`") from None
+    if proc.returncode != 0:
+        raise KormedError(f"stage '{spec.name}' failed under the launcher (exit code {proc.returncode})",
+                          hint=f"its config is {config_file}; rerun `kormed run` to resume")
+    return spec.collect(cfg, ctx) if spec.collect else {"launched": shlex.join(cmd)}
+
+
+# --------------------------------------------------------------------------------------------------- TensorBoard
+
+
+def gather_tensorboard(tb_dir: Path, stage_dirs: list[Path]) -> int:
+    """Copy the TensorBoard event files a stage's trainers wrote under its own directories (HF Trainer: <output>/
+    .../runs/) into the run's TensorBoard directory, keeping their relative paths, so that
+    `tensorboard --logdir RUN_DIR/tensorboard` shows every stage. Returns the number of files copied."""
+    copied = 0
+    for d in stage_dirs:
+        if not d.is_dir() or _inside(d, tb_dir) or d.resolve() == tb_dir.resolve():
+            continue
+        for f in sorted(d.rglob("events.out.tfevents.*")):
+            if not f.is_file() or _inside(f, tb_dir.parent):
+                continue
+            dest = tb_dir / f.relative_to(d) if len(stage_dirs) == 1 else tb_dir / d.name / f.relative_to(d)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+            copied += 1
+    return copied
+
+
+def _numeric_leaves(obj: Any, prefix: str = "", depth: int = 0) -> Iterable[tuple[str, float]]:
+    if isinstance(obj, dict) and depth < 3:
+        for k, v in obj.items():
+            yield from _numeric_leaves(v, f"{prefix}/{k}" if prefix else str(k), depth + 1)
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        yield prefix, float(obj)
+
+
+def log_stage_summary(tb_dir: Path, stage: str, wall_s: float, result: Any, limit: int = 64) -> None:
+    """The stage's wall time and the numbers of its result (accuracies, token counts, ...) as TensorBoard scalars
+    under `kormed/`, so stages without a trainer (prepare, tokenizer, eval) appear in TensorBoard as well."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; a broken install only loses these summary scalars
+        return
+    writer = SummaryWriter(log_dir=str(tb_dir / "kormed_summary"))
+    try:
+        writer.add_scalar("kormed/wall_time_s", wall_s, 0)
+        for i, (tag, value) in enumerate(_numeric_leaves(result)):
+            if i >= limit:
+                break
+            writer.add_scalar(f"kormed/{stage}/{tag}", value, 0)
+    finally:
+        writer.close()
+
+
 # --------------------------------------------------------------------------------------------------- the run
 
 
@@ -446,17 +535,16 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
         f"previous attempt {prev.get('status')}" if prev.get("hash") == digest else
         "config or inputs changed"
     )
-    resume = (
-        not forced
-        and spec.resume_field is not None
-        and prev.get("hash") == digest
-        and prev.get("status") in ("failed", "interrupted", "running")
-        and hasattr(cfg, spec.resume_field)
-    )
-    if resume:
-        cfg = dataclasses.replace(cfg, **{spec.resume_field: True})
+    resumed = None
+    if not forced and prev.get("hash") == digest and prev.get("status") in ("failed", "interrupted", "running"):
+        if spec.resume_hook is not None:
+            resumed = spec.resume_hook(cfg, ctx)
+        elif spec.resume_field is not None and hasattr(cfg, spec.resume_field):
+            resumed = dataclasses.replace(cfg, **{spec.resume_field: True})
+    if resumed is not None:
+        cfg = resumed
         ctx.configs[stage] = cfg
-        reason += "; resuming from its last checkpoint"
+        reason += "; resuming where it stopped"
     else:
         # a fresh (re)run: the stage's directories in the run dir and its TensorBoard logs hold one attempt only
         dirs = list(spec.output_dirs(cfg, ctx)) if spec.output_dirs else [ctx.stage_dir(stage)]
@@ -476,7 +564,8 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
     write_state(run_dir, state)
     t0 = time.perf_counter()
     try:
-        result = spec.run(cfg, ctx)
+        launched = bool(ctx.pipeline.launcher and spec.command)
+        result = launch_stage(spec, cfg, ctx) if launched else spec.run(cfg, ctx)
     except KeyboardInterrupt:
         entry.update(status="interrupted", wall_s=round(time.perf_counter() - t0, 3), finished=_now())
         raise
@@ -488,5 +577,9 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
     entry.update(status="done", wall_s=round(wall, 3), finished=_now(), result=_plain(result))
     ctx.results[stage] = entry["result"]
     write_state(run_dir, state)
+    dirs = list(spec.output_dirs(cfg, ctx)) if spec.output_dirs else [ctx.stage_dir(stage)]
+    gather_tensorboard(ctx.tb_dir(stage), [Path(d) for d in dirs])
+    if "tensorboard" in ctx.pipeline.report_to:
+        log_stage_summary(ctx.tb_dir(stage), stage, wall, entry["result"])
     # the hash is of the inputs as they were when the stage started; outputs written now are the next stage's inputs
     ctx.log(f"[{stage}] done in {wall:.1f}s")

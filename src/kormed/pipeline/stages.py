@@ -1,0 +1,457 @@
+"""The real stages as the runner drives them: each entry wires run-directory paths into the stage's own config and
+calls the stage's own API (`kormed.prepare.pipeline.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
+`kormed.train.cpt.run_cpt`, `kormed.train.sft.run_sft`, `kormed.train.loop.run_loop`, `kormed.eval.*`).
+Nothing here re-implements a stage. Imports happen inside the functions (no torch at import time).
+
+Run directory (R = the pipeline's run_dir, made absolute):
+
+    R/corpus/raw_text_mixed.jsonl (+ .val.jsonl, .stats.json)     prepare
+    R/tokenizer/ (tokenizer.json, tokenizer_report.json)           tokenizer
+    R/cpt/ (adapter, tokenizer/, training_info.json)               cpt      <- corpus, tokenizer
+    R/sft/step1..4/ (adapter, training_info.json)                  sft      <- cpt adapter, sample/seed data
+    R/loop/round01.../, best/, loop_table.json                     loop     <- sft step4 adapter
+    R/eval/kormedmcqa_<target>.json, ppl_<target>.json             eval     <- base model and every adapter
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.pipeline.run import RunContext, StageSpec
+
+CORPUS_NAME = "raw_text_mixed.jsonl"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _cls(module: str, name: str, *, needs: Iterable[str] = ()) -> Any:
+    """The stage's config class; importing `needs` too, so a stage whose code has not landed is 'unavailable'."""
+
+    def load() -> type:
+        for m in needs:
+            importlib.import_module(m)
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+def _abs(p: str | Path) -> Path:
+    return Path(p).expanduser().absolute()
+
+
+def _root(ctx: RunContext) -> Path:
+    return _abs(ctx.run_dir)
+
+
+def data_root(ctx: RunContext) -> Path | None:
+    """The pipeline's data root: `sample` (the bundled sample data), a directory, or none (the prepare default)."""
+    value = ctx.pipeline.data_root
+    if value is None:
+        return None
+    if value == "sample":
+        from kormed.sample_data import sample_data_root
+
+        return sample_data_root()
+    return _abs(value)
+
+
+def _source(ctx: RunContext, name: str) -> str | None:
+    """Path of one raw source (mcq, medical_dict, char_dict, mcq_test, mcq_fewshot) in the seeds' layout."""
+    if ctx.enabled("prepare") and name in ("mcq", "medical_dict", "char_dict"):
+        return str(ctx.configs["prepare"].source_path(name))
+    root = data_root(ctx)
+    if root is None and ctx.enabled("prepare"):
+        root = _abs(ctx.configs["prepare"].root())
+    if root is None:
+        return None
+    from kormed.sample_data import RELATIVE_PATHS
+
+    rel = RELATIVE_PATHS["mcq_train" if name == "mcq" else name]
+    p = root / rel
+    return str(p) if p.exists() or name in ("mcq", "medical_dict", "mcq_test") else None
+
+
+def _corpus(ctx: RunContext) -> tuple[str | None, str | None]:
+    """(training corpus, held-out validation text) written by prepare, when prepare is part of the run."""
+    if not ctx.enabled("prepare"):
+        return None, None
+    cfg = ctx.configs["prepare"]
+    return str(cfg.out_path()), str(cfg.val_path())
+
+
+def _train_options(ctx: RunContext) -> dict[str, Any]:
+    opts: dict[str, Any] = {"report_to": list(ctx.pipeline.report_to)}
+    if ctx.pipeline.device:
+        opts["device"] = ctx.pipeline.device
+    return {"train": opts}
+
+
+def _adapter_inputs(d: str | Path | None) -> list[Path]:
+    if not d:
+        return []
+    d = Path(d)
+    out = [d / f for f in ADAPTER_FILES]
+    if (d / "tokenizer").is_dir():
+        out.append(d / "tokenizer")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- prepare
+
+
+def _prepare_wire(ctx: RunContext) -> dict[str, Any]:
+    root = data_root(ctx)
+    return {
+        "data_root": str(root) if root is not None else None,
+        "out": str(_root(ctx) / "corpus" / CORPUS_NAME),
+    }
+
+
+def _prepare_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from kormed.prepare.pipeline import run_prepare
+
+    result = run_prepare(cfg, log=ctx.log)
+    return {k: v for k, v in result.items() if k != "stats"} | {"documents": result.get("lines")}
+
+
+def _prepare_inputs(cfg: Any, ctx: RunContext) -> list[Path]:
+    from kormed.prepare.config import ALL_SOURCES
+
+    return [cfg.source_path(name) for name in ALL_SOURCES]
+
+
+def _prepare_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
+    return [cfg.out_path(), cfg.val_path(), cfg.stats_path()]
+
+
+def _prepare_dirs(cfg: Any, ctx: RunContext) -> list[Path]:
+    return [cfg.out_path().parent]
+
+
+# --------------------------------------------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_wire(ctx: RunContext) -> dict[str, Any]:
+    corpus, _ = _corpus(ctx)
+    return {"model": ctx.pipeline.model, "corpus": corpus, "dict": _source(ctx, "medical_dict"),
+            "out": str(_root(ctx) / "tokenizer")}
+
+
+def _tokenizer_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from kormed.tokenizer.extend import extend_tokenizer
+
+    report = extend_tokenizer(cfg, log=ctx.log)
+    keep = ("method", "new_tokens", "base_vocab_size", "vocab_size", "heldout", "medical")
+    return {k: report[k] for k in keep if k in report}
+
+
+# --------------------------------------------------------------------------------------------------- cpt
+
+
+def _cpt_wire(ctx: RunContext) -> dict[str, Any]:
+    data, val = _corpus(ctx)
+    return {
+        "data": data,
+        "val": val,
+        "model": ctx.pipeline.model,
+        "tokenizer_path": str(_root(ctx) / "tokenizer") if ctx.enabled("tokenizer") else None,
+        "output": str(_root(ctx) / "cpt"),
+        **_train_options(ctx),
+    }
+
+
+def _cpt_run(cfg: Any, ctx: RunContext) -> Any:
+    from kormed.train.cpt import run_cpt
+
+    return _summary(run_cpt(cfg))
+
+
+def _cpt_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
+    return [cfg.data, cfg.val, cfg.tokenizer_path, *_adapter_inputs(cfg.adapter), cfg.kormedmcqa_data]
+
+
+# --------------------------------------------------------------------------------------------------- sft
+
+
+def _previous_adapter(ctx: RunContext, before: str) -> str | None:
+    """The final adapter of the last training stage before `before` that is part of this run."""
+    order = ["cpt", "sft", "loop"]
+    for stage in reversed(order[: order.index(before)] if before in order else order):
+        if ctx.enabled(stage):
+            return final_adapter(stage, ctx.configs[stage])
+    return None
+
+
+def final_adapter(stage: str, cfg: Any) -> str:
+    """Where a training stage leaves its final adapter."""
+    out = Path(cfg.output)
+    if stage == "sft":
+        return str(out / "step4")
+    if stage == "loop":
+        return str(out / "best")
+    return str(out)
+
+
+def _sft_wire(ctx: RunContext) -> dict[str, Any]:
+    _, val = _corpus(ctx)
+    raw, _ = _corpus(ctx)
+    return {
+        "mcq": _source(ctx, "mcq"),
+        "dict": _source(ctx, "medical_dict"),
+        "char_dict": _source(ctx, "char_dict"),
+        "raw": raw,
+        "raw_val": val,
+        "model": ctx.pipeline.model,
+        "from_adapter": _previous_adapter(ctx, "sft"),
+        "output": str(_root(ctx) / "sft"),
+        **_train_options(ctx),
+    }
+
+
+def _sft_run(cfg: Any, ctx: RunContext) -> Any:
+    from kormed.train.sft import run_sft
+
+    return _summary(run_sft(cfg))
+
+
+def _data_inputs(cfg: Any) -> list[Any]:
+    return [cfg.mcq, cfg.dict, cfg.char_dict, cfg.raw, cfg.raw_val, *_adapter_inputs(cfg.from_adapter)]
+
+
+def _sft_resume(cfg: Any, ctx: RunContext) -> Any:
+    """Continue an interrupted SFT at the first step without a finished training_info.json."""
+    out = Path(cfg.output)
+    done = 0
+    for n in range(1, 5):
+        if all((out / f"step{n}" / f).exists() for f in ("training_info.json", *ADAPTER_FILES)):
+            done = n
+        else:
+            break
+    if done == 0 or done == 4:
+        return None
+    return dataclasses.replace(cfg, from_step=done + 1)
+
+
+# --------------------------------------------------------------------------------------------------- loop
+
+
+def _loop_wire(ctx: RunContext) -> dict[str, Any]:
+    raw, val = _corpus(ctx)
+    return {
+        "mcq": _source(ctx, "mcq"),
+        "dict": _source(ctx, "medical_dict"),
+        "char_dict": _source(ctx, "char_dict"),
+        "raw": raw,
+        "raw_val": val,
+        "eval_data": _source(ctx, "mcq_test"),
+        "model": ctx.pipeline.model,
+        "from_adapter": _previous_adapter(ctx, "loop"),
+        "output": str(_root(ctx) / "loop"),
+        **_train_options(ctx),
+    }
+
+
+def _loop_run(cfg: Any, ctx: RunContext) -> Any:
+    from kormed.train.loop import run_loop
+
+    return _summary(run_loop(cfg))
+
+
+# --------------------------------------------------------------------------------------------------- eval
+
+
+def eval_targets(ctx: RunContext) -> dict[str, str | None]:
+    """Model name -> adapter directory (None = the base model) evaluated by the eval stage.
+
+    Default: the base model and the final adapter of every training stage in the run. `eval_targets` in the
+    pipeline file picks some: base, cpt, sft (= step4), sft/stepN, loop (= best), loop/roundNN."""
+    wanted = ctx.pipeline.eval_targets
+    if wanted is None:
+        wanted = ["base", *[s for s in ("cpt", "sft", "loop") if ctx.enabled(s)]]
+    out: dict[str, str | None] = {}
+    for t in wanted:
+        stage, _, sub = t.partition("/")
+        if stage == "base" and not sub:
+            out["base"] = None
+            continue
+        if stage not in ("cpt", "sft", "loop") or (stage == "cpt" and sub):
+            raise KormedError(f"unknown eval target {t!r} (base, cpt, sft, sft/stepN, loop, loop/roundNN)",
+                              path=ctx.pipeline.source, field="eval_targets")
+        if not ctx.enabled(stage):
+            raise KormedError(f"eval target {t!r}: stage '{stage}' is not part of this run",
+                              path=ctx.pipeline.source, field="eval_targets")
+        if sub and not re.fullmatch(r"(step\d+|round\d+|best)", sub):
+            raise KormedError(f"unknown eval target {t!r}", path=ctx.pipeline.source, field="eval_targets")
+        adapter = str(Path(ctx.configs[stage].output) / sub) if sub else final_adapter(stage, ctx.configs[stage])
+        out[t.replace("/", "-")] = adapter
+    return out
+
+
+def _ppl_data(ctx: RunContext) -> str | None:
+    _, val = _corpus(ctx)
+    return val
+
+
+def _eval_wire(ctx: RunContext) -> dict[str, Any]:
+    values: dict[str, Any] = {"model": ctx.pipeline.model, "data": _source(ctx, "mcq_test")}
+    if ctx.pipeline.device:
+        values["device"] = ctx.pipeline.device
+    fewshot = _source(ctx, "mcq_fewshot")
+    if fewshot:
+        values["fewshot_file"] = fewshot
+    return values
+
+
+def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
+    from kormed.eval.perplexity import run_perplexity
+
+    out_dir = _root(ctx) / "eval"
+    ppl_data = _ppl_data(ctx)
+    summary: dict[str, Any] = {}
+    for name, adapter in eval_targets(ctx).items():
+        ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
+        mcq_cfg = dataclasses.replace(cfg, adapter=adapter, output=str(out_dir / f"kormedmcqa_{name}.json"))
+        result = run_kormedmcqa(mcq_cfg, log=ctx.log)
+        ctx.log(format_table(result))
+        entry = {"accuracy": result["accuracy"], "total": result["total"],
+                 "per_subset": {k: v["accuracy"] for k, v in result["per_subset"].items()}}
+        if ppl_data:
+            ppl_cfg = dataclasses.replace(cfg, adapter=adapter, data=ppl_data, limit=None,
+                                          output=str(out_dir / f"ppl_{name}.json"))
+            ppl = run_perplexity(ppl_cfg, log=ctx.log)
+            ctx.log(f"[eval] {name}: perplexity {ppl['perplexity']:.3f} on {ppl['tokens']:,} tokens")
+            entry["perplexity"] = ppl["perplexity"]
+        summary[name] = entry
+    return summary
+
+
+def _eval_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
+    files: list[Any] = [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, _ppl_data(ctx)]
+    for adapter in eval_targets(ctx).values():
+        files.extend(_adapter_inputs(adapter))
+    return files
+
+
+def _eval_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
+    out_dir = _root(ctx) / "eval"
+    names = list(eval_targets(ctx))
+    files = [out_dir / f"kormedmcqa_{n}.json" for n in names]
+    if _ppl_data(ctx):
+        files += [out_dir / f"ppl_{n}.json" for n in names]
+    return files
+
+
+# --------------------------------------------------------------------------------------------------- common
+
+
+def _collect(*names: str) -> Any:
+    """Result of a stage run under the launcher: the first of `names` (JSON, relative to its output) that exists."""
+
+    def read(cfg: Any, ctx: RunContext) -> Any:
+        from kormed.io import read_json
+
+        for name in names:
+            p = Path(cfg.output) / name
+            if p.is_file():
+                return _summary(read_json(p))
+        return {}
+
+    return read
+
+
+
+def _summary(result: Any) -> Any:
+    """What the state file keeps of a stage's return value: JSON-able scalars and small dicts, no big lists."""
+    if not isinstance(result, dict):
+        return result
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if isinstance(v, str | int | float | bool) or v is None:
+            out[k] = v
+        elif isinstance(v, Path):
+            out[k] = str(v)
+        elif isinstance(v, dict) and len(v) <= 32:
+            out[k] = _summary(v)
+    return out
+
+
+def default_specs() -> dict[str, StageSpec]:
+    """The runner's table of real stages."""
+    train_volatile = ("num_proc", "cache_dir", "resume", "from_step")
+    return {
+        "prepare": StageSpec(
+            name="prepare",
+            config_cls=_cls("kormed.prepare.config", "PrepareConfig", needs=["kormed.prepare.pipeline"]),
+            wire=_prepare_wire,
+            run=_prepare_run,
+            inputs=_prepare_inputs,
+            outputs=_prepare_outputs,
+            output_dirs=_prepare_dirs,
+            volatile=("num_proc", "batch_size", "skip_bad"),
+        ),
+        "tokenizer": StageSpec(
+            name="tokenizer",
+            config_cls=_cls("kormed.tokenizer.config", "TokenizerConfig", needs=["kormed.tokenizer.extend"]),
+            wire=_tokenizer_wire,
+            run=_tokenizer_run,
+            inputs=lambda cfg, ctx: [cfg.corpus, cfg.dict],
+            outputs=lambda cfg, ctx: [Path(cfg.out) / "tokenizer.json", Path(cfg.out) / "tokenizer_report.json"],
+            output_dirs=lambda cfg, ctx: [cfg.out],
+            # train_new_rows_only / embedding_lr are read by CPT, not by the extension itself
+            volatile=("train_new_rows_only", "embedding_lr"),
+        ),
+        "cpt": StageSpec(
+            name="cpt",
+            config_cls=_cls("kormed.train.config", "CPTConfig", needs=["kormed.train.cpt"]),
+            wire=_cpt_wire,
+            run=_cpt_run,
+            inputs=_cpt_inputs,
+            outputs=lambda cfg, ctx: [Path(cfg.output) / f for f in (*ADAPTER_FILES, "training_info.json")],
+            output_dirs=lambda cfg, ctx: [cfg.output],
+            volatile=train_volatile,
+            resume_field="resume",
+            command=("train", "cpt"),
+            collect=_collect("training_info.json"),
+        ),
+        "sft": StageSpec(
+            name="sft",
+            config_cls=_cls("kormed.train.sft_config", "SFTConfig", needs=["kormed.train.sft"]),
+            wire=_sft_wire,
+            run=_sft_run,
+            inputs=lambda cfg, ctx: _data_inputs(cfg),
+            outputs=lambda cfg, ctx: [Path(cfg.output) / "step4" / f for f in (*ADAPTER_FILES, "training_info.json")],
+            output_dirs=lambda cfg, ctx: [cfg.output],
+            volatile=train_volatile,
+            resume_hook=_sft_resume,
+            command=("train", "sft"),
+            collect=_collect("sft_summary.json", "step4/training_info.json"),
+        ),
+        "loop": StageSpec(
+            name="loop",
+            config_cls=_cls("kormed.train.sft_config", "LoopConfig", needs=["kormed.train.loop"]),
+            wire=_loop_wire,
+            run=_loop_run,
+            inputs=lambda cfg, ctx: [*_data_inputs(cfg), cfg.eval_data],
+            outputs=lambda cfg, ctx: [Path(cfg.output) / "best" / f for f in ADAPTER_FILES],
+            output_dirs=lambda cfg, ctx: [cfg.output],
+            volatile=train_volatile,
+            command=("train", "loop"),
+            collect=_collect("loop_table.json"),
+        ),
+        "eval": StageSpec(
+            name="eval",
+            config_cls=_cls("kormed.eval.config", "EvalConfig", needs=["kormed.eval.kormedmcqa",
+                                                                          "kormed.eval.perplexity"]),
+            wire=_eval_wire,
+            run=_eval_run,
+            inputs=_eval_inputs,
+            outputs=_eval_outputs,
+            volatile=("batch_size", "output"),
+        ),
+    }
