@@ -161,6 +161,7 @@ def _cpt_wire(ctx: RunContext) -> dict[str, Any]:
         "model": ctx.pipeline.model,
         "tokenizer_path": str(_root(ctx) / "tokenizer") if ctx.enabled("tokenizer") else None,
         "output": str(_root(ctx) / "cpt"),
+        "kormedmcqa_data": _source(ctx, "mcq_test"),  # used only when cpt.kormedmcqa_every > 0
         **_train_options(ctx),
     }
 
@@ -172,7 +173,8 @@ def _cpt_run(cfg: Any, ctx: RunContext) -> Any:
 
 
 def _cpt_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
-    return [cfg.data, cfg.val, cfg.tokenizer_path, *_adapter_inputs(cfg.adapter), cfg.kormedmcqa_data]
+    mcq = cfg.kormedmcqa_data if cfg.kormedmcqa_every else None
+    return [cfg.data, cfg.val, cfg.tokenizer_path, *_adapter_inputs(cfg.adapter), mcq]
 
 
 # --------------------------------------------------------------------------------------------------- sft
