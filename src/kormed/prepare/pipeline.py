@@ -91,7 +91,7 @@ def _permutation_batches(
         want = need()
         if want <= 0:
             return
-        size = int(min(max(2 * want + batch_size, 4 * batch_size), 50_000))
+        size = int(min(max(2 * want + batch_size, 4 * batch_size), 20_000))
         rows = [int(r) for r in perm[pos : pos + size] if int(r) not in skip]
         pos += size
         if not rows:
