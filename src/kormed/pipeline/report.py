@@ -112,7 +112,7 @@ def _unit_dirs(run_dir: Path, stage: str, stage_dir: Path) -> list[tuple[str, Pa
     """(name, directory) of each trainer run of a training stage."""
     if stage == "cpt":
         return [("cpt", stage_dir)] if stage_dir.is_dir() else []
-    pattern = re.compile(r"^(step|round)(\d+)$")
+    pattern = re.compile(r"^(step|round)(\d+)(_\w+)?$")
     units = []
     if stage_dir.is_dir():
         for d in stage_dir.iterdir():
@@ -146,7 +146,7 @@ def collect_training(run_dir: Path, stage: str, stage_dir: Path) -> list[Trainin
             scalars = scalars_from_log_history(unit.info["log_history"])
             unit.source = f"{name}/training_info.json"
         unit.scalars = scalars
-        if unit.info or unit.scalars:
+        if unit.scalars or stop_reason(unit.info):  # (loop/round00_start is a saved adapter, not a training run)
             units.append(unit)
     return units
 

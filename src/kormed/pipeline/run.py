@@ -59,6 +59,10 @@ _SKIP_NAMES = ("checkpoint", "runs", "tensorboard", ".", "__pycache__")
 Log = Callable[[str], None]
 
 
+class StageInterrupted(KormedError):
+    """A stage stopped before finishing (Ctrl-C / SIGTERM inside a trainer): recorded as interrupted, resumable."""
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -216,6 +220,7 @@ class StageSpec:
     output_dirs: Callable[[Any, RunContext], Iterable[str | Path]] | None = None  # cleared before a fresh rerun
     command: tuple[str, ...] | None = None  # its `kormed` subcommand (e.g. ("train", "cpt")), for `launcher`
     collect: Callable[[Any, RunContext], Any] | None = None  # its result read back from disk after a launched run
+    extra_hash: Callable[[Any, RunContext], Any] | None = None  # other settings the result depends on (JSON-able)
 
 
 def filter_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +316,9 @@ def stage_hash(spec: StageSpec, cfg: Any, ctx: RunContext) -> tuple[str, dict[st
     for name in spec.volatile:
         config.pop(name, None)
     inputs = {str(p): fingerprint(p) for p in spec.inputs(cfg, ctx) if p is not None}
-    payload = json.dumps({"stage": spec.name, "config": config, "inputs": inputs}, sort_keys=True, ensure_ascii=False)
+    extra = _plain(spec.extra_hash(cfg, ctx)) if spec.extra_hash else None
+    payload = json.dumps({"stage": spec.name, "config": config, "inputs": inputs, "extra": extra}, sort_keys=True,
+                         ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest(), inputs
 
 
@@ -362,8 +369,11 @@ def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> Any:
 
     assert spec.command is not None and ctx.pipeline.launcher
     config_file = ctx.run_dir / "configs" / f"{spec.name}.yaml"
+    # every section of the run (the stage's command may read a neighbour, e.g. cpt reads `tokenizer`'s CPT options)
+    sections = {name: _plain(c) for name, c in ctx.configs.items()}
+    sections[spec.name] = _plain(cfg)
     with atomic_write(config_file) as fh:
-        yaml.safe_dump({spec.name: _plain(cfg)}, fh, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(sections, fh, allow_unicode=True, sort_keys=False)
     try:
         launcher = shlex.split(ctx.pipeline.launcher)
     except ValueError as exc:
@@ -566,7 +576,7 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
     try:
         launched = bool(ctx.pipeline.launcher and spec.command)
         result = launch_stage(spec, cfg, ctx) if launched else spec.run(cfg, ctx)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StageInterrupted):
         entry.update(status="interrupted", wall_s=round(time.perf_counter() - t0, 3), finished=_now())
         raise
     except BaseException as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.pipeline.run import RunContext, StageSpec
+from kormed.pipeline.run import RunContext, StageInterrupted, StageSpec
 
 CORPUS_NAME = "raw_text_mixed.jsonl"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -166,10 +166,24 @@ def _cpt_wire(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def _tokenizer_options(cfg: Any, ctx: RunContext) -> Any:
+    """The `tokenizer` section's CPT-side options (train_new_rows_only, embedding_lr), when CPT uses its output."""
+    return ctx.configs.get("tokenizer") if cfg.tokenizer_path else None
+
+
 def _cpt_run(cfg: Any, ctx: RunContext) -> Any:
     from kormed.train.cpt import run_cpt
 
-    return _summary(run_cpt(cfg))
+    info = run_cpt(cfg, tokenizer_options=_tokenizer_options(cfg, ctx), log=ctx.log)
+    if isinstance(info, dict) and info.get("stop_reason") == "interrupted":
+        raise StageInterrupted("stage 'cpt' was interrupted (a checkpoint was saved)",
+                               hint="rerun the same command to resume it")
+    return _summary(info)
+
+
+def _cpt_extra(cfg: Any, ctx: RunContext) -> Any:
+    tok = _tokenizer_options(cfg, ctx)
+    return {"train_new_rows_only": tok.train_new_rows_only, "embedding_lr": tok.embedding_lr} if tok else None
 
 
 def _cpt_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
@@ -218,7 +232,12 @@ def _sft_wire(ctx: RunContext) -> dict[str, Any]:
 def _sft_run(cfg: Any, ctx: RunContext) -> Any:
     from kormed.train.sft import run_sft
 
-    return _summary(run_sft(cfg))
+    summary = run_sft(cfg, log=ctx.log)
+    if isinstance(summary, dict) and summary.get("finished") is False:
+        last = (summary.get("steps") or [{}])[-1]
+        raise StageInterrupted(f"stage 'sft' stopped in step {last.get('step')} ({last.get('stop_reason')})",
+                               hint="rerun the same command to continue from that step")
+    return _summary(summary)
 
 
 def _data_inputs(cfg: Any) -> list[Any]:
@@ -226,11 +245,15 @@ def _data_inputs(cfg: Any) -> list[Any]:
 
 
 def _sft_resume(cfg: Any, ctx: RunContext) -> Any:
-    """Continue an interrupted SFT at the first step without a finished training_info.json."""
+    """Continue an interrupted SFT at the first step that did not finish (stop conditions met or max_steps)."""
+    from kormed.io import read_json
+
     out = Path(cfg.output)
     done = 0
     for n in range(1, 5):
-        if all((out / f"step{n}" / f).exists() for f in ("training_info.json", *ADAPTER_FILES)):
+        info_file = out / f"step{n}" / "training_info.json"
+        finished = info_file.is_file() and all((out / f"step{n}" / f).exists() for f in ADAPTER_FILES)
+        if finished and read_json(info_file).get("stop_reason") in ("conditions_met", "max_steps"):
             done = n
         else:
             break
@@ -261,7 +284,7 @@ def _loop_wire(ctx: RunContext) -> dict[str, Any]:
 def _loop_run(cfg: Any, ctx: RunContext) -> Any:
     from kormed.train.loop import run_loop
 
-    return _summary(run_loop(cfg))
+    return _summary(run_loop(cfg, log=ctx.log))
 
 
 # --------------------------------------------------------------------------------------------------- eval
@@ -287,7 +310,7 @@ def eval_targets(ctx: RunContext) -> dict[str, str | None]:
         if not ctx.enabled(stage):
             raise KormedError(f"eval target {t!r}: stage '{stage}' is not part of this run",
                               path=ctx.pipeline.source, field="eval_targets")
-        if sub and not re.fullmatch(r"(step\d+|round\d+|best)", sub):
+        if sub and not re.fullmatch(r"(step\d+|round\d+(_\w+)?|best)", sub):
             raise KormedError(f"unknown eval target {t!r}", path=ctx.pipeline.source, field="eval_targets")
         adapter = str(Path(ctx.configs[stage].output) / sub) if sub else final_adapter(stage, ctx.configs[stage])
         out[t.replace("/", "-")] = adapter
@@ -418,6 +441,7 @@ def default_specs() -> dict[str, StageSpec]:
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,
             resume_field="resume",
+            extra_hash=_cpt_extra,
             command=("train", "cpt"),
             collect=_collect("training_info.json"),
         ),
