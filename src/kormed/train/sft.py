@@ -1,0 +1,467 @@
+"""`kormed train sft`: four staged chat-format SFT steps with answer-only loss and stop conditions.
+
+Flow of :func:`run_sft`:
+
+1. Read the sources (KorMedMCQA questions, medical + symbol dictionaries, raw Korean text) and split each into
+   train / validation at the record level (:func:`kormed.data.mixture.split_records`).
+2. Load the model: step 1 starts from `--from-adapter` (e.g. the CPT adapter) or a fresh LoRA; `--from-step N`
+   starts from `<output>/step{N-1}/`. Encode the chat examples (:mod:`kormed.data.chat`; prompt masked, the
+   answer and its `<end_of_turn>` learned) and the validation sets.
+3. Before step 1: the baseline raw-Korean perplexity of the starting model on the held-out raw set
+   (:func:`kormed.eval.perplexity.evaluate_perplexity` over packed blocks), stored in `<output>/baseline.json`.
+4. Each step: build its mix, train with the shared engine (:mod:`kormed.train.engine`), evaluate every
+   `train.eval_steps` steps each validation set separately (`eval_qa_loss`, `eval_dict_loss`, ...,
+   `eval_raw_perplexity`), check the step's stop conditions after each evaluation (the evaluation at step 0
+   is the step's start reference for 'maintained'), stop when they hold or at the step's max_steps, and save
+   the adapter and `training_info.json` (`stop_reason`, the metrics at that point, every condition check) in
+   `<output>/step{N}/`. The next step continues from that adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kormed.data.chat import (
+    ChatTemplates,
+    EncodeStats,
+    ExampleTooLong,
+    encode_chat_example,
+    encode_raw_text,
+    render_dict_entry,
+    render_mcq,
+)
+from kormed.data.mixture import mix_datasets, normalise_weights, split_records
+from kormed.errors import KormedError
+from kormed.io import iter_jsonl, read_json, write_json
+from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
+from kormed.train.sft_config import SFTConfig, SFTStepConfig
+from kormed.train.stop_conditions import STOP_CONDITIONS_MET, STOP_MAX_STEPS, StopTracker, Tolerances
+
+Log = Callable[[str], Any]
+
+BASELINE_FILE = "baseline.json"
+SUMMARY_FILE = "sft_summary.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sources:
+    """Records of every source, already split into train / validation."""
+
+    mcq_train: list[MCQ] = field(default_factory=list)
+    mcq_val: list[MCQ] = field(default_factory=list)
+    dict_train: list[tuple[DictEntry, bool]] = field(default_factory=list)  # (entry, is_symbol)
+    dict_val: list[tuple[DictEntry, bool]] = field(default_factory=list)
+    raw_train: list[str] = field(default_factory=list)
+    raw_val: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def read_raw_texts(path: str | Path, limit: int | None = None, *, what: str = "raw text file") -> list[str]:
+    """The `text` fields of a JSONL file (first `limit`), with file:line errors for a missing/non-string field."""
+    out: list[str] = []
+    for line, rec in iter_jsonl(path, what=what):
+        text = rec.get("text")
+        if not isinstance(text, str):
+            raise KormedError("missing or non-string field" if text is None else f"expected a string, got "
+                              f"{type(text).__name__}", path=path, line=line, field="text")
+        if text.strip():
+            out.append(text)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise KormedError("no texts in the file", path=path)
+    return out
+
+
+def load_sources(
+    *, mcq: str | None, dictionary: str | None, char_dict: str | None, raw: str | None, raw_val: str | None,
+    val_fraction: float, val_max: int, raw_max_texts: int, raw_val_max_texts: int, seed: int, log: Log = print,
+) -> Sources:
+    """Read and split every given source (a missing optional source stays empty)."""
+    src = Sources()
+    if mcq is not None:
+        questions, _ = read_mcq_jsonl(mcq)
+        src.mcq_train, src.mcq_val = split_records(questions, fraction=val_fraction, max_size=val_max, seed=seed)
+        src.info["mcq"] = {"path": str(mcq), "records": len(questions), "with_cot": sum(bool(q.cot.strip())
+                                                                                         for q in questions)}
+    entries: list[tuple[DictEntry, bool]] = []
+    for path, symbol in ((dictionary, False), (char_dict, True)):
+        if path is None:
+            continue
+        items, _ = read_dictionary(path)
+        tr, va = split_records([(e, symbol) for e in items], fraction=val_fraction, max_size=val_max, seed=seed)
+        src.dict_train += tr
+        src.dict_val += va
+        entries += tr + va
+        src.info["char_dict" if symbol else "dict"] = {"path": str(path), "records": len(items)}
+    if raw is not None:
+        texts = read_raw_texts(raw, raw_max_texts + (0 if raw_val else raw_val_max_texts))
+        if raw_val is not None:
+            src.raw_train = texts
+            src.raw_val = read_raw_texts(raw_val, raw_val_max_texts, what="raw validation file")
+        else:
+            src.raw_train, src.raw_val = split_records(texts, fraction=max(val_fraction, 1e-9),
+                                                       max_size=raw_val_max_texts, seed=seed)
+        src.raw_train = src.raw_train[:raw_max_texts]
+        src.info["raw"] = {"path": str(raw), "train_texts": len(src.raw_train),
+                           "val_path": str(raw_val) if raw_val else "held out from raw",
+                           "val_texts": len(src.raw_val)}
+    log(f"[kormed] data: {len(src.mcq_train)}+{len(src.mcq_val)} questions, {len(src.dict_train)}+"
+        f"{len(src.dict_val)} dictionary entries, {len(src.raw_train)}+{len(src.raw_val)} raw texts (train+val)")
+    return src
+
+
+# --------------------------------------------------------------------------------------------------------------
+# encoding
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedData:
+    """Tokenized training sources and validation sets (HF Datasets with input_ids/labels)."""
+
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    raw_blocks: list[list[int]]
+    stats: dict[str, Any]
+
+
+def _to_dataset(rows: list[dict[str, list[int]]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+
+
+def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, desc: str,
+                  stats: EncodeStats) -> list[dict[str, list[int]]]:
+    from tqdm.auto import tqdm
+
+    rows = []
+    for user, answer in tqdm(pairs, desc=f"encode {desc}", unit="ex", leave=False, disable=len(pairs) < 2000):
+        try:
+            rows.append(encode_chat_example(tokenizer, user, answer, max_length, stats=stats))
+        except ExampleTooLong:
+            continue  # counted in stats (reported in training_info.json)
+    return rows
+
+
+def encode_sources(
+    tokenizer: Any, src: Sources, *, max_length: int, templates: ChatTemplates, needed: set[str], eod_token: str,
+    log: Log = print,
+) -> EncodedData:
+    """Encode the training sources in `needed` (qa, qa_cot, dict, raw) and every available validation set."""
+    from kormed.eval.perplexity import packed_eval_blocks
+
+    stats: dict[str, EncodeStats] = {}
+    train: dict[str, Any] = {}
+    evals: dict[str, Any] = {}
+
+    def pairs(kind: str, mcqs: Sequence[MCQ] = (), entries: Sequence[tuple[DictEntry, bool]] = ()) -> list:
+        if kind in ("qa", "qa_cot"):
+            return [render_mcq(q, templates, reasoning=kind == "qa_cot") for q in mcqs]
+        return [render_dict_entry(e, templates, symbol=sym) for e, sym in entries]
+
+    for kind in ("qa", "qa_cot", "dict"):
+        has_train = bool(src.dict_train if kind == "dict" else src.mcq_train)
+        if kind in needed:
+            if not has_train:
+                flag = "--dict" if kind == "dict" else "--mcq"
+                raise KormedError(f"a step mixes source '{kind}' but no data was given for it", hint=f"pass {flag}")
+            st = stats.setdefault(f"train_{kind}", EncodeStats())
+            rows = _encode_pairs(tokenizer, pairs(kind, src.mcq_train, src.dict_train), max_length, kind, st)
+            if not rows:
+                raise KormedError(f"every '{kind}' example is longer than max_length {max_length}",
+                                  field="max_length")
+            train[kind] = _to_dataset(rows)
+    if "raw" in needed:
+        if not src.raw_train:
+            raise KormedError("a step mixes source 'raw' but no raw text was given", hint="pass --raw")
+        st = stats.setdefault("train_raw", EncodeStats())
+        rows = [r for text in src.raw_train for r in encode_raw_text(tokenizer, text, max_length, stats=st)]
+        train["raw"] = _to_dataset(rows)
+    # Validation sets: qa first (the engine also reports the first set as eval_loss).
+    val_cot = any(q.cot.strip() for q in src.mcq_val)
+    for kind, present in (("qa", bool(src.mcq_val)), ("qa_cot", val_cot), ("dict", bool(src.dict_val))):
+        if not present:
+            continue
+        st = stats.setdefault(f"val_{kind}", EncodeStats())
+        rows = _encode_pairs(tokenizer, pairs(kind, src.mcq_val, src.dict_val), max_length, kind, st)
+        if rows:
+            evals[kind] = _to_dataset(rows)
+    raw_blocks: list[list[int]] = []
+    if src.raw_val:
+        from datasets import Dataset
+
+        raw_blocks = packed_eval_blocks(tokenizer, src.raw_val, max_length=max_length, eod_token=eod_token)
+        evals["raw"] = Dataset.from_dict({"input_ids": raw_blocks})
+    sizes = {f"train_{k}": len(v) for k, v in train.items()} | {f"val_{k}": len(v) for k, v in evals.items()}
+    log("[kormed] encoded: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    for name, st in stats.items():
+        if st.truncated or st.skipped:
+            log(f"[kormed] {name}: {st.truncated} examples had their prompt truncated from the left, "
+                f"{st.skipped} skipped (answer longer than max_length {max_length})")
+    return EncodedData(train, evals, raw_blocks, {"sizes": sizes, "encoding": {k: v.to_dict()
+                                                                                for k, v in stats.items()}})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the stop-condition callback
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _make_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class StopConditionCallback(TrainerCallback):
+        """After each evaluation: the step-0 evaluation becomes the step's start reference; every later one is
+        checked against the stop conditions (logged), and training stops when they hold."""
+
+        def __init__(self, tracker: StopTracker, log: Log = print) -> None:
+            self.tracker = tracker
+            self.log = log
+            self.trainer: Any = None
+            self.start_metrics: dict[str, float] | None = None
+            self.last_eval_step: int | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = dict(metrics or {})
+            self.last_eval_step = state.global_step
+            if state.global_step == 0 and self.start_metrics is None:
+                self.start_metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+                self.tracker.reference = dict(self.start_metrics)
+                shown = {k: round(v, 4) for k, v in self.start_metrics.items()
+                         if k.endswith(("_loss", "_perplexity")) and k not in ("eval_loss", "eval_perplexity")}
+                self.log(f"[kormed] start of step: {shown}")
+                return control
+            decision = self.tracker.update(metrics, state.global_step)
+            self.log(f"[kormed] {decision.summary()}")
+            if decision.should_stop:
+                if self.trainer is not None:
+                    self.trainer.stop_record.set(STOP_CONDITIONS_MET, state.global_step, "stop conditions met: "
+                                                 + "; ".join(c.text for c in self.tracker.conditions))
+                control.should_training_stop = True
+            return control
+
+    return StopConditionCallback
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one step
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """What every step (and every loop round) shares."""
+
+    model: Any
+    tokenizer: Any
+    runtime: Any
+    data: EncodedData
+    train_options: Any
+    baseline: float | None
+    tolerances: Tolerances
+    seed: int
+    stopping_strategy: str
+    info: dict[str, Any]  # model/runtime info recorded in each training_info.json
+    log: Log = print
+
+
+def known_metrics(eval_sets: Sequence[str]) -> set[str]:
+    out = {"eval_loss", "eval_perplexity"}
+    for name in eval_sets:
+        out |= {f"eval_{name}_loss", f"eval_{name}_perplexity"}
+    return out
+
+
+def run_sft_step(
+    ctx: StepContext, step: SFTStepConfig, *, name: str, out_dir: str | Path, max_steps: int | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one step/round on `ctx.model` in place and save it to `out_dir`; return its training info."""
+    from kormed.train import engine
+
+    out = Path(out_dir)
+    budget = max_steps or step.max_steps
+    tracker = StopTracker(step.stop, baseline=ctx.baseline, stable_evals=step.stable_evals,
+                          stable_metrics=step.stable_metrics, tolerances=ctx.tolerances)
+    available = known_metrics(list(ctx.data.eval))
+    unknown = [m for m in tracker.metrics_needed if m not in available]
+    if unknown:
+        raise KormedError(
+            f"{name}: stop condition metric '{unknown[0]}' is not measured (measured: {', '.join(sorted(available))})",
+            hint="a metric of a validation set exists only when its data was given (e.g. --raw for "
+            "eval_raw_perplexity)",
+        )
+    if any(c.relative_to_baseline for c in tracker.conditions) and ctx.baseline is None:
+        raise KormedError(f"{name}: a stop condition uses the baseline perplexity, which needs --raw")
+    train_ds = mix_datasets(ctx.data.train, step.mix, mode=step.mode, seed=ctx.seed,
+                            stopping_strategy=ctx.stopping_strategy)
+    stale = out / "checkpoints"
+    if stale.is_dir():
+        ctx.log(f"[kormed] {name}: removing checkpoints of an earlier, unfinished run in {stale}")
+        shutil.rmtree(stale)
+    options = dataclasses.replace(
+        ctx.train_options, max_steps=budget, lr=step.lr or ctx.train_options.lr,
+        early_stopping_patience=1_000_000, target_perplexity=None, load_best_at_end=False,
+        save_steps=max(budget, ctx.train_options.eval_steps) + 1, eval_on_start=True, seed=ctx.seed,
+    )
+    callback = _make_callback_class()(tracker, log=ctx.log)
+    ctx.log(f"[kormed] {name}: {step.description or ''} mix {normalise_weights(step.mix)} ({step.mode}), "
+            f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
+            + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
+    trainer = engine.build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval,
+                                   engine.CausalCollator(ctx.tokenizer), options, out, callbacks=[callback],
+                                   runtime=ctx.runtime)
+    callback.trainer = trainer
+    summary = engine.run_training(trainer, log=ctx.log)
+    engine_reason = trainer.stop_record.reason
+    global_step = trainer.state.global_step
+    if not tracker.met and engine_reason is None and callback.last_eval_step != global_step:
+        trainer.evaluate()  # a last check at the final step, so the recorded metrics are those of the adapter
+        summary = engine.summarize(trainer, wall_time=summary["wall_time_s"])
+    other = engine_reason if engine_reason not in (None, STOP_CONDITIONS_MET) else None
+    reason = tracker.final_reason(global_step, budget, other=other)
+    last = tracker.history[-1] if tracker.history else None
+    info = {
+        **ctx.info,
+        **(extra_info or {}),
+        "stage": "sft",
+        "step": name,
+        "description": step.description,
+        "mix": normalise_weights(step.mix),
+        "mix_mode": step.mode,
+        "stopping_strategy": ctx.stopping_strategy,
+        "train_examples": len(train_ds),
+        "data": ctx.data.stats,
+        "stop_conditions": list(step.stop),
+        "stable_evals": step.stable_evals,
+        "stable_metrics": list(step.stable_metrics),
+        "tolerances": dataclasses.asdict(ctx.tolerances),
+        "baseline_raw_perplexity": ctx.baseline,
+        "start_metrics": callback.start_metrics,
+        "max_steps": budget,
+        "train_options": dataclasses.asdict(options),
+    }
+    summary = {
+        **summary,
+        "stop_reason": reason,
+        "engine_stop_reason": engine_reason,
+        "stop_detail": (summary.get("stop_detail") or "") if reason != STOP_MAX_STEPS else
+        f"max_steps {budget} reached before the stop conditions held",
+        "conditions_met": tracker.met,
+        "metrics_at_stop": summary.get("last_eval"),
+        "conditions_at_stop": [dataclasses.asdict(r) for r in last.results] if last else [],
+        "stop_checks": [d.to_dict() for d in tracker.history],
+    }
+    full = engine.finish_run(trainer, ctx.tokenizer, out, info, summary)
+    if (out / "checkpoints").is_dir() and reason in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
+        shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
+    ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
+    del trainer
+    gc.collect()
+    return full
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the four steps
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _require(value: str | None, flag: str) -> str:
+    if value is None:
+        raise KormedError(f"{flag} is required", hint=f"pass {flag} FILE or set it in the config file")
+    return value
+
+
+def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print) -> dict[str, Any]:
+    """Raw-Korean perplexity of `model` on the held-out raw blocks (token-weighted, as eval_raw_perplexity)."""
+    from kormed.eval.perplexity import evaluate_perplexity
+
+    result = evaluate_perplexity(model, data.raw_blocks, batch_size=batch_size)
+    log(f"[kormed] baseline raw-Korean perplexity {result['perplexity']:.4f} over {result['tokens']} tokens")
+    return result
+
+
+def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
+    """Run steps `cfg.from_step`..4; return the summary written to `<output>/sft_summary.json`."""
+    import torch
+
+    from kormed.models import pick_runtime
+    from kormed.train import engine
+
+    out = Path(_require(cfg.output, "--output"))
+    _require(cfg.mcq, "--mcq")
+    _require(cfg.dict, "--dict")
+    _require(cfg.raw, "--raw")
+    runtime = pick_runtime(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    steps = [(n, s) for n, s in cfg.steps() if n >= cfg.from_step]
+    start_adapter: str | None = cfg.from_adapter
+    if cfg.from_step > 1:
+        prev = out / f"step{cfg.from_step - 1}"
+        if not (prev / "adapter_config.json").is_file():
+            raise KormedError(f"--from-step {cfg.from_step} needs the adapter of step {cfg.from_step - 1}",
+                              path=prev, hint="run the earlier steps first (without --from-step)")
+        start_adapter = str(prev)
+    src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=cfg.char_dict, raw=cfg.raw, raw_val=cfg.raw_val,
+                       val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=cfg.raw_max_texts,
+                       raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
+    if src.info.get("mcq", {}).get("with_cot", 0) == 0:
+        log("[kormed] note: no question has a 'cot'; MCQ-with-reasoning examples render as plain answers")
+    model, tokenizer, model_info = engine.prepare_model_for_training(
+        cfg.model, adapter=start_adapter, lora=cfg.lora, runtime=runtime, log=log)
+    needed = {k for _, s in steps for k, w in s.mix.items() if w > 0}
+    data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
+                          eod_token=cfg.eod_token, log=log)
+    eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    baseline_path = out / BASELINE_FILE
+    if cfg.from_step == 1:
+        result = measure_baseline(model, data, batch_size=eval_bs, log=log)
+        baseline = {"raw_perplexity": result["perplexity"], "raw_loss": result["loss"], "tokens": result["tokens"],
+                    "blocks": result["blocks"], "raw_val": src.info["raw"]["val_path"],
+                    "raw_val_texts": len(src.raw_val), "max_length": cfg.max_length,
+                    "model": cfg.model or "embedded", "from_adapter": cfg.from_adapter}
+        write_json(baseline_path, baseline)
+    else:
+        if not baseline_path.is_file():
+            raise KormedError("--from-step needs the baseline measured before step 1", path=baseline_path)
+        baseline = read_json(baseline_path, what="baseline file")
+        log(f"[kormed] baseline raw-Korean perplexity {baseline['raw_perplexity']:.4f} (from {baseline_path})")
+    tolerances = Tolerances(maintain=cfg.maintain_tolerance, approx=cfg.approx_tolerance,
+                            stable=cfg.stable_tolerance)
+    ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
+                      baseline=float(baseline["raw_perplexity"]), tolerances=tolerances, seed=cfg.train.seed,
+                      stopping_strategy=cfg.stopping_strategy,
+                      info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log)
+    summary_path = out / SUMMARY_FILE
+    previous = read_json(summary_path) if summary_path.is_file() and cfg.from_step > 1 else {}
+    rows = [r for r in previous.get("steps", []) if r.get("step", 99) < cfg.from_step]
+    finished = True
+    for n, step in steps:
+        info = run_sft_step(ctx, step, name=f"step{n}", out_dir=out / f"step{n}",
+                            max_steps=cfg.max_steps_per_step, extra_info={"step_number": n})
+        ctx.info["started_from"] = str(out / f"step{n}")
+        rows.append({"step": n, "description": step.description, "stop_reason": info["stop_reason"],
+                     "global_step": info["global_step"], "metrics_at_stop": info.get("metrics_at_stop"),
+                     "adapter": str(out / f"step{n}")})
+        if info["stop_reason"] not in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
+            log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
+                f"(continue with --from-step {n})")
+            finished = False
+            break
+    summary = {"baseline": baseline, "steps": rows, "finished": finished,
+               "final_adapter": rows[-1]["adapter"] if rows else None}
+    write_json(summary_path, summary)
+    return summary
