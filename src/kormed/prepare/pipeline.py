@@ -57,10 +57,12 @@ class _Cleaner:
 
     def __init__(self, num_proc: int) -> None:
         self.num_proc = num_proc
-        self.pool = multiprocessing.get_context("spawn").Pool(num_proc) if num_proc > 1 else None
+        self.pool: Any = None  # started on first use ("spawn": no fork of a process holding Arrow maps/threads)
         self.window = 4 * num_proc
 
     def map(self, spec: FilterSpec, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list]]:
+        if self.num_proc > 1 and self.pool is None:
+            self.pool = multiprocessing.get_context("spawn").Pool(self.num_proc)
         if self.pool is None:
             for b in batches:
                 yield b, clean_batch((spec, b.texts, b.namespaces))
