@@ -149,6 +149,8 @@ def test_particles_hangul(word: str, topic: str, subject: str, obj: str) -> None
         ("swelling", "을"),  # -ng
         ("tablet", "을"),  # 태블릿: t after a single short vowel
         ("clinic", "을"),  # 클리닉
+        ("lower back", "을"),  # 백: ck after a short vowel; the last word counts
+        ("shoulder", "를"),  # 숄더
         ("fever", "를"),  # 피버: final r is silent
         ("trend", "를"),  # 트렌드
         ("test", "를"),  # 테스트

@@ -28,8 +28,8 @@ Particle rule (은/는, 이/가, 을/를) -- see `has_final_consonant`:
 - Latin letters: how the word is written in Hangul as a loanword. All-capital words of up to 5 letters and single
   letters are read letter by letter (L 엘, M 엠, N 엔, R 알 end in a consonant; the others in a vowel).
   Otherwise words ending in m, n, ng, l, gn, mb, or a silent e after m/n/l (medicine 메디신, syndrome 신드롬,
-  cycle 사이클) end in a consonant; b/c/k/p/t after a single short vowel (tablet 태블릿, clinic 클리닉, drop
-  드롭) end in a consonant; everything else (vowels, r, s, d, f, g, consonant clusters: fever 피버, trend
+  cycle 사이클) end in a consonant; b/c/k/p/t or ck after a single short vowel (tablet 태블릿, clinic 클리닉,
+  drop 드롭, back 백) end in a consonant; everything else (vowels, r, s, d, f, g, consonant clusters: fever 피버, trend
   트렌드, test 테스트) ends in a vowel.
 - Symbols: by their usual Korean reading; those whose reading ends in a consonant (= 이퀄, # 샵, @ 앳, ~ 물결,
   ‰ 퍼밀, ∫ 인테그럴, Ω 옴, ♂ 남성, ♀ 여성, ㎎ 밀리그램, ㎏ 킬로그램) take the consonant form; every other symbol
@@ -108,6 +108,8 @@ def _latin_final_consonant(word: str) -> bool:
         return True
     if w[-1] == "e" and len(w) > 2 and w[-2] not in _VOWELS + "y":
         return w[-2] in "mnl"
+    if w.endswith("ck"):  # back -> 백, neck -> 넥
+        return len(w) >= 3 and w[-3] in _VOWELS and (len(w) == 3 or w[-4] not in _VOWELS)
     # b/c/k/p/t after a single short vowel: tablet -> 태블릿, clinic -> 클리닉
     return w[-1] in "bckpt" and len(w) >= 2 and w[-2] in _VOWELS and (len(w) == 2 or w[-3] not in _VOWELS)
 
