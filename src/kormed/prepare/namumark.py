@@ -33,8 +33,6 @@ MAX_DEPTH = 24  # nesting guard: deeper blocks are emitted as their raw text (th
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad]")
-_SPACES = re.compile("[ \t\f\v\xa0\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\f\v\xa0\u2000-\u200a\u202f\u205f\u3000]")
-_LINE_EDGE_SPACE = re.compile(" \n ?|\n ")
 _BLANK_RUNS = re.compile("\n{3,}")
 _REDIRECT = re.compile(r"#(?:redirect|넘겨주기)\b", re.IGNORECASE)
 
@@ -63,6 +61,7 @@ _QUOTE = re.compile(r">+[ \t]?")
 _SIZE = re.compile(r"[+-][1-5][ \n]")
 _COLOR_ONE = r"#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3}|[A-Za-z]+)"
 _COLOR = re.compile(rf"{_COLOR_ONE}(?:,{_COLOR_ONE})?[ \n]")
+_BLOCK_STARTS = frozenset("=->#*1aAiI")  # first characters that may make a line a block construct
 _MACRO_HEAD = re.compile(r"\[([A-Za-z가-힣]+)([(\]])")
 _CELL_ATTR = re.compile(
     r"[ \t]*<(?:[-^v|]{1,2}\d+|[(:)]|#[0-9A-Za-z]+(?:,#[0-9A-Za-z]+)?|[A-Za-z][A-Za-z ]*=[^<>\n]*"
@@ -87,11 +86,12 @@ def remove_invisible(text: str) -> str:
 
 
 def normalize_whitespace(text: str) -> str:
-    """Collapse runs of spaces, strip every line, collapse blank-line runs to one, strip the ends."""
-    text = _SPACES.sub(" ", text)
-    text = _LINE_EDGE_SPACE.sub("\n", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip(" \n")
+    """Collapse runs of whitespace within each line to one space, strip every line, collapse blank-line runs to one,
+    strip the ends."""
+    text = "\n".join([" ".join(line.split()) for line in text.split("\n")])
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip("\n")
 
 
 def is_redirect(markup: str) -> bool:
@@ -178,16 +178,25 @@ class _Parser:
     def blocks(self, lo: int, hi: int, out: list[str], depth: int) -> None:
         """Render the lines in [lo, hi) as block content, appending output lines (may contain `\\n`) to out."""
         s = self.s
+        find = s.find
+        has_braces = bool(self.bmap)
+        line = self.line
         pos = lo
         while pos < hi:
-            end = self.line_end(pos, hi)
-            p = pos
-            while p < end and s[p] == " ":
-                p += 1
-            if s.startswith("|", p, end) and (s.startswith("||", p) or self._is_caption(p, end)):
-                pos = self.table(p, hi, out, depth)
-                continue
-            self.line(pos, end, out, depth)
+            end = find("\n", pos, hi)
+            if end < 0:
+                end = hi
+            if has_braces and find("{{{", pos, end) >= 0:
+                end = self.line_end(pos, hi)
+            c = s[pos] if pos < end else ""
+            if c == "|" or c == " ":
+                p = pos
+                while p < end and s[p] == " ":
+                    p += 1
+                if s.startswith("|", p, end) and (s.startswith("||", p) or self._is_caption(p, end)):
+                    pos = self.table(p, hi, out, depth)
+                    continue
+            line(pos, end, out, depth)
             pos = end + 1
 
     def _is_caption(self, p: int, end: int) -> bool:
@@ -273,13 +282,24 @@ class _Parser:
                 end = self.line_end(end + 1, hi)
             cells = []
             for a, b in self.split_cells(start, row_end):
-                while True:
-                    m = _CELL_ATTR.match(s, a, b)
-                    if not m:
-                        break
-                    a = m.end()
+                if s.startswith("<", a) or s.startswith(" <", a):
+                    while True:
+                        m = _CELL_ATTR.match(s, a, b)
+                        if not m:
+                            break
+                        a = m.end()
+                if _INLINE_TOK.search(s, a, b) is None:  # plain cell: no markup to parse
+                    text = " ".join(s[a:b].split())
+                    if not text:
+                        continue
+                    if text[0] not in _BLOCK_STARTS:
+                        cells.append(text)
+                        continue
                 cell_out: list[str] = []
-                self.blocks(a, b, cell_out, depth + 1)
+                if s.find("\n", a, b) < 0:  # one-line cell (the usual case): no block loop needed
+                    self.line(a, b, cell_out, depth + 1)
+                else:
+                    self.blocks(a, b, cell_out, depth + 1)
                 text = " ".join(" ".join(cell_out).split())
                 if text:
                     cells.append(text)
@@ -291,6 +311,13 @@ class _Parser:
     def split_cells(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Split [lo, hi) at `||` outside `{{{ }}}` blocks and escapes."""
         s = self.s
+        if s.find("\\", lo, hi) < 0 and (not self.bmap or s.find("{{{", lo, hi) < 0):
+            cells = []
+            a = lo
+            for piece in s[lo:hi].split("||"):
+                cells.append((a, a + len(piece)))
+                a += len(piece) + 2
+            return cells
         cells = []
         a = lo
         i = lo
@@ -541,7 +568,30 @@ class _Parser:
             if st > pos:
                 append(s[pos:st])
             kind = m.lastgroup
-            if kind == "esc":
+            if kind == "mark":  # text-formatting marker (the most frequent token)
+                mark = m.group()
+                end = m.end()
+                m2 = search(s, end, hi)
+                if m2 is not None and m2.group() == mark:  # common case: nothing to parse inside
+                    if m2.start() > end:
+                        if mark not in _DROP_MARKS:
+                            append(s[end : m2.start()])
+                        pos = m2.end()
+                        continue
+                    close = -1
+                else:
+                    close = self.find_close(mark, end, hi)
+                if close < 0 and mark == "'''''":
+                    mark, end = "'''", st + 3
+                    close = self.find_close(mark, end, hi)
+                if close <= end:  # unpaired or empty: literal
+                    append(mark)
+                    pos = end
+                    continue
+                if mark not in _DROP_MARKS:
+                    append(self.inline(end, close, depth))
+                pos = close + len(mark)
+            elif kind == "esc":
                 append(s[st + 1])
                 pos = st + 2
             elif kind == "brace":
@@ -602,29 +652,6 @@ class _Parser:
                 else:
                     append(s[m.end() : q])
                     pos = q + 7
-            else:  # text-formatting marker
-                mark = m.group()
-                end = m.end()
-                m2 = search(s, end, hi)
-                if m2 is not None and m2.group() == mark:  # common case: nothing to parse inside
-                    if m2.start() > end:
-                        if mark not in _DROP_MARKS:
-                            append(s[end : m2.start()])
-                        pos = m2.end()
-                        continue
-                    close = -1
-                else:
-                    close = self.find_close(mark, end, hi)
-                if close < 0 and mark == "'''''":
-                    mark, end = "'''", st + 3
-                    close = self.find_close(mark, end, hi)
-                if close <= end:  # unpaired or empty: literal
-                    append(mark)
-                    pos = end
-                    continue
-                if mark not in _DROP_MARKS:
-                    append(self.inline(end, close, depth))
-                pos = close + len(mark)
         return "".join(parts)
 
 
