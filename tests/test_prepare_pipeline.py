@@ -76,7 +76,7 @@ def build_corpus(root: Path) -> Path:
         ns, text = _namu_text(i)
         rows.append({"namespace": ns, "title": f"문서 {i}", "text": text, "contributors": ["u"], "id": str(i)})
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(root / NAMU), num_shards={"train": 6})
-    wiki = [{"id": str(i), "text": f"위키백과 문서 {i}. " + FILLER * (3 + i % 5)} for i in range(N_WIKI)]
+    wiki = [{"id": str(i), "text": f"위키 문서 {i}.<ref>출처</ref> " + FILLER * (3 + i % 5)} for i in range(N_WIKI)]
     Dataset.from_list(wiki).save_to_disk(str(root / WIKI), num_shards=5)
     c4 = [{"text": f"웹 문서 {i}: " + FILLER * (3 + i % 4), "url": f"https://example.com/{i}"} for i in range(N_C4)]
     Dataset.from_list(c4).save_to_disk(str(root / C4), num_shards=5)
@@ -203,9 +203,9 @@ def test_all_mode_filters_counts_and_multipliers(corpus: Path, tmp_path: Path) -
     assert counts["약은 medicine을 의미하는 의학 용어이다."] == 5
     assert counts["의학 기호 ↑는 increased, elevated, or upward trend를 나타낸다."] == 5
     assert counts["의학 기호 ±는 plus-minus sign를 나타낸다."] == 5
-    plain = [t for t in texts if "개요" in t or "위키백과" in t or "웹 문서" in t]
+    plain = [t for t in texts if "개요" in t or "위키 문서" in t or "웹 문서" in t]
     assert len(plain) == 340 and all(counts[t] == 1 for t in plain)  # plain x1
-    assert not any("[[" in t or "'''" in t or "#redirect" in t for t in texts)
+    assert not any("[[" in t or "'''" in t or "#redirect" in t or "<ref>" in t or "출처" in t for t in texts)
     assert all(t.count("개요") == 1 for t in texts if "개요" in t)
     # the distribution table: base, multiplier, final, ratio, characters
     total = len(texts)
