@@ -272,3 +272,20 @@ def test_bench_prepare_command(tmp_path: Path) -> None:
         assert res["speed_ratio_kormed_over_extractor"] > 0
         assert "ratio kormed / extractor" in r.output
         assert res["cases"]["extractor_exact"] < 45  # the regex chain's known failures
+
+
+def test_random_markup_never_raises() -> None:
+    """Fuzz: random mixes of every markup piece render without error, deterministically, with no lone surrogates."""
+    import random
+
+    pieces = ["'''", "''", "'", "__", "~~", "--", "^^", ",,", "[[", "]]", "[", "]", "[*", "|", "||", "#", "\\",
+              "{{{", "}}}", "{{{+1 ", "{{{#red ", "{{{#!wiki\n", "{{{#!html ", "\n", " ", "가", "a", "<math>",
+              "</math>", "[br]", ">", " * ", "== ", " ==", "##", "파일:", "분류:", "http://x", "(", ")]", "[age(",
+              "[ruby(a,ruby=b)]", "<-2>", "\ud800", "\u200b", "#redirect "]  # fmt: skip
+    rng = random.Random(1234)
+    for _ in range(3000):
+        doc = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        out = namumark_to_text(doc)
+        assert out == namumark_to_text(doc)
+        out.encode("utf-8")
+        assert "\u200b" not in out and out == out.strip()

@@ -39,11 +39,21 @@ _REDIRECT = re.compile(r"#(?:redirect|넘겨주기)\b", re.IGNORECASE)
 # Each token regex starts with a lookahead of its first characters: it lets `re` skip plain text quickly (~2x).
 _BRACE_TOK = re.compile(r"(?=[\\{}])(?:\\.|\{\{\{|\}\}\})", re.S)
 # Inline tokens. Group names drive the dispatch in _Parser.inline.
+_PLAIN = r"[^\\{\['_~\-^,<\n]"  # characters that can start no inline token
 _INLINE_TOK = re.compile(
-    r"(?=[\\{\['_~\-^,<])(?:(?P<esc>\\.)|(?P<brace>\{\{\{)|(?P<link>\[\[)|(?P<fn>\[\*)|(?P<macro>\[)|(?P<math><[mM][aA][tT][hH]>)"
+    r"(?=[\\{\['_~\-^,<])(?:"
+    # one-token fast paths for the most common simple forms (same result as the general tokens below)
+    rf"(?P<sbold>'''(?P<sbold_t>{_PLAIN}+)'''(?!''))"
+    rf"|(?P<sital>''(?P<sital_t>{_PLAIN}+)''(?!'))"
+    rf"|(?P<smark>(?P<smark_m>__|~~|--|\^\^|,,)(?P<smark_t>{_PLAIN}+)(?P=smark_m))"
+    rf"|(?P<slink>\[\[(?P<slink_t>[^\[\]\\{{|\n]*)(?:\|(?P<slink_d>[^\\{{\['_~\-^,<\n\]|]*))?\]\])"
+    r"|(?P<sfn>\[\*[^\[\]\\{\n]*\])"
+    # general tokens
+    r"|(?P<esc>\\.)|(?P<brace>\{\{\{)|(?P<link>\[\[)|(?P<fn>\[\*)|(?P<macro>\[)|(?P<math><[mM][aA][tT][hH]>)"
     r"|(?P<mark>'''''|'''|''|__|~~|--|\^\^|,,))",
     re.S,
 )
+_SIMPLE_MARK_GROUPS = {"sbold": "'''", "sital": "''", "smark": "smark_m"}
 _LINK_PAIR_TOK = re.compile(r"(?=[\\{}\[\]])(?:\\.|\{\{\{|\}\}\}|\[\[|\]\])", re.S)
 _LINK_SPLIT_TOK = re.compile(r"\\.|\{\{\{|\[\[|\]\]|\|", re.S)
 _BRACKET_PAIR_TOK = re.compile(r"(?=[\\{}\[\]])(?:\\.|\{\{\{|\}\}\}|\[|\])", re.S)
@@ -398,6 +408,13 @@ class _Parser:
                 if m.group() == marker:
                     return st
                 pos = m.end()
+            elif kind in _SIMPLE_MARK_GROUPS:  # a one-token form starts with its mark token: treat it as that
+                mark = m.group(_SIMPLE_MARK_GROUPS[kind]) if kind == "smark" else _SIMPLE_MARK_GROUPS[kind]
+                if mark == marker:
+                    return st
+                pos = st + len(mark)
+            elif kind == "slink" or kind == "sfn":
+                pos = m.end()
             elif kind == "brace":
                 c = self.bmap.get(st)
                 pos = c + 3 if c is not None and c + 3 <= hi else st + 3
@@ -405,10 +422,6 @@ class _Parser:
                 e = self.link_end(st, hi)
                 pos = e + 2 if e >= 0 else st + 1
             elif kind == "fn":
-                sm = _SIMPLE_FOOTNOTE.match(s, st, hi)
-                if sm is not None:  # fast path: nothing nested inside; dropped (policy)
-                    pos = sm.end()
-                    continue
                 e = self.bracket_end(st, hi)
                 pos = e + 1 if e >= 0 else st + 1
             else:
@@ -568,7 +581,29 @@ class _Parser:
             if st > pos:
                 append(s[pos:st])
             kind = m.lastgroup
-            if kind == "mark":  # text-formatting marker (the most frequent token)
+            if kind == "slink":
+                target = m.group("slink_t").strip()
+                disp = m.group("slink_d")
+                if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
+                    pass
+                elif disp is None:
+                    append(self.link_target(target))
+                elif disp.strip() != "#" or not _EXTERNAL.match(target):  # `#` text on a URL: citation, dropped
+                    append(disp)
+                pos = m.end()
+            elif kind == "sbold":
+                append(m.group("sbold_t"))
+                pos = m.end()
+            elif kind == "sfn":
+                pos = m.end()  # footnote dropped with its content (policy)
+            elif kind == "sital":
+                append(m.group("sital_t"))
+                pos = m.end()
+            elif kind == "smark":
+                if m.group("smark_m") not in _DROP_MARKS:
+                    append(m.group("smark_t"))
+                pos = m.end()
+            elif kind == "mark":  # text-formatting marker
                 mark = m.group()
                 end = m.end()
                 m2 = search(s, end, hi)
