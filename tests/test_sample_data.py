@@ -31,8 +31,6 @@ def test_paths_point_into_the_data_root() -> None:
         "char_dict",
     }
     for name, path in paths.items():
-        if name in {"namu_wiki", "wikipedia_korean", "c4_korean"}:
-            continue  # datasets: checked by their own tests (added with the Arrow build)
         assert path.exists(), name
         assert path == root / RELATIVE_PATHS[name]
         assert path.relative_to(root).parts[0] == "data"
@@ -125,12 +123,129 @@ def test_char_dictionary_has_the_89_symbols_of_seed_001() -> None:
     assert all(d.isascii() for d in defs.values() if not any(ch in d for ch in "²³⁻¹"))
 
 
-def test_json_and_jsonl_rebuild_byte_identical(tmp_path: Path) -> None:
+def _hangul_ratio(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum("가" <= c <= "힣" for c in chars) / max(1, len(chars))
+
+
+def _shards(directory: Path) -> list[Path]:
+    return sorted(directory.glob("data-*-of-*.arrow"))
+
+
+@pytest.fixture(scope="module")
+def namu_rows() -> list[dict]:
+    from datasets import DatasetDict, load_from_disk
+
+    dsd = load_from_disk(str(sample_paths()["namu_wiki"]))
+    assert isinstance(dsd, DatasetDict) and list(dsd) == ["train"]
+    return dsd["train"].to_list()
+
+
+def test_namu_wiki_is_a_sharded_datasetdict_with_dump_fields(namu_rows: list[dict]) -> None:
+    from datasets import load_from_disk
+
+    path = sample_paths()["namu_wiki"]
+    assert len(_shards(path / "train")) >= 2
+    features = load_from_disk(str(path))["train"].features
+    assert list(features) == ["namespace", "title", "text", "contributors", "id"]
+    assert features["namespace"].dtype == "int64"
+    for row in namu_rows:
+        assert isinstance(row["contributors"], list) and row["contributors"]
+        assert all(isinstance(c, str) for c in row["contributors"])
+    assert len({r["id"] for r in namu_rows}) == len(namu_rows)
+    assert len({r["title"] for r in namu_rows}) == len(namu_rows)
+
+
+def test_namu_wiki_holds_the_pages_the_cleaner_and_filters_must_handle(namu_rows: list[dict]) -> None:
+    main = [r for r in namu_rows if r["namespace"] == 0]
+    other = [r for r in namu_rows if r["namespace"] != 0]
+    assert len(other) >= 2 and any(r["title"].startswith("틀:") for r in other)
+    redirects = [r for r in main if r["text"].lower().startswith("#redirect")]
+    assert len(redirects) >= 2
+    content = [r for r in main if r not in redirects]
+    stubs = [r for r in content if len(r["text"]) < 200]
+    assert len(stubs) >= 2
+    foreign = [r for r in content if _hangul_ratio(r["text"]) < 0.10]
+    assert len(foreign) >= 1 and all(len(r["text"]) >= 300 for r in foreign)
+    articles = [r for r in content if r not in stubs and r not in foreign]
+    assert 30 <= len(articles) <= 40
+    for r in articles:
+        assert 500 <= len(r["text"]) <= 3000, (r["title"], len(r["text"]))
+        assert _hangul_ratio(r["text"]) > 0.35, r["title"]  # raw text: markup and code lower it
+    titles = {r["title"] for r in articles}
+    medical = {"당뇨병", "고혈압", "인슐린", "폐렴", "간염", "빈혈", "위염", "천식", "골다공증", "뇌졸중", "항생제"}
+    assert medical <= titles
+
+
+NAMUMARK_CONSTRUCTS = [
+    "[목차]", "== 개요 ==", "=== ", "==# ", "'''", "''", "__", "^^", ",,", "~~", "--", "[[", "#s-",
+    "[[파일:", "width=190&align=right", ".webp", "[[분류:", "||", "<tablewidth=", "<bgcolor=", "<-2>", "<|2>", "<:>",
+    "|커피 음료|", "{{{+1 ", "{{{#red ", "{{{#!wiki style=", "{{{#!folding [ 펼치기 · 접기 ]", "{{{#!html ",
+    "{{{#!syntax python", "{{{import this}}}", "[* ", "[*A ", "[각주]", "[footnote]", "[include(틀:", "[br]", "[ruby(",
+    "[math(", "<math>", "[youtube(", "[age(", "[pagecount]", "[anchor(", "|#]]", "\\#", "\\_", "\n##", "\n> ",
+    "\n----", "\n * ", "\n  * ", "\n 1. ", "[v]", "\u200b", "\u00a0", " 3 > 2",
+]
+
+
+def test_namu_wiki_articles_use_the_whole_namumark_syntax(namu_rows: list[dict]) -> None:
+    corpus = "\n".join(r["text"] for r in namu_rows if r["namespace"] == 0)
+    missing = [c for c in NAMUMARK_CONSTRUCTS if c not in corpus]
+    assert not missing, missing
+    # nested blocks: colour blocks inside a #!wiki block inside a #!folding block
+    subway = next(r["text"] for r in namu_rows if r["title"] == "서울 지하철")
+    folding = subway.index("{{{#!folding")
+    assert folding < subway.index("{{{#!wiki", folding) < subway.index("{{{#0052A4", folding)
+
+
+def test_wikipedia_is_a_sharded_dataset_with_extractor_leftovers() -> None:
+    from datasets import Dataset, load_from_disk
+
+    path = sample_paths()["wikipedia_korean"]
+    ds = load_from_disk(str(path))
+    assert isinstance(ds, Dataset)
+    assert len(_shards(path)) >= 2
+    assert list(ds.features) == ["id", "url", "title", "text"]
+    rows = ds.to_list()
+    assert 12 <= len(rows) <= 20
+    corpus = "\n".join(r["text"] for r in rows)
+    for leftover in ("<ref>", "</ref>", "<ref name=", "<references />", "{{각주}}", "{{전거 통제}}", "\n같이 보기\n",
+                     "\n외부 링크"):
+        assert leftover in corpus, leftover
+    assert all(r["url"].startswith("https://") for r in rows)
+
+
+def test_c4_is_a_sharded_dataset_of_web_documents() -> None:
+    from datasets import Dataset, load_from_disk
+
+    path = sample_paths()["c4_korean"]
+    ds = load_from_disk(str(path))
+    assert isinstance(ds, Dataset)
+    assert len(_shards(path)) >= 2
+    assert list(ds.features) == ["text", "timestamp", "url"]
+    rows = ds.to_list()
+    assert 12 <= len(rows) <= 20
+    assert sum(len(r["text"]) < 100 for r in rows) == 1  # one very short page the length filter drops
+    assert all(r["timestamp"].endswith("Z") and "example." in r["url"] for r in rows)
+    assert sum("Copyright" in r["text"] or "ⓒ" in r["text"] or "©" in r["text"] for r in rows) >= 3
+
+
+def test_build_is_reproducible(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
     from kormed.sample_data._build import build
 
-    build(tmp_path, arrow=False)
+    counts = build(tmp_path)
     root = sample_data_root()
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert built, "builder wrote nothing"
+    committed = sorted(p.relative_to(root) for p in (root / "data").rglob("*") if p.is_file())
+    assert built == committed
     for rel in built:
-        assert (tmp_path / rel).read_bytes() == (root / rel).read_bytes(), f"{rel} differs from the committed file"
+        if rel.suffix in {".json", ".jsonl"}:
+            assert (tmp_path / rel).read_bytes() == (root / rel).read_bytes(), f"{rel} differs from the committed file"
+    for name in ("namu_wiki", "wikipedia_korean", "c4_korean"):
+        rel = RELATIVE_PATHS[name]
+        fresh, kept = load_from_disk(str(tmp_path / rel)), load_from_disk(str(root / rel))
+        if name == "namu_wiki":
+            fresh, kept = fresh["train"], kept["train"]
+        assert fresh.to_list() == kept.to_list(), name
+        assert counts[name] == len(kept)
