@@ -79,6 +79,7 @@ _CELL_ATTR = re.compile(
     re.IGNORECASE,
 )
 _HTML_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6])\s*>", re.IGNORECASE)
+_HTML_DROP = re.compile(r"<(script|style)\b[^<>]*>.*?</\1\s*>|<!--.*?-->", re.S | re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -368,7 +369,7 @@ class _Parser:
             head = s[lo + 2 : nl if nl >= 0 else c]
             kind = head.split(None, 1)[0].lower() if head.strip() else ""
             if kind == "html":
-                raw = s[lo + 6 : c]
+                raw = _HTML_DROP.sub("", s[lo + 6 : c])
                 raw = _HTML_BREAK.sub("\n", raw)
                 return html.unescape(_HTML_TAG.sub("", raw))
             if kind == "syntax":
@@ -455,7 +456,13 @@ class _Parser:
         return pairs
 
     def link_end(self, st: int, hi: int) -> int:
-        """Index of the `]]` closing the `[[` at st (depth counted), or -1 if it does not close before hi."""
+        """Index of the `]]` closing the `[[` at st, or -1 if it does not close before hi. Single brackets inside
+        count (as on namu.wiki: `[[url|[* note]]]` is one link); failing that, `[[`/`]]` pairs are matched."""
+        if self._fmap is None:
+            self._fmap = self._pairs(_BRACKET_PAIR_TOK, "[", "]")
+        e = self._fmap.get(st + 1)
+        if e is not None and e + 2 <= hi and self.s.startswith("]]", e):
+            return e
         if self._lmap is None:
             self._lmap = self._pairs(_LINK_PAIR_TOK, "[[", "]]")
         e = self._lmap.get(st)
