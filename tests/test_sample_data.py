@@ -61,7 +61,7 @@ def test_mcq_splits_do_not_overlap_and_cover_every_subset() -> None:
     assert {q.subset for q in test} == SUBSETS
     assert {q.year for q in test} == {2022, 2023, 2024}
     assert all(q.year is not None and q.year < 2022 for q in train + fewshot)
-    assert sum(1 for q in train if q.cot) >= 10  # train carries some reasoning
+    assert sum(1 for q in train if q.cot) >= 20  # train carries reasoning for SFT
     uids = [f"{q.subset}-{q.year}-{q.period}-{q.q_number}" for q in train + test + fewshot]
     assert len(set(uids)) == len(uids)  # KorMedMCQA-style uid (exam-year-period-number) is unique
 

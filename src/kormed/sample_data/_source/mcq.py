@@ -44,7 +44,9 @@ TRAIN: list[dict[str, Any]] = [
     _q("doctor", 2013, 1, 17, "급성 심근경색 진단에 가장 특이도가 높은 혈액 표지자는?",
        "트로포닌(troponin)",
        ["미오글로빈(myoglobin)", "젖산탈수소효소(lactate dehydrogenase)",
-        "아스파르테이트아미노전이효소(aspartate aminotransferase)", "C-반응단백(C-reactive protein)"]),
+        "아스파르테이트아미노전이효소(aspartate aminotransferase)", "C-반응단백(C-reactive protein)"],
+       "트로포닌은 심장 근육에만 있는 조절 단백질이라 혈중에서 올라가면 심근 손상을 강하게 시사한다. 미오글로빈은 "
+       "일찍 오르지만 골격근에도 있어 특이도가 낮고, 젖산탈수소효소와 AST는 여러 장기에 있다. 따라서 정답은 {ans}이다."),
     _q("doctor", 2014, 2, 8, "지역사회획득 폐렴의 가장 흔한 원인균은?",
        "폐렴사슬알균(Streptococcus pneumoniae)",
        ["녹농균(Pseudomonas aeruginosa)", "대장균(Escherichia coli)",
@@ -54,7 +56,9 @@ TRAIN: list[dict[str, Any]] = [
     _q("doctor", 2015, 1, 42, "철결핍빈혈의 검사 소견으로 옳은 것은?",
        "혈청 페리틴 감소(decreased serum ferritin)",
        ["평균적혈구용적 증가(increased MCV)", "총철결합능 감소(decreased TIBC)",
-        "혈청철 증가(increased serum iron)", "트랜스페린 포화도 증가(increased transferrin saturation)"]),
+        "혈청철 증가(increased serum iron)", "트랜스페린 포화도 증가(increased transferrin saturation)"],
+       "철결핍빈혈에서는 저장철을 반영하는 페리틴이 가장 먼저 떨어진다. 적혈구는 작아져 평균적혈구용적이 감소하고, "
+       "총철결합능은 증가하며 혈청철과 트랜스페린 포화도는 감소한다. 따라서 정답은 {ans}이다."),
     _q("doctor", 2016, 2, 25, "헬리코박터 파일로리(Helicobacter pylori) 감염과 관련성이 가장 큰 질환은?",
        "위 말트림프종(gastric MALT lymphoma)",
        ["급성 충수염(acute appendicitis)", "담석증(cholelithiasis)", "급성 췌장염(acute pancreatitis)",
@@ -62,7 +66,10 @@ TRAIN: list[dict[str, Any]] = [
     _q("doctor", 2017, 1, 31, "갑상선기능항진증의 가장 흔한 원인은?",
        "그레이브스병(Graves disease)",
        ["하시모토갑상선염(Hashimoto thyroiditis)", "요오드 결핍(iodine deficiency)",
-        "뇌하수체기능저하증(hypopituitarism)", "갑상선 전절제술 후 상태(post-thyroidectomy state)"]),
+        "뇌하수체기능저하증(hypopituitarism)", "갑상선 전절제술 후 상태(post-thyroidectomy state)"],
+       "그레이브스병은 TSH 수용체를 자극하는 자가항체가 갑상선 호르몬 분비를 늘리는 병으로, 갑상선기능항진증의 "
+       "가장 흔한 원인이다. 하시모토갑상선염, 뇌하수체기능저하증, 갑상선 절제 후 상태는 오히려 기능저하를 "
+       "일으킨다. 따라서 정답은 {ans}이다."),
     _q("doctor", 2018, 2, 12, "천식 급성 악화 시 증상 완화를 위해 가장 먼저 사용하는 약물은?",
        "흡입 속효성 베타2작용제(short-acting beta2 agonist)",
        ["류코트리엔 조절제(leukotriene modifier)", "경구 항히스타민제(oral antihistamine)",
@@ -82,7 +89,9 @@ TRAIN: list[dict[str, Any]] = [
        "따라서 정답은 {ans}이다."),
     # nurse
     _q("nurse", 2012, 1, 11, "성인 심폐소생술에서 권장되는 가슴압박 속도는?",
-       "분당 100~120회", ["분당 60~80회", "분당 80~100회", "분당 120~140회", "분당 140~160회"]),
+       "분당 100~120회", ["분당 60~80회", "분당 80~100회", "분당 120~140회", "분당 140~160회"],
+       "성인 가슴압박은 분당 100~120회의 속도로 약 5 cm 깊이로 누르고, 누른 뒤에는 가슴이 완전히 올라오게 한다. "
+       "너무 빠르면 심장이 혈액으로 채워질 시간이 부족해진다. 따라서 정답은 {ans}이다."),
     _q("nurse", 2013, 1, 22, "성인 심폐소생술에서 권장되는 가슴압박 깊이는?",
        "약 5cm", ["약 2cm", "약 3cm", "약 8cm", "약 10cm"]),
     _q("nurse", 2014, 1, 37, "욕창(pressure ulcer) 예방을 위한 간호중재로 옳은 것은?",
@@ -97,7 +106,9 @@ TRAIN: list[dict[str, Any]] = [
     _q("nurse", 2016, 1, 48, "저칼륨혈증(hypokalemia) 환자의 심전도에서 나타날 수 있는 소견은?",
        "U파 출현(prominent U wave)",
        ["뾰족한 T파(peaked T wave)", "P파 소실(loss of P wave)", "QT 간격 단축(shortened QT interval)",
-        "ST분절 상승(ST elevation)"]),
+        "ST분절 상승(ST elevation)"],
+       "저칼륨혈증에서는 T파가 낮아지고 U파가 뚜렷해지며 ST분절이 내려간다. 뾰족한 T파와 P파 소실은 고칼륨혈증, "
+       "QT 간격 단축은 고칼슘혈증의 소견이다. 따라서 정답은 {ans}이다."),
     _q("nurse", 2017, 1, 63, "헤파린(heparin) 과다 투여로 출혈이 있을 때 사용하는 길항제는?",
        "프로타민 황산염(protamine sulfate)",
        ["비타민 K(vitamin K)", "날록손(naloxone)", "플루마제닐(flumazenil)", "아세틸시스테인(acetylcysteine)"]),
@@ -113,7 +124,9 @@ TRAIN: list[dict[str, Any]] = [
         "하지 함요부종(pitting edema of legs)"]),
     _q("nurse", 2020, 1, 5, "신생아 아프가 점수(Apgar score)의 평가 항목이 아닌 것은?",
        "체온(body temperature)",
-       ["심박동수(heart rate)", "호흡 노력(respiratory effort)", "근긴장도(muscle tone)", "피부색(skin color)"]),
+       ["심박동수(heart rate)", "호흡 노력(respiratory effort)", "근긴장도(muscle tone)", "피부색(skin color)"],
+       "아프가 점수는 출생 후 1분과 5분에 심박동수, 호흡 노력, 근긴장도, 반사 반응, 피부색의 다섯 항목을 각각 "
+       "0~2점으로 평가한다. 체온은 평가 항목에 들어가지 않는다. 따라서 정답은 {ans}이다."),
     _q("nurse", 2021, 1, 52, "정상 산욕기에 자궁저부는 하루 평균 얼마씩 하강하는가?",
        "약 1cm", ["약 0.1cm", "약 3cm", "약 5cm", "하강하지 않는다"]),
     # pharm
@@ -124,7 +137,10 @@ TRAIN: list[dict[str, Any]] = [
        "보충하여 이를 해독한다. 날록손은 아편유사제, 데페록사민은 철 중독의 해독제이다. 따라서 정답은 {ans}이다."),
     _q("pharm", 2013, 1, 86, "와파린(warfarin)의 작용 기전은?",
        "비타민 K 에폭사이드 환원효소 억제로 응고인자 II, VII, IX, X 합성 감소",
-       ["트롬빈 직접 억제", "Xa 인자 직접 억제", "안티트롬빈 III 활성화", "혈소판 P2Y12 수용체 차단"]),
+       ["트롬빈 직접 억제", "Xa 인자 직접 억제", "안티트롬빈 III 활성화", "혈소판 P2Y12 수용체 차단"],
+       "와파린은 비타민 K 에폭사이드 환원효소를 억제하여 활성형 비타민 K의 재생을 막고, 그 결과 간에서 응고인자 "
+       "II, VII, IX, X의 기능적 합성이 줄어든다. 트롬빈 직접 억제는 다비가트란, Xa 직접 억제는 리바록사반, "
+       "안티트롬빈 활성화는 헤파린의 기전이다. 따라서 정답은 {ans}이다."),
     _q("pharm", 2014, 1, 77, "스타틴(statin) 계열 약물의 작용 기전은?",
        "HMG-CoA 환원효소 억제(HMG-CoA reductase inhibition)",
        ["담즙산 결합(bile acid sequestration)", "NPC1L1 매개 콜레스테롤 흡수 억제(NPC1L1 inhibition)",
@@ -146,7 +162,10 @@ TRAIN: list[dict[str, Any]] = [
     _q("pharm", 2018, 1, 59, "아미노글리코사이드(aminoglycoside) 계열 항생제의 대표적인 부작용은?",
        "신독성과 이독성(nephrotoxicity and ototoxicity)",
        ["회색아기증후군(gray baby syndrome)", "치아 변색(tooth discoloration)",
-        "적색인간증후군(red man syndrome)", "건염과 힘줄 파열(tendinitis and tendon rupture)"]),
+        "적색인간증후군(red man syndrome)", "건염과 힘줄 파열(tendinitis and tendon rupture)"],
+       "아미노글리코사이드는 콩팥 세뇨관과 내이의 유모세포에 쌓여 신독성과 이독성을 일으키므로 혈중 농도와 콩팥 "
+       "기능을 확인하며 쓴다. 회색아기증후군은 클로람페니콜, 치아 변색은 테트라사이클린, 적색인간증후군은 "
+       "반코마이신, 힘줄 파열은 퀴놀론의 부작용이다. 따라서 정답은 {ans}이다."),
     _q("pharm", 2019, 1, 104, "모르핀(morphine) 과량 투여로 호흡억제가 생겼을 때 사용하는 길항제는?",
        "날록손(naloxone)",
        ["플루마제닐(flumazenil)", "피소스티그민(physostigmine)", "프로타민(protamine)", "글루카곤(glucagon)"]),
@@ -158,12 +177,17 @@ TRAIN: list[dict[str, Any]] = [
     _q("pharm", 2021, 1, 96, "레보티록신(levothyroxine) 복약지도로 옳은 것은?",
        "아침 공복에 복용한다.",
        ["칼슘제와 함께 복용한다.", "식사 직후에 복용한다.", "철분제와 동시에 복용한다.",
-        "증상이 좋아지면 임의로 중단한다."]),
+        "증상이 좋아지면 임의로 중단한다."],
+       "레보티록신은 음식, 칼슘제, 철분제와 함께 먹으면 흡수가 줄어든다. 그래서 아침 공복에 물과 함께 먹고, 칼슘제나 "
+       "철분제와는 시간 간격을 둔다. 갑상선기능저하증은 대개 평생 호르몬 보충이 필요하므로 임의로 끊지 않는다. "
+       "따라서 정답은 {ans}이다."),
     # dentist
     _q("dentist", 2012, 1, 14, "치아우식증(dental caries)의 주요 원인균은?",
        "뮤탄스연쇄상구균(Streptococcus mutans)",
        ["포르피로모나스 진지발리스(Porphyromonas gingivalis)", "칸디다 알비칸스(Candida albicans)",
-        "황색포도알균(Staphylococcus aureus)", "트레포네마 팔리둠(Treponema pallidum)"]),
+        "황색포도알균(Staphylococcus aureus)", "트레포네마 팔리둠(Treponema pallidum)"],
+       "뮤탄스연쇄상구균은 설탕을 이용해 치아 표면에 달라붙는 끈적한 다당류를 만들고, 당을 분해해 산을 만들어 "
+       "법랑질을 녹인다. 포르피로모나스 진지발리스는 치주염의 원인균이다. 따라서 정답은 {ans}이다."),
     _q("dentist", 2013, 1, 29, "영구치 중 일반적으로 가장 먼저 맹출하는 치아는?",
        "하악 제1대구치(mandibular first molar)",
        ["상악 중절치(maxillary central incisor)", "하악 견치(mandibular canine)",
@@ -177,13 +201,17 @@ TRAIN: list[dict[str, Any]] = [
        "락토바실러스는 치아우식증과 관련된다. 따라서 정답은 {ans}이다."),
     _q("dentist", 2016, 1, 53, "불소가 치아우식을 예방하는 주된 기전은?",
        "법랑질의 수산화인회석을 불화인회석으로 바꾸어 산에 대한 저항성을 높인다.",
-       ["치은 출혈을 억제한다.", "타액 분비를 감소시킨다.", "상아질 세관을 넓힌다.", "치아를 미백한다."]),
+       ["치은 출혈을 억제한다.", "타액 분비를 감소시킨다.", "상아질 세관을 넓힌다.", "치아를 미백한다."],
+       "불소는 법랑질의 수산화인회석에 들어가 산에 덜 녹는 불화인회석을 만들고, 초기 우식 부위의 재광화를 돕는다. "
+       "또 세균의 산 생성을 억제한다. 따라서 정답은 {ans}이다."),
     _q("dentist", 2017, 1, 72, "하치조신경 전달마취 시 함께 마취되어 혀 앞쪽의 감각이 소실되는 신경은?",
        "설신경(lingual nerve)",
        ["안면신경(facial nerve)", "설하신경(hypoglossal nerve)", "협신경(buccal nerve)",
         "후상치조신경(posterior superior alveolar nerve)"]),
     _q("dentist", 2018, 1, 19, "치아의 경조직 중 가장 단단한 것은?",
-       "법랑질(enamel)", ["상아질(dentin)", "백악질(cementum)", "치수(dental pulp)", "치조골(alveolar bone)"]),
+       "법랑질(enamel)", ["상아질(dentin)", "백악질(cementum)", "치수(dental pulp)", "치조골(alveolar bone)"],
+       "법랑질은 약 96%가 수산화인회석 결정으로 이루어져 있어 사람 몸에서 가장 단단한 조직이다. 상아질과 백악질은 "
+       "유기질과 수분이 더 많고, 치수는 신경과 혈관이 있는 연조직이다. 따라서 정답은 {ans}이다."),
     _q("dentist", 2019, 1, 88, "근관치료(root canal treatment)의 적응증은?",
        "비가역적 치수염(irreversible pulpitis)",
        ["가역적 치수염(reversible pulpitis)", "치은염(gingivitis)", "단순 치석 침착(calculus deposit)",
