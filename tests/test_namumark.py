@@ -87,7 +87,9 @@ def test_held_out_score_at_least_45() -> None:
         (" i. 로마\n A. 대문자\n  * 깊은 목록", "로마\n대문자\n깊은 목록"),
         # tables inside a wiki block, never-closed row, comment line between rows
         ('{{{#!wiki style="x"\n|| A || B ||\n|| 1 || 2 ||\n}}}\n끝', "A | B\n1 | 2\n끝"),
-        ("|| 열림 || 안 닫힘", "열림 | 안 닫힘"),
+        ("|| 열림 || 안 닫힘\n본문", "|| 열림 || 안 닫힘\n본문"),
+        ("|| a ||\n|| 열림\n본문 ''b''\n|| c || d ||", "a\n열림 본문 b | c | d"),  # a row runs to a `||` line end
+        ("|| a ||\n|| 열림\n본문", "a\n|| 열림\n본문"),
         ("|| a || b ||\n## 주석\n|| c || d ||", "a | b\nc | d"),
         ("||<table bordercolor=#000><tablewidth=100%><nopad><keepall> x ||", "x"),
         # headings: level 6, heading with markup, not a heading when unbalanced

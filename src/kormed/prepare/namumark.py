@@ -155,6 +155,7 @@ class _Parser:
         self._noclose: dict[tuple[str, int], int] = {}
         self._bclose: set[int] | None = None
         self._no_args_end: dict[int, int] = {}
+        self._no_row_end: dict[int, int] = {}
         self._lmap: dict[int, int] | None = None  # `[[` -> `]]`, built on first use
         self._fmap: dict[int, int] | None = None  # `[` -> `]`, built on first use
 
@@ -205,8 +206,10 @@ class _Parser:
                 while p < end and s[p] == " ":
                     p += 1
                 if s.startswith("|", p, end) and (s.startswith("||", p) or self._is_caption(p, end)):
-                    pos = self.table(p, hi, out, depth)
-                    continue
+                    after = self.table(p, hi, out, depth)
+                    if after > p:
+                        pos = after
+                        continue
             line(pos, end, out, depth)
             pos = end + 1
 
@@ -280,17 +283,22 @@ class _Parser:
             else:
                 break
             first = False
-            # the row runs until a logical line that ends with `||`
+            # the row runs until a logical line that ends with `||`; a row that never closes is no table row (its
+            # line is text, as on namu.wiki) - and the position from which none closes is remembered (linear time)
             end = self.line_end(pos, hi)
-            while True:
-                r = self._rstrip_end(pos, end)
-                if r >= start + 2 and s.startswith("||", r - 2):
-                    row_end = r - 2
-                    break
-                if end >= hi:
-                    row_end = end
-                    break
-                end = self.line_end(end + 1, hi)
+            row_end = -1
+            if pos < self._no_row_end.get(hi, hi + 1):
+                while True:
+                    r = self._rstrip_end(pos, end)
+                    if r >= start + 2 and s.startswith("||", r - 2):
+                        row_end = r - 2
+                        break
+                    if end >= hi:
+                        self._no_row_end[hi] = pos
+                        break
+                    end = self.line_end(end + 1, hi)
+            if row_end < 0:
+                return pos
             cells = []
             for a, b in self.split_cells(start, row_end):
                 if s.startswith("<", a) or s.startswith(" <", a):
