@@ -96,6 +96,9 @@ def test_held_out_score_at_least_45() -> None:
         ("====== 여섯 ======\n== 맞지 않음 ===", "여섯\n== 맞지 않음 ==="),
         # horizontal rule of 10 dashes is text
         ("----------", "----------"),
+        # quoted table rows; an indented heading is text
+        ("> || 가 || 나 ||\n> || 다 || 라 ||", "가 | 나\n다 | 라"),
+        (" == 들여쓴 제목 ==", "== 들여쓴 제목 =="),
         # CRLF line endings and a lone CR
         ("== 제목 ==\r\n본문\r\n", "제목\n본문"),
     ],

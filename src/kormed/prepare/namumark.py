@@ -232,12 +232,13 @@ class _Parser:
         s = self.s
         if lo < hi and s.startswith("##", lo):
             return
+        start = lo
         while True:
             if lo >= hi:
                 out.append("")
                 return
             c = s[lo]
-            if c == "=":
+            if c == "=" and lo == start:  # headings only at the start of a line
                 m = _HEADING.match(s, lo, hi)
                 if m:
                     out.append(self.inline(m.start(3), m.end(3), depth))
@@ -255,6 +256,8 @@ class _Parser:
                 continue
             elif c == ">":
                 lo = _QUOTE.match(s, lo, hi).end()
+                if s.startswith("||", lo) and self.table(lo, hi, out, depth) > lo:
+                    return  # a table row inside a quote (one row per quoted line)
                 continue
             self._para(lo, hi, out, depth)
             return
