@@ -451,13 +451,6 @@ def test_cli_source_option_and_error_message(corpus: Path, tmp_path: Path, capsy
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def _sample_arrow_built() -> bool:
-    from kormed.sample_data import sample_data_root
-
-    return (sample_data_root() / NAMU).is_dir()
-
-
-@pytest.mark.skipif(not _sample_arrow_built(), reason="bundled sample Arrow data not built yet")
 def test_cli_on_bundled_sample_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from kormed.sample_data import sample_data_root
 

@@ -258,7 +258,7 @@ class _Run:
         }
         self.drops[src.name] = {r: counts[r] for r in DROP_REASONS if counts[r]}
         if quota is not None and kept < quota:
-            self.log(f"{src.name}: only {kept:,} of {quota:,} requested documents available after filtering")
+            self.log(f"{src.name}: all {kept:,} documents that pass the filters used ({quota:,} requested)")
         return val
 
     # -- medical sources --------------------------------------------------------------------------------------
