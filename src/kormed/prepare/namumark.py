@@ -277,12 +277,12 @@ class _Parser:
             q = pos
             while q < hi and s[q] == " ":
                 q += 1
+            caption = -1
             if s.startswith("||", q):
                 start = q + 2
             elif first and s.startswith("|", q) and self._is_caption(q, self.line_end(q, hi)):
-                bar = s.find("|", q + 1, hi)
-                out.append(self.inline(q + 1, bar, depth))
-                start = bar + 1
+                caption = s.find("|", q + 1, hi)
+                start = caption + 1
             else:
                 break
             first = False
@@ -302,6 +302,8 @@ class _Parser:
                     end = self.line_end(end + 1, hi)
             if row_end < 0:
                 return pos
+            if caption >= 0:
+                out.append(self.inline(q + 1, caption, depth))
             cells = []
             for a, b in self.split_cells(start, row_end):
                 if s.startswith("<", a) or s.startswith(" <", a):
