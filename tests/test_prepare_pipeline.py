@@ -440,6 +440,11 @@ def test_cli_synthetic_corpus_sampled_and_all(corpus: Path, tmp_path: Path, caps
     assert stats["mode"] == "all" and stats["seed"] == 3
     plain = sum(stats["sources"][n]["base"] for n in ("namu_wiki", "wikipedia_korean", "c4_korean"))
     assert plain + stats["val_docs"] == 340
+    config = tmp_path / "prepare.yaml"
+    config.write_text("prepare:\n  plain_docs: 10\n  val_fraction: 0\n  num_proc: 1\n", encoding="utf-8")
+    args = ["prepare", "--data-root", str(corpus), "--out", str(out), "--preset", "seed-000", "--config", str(config)]
+    code, stdout, _ = run_cli([*args, "--quiet"], capsys)
+    assert code == 0 and "| Korean Plain | 10 | 5x | 50 |" in stdout and "| MCQ | 6 | 5x | 30 |" in stdout
 
 
 def test_cli_source_option_and_error_message(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
