@@ -49,6 +49,8 @@ from kormed.prepare.webtext import clean_wiki_text
         # trailing reference sections are cut
         ("본문이다.\n\n같이 보기\n 저혈압\n외부 링크\n http://x", "본문이다."),
         ("각주\n첫 줄이 각주여도 본문은 남는다", "각주\n첫 줄이 각주여도 본문은 남는다"),
+        ("짧은 앞\n출처\n" + "본문이 길게 이어진다. " * 5, "짧은 앞\n출처\n" + ("본문이 길게 이어진다. " * 5).strip()),
+        ("__TOC__\n본문 __NOTOC__", "본문"),
         # whitespace and invisible characters
         ("  가   나 \t다\n\n\n\n라\u200b마\udef0 ", "가 나 다\n\n라마"),
         ("", ""),

@@ -6,7 +6,8 @@ Both sources arrive as (mostly) plain text; what is left to remove is:
 * MediaWiki: `{{templates}}` (nested, dropped), `{| tables |}` (dropped), `[[link|text]]` -> text, `[[File:..]]` /
   `[[분류:..]]` dropped, `[http://u text]` -> text, `'''bold'''`/`''italic''` markers, `== headings ==` -> text;
 * navigation boilerplate lines (menus, breadcrumbs, share/login/copyright lines, stub notices), and everything from
-  a trailing "각주 / 같이 보기 / 외부 링크 / 참고 문헌" section on (reference lists, not prose);
+  a trailing "각주 / 같이 보기 / 외부 링크 / 참고 문헌" section on (reference lists, not prose; a heading counts as
+  trailing after the first 30% of the text), MediaWiki magic words (`__TOC__`);
 * unpaired surrogates and zero-width characters; whitespace normalised as for NamuMark.
 """
 
@@ -32,6 +33,7 @@ _FILE_LINK_HEAD = re.compile(r"\[\[\s*(?:파일|그림|file|image|분류|categor
 _LINK = re.compile(r"\[\[([^\[\]|\n]*)(?:\|([^\[\]\n]*))?\]\]")
 _EXT_LINK = re.compile(r"\[(?:https?|ftp)://[^\s\]]+(?:\s+([^\]\n]*))?\]")
 _BOLD_ITALIC = re.compile(r"'{2,5}")
+_MAGIC_WORD = re.compile(r"__(?:NOTOC|TOC|FORCETOC|NOEDITSECTION|NEWSECTIONLINK|NOINDEX|INDEX|STATICREDIRECT)__")
 _HEADING = re.compile(r"^[ \t]*(={1,6})[ \t]*(.+?)[ \t]*\1[ \t]*$", re.M)
 
 # Lines that are navigation or site chrome, compared after stripping spaces and a trailing "[편집]".
@@ -161,10 +163,15 @@ def clean_wiki_text(text: str) -> str:
     if "&" in text:
         text = html.unescape(text)
         text = remove_invisible(text)
+    if "__" in text:
+        text = _MAGIC_WORD.sub("", text)
     lines: list[str] = []
+    seen = 0
+    tail_from = len(text) * 0.3  # a reference-section heading counts only after the first 30% of the text
     for line in text.split("\n"):
+        seen += len(line) + 1
         stripped = line.strip()
-        if stripped and stripped.lower() in _TAIL_SECTIONS and lines:
+        if stripped and seen > tail_from and stripped.lower() in _TAIL_SECTIONS and lines:
             break  # reference lists and link farms follow; not prose
         if stripped and _is_nav_line(stripped):
             continue
