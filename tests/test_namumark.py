@@ -224,6 +224,11 @@ def test_cli_jsonl_keeps_count_order_and_fields(tmp_path: Path) -> None:
     r = runner.invoke(app, ["namumark", "--jsonl", str(src), "--out", str(out)])
     assert r.exit_code == 0
     assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == got
+    r = runner.invoke(app, ["namumark", "--jsonl"], input=src.read_text(encoding="utf-8"))
+    assert r.exit_code == 0
+    assert [json.loads(line) for line in r.output.splitlines()] == got
+    r = runner.invoke(app, ["namumark", "--jsonl"], input='{"text": "a"}\n[1]\n')
+    assert isinstance(r.exception, KormedError) and "<stdin>:2" in str(r.exception)
 
 
 def test_cli_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:

@@ -30,16 +30,39 @@ def _read_text(path: Path | None) -> str:
         raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=line) from None
 
 
-def convert_jsonl(path: Path, field: str = "text") -> Any:
-    """Yield each record of the JSONL at path with its `field` converted to plain text (order and count kept)."""
+def _iter_jsonl_stdin() -> Any:
+    """(line_number, record) for each non-blank JSONL line on stdin, with the same errors as kormed.io.iter_jsonl."""
+    for lineno, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise KormedError(
+                f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path="<stdin>", line=lineno
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path="<stdin>", line=lineno) from None
+        if not isinstance(record, dict):
+            raise KormedError(f"expected a JSON object, got {type(record).__name__}", path="<stdin>", line=lineno)
+        yield lineno, record
+
+
+def convert_jsonl(path: Path | None, field: str = "text") -> Any:
+    """Yield each record of the JSONL at path (stdin if None) with its `field` converted to plain text (order and
+    count kept, other fields untouched)."""
     from kormed.io import iter_jsonl
     from kormed.prepare.namumark import namumark_to_text
 
-    for lineno, rec in iter_jsonl(path, what="JSONL file"):
+    where = "<stdin>" if path is None else path
+    lines = _iter_jsonl_stdin() if path is None else iter_jsonl(path, what="JSONL file")
+    for lineno, rec in lines:
         value = rec.get(field)
         if not isinstance(value, str):
             problem = "missing" if field not in rec else f"must be a string, got {type(value).__name__}"
-            raise KormedError(problem, path=path, line=lineno, field=field)
+            raise KormedError(problem, path=where, line=lineno, field=field)
         rec[field] = namumark_to_text(value)
         yield rec
 
@@ -49,7 +72,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
 
     @app.command("namumark")
     def namumark(
-        file: Path = typer.Argument(None, help="NamuMark document (or JSONL with --jsonl); stdin when omitted."),
+        file: Path = typer.Argument(None, help="NamuMark document (JSONL with --jsonl); stdin when omitted."),
         jsonl: bool = typer.Option(False, "--jsonl", help='FILE is JSONL of {"text": ...}: convert each record.'),
         field: str = typer.Option("text", "--field", help="With --jsonl: the field holding the NamuMark text."),
         out: Path = typer.Option(None, "--out", help="Write the result here (atomically) instead of stdout."),
@@ -59,9 +82,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         from kormed.prepare.namumark import namumark_to_text
 
         if jsonl:
-            if file is None:
-                raise KormedError("--jsonl needs a FILE argument")
-            records = convert_jsonl(file, field)
+            from tqdm import tqdm
+
+            # progress on stderr only when it is a terminal (stdout may carry the records)
+            records = tqdm(convert_jsonl(file, field), unit=" docs", file=sys.stderr, disable=None, desc="namumark")
             if out is not None:
                 with atomic_write(out) as fh:
                     for rec in records:
