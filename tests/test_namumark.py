@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -149,42 +148,31 @@ def test_deterministic() -> None:
         assert "[*" not in text and "||" not in text
 
 
-@pytest.mark.parametrize(
-    "doc",
-    [
-        "{{{+1 " * 3000 + "x" + "}}}" * 3000,
-        "{{{#!wiki\n" * 2000 + "x\n" + "}}}" * 2000,
-        "[[" * 5000 + "x" + "]]" * 5000,
-        "[[a " * 5000,
-        "[* a " * 5000,
-        "[* " * 5000 + "]" * 5000,
-        "> " * 20000 + "q",
-        "[[a|" * 3000 + "x" + "]]" * 3000,
-        "[br(" * 5000,
-        "'''a ''b __c ^^d ,,e ~~f" * 1000,
-        "||" + "a||" * 10000,
-        "||a\n" * 3000,
-    ],
-    ids=[
-        "size",
-        "wiki",
-        "links",
-        "unclosed_links",
-        "unclosed_footnotes",
-        "footnotes",
-        "quotes",
-        "link_text",
-        "macro_args",
-        "markers",
-        "wide_table",
-        "open_rows",
-    ],
-)
-def test_pathological_input_is_bounded(doc: str) -> None:
-    t0 = time.process_time()
+# Pathological inputs. Sized so that quadratic behaviour would take minutes (the suite's time budget catches that;
+# no timed asserts here): deep nesting falls back to raw text at MAX_DEPTH, unclosed constructs stay literal.
+_DEEP = [
+    ("size", "{{{+1 " * 3000 + "x" + "}}}" * 3000, None),
+    ("wiki", "{{{#!wiki\n" * 2000 + "x\n" + "}}}" * 2000, None),
+    ("links", "[[" * 5000 + "x" + "]]" * 5000, None),
+    ("link_text", "[[a|" * 3000 + "x" + "]]" * 3000, None),
+    ("unclosed_links", "[[a " * 5000, ("[[a " * 5000).strip()),
+    ("unclosed_footnotes", "[* a " * 5000, ("[* a " * 5000).strip()),
+    ("footnotes", "[* " * 5000 + "]" * 5000 + "x", "x"),
+    ("quotes", "> " * 20000 + "x", "x"),
+    ("macro_args", "[br(" * 5000 + "x", "[br(" * 5000 + "x"),
+    ("wide_table", "||" + "x||" * 10000, " | ".join(["x"] * 10000)),
+    ("open_rows", "||x\n" * 3000, ("||x\n" * 3000).strip()),
+    ("markers", "'''a ''b __c ^^d ,,e ~~x" * 1000, None),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [(d, e) for _, d, e in _DEEP], ids=[i for i, _, _ in _DEEP])
+def test_pathological_input(doc: str, expected: str | None) -> None:
     out = namumark_to_text(doc)
-    assert isinstance(out, str)
-    assert time.process_time() - t0 < 5.0  # generous: these take ~10-50 ms; quadratic behaviour takes minutes
+    if expected is None:
+        assert "x" in out and len(out) < len(doc)
+    else:
+        assert out == expected
 
 
 # ----------------------------------------------------------------------------------------- CLI
