@@ -497,7 +497,7 @@ class _Parser:
         target = s[lo : bar if bar >= 0 else e].strip()
         if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
             return ""
-        if bar >= 0:
+        if bar >= 0 and s[bar + 1 : e].strip():
             if s[bar + 1 : e].strip() == "#" and _EXTERNAL.match(target):
                 return ""  # a citation marker
             if simple and _INLINE_TOK.search(s, bar + 1, e) is None:
@@ -606,7 +606,7 @@ class _Parser:
                 disp = m.group("slink_d")
                 if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
                     pass
-                elif disp is None:
+                elif disp is None or not disp.strip():  # `[[문서|]]` shows the target, like `[[문서]]`
                     append(self.link_target(target))
                 elif disp.strip() != "#" or not _EXTERNAL.match(target):  # `#` text on a URL: citation, dropped
                     append(disp)
@@ -663,7 +663,7 @@ class _Parser:
                     target = sm.group(1).strip()
                     if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
                         pass
-                    elif sm.group(2) is None:
+                    elif sm.group(2) is None or not sm.group(2).strip():
                         append(self.link_target(target))
                     elif sm.group(2).strip() == "#" and _EXTERNAL.match(target):
                         pass  # a citation marker
