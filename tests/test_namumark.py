@@ -79,6 +79,16 @@ def test_held_out_score_at_least_45() -> None:
         ("{{{\n코드\n}}} 꼬리 [[문서]]", "코드\n꼬리 문서"),
         ("{{{#!folding 제목\n{{{#!wiki\n== 숨은 제목 ==\n본문\n}}}}}}", "숨은 제목\n본문"),
         ("{{{#!wiki\n## 블록 안 주석\n보임\n}}}", "보임"),
+        # colour-name cell attributes; unknown `<..>` stays text
+        ("||<tan> x ||<RED,#000> y ||<white>|| <v> ||", "x | y | <v>"),
+        # #!wiki boxes: a one-line body is still block content (a table); inline(-block) boxes stay in the line
+        ('|| 출력 ||{{{#!wiki style=""\n|| 안쪽 표 ||}}}||', "출력 | 안쪽 표"),
+        ('({{{#!wiki style="display: inline; color: red"\n[1]}}})를 클릭', "([1])를 클릭"),
+        (
+            '{{{#!wiki style="display: inline-block"\n가}}}{{{#!wiki style="display:inline-block"\n나}}}',
+            "가 나",
+        ),
+        ('{{{#!wiki style="margin: 0"\n가}}}{{{#!wiki\n나}}}', "가\n나"),
         # lists: a wiki block inside an item continues it (as on namu.wiki)
         (
             " * {{{#!wiki style=\"display: inline\"\n{{{#fff '''주황'''}}}}}}\n 경고에 쓴다.",

@@ -73,11 +73,32 @@ _COLOR_ONE = r"#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3}|[A-Za-z]+)"
 _COLOR = re.compile(rf"{_COLOR_ONE}(?:,{_COLOR_ONE})?[ \n]")
 _BLOCK_STARTS = frozenset("=->#*1aAiI")  # first characters that may make a line a block construct
 _MACRO_HEAD = re.compile(r"\[([A-Za-z가-힣]+)([(\]])")
+# CSS colour names: `<tan>` / `<red,#000>` at the start of a table cell is a background colour.
+_CSS_COLOR_NAMES = (
+    "aliceblue antiquewhite aqua aquamarine azure beige bisque black blanchedalmond blue blueviolet brown "
+    "burlywood cadetblue chartreuse chocolate coral cornflowerblue cornsilk crimson cyan darkblue darkcyan "
+    "darkgoldenrod darkgray darkgreen darkgrey darkkhaki darkmagenta darkolivegreen darkorange darkorchid darkred "
+    "darksalmon darkseagreen darkslateblue darkslategray darkslategrey darkturquoise darkviolet deeppink "
+    "deepskyblue dimgray dimgrey dodgerblue firebrick floralwhite forestgreen fuchsia gainsboro ghostwhite gold "
+    "goldenrod gray green greenyellow grey honeydew hotpink indianred indigo ivory khaki lavender lavenderblush "
+    "lawngreen lemonchiffon lightblue lightcoral lightcyan lightgoldenrodyellow lightgray lightgreen lightgrey "
+    "lightpink lightsalmon lightseagreen lightskyblue lightslategray lightslategrey lightsteelblue lightyellow "
+    "lime limegreen linen magenta maroon mediumaquamarine mediumblue mediumorchid mediumpurple mediumseagreen "
+    "mediumslateblue mediumspringgreen mediumturquoise mediumvioletred midnightblue mintcream mistyrose moccasin "
+    "navajowhite navy oldlace olive olivedrab orange orangered orchid palegoldenrod palegreen paleturquoise "
+    "palevioletred papayawhip peachpuff peru pink plum powderblue purple rebeccapurple red rosybrown royalblue "
+    "saddlebrown salmon sandybrown seagreen seashell sienna silver skyblue slateblue slategray slategrey snow "
+    "springgreen steelblue tan teal thistle tomato transparent turquoise violet wheat white whitesmoke yellow "
+    "yellowgreen"
+)
+_CSS_COLORS = frozenset(_CSS_COLOR_NAMES.split())
 _CELL_ATTR = re.compile(
     r"[ \t]*<(?:[-^v|]{1,2}\d+|[(:)]|#[0-9A-Za-z]+(?:,#[0-9A-Za-z]+)?|[A-Za-z][A-Za-z ]*=[^<>\n]*"
     r"|nopad|keepall|rowkeepall|colkeepall|thead|sortable)>",
     re.IGNORECASE,
 )
+_INLINE_DISPLAY = re.compile(r"display\s*:\s*inline(-block|-flex|-table)?\b", re.IGNORECASE)
+_CELL_COLOR = re.compile(r"[ \t]*<([A-Za-z]+)(?:,(?:#[0-9A-Za-z]+|[A-Za-z]+))?>")
 _HTML_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6])\s*>", re.IGNORECASE)
 _HTML_DROP = re.compile(r"<(script|style)\b[^<>]*>.*?</\1\s*>|<!--.*?-->", re.S | re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
@@ -308,8 +329,8 @@ class _Parser:
             for a, b in self.split_cells(start, row_end):
                 if s.startswith("<", a) or s.startswith(" <", a):
                     while True:
-                        m = _CELL_ATTR.match(s, a, b)
-                        if not m:
+                        m = _CELL_ATTR.match(s, a, b) or _CELL_COLOR.match(s, a, b)
+                        if not m or (m.re is _CELL_COLOR and m.group(1).lower() not in _CSS_COLORS):
                             break
                         a = m.end()
                 if _INLINE_TOK.search(s, a, b) is None:  # plain cell: no markup to parse
@@ -363,13 +384,15 @@ class _Parser:
             a = i = j + 2
 
     # ---------------------------------------------------------------- inline
-    def body(self, lo: int, hi: int, depth: int) -> str:
-        """Content of an unwrapped `{{{ }}}` block: inline if one line, else block-rendered on its own lines."""
-        if self.s.find("\n", lo, hi) < 0:
+    def body(self, lo: int, hi: int, depth: int, block: bool = False, sep: str = "\n") -> str:
+        """Content of an unwrapped `{{{ }}}` block. Size/colour blocks (block=False) are inline when on one line;
+        otherwise the content is block-rendered and set off by `sep` (a newline; for `#!wiki` boxes styled
+        `display: inline` nothing, `inline-block` a space)."""
+        if not block and self.s.find("\n", lo, hi) < 0:
             return self.inline(lo, hi, depth)
         out: list[str] = []
         self.blocks(lo, hi, out, depth)
-        return "\n" + "\n".join(out).strip("\n") + "\n"
+        return sep + "\n".join(out).strip("\n") + sep
 
     def brace(self, p: int, c: int, depth: int) -> str:
         """Render the `{{{ ... }}}` block whose content is s[p+3:c]."""
@@ -395,7 +418,9 @@ class _Parser:
             # #!wiki, #!folding (title dropped by policy) and unknown #! blocks: the first line is parameters
             if nl < 0:
                 return ""
-            return self.body(nl + 1, c, depth)
+            m = _INLINE_DISPLAY.search(head) if kind == "wiki" else None
+            sep = "\n" if m is None else (" " if m.group(1) else "")
+            return self.body(nl + 1, c, depth, block=True, sep=sep)
         m = _SIZE.match(s, lo, c) or _COLOR.match(s, lo, c)
         if m:
             return self.body(m.end(), c, depth)
