@@ -680,7 +680,10 @@ class _Parser:
                     append("{{{")
                     pos = st + 3
                 else:
-                    append(self.brace(st, c, depth))
+                    text = self.brace(st, c, depth)
+                    if text.startswith("\n") and parts and parts[-1].endswith("\n"):
+                        text = text[1:]  # two adjacent blocks: one line break between them, not a blank line
+                    append(text)
                     pos = c + 3
             elif kind == "link":
                 sm = _SIMPLE_LINK.match(s, st, hi)
