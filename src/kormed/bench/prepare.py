@@ -323,7 +323,11 @@ def run_bench(docs: int, seed: int, repeats: int, cases_path: Path | None) -> di
     if path.exists():
         cases = load_cases(path)
         ok, wrong = exact_matches(namumark_to_text, cases)
-        result["cases"] = {"file": str(path), "total": len(cases), "kormed_exact": ok, "kormed_wrong": wrong}
+        try:  # a repository-relative name keeps the JSON the same on every checkout
+            shown = str(path.resolve().relative_to(Path(__file__).resolve().parents[3]))
+        except ValueError:
+            shown = str(path)
+        result["cases"] = {"file": shown, "total": len(cases), "kormed_exact": ok, "kormed_wrong": wrong}
         if ext is not None:
             ok_e, _ = exact_matches(ext, cases)
             result["cases"]["extractor_exact"] = ok_e
