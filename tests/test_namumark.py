@@ -300,3 +300,13 @@ def test_random_markup_never_raises() -> None:
         assert out == namumark_to_text(doc)
         out.encode("utf-8")
         assert "\u200b" not in out and out == out.strip()
+
+
+def test_bench_prepare_bad_cases_file(tmp_path: Path) -> None:
+    bad = tmp_path / "cases.jsonl"
+    bad.write_text('{"id": "a", "markup": "x", "expected": "x"}\n{"id": "b", "markup": "y"}\n', encoding="utf-8")
+    r = runner.invoke(app, ["bench", "prepare", "--docs", "2", "--repeats", "1", "--cases", str(bad)])
+    assert isinstance(r.exception, KormedError)
+    assert f"{bad}:2" in str(r.exception) and "'expected'" in str(r.exception)
+    r = runner.invoke(app, ["bench", "prepare", "--docs", "2", "--cases", str(tmp_path / "none.jsonl")])
+    assert isinstance(r.exception, KormedError) and "does not exist" in str(r.exception)
