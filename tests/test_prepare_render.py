@@ -68,6 +68,18 @@ def test_mcq_options_without_or_with_korean_gloss_are_kept_whole() -> None:
     assert text.endswith("정답: 비타민 B12\n\n비타민 B12는 의학적으로 중요한 개념이다.")
 
 
+def test_mcq_sentence_answer_drops_its_period_before_the_particle() -> None:
+    options = (
+        "식후에 복용한다.",
+        "아침 공복에 복용한다.",
+        "취침 전에 복용한다.",
+        "필요할 때만 복용한다.",
+        "우유와 함께 복용한다.",
+    )
+    text = render_mcq(MCQ("갑상샘호르몬제의 복용법은?", options, 2))
+    assert text.endswith("정답: 아침 공복에 복용한다.\n\n아침 공복에 복용한다는 의학적으로 중요한 개념이다.")
+
+
 def test_mcq_unknown_style_rejected() -> None:
     with pytest.raises(ValueError):
         render_mcq(SEED_MCQ, "both")  # type: ignore[arg-type]

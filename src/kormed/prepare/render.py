@@ -180,9 +180,11 @@ def render_mcq(mcq: MCQ, style: MCQStyle = "korean_only") -> str:
     options = [o.strip() for o in mcq.options]
     shown = [korean_part(o) for o in options] if style == "korean_only" else options
     answer = options[mcq.answer - 1]
+    # A sentence answer ("아침 공복에 복용한다.") loses its final period before the particle, so the closing
+    # sentence stays Korean ("...복용한다는 의학적으로 중요한 개념이다.") instead of "복용한다.는".
     return (
         f"{mcq.question.strip()}\n선택지: {', '.join(shown)}\n정답: {korean_part(answer)}\n\n"
-        f"{with_josa(answer, '은/는')} 의학적으로 중요한 개념이다."
+        f"{with_josa(_strip_final_period(answer), '은/는')} 의학적으로 중요한 개념이다."
     )
 
 
