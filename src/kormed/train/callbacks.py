@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from kormed.train.engine import (
     STOP_EARLY,
@@ -86,10 +85,12 @@ class InterruptCallback(TrainerCallback):
         return control
 
 
-class EarlyStopping(TrainerCallback, ExportableState):
+class EarlyStopping(TrainerCallback):
     """Stop when `metric` has not decreased by more than `min_delta` for `patience` validations, or as soon as
     the matching perplexity falls below `target_perplexity`. Written here rather than HF's EarlyStoppingCallback
-    because that one has no target perplexity and does not report why it stopped."""
+    because that one has no target perplexity and does not report why it stopped. On resume its state is
+    rebuilt from the restored `state.log_history` (HF's callback-state restore would re-create the object and
+    lose the shared StopRecord)."""
 
     def __init__(self, stop: StopRecord, *, metric: str = "eval_loss", patience: int = 5, min_delta: float = 0.01,
                  target_perplexity: float | None = None) -> None:
@@ -101,16 +102,27 @@ class EarlyStopping(TrainerCallback, ExportableState):
         self.best: float | None = None
         self.bad_evals = 0
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        metrics = metrics or {}
-        value = metrics.get(self.metric)
-        if value is None or not math.isfinite(value):
-            return control
+    def _update(self, value: float) -> None:
         if self.best is None or value < self.best - self.min_delta:
             self.best = value
             self.bad_evals = 0
         else:
             self.bad_evals += 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best, self.bad_evals = None, 0
+        for entry in state.log_history:  # non-empty when resuming from a checkpoint
+            value = entry.get(self.metric)
+            if value is not None and math.isfinite(value):
+                self._update(value)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return control
+        self._update(value)
         ppl_key = self.metric[: -len("_loss")] + "_perplexity" if self.metric.endswith("_loss") else None
         ppl = metrics.get(ppl_key) if ppl_key else None
         if self.target_perplexity is not None and ppl is not None and ppl < self.target_perplexity:
@@ -123,13 +135,6 @@ class EarlyStopping(TrainerCallback, ExportableState):
                           f"validations (best {self.best:.4f})")
             control.should_training_stop = True
         return control
-
-    def state(self) -> dict:
-        return {
-            "args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
-                     "target_perplexity": self.target_perplexity},
-            "attributes": {"best": self.best, "bad_evals": self.bad_evals},
-        }
 
 
 class ThroughputCallback(TrainerCallback):

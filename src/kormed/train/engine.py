@@ -170,18 +170,20 @@ def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = 
     if new_n < base_n:
         raise KormedError(f"the tokenizer has fewer tokens ({new_n}) than the model's base tokenizer ({base_n})")
     rows = model.get_input_embeddings().weight.shape[0]
-    if new_n > rows:
-        try:
-            from kormed.tokenizer.embeddings import resize_and_init_embeddings
-        except ImportError:
-            resize_and_init_embeddings = None
-        if resize_and_init_embeddings is not None:
-            resize_and_init_embeddings(model, base_tokenizer, tokenizer, pad_to_multiple_of=64)
-        else:
+    try:
+        from kormed.tokenizer.embeddings import resize_and_init_embeddings
+    except ImportError:  # the tokenizer stage is optional at import time
+        resize_and_init_embeddings = None
+    if resize_and_init_embeddings is not None:
+        new_ids = list(resize_and_init_embeddings(model, base_tokenizer, tokenizer, pad_to_multiple_of=64))
+    else:
+        if new_n > rows:
             model.resize_token_embeddings(new_n, pad_to_multiple_of=64, mean_resizing=True)
-        log(f"[kormed] embeddings resized: {rows} -> {model.get_input_embeddings().weight.shape[0]} rows "
-            f"({new_n - base_n} new tokens)")
-    return list(range(base_n, new_n))
+        new_ids = list(range(base_n, new_n))
+    grown = model.get_input_embeddings().weight.shape[0]
+    if grown != rows or new_ids:
+        log(f"[kormed] embeddings resized: {rows} -> {grown} rows ({len(new_ids)} new tokens)")
+    return new_ids
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
@@ -597,7 +599,6 @@ def build_trainer(
         optim=options.optim,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
-        restore_callback_states_from_checkpoint=True,
         average_tokens_across_devices=True,
     )
     stop = StopRecord()

@@ -1,0 +1,275 @@
+"""`kormed train cpt`: continued pretraining (stage 1.1 of the seeds) with LoRA on packed raw text.
+
+Training text (`{"text": ...}` JSONL from `kormed prepare`) is tokenized in parallel (`datasets.map`), packed
+sequentially into `max_length` blocks with :func:`kormed.data.packing.pack_token_stream` (every block starts
+with `<bos>`, every document ends with the end-of-document token, nothing is truncated), and the packed set is
+cached on disk keyed by the tokenizer, the data file and the packing settings. Validation uses the held-out
+file packed by :func:`kormed.eval.perplexity.packed_eval_blocks` -- the very blocks `kormed eval ppl` scores --
+with the same token-weighted loss, so both report one number. The trainer is the shared engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kormed.config import to_dict
+from kormed.errors import KormedError
+from kormed.io import iter_jsonl, require_file
+from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pick_runtime
+from kormed.train.config import CPTConfig
+
+Log = Callable[[str], Any]
+PACKING_VERSION = 1  # bump when tokenization/packing changes, to invalidate cached packed sets
+
+
+def default_output(model: str | None) -> Path:
+    """The seeds' layout: model/00_trained/<model-name>/."""
+    name = EMBEDDED_MODEL_NAME if model in EMBEDDED_ALIASES else (Path(str(model).rstrip("/")).name or "model")
+    return Path("model") / "00_trained" / name
+
+
+def iter_texts(path: str | Path, *, limit: int | None = None, what: str = "training text") -> Iterator[str]:
+    """Yield the `text` of each JSONL record (blank texts are skipped); a bad line raises file:line errors."""
+    n = 0
+    for lineno, record in iter_jsonl(path, what=what):
+        if limit is not None and n >= limit:
+            return
+        text = record.get("text")
+        if not isinstance(text, str):
+            problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
+            raise KormedError(problem, path=path, line=lineno, field="text")
+        if not text.strip():
+            continue
+        n += 1
+        yield text
+
+
+def read_texts(path: str | Path, *, limit: int | None = None, what: str = "training text") -> list[str]:
+    """All texts of a `{"text": ...}` JSONL file (see :func:`iter_texts`)."""
+    texts = list(iter_texts(path, limit=limit, what=what))
+    if not texts:
+        raise KormedError(f"no non-empty 'text' records in the {what}", path=path)
+    return texts
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the tokenizer's full definition (vocabulary, merges, added tokens, normalizer)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    else:  # pragma: no cover - kormed always uses fast tokenizers
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode("utf-8"))
+    h.update(f"bos={tokenizer.bos_token_id}".encode())
+    return h.hexdigest()
+
+
+def _tokenize_batch(batch: dict[str, list[str]], tokenizer: Any) -> dict[str, list[list[int]]]:
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    return {"ids": ids, "n": [len(x) for x in ids]}
+
+
+def _pack_generator(token_lists: Any, max_length: int, bos_id: int, eod_id: int) -> Iterator[dict[str, list[int]]]:
+    from kormed.data.packing import pack_token_stream
+
+    docs = (row["ids"] for row in token_lists)
+    for block in pack_token_stream(docs, max_length=max_length, bos_id=bos_id, eod_id=eod_id):
+        yield {"input_ids": block}
+
+
+def build_packed_dataset(
+    data: str | Path,
+    tokenizer: Any,
+    *,
+    max_length: int = 512,
+    eod_token: str = "<end_of_turn>",
+    max_samples: int | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | Path | None = None,
+    log: Log = print,
+) -> tuple[Any, dict[str, Any]]:
+    """Tokenize and pack `data` into a `datasets.Dataset` of `input_ids` blocks (cached); returns (dataset, info).
+
+    info: data path, data sha256, tokenizer sha256, documents, blocks, tokens (including BOS/EOD), cache key
+    and whether the cache was hit. The cache key covers the tokenizer, the data bytes, max_length, eod_token,
+    max_samples and the packing version.
+    """
+    from datasets import Dataset, Features, Sequence, Value, load_from_disk
+
+    from kormed.data.packing import resolve_eod_id
+    from kormed.train.engine import file_sha256
+
+    data = require_file(data, "training text")
+    eod_id = resolve_eod_id(tokenizer, eod_token)
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    data_hash = file_sha256(data)
+    tok_hash = tokenizer_fingerprint(tokenizer)
+    settings = {"max_length": max_length, "eod_token": eod_token, "eod_id": eod_id, "bos_id": int(bos_id),
+                "max_samples": max_samples, "packing_version": PACKING_VERSION}
+    key = hashlib.sha256(json.dumps([data_hash, tok_hash, settings], sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(cache_dir) if cache_dir else cache_root() / "packed"
+    target = root / key
+    info: dict[str, Any] = {"path": str(data), "sha256": data_hash, "tokenizer_sha256": tok_hash, "cache_key": key,
+                            "cache_dir": str(target), **settings}
+    meta_path = target / "kormed_packed.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        log(f"[kormed] packed training set from cache: {target} ({meta['blocks']} blocks)")
+        return load_from_disk(str(target)), {**info, **meta, "cache_hit": True}
+
+    texts = read_texts(data, limit=max_samples)
+    n_proc = num_proc or min(8, os.cpu_count() or 1)
+    if len(texts) < 2000:
+        n_proc = 1  # process start-up costs more than it saves on small inputs
+    log(f"[kormed] tokenizing {len(texts)} documents ({n_proc} processes) and packing into {max_length}-token blocks")
+    docs = Dataset.from_dict({"text": texts})
+    del texts
+    tokenized = docs.map(
+        _tokenize_batch, batched=True, batch_size=1000, num_proc=n_proc if n_proc > 1 else None,
+        fn_kwargs={"tokenizer": tokenizer}, remove_columns=["text"], desc="tokenize",
+        new_fingerprint=f"kormed-tok-{key}",
+    )
+    n_doc_tokens = int(sum(tokenized["n"]))
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
+        packed = Dataset.from_generator(
+            _pack_generator,
+            gen_kwargs={"token_lists": tokenized, "max_length": max_length, "bos_id": int(bos_id), "eod_id": eod_id},
+            features=Features({"input_ids": Sequence(Value("int32"))}),
+            cache_dir=str(Path(tmp) / "gen"),
+        )
+        blocks = len(packed)
+        total = int(sum(packed.map(lambda b: {"n": [len(x) for x in b["input_ids"]]}, batched=True,
+                                   remove_columns=["input_ids"], keep_in_memory=True)["n"]))
+        meta = {"documents": len(docs), "document_tokens": n_doc_tokens, "blocks": blocks, "tokens": total}
+        # every document token + one EOD per document + one BOS per block; nothing dropped
+        if total != n_doc_tokens + len(docs) + blocks:
+            raise KormedError("internal error: packing lost tokens")
+        out = Path(tmp) / "packed"
+        packed.save_to_disk(str(out))
+        (out / "kormed_packed.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        del packed
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    log(f"[kormed] packed {meta['documents']} documents -> {blocks} blocks, {total} tokens (cached in {target})")
+    return load_from_disk(str(target)), {**info, **meta, "cache_hit": False}
+
+
+def build_val_dataset(
+    val: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, limit: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Validation blocks exactly as `kormed eval ppl` builds them (packed_eval_blocks)."""
+    from datasets import Dataset
+
+    from kormed.eval.perplexity import packed_eval_blocks
+    from kormed.train.engine import file_sha256
+
+    texts = read_texts(val, limit=limit, what="validation text")
+    blocks = packed_eval_blocks(tokenizer, texts, max_length=max_length, eod_token=eod_token)
+    info = {"path": str(val), "sha256": file_sha256(val), "documents": len(texts), "blocks": len(blocks),
+            "tokens": sum(len(b) for b in blocks)}
+    return Dataset.from_dict({"input_ids": blocks}), info
+
+
+def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
+    if not cfg.kormedmcqa_data or cfg.kormedmcqa_every <= 0:
+        return []
+    try:
+        from kormed.eval.callback import KorMedMCQACallback
+        from kormed.records import read_mcq_jsonl
+    except ImportError:  # pragma: no cover - the eval stage ships with kormed
+        log("[kormed] KorMedMCQA callback not available; skipping periodic accuracy")
+        return []
+    questions, _ = read_mcq_jsonl(cfg.kormedmcqa_data)
+    every_evals = max(1, round(cfg.kormedmcqa_every / cfg.train.eval_steps))
+    return [KorMedMCQACallback(questions, every_n_evals=every_evals, sample=cfg.kormedmcqa_limit,
+                               seed=cfg.train.seed, tokenizer=tokenizer)]
+
+
+def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None) -> CPTConfig:
+    """With an extended tokenizer, make sure the new embedding rows are trained.
+
+    If the `cpt.lora` section does not train embeddings, the `tokenizer` section's CPT-side options decide:
+    `train_new_rows_only` (default true: PEFT trainable_token_indices on the new rows) and `embedding_lr`.
+    Untrained new rows would keep their initial mean embedding for ever.
+    """
+    if cfg.tokenizer_path is None:
+        return cfg
+    lora = cfg.lora
+    rows_only = getattr(tokenizer_options, "train_new_rows_only", True)
+    emb_lr = lora.embedding_lr if lora.embedding_lr is not None else getattr(tokenizer_options, "embedding_lr", None)
+    if not lora.train_embeddings:
+        lora = dataclasses.replace(lora, train_embeddings=True, embedding_rows="new" if rows_only else "all")
+    lora = dataclasses.replace(lora, embedding_lr=emb_lr)
+    return dataclasses.replace(cfg, lora=lora)
+
+
+def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (), log: Log = print) -> dict[str, Any]:
+    """Run continued pretraining; returns the training info written to `<output>/training_info.json`.
+
+    Raises KormedError when the loss became NaN/inf (the last good checkpoint is kept). An interrupted run
+    (SIGINT/SIGTERM) returns with `stop_reason == "interrupted"` after saving a checkpoint; rerun with
+    `resume=True` to continue it.
+    """
+    from accelerate import PartialState
+
+    from kormed.train import engine
+
+    if not cfg.data:
+        raise KormedError("no training data: pass --data FILE (JSONL with a 'text' field per line)")
+    if not cfg.val:
+        raise KormedError("no validation data: pass --val FILE (held-out JSONL with a 'text' field)")
+    require_file(cfg.data, "training text")
+    require_file(cfg.val, "validation text")
+    cfg = apply_tokenizer_options(cfg, tokenizer_options)
+    output = Path(cfg.output) if cfg.output else default_output(cfg.model)
+    runtime = pick_runtime(cfg.train.device)
+    state = PartialState()
+    quiet = (lambda m: None) if not state.is_main_process else log
+
+    model, tokenizer, model_info = engine.prepare_model_for_training(
+        cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet
+    )
+    with state.main_process_first():  # rank 0 tokenizes and caches, the others then load the cache
+        train_ds, data_info = build_packed_dataset(
+            cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
+            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet,
+        )
+    val_ds, val_info = build_val_dataset(
+        cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
+    )
+    extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
+    trainer = engine.build_trainer(
+        model, tokenizer, train_ds, {"val": val_ds}, engine.CausalCollator(tokenizer), cfg.train, output,
+        callbacks=extra, embedding_lr=cfg.lora.embedding_lr, runtime=runtime,
+    )
+    for cb in extra:
+        if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:
+            cb.attach(trainer)
+    summary = engine.run_training(trainer, resume=cfg.resume, log=quiet)
+    info = {
+        "stage": "cpt",
+        "config": to_dict(cfg),
+        "data": {"train": data_info, "val": val_info},
+        **model_info,
+    }
+    ok = summary["stop_reason"] not in (engine.STOP_INTERRUPTED, engine.STOP_NON_FINITE)
+    full = engine.finish_run(trainer, tokenizer, output, info, summary, save=ok)
+    full["output"] = str(output)
+    if summary["stop_reason"] == engine.STOP_NON_FINITE:
+        raise KormedError(
+            summary["stop_detail"], path=output,
+            hint="lower --lr, check the data, or --resume from the last good checkpoint with other settings",
+        )
+    return full

@@ -1,0 +1,98 @@
+"""`kormed export --merge`: fold a LoRA adapter (and trained embeddings) into a full HF model directory.
+
+The merged directory loads with plain `from_pretrained` (safetensors, the adapter's tokenizer, the base
+model's class: a multimodal Gemma3ForConditionalGeneration stays multimodal). Gemma ties embed_tokens and
+lm_head: when both are still one matrix after the merge the directory stays tied; if an adapter trained them
+as two different matrices the config is untied so that loading does not silently overwrite lm_head (PEFT #2777).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.io import write_json
+from kormed.models import RuntimeSpec, load_config, load_model_and_tokenizer, read_adapter_base, resolve_model
+
+
+def _base_dtype(model_path: str) -> str:
+    cfg = load_config(model_path)
+    dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    if dtype is None and hasattr(cfg, "text_config"):
+        dtype = getattr(cfg.text_config, "dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def _set_tie(config: Any, tied: bool) -> None:
+    config.tie_word_embeddings = tied
+    sub = getattr(config, "text_config", None)
+    if sub is not None and hasattr(sub, "tie_word_embeddings"):
+        sub.tie_word_embeddings = tied
+
+
+def merge_adapter(model: Any) -> Any:
+    """`merge_and_unload` a PEFT model and make the embedding tie consistent with the weights."""
+    import torch
+
+    merged = model.merge_and_unload()
+    inp = merged.get_input_embeddings()
+    out = merged.get_output_embeddings()
+    if out is not None and out.weight is not inp.weight:
+        if out.weight.shape == inp.weight.shape and torch.equal(out.weight, inp.weight):
+            out.weight = inp.weight
+            _set_tie(merged.config, True)
+        else:
+            _set_tie(merged.config, False)
+    return merged
+
+
+def export_merged(
+    adapter: str | Path, out: str | Path, model: str | None = None, *, log: Any = print
+) -> dict[str, Any]:
+    """Write base + adapter merged into `out` (a full HF model directory); returns a small report."""
+    adapter = Path(adapter)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "kormed_export.json").is_file():
+        raise KormedError("output directory exists and is not an earlier kormed export", path=out,
+                          hint="choose an empty or new --out directory")
+    base = model if model is not None else read_adapter_base(adapter)
+    if model is None and base and not Path(base).exists() and base.count("/") != 1:
+        base = None  # recorded path from another machine: the embedded default, as load_model_and_tokenizer does
+    model_path = resolve_model(base, log=log)
+    dtype = _base_dtype(model_path)
+    runtime = RuntimeSpec(device="cpu", dtype=dtype, attn_implementation="sdpa")
+    net, tokenizer, _ = load_model_and_tokenizer(model_path, adapter=adapter, runtime=runtime, log=log)
+    merged = merge_adapter(net)
+    merged.config.name_or_path = str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        merged.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        report = {
+            "adapter": str(adapter),
+            "base_model": model_path,
+            "dtype": dtype,
+            "class": type(merged).__name__,
+            "vocab_size": int(merged.get_input_embeddings().weight.shape[0]),
+            "tokenizer_size": len(tokenizer),
+            "tie_word_embeddings": bool(getattr(merged.config, "tie_word_embeddings", False)),
+        }
+        write_json(stage / "kormed_export.json", report)
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, trash)
+            os.replace(stage, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log(f"[kormed] merged model written to {out} ({report['class']}, {dtype})")
+    return report

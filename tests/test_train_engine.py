@@ -1,0 +1,339 @@
+"""The shared training engine: loss independent of accumulation, NaN guard, early stopping, interrupt + resume,
+tied embeddings through save / reload / merge, new-token rows, and the multimodal checkpoint path."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_text_config
+
+from kormed.models import RuntimeSpec, load_model_and_tokenizer
+from kormed.train import engine
+from kormed.train.config import LoraOptions, TrainOptions
+
+CPU = RuntimeSpec("cpu", "float32", "sdpa")
+
+
+@pytest.fixture(scope="module")
+def small_vocab_dir(tmp_path_factory, real_tokenizer) -> Path:
+    """A tiny Gemma 3 with a 1024-token vocabulary (fast logits); fine for engine tests that never reload it."""
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("small-vocab")
+    Gemma3ForCausalLM(tiny_text_config(vocab_size=1024)).save_pretrained(out, safe_serialization=True)
+    real_tokenizer.save_pretrained(out)
+    return out
+
+
+def _blocks(n: int, seed: int = 0, vocab: int = 1000, lo: int = 6, hi: int = 30) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[2] + [rng.randrange(3, vocab) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+
+
+def _dataset(blocks):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": blocks})
+
+
+def _opts(**kw) -> TrainOptions:
+    base = dict(batch_size=2, grad_accum=1, max_steps=2, eval_steps=1000, logging_steps=1, lr=1e-2,
+                warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_collator_masks_only_padding(real_tokenizer):
+    collate = engine.CausalCollator(pad_id=1)  # pad == <eos>: a real <eos> must stay a target
+    batch = collate([{"input_ids": [2, 5, 1]}, {"input_ids": [2, 7, 8, 1, 9]}])
+    assert batch["input_ids"].tolist() == [[2, 5, 1, 1, 1], [2, 7, 8, 1, 9]]
+    assert batch["labels"].tolist() == [[2, 5, 1, -100, -100], [2, 7, 8, 1, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    sft = collate([{"input_ids": [2, 5, 6], "labels": [-100, -100, 6]}])
+    assert sft["labels"].tolist() == [[-100, -100, 6]]
+
+
+def test_effective_grad_accum_keeps_batch():
+    opts = TrainOptions()
+    assert engine.effective_grad_accum(opts, 1) == 16
+    assert engine.effective_grad_accum(opts, 2) == 8
+    assert engine.effective_grad_accum(opts, 8) == 2
+    assert engine.effective_grad_accum(TrainOptions(scale_accum=False), 4) == 16
+
+
+def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
+    """Same 8 sequences of different lengths: batch 8 x GA 1 vs batch 2 x GA 4 log the same loss (the
+    token-weighted mean, not GA times it) and make the same SGD update."""
+    from kormed.eval.perplexity import evaluate_perplexity
+
+    blocks = _blocks(8, seed=3)
+    results = []
+    for bs, ga in ((8, 1), (2, 4)):
+        torch.manual_seed(0)
+        model, tok, _ = engine.prepare_model_for_training(
+            str(small_vocab_dir), lora=LoraOptions(dropout=0.0), runtime=CPU, log=lambda m: None
+        )
+        if not results:
+            # LoRA B starts at zero, so the first loss is the base model's token-weighted NLL on these blocks
+            expected = evaluate_perplexity(model, blocks, batch_size=3, progress=False)["loss"]
+        opts = _opts(batch_size=bs, grad_accum=ga, max_steps=1, optim="sgd", lr=0.5, max_grad_norm=1e9)
+        trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts,
+                                       tmp_path / f"bs{bs}", runtime=CPU)
+        engine.run_training(trainer, log=lambda m: None)
+        log = next(e for e in trainer.state.log_history if "loss" in e)
+        results.append((log["loss"], log["grad_norm"], _lora_state(model)))
+    (loss1, gn1, w1), (loss4, gn4, w4) = results
+    assert loss1 == pytest.approx(expected, rel=1e-5)
+    assert loss4 == pytest.approx(loss1, rel=1e-5)
+    assert gn4 == pytest.approx(gn1, rel=1e-4)
+    moved = False
+    for name in w1:
+        torch.testing.assert_close(w4[name], w1[name], rtol=1e-4, atol=1e-6)
+        moved |= bool(w1[name].abs().sum() > 0) and "lora_B" in name
+    assert moved, "the SGD step did not change the LoRA weights"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, tmp_path):
+    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # the 3rd training forward (step 3) returns NaN logits
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                output.logits = output.logits * float("nan")
+        return output
+
+    model.base_model.model.register_forward_hook(poison)
+    opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
+    trainer = engine.build_trainer(model, tok, _dataset(_blocks(16)), None, engine.CausalCollator(tok), opts,
+                                   tmp_path, runtime=CPU)
+    summary = engine.run_training(trainer, log=lambda m: None)
+    assert summary["stop_reason"] == engine.STOP_NON_FINITE
+    assert summary["stop_step"] == 3
+    assert "checkpoint-2" in summary["stop_detail"]
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-2"]
+    # the bad update was never applied: weights in memory are finite
+    assert all(torch.isfinite(p).all() for p in _lora_state(model).values())
+
+
+def test_early_stopping_logic():
+    from transformers import TrainerControl, TrainerState
+
+    from kormed.train.callbacks import EarlyStopping
+
+    def run(values, **kw):
+        stop = engine.StopRecord()
+        cb = EarlyStopping(stop, **kw)
+        state, control = TrainerState(), TrainerControl()
+        for i, v in enumerate(values):
+            state.global_step = i + 1
+            cb.on_evaluate(None, state, control, metrics={"eval_loss": v, "eval_perplexity": math.exp(v)})
+            if control.should_training_stop:
+                return stop, i
+        return stop, None
+
+    # improvements smaller than min_delta count as no improvement
+    stop, at = run([3.0, 2.5, 2.495, 2.49, 2.6, 1.0], patience=3, min_delta=0.01)
+    assert (stop.reason, at) == (engine.STOP_EARLY, 4)
+    stop, at = run([3.0, 2.5, 2.4, 2.3], patience=2, min_delta=0.01)
+    assert at is None and stop.reason is None
+    stop, at = run([3.0, 1.5, 1.0], patience=5, min_delta=0.01, target_perplexity=3.0)  # exp(1.0) < 3
+    assert (stop.reason, at) == (engine.STOP_TARGET, 2)
+
+
+def test_early_stopping_in_a_run(small_vocab_dir, tmp_path):
+    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None)
+    ds = _dataset(_blocks(8))
+    opts = _opts(lr=1e-12, max_steps=10, eval_steps=1, eval_on_start=True, early_stopping_patience=2)
+    trainer = engine.build_trainer(model, tok, ds, {"val": ds.select(range(4))}, engine.CausalCollator(tok), opts,
+                                   tmp_path, runtime=CPU)
+    summary = engine.run_training(trainer, log=lambda m: None)
+    assert summary["stop_reason"] == engine.STOP_EARLY
+    assert summary["global_step"] == 2  # evals at 0 (best), 1, 2 without improvement
+    assert summary["first_eval"]["eval_val_tokens"] == sum(len(b) - 1 for b in ds.select(range(4))["input_ids"])
+
+
+class _SigtermAt:
+    """Sends SIGTERM to this very process when step `step` begins (what a scheduler or Ctrl-C does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __getattr__(self, name):  # TrainerCallback protocol: every other event is a no-op
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted(small_vocab_dir, tmp_path):
+    blocks = _blocks(6, seed=5)  # 6 steps x batch 2 = 2 epochs: resume must keep the data order across epochs
+
+    def make(out, callbacks=()):
+        torch.manual_seed(0)
+        model, tok, _ = engine.prepare_model_for_training(
+            str(small_vocab_dir), lora=LoraOptions(dropout=0.1), runtime=CPU, log=lambda m: None
+        )
+        opts = _opts(max_steps=6, save_steps=100, lr=5e-3, warmup_ratio=0.2)
+        return engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts, out,
+                                    callbacks=callbacks, runtime=CPU), model
+
+    full, full_model = make(tmp_path / "full")
+    engine.run_training(full, log=lambda m: None)
+
+    out = tmp_path / "cut"
+    cut, _ = make(out, callbacks=[_SigtermAt(3)])
+    previous = signal.getsignal(signal.SIGTERM)
+    summary = engine.run_training(cut, log=lambda m: None)
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+    assert summary["stop_reason"] == engine.STOP_INTERRUPTED and summary["stop_step"] == 3
+    assert engine.last_checkpoint(out).endswith("checkpoint-3")
+    with pytest.raises(Exception, match="--resume"):
+        engine.run_training(make(out)[0], log=lambda m: None)  # stale checkpoints without --resume
+
+    resumed, resumed_model = make(out)
+    summary = engine.run_training(resumed, resume=True, log=lambda m: None)
+    assert summary["global_step"] == 6 and summary["stop_reason"] == engine.STOP_COMPLETED
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    a, b = _lora_state(full_model), _lora_state(resumed_model)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7)
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits
+
+
+def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kormed.train.export import export_merged
+
+    torch.manual_seed(0)
+    lora = LoraOptions(dropout=0.0, train_embeddings=True)
+    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
+                                                         log=lambda m: None)
+    assert info["embeddings_tied"]
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # ONE trained matrix
+    blocks = _blocks(4, vocab=400)
+    opts = _opts(max_steps=2, lr=5e-2)
+    trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts,
+                                   tmp_path / "run", runtime=CPU, embedding_lr=1e-2)
+    lrs = sorted(g["lr"] for g in trainer.create_optimizer().param_groups)
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(5e-2)
+    summary = engine.run_training(trainer, log=lambda m: None)
+    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer/tokenizer.json",
+                 "training_info.json", "training_curves.png"):
+        assert (tmp_path / "run" / name).exists(), name
+
+    ids = blocks[0]
+    ref = _logits(model, ids)
+    reloaded, _, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), adapter=tmp_path / "run", runtime=CPU,
+                                              log=lambda m: None)
+    torch.testing.assert_close(_logits(reloaded, ids), ref)
+
+    export_merged(tmp_path / "run", tmp_path / "merged", model=str(tiny_gemma3_dir), log=lambda m: None)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir)
+    assert merged.get_input_embeddings().weight is merged.get_output_embeddings().weight
+    assert not torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)  # trained
+    torch.testing.assert_close(_logits(merged, ids), ref, rtol=1e-4, atol=1e-4)
+    prompt = torch.tensor([ids[:6]])
+    model.eval()
+    same = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False)
+    assert merged.generate(input_ids=prompt, max_new_tokens=8, do_sample=False).tolist() == same.tolist()
+
+
+def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
+    """An extended tokenizer: the embeddings grow (multiple of 64), only the new rows train, tie kept."""
+    from transformers import AutoModelForCausalLM
+
+    from kormed.train.export import export_merged
+
+    ext = tmp_path / "ext-tok"
+    tok = real_tokenizer.__class__.from_pretrained(tiny_gemma3_dir)
+    tok.add_tokens(["고혈압약", "당뇨병성", "심근경색증"])
+    tok.save_pretrained(ext)
+    torch.manual_seed(0)
+    lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="new")
+    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
+                                                         tokenizer_path=ext, log=lambda m: None)
+    assert info["tokenizer"]["new_tokens"] == 3
+    assert model.get_input_embeddings().weight.shape[0] % 64 == 0
+    new_ids = tok.convert_tokens_to_ids(["고혈압약", "당뇨병성", "심근경색증"])
+    blocks = [[2, new_ids[0], 100, new_ids[1], 200, new_ids[2], 300, 1] for _ in range(4)]
+    trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok),
+                                   _opts(max_steps=2, lr=5e-2), tmp_path / "run", runtime=CPU)
+    summary = engine.run_training(trainer, log=lambda m: None)
+    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    ref = _logits(model, blocks[0])
+    reloaded, rtok, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), adapter=tmp_path / "run", runtime=CPU,
+                                                 log=lambda m: None)
+    assert len(rtok) == len(tok)
+    torch.testing.assert_close(_logits(reloaded, blocks[0]), ref)
+    export_merged(tmp_path / "run", tmp_path / "merged", log=lambda m: None)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir)
+    torch.testing.assert_close(_logits(merged, blocks[0]), ref, rtol=1e-4, atol=1e-4)
+    w, w0 = merged.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert torch.equal(w[: w0.shape[0]], w0)  # base rows untouched
+    assert merged.get_output_embeddings().weight is w
+
+
+def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokenizer):
+    """MedGemma-4B shape: Gemma3ForConditionalGeneration with a vision tower, trained with the text tokenizer."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    from kormed.train.export import export_merged
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=tiny_text_config().to_dict(), vision_config=vision.to_dict(),
+                       mm_tokens_per_image=4, image_token_index=262143, boi_token_index=255999,
+                       eoi_token_index=256000)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny-mm"
+    Gemma3ForConditionalGeneration(cfg).save_pretrained(ckpt, safe_serialization=True)
+    real_tokenizer.save_pretrained(ckpt)
+
+    model, tok, info = engine.prepare_model_for_training(str(ckpt), lora=LoraOptions(dropout=0.0), runtime=CPU,
+                                                         log=lambda m: None)
+    assert info["multimodal"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
+    blocks = _blocks(4, vocab=400)
+    trainer = engine.build_trainer(model, tok, _dataset(blocks), {"val": _dataset(blocks[:2])},
+                                   engine.CausalCollator(tok), _opts(max_steps=2, lr=5e-2), tmp_path / "run",
+                                   runtime=CPU)
+    summary = engine.run_training(trainer, log=lambda m: None)
+    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    cfg_json = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert cfg_json["base_model_name_or_path"] == str(ckpt)
+    ref = _logits(model, blocks[0])
+    reloaded, _, _ = load_model_and_tokenizer(None, adapter=tmp_path / "run", runtime=CPU, log=lambda m: None)
+    assert type(reloaded.base_model.model).__name__ == "Gemma3ForConditionalGeneration"
+    torch.testing.assert_close(_logits(reloaded, blocks[0]), ref)
+    report = export_merged(tmp_path / "run", tmp_path / "merged", log=lambda m: None)
+    assert report["class"] == "Gemma3ForConditionalGeneration"
+    merged = Gemma3ForConditionalGeneration.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(_logits(merged, blocks[0]), ref, rtol=1e-4, atol=1e-4)
