@@ -215,3 +215,12 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     # text, tables and coloured plots: many colours and a real share of non-white pixels (not a blank page)
     assert len(colours) > 200, len(colours)
     assert non_white > 0.05, non_white
+
+
+def test_curve_tags_drop_summaries_and_duplicates():
+    from kormed.pipeline.report import curve_tags
+
+    same = [(0, 5.0), (2, 4.0)]
+    tags = curve_tags({"eval/loss": same, "eval/val_loss": list(same), "train/loss": [(1, 6.0), (2, 5.5)],
+                       "train/train_loss": [(2, 5.7)], "eval/qa_loss": [(0, 5.0), (2, 3.0)]})
+    assert tags == ["eval/qa_loss", "eval/val_loss", "train/loss"]

@@ -304,10 +304,22 @@ def _match_tag(tags: Iterable[str], metric: str) -> str | None:
     return None
 
 
+def curve_tags(scalars: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """The tags worth a curve: no end-of-training summaries (train/train_loss), no exact duplicates (the Trainer
+    logs eval/loss beside eval/val_loss when there is one validation set; the more specific name is kept)."""
+    tags = [t for t in scalars if not t.startswith("train/train_") and len(scalars[t]) > 0]
+    keep: list[str] = []
+    for t in sorted(tags, key=lambda x: (-len(x), x)):
+        if not any(scalars[k] == scalars[t] for k in keep):
+            keep.append(t)
+    return sorted(keep)
+
+
 def plot_training(unit: TrainingUnit) -> bytes | None:
     """Loss curves (train + every validation set) and, beside them, perplexity/accuracy, with the stop marked."""
-    loss_tags = [t for t in unit.scalars if t.endswith("loss") and "grad" not in t]
-    other_tags = [t for t in unit.scalars if re.search(r"perplexity|ppl|accuracy|acc$", t)]
+    tags = curve_tags(unit.scalars)
+    loss_tags = [t for t in tags if t.endswith("loss") and "grad" not in t]
+    other_tags = [t for t in tags if re.search(r"perplexity|ppl|accuracy|acc$", t)]
     if not loss_tags and not other_tags:
         return None
     plt = _plt()
@@ -386,9 +398,12 @@ def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, ti
     ax.set_xticklabels([_ascii(g) for g in groups])
     if ylim:
         ax.set_ylim(*ylim)
+    else:
+        top = max((v for vals in series.values() for v in vals if v is not None), default=1.0)
+        ax.set_ylim(0, top * 1.25)
     ax.set_ylabel(ylabel)
     ax.set_title(_ascii(title), fontsize=10)
-    ax.legend(fontsize=7, ncols=min(4, len(series)))
+    ax.legend(fontsize=7, ncols=min(4, len(series)), loc="upper right")
     return _png(fig)
 
 
@@ -465,7 +480,8 @@ def _throughput(entry: dict[str, Any], units: list[TrainingUnit]) -> str:
     tokens = sum(_number(u.info.get("tokens_seen")) or 0 for u in units)
     seconds = sum(_number(u.info.get("wall_time_s")) or 0 for u in units)
     if tokens and seconds:
-        return f"{tokens / seconds:,.0f} tokens/s"
+        rate = tokens / seconds
+        return f"{rate:,.0f} tokens/s" if rate >= 100 else f"{rate:.1f} tokens/s"
     for src in [*(u.info for u in units), entry.get("result") or {}]:
         for key in THROUGHPUT_KEYS:
             v = _find_number(src, [key])
@@ -560,8 +576,11 @@ def _data_section(data: ReportData) -> Section:
                 flat.extend([f"{k}: {kk}", vv] for kk, vv in v.items())
             else:
                 flat.append([k, v])
-        sec.p("Records dropped by the filters, by reason:")
-        sec.table(["reason", "count"], [[a, _fmt(b)] for a, b in flat])
+        if flat:
+            sec.p("Records dropped by the filters, by reason:")
+            sec.table(["reason", "count"], [[a, _fmt(b)] for a, b in flat])
+        else:
+            sec.p("No record was dropped by the filters.")
     if not rows and not drops:
         sec.p("The stats file has no distribution table this report knows how to read.")
     return sec
@@ -607,7 +626,11 @@ def _training_section(data: ReportData) -> Section:
     for stage in TRAINING_STAGES:
         units = data.training.get(stage) or []
         if not units:
-            sec.p(f"{STAGE_TITLES[stage]}: not run.")
+            status = ((data.state.get("stages") or {}).get(stage) or {}).get("status")
+            if status in ("running", "failed", "interrupted"):
+                sec.p(f"{STAGE_TITLES[stage]}: {status}, no finished training run logged yet.")
+            else:
+                sec.p(f"{STAGE_TITLES[stage]}: not run.")
             continue
         for u in units:
             any_unit = True
@@ -680,7 +703,7 @@ def _eval_section(data: ReportData) -> Section:
         for s in subsets:
             series[s] = [_subset_accuracies(data.mcq[t]).get(s) for t in targets]
         sec.img("kormedmcqa.png", _grouped_bar(targets, series, title="KorMedMCQA accuracy per stage and subset",
-                                               ylabel="accuracy", ylim=(0, 1.05)), "KorMedMCQA accuracy per stage")
+                                               ylabel="accuracy", ylim=(0, 1.15)), "KorMedMCQA accuracy per stage")
     else:
         sec.p("KorMedMCQA: not run.")
     if data.ppl:
