@@ -11,10 +11,11 @@ Flow of :func:`run_sft`:
    (:func:`kormed.eval.perplexity.evaluate_perplexity` over packed blocks), stored in `<output>/baseline.json`.
 4. Each step: build its mix, train with the shared engine (:mod:`kormed.train.engine`), evaluate every
    `train.eval_steps` steps each validation set separately (`eval_qa_loss`, `eval_dict_loss`, ...,
-   `eval_raw_perplexity`), check the step's stop conditions after each evaluation (the evaluation at step 0
-   is the step's start reference for 'maintained'), stop when they hold or at the step's max_steps, and save
-   the adapter and `training_info.json` (`stop_reason`, the metrics at that point, every condition check) in
-   `<output>/step{N}/`. The next step continues from that adapter.
+   `eval_raw_perplexity`), and check the step's stop conditions after each evaluation. The reference of
+   'maintained' is the metrics at the start of the step: the previous step's final evaluation when it ran in
+   this process (the model is unchanged since), else an evaluation at step 0. The step stops when the
+   conditions hold or at its max_steps, and saves the adapter and `training_info.json` (`stop_reason`, the
+   metrics at that point, every condition check) in `<output>/step{N}/`. The next step continues from it.
 """
 
 from __future__ import annotations
@@ -276,6 +277,9 @@ class StepContext:
     stopping_strategy: str
     info: dict[str, Any]  # model/runtime info recorded in each training_info.json
     log: Log = print
+    # The final evaluation of the previous step/round run in this process: the model has not changed since, so
+    # it IS the next step's start (used as the 'maintained' reference instead of evaluating again).
+    last_metrics: dict[str, float] | None = None
 
 
 def known_metrics(eval_sets: Sequence[str]) -> set[str]:
@@ -315,9 +319,20 @@ def run_sft_step(
     options = dataclasses.replace(
         ctx.train_options, max_steps=budget, lr=step.lr or ctx.train_options.lr,
         early_stopping_patience=1_000_000, target_perplexity=None, load_best_at_end=False,
-        save_steps=max(budget, ctx.train_options.eval_steps) + 1, eval_on_start=True, seed=ctx.seed,
+        save_steps=max(budget, ctx.train_options.eval_steps) + 1, seed=ctx.seed, eval_on_start=False,
     )
     callback = _make_callback_class()(tracker, log=ctx.log)
+    start_source = None
+    if any(c.op == "maintained" for c in tracker.conditions):
+        # 'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it
+        # ran in this process (same model, same validation sets), else an evaluation at step 0.
+        if ctx.last_metrics is not None:
+            callback.start_metrics = dict(ctx.last_metrics)
+            tracker.reference = dict(ctx.last_metrics)
+            start_source = "final evaluation of the previous step"
+        else:
+            options = dataclasses.replace(options, eval_on_start=True)
+            start_source = "evaluation at step 0"
     ctx.log(f"[kormed] {name}: {step.description or ''} mix {normalise_weights(step.mix)} ({step.mode}), "
             f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
@@ -351,6 +366,7 @@ def run_sft_step(
         "tolerances": dataclasses.asdict(ctx.tolerances),
         "baseline_raw_perplexity": ctx.baseline,
         "start_metrics": callback.start_metrics,
+        "start_metrics_source": start_source,
         "max_steps": budget,
         "train_options": dataclasses.asdict(options),
     }
@@ -366,6 +382,9 @@ def run_sft_step(
         "stop_checks": [d.to_dict() for d in tracker.history],
     }
     full = engine.finish_run(trainer, ctx.tokenizer, out, info, summary)
+    last_eval = summary.get("last_eval") or {}
+    ctx.last_metrics = ({k: v for k, v in last_eval.items() if k.startswith("eval_")}
+                        if last_eval.get("step") == global_step else None)
     if (out / "checkpoints").is_dir() and reason in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
         shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
     ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
