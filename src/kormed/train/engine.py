@@ -77,12 +77,12 @@ STOP_NON_FINITE = "non_finite_loss"  # NaN/inf loss: stopped before the bad upda
 
 def is_main_process() -> bool:
     """True on the process that writes outputs (rank 0), also before/without torch.distributed."""
-    try:
-        from accelerate import PartialState
+    from accelerate import PartialState
 
+    if PartialState._shared_state:  # initialised (by the Trainer or the stage runner): ask it
         return PartialState().is_main_process
-    except Exception:  # pragma: no cover - accelerate always importable here
-        return int(os.environ.get("RANK", "0")) == 0
+    # Not initialised yet: do not create it here, its first construction fixes the backend (cpu=True -> gloo)
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def world_size() -> int:
@@ -205,6 +205,7 @@ def prepare_model_for_training(
     runtime: RuntimeSpec | None = None,
     tokenizer_path: str | Path | None = None,
     log: Log = print,
+    seed: int | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load the base model and text tokenizer, and wrap the model in a trainable PEFT LoRA adapter.
 
@@ -215,6 +216,8 @@ def prepare_model_for_training(
     - `lora.train_embeddings`: with Gemma's tied embed_tokens/lm_head, ONE tied trainable copy is trained
       (PEFT `modules_to_save` + `ensure_weight_tying`), or only the new rows (`embedding_rows='new'`,
       PEFT `trainable_token_indices`), so a saved adapter reloads and merges to the same model.
+
+    `seed` seeds the LoRA initialisation (same seed -> same initial adapter on every process and rerun).
 
     Returns (peft_model, tokenizer, info) where info records model, tokenizer, LoRA settings, runtime and the
     trainable-parameter count (printed like the seeds: "trainable params: 1.59B (26.78%)").
@@ -265,6 +268,10 @@ def prepare_model_for_training(
             bias="none",
             **kwargs,
         )
+        if seed is not None:
+            from transformers import set_seed
+
+            set_seed(seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
             model = get_peft_model(base, config)
@@ -662,6 +669,7 @@ def run_training(trainer: Any, *, resume: bool = False, log: Log = print) -> dic
             log(f"[kormed] --resume: no checkpoint in {out / 'checkpoints'}, starting from the beginning")
         else:
             resume_from = ckpt
+            trainer.args.eval_on_start = False  # the "before" validation is already in the restored history
             log(f"[kormed] resuming from {ckpt}")
     elif ckpt is not None:
         raise KormedError(
