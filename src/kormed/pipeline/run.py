@@ -474,6 +474,8 @@ def run_pipeline(
     _write_resolved(pipeline, ctx)
     from_index = pipeline.stages.index(from_stage) if from_stage else None
     log(f"kormed run: {pipeline.name} -> {run_dir} (stages: {', '.join(pipeline.stages)})")
+    for stage, why in unavailable.items():
+        log(f"  note: stage '{stage}' is unavailable ({why}); the run goes on without it")
     try:
         for index, stage in enumerate(pipeline.stages):
             if stage in unavailable:
