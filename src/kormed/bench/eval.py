@@ -3,10 +3,13 @@
 The model is loaded once; each mode first runs one untimed warm-up batch (kernel selection, the stop-string
 tables of `generate`), then evaluates the same questions with progress bars off, timed with
 `time.perf_counter` around the whole `evaluate_kormedmcqa` call (tokenization, padding and decoding included).
+Questions/second is wall-clock; the process CPU time (all threads) and the 1-minute load average are recorded
+beside it, because on a shared machine other processes slow the wall clock down.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -61,17 +64,20 @@ def run_bench(
         evaluate_kormedmcqa(net, tokenizer, questions[:batch_size], **kwargs)  # warm-up, untimed
         if runtime.device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         res = evaluate_kormedmcqa(net, tokenizer, questions, **kwargs)
         if runtime.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         results[mode] = {
             "questions": res["total"],
             "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu_seconds, 3),
             "questions_per_second": round(res["total"] / seconds, 3),
             "accuracy": round(res["accuracy"], 4),
             "unparseable": res["unparseable"],
+            "load_average_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         }
     return {
         "model": model or "embedded:gemma3-270m",
@@ -112,10 +118,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         typer.echo(f"model {res['model']} ({res['parameters'] / 1e6:.0f}M parameters) on {rt['device']} "
                    f"({rt['dtype']}, {rt['attn_implementation']}, {res['host']['cpu_threads']} threads); "
                    f"batch {res['batch_size']}, max_new_tokens {res['max_new_tokens']}")
-        typer.echo(f"{'mode':<9} {'questions':>9} {'seconds':>9} {'q/s':>9} {'accuracy':>9}")
+        typer.echo(f"{'mode':<9} {'questions':>9} {'seconds':>9} {'q/s':>9} {'cpu s':>9} {'accuracy':>9} {'load':>6}")
         for mode, r in res["modes"].items():
             typer.echo(f"{mode:<9} {r['questions']:>9} {r['seconds']:>9.2f} {r['questions_per_second']:>9.2f} "
-                       f"{r['accuracy'] * 100:>8.1f}%")
+                       f"{r['cpu_seconds']:>9.1f} {r['accuracy'] * 100:>8.1f}% {r['load_average_after']:>6}")
         if output:
             from kormed.io import write_json
 
