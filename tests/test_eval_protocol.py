@@ -109,6 +109,9 @@ def test_stop_sequences_are_the_harness_ones():
         # quirk 3: a letter glued to Hangul or to other letters is not standalone
         ("답B", ""),
         ("ABC", ""),
+        # the SFT chat answer formats (kormed.data.chat): plain, and reasoning followed by the answer line
+        ("정답: B. 항문열창(anal fissure)", "B"),
+        ("A는 금기이고 C. 는 2차 치료이다.\n정답: D. 좌욕", "D"),
         # nothing
         ("", ""),
         ("모르겠습니다", ""),
