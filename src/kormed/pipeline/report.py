@@ -507,12 +507,13 @@ def _overview(data: ReportData) -> Section:
         reasons = [f"{u.name}: {r}" for u in units if (r := stop_reason(u.info))]
         wall = _number(entry.get("wall_s"))
         rows.append([STAGE_TITLES.get(s, s), entry.get("status", "not run"), _duration(wall),
-                     _throughput(entry, units), "; ".join(reasons) or entry.get("reason") or entry.get("error") or "-"])
+                     _duration(entry.get("cpu_s")), _throughput(entry, units),
+                     "; ".join(reasons) or entry.get("reason") or entry.get("error") or "-"])
         if wall is not None:
             names.append(s)
             walls.append(wall)
     total = sum(walls)
-    sec.table(["stage", "status", "wall time", "throughput", "stop reason / note"], rows)
+    sec.table(["stage", "status", "wall time", "CPU time", "throughput", "stop reason / note"], rows)
     sec.p(f"Total wall time of the stages: {_duration(total)}.")
     if walls:
         sec.img("wall_time.png", _bar(names, walls, title="Wall time per stage", ylabel="seconds",
