@@ -19,6 +19,13 @@ from kormed.train import engine
 from kormed.train.config import LoraOptions, TrainOptions
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
+TOK = None  # the real tokenizer, shared by every test (loading it takes seconds)
+
+
+@pytest.fixture(autouse=True)
+def _shared_tokenizer(real_tokenizer):
+    global TOK
+    TOK = real_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +90,7 @@ def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
     for bs, ga in ((8, 1), (2, 4)):
         torch.manual_seed(0)
         model, tok, _ = engine.prepare_model_for_training(
-            str(small_vocab_dir), lora=LoraOptions(dropout=0.0), runtime=CPU, log=lambda m: None
+            str(small_vocab_dir), lora=LoraOptions(dropout=0.0), runtime=CPU, log=lambda m: None, tokenizer=TOK
         )
         if not results:
             # LoRA B starts at zero, so the first loss is the base model's token-weighted NLL on these blocks
@@ -106,7 +113,8 @@ def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, tmp_path):
-    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None)
+    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
+                                                       tokenizer=TOK)
     calls = {"n": 0}
 
     def poison(module, args, output):  # the 3rd training forward (step 3) returns NaN logits
@@ -156,7 +164,8 @@ def test_early_stopping_logic():
 
 
 def test_early_stopping_in_a_run(small_vocab_dir, tmp_path):
-    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None)
+    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
+                                                       tokenizer=TOK)
     ds = _dataset(_blocks(8))
     opts = _opts(lr=1e-12, max_steps=10, eval_steps=1, eval_on_start=True, early_stopping_patience=2)
     trainer = engine.build_trainer(model, tok, ds, {"val": ds.select(range(4))}, engine.CausalCollator(tok), opts,
@@ -189,7 +198,7 @@ def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted(small_vocab
     def make(out, callbacks=()):
         torch.manual_seed(0)
         model, tok, _ = engine.prepare_model_for_training(
-            str(small_vocab_dir), lora=LoraOptions(dropout=0.1), runtime=CPU, log=lambda m: None
+            str(small_vocab_dir), lora=LoraOptions(dropout=0.1), runtime=CPU, log=lambda m: None, tokenizer=TOK
         )
         opts = _opts(max_steps=6, save_steps=100, lr=5e-3, warmup_ratio=0.2)
         return engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts, out,
@@ -231,7 +240,7 @@ def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True)
     model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         log=lambda m: None)
+                                                         log=lambda m: None, tokenizer=TOK)
     assert info["embeddings_tied"]
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # ONE trained matrix
     blocks = _blocks(4, vocab=400)
@@ -277,7 +286,7 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="new")
     model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         tokenizer_path=ext, log=lambda m: None)
+                                                         tokenizer_path=ext, log=lambda m: None, tokenizer=TOK)
     assert info["tokenizer"]["new_tokens"] == 3
     assert model.get_input_embeddings().weight.shape[0] % 64 == 0
     new_ids = tok.convert_tokens_to_ids(["고혈압약", "당뇨병성", "심근경색증"])
@@ -317,7 +326,7 @@ def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokeniz
     real_tokenizer.save_pretrained(ckpt)
 
     model, tok, info = engine.prepare_model_for_training(str(ckpt), lora=LoraOptions(dropout=0.0), runtime=CPU,
-                                                         log=lambda m: None)
+                                                         log=lambda m: None, tokenizer=TOK)
     assert info["multimodal"]
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable)

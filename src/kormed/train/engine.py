@@ -206,6 +206,7 @@ def prepare_model_for_training(
     tokenizer_path: str | Path | None = None,
     log: Log = print,
     seed: int | None = None,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load the base model and text tokenizer, and wrap the model in a trainable PEFT LoRA adapter.
 
@@ -217,7 +218,9 @@ def prepare_model_for_training(
       (PEFT `modules_to_save` + `ensure_weight_tying`), or only the new rows (`embedding_rows='new'`,
       PEFT `trainable_token_indices`), so a saved adapter reloads and merges to the same model.
 
-    `seed` seeds the LoRA initialisation (same seed -> same initial adapter on every process and rerun).
+    `tokenizer`: the base model's tokenizer when the caller already loaded it (loading the 262K-token Gemma
+    tokenizer takes seconds). `seed` seeds the LoRA initialisation (same seed -> same initial adapter on every
+    process and every rerun).
 
     Returns (peft_model, tokenizer, info) where info records model, tokenizer, LoRA settings, runtime and the
     trainable-parameter count (printed like the seeds: "trainable params: 1.59B (26.78%)").
@@ -239,7 +242,7 @@ def prepare_model_for_training(
         log(f"[kormed] continuing adapter {adapter} (its LoRA settings are kept)")
     else:
         model_path = resolve_model(model_name, log=log)
-        base_tokenizer = load_tokenizer(model_path)
+        base_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         tokenizer = load_tokenizer(str(tokenizer_path)) if tokenizer_path is not None else base_tokenizer
         base = load_model(model_path, runtime)
         if tokenizer_path is not None:
@@ -639,8 +642,10 @@ def build_trainer(
         embedding_lr=embedding_lr,
         stop_record=stop,
     )
-    for c in extra:
-        if hasattr(c, "trainer"):
+    for c in trainer.callback_handler.callbacks:
+        if hasattr(c, "attach"):
+            c.attach(trainer)  # e.g. KorMedMCQACallback logs through trainer.log (same TensorBoard run)
+        elif hasattr(c, "trainer"):
             c.trainer = trainer
     trainer.kormed_runtime = runtime
     return trainer
