@@ -186,10 +186,18 @@ def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_mode
     """The real Gemma 3 270M, the bundled sample data, the default steps and conditions, one step each."""
     import math
 
+    from datasets import load_from_disk
+
     cfg = tmp_path / "sft.yaml"
     cfg.write_text(yaml.safe_dump({"sft": {"val_max": 1, "train": {**TRAIN_FAST, "batch_size": 1, "lr": 2e-4}}}))
+    # raw Korean text: the first paragraph of each bundled Korean Wikipedia sample article
+    wiki = load_from_disk(str(sample_paths()["wikipedia_korean"]))
+    raw = tmp_path / "wiki.jsonl"
+    raw.write_text("".join(json.dumps({"text": t.split("\n")[0][:300]}, ensure_ascii=False) + "\n"
+                           for t in wiki["text"]), encoding="utf-8")
+    args = [*_data_args(tmp_path)[:-1], str(raw)]
     out = tmp_path / "out"
-    code, stdout, err = _cli(["train", "sft", "--config", str(cfg), *_data_args(tmp_path), "--output", str(out),
+    code, stdout, err = _cli(["train", "sft", "--config", str(cfg), *args, "--output", str(out),
                               "--max-steps-per-step", "1", "--max-length", "64", "--device", "cpu"], capsys)
     assert code == 0, err
     baseline = json.loads((out / "baseline.json").read_text())["raw_perplexity"]
@@ -204,5 +212,6 @@ def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_mode
                                                "eval_raw_perplexity maintained"],
                                            4: ["eval_qa_loss < 0.2", "eval_raw_perplexity ~ 1.1 * baseline"]}[n]
         assert all(math.isfinite(v) for k, v in info["metrics_at_stop"].items() if k.endswith("_loss"))
+        assert info["data"]["sizes"]["train_raw"] >= 14
     assert _info(out, "step4")["mix"] == {"qa_cot": 0.4, "dict": 0.2, "raw": 0.4}
     assert "sft done" in stdout

@@ -247,6 +247,10 @@ def _make_callback_class() -> type:
                 return control
             decision = self.tracker.update(metrics, state.global_step)
             self.log(f"[kormed] {decision.summary()}")
+            if self.trainer is not None:  # also to TensorBoard / the log history, beside the metrics
+                self.trainer.log({"stop_conditions_held": float(sum(r.holds for r in decision.results)),
+                                  "stop_conditions_total": float(len(decision.results)),
+                                  "stop_consecutive_evals": float(decision.consecutive)})
             if decision.should_stop:
                 if self.trainer is not None:
                     self.trainer.stop_record.set(STOP_CONDITIONS_MET, state.global_step, "stop conditions met: "
@@ -390,7 +394,16 @@ def run_sft_step(
     ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
     del trainer
     gc.collect()
+    _empty_cuda_cache()
     return full
+
+
+def _empty_cuda_cache() -> None:
+    """Give the finished step's optimizer memory back before the next step builds its own."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------------------------
