@@ -12,6 +12,7 @@ from kormed.data.chat import (
     chat_prompt,
     encode_chat_example,
     encode_raw_text,
+    encode_raw_texts,
     mcq_user_prompt,
     render_chat_text,
     render_dict_entry,
@@ -118,3 +119,6 @@ def test_raw_text_is_fully_learned_and_split_without_loss(real_tokenizer):
     assert all(p["labels"] == p["input_ids"] for p in parts)
     body = [i for p in parts for i in p["input_ids"][1:]]
     assert tok.decode(body) == text + "<end_of_turn>"
+    # the batched form gives the same examples, text after text
+    short = "짧은 문장."
+    assert encode_raw_texts(tok, [text, short], 32, batch_size=1) == parts + encode_raw_text(tok, short, 32)

@@ -230,19 +230,38 @@ def encode_chat_example(
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 
-def encode_raw_text(
-    tokenizer: Any, text: str, max_length: int, *, stats: EncodeStats | None = None
-) -> list[dict[str, list[int]]]:
-    """Raw Korean text (step 4) as full-loss examples: `<bos>` + text + `<end_of_turn>` (the CPT format), split
-    into several `<bos>`-first examples of at most `max_length` tokens when longer (nothing is dropped)."""
+def _raw_examples(ids: list[int], max_length: int, bos: int, eot: int, stats: EncodeStats | None) -> list[dict]:
     from kormed.data.packing import pack_documents
 
-    eot = _special_id(tokenizer, END_OF_TURN)
-    blocks = pack_documents([_ids(tokenizer, text)], max_length=max_length, bos_id=int(tokenizer.bos_token_id),
-                            eod_id=eot)
+    blocks = pack_documents([ids], max_length=max_length, bos_id=bos, eod_id=eot)
     if stats is not None:
         stats.encoded += 1
         if len(blocks) > 1:
             stats.raw_chunks += 1
     # Every token is learned (the label at position 0, <bos>, is never a prediction target after the shift).
     return [{"input_ids": b, "labels": list(b), "attention_mask": [1] * len(b)} for b in blocks]
+
+
+def encode_raw_text(
+    tokenizer: Any, text: str, max_length: int, *, stats: EncodeStats | None = None
+) -> list[dict[str, list[int]]]:
+    """Raw Korean text (step 4) as full-loss examples: `<bos>` + text + `<end_of_turn>` (the CPT format), split
+    into several `<bos>`-first examples of at most `max_length` tokens when longer (nothing is dropped)."""
+    eot = _special_id(tokenizer, END_OF_TURN)
+    return _raw_examples(_ids(tokenizer, text), max_length, int(tokenizer.bos_token_id), eot, stats)
+
+
+def encode_raw_texts(
+    tokenizer: Any, texts: list[str], max_length: int, *, stats: EncodeStats | None = None, batch_size: int = 1000
+) -> list[dict[str, list[int]]]:
+    """:func:`encode_raw_text` for many texts, tokenized in batches (the fast tokenizer's batch path)."""
+    from tqdm.auto import tqdm
+
+    eot = _special_id(tokenizer, END_OF_TURN)
+    bos = int(tokenizer.bos_token_id)
+    out: list[dict[str, list[int]]] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="encode raw", unit="batch", leave=False,
+                  disable=len(texts) <= batch_size):
+        for ids in tokenizer(texts[i : i + batch_size], add_special_tokens=False)["input_ids"]:
+            out.extend(_raw_examples(list(ids), max_length, bos, eot, stats))
+    return out

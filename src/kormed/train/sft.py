@@ -33,7 +33,7 @@ from kormed.data.chat import (
     EncodeStats,
     ExampleTooLong,
     encode_chat_example,
-    encode_raw_text,
+    encode_raw_texts,
     render_dict_entry,
     render_mcq,
 )
@@ -189,7 +189,7 @@ def encode_sources(
         if not src.raw_train:
             raise KormedError("a step mixes source 'raw' but no raw text was given", hint="pass --raw")
         st = stats.setdefault("train_raw", EncodeStats())
-        rows = [r for text in src.raw_train for r in encode_raw_text(tokenizer, text, max_length, stats=st)]
+        rows = encode_raw_texts(tokenizer, src.raw_train, max_length, stats=st)
         train["raw"] = _to_dataset(rows)
     # Validation sets: qa first (the engine also reports the first set as eval_loss).
     val_cot = any(q.cot.strip() for q in src.mcq_val)
