@@ -717,6 +717,11 @@ def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None
         "best_eval": best_eval,
         "last_eval": evals[-1] if evals else None,
         "eval_history": evals,
+        "kormedmcqa_history": [
+            {"step": e.get("step"), "accuracy": e["eval_kormedmcqa_accuracy"]}
+            for e in state.log_history
+            if "eval_kormedmcqa_accuracy" in e
+        ],
         "train_loss_last": train_losses[-1] if train_losses else None,
         "train_loss_first": train_losses[0] if train_losses else None,
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
