@@ -151,6 +151,7 @@ def test_cli_train_cpt_then_export(tiny_gemma3_dir, corpus, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
         "cpt:\n  max_samples: 8\n  max_val_samples: 2\n  cache_dir: " + str(tmp_path / "cache") + "\n"
+        f"  kormedmcqa_data: {MCQ_DIR / 'test.jsonl'}\n  kormedmcqa_every: 2\n  kormedmcqa_limit: 4\n"
         "  lora: {r: 4, dropout: 0.0}\n  train: {report_to: [tensorboard], gradient_checkpointing: true}\n",
         encoding="utf-8",
     )
@@ -163,6 +164,8 @@ def test_cli_train_cpt_then_export(tiny_gemma3_dir, corpus, tmp_path):
     assert "cpt done (completed): 2 steps" in result.output
     info = json.loads((out / "training_info.json").read_text())
     assert info["lora"]["r"] == 4 and info["config"]["train"]["max_steps"] == 2
+    assert [h["step"] for h in info["kormedmcqa_history"]] == [0, 2]  # periodic KorMedMCQA accuracy (eval stage)
+    assert 0.0 <= info["kormedmcqa_history"][0]["accuracy"] <= 1.0
     assert any((out / "runs").iterdir())  # TensorBoard event files
     result = runner.invoke(app, ["export", "--adapter", str(out), "--out", str(merged)])
     assert result.exit_code != 0 and "--merge" in str(result.exception or result.output)
