@@ -260,3 +260,20 @@ def test_real_model_cpt_lowers_validation_perplexity(embedded_model_dir, tmp_pat
     before, after = info["first_eval"]["eval_perplexity"], info["last_eval"]["eval_perplexity"]
     print(f"real-model CPT: validation perplexity {before:.3f} -> {after:.3f}")
     assert after < before, (before, after)
+
+
+def test_extended_tokenizer_trains_new_rows_by_default():
+    from types import SimpleNamespace
+
+    from kormed.train.cpt import apply_tokenizer_options, default_output
+
+    cfg = CPTConfig(tokenizer_path="tok", train=TrainOptions(lr=1e-4))
+    got = apply_tokenizer_options(cfg, None)
+    assert got.lora.train_embeddings and got.lora.embedding_rows == "new" and got.lora.embedding_lr is None
+    got = apply_tokenizer_options(cfg, SimpleNamespace(train_new_rows_only=False, embedding_lr=3e-5))
+    assert got.lora.embedding_rows == "all" and got.lora.embedding_lr == 3e-5
+    explicit = dataclasses.replace(cfg, lora=LoraOptions(train_embeddings=True, embedding_lr=1e-6))
+    assert apply_tokenizer_options(explicit, SimpleNamespace(embedding_lr=3e-5)).lora.embedding_lr == 1e-6
+    assert apply_tokenizer_options(CPTConfig(), None).lora.train_embeddings is False  # no extended tokenizer
+    assert default_output(None) == Path("model/00_trained/gemma3-270m")
+    assert default_output("google/medgemma-4b-it") == Path("model/00_trained/medgemma-4b-it")
