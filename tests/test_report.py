@@ -99,7 +99,9 @@ def run_dir(tmp_path: Path) -> Path:
     _write(rd / "eval" / "kormedmcqa_base.json", _mcq(0.25, 0.2, 0.3))
     _write(rd / "eval" / "kormedmcqa_cpt.json", _mcq(0.3, 0.3, 0.3))
     _write(rd / "eval" / "kormedmcqa_sft.json", _mcq(0.45, 0.4, 0.5))
-    _write(rd / "eval" / "ppl_base.json", {"loss": 3.2, "perplexity": 24.5, "tokens": 5000})
+    val = rd / "corpus" / "raw_text_mixed.val.jsonl"
+    val.write_text(json.dumps({"text": "가" * 600}) + "\n" + json.dumps({"text": "나" * 400}) + "\n", encoding="utf-8")
+    _write(rd / "eval" / "ppl_base.json", {"loss": 3.2, "perplexity": 24.5, "tokens": 5000, "data": str(val)})
     _write(rd / "eval" / "ppl_sft.json", {"loss": 2.9, "perplexity": 18.2, "tokens": 5000})
     return rd
 
@@ -142,6 +144,7 @@ def test_report_has_every_section_and_embedded_plots(run_dir: Path):
     assert "640.0" in html and "29.7%" in html  # tokens/1k chars before, saving on held-out text
     assert "early_stopping" in html and "conditions_met" in html and "max_steps" in html
     assert "0.450" in html and "doctor" in html and "nurse" in html
+    assert "23.083" in html  # bits per character of the base model: 3.2 nats x 5000 tokens / 1000 chars / ln 2
     assert "300 tokens/s" in html  # cpt: 120,000 tokens in 400 s
     assert "7m 01s" in html  # cpt wall time 421 s
     assert "unavailable" in html and "dictionary &lt;-&gt; exam loop: not run." in html

@@ -710,15 +710,52 @@ def _eval_section(data: ReportData) -> Section:
     if data.ppl:
         targets = sorted(data.ppl, key=_target_key)
         vals = [_number(data.ppl[t].get("perplexity", data.ppl[t].get("ppl"))) for t in targets]
-        sec.table(["model", "perplexity", "loss", "tokens"],
-                  [[t, _fmt(v), _fmt(_number(data.ppl[t].get("loss"))), _fmt(data.ppl[t].get("tokens"))]
-                   for t, v in zip(targets, vals, strict=True)])
+        bpc = [_bits_per_char(data.ppl[t]) for t in targets]
+        sec.table(["model", "perplexity", "loss", "tokens", "bits per character"],
+                  [[t, _fmt(v), _fmt(_number(data.ppl[t].get("loss"))), _fmt(data.ppl[t].get("tokens")),
+                    f"{b:.3f}" if b is not None else "-"] for t, v, b in zip(targets, vals, bpc, strict=True)])
+        sec.p("Perplexity is per token of each model's own tokenizer: after a tokenizer extension (fewer, longer "
+              "tokens) compare the bits per character, which do not depend on the tokenizer.")
         if all(v is not None for v in vals):
             sec.img("perplexity.png", _bar(targets, vals, title="Held-out Korean perplexity", ylabel="perplexity"),
                     "perplexity per stage")
     else:
         sec.p("Perplexity: not run.")
     return sec
+
+
+def _bits_per_char(result: dict[str, Any]) -> float | None:
+    """Total loss in bits divided by the characters of the evaluated text file (tokenizer-independent)."""
+    loss, tokens = _number(result.get("loss")), _number(result.get("tokens"))
+    path = result.get("data")
+    if loss is None or not tokens or not isinstance(path, str):
+        return None
+    chars = _text_chars(path)
+    return loss * tokens / chars / math.log(2) if chars else None
+
+
+_CHARS_CACHE: dict[tuple[str, int, int], int | None] = {}
+
+
+def _text_chars(path: str) -> int | None:
+    """Characters of the `text` fields of a JSONL file (None when unreadable)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _CHARS_CACHE:
+        total = 0
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        text = json.loads(line).get("text")
+                        total += len(text) if isinstance(text, str) else 0
+        except (OSError, ValueError, AttributeError):
+            total = 0
+        _CHARS_CACHE[key] = total or None
+    return _CHARS_CACHE[key]
 
 
 def build_sections(data: ReportData) -> list[Section]:
