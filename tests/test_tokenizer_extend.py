@@ -188,10 +188,24 @@ def test_selection_and_tokenizer_json_are_deterministic(embedded_model_dir, exte
     assert (tmp_path / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
 
 
-def test_added_tokens_method(embedded_model_dir, real_tokenizer, tmp_path):
+def test_added_tokens_method_via_the_cli(embedded_model_dir, real_tokenizer, tmp_path, capsys):
+    """The CLI with a YAML section and flags (flags win), printing the report; method added_tokens."""
+    from kormed.cli import main
     from kormed.models import load_tokenizer
 
-    out, report = _run(embedded_model_dir, tmp_path, "tok", method="added_tokens")
+    corpus, dictionary = _write_inputs(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("tokenizer:\n  method: added_tokens\n  max_new_tokens: 5\n  heldout_fraction: 0.2\n")
+    out = tmp_path / "tok"
+    args = ["--config", str(cfg), "--model", str(embedded_model_dir), "--corpus", str(corpus)]
+    args += ["--dict", str(dictionary), "--out", str(out), "--max-new-tokens", "400", "--min-frequency", "2"]
+    with pytest.raises(SystemExit) as exc:  # click's standalone mode exits, with 0 on success
+        main(["tokenizer", "extend", *args])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "method added_tokens" in printed and "held-out Korean text" in printed and "fewer" in printed
+    report = json.loads((out / "tokenizer_report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["max_new_tokens"] == 400 and report["settings"]["heldout_fraction"] == 0.2
     tok = load_tokenizer(str(out))
     assert report["method"] == "added_tokens" and report["new_merges"] == 0 and report["new_tokens"] > 10
     base_vocab = real_tokenizer.get_vocab()

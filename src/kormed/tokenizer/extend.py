@@ -44,6 +44,8 @@ _UNIT = re.compile(r"\u2581?[^\s\u2581]+")  # a space-delimited word, with its l
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _TERM_SPLIT = re.compile(r"[\s()\[\]{}<>.,;:!?'\"“”‘’·/\\|\-–—~…「」『』《》〈〉]+")
 
+REPORT_CHARS = 5_000_000  # held-out characters the report measures
+MAX_UNITS = 2_000_000  # distinct corpus words kept for the merge learner
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -69,6 +71,18 @@ def read_corpus_texts(path: str | Path, max_chars: int | None = None) -> list[st
     if not texts:
         raise KormedError("the corpus has no text", path=path, hint="expected lines like {\"text\": \"...\"}")
     return texts
+
+
+def _head(texts: list[str], max_chars: int) -> list[str]:
+    """The first documents of `texts` up to `max_chars` characters (at least one)."""
+    out: list[str] = []
+    total = 0
+    for text in texts:
+        if out and total + len(text) > max_chars:
+            break
+        out.append(text)
+        total += len(text)
+    return out
 
 
 def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -97,13 +111,20 @@ def dictionary_words(terms: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def korean_units(texts: Iterable[str]) -> Counter[str]:
-    """Count the space-delimited words (`▁` form when a space precedes) that contain Hangul."""
+def korean_units(texts: Iterable[str], max_units: int = MAX_UNITS) -> Counter[str]:
+    """Count the space-delimited words (`▁` form when a space precedes) that contain Hangul.
+
+    With more than `max_units` distinct words only the most frequent `max_units` are kept (bounds memory on a
+    very large corpus; words that rare contribute almost nothing to pair frequencies).
+    """
+    from tqdm.auto import tqdm
+
     counts: Counter[str] = Counter()
-    for text in texts:
-        for unit in _UNIT.findall(text.replace(" ", SPACE)):
-            if _HANGUL.search(unit):
-                counts[unit] += 1
+    texts = list(texts)
+    for text in tqdm(texts, desc="counting Korean words", unit="doc", disable=len(texts) < 10000):
+        counts.update(u for u in _UNIT.findall(text.replace(" ", SPACE)) if _HANGUL.search(u))
+    if len(counts) > max_units:
+        counts = Counter(dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_units]))
     return counts
 
 
@@ -329,16 +350,20 @@ def select_bpe(
     )
     for pair in list(sel.merges):
         learner.merge(pair)
-    report_every = max(1, max_new_tokens // 10)
-    while len(new_vocab) < max_new_tokens:
-        pair = learner.best(min_frequency)
-        if pair is None:
-            break
-        added = add_token(pair[0] + pair[1])
-        learner.merge(pair)
-        sel.merges.append(pair)
-        if added and progress and len(new_vocab) % report_every == 0:
-            progress(f"corpus merges: {len(new_vocab)}/{max_new_tokens} new entries")
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=max(0, max_new_tokens - len(new_vocab)), desc="corpus merges", unit="token", disable=progress is None
+    ) as bar:
+        while len(new_vocab) < max_new_tokens:
+            pair = learner.best(min_frequency)
+            if pair is None:
+                break
+            added = add_token(pair[0] + pair[1])
+            learner.merge(pair)
+            sel.merges.append(pair)
+            if added:
+                bar.update(1)
     sel.new_tokens = list(new_vocab)
     return sel
 
@@ -553,6 +578,7 @@ def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, 
         new_tok = Tokenizer.from_str(new_text)
         check_extension(base_tok, new_tok, sel)
 
+        heldout = _head(heldout, REPORT_CHARS)  # the report measures at most this much held-out text
         checkable = [t for t in heldout if SPACE not in t]  # a literal ▁ decodes as a space in Gemma's tokenizer
         failures = round_trip_failures(base_tok, checkable) + round_trip_failures(new_tok, checkable)
         medical = [f"{e.term}: {e.definition}" for e in entries]
