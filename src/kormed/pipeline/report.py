@@ -260,7 +260,13 @@ def _number(value: Any) -> float | None:
 def _thresholds(info: dict[str, Any]) -> list[tuple[str, float, str]]:
     """(metric, threshold, label) of the stop conditions recorded in training_info.json, as far as we can read."""
     out: list[tuple[str, float, str]] = []
-    conds = info.get("stop_conditions") or info.get("conditions")
+    # SFT / loop: the conditions as evaluated at the stop, with their absolute thresholds (baseline resolved)
+    conds = info.get("conditions_at_stop") if isinstance(info.get("conditions_at_stop"), list) else None
+    if conds:
+        conds = [{"metric": c.get("metric"), "threshold": c.get("threshold"), "label": c.get("condition")}
+                 for c in conds if isinstance(c, dict)]
+    else:
+        conds = info.get("stop_conditions") or info.get("conditions")
     if isinstance(conds, dict):
         conds = [{"metric": k, **(v if isinstance(v, dict) else {"threshold": v})} for k, v in conds.items()]
     if isinstance(conds, list):
@@ -271,7 +277,9 @@ def _thresholds(info: dict[str, Any]) -> list[tuple[str, float, str]]:
             thr = _number(c.get("threshold", c.get("value")))
             if isinstance(metric, str) and thr is not None:
                 op = c.get("op") or c.get("comparison") or "<"
-                out.append((metric, thr, f"{metric} {op} {thr:g}"))
+                label = c.get("label") if isinstance(c.get("label"), str) else f"{metric} {op} {thr:g}"
+                out.append((metric, thr, f"{label} ({thr:.4g})" if "baseline" in label or "maintained" in label
+                            else label))
     cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     tp = _number(info.get("target_perplexity")) or _number(train.get("target_perplexity"))
@@ -349,6 +357,10 @@ def plot_training(unit: TrainingUnit) -> bytes | None:
             ax.annotate(_ascii(f"stop: {reason or 'end'}"), (stop, 0.97), xycoords=("data", "axes fraction"),
                         ha="right", va="top", fontsize=7, rotation=90)
         ax.set_xlabel("optimizer step")
+        values = [v for t in tags for _, v in unit.scalars[t] if v > 0]
+        if ylabel == "metric" and values and max(values) / min(values) > 50:
+            ax.set_yscale("log")  # dictionary perplexity in the tens of thousands beside raw text's tens
+            ylabel = "metric (log scale)"
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle(_ascii(unit.name), fontsize=10)
@@ -656,9 +668,12 @@ def _training_section(data: ReportData) -> Section:
             elif not u.scalars:
                 sec.p("(no logged curves found for this run)")
     if data.loop_table:
-        cols = list(dict.fromkeys(k for r in data.loop_table for k in r))[:8]
-        sec.p("Loop rounds:")
-        sec.table(cols, [[_fmt(r.get(c)) for c in cols] for r in data.loop_table])
+        preferred = ["round", "kind", "accuracy", "correct", "total", "global_step", "stop_reason"]
+        present = {k for r in data.loop_table for k, v in r.items() if not isinstance(v, dict | list)}
+        cols = [c for c in preferred if c in present] or sorted(present)[:8]
+        sec.p("Loop rounds (KorMedMCQA accuracy after each round):")
+        sec.table(cols, [[f"{r[c]:.1%}" if c == "accuracy" and _number(r.get(c)) is not None else _fmt(r.get(c))
+                          for c in cols] for r in data.loop_table])
     if not any_unit:
         sec.p("No training stage has run yet.")
     return sec
