@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ DICT = [
     {"term": "급성 심근경색증", "definition": "acute myocardial infarction"},
     {"term": "갑상선기능저하증", "definition": "hypothyroidism"},
     {"term": "↑", "definition": "increased"},
+    {"term": "뜁박동", "definition": "made-up term whose syllable 뜁 is outside the base vocabulary (3 byte tokens)"},
 ]
 SENTENCES = [
     "{t}은 흔한 질환이다. 환자는 정기적으로 검사를 받아야 한다.",
@@ -44,6 +46,8 @@ ROUND_TRIP = [
     "",
     " ",
     "<start_of_turn>user\n당뇨병이란?<end_of_turn>\n<start_of_turn>model\n대사 질환입니다.<end_of_turn>",
+    "\r\n줄바꿈\r\n zero\u200bwidth 한\u200d글 \ue000 𝕳𝖊𝖑𝖑𝖔 🇰🇷 ㅋㅋㅋ",
+    unicodedata.normalize("NFD", "당뇨병 환자 (NFD jamo)") + " 뜁박동 뜁",
 ]
 
 
@@ -123,7 +127,9 @@ def test_english_and_symbols_encode_exactly_as_before(real_tokenizer, extended_t
 def test_medical_terms_become_single_tokens(real_tokenizer, extended, extended_tok):
     _, report = extended
     words = dictionary_words(e["term"] for e in DICT)
-    assert words == ["당뇨병", "고혈압", "인슐린", "항문열창", "급성", "심근경색증", "갑상선기능저하증"]
+    assert words == ["당뇨병", "고혈압", "인슐린", "항문열창", "급성", "심근경색증", "갑상선기능저하증", "뜁박동"]
+    assert "뜁" not in real_tokenizer.get_vocab() and "뜁" in extended_tok.get_vocab()
+    assert report["new_hangul_characters"] >= 1
     for word in words:
         if len(real_tokenizer(word, add_special_tokens=False)["input_ids"]) == 1:
             continue  # already one token in the base
