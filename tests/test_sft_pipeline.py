@@ -178,6 +178,7 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     assert (out / "best" / "adapter_model.safetensors").is_file()
     md = (out / "loop_table.md").read_text()
     assert md.count("\n| ") == 1 + 3 and "Best: round" in md
+    assert f"Stop: **{table['stop_reason']}**" in md
     assert (out / "round01_dict" / "kormedmcqa.json").is_file()
     assert "loop done" in stdout
 

@@ -166,7 +166,6 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
         if score(0, "start", start_dir, None) >= cfg.target:
             result["stop_reason"] = STOP_TARGET_REACHED
     if result["stop_reason"] is None:
-        result["stop_reason"] = STOP_MAX_ROUNDS
         for i, kind in enumerate(round_kinds(cfg.first_round, cfg.max_rounds), start=1):
             step = cfg.dict_round if kind == "dict" else cfg.mcq_round
             round_dir = out / f"round{i:02d}_{kind}"
@@ -181,6 +180,7 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
             if accuracy >= cfg.target:
                 result["stop_reason"] = STOP_TARGET_REACHED
                 break
+        result["stop_reason"] = result["stop_reason"] or STOP_MAX_ROUNDS
     if result["best_round"] is None:  # pragma: no cover - every path scores at least once
         raise KormedError("no round was scored")
     write_json(out / TABLE_JSON, result)
