@@ -324,6 +324,9 @@ def _ppl_data(ctx: RunContext) -> str | None:
 
 def _eval_wire(ctx: RunContext) -> dict[str, Any]:
     values: dict[str, Any] = {"model": ctx.pipeline.model, "data": _source(ctx, "mcq_test")}
+    if ctx.enabled("cpt"):  # perplexity over blocks built exactly as CPT built its validation blocks
+        values["max_length"] = ctx.configs["cpt"].max_length
+        values["eod_token"] = ctx.configs["cpt"].eod_token
     if ctx.pipeline.device:
         values["device"] = ctx.pipeline.device
     fewshot = _source(ctx, "mcq_fewshot")
@@ -347,7 +350,7 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         entry = {"accuracy": result["accuracy"], "total": result["total"],
                  "per_subset": {k: v["accuracy"] for k, v in result["per_subset"].items()}}
         if ppl_data:
-            ppl_cfg = dataclasses.replace(cfg, adapter=adapter, data=ppl_data, limit=None,
+            ppl_cfg = dataclasses.replace(cfg, adapter=adapter, data=ppl_data,
                                           output=str(out_dir / f"ppl_{name}.json"))
             ppl = run_perplexity(ppl_cfg, log=ctx.log)
             ctx.log(f"[eval] {name}: perplexity {ppl['perplexity']:.3f} on {ppl['tokens']:,} tokens")
