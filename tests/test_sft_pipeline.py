@@ -183,6 +183,7 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     assert "loop done" in stdout
 
 
+@pytest.mark.slow
 def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_model_dir):
     """The real Gemma 3 270M, the bundled sample data, the default steps and conditions, one step each."""
     import math
