@@ -72,7 +72,7 @@ def run_bench(
         cpu_seconds = time.process_time() - cpu_start
         results[mode] = {
             "questions": res["total"],
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 6),
             "cpu_seconds": round(cpu_seconds, 3),
             "questions_per_second": round(res["total"] / seconds, 3),
             "accuracy": round(res["accuracy"], 4),
