@@ -157,3 +157,13 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "kormed: error:" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_drop_unset_removes_unset_flags_and_empty_sections():
+    from kormed.config import drop_unset
+
+    assert drop_unset({"a": None, "lora": {"r": None}, "train": {"lr": 0.1}, "seed": 0, "flag": False}) == {
+        "train": {"lr": 0.1},
+        "seed": 0,
+        "flag": False,
+    }

@@ -174,6 +174,19 @@ def _deep_update(target: dict[str, Any], values: dict[str, Any]) -> None:
             target[k] = value
 
 
+def drop_unset(values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line overrides without the unset (None) flags, nested sections included; empty sections vanish."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = drop_unset(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
 def section_class(section: str) -> type:
     module, _, name = CONFIG_SECTIONS[section].partition(":")
     return getattr(importlib.import_module(module), name)

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import typer
 
+from kormed.config import drop_unset
 from kormed.errors import KormedError
-
-
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            value = _drop_none(value)
-            if value:
-                out[key] = value
-        elif value is not None:
-            out[key] = value
-    return out
 
 
 def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
@@ -51,7 +39,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         from kormed.config import load_config
         from kormed.train.cpt import run_cpt
 
-        overrides = _drop_none({
+        overrides = drop_unset({
             "data": data, "val": val, "model": model, "tokenizer_path": tokenizer_path, "adapter": adapter,
             "output": output, "max_samples": max_samples, "max_length": max_length, "resume": resume,
             "lora": {"train_embeddings": train_embeddings},

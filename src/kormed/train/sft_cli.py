@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import typer
 
-
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            value = _drop_none(value)
-            if value:
-                out[key] = value
-        elif value is not None:
-            out[key] = value
-    return out
+from kormed.config import drop_unset
 
 
 def _echo(message: str) -> None:
@@ -52,7 +41,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         from kormed.config import load_config
         from kormed.train.sft import run_sft
 
-        overrides = _drop_none({
+        overrides = drop_unset({
             "mcq": mcq, "dict": dictionary, "char_dict": char_dict, "raw": raw, "raw_val": raw_val,
             "from_adapter": from_adapter, "model": model, "output": output,
             "max_steps_per_step": max_steps_per_step, "max_length": max_length, "from_step": from_step,
@@ -101,7 +90,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         from kormed.config import load_config
         from kormed.train.loop import run_loop
 
-        overrides = _drop_none({
+        overrides = drop_unset({
             "mcq": mcq, "dict": dictionary, "char_dict": char_dict, "raw": raw, "raw_val": raw_val,
             "eval_data": eval_data, "target": target, "max_rounds": max_rounds, "eval_limit": eval_limit,
             "eval_mode": eval_mode, "from_adapter": from_adapter, "model": model, "output": output,
