@@ -213,15 +213,21 @@ def final_adapter(stage: str, cfg: Any) -> str:
     return str(out)
 
 
-def _sft_wire(ctx: RunContext) -> dict[str, Any]:
-    _, val = _corpus(ctx)
-    raw, _ = _corpus(ctx)
+def _chat_data(ctx: RunContext) -> dict[str, Any]:
+    """The data inputs SFT and the loop share: questions, dictionaries, and the prepared raw text + its val set."""
+    raw, val = _corpus(ctx)
     return {
         "mcq": _source(ctx, "mcq"),
         "dict": _source(ctx, "medical_dict"),
         "char_dict": _source(ctx, "char_dict"),
         "raw": raw,
         "raw_val": val,
+    }
+
+
+def _sft_wire(ctx: RunContext) -> dict[str, Any]:
+    return {
+        **_chat_data(ctx),
         "model": ctx.pipeline.model,
         "from_adapter": _previous_adapter(ctx, "sft"),
         "output": str(_root(ctx) / "sft"),
@@ -266,13 +272,8 @@ def _sft_resume(cfg: Any, ctx: RunContext) -> Any:
 
 
 def _loop_wire(ctx: RunContext) -> dict[str, Any]:
-    raw, val = _corpus(ctx)
     return {
-        "mcq": _source(ctx, "mcq"),
-        "dict": _source(ctx, "medical_dict"),
-        "char_dict": _source(ctx, "char_dict"),
-        "raw": raw,
-        "raw_val": val,
+        **_chat_data(ctx),
         "eval_data": _source(ctx, "mcq_test"),
         "model": ctx.pipeline.model,
         "from_adapter": _previous_adapter(ctx, "loop"),
