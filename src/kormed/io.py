@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,29 @@ def iter_jsonl(
     KormedError naming the file and line (a caller that skips bad lines resumes with `start=line + 1`)."""
     p = require_file(path, what)
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno < start:
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=p, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=p, line=lineno) from None
-            if not isinstance(record, dict):
-                raise KormedError(f"expected a JSON object, got {type(record).__name__}", path=p, line=lineno)
-            yield lineno, record
+        yield from parse_jsonl_lines(fh, where=p, start=start)
+
+
+def parse_jsonl_lines(
+    lines: Iterable[bytes], *, where: str | Path, start: int = 1
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The JSONL parsing of :func:`iter_jsonl` over any byte lines (a file, stdin), errors naming `where`."""
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno < start:
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=lineno) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=where, line=lineno) from None
+        if not isinstance(record, dict):
+            raise KormedError(f"expected a JSON object, got {type(record).__name__}", path=where, line=lineno)
+        yield lineno, record
 
 
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:

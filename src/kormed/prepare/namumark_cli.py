@@ -30,34 +30,14 @@ def _read_text(path: Path | None) -> str:
         raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=line) from None
 
 
-def _iter_jsonl_stdin() -> Any:
-    """(line_number, record) for each non-blank JSONL line on stdin, with the same errors as kormed.io.iter_jsonl."""
-    for lineno, raw in enumerate(sys.stdin.buffer, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise KormedError(
-                f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path="<stdin>", line=lineno
-            ) from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path="<stdin>", line=lineno) from None
-        if not isinstance(record, dict):
-            raise KormedError(f"expected a JSON object, got {type(record).__name__}", path="<stdin>", line=lineno)
-        yield lineno, record
-
-
 def convert_jsonl(path: Path | None, field: str = "text") -> Any:
     """Yield each record of the JSONL at path (stdin if None) with its `field` converted to plain text (order and
     count kept, other fields untouched)."""
-    from kormed.io import iter_jsonl
+    from kormed.io import iter_jsonl, parse_jsonl_lines
     from kormed.prepare.namumark import namumark_to_text
 
     where = "<stdin>" if path is None else path
-    lines = _iter_jsonl_stdin() if path is None else iter_jsonl(path, what="JSONL file")
+    lines = parse_jsonl_lines(sys.stdin.buffer, where=where) if path is None else iter_jsonl(path, what="JSONL file")
     for lineno, rec in lines:
         value = rec.get(field)
         if not isinstance(value, str):
