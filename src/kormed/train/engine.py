@@ -401,9 +401,10 @@ def _make_trainer_class() -> type:
         """HF Trainer + embedding LR group, non-finite loss detection and token-weighted validation."""
 
         def __init__(self, *args: Any, embedding_lr: float | None = None, stop_record: StopRecord | None = None,
-                     **kwargs: Any) -> None:
+                     eval_collator: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.embedding_lr = embedding_lr
+            self.eval_collator = eval_collator
             self.stop_record = stop_record or StopRecord()
             self._nonfinite: Any = None
             # Our loss always shifts labels: count targets over labels[..., 1:] whatever the model class says.
@@ -456,6 +457,17 @@ def _make_trainer_class() -> type:
             return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
 
         # token-weighted validation ----------------------------------------------------------------------
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            # Validation may collate differently from training (SFT: padded rows while training rows are
+            # padding-free; per-example losses are the same, and gather_for_metrics trims padded rows per example).
+            if self.eval_collator is None:
+                return super().get_eval_dataloader(eval_dataset)
+            train_collator, self.data_collator = self.data_collator, self.eval_collator
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = train_collator
+
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                      metric_key_prefix: str = "eval") -> dict[str, float]:
             sets = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -544,8 +556,9 @@ def build_trainer(
     *,
     embedding_lr: float | None = None,
     runtime: RuntimeSpec | None = None,
+    eval_collator: Any = None,
 ) -> Any:
-    """An HF Trainer (KormedTrainer) set up the kormed way.
+    """An HF Trainer (KormedTrainer) set up the kormed way (`eval_collator`: validation batches, default `collator`).
 
     bf16 on GPU / fp32 on CPU (from `runtime`, default `pick_runtime(options.device)`), gradient checkpointing,
     warmup + decay, a loss independent of gradient accumulation, token-weighted validation every
@@ -641,6 +654,7 @@ def build_trainer(
         callbacks=[*extra, *callbacks],
         embedding_lr=embedding_lr,
         stop_record=stop,
+        eval_collator=eval_collator,
     )
     for c in trainer.callback_handler.callbacks:
         if hasattr(c, "attach"):

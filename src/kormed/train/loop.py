@@ -127,6 +127,7 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
         baseline = measure_baseline(model, data, batch_size=eval_bs, log=log)["perplexity"]
     ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
                       baseline=baseline, seed=cfg.train.seed, stopping_strategy=cfg.stopping_strategy,
+                      padding_free=cfg.padding_free,
                       tolerances=Tolerances(cfg.maintain_tolerance, cfg.approx_tolerance, cfg.stable_tolerance),
                       info={**model_info, "sources": src.info, "started_from": cfg.from_adapter}, log=log)
     result: dict[str, Any] = {

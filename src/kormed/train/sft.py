@@ -217,6 +217,82 @@ def encode_sources(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# batches: padding-free or padded, and their token counts
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_collators(tokenizer: Any, model: Any, *, padding_free: bool) -> tuple[Any, Any]:
+    """(training collator, validation collator). Training: padding-free rows (:mod:`kormed.data.padding_free`)
+    or padded rows (`engine.CausalCollator`), counted either way; validation is always padded (the per-example
+    losses are the same, and padded rows keep `gather_for_metrics`' per-example trimming exact under DDP)."""
+    from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
+    from kormed.train import engine
+
+    padded = engine.CausalCollator(tokenizer)
+    inner = PaddingFreeCollator(flash_attn_kwargs=uses_flash_attention(model)) if padding_free else padded
+    return CountingCollator(inner), padded
+
+
+def _make_batch_stats_callback_class() -> type:
+    import time
+
+    from transformers import TrainerCallback
+
+    class BatchStatsCallback(TrainerCallback):
+        """Adds `real_tokens_per_batch` and `padding_fraction` (over the logging interval) to each training log
+        line, and times the optimizer steps (forward, backward, optimizer; validation and collation excluded)."""
+
+        def __init__(self, collator: Any) -> None:
+            self.stats = collator.stats
+            self.train_seconds = 0.0
+            self._t: float | None = None
+            self._mark = (0, 0, 0)  # batches, real tokens, batch tokens at the last log line
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t = time.perf_counter()
+            return control
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._t is not None:
+                self.train_seconds += time.perf_counter() - self._t
+                self._t = None
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            st = self.stats
+            batches, real, slots = (st.batches - self._mark[0], st.real_tokens - self._mark[1],
+                                    st.batch_tokens - self._mark[2])
+            if logs is None or "loss" not in logs or not batches:
+                return control
+            self._mark = (st.batches, st.real_tokens, st.batch_tokens)
+            extra = {"real_tokens_per_batch": round(real / batches, 2),
+                     "padding_fraction": round(1.0 - real / slots, 6) if slots else 0.0}
+            logs.update(extra)
+            if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+                state.log_history[-1].update(extra)
+            return control
+
+    return BatchStatsCallback
+
+
+def batch_report(collator: Any, stats_cb: Any, trainer: Any) -> dict[str, Any]:
+    """The `batches` record of training_info.json: padding-free or not, token counts, padding fraction, and real
+    (non-padding) tokens per second of training compute (all processes' real tokens, from the Trainer's count)."""
+    real_all = int(trainer.state.num_input_tokens_seen)
+    seconds = stats_cb.train_seconds
+    keys = ("step", "loss", "real_tokens_per_batch", "padding_fraction", "tokens_per_second")
+    train_log = [{k: e[k] for k in keys if k in e} for e in trainer.state.log_history if "loss" in e]
+    return {
+        "padding_free": collator.padding_free,
+        **collator.stats.to_dict(),
+        "real_tokens_all_processes": real_all,
+        "train_compute_s": round(seconds, 3),
+        "real_tokens_per_s": round(real_all / seconds, 2) if seconds > 0 else None,
+        "train_log": train_log,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the stop-condition callback
 # --------------------------------------------------------------------------------------------------------------
 
@@ -281,6 +357,8 @@ class StepContext:
     stopping_strategy: str
     info: dict[str, Any]  # model/runtime info recorded in each training_info.json
     log: Log = print
+    # Training micro-batches flattened into one row without padding (validation stays padded).
+    padding_free: bool = True
     # The final evaluation of the previous step/round run in this process: the model has not changed since, so
     # it IS the next step's start (used as the 'maintained' reference instead of evaluating again).
     last_metrics: dict[str, float] | None = None
@@ -340,11 +418,13 @@ def run_sft_step(
     ctx.log(f"[kormed] {name}: {step.description or ''} mix {normalise_weights(step.mix)} ({step.mode}), "
             f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
-    trainer = engine.build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval,
-                                   engine.CausalCollator(ctx.tokenizer), options, out, callbacks=[callback],
-                                   runtime=ctx.runtime)
+    collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
+    stats_cb = _make_batch_stats_callback_class()(collator)
+    trainer = engine.build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
+                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
     callback.trainer = trainer
     summary = engine.run_training(trainer, log=ctx.log)
+    batches = batch_report(collator, stats_cb, trainer)
     engine_reason = trainer.stop_record.reason
     global_step = trainer.state.global_step
     if not tracker.met and engine_reason is None and callback.last_eval_step != global_step:
@@ -384,6 +464,7 @@ def run_sft_step(
         "metrics_at_stop": summary.get("last_eval"),
         "conditions_at_stop": [dataclasses.asdict(r) for r in last.results] if last else [],
         "stop_checks": [d.to_dict() for d in tracker.history],
+        "batches": batches,
     }
     full = engine.finish_run(trainer, ctx.tokenizer, out, info, summary)
     last_eval = summary.get("last_eval") or {}
@@ -391,6 +472,11 @@ def run_sft_step(
                         if last_eval.get("step") == global_step else None)
     if (out / "checkpoints").is_dir() and reason in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
         shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
+    pad = batches["padding_fraction"]
+    ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
+            f"{batches['real_tokens']} real tokens in {batches['micro_batches']} micro-batches"
+            + (f", padding {pad:.1%}" if pad is not None else "")
+            + (f", {batches['real_tokens_per_s']:.0f} real tokens/s" if batches["real_tokens_per_s"] else ""))
     ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
     del trainer
     gc.collect()
@@ -437,7 +523,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     _require(cfg.mcq, "--mcq")
     _require(cfg.dict, "--dict")
     _require(cfg.raw, "--raw")
-    runtime = pick_runtime(cfg.train.device)
+    runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
     steps = [(n, s) for n, s in cfg.steps() if n >= cfg.from_step]
     start_adapter: str | None = cfg.from_adapter
@@ -475,7 +561,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
                             stable=cfg.stable_tolerance)
     ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
                       baseline=float(baseline["raw_perplexity"]), tolerances=tolerances, seed=cfg.train.seed,
-                      stopping_strategy=cfg.stopping_strategy,
+                      stopping_strategy=cfg.stopping_strategy, padding_free=cfg.padding_free,
                       info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log)
     summary_path = out / SUMMARY_FILE
     previous = read_json(summary_path) if summary_path.is_file() and cfg.from_step > 1 else {}

@@ -30,6 +30,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         max_steps_per_step: int = typer.Option(None, "--max-steps-per-step", help="Override every step's budget."),
         max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        padding_free: bool = typer.Option(
+            None, "--padding-free/--no-padding-free", help="Training batches without padding (default on)."),
         from_step: int = typer.Option(None, "--from-step", help="Resume at step N from <output>/step{N-1}/."),
         eval_steps: int = typer.Option(None, "--eval-steps", help="Evaluate (and check stop conditions) every N."),
         batch_size: int = typer.Option(None, "--batch-size", help="Sequences per device per micro-batch."),
@@ -45,6 +47,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "mcq": mcq, "dict": dictionary, "char_dict": char_dict, "raw": raw, "raw_val": raw_val,
             "from_adapter": from_adapter, "model": model, "output": output,
             "max_steps_per_step": max_steps_per_step, "max_length": max_length, "from_step": from_step,
+            "padding_free": padding_free,
             "train": {"device": device, "eval_steps": eval_steps, "batch_size": batch_size, "grad_accum": grad_accum,
                       "lr": lr, "seed": seed},
         })
@@ -82,6 +85,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         max_steps_per_round: int = typer.Option(None, "--max-steps-per-round", help="Override the round budgets."),
         max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        padding_free: bool = typer.Option(
+            None, "--padding-free/--no-padding-free", help="Training batches without padding (default on)."),
         eval_steps: int = typer.Option(None, "--eval-steps", help="Evaluate (and check stop conditions) every N."),
         lr: float = typer.Option(None, "--lr", help="Peak learning rate (a round's own lr wins)."),
         seed: int = typer.Option(None, "--seed", help="Seed of splits, data order and dropout."),
@@ -94,7 +99,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "mcq": mcq, "dict": dictionary, "char_dict": char_dict, "raw": raw, "raw_val": raw_val,
             "eval_data": eval_data, "target": target, "max_rounds": max_rounds, "eval_limit": eval_limit,
             "eval_mode": eval_mode, "from_adapter": from_adapter, "model": model, "output": output,
-            "max_steps_per_round": max_steps_per_round, "max_length": max_length,
+            "max_steps_per_round": max_steps_per_round, "max_length": max_length, "padding_free": padding_free,
             "train": {"device": device, "eval_steps": eval_steps, "lr": lr, "seed": seed},
         })
         cfg = load_config("loop", config, overrides)

@@ -104,6 +104,12 @@ class SFTConfig:
     from_step: int = opt(1, "Resume at this step (1-4), starting from <output>/step{N-1}/ (its adapter).")
     max_steps_per_step: int | None = opt(None, "Override every step's max_steps (quick runs).")
     max_length: int = opt(512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).")
+    padding_free: bool = opt(
+        True,
+        "Training micro-batches without padding: the batch_size examples are flattened into one row, position\n"
+        "ids restart at 0 for each and no example attends to another (same losses as padded rows, less\n"
+        "compute). false: pad each micro-batch to its longest example. Validation is always padded.",
+    )
     val_fraction: float = opt(0.05, "Fraction of each source held out for validation (at least 1 record).")
     val_max: int = opt(200, "At most this many held-out records per source.")
     raw_max_texts: int = opt(50000, "Use the first N texts of --raw for training (raw is only step 4's 40 %).")
@@ -198,6 +204,7 @@ class LoopConfig:
     eval_before: bool = opt(True, "Also measure the accuracy before the first round (round 0).")
     max_steps_per_round: int | None = opt(None, "Override both rounds' max_steps (quick runs).")
     max_length: int = opt(512, "Tokens per training example.")
+    padding_free: bool = opt(True, "As sft.padding_free: training micro-batches flattened into one row, no padding.")
     val_fraction: float = opt(0.05, "Fraction of each source held out for the per-round validation losses.")
     val_max: int = opt(200, "At most this many held-out records per source.")
     raw_max_texts: int = opt(50000, "Use the first N texts of --raw.")
