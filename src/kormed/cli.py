@@ -35,7 +35,9 @@ COMMAND_MODULES = [
     "kormed.prepare.commands",  # kormed prepare
     "kormed.prepare.namumark_cli",  # kormed namumark
     "kormed.tokenizer.commands",  # kormed tokenizer extend
-    "kormed.train.cpt_cli",  # kormed train cpt, kormed export
+    "kormed.train.cpt_cli",  # kormed train cpt
+    "kormed.train.export_cli",  # kormed export (--merge, --gguf)
+    "kormed.chat",  # kormed chat
     "kormed.train.sft_cli",  # kormed train sft, kormed train loop
     "kormed.eval.commands",  # kormed eval kormedmcqa / ppl
     "kormed.bench.prepare",  # kormed bench prepare

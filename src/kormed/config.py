@@ -28,6 +28,7 @@ CONFIG_SECTIONS: dict[str, str] = {
     "sft": "kormed.train.sft_config:SFTConfig",
     "loop": "kormed.train.sft_config:LoopConfig",
     "eval": "kormed.eval.config:EvalConfig",
+    "chat": "kormed.chat:ChatConfig",
 }
 
 

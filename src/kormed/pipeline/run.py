@@ -607,3 +607,15 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
         log_stage_summary(ctx.tb_dir(stage), stage, wall, entry["result"])
     # the hash is of the inputs as they were when the stage started; outputs written now are the next stage's inputs
     ctx.log(f"[{stage}] done in {wall:.1f}s")
+    _write_model_cards(ctx)
+
+
+def _write_model_cards(ctx: RunContext) -> None:
+    """A model card (README.md) in each training stage's final adapter, refreshed after every stage so that the
+    eval results land in it (README.md is not among any stage's hashed inputs)."""
+    try:
+        from kormed.model_card import write_run_cards
+
+        write_run_cards(ctx.run_dir)
+    except Exception as exc:  # noqa: BLE001 - a card must not fail the run
+        ctx.log(f"model cards: could not be written ({type(exc).__name__}: {exc})")

@@ -1,4 +1,4 @@
-"""Commands `kormed train cpt` and `kormed export` (no torch/transformers imports at module level)."""
+"""Command `kormed train cpt` (no torch/transformers imports at module level; `kormed export` is in export_cli)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import sys
 import typer
 
 from kormed.config import drop_unset
-from kormed.errors import KormedError
 
 
 def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
@@ -67,18 +66,3 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             f"cpt done ({info['stop_reason']}): {info['global_step']} steps, {info['tokens_seen']} tokens, "
             f"val ppl {before:.3f} -> {after:.3f}; adapter in {info['output']}"
         )
-
-    @app.command("export")
-    def export(
-        adapter: str = typer.Option(..., "--adapter", help="kormed adapter directory (adapter_config.json)."),
-        out: str = typer.Option(..., "--out", help="Directory for the merged model."),
-        merge: bool = typer.Option(False, "--merge", help="Merge the adapter into the base weights (required)."),
-        model: str = typer.Option(None, "--model", help="Base model; default: the one recorded in the adapter."),
-    ) -> None:
-        """Write a full HF model directory with the adapter merged (safetensors, tied embeddings kept)."""
-        if not merge:
-            raise KormedError("only merged export is supported: pass --merge")
-        from kormed.train.export import export_merged
-
-        report = export_merged(adapter, out, model=model, log=lambda m: typer.echo(m, err=True))
-        typer.echo(f"exported {report['class']} ({report['dtype']}, vocab {report['vocab_size']}) to {out}")

@@ -35,6 +35,22 @@ def _set_tie(config: Any, tied: bool) -> None:
         sub.tie_word_embeddings = tied
 
 
+def check_adapter_base(adapter: str | Path, model: str | None = None) -> str | None:
+    """The base model to load `adapter` on: `model` when given, else the one the adapter recorded. A recorded local
+    path that does not exist is an error, unless it names the embedded default (a cache path from another machine,
+    which `load_model_and_tokenizer` maps to this machine's embedded model)."""
+    from kormed.models import EMBEDDED_MODEL_NAME
+
+    base = read_adapter_base(adapter)
+    if model is not None:
+        return model
+    if base and not Path(base).exists() and base.count("/") != 1 and not Path(base).name.startswith(
+            EMBEDDED_MODEL_NAME):
+        raise KormedError(f"the adapter's base model cannot be found: {base}",
+                          path=Path(adapter) / "adapter_config.json", hint="pass the base with --model")
+    return None
+
+
 def merge_adapter(model: Any) -> Any:
     """`merge_and_unload` a PEFT model and make the embedding tie consistent with the weights."""
     import torch

@@ -1,0 +1,155 @@
+"""`kormed export`: the merged HF directory (`--merge`) and/or GGUF files (`--gguf`), with a model card.
+
+Everything is written into a temporary directory beside `--out` and renamed into place at the end, so a failure
+(bad input, converter error, full disk, Ctrl-C) never leaves a half-written export under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+from kormed.io import atomic_write, read_json, write_json
+
+MARKER = "kormed_export.json"
+# Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
+OLLAMA_TEMPLATE = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+VERIFY_PROMPT = ("<start_of_turn>user\n고혈압 환자에게 처음 권하는 생활 습관 교정은 무엇인가요?<end_of_turn>\n"
+                 "<start_of_turn>model\n")
+
+
+def modelfile(gguf_name: str) -> str:
+    """An Ollama Modelfile for one GGUF file in the same directory (greedy, `<end_of_turn>` stops)."""
+    return (f"FROM ./{gguf_name}\n"
+            f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
+            'PARAMETER stop "<end_of_turn>"\n'
+            "PARAMETER temperature 0\n")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise KormedError("--out exists and is not a directory", path=out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise KormedError("output directory exists and is not an earlier kormed export", path=out,
+                          hint="choose an empty or new --out directory")
+
+
+def _stage_dir(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    except OSError as exc:
+        raise KormedError(f"cannot write the export: {exc.strerror}", path=out.parent) from None
+
+
+def _new_tokens(model_dir: Path, limit: int = 8) -> list[str]:
+    """Up to `limit` tokens above the base Gemma 3 vocabulary (an extended tokenizer's), as text."""
+    data = read_json(model_dir / "tokenizer.json")
+    vocab = data["model"]["vocab"]
+    base = 262144
+    new = sorted((i, t) for t, i in vocab.items() if i >= base)
+    return [t.replace("\u2581", " ").strip() for _, t in new[:limit] if t.strip("\u2581")]
+
+
+def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool, gguf: bool,
+               gguf_types: str = "f16", verify: bool = False, log: Any = print) -> dict[str, Any]:
+    """Write the export; returns {"summary": [lines], "files": [...], ...}."""
+    from kormed.train.gguf import parse_types
+
+    types = parse_types(gguf_types) if gguf else []
+    out_p = Path(out)
+    _check_out(out_p)
+    if merge and adapter is None:
+        raise KormedError("--merge needs --adapter (the adapter to merge into its base)")
+    if adapter is not None:
+        from kormed.train.export import check_adapter_base
+
+        check_adapter_base(adapter, model)
+    src_model: Path | None = None
+    if adapter is None:
+        from kormed.models import resolve_model
+
+        resolved = Path(resolve_model(model, log=log))
+        if not resolved.is_dir():
+            raise KormedError("GGUF export needs a local model directory (download the hub model first)",
+                              path=str(resolved))
+        if not (resolved / "tokenizer.json").is_file():
+            raise KormedError("the model directory has no tokenizer.json", path=resolved)
+        src_model = resolved
+    stage = _stage_dir(out_p)
+    summary: list[str] = []
+    report: dict[str, Any] = {}
+    try:
+        if adapter is not None:
+            from kormed.train.export import export_merged
+
+            merged = stage / "merged"
+            report = export_merged(adapter, merged, model=model, log=log)
+            src_model = merged
+        assert src_model is not None
+        result_dir = stage / "merged" if merge else stage / "out"
+        result_dir.mkdir(exist_ok=True)
+        files: list[Path] = []
+        verification: dict[str, Any] = {}
+        if gguf:
+            from kormed.train.gguf import LLAMA_CPP_PYTHON_VERSION, export_gguf_files, verify_gguf
+
+            files = export_gguf_files(src_model, result_dir, types, out_p.name, log=log)
+            report["gguf"] = {"files": [f.name for f in files], "converter": "llama.cpp convert_hf_to_gguf.py "
+                              f"(llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist)"}
+            with atomic_write(result_dir / "Modelfile") as fh:
+                fh.write(modelfile(files[0].name))
+            if verify:
+                for f in files:
+                    log(f"[kormed] verifying {f.name}: transformers loads it back with gguf_file=")
+                    v = verify_gguf(src_model, f, VERIFY_PROMPT, terms=_new_tokens(src_model))
+                    verification[f.name] = v
+                    summary.append(f"verify {f.name}: max |Δlogit| {v['max_abs_logit_diff']:.2e} (max |logit| "
+                                   f"{v['max_abs_logit']:.2f}), argmax equal {v['argmax_equal']}, greedy equal "
+                                   f"{v['greedy_merged'] == v['greedy_gguf']}")
+                report["verification"] = verification
+        if not merge:
+            report.setdefault("base_model", str(src_model))
+            report.setdefault("class", read_json(src_model / "config.json").get("architectures", ["?"])[0])
+        report["source_adapter"] = adapter
+        write_json(result_dir / MARKER, report)
+        from kormed.model_card import export_card
+
+        with atomic_write(result_dir / "README.md") as fh:
+            fh.write(export_card(result_dir, name=out_p.name, adapter=adapter, model_dir=src_model, report=report))
+        if out_p.exists():
+            trash = out_p.with_name(f".{out_p.name}.old-{os.getpid()}")
+            os.replace(out_p, trash)
+            os.replace(result_dir, out_p)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(result_dir, out_p)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise KormedError("the disk filled up while writing the export; nothing was left under --out",
+                              path=out_p.parent) from None
+        raise KormedError(f"cannot write the export: {exc.strerror or exc}", path=out_p) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if merge:
+        summary.insert(0, f"merged model ({report.get('class')}, {report.get('dtype')}) in {out_p}")
+    for f in files:
+        summary.append(f"GGUF {out_p / f.name} ({(out_p / f.name).stat().st_size / 2**20:.1f} MiB)")
+    if gguf:
+        summary.append(f"Ollama: cd {out_p} && ollama create NAME -f Modelfile")
+    summary.append(f"model card: {out_p / 'README.md'}")
+    return {"summary": summary, "files": [str(out_p / f.name) for f in files], "report": report}

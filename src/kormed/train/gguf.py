@@ -1,0 +1,306 @@
+"""GGUF for llama.cpp / Ollama / LM Studio, written by llama.cpp's own converter (`convert_hf_to_gguf.py`).
+
+The converter and its `gguf-py` ship inside the `llama-cpp-python` source distribution on PyPI
+(`vendor/llama.cpp/`). kormed fetches that sdist once with pip (`pip download --no-binary :all: --no-deps
+llama-cpp-python==LLAMA_CPP_PYTHON_VERSION`) and keeps only the converter's Python files in its cache
+(`kormed.models.cache_root()/llama.cpp/`); `$KORMED_LLAMA_CPP` may point at a llama.cpp checkout instead.
+
+The converter's Gemma 3 class takes its vocabulary from `tokenizer.model` (SentencePiece: tokens, scores, types,
+written as llama.cpp's "llama" tokenizer). Without that file it falls back to the byte-level "gpt2" path, which
+refuses Gemma's tokenizer (unknown pre-tokenizer hash) and would not match it anyway (Gemma is SentencePiece-style
+BPE with byte fallback, not byte-level BPE). kormed's models carry only `tokenizer.json` (the embedded 270M was
+converted from GGUF; an extended tokenizer exists only as tokenizer.json), so the converter is given a
+`tokenizer.model` written from the model's own tokenizer.json: every id keeps its token, special tokens are
+CONTROL, `<0xNN>` BYTE, and the score is minus the id. Gemma's merge priority follows the id order (new tokens of an
+extension come last, in the order their merges were appended), which is also how transformers rebuilds a Gemma
+tokenizer from a GGUF (`gemma_tokenizer` in transformers.integrations.gguf), so llama.cpp and transformers both
+tokenize like the tokenizer.json the model was trained with. This file is the one hand-written piece: no library
+writes a SentencePiece model from a tokenizers BPE model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kormed.errors import KormedError
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
+# what the converter offers (`--outtype`) that kormed exports and verifies; Q4_K_M needs the compiled llama-quantize
+GGUF_TYPES = ("f16", "bf16", "q8_0")
+NOT_OFFERED = {
+    "q4_k_m": "Q4_K_M needs llama.cpp's compiled `llama-quantize`; run it on the f16 file "
+              "(`llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M`)",
+}
+_KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+# bytes per parameter of each type (Q8_0: 34 bytes per block of 32), for the free-space check
+_BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+
+Log = Callable[[str], None]
+
+
+def parse_types(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """`f16,q8_0` -> ["f16", "q8_0"]; an unknown or unoffered type is one clear error."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in items:
+        t = raw.strip().lower()
+        if not t:
+            continue
+        if t in NOT_OFFERED:
+            raise KormedError(f"GGUF type '{t}' is not offered: {NOT_OFFERED[t]}", field="--gguf-type")
+        if t not in GGUF_TYPES:
+            raise KormedError(f"unknown GGUF type '{raw.strip()}' (offered: {', '.join(GGUF_TYPES)})",
+                              field="--gguf-type")
+        if t not in out:
+            out.append(t)
+    if not out:
+        raise KormedError(f"no GGUF type given (offered: {', '.join(GGUF_TYPES)})", field="--gguf-type")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- the converter
+
+
+def converter_dir() -> Path:
+    from kormed.models import cache_root
+
+    return cache_root() / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def _check_python_deps() -> None:
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        raise KormedError("GGUF export needs the optional package 'sentencepiece' (llama.cpp's converter uses it)",
+                          hint="pip install 'kormed[gguf]'") from None
+
+
+def ensure_converter(log: Log = print) -> Path:
+    """The directory holding llama.cpp's `convert_hf_to_gguf.py`; fetched once from the PyPI sdist."""
+    _check_python_deps()
+    env = os.environ.get("KORMED_LLAMA_CPP")
+    if env:
+        path = Path(env).expanduser()
+        if not (path / "convert_hf_to_gguf.py").is_file():
+            raise KormedError("$KORMED_LLAMA_CPP has no convert_hf_to_gguf.py", path=path)
+        return path
+    target = converter_dir()
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log(f"[kormed] fetching llama.cpp's GGUF converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, "
+        f"~77 MB, once) into {target}")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+               "--dest", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        sdists = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            last = (proc.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
+            raise KormedError(
+                f"llama.cpp's GGUF converter is not available: pip download llama-cpp-python failed ({last})",
+                hint="needs the package registry once; or set KORMED_LLAMA_CPP to a llama.cpp checkout",
+            )
+        stage = Path(tmp) / "llama.cpp"
+        _extract_converter(sdists[0], stage)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(stage, target)
+    return target
+
+
+def _extract_converter(sdist: Path, dest: Path) -> None:
+    """Only the converter's files out of the sdist's `vendor/llama.cpp/` (tar's own path-safety filter applies)."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/", 3)
+            if len(parts) < 4 or parts[1:3] != ["vendor", "llama.cpp"]:
+                continue
+            rel = parts[3]
+            if (m.isfile() or m.isdir()) and any(rel == k or rel.startswith(k) for k in _KEEP):
+                m.name = rel
+                members.append(m)
+        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
+            raise KormedError("the llama-cpp-python sdist has no vendor/llama.cpp/convert_hf_to_gguf.py", path=sdist)
+        dest.mkdir(parents=True)
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(dest, members=members, **kwargs)  # noqa: S202 - members filtered above
+
+
+# --------------------------------------------------------------------------------------------------- tokenizer.model
+
+
+def write_sentencepiece_model(tokenizer_json: Path, dest: Path) -> int:
+    """Write `dest` (tokenizer.model) with exactly the vocabulary of a Gemma `tokenizer.json`; returns its size.
+
+    Scores are minus the id (see the module docstring); types follow tokenizer.json (special -> CONTROL, other
+    added tokens -> USER_DEFINED, `<0xNN>` -> BYTE, the unk token -> UNKNOWN)."""
+    import json
+
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise KormedError("GGUF export expects a Gemma tokenizer (BPE with byte fallback)", path=tokenizer_json)
+    pieces: dict[int, tuple[str, int]] = {}
+    byte_re = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+    unk = model.get("unk_token")
+    for tok, idx in model["vocab"].items():
+        kind = sp.ModelProto.SentencePiece.NORMAL
+        if tok == unk:
+            kind = sp.ModelProto.SentencePiece.UNKNOWN
+        elif byte_re.fullmatch(tok):
+            kind = sp.ModelProto.SentencePiece.BYTE
+        pieces[int(idx)] = (tok, kind)
+    for added in data.get("added_tokens") or []:
+        kind = sp.ModelProto.SentencePiece.CONTROL if added.get("special") else sp.ModelProto.SentencePiece.USER_DEFINED
+        if added["content"] == unk:
+            kind = sp.ModelProto.SentencePiece.UNKNOWN
+        pieces[int(added["id"])] = (added["content"], kind)
+    size = max(pieces) + 1
+    proto = sp.ModelProto()
+    proto.trainer_spec.model_type = sp.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = size
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.unk_id = model["vocab"].get(unk, 3) if unk else 3
+    for name in ("bos", "eos", "pad"):
+        idx = next((i for i, (t, _) in pieces.items() if t == f"<{name}>"), -1)
+        setattr(proto.trainer_spec, f"{name}_id", idx)
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    for i in range(size):
+        tok, kind = pieces.get(i, (f"<unused_kormed_{i}>", sp.ModelProto.SentencePiece.UNUSED))
+        piece = proto.pieces.add()
+        piece.piece = tok
+        piece.score = 0.0 if kind != sp.ModelProto.SentencePiece.NORMAL else -float(i)
+        piece.type = kind
+    dest.write_bytes(proto.SerializeToString())
+    return size
+
+
+# --------------------------------------------------------------------------------------------------- conversion
+
+
+def _param_count(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shape = fh.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                total += n
+    return total
+
+
+def check_free_space(model_dir: Path, out_dir: Path, types: list[str]) -> None:
+    """Refuse before converting when the target file system cannot hold the files (10 % margin)."""
+    need = int(_param_count(model_dir) * sum(_BYTES_PER_PARAM[t] for t in types) * 1.1) + (16 << 20)
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise KormedError(f"not enough free disk space for the GGUF files: need about {need / 2**30:.2f} GiB, "
+                          f"{free / 2**30:.2f} GiB free", path=probe)
+
+
+def convert(model_dir: Path, out_file: Path, gguf_type: str, *, log: Log = print) -> Path:
+    """Run llama.cpp's converter on a merged HF model directory; writes `out_file` (staged by the caller)."""
+    converter = ensure_converter(log)
+    with tempfile.TemporaryDirectory(dir=out_file.parent, prefix=".gguf-src-") as tmp:
+        src = Path(tmp)
+        for f in model_dir.iterdir():  # a view of the merged directory plus a tokenizer.model (see module doc)
+            if f.is_file() and f.name != "tokenizer.model":
+                os.symlink(f.resolve(), src / f.name)
+        if (model_dir / "tokenizer.model").is_file():
+            log("[kormed] note: the model's tokenizer.model is replaced by one written from its tokenizer.json")
+        write_sentencepiece_model(model_dir / "tokenizer.json", src / "tokenizer.model")
+        cmd = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(src), "--outfile", str(out_file),
+               "--outtype", gguf_type]
+        log(f"[kormed] llama.cpp convert_hf_to_gguf.py --outtype {gguf_type} -> {out_file.name}")
+        env = dict(os.environ)
+        env.pop("NO_LOCAL_GGUF", None)  # the converter then uses its own gguf-py, not the installed gguf
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0 or not out_file.is_file():
+        text = proc.stderr + proc.stdout
+        if "No space left on device" in text:
+            raise KormedError("the disk filled up while writing the GGUF file", path=out_file.parent)
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        raise KormedError(f"llama.cpp's converter failed: {(errors or lines or ['no output'])[-1].strip()}",
+                          path=model_dir)
+    return out_file
+
+
+def export_gguf_files(model_dir: Path, out_dir: Path, types: list[str], name: str, *, log: Log = print) -> list[Path]:
+    """Convert `model_dir` into `out_dir/<name>-<type>.gguf` for each type (out_dir is a staging directory)."""
+    check_free_space(model_dir, out_dir, types)
+    files = []
+    for t in types:
+        files.append(convert(model_dir, out_dir / f"{name}-{t}.gguf", t, log=log))
+    return files
+
+
+# --------------------------------------------------------------------------------------------------- verification
+
+
+def verify_gguf(model_dir: str | Path, gguf_file: str | Path, prompt: str, *, terms: list[str] | None = None,
+                max_new_tokens: int = 16) -> dict[str, Any]:
+    """Load the GGUF back with transformers (`gguf_file=`), as an independent client would, and compare with the
+    merged HF model: next-token logits on `prompt` (max |difference|), greedy generations, and the ids of `terms`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kormed.models import is_multimodal, load_config
+
+    gguf_file = Path(gguf_file)
+    ref_tok = AutoTokenizer.from_pretrained(str(model_dir))
+    g_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    cfg = load_config(str(model_dir))
+    if is_multimodal(cfg):
+        from transformers import Gemma3ForConditionalGeneration as Ref
+    else:
+        Ref = AutoModelForCausalLM  # noqa: N806
+    ref = Ref.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True).eval()
+    gm = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                              dtype=torch.float32).eval()
+    ids = ref_tok(prompt, return_tensors="pt").input_ids
+    g_ids = g_tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = ref(input_ids=ids).logits[0].float()
+        b = gm(input_ids=ids).logits[0].float()
+        n = min(a.shape[-1], b.shape[-1])
+        gen_kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=ref_tok.pad_token_id)
+        ga = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kw)[0, ids.shape[1]:].tolist()
+        gb = gm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kw)[0, ids.shape[1]:].tolist()
+    term_ids = {}
+    for t in terms or []:
+        term_ids[t] = {"merged": ref_tok.encode(t, add_special_tokens=False),
+                       "gguf": g_tok.encode(t, add_special_tokens=False)}
+    return {
+        "prompt_ids_equal": ids.tolist() == g_ids.tolist(),
+        "vocab_rows": [int(a.shape[-1]), int(b.shape[-1])],
+        "max_abs_logit_diff": float((a[:, :n] - b[:, :n]).abs().max()),
+        "max_abs_logit": float(a.abs().max()),
+        "argmax_equal": bool(torch.equal(a[:, :n].argmax(-1), b[:, :n].argmax(-1))),
+        "greedy_merged": ga,
+        "greedy_gguf": gb,
+        "terms": term_ids,
+    }
