@@ -121,6 +121,8 @@ def test_text_model_would_attend_across_examples_without_use_cache_false(example
 def test_labels_are_ignored_at_every_example_boundary(examples, real_tokenizer):
     counted = CountingCollator(PaddingFreeCollator())
     batch = counted(examples)
+    assert counted.stats.batches == 0 and len(counted.pending) == 1  # built, not yet trained on
+    counted.consume(1)
     labels, pos, ids = batch["labels"][0], batch["position_ids"][0], batch["input_ids"][0]
     starts = pos.eq(0).nonzero().flatten().tolist()
     assert len(starts) == len(examples)
@@ -137,6 +139,8 @@ def test_labels_are_ignored_at_every_example_boundary(examples, real_tokenizer):
     # the Trainer's num_items_in_batch (labels[..., 1:] != -100) is the same for packed and padded batches
     padded = CountingCollator(CausalCollator(real_tokenizer))
     pad_batch = padded(examples)
+    padded(examples[:2])  # a prefetched batch that is never trained on is not counted
+    padded.consume(1)
     targets = sum(sum(x != IGNORE_INDEX for x in r["labels"][1:]) for r in examples)
     assert int(labels[1:].ne(IGNORE_INDEX).sum()) == int(pad_batch["labels"][:, 1:].ne(IGNORE_INDEX).sum()) == targets
     # token counts: same real tokens; no padding when packed, padding to the longest otherwise
@@ -149,19 +153,21 @@ def test_labels_are_ignored_at_every_example_boundary(examples, real_tokenizer):
 
 
 def _sft_run(tmp: Path, model_dir: Path, padding_free: bool, capsys) -> Path:
-    train = {"eval_steps": 2, "batch_size": 3, "grad_accum": 2, "report_to": [], "gradient_checkpointing": False,
+    # Lean on purpose: step 1 trains 3 optimizer steps x 2 micro-batches of 2 examples, steps 2-4 one step each,
+    # and every step evaluates once at its end (no 'maintained' condition, so no evaluation at step 0).
+    train = {"eval_steps": 100, "batch_size": 2, "grad_accum": 2, "report_to": [], "gradient_checkpointing": False,
              "lr": 1e-3, "logging_steps": 1, "seed": 7}
-    config = {"sft": {"val_max": 2, "max_length": 160, "train": train, "lora": {"dropout": 0.0},
-                      "step1": {"max_steps": 3}}}
+    later = {"max_steps": 1, "stop": ["eval_qa_loss < 0.001"], "stable_evals": 1, "stable_metrics": []}
+    config = {"sft": {"val_max": 1, "max_length": 96, "train": train, "lora": {"dropout": 0.0},
+                      "step1": {"max_steps": 3}, "step2": later, "step3": later, "step4": later}}
     cfg_path = tmp / "sft.yaml"
     cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     p = sample_paths()
     out = tmp / ("packed" if padding_free else "padded")
     code, _, err = _cli(["train", "sft", "--config", str(cfg_path), "--mcq", str(p["mcq_train"]),
-                         "--dict", str(p["medical_dict"]), "--raw", write_raw(tmp / "raw.jsonl"),
+                         "--dict", str(p["medical_dict"]), "--raw", write_raw(tmp / "raw.jsonl", n=12),
                          "--model", str(model_dir), "--output", str(out), "--device", "cpu",
-                         "--max-steps-per-step", "3", "--padding-free" if padding_free else "--no-padding-free"],
-                        capsys)
+                         "--padding-free" if padding_free else "--no-padding-free"], capsys)
     assert code == 0, err
     assert ("padding-free batches" if padding_free else "padded batches") in err
     return out
@@ -171,24 +177,26 @@ def test_sft_run_padding_free_matches_padded(tmp_path, tiny_gemma3_dir, capsys):
     """`kormed train sft`, same seed, padding-free on and off: the same loss curves, validation metrics and
     token counts; only the padding differs. Gradient accumulation 2 checks the token weighting across rows."""
     runs = {pf: _sft_run(tmp_path, tiny_gemma3_dir, pf, capsys) for pf in (True, False)}
-    for step in ("step1", "step2", "step3", "step4"):
+    for step, n_steps in (("step1", 3), ("step2", 1), ("step3", 1), ("step4", 1)):
         info = {pf: json.loads((out / step / "training_info.json").read_text()) for pf, out in runs.items()}
         packed, padded = info[True]["batches"], info[False]["batches"]
         assert packed["padding_free"] and not padded["padding_free"]
+        assert packed["micro_batches"] == padded["micro_batches"] == 2 * n_steps  # only the trained ones
         assert packed["padding_fraction"] == 0.0 < padded["padding_fraction"]
-        for key in ("micro_batches", "examples", "real_tokens", "target_tokens", "real_tokens_all_processes"):
+        for key in ("examples", "real_tokens", "target_tokens", "real_tokens_all_processes"):
             assert packed[key] == padded[key] > 0, key
+        assert packed["real_tokens"] == packed["real_tokens_all_processes"]  # one process: the Trainer's count
         assert packed["real_tokens"] == packed["batch_tokens"] < padded["batch_tokens"]
         assert packed["real_tokens_per_s"] > 0 and padded["real_tokens_per_s"] > 0
-        curve = {pf: [(e["step"], e["loss"]) for e in info[pf]["batches"]["train_log"]] for pf in info}
-        assert len(curve[True]) == 3 and [s for s, _ in curve[True]] == [s for s, _ in curve[False]]
-        torch.testing.assert_close(torch.tensor([v for _, v in curve[True]]),
-                                   torch.tensor([v for _, v in curve[False]]), rtol=1e-4, atol=1e-5)
-        per_batch = [e["real_tokens_per_batch"] for e in info[True]["batches"]["train_log"]]
-        assert per_batch == [e["real_tokens_per_batch"] for e in info[False]["batches"]["train_log"]]
-        assert all(e["padding_fraction"] == 0.0 for e in info[True]["batches"]["train_log"])
-        evals = {pf: [(e["step"], e["eval_qa_loss"], e["eval_raw_perplexity"]) for e in info[pf]["eval_history"]]
-                 for pf in info}
+        logs = {pf: info[pf]["batches"]["train_log"] for pf in info}
+        assert [e["step"] for e in logs[True]] == [e["step"] for e in logs[False]] == list(range(1, n_steps + 1))
+        torch.testing.assert_close(torch.tensor([e["loss"] for e in logs[True]]),
+                                   torch.tensor([e["loss"] for e in logs[False]]), rtol=1e-4, atol=1e-5)
+        assert [e["real_tokens_per_batch"] for e in logs[True]] == [e["real_tokens_per_batch"] for e in logs[False]]
+        assert all(e["padding_fraction"] == 0.0 for e in logs[True])
+        assert any(e["padding_fraction"] > 0.0 for e in logs[False])
+        evals = {pf: [(e["step"], e["eval_qa_loss"], e["eval_dict_loss"], e["eval_raw_loss"])
+                      for e in info[pf]["eval_history"]] for pf in info}
         assert len(evals[True]) == len(evals[False]) >= 1
         for a, b in zip(evals[True], evals[False], strict=True):
             assert a[0] == b[0]

@@ -30,6 +30,7 @@ the padded rows (where position 0 of each row is dropped by the shift).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,15 +101,24 @@ class PaddingFreeCollator:
 
 
 class CountingCollator:
-    """Wrap a collator (padded or padding-free) and count the tokens of every batch it builds into `stats`.
+    """Wrap a collator (padded or padding-free) and count the tokens of the batches it builds.
 
-    Counts are kept in the process that collates: with `train.num_workers > 0` the worker processes count and the
-    main process sees nothing (the stats then stay empty and are reported as such)."""
+    A built batch waits in `pending` until :meth:`consume` moves it into `stats`: the data loader collates ahead
+    of training (accelerate prefetches the next batch), so the trainer's callback consumes one entry per trained
+    micro-batch and `stats` holds exactly the batches that were trained on. Counts are kept in the process that
+    collates: with `train.num_workers > 0` the worker processes count and the main process sees nothing (the
+    stats then stay empty and are reported as such)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.padding_free = bool(getattr(inner, "padding_free", False))
         self.stats = BatchStats()
+        self.pending: deque[dict[str, int]] = deque()
+
+    def consume(self, n: int = 1) -> None:
+        """Count the next `n` built batches (in build order) as trained."""
+        for _ in range(min(n, len(self.pending))):
+            self.stats.add(**self.pending.popleft())
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
@@ -117,5 +127,5 @@ class CountingCollator:
         real = int(mask.sum()) if mask is not None else int(ids.numel())
         labels = batch.get("labels")
         targets = int(labels[..., 1:].ne(-100).sum()) if labels is not None else 0
-        self.stats.add(examples=len(features), real=real, slots=int(ids.numel()), targets=targets)
+        self.pending.append({"examples": len(features), "real": real, "slots": int(ids.numel()), "targets": targets})
         return batch

@@ -239,10 +239,12 @@ def _make_batch_stats_callback_class() -> type:
     from transformers import TrainerCallback
 
     class BatchStatsCallback(TrainerCallback):
-        """Adds `real_tokens_per_batch` and `padding_fraction` (over the logging interval) to each training log
-        line, and times the optimizer steps (forward, backward, optimizer; validation and collation excluded)."""
+        """Counts each trained micro-batch (`CountingCollator.consume`), adds `real_tokens_per_batch` and
+        `padding_fraction` (over the logging interval) to each training log line, and times the optimizer steps
+        (forward, backward, optimizer; validation and collation excluded)."""
 
         def __init__(self, collator: Any) -> None:
+            self.collator = collator
             self.stats = collator.stats
             self.train_seconds = 0.0
             self._t: float | None = None
@@ -252,7 +254,12 @@ def _make_batch_stats_callback_class() -> type:
             self._t = time.perf_counter()
             return control
 
+        def on_substep_end(self, args, state, control, **kwargs):
+            self.collator.consume(1)  # a micro-batch of gradient accumulation before the last
+            return control
+
         def on_step_end(self, args, state, control, **kwargs):
+            self.collator.consume(1)  # the last micro-batch of the optimizer step
             if self._t is not None:
                 self.train_seconds += time.perf_counter() - self._t
                 self._t = None
