@@ -47,19 +47,27 @@ def evaluate_perplexity(
     batch_size: int = 8,
     device: Any = None,
     progress: bool = True,
+    loss_impl: str = "chunked",
+    chunk_size: int | None = None,
 ) -> dict[str, float | int]:
     """Token-weighted next-token loss and perplexity of `model` over `blocks`.
 
     Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. The model is put in
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
+    `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
+    computes the same numbers from the model's logits.
     """
     import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
+
+    from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if loss_impl not in ("chunked", "full"):
+        raise ValueError("loss_impl must be 'chunked' or 'full'")
+    spec = LossSpec(loss_impl, chunk_size or DEFAULT_CHUNK_SIZE)
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
@@ -78,17 +86,11 @@ def evaluate_perplexity(
                     ids[row, : len(blocks[i])] = torch.tensor(list(blocks[i]), dtype=torch.long)
                     mask[row, : len(blocks[i])] = 1
                 ids, mask = ids.to(device), mask.to(device)
-                logits = model(input_ids=ids, attention_mask=mask).logits
                 # Position t predicts token t+1; only pairs where the target is a real (unpadded) token count.
-                targets = ids[:, 1:]
-                valid = mask[:, 1:].bool()
-                # One row at a time: an fp32 copy of a whole batch of 262K-vocabulary logits would double the peak.
-                for row in range(len(batch)):
-                    keep = valid[row]
-                    nll = F.cross_entropy(logits[row, :-1][keep].float(), targets[row][keep], reduction="sum")
-                    total_nll += float(nll.item())
-                    total_tokens += int(keep.sum().item())
-                del logits
+                labels = ids.masked_fill(mask == 0, -100)
+                nll, count = sequence_nll(model, {"input_ids": ids, "attention_mask": mask}, labels, spec=spec)
+                total_nll += float(nll.double().sum().item())
+                total_tokens += int(count.sum().item())
     finally:
         if was_training:
             model.train()

@@ -85,6 +85,16 @@ class TrainOptions:
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass (less memory).")
     seed: int = opt(42, "Seed of the data order, dropout and initialisation.")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available). bf16 on GPU, fp32 on CPU.")
+    loss_impl: Literal["auto", "liger", "chunked", "full"] = opt(
+        "auto",
+        "How the next-token loss is computed. None but 'full' builds the full-vocabulary logits (262K x tokens):\n"
+        "the hidden states are projected only where a label is learned. liger: Liger-Kernel's fused linear\n"
+        "cross-entropy (CUDA, `pip install kormed[gpu]`); chunked: TRL's chunked kernel (any device);\n"
+        "full: the model's logits (reference). auto: liger on CUDA when installed, else chunked.",
+    )
+    loss_chunk_size: int = opt(
+        16384, "Vocabulary entries per tile of the chunked loss (a tile is at most 4096 tokens x this many logits)."
+    )
     report_to: list[str] = opt(["tensorboard"], "Trainer loggers; TensorBoard logs go to <output>/runs/.")
     early_stopping_patience: int = opt(5, "Stop after this many validations without improvement (seeds: 5-10).")
     early_stopping_min_delta: float = opt(0.01, "Smallest decrease of the monitored loss that counts as improvement.")
@@ -107,6 +117,8 @@ class TrainOptions:
             raise KormedError("must be in [0, 1)", field="train.warmup_ratio")
         if self.epochs <= 0:
             raise KormedError("must be positive", field="train.epochs")
+        if self.loss_chunk_size < 1:
+            raise KormedError("must be at least 1", field="train.loss_chunk_size")
 
 
 @dataclass

@@ -335,26 +335,17 @@ class CausalCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _shifted_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
-    """Per-sequence sum of next-token NLL and count of target tokens (label -100 is ignored)."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100,
-        reduction="none",
-    ).view(shift_labels.shape)
-    valid = shift_labels.ne(-100)
-    return (nll * valid).sum(dim=1), valid.sum(dim=1)
-
-
 def token_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
     """Sum of per-token NLL over the micro-batch divided by the number of target tokens of the WHOLE
     accumulated batch (`num_items_in_batch`, from the Trainer). Summed over micro-batches this is exactly the
-    token mean of the full batch, independent of gradient accumulation (the Gemma 3 GA-scaling pitfall)."""
+    token mean of the full batch, independent of gradient accumulation (the Gemma 3 GA-scaling pitfall).
+
+    This is the `loss_impl: full` path (from the model's logits); the others compute the same quantity without
+    full-vocabulary logits in `KormedTrainer.compute_loss` (:mod:`kormed.train.loss`)."""
+    from kormed.train.loss import shifted_nll
+
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    nll, count = _shifted_nll(logits, labels)
+    nll, count = shifted_nll(logits, labels)
     denom = num_items_in_batch if num_items_in_batch is not None else count.sum()
     if hasattr(denom, "to"):
         denom = denom.to(nll.device)
@@ -394,6 +385,8 @@ class StopRecord:
 
 def _make_trainer_class() -> type:
     import torch
+
+    from kormed.train import loss as kloss
 
     Trainer = _trainer_base()
 
@@ -456,6 +449,38 @@ def _make_trainer_class() -> type:
             t = torch.tensor([1.0 if value else 0.0], device=self.args.device)
             return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
 
+        # the loss: token-weighted, without full-vocabulary logits (kormed.train.loss) ----------------------
+        loss_spec: Any = None  # a kormed.train.loss.LossSpec, set by build_trainer from train.loss_impl
+
+        def kormed_loss_spec(self) -> Any:
+            if self.loss_spec is None:
+                self.loss_spec = kloss.loss_spec("auto", str(self.args.device))
+            return self.loss_spec
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            spec = self.kormed_loss_spec()
+            if spec.impl == "full" or return_outputs:  # the model's logits + token_weighted_loss
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            if self.args.n_gpu > 1:
+                raise KormedError("loss_impl chunked/liger does not run under nn.DataParallel (several GPUs, one "
+                                  "process)", field="train.loss_impl",
+                                  hint="launch with `accelerate launch` (DDP), or use loss_impl full")
+            batch = dict(inputs)
+            labels = batch.pop("labels")
+            loss = kloss.causal_lm_loss(model, batch, labels, spec=spec, num_items_in_batch=num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # as Trainer.compute_loss does: num_items_in_batch counts every process's tokens, DDP averages
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+        def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
+            # The Trainer leaves autocast to accelerate, which wraps only model.forward; kormed's loss projects
+            # the hidden states to the vocabulary AFTER forward (kormed.train.loss), so the whole loss (and
+            # validation) runs under accelerate's autocast too: on bf16 runs that projection is the largest matmul.
+            return self.accelerator.autocast()
+
         # token-weighted validation ----------------------------------------------------------------------
         def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
             # Validation may collate differently from training (SFT: padded rows while training rows are
@@ -511,13 +536,12 @@ def _make_trainer_class() -> type:
                         batch = self._prepare_inputs(batch)
                         labels = batch.pop("labels")
                         with self.compute_loss_context_manager():
-                            logits = model(**batch).logits
-                        nll, n = _shifted_nll(logits, labels)
+                            # per-sequence sums without full-vocabulary logits (unless loss_impl is full)
+                            nll, n = kloss.sequence_nll(model, batch, labels, spec=self.kormed_loss_spec())
                         # gather_for_metrics drops the samples duplicated to even out the last batch
                         nll, n = self.accelerator.gather_for_metrics((nll.double(), n))
                         total += nll.sum()
                         count += n.sum()
-                        del logits
             finally:
                 if was_training:
                     model.train()
@@ -662,6 +686,9 @@ def build_trainer(
         elif hasattr(c, "trainer"):
             c.trainer = trainer
     trainer.kormed_runtime = runtime
+    from kormed.train.loss import loss_spec
+
+    trainer.loss_spec = loss_spec(options.loss_impl, runtime.device, options.loss_chunk_size)
     return trainer
 
 
@@ -841,6 +868,9 @@ def finish_run(
     runtime = getattr(trainer, "kormed_runtime", None)
     if runtime is not None:
         full["runtime"] = dataclasses.asdict(runtime)
+    spec = getattr(trainer, "loss_spec", None)
+    if spec is not None:
+        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 16384}
     full["library_versions"] = library_versions()
     full = json.loads(json.dumps(full, default=str))  # plain JSON types only
     state_dict = gather_state_dict(trainer) if save else None

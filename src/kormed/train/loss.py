@@ -1,0 +1,245 @@
+"""Next-token loss without full-vocabulary logits (training, validation and `kormed eval ppl`).
+
+With Gemma's 262,144-token vocabulary the logits are the largest tensor of a training step (2 x 512 tokens
+in fp32: 1 GB, plus its gradient). Here the model runs up to its final hidden states only, the hidden states
+are kept only where the shifted label is learned (SFT: the answers), and those rows are projected to the
+vocabulary by one of:
+
+- `liger`: Liger-Kernel's fused linear cross-entropy (CUDA, `pip install kormed[gpu]`);
+- `chunked`: TRL's `ChunkedLogProbFunction` (tiles of at most 4096 tokens x `chunk_size` vocabulary entries,
+  an online log-sum-exp in fp32; its backward recomputes the tiles, so no tile outlives its use; torch ops where
+  Triton is missing, so it runs on CPU);
+- `full`: the model's own logits (the reference the others are tested against).
+
+`auto` is liger on CUDA when liger-kernel is installed, else chunked. Every implementation computes the same
+quantity as before: the sum of per-token NLL of the micro-batch, divided by the number of target tokens of the
+whole accumulated batch (`num_items_in_batch`), so gradient accumulation and DDP stay exact.
+
+How the hidden states are obtained: the model is called as usual (so DDP, PEFT, gradient checkpointing,
+`position_ids` of padding-free rows and the multimodal class's own masking all apply), with a forward pre-hook
+on its output projection (`get_output_embeddings()`, i.e. the module PEFT may have wrapped) that records the
+projection's input and hands the projection an empty slice: the model's "logits" come back with 0 positions.
+The projection weight is then read from that same module: PEFT's wrappers return the weight being trained
+(the `modules_to_save` copy, or the base rows with the `trainable_token_indices` rows merged in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kormed.errors import KormedError
+
+LOSS_IMPLS = ("auto", "liger", "chunked", "full")
+IGNORE_INDEX = -100
+DEFAULT_CHUNK_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A resolved loss implementation (`liger`, `chunked` or `full`) and the vocabulary width of a chunk."""
+
+    impl: str = "chunked"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+def liger_available() -> bool:
+    """Whether liger-kernel is importable (without importing it: it needs Triton)."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def resolve_loss_impl(requested: str, device: str) -> str:
+    """`auto` -> liger on CUDA with liger-kernel installed, else chunked; an impossible choice is a KormedError."""
+    if requested not in LOSS_IMPLS:
+        raise KormedError(f"unknown loss implementation {requested!r} (choose from {', '.join(LOSS_IMPLS)})",
+                          field="train.loss_impl")
+    cuda = str(device).startswith("cuda")
+    if requested == "auto":
+        return "liger" if cuda and liger_available() else "chunked"
+    if requested == "liger":
+        if not cuda:
+            raise KormedError(f"the Liger fused loss needs a CUDA device, this run uses {device}",
+                              field="train.loss_impl", hint="use loss_impl chunked (or auto)")
+        if not liger_available():
+            raise KormedError("the Liger fused loss needs liger-kernel, which is not installed",
+                              field="train.loss_impl", hint="pip install 'kormed[gpu]', or use loss_impl chunked")
+    return requested
+
+
+def loss_spec(requested: str, device: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> LossSpec:
+    """The LossSpec a run with `train.loss_impl` = `requested` on `device` uses."""
+    if chunk_size < 1:
+        raise KormedError("must be at least 1", field="train.loss_chunk_size")
+    return LossSpec(resolve_loss_impl(requested, device), int(chunk_size))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the output projection and the final hidden states
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: Any) -> Any:
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+def output_head(model: Any) -> tuple[Any, float | None]:
+    """The output projection module (as PEFT wraps it) and the final-logit softcap the model class applies."""
+    inner = _unwrap(model)
+    head = inner.get_output_embeddings()
+    if head is None:
+        raise KormedError(f"{type(inner).__name__} has no output projection (get_output_embeddings() is None)",
+                          field="train.loss_impl", hint="use loss_impl full")
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        BaseTunerLayer = ()  # noqa: N806
+    if isinstance(head, BaseTunerLayer):
+        raise KormedError("the output projection (lm_head) carries a LoRA adapter, which a loss that reads its "
+                          "weight would leave untrained", field="train.loss_impl",
+                          hint="use loss_impl full, or keep lm_head out of lora.target_modules")
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    # Gemma3ForCausalLM caps its logits with its (text) config's final_logit_softcapping; the multimodal
+    # Gemma3ForConditionalGeneration applies none (its top-level config has no such field): mirror the class.
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    return head, (float(softcap) if softcap else None)
+
+
+def head_weight(head: Any) -> tuple[Any, Any]:
+    """(weight, bias) of the output projection: PEFT's wrappers return the trained weight (see module doc)."""
+    weight = head.weight
+    bias = getattr(head, "bias", None)
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        DTensor = ()  # noqa: N806
+    if isinstance(weight, DTensor):  # FSDP2 shards parameters; the projection needs the whole matrix (as TRL does)
+        weight = weight.full_tensor()
+        bias = bias.full_tensor() if isinstance(bias, DTensor) else bias
+    return weight, bias
+
+
+@contextlib.contextmanager
+def _skip_projection(head: Any) -> Iterator[list[Any]]:
+    """While active, calls of `head` record their input and project an empty slice of it instead."""
+    captured: list[Any] = []
+
+    def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        captured.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def final_hidden_states(model: Any, inputs: dict[str, Any], head: Any = None) -> Any:
+    """The hidden states the model would project to logits, [batch, seq, hidden], without projecting them.
+
+    `inputs`: the model inputs without `labels` (input_ids, attention_mask or position_ids, ...)."""
+    head = head if head is not None else output_head(model)[0]
+    with _skip_projection(head) as captured:
+        model(**{**inputs, "use_cache": False})
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one call of the output projection, saw {len(captured)}")
+    return captured[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# per-token NLL
+# --------------------------------------------------------------------------------------------------------------
+
+
+def shifted_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per-sequence sum of next-token NLL and count of target tokens from full logits (label -100 ignored)."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    valid = shift_labels.ne(IGNORE_INDEX)
+    return (nll * valid).sum(dim=1), valid.sum(dim=1)
+
+
+def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """(hidden rows that predict a learned label [N, H], those labels [N], mask [batch, seq-1])."""
+    shift = labels[:, 1:].to(hidden.device)
+    mask = shift.ne(IGNORE_INDEX)
+    return hidden[:, :-1][mask], shift[mask], mask
+
+
+def chunked_token_nll(hidden: Any, weight: Any, bias: Any, targets: Any, *, chunk_size: int,
+                      softcap: float | None = None) -> Any:
+    """Per-token NLL [N] of `hidden @ weight.T (+ bias)` without materialising [N, vocab] (TRL's kernel)."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    # args: hidden, weight, bias, targets, temperature, vocabulary chunk, softcap, logit scale, extra outputs
+    logprobs = ChunkedLogProbFunction.apply(hidden, weight, bias, targets, 1.0, chunk_size, softcap, 1.0, ())[0]
+    return -logprobs
+
+
+def liger_nll_sum(hidden: Any, weight: Any, bias: Any, targets: Any, *, softcap: float | None = None) -> Any:
+    """Sum of per-token NLL with Liger's fused linear cross-entropy (CUDA)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    if weight.dtype != hidden.dtype:  # e.g. an fp32 trainable embedding copy on a bf16 base
+        weight = weight.to(hidden.dtype)
+    out = liger_fused_linear_cross_entropy(hidden.contiguous(), weight, targets, bias=bias, reduction="sum",
+                                           softcap=softcap)
+    if isinstance(out, tuple):
+        out = out[0]
+    return getattr(out, "loss", out)
+
+
+def causal_lm_loss(model: Any, inputs: dict[str, Any], labels: Any, *, spec: LossSpec,
+                   num_items_in_batch: Any = None) -> Any:
+    """Sum of next-token NLL over the micro-batch / `num_items_in_batch` (default: its own target count).
+
+    `inputs` are the model inputs without labels; `labels` are unshifted (-100: no loss)."""
+    if spec.impl == "full":
+        out = model(**inputs)
+        logits = out["logits"] if isinstance(out, dict) else out.logits
+        nll, count = shifted_nll(logits, labels)
+        total, count = nll.sum(), count.sum()
+    else:
+        head, softcap = output_head(model)
+        hidden = final_hidden_states(model, inputs, head)
+        rows, targets, mask = _targets(hidden, labels)
+        count = mask.sum()
+        weight, bias = head_weight(head)
+        if rows.shape[0] == 0:  # nothing learned in this micro-batch: a zero that keeps the graph connected
+            total = hidden.sum() * 0.0
+        elif spec.impl == "liger":
+            total = liger_nll_sum(rows, weight, bias, targets, softcap=softcap)
+        else:
+            total = chunked_token_nll(rows, weight, bias, targets, chunk_size=spec.chunk_size,
+                                      softcap=softcap).sum()
+    denom = num_items_in_batch if num_items_in_batch is not None else count
+    if hasattr(denom, "to"):
+        denom = denom.to(total.device)
+    return total / denom
+
+
+def sequence_nll(model: Any, inputs: dict[str, Any], labels: Any, *, spec: LossSpec) -> tuple[Any, Any]:
+    """Per-sequence sum of next-token NLL [batch] (fp32) and count of target tokens [batch], for evaluation.
+
+    Liger returns no per-token values, so `liger` evaluates with the chunked kernel (same numbers)."""
+    if spec.impl == "full":
+        out = model(**inputs)
+        return shifted_nll(out["logits"] if isinstance(out, dict) else out.logits, labels)
+    head, softcap = output_head(model)
+    hidden = final_hidden_states(model, inputs, head)
+    rows, targets, mask = _targets(hidden, labels)
+    weight, bias = head_weight(head)
+    nll = chunked_token_nll(rows, weight, bias, targets, chunk_size=spec.chunk_size, softcap=softcap)
+    per_token = nll.new_zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll)
+    return per_token.sum(dim=1), mask.sum(dim=1)
