@@ -118,12 +118,15 @@ def test_interactive_in_a_real_terminal(tiny_gemma3_dir, chat):
     expected = chat.ask("안녕")
     session = f"kormed-chat-test-{time.monotonic_ns()}"
     kormed = str(Path(sys.executable).with_name("kormed"))
-    cmd = f"{kormed} chat --model {tiny_gemma3_dir} --max-new-tokens 6 --device cpu 2>/dev/null; echo CHAT-ENDED"
+    cmd = (f"{kormed} chat --model {tiny_gemma3_dir} --max-new-tokens 6 --device cpu 2>/dev/null; "
+           "echo CHAT-ENDED; sleep 120")  # the pane stays open to be read
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd], check=True)
     try:
         _wait_for(session, lambda s: "/reset starts" in s and s.rstrip().endswith(">"))
         subprocess.run(["tmux", "send-keys", "-t", session, "안녕", "Enter"], check=True)
-        screen = _wait_for(session, lambda s: s.count("> ") >= 2 and s.rstrip().endswith(">"))
+        # (capture-pane drops trailing blanks: the fresh prompt "> " shows as ">")
+        screen = _wait_for(session, lambda s: sum(ln.startswith(">") for ln in s.splitlines()) >= 2
+                           and s.rstrip().endswith(">"))
         lines = screen.splitlines()
         i = lines.index("> 안녕")
         assert lines[i + 1].strip(), screen  # the streamed answer, then a fresh prompt

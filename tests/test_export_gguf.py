@@ -126,7 +126,8 @@ def test_export_bad_inputs(tiny_gemma3_dir, tmp_path):
     with pytest.raises(KormedError, match="not an earlier kormed export"):
         run_export(adapter=None, model=str(tiny_gemma3_dir), out=str(occupied), merge=False, gguf=True)
     assert (occupied / "keep.txt").read_text() == "user file"
-    assert not any(p.name.startswith("o") and p.name != "occupied" for p in tmp_path.iterdir())
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
 
 
 def test_gguf_full_disk_is_refused_before_writing(tiny_gemma3_dir, tmp_path, monkeypatch):
@@ -157,3 +158,34 @@ def test_gguf_unwritable_target(tiny_gemma3_dir, tmp_path):
         target = locked / "out"
     with pytest.raises(KormedError, match="cannot write the export"):
         run_export(adapter=None, model=str(tiny_gemma3_dir), out=str(target), merge=False, gguf=True)
+
+
+def test_adapter_merge_and_gguf_in_one_directory(converter, tiny_gemma3_dir, tmp_path):
+    """--adapter --merge --gguf: the merged HF model, its GGUF and the card side by side; the card is an export
+    card (library transformers) naming the GGUF file, and the merged weights carry the adapter's LoRA update."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from kormed.models import load_tokenizer
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    load_tokenizer(str(tiny_gemma3_dir)).save_pretrained(adapter / "tokenizer")
+    out = tmp_path / "exp"
+    result = runner.invoke(app, ["export", "--adapter", str(adapter), "--model", str(tiny_gemma3_dir), "--merge",
+                                 "--gguf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and (out / "exp-f16.gguf").is_file() and (out / "Modelfile").is_file()
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "`exp-f16.gguf`" in card
+    merged = load_file(out / "model.safetensors")
+    orig = load_file(tiny_gemma3_dir / "model.safetensors")
+    key = next(k for k in merged if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not torch.equal(merged[key], orig[key])  # LoRA merged in
+    report = json.loads((out / "kormed_export.json").read_text())
+    assert report["gguf"]["files"] == ["exp-f16.gguf"] and report["source_adapter"] == str(adapter)
