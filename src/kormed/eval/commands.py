@@ -30,6 +30,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         limit: int = typer.Option(None, "--limit", help="Only the first N questions."),
         subset: str = typer.Option(None, "--subset", help="Subset name for records without exam_type/subject."),
         device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+        dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 where native)."),
         batch_size: int = typer.Option(None, "--batch-size", help="Questions per batch."),
         max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation limit (harness: 1024)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -40,6 +41,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         cfg = _config(config, dict(
             model=model, adapter=adapter, data=data, fewshot_file=fewshot_file, num_fewshot=num_fewshot,
             mode=mode, loglik_target=loglik_target, output=output, limit=limit, subset=subset, device=device,
+            dtype=dtype,
             batch_size=batch_size, max_new_tokens=max_new_tokens,
         ))
         result = run_kormedmcqa(cfg, progress=not quiet, log=lambda m: typer.echo(m, err=True))
@@ -58,6 +60,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         text_field: str = typer.Option(None, "--text-field", help="JSONL field holding the text."),
         limit: int = typer.Option(None, "--limit", help="Only the first N texts."),
         device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+        dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 where native)."),
         batch_size: int = typer.Option(None, "--batch-size", help="Blocks per forward pass."),
         output: str = typer.Option(None, "--output", help="Write the result JSON here (atomically)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -67,7 +70,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
 
         cfg = _config(config, dict(
             model=model, adapter=adapter, data=data, max_length=max_length, eod_token=eod_token,
-            text_field=text_field, limit=limit, device=device, batch_size=batch_size, output=output,
+            text_field=text_field, limit=limit, device=device, dtype=dtype, batch_size=batch_size,
+            output=output,
         ))
         result = run_perplexity(cfg, progress=not quiet, log=lambda m: typer.echo(m, err=True))
         typer.echo(

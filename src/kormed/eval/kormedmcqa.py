@@ -255,9 +255,11 @@ def evaluate_kormedmcqa(
     loglik_target: str = "letter",
     chat_template: str | None = None,
     progress: bool = True,
+    compute_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Score `questions` with `model` in `mode` (generate | loglik | chat). The model is put in eval mode and
-    restored afterwards; nothing is written.
+    restored afterwards; nothing is written. `compute_dtype`: "bfloat16" = bf16 autocast, "float32" = none,
+    None = what `--dtype auto` picks on the model's device (:mod:`kormed.precision`).
 
     Returns {"accuracy", "correct", "total", "unparseable", "per_subset", "per_year", "mode", "num_fewshot",
     "harness_version", "questions": [{prompt, output, extracted, answer, correct, subset, year, source, ...}]}.
@@ -271,14 +273,17 @@ def evaluate_kormedmcqa(
     bos = tokenizer.bos_token
     if not bos:
         raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    from kormed.precision import autocast
+
     was_training = model.training
     model.eval()
     try:
-        records = _run_mode(
-            model, tokenizer, list(questions), mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
-            batch_size=batch_size, max_new_tokens=max_new_tokens, loglik_target=loglik_target,
-            chat_template=chat_template, progress=progress, bos=bos,
-        )
+        with autocast(_device_of(model), compute_dtype):
+            records = _run_mode(
+                model, tokenizer, list(questions), mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
+                batch_size=batch_size, max_new_tokens=max_new_tokens, loglik_target=loglik_target,
+                chat_template=chat_template, progress=progress, bos=bos,
+            )
     finally:
         if was_training:
             model.train()
@@ -393,19 +398,20 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         if not cfg.fewshot_file:
             raise KormedError(f"--num-fewshot {cfg.num_fewshot} needs --fewshot-file", field="fewshot_file")
         fewshot = load_questions(cfg.fewshot_file, subset=cfg.subset)
-    runtime = pick_runtime(cfg.device)
+    runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     result = evaluate_kormedmcqa(
         model, tokenizer, questions, mode=cfg.mode, fewshot=fewshot, num_fewshot=cfg.num_fewshot,
         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, loglik_target=cfg.loglik_target,
-        chat_template=cfg.chat_mcq_prompt, progress=progress,
+        chat_template=cfg.chat_mcq_prompt, progress=progress, compute_dtype=runtime.compute_dtype,
     )
     result.update(
         model=cfg.model or "embedded:gemma3-270m",
         adapter=cfg.adapter,
         data=str(cfg.data),
         fewshot_file=cfg.fewshot_file if cfg.num_fewshot else None,
-        runtime={"device": runtime.device, "dtype": runtime.dtype, "attn_implementation": runtime.attn_implementation},
+        runtime={"device": runtime.device, "dtype": runtime.dtype, "compute_dtype": runtime.compute_dtype,
+                 "attn_implementation": runtime.attn_implementation},
     )
     if cfg.output:
         write_json(cfg.output, result)
