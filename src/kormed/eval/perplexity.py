@@ -49,6 +49,7 @@ def evaluate_perplexity(
     progress: bool = True,
     loss_impl: str = "chunked",
     chunk_size: int | None = None,
+    compute_dtype: str | None = None,
 ) -> dict[str, float | int]:
     """Token-weighted next-token loss and perplexity of `model` over `blocks`.
 
@@ -56,11 +57,13 @@ def evaluate_perplexity(
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
     `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
-    computes the same numbers from the model's logits.
+    computes the same numbers from the model's logits. `compute_dtype` "bfloat16" runs under bf16 autocast,
+    "float32" without; None: what `--dtype auto` picks on the model's device (:mod:`kormed.precision`).
     """
     import torch
     from tqdm.auto import tqdm
 
+    from kormed.precision import autocast
     from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
 
     if batch_size < 1:
@@ -77,7 +80,7 @@ def evaluate_perplexity(
     order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, compute_dtype):
             for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
                 width = max(len(blocks[i]) for i in batch)
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
@@ -128,10 +131,11 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
     texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit)
-    runtime = pick_runtime(cfg.device)
+    runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
-    result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress))
+    result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress,
+                                                      compute_dtype=runtime.compute_dtype))
     result.update(
         documents=len(texts),
         max_length=cfg.max_length,
@@ -139,7 +143,8 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         model=cfg.model or "embedded:gemma3-270m",
         adapter=cfg.adapter,
         data=str(cfg.data),
-        runtime={"device": runtime.device, "dtype": runtime.dtype, "attn_implementation": runtime.attn_implementation},
+        runtime={"device": runtime.device, "dtype": runtime.dtype, "compute_dtype": runtime.compute_dtype,
+                 "attn_implementation": runtime.attn_implementation},
     )
     if cfg.output:
         write_json(cfg.output, result)

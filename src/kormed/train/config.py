@@ -84,7 +84,21 @@ class TrainOptions:
     eval_batch_size: int | None = opt(None, "Sequences per device during validation (default: 2 x batch_size).")
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass (less memory).")
     seed: int = opt(42, "Seed of the data order, dropout and initialisation.")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available). bf16 on GPU, fp32 on CPU.")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt(
+        "auto",
+        "Compute precision. auto: bf16 on CUDA; on CPU bf16 autocast where the CPU multiplies bf16 natively\n"
+        "(AMX-BF16 / AVX512-BF16 flags; about 3x fp32's rate), else fp32. On CPU the weights always load in fp32\n"
+        "(the optimizer's master weights); bfloat16 / float32 force the compute dtype. Recorded in\n"
+        "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
+    )
+    quantize: Literal["none", "4bit"] = opt(
+        "none",
+        "4bit: QLoRA. The base model's language-model linear layers load as bitsandbytes NF4 (double quantization,\n"
+        "bf16 compute; embeddings, lm_head, norms and a vision tower stay unquantized) and LoRA trains on top.\n"
+        "Needs `pip install kormed[qlora]`. The adapter records it (kormed_adapter.json): continuing it, SFT from\n"
+        "it, the loop, eval and `kormed eval ppl` load its base in 4-bit without being told.",
+    )
     loss_impl: Literal["auto", "liger", "chunked", "full"] = opt(
         "auto",
         "How the next-token loss is computed. None but 'full' builds the full-vocabulary logits (262K x tokens):\n"
@@ -117,6 +131,10 @@ class TrainOptions:
             raise KormedError("must be in [0, 1)", field="train.warmup_ratio")
         if self.epochs <= 0:
             raise KormedError("must be positive", field="train.epochs")
+        if self.quantize == "4bit":
+            from kormed.quantization import require_bitsandbytes
+
+            require_bitsandbytes("--quantize 4bit", field="train.quantize")
         if self.loss_chunk_size < 1:
             raise KormedError("must be at least 1", field="train.loss_chunk_size")
 

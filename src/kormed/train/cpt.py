@@ -234,13 +234,13 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     require_file(cfg.val, "validation text")
     cfg = apply_tokenizer_options(cfg, tokenizer_options)
     output = Path(cfg.output) if cfg.output else default_output(cfg.model)
-    runtime = pick_runtime(cfg.train.device)
+    runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     state = PartialState(cpu=runtime.device == "cpu")  # cpu=True: several CPU processes use gloo (MULTI_CPU)
     quiet = (lambda m: None) if not state.is_main_process else log
 
     model, tokenizer, model_info = engine.prepare_model_for_training(
         cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet,
-        seed=cfg.train.seed,
+        seed=cfg.train.seed, quantize=cfg.train.quantize,
     )
     with state.main_process_first():  # rank 0 tokenizes and caches, the others then load the cache
         train_ds, data_info = build_packed_dataset(

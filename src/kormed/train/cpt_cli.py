@@ -33,6 +33,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         ),
         resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint in <output>."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 on CUDA and on CPUs "
+                                  "with native bf16)."),
+        quantize: str = typer.Option(None, "--quantize", help="none or 4bit (QLoRA: NF4 base, needs bitsandbytes)."),
     ) -> None:
         """Continued pretraining with LoRA on packed raw text (validation perplexity, early stopping)."""
         from kormed.config import load_config
@@ -43,7 +46,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "output": output, "max_samples": max_samples, "max_length": max_length, "resume": resume,
             "lora": {"train_embeddings": train_embeddings},
             "train": {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-                      "lr": lr, "eval_steps": eval_steps, "seed": seed, "device": device},
+                      "lr": lr, "eval_steps": eval_steps, "seed": seed, "device": device,
+                      "dtype": dtype, "quantize": quantize},
         })
         cfg = load_config("cpt", config, overrides)
         tok_opts = None

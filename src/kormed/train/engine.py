@@ -51,14 +51,18 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import atomic_write, write_json
 from kormed.models import (
+    ADAPTER_META_FILE,
     RuntimeSpec,
+    adapter_meta,
     is_multimodal,
     load_model,
     load_model_and_tokenizer,
     load_tokenizer,
     pick_runtime,
     resolve_model,
+    write_adapter_meta,
 )
+from kormed.tokenizer.embeddings import resize_and_init_embeddings
 from kormed.train.config import LoraOptions, TrainOptions
 
 Log = Callable[[str], Any]
@@ -161,29 +165,34 @@ def embeddings_tied(model: Any) -> bool:
 
 
 def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = print) -> list[int]:
-    """Resize the embeddings to an extended tokenizer; return the ids of the new tokens.
-
-    Uses the tokenizer stage's `resize_and_init_embeddings` (mean-of-pieces initialisation) when it exists,
-    else transformers' `resize_token_embeddings(mean_resizing=True)`; rows are padded to a multiple of 64.
-    """
+    """Resize the embeddings to an extended tokenizer (mean-of-pieces rows, padded to a multiple of 64,
+    :func:`kormed.tokenizer.embeddings.resize_and_init_embeddings`); return the ids of the new tokens."""
     base_n, new_n = len(base_tokenizer), len(tokenizer)
     if new_n < base_n:
         raise KormedError(f"the tokenizer has fewer tokens ({new_n}) than the model's base tokenizer ({base_n})")
     rows = model.get_input_embeddings().weight.shape[0]
-    try:
-        from kormed.tokenizer.embeddings import resize_and_init_embeddings
-    except ImportError:  # the tokenizer stage is optional at import time
-        resize_and_init_embeddings = None
-    if resize_and_init_embeddings is not None:
-        new_ids = list(resize_and_init_embeddings(model, base_tokenizer, tokenizer, pad_to_multiple_of=64))
-    else:
-        if new_n > rows:
-            model.resize_token_embeddings(new_n, pad_to_multiple_of=64, mean_resizing=True)
-        new_ids = list(range(base_n, new_n))
+    new_ids = list(resize_and_init_embeddings(model, base_tokenizer, tokenizer, pad_to_multiple_of=64))
     grown = model.get_input_embeddings().weight.shape[0]
     if grown != rows or new_ids:
         log(f"[kormed] embeddings resized: {rows} -> {grown} rows ({len(new_ids)} new tokens)")
     return new_ids
+
+
+def upcast_trainable_copies(model: Any) -> int:
+    """Keep every trainable parameter in fp32 on a bf16/fp16 base; returns how many were cast.
+
+    PEFT makes LoRA weights fp32 already, but a `modules_to_save` embedding copy and `trainable_token_indices`
+    rows keep the base dtype, and Adam steps of lr/4 are below bf16's spacing: in bf16 those rows barely move.
+    Mixed precision (autocast) then runs the matmuls in bf16 while the optimizer updates fp32 master weights.
+    """
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
@@ -207,6 +216,7 @@ def prepare_model_for_training(
     log: Log = print,
     seed: int | None = None,
     tokenizer: Any = None,
+    quantize: str = "none",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load the base model and text tokenizer, and wrap the model in a trainable PEFT LoRA adapter.
 
@@ -220,12 +230,15 @@ def prepare_model_for_training(
 
     `tokenizer`: the base model's tokenizer when the caller already loaded it (loading the 262K-token Gemma
     tokenizer takes seconds). `seed` seeds the LoRA initialisation (same seed -> same initial adapter on every
-    process and every rerun).
+    process and every rerun). `quantize` "4bit": QLoRA on an NF4 base (:mod:`kormed.quantization`); an adapter
+    trained on a 4-bit base is continued on one whatever `quantize` says (its kormed_adapter.json records it).
 
     Returns (peft_model, tokenizer, info) where info records model, tokenizer, LoRA settings, runtime and the
     trainable-parameter count (printed like the seeds: "trainable params: 1.59B (26.78%)").
     """
     from peft import LoraConfig, get_peft_model
+
+    from kormed.quantization import model_label
 
     lora = lora or LoraOptions()
     runtime = runtime or pick_runtime("auto")
@@ -236,7 +249,8 @@ def prepare_model_for_training(
                 "--tokenizer-path cannot be combined with continuing an adapter (the adapter has its tokenizer/)"
             )
         model, tokenizer, runtime = load_model_and_tokenizer(
-            model_name, adapter=adapter, runtime=runtime, trainable_adapter=True, log=log
+            model_name, adapter=adapter, runtime=runtime, trainable_adapter=True, log=log,
+            quantize="4bit" if quantize == "4bit" else None,  # None: as the adapter was trained
         )
         model_path = str(model.base_model.model.config.name_or_path or model_name)
         log(f"[kormed] continuing adapter {adapter} (its LoRA settings are kept)")
@@ -244,9 +258,14 @@ def prepare_model_for_training(
         model_path = resolve_model(model_name, log=log)
         base_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         tokenizer = load_tokenizer(str(tokenizer_path)) if tokenizer_path is not None else base_tokenizer
-        base = load_model(model_path, runtime)
+        base = load_model(model_path, runtime, quantize=quantize)
         if tokenizer_path is not None:
             new_ids = grow_embeddings(base, base_tokenizer, tokenizer, log=log)
+        if quantize == "4bit":
+            from kormed.quantization import prepare_for_kbit_training
+
+            base = prepare_for_kbit_training(base)
+            log("[kormed] QLoRA: language-model linear layers in 4-bit NF4 (bf16 compute)")
         tied = embeddings_tied(base)
         kwargs: dict[str, Any] = {}
         if lora.train_embeddings:
@@ -278,6 +297,7 @@ def prepare_model_for_training(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
             model = get_peft_model(base, config)
+    upcast_trainable_copies(model)
     counts = count_parameters(model)
     log(f"[kormed] trainable params: {counts['trainable']} of {format_count(counts['total_params'])}")
     info = {
@@ -292,6 +312,7 @@ def prepare_model_for_training(
         },
         "lora": dataclasses.asdict(lora),
         "embeddings_tied": embeddings_tied(model.base_model.model),
+        "quantization": model_label(model),
         "runtime": dataclasses.asdict(runtime),
         **counts,
     }
@@ -584,7 +605,8 @@ def build_trainer(
 ) -> Any:
     """An HF Trainer (KormedTrainer) set up the kormed way (`eval_collator`: validation batches, default `collator`).
 
-    bf16 on GPU / fp32 on CPU (from `runtime`, default `pick_runtime(options.device)`), gradient checkpointing,
+    bf16 autocast where `runtime.compute_dtype` says (default `pick_runtime(options.device, options.dtype)`),
+    gradient checkpointing,
     warmup + decay, a loss independent of gradient accumulation, token-weighted validation every
     `options.eval_steps`, a separate learning rate for trained embeddings (`embedding_lr`, default lr / 4),
     TensorBoard under `output_dir/runs`, checkpoints under `output_dir/checkpoints`, and the guard callbacks:
@@ -595,7 +617,7 @@ def build_trainer(
     from transformers.integrations import TensorBoardCallback
 
     cb = _callbacks_module()
-    runtime = runtime or pick_runtime(options.device)
+    runtime = runtime or pick_runtime(options.device, options.dtype)
     output_dir = Path(output_dir)
     has_eval = bool(eval_datasets)
     save_steps = options.save_steps or options.eval_steps
@@ -636,7 +658,7 @@ def build_trainer(
         logging_nan_inf_filter=False,
         seed=options.seed,
         data_seed=options.seed,
-        bf16=runtime.dtype == "bfloat16",
+        bf16=runtime.compute_dtype == "bfloat16",  # bf16 autocast (on CPU over fp32 master weights)
         fp16=False,  # never: Gemma 3 activations overflow float16
         use_cpu=runtime.device == "cpu",
         report_to=report_to,
@@ -802,9 +824,13 @@ def save_adapter(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
         stage = Path(tmp)
-        model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict)
+        # save_embedding_layers=False: the adapter stores only what was trained (LoRA, trained embedding rows or
+        # a trained embedding copy); untrained resized rows are rebuilt bit-identically at load time from
+        # kormed_adapter.json (see kormed.models.load_model_and_tokenizer), for every model class alike.
+        model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
         tokenizer.save_pretrained(stage / "tokenizer")
-        for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer"):
+        write_adapter_meta(stage, adapter_meta(model))
+        for name in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer"):
             if (stage / name).exists():
                 _replace_into(stage / name, out / name)
         # README.md written by PEFT is not part of the layout; leave it in the stage to be removed

@@ -4,6 +4,9 @@ The merged directory loads with plain `from_pretrained` (safetensors, the adapte
 model's class: a multimodal Gemma3ForConditionalGeneration stays multimodal). Gemma ties embed_tokens and
 lm_head: when both are still one matrix after the merge the directory stays tied; if an adapter trained them
 as two different matrices the config is untied so that loading does not silently overwrite lm_head (PEFT #2777).
+
+An adapter trained on a 4-bit NF4 base (QLoRA, kormed_adapter.json "quantization") is merged into the base loaded
+unquantized: merging into the dequantized 4-bit weights would bake the quantization error into the merged model.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import write_json
-from kormed.models import RuntimeSpec, load_config, load_model_and_tokenizer, read_adapter_base, resolve_model
+from kormed.models import (
+    RuntimeSpec,
+    load_config,
+    load_model_and_tokenizer,
+    read_adapter_base,
+    read_adapter_meta,
+    resolve_model,
+)
 
 
 def _base_dtype(model_path: str) -> str:
@@ -82,7 +92,12 @@ def export_merged(
     model_path = resolve_model(base, log=log)
     dtype = _base_dtype(model_path)
     runtime = RuntimeSpec(device="cpu", dtype=dtype, attn_implementation="sdpa")
-    net, tokenizer, _ = load_model_and_tokenizer(model_path, adapter=adapter, runtime=runtime, log=log)
+    quantization = read_adapter_meta(adapter).get("quantization")
+    if quantization:
+        log(f"[kormed] the adapter was trained on a {quantization} base: merging it into the unquantized {dtype} "
+            "base weights (merging into dequantized 4-bit weights would bake the quantization error in)")
+    net, tokenizer, _ = load_model_and_tokenizer(model_path, adapter=adapter, runtime=runtime, log=log,
+                                                 quantize="none")
     merged = merge_adapter(net)
     merged.config.name_or_path = str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +113,7 @@ def export_merged(
             "vocab_size": int(merged.get_input_embeddings().weight.shape[0]),
             "tokenizer_size": len(tokenizer),
             "tie_word_embeddings": bool(getattr(merged.config, "tie_word_embeddings", False)),
+            "adapter_base_quantization": quantization,
         }
         write_json(stage / "kormed_export.json", report)
         if out.exists():

@@ -19,6 +19,7 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import atomic_write, write_json
+from kormed.models import ADAPTER_META_FILE
 from kormed.records import read_mcq_jsonl
 from kormed.train.sft import (
     StepContext,
@@ -33,7 +34,7 @@ from kormed.train.stop_conditions import STOP_CONDITIONS_MET, STOP_MAX_STEPS, To
 
 TABLE_JSON = "loop_table.json"
 TABLE_MD = "loop_table.md"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer")
 
 STOP_TARGET_REACHED = "target_reached"
 STOP_MAX_ROUNDS = "max_rounds"
@@ -111,20 +112,21 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
     questions, _ = read_mcq_jsonl(eval_path)
     if cfg.eval_limit is not None:
         questions = questions[: cfg.eval_limit]
-    runtime = pick_runtime(cfg.train.device)
+    runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
     src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=cfg.char_dict, raw=cfg.raw, raw_val=cfg.raw_val,
                        val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=cfg.raw_max_texts,
                        raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
     model, tokenizer, model_info = engine.prepare_model_for_training(
-        cfg.model, adapter=cfg.from_adapter, lora=cfg.lora, runtime=runtime, log=log)
+        cfg.model, adapter=cfg.from_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
     needed = {k for s in (cfg.dict_round, cfg.mcq_round) for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
                           eod_token=cfg.eod_token, log=log)
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     baseline = None
     if data.raw_blocks:
-        baseline = measure_baseline(model, data, batch_size=eval_bs, log=log)["perplexity"]
+        baseline = measure_baseline(model, data, batch_size=eval_bs, log=log,
+                                    compute_dtype=runtime.compute_dtype)["perplexity"]
     ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
                       baseline=baseline, seed=cfg.train.seed, stopping_strategy=cfg.stopping_strategy,
                       padding_free=cfg.padding_free,

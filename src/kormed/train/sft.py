@@ -510,11 +510,13 @@ def _require(value: str | None, flag: str) -> str:
     return value
 
 
-def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print) -> dict[str, Any]:
-    """Raw-Korean perplexity of `model` on the held-out raw blocks (token-weighted, as eval_raw_perplexity)."""
+def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print,
+                     compute_dtype: str | None = None) -> dict[str, Any]:
+    """Raw-Korean perplexity of `model` on the held-out raw blocks (token-weighted, as eval_raw_perplexity;
+    `compute_dtype`: the training runtime's, so the baseline is measured in the precision validation uses)."""
     from kormed.eval.perplexity import evaluate_perplexity
 
-    result = evaluate_perplexity(model, data.raw_blocks, batch_size=batch_size)
+    result = evaluate_perplexity(model, data.raw_blocks, batch_size=batch_size, compute_dtype=compute_dtype)
     log(f"[kormed] baseline raw-Korean perplexity {result['perplexity']:.4f} over {result['tokens']} tokens")
     return result
 
@@ -546,14 +548,14 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     if src.info.get("mcq", {}).get("with_cot", 0) == 0:
         log("[kormed] note: no question has a 'cot'; MCQ-with-reasoning examples render as plain answers")
     model, tokenizer, model_info = engine.prepare_model_for_training(
-        cfg.model, adapter=start_adapter, lora=cfg.lora, runtime=runtime, log=log)
+        cfg.model, adapter=start_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
     needed = {k for _, s in steps for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
                           eod_token=cfg.eod_token, log=log)
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     baseline_path = out / BASELINE_FILE
     if cfg.from_step == 1:
-        result = measure_baseline(model, data, batch_size=eval_bs, log=log)
+        result = measure_baseline(model, data, batch_size=eval_bs, log=log, compute_dtype=runtime.compute_dtype)
         baseline = {"raw_perplexity": result["perplexity"], "raw_loss": result["loss"], "tokens": result["tokens"],
                     "blocks": result["blocks"], "raw_val": src.info["raw"]["val_path"],
                     "raw_val_texts": len(src.raw_val), "max_length": cfg.max_length,

@@ -30,6 +30,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         max_steps_per_step: int = typer.Option(None, "--max-steps-per-step", help="Override every step's budget."),
         max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 on CUDA and on CPUs "
+                                  "with native bf16)."),
         padding_free: bool = typer.Option(
             None, "--padding-free/--no-padding-free", help="Training batches without padding (default on)."),
         from_step: int = typer.Option(None, "--from-step", help="Resume at step N from <output>/step{N-1}/."),
@@ -38,6 +40,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         grad_accum: int = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
         lr: float = typer.Option(None, "--lr", help="Peak learning rate (a step's own lr wins)."),
         seed: int = typer.Option(None, "--seed", help="Seed of splits, mixes, data order and dropout."),
+        quantize: str = typer.Option(None, "--quantize", help="none or 4bit (QLoRA: NF4 base, needs bitsandbytes)."),
     ) -> None:
         """Staged chat-format SFT (4 steps): answer-only loss, ratio mixes, per-step stop conditions."""
         from kormed.config import load_config
@@ -48,8 +51,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "from_adapter": from_adapter, "model": model, "output": output,
             "max_steps_per_step": max_steps_per_step, "max_length": max_length, "from_step": from_step,
             "padding_free": padding_free,
-            "train": {"device": device, "eval_steps": eval_steps, "batch_size": batch_size, "grad_accum": grad_accum,
-                      "lr": lr, "seed": seed},
+            "train": {"device": device, "dtype": dtype, "eval_steps": eval_steps, "batch_size": batch_size,
+                      "grad_accum": grad_accum, "lr": lr, "seed": seed, "quantize": quantize},
         })
         cfg = load_config("sft", config, overrides)
         summary = run_sft(cfg, log=_echo)
@@ -85,11 +88,14 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         max_steps_per_round: int = typer.Option(None, "--max-steps-per-round", help="Override the round budgets."),
         max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 on CUDA and on CPUs "
+                                  "with native bf16)."),
         padding_free: bool = typer.Option(
             None, "--padding-free/--no-padding-free", help="Training batches without padding (default on)."),
         eval_steps: int = typer.Option(None, "--eval-steps", help="Evaluate (and check stop conditions) every N."),
         lr: float = typer.Option(None, "--lr", help="Peak learning rate (a round's own lr wins)."),
         seed: int = typer.Option(None, "--seed", help="Seed of splits, data order and dropout."),
+        quantize: str = typer.Option(None, "--quantize", help="none or 4bit (QLoRA: NF4 base, needs bitsandbytes)."),
     ) -> None:
         """Alternate dictionary and MCQ-with-reasoning SFT rounds until the KorMedMCQA target accuracy."""
         from kormed.config import load_config
@@ -100,7 +106,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "eval_data": eval_data, "target": target, "max_rounds": max_rounds, "eval_limit": eval_limit,
             "eval_mode": eval_mode, "from_adapter": from_adapter, "model": model, "output": output,
             "max_steps_per_round": max_steps_per_round, "max_length": max_length, "padding_free": padding_free,
-            "train": {"device": device, "eval_steps": eval_steps, "lr": lr, "seed": seed},
+            "train": {"device": device, "dtype": dtype, "eval_steps": eval_steps, "lr": lr, "seed": seed,
+                      "quantize": quantize},
         })
         cfg = load_config("loop", config, overrides)
         result = run_loop(cfg, log=_echo)
