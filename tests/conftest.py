@@ -50,6 +50,17 @@ def tiny_text_config(vocab_size: int = 262144, **overrides):
     return Gemma3TextConfig(**kwargs)
 
 
+def tiny_multimodal_config(**text_overrides):
+    """A tiny MedGemma-shaped Gemma3Config: a one-layer SigLIP vision tower and tiny_text_config's language model."""
+    from transformers import Gemma3Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    return Gemma3Config(text_config=tiny_text_config(**text_overrides).to_dict(), vision_config=vision.to_dict(),
+                        mm_tokens_per_image=4, image_token_index=262143, boi_token_index=255999,
+                        eoi_token_index=256000)
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma3_dir(tmp_path_factory, real_tokenizer) -> Path:
     """A tiny random Gemma3ForCausalLM with the real 262K tokenizer, saved as safetensors."""

@@ -33,6 +33,7 @@ def bench_rows(tmp_path_factory, embedded_model_dir) -> tuple[list[dict], Path, 
     return json.loads(out.read_text(encoding="utf-8")), work, out
 
 
+@pytest.mark.heavy
 def test_rows_schema(bench_rows):
     rows, _, _ = bench_rows
     assert [r["mode"] for r in rows] == ["cpt", "sft"]
@@ -57,6 +58,7 @@ def test_rows_schema(bench_rows):
     assert rows[0]["kormed"]["settings"]["loss"] != "model default (full logits)"
 
 
+@pytest.mark.heavy
 def test_cpt_counts_every_block_token(bench_rows):
     """CPT blocks are full: every step of every arm trains BATCH x LENGTH real tokens, no padding."""
     rows, _, _ = bench_rows
@@ -66,6 +68,7 @@ def test_cpt_counts_every_block_token(bench_rows):
         assert r["step_computed_tokens"] == r["step_real_tokens"]
 
 
+@pytest.mark.heavy
 def test_sft_counts_real_tokens_of_the_examples(bench_rows, real_tokenizer):
     """Each SFT arm trains exactly once on the examples the bench wrote: its real-token count is the sum of the
     examples' non-padding tokens as that arm tokenizes them; the padded Trainer computes padding on top."""

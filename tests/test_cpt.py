@@ -137,7 +137,8 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     model, tok, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), adapter=out,
                                              runtime=RuntimeSpec("cpu", "float32", "sdpa"), log=lambda m: None)
     blocks = packed_eval_blocks(tok, read_texts(corpus[1], limit=3), max_length=32)
-    ppl = evaluate_perplexity(model, blocks, batch_size=2, progress=False)
+    ppl = evaluate_perplexity(model, blocks, batch_size=2, progress=False,
+                              compute_dtype=saved["runtime"]["compute_dtype"])
     assert saved["best_eval"]["eval_loss"] == pytest.approx(ppl["loss"], rel=1e-5)
     assert saved["best_eval"]["eval_val_tokens"] == ppl["tokens"]
 

@@ -62,6 +62,7 @@ def exported(converter, extended_model, tmp_path_factory):
     return out, result.output
 
 
+@pytest.mark.heavy
 def test_gguf_round_trip_through_transformers(exported, extended_model):
     from kormed.models import load_tokenizer
     from kormed.train.export_all import VERIFY_PROMPT
@@ -83,6 +84,7 @@ def test_gguf_round_trip_through_transformers(exported, extended_model):
     assert q8["prompt_ids_equal"] and q8["max_abs_logit_diff"] < 0.1 * max(1.0, q8["max_abs_logit"])
 
 
+@pytest.mark.heavy
 def test_gguf_export_writes_modelfile_and_card(exported):
     out, _ = exported
     modelfile = (out / "Modelfile").read_text()

@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_text_config
+from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
@@ -30,15 +30,10 @@ def _text_model(**overrides):
 
 
 def _mm_model():
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    from transformers import Gemma3ForConditionalGeneration
 
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    cfg = Gemma3Config(text_config=tiny_text_config().to_dict(), vision_config=vision.to_dict(),
-                       mm_tokens_per_image=4, image_token_index=262143, boi_token_index=255999,
-                       eoi_token_index=256000)
     torch.manual_seed(0)
-    return Gemma3ForConditionalGeneration(cfg)
+    return Gemma3ForConditionalGeneration(tiny_multimodal_config())
 
 
 NEW_ROWS = [7, 300, 4242, 262000]

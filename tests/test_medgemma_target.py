@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_text_config
+from conftest import tiny_multimodal_config
 
 from kormed.models import RuntimeSpec, attention_for, load_model_and_tokenizer, read_adapter_meta
 from kormed.train import engine
@@ -25,16 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_multimodal_dir(tmp_path_factory, real_tokenizer) -> Path:
     """A tiny random MedGemma-shaped checkpoint (vision tower + language model) with the real 262K tokenizer."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    from transformers import Gemma3ForConditionalGeneration
 
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    cfg = Gemma3Config(text_config=tiny_text_config().to_dict(), vision_config=vision.to_dict(),
-                       mm_tokens_per_image=4, image_token_index=262143, boi_token_index=255999,
-                       eoi_token_index=256000)
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-medgemma")
-    Gemma3ForConditionalGeneration(cfg).save_pretrained(out, safe_serialization=True)
+    Gemma3ForConditionalGeneration(tiny_multimodal_config()).save_pretrained(out, safe_serialization=True)
     real_tokenizer.save_pretrained(out)
     return out
 
@@ -76,7 +71,7 @@ def test_multimodal_extended_tokenizer_adapter_reloads_to_the_trained_model(
         output=str(tmp_path / "cpt"), max_length=32, cache_dir=str(tmp_path / "cache"), lora=lora,
         train=TrainOptions(batch_size=2, grad_accum=1, max_steps=2, eval_steps=2, logging_steps=1, lr=5e-2,
                            warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], device="cpu", seed=0,
-                           load_best_at_end=False),
+                           load_best_at_end=False, dtype="float32"),
     )
     info = run_cpt(cfg, log=lambda m: None)
     assert info["multimodal"] and info["tokenizer"]["new_tokens"] == 3
@@ -84,7 +79,7 @@ def test_multimodal_extended_tokenizer_adapter_reloads_to_the_trained_model(
     assert meta["model_class"] == "Gemma3ForConditionalGeneration" and meta["embedding_rows"] % 64 == 0
     last_val = info["last_eval"]["eval_perplexity"]
     ppl_cfg = EvalConfig(data=str(val), adapter=str(tmp_path / "cpt"), model=str(tiny_multimodal_dir),
-                         max_length=32, batch_size=2, device="cpu")
+                         max_length=32, batch_size=2, device="cpu", dtype="float32")
     first = run_perplexity(ppl_cfg, progress=False, log=lambda m: None)
     second = run_perplexity(ppl_cfg, progress=False, log=lambda m: None)
     assert first["perplexity"] == second["perplexity"]

@@ -219,6 +219,7 @@ def test_qlora_trains_and_a_validation_pass_keeps_the_gradients(tiny_gemma3_dir)
 
 
 @needs_bnb
+@pytest.mark.heavy
 def test_qlora_cpt_save_reload_eval_ppl_and_export(tiny_gemma3_dir, corpus, tmp_path):
     import torch
     from transformers import TrainerCallback
@@ -298,6 +299,7 @@ def test_qlora_cpt_save_reload_eval_ppl_and_export(tiny_gemma3_dir, corpus, tmp_
 
 @needs_bnb
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_model_qlora_cpt_then_eval_ppl(embedded_model_dir, tmp_path):
     """2 steps of `kormed train cpt --quantize 4bit` on the embedded Gemma 3 270M; `kormed eval ppl` on the saved
     adapter equals the training's last validation perplexity."""

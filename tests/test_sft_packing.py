@@ -173,6 +173,7 @@ def _sft_run(tmp: Path, model_dir: Path, padding_free: bool, capsys) -> Path:
     return out
 
 
+@pytest.mark.heavy
 def test_sft_run_padding_free_matches_padded(tmp_path, tiny_gemma3_dir, capsys):
     """`kormed train sft`, same seed, padding-free on and off: the same loss curves, validation metrics and
     token counts; only the padding differs. Gradient accumulation 2 checks the token weighting across rows."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_text_config
+from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.models import RuntimeSpec, load_model_and_tokenizer
 from kormed.train import engine
@@ -311,15 +311,11 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
 
 def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokenizer):
     """MedGemma-4B shape: Gemma3ForConditionalGeneration with a vision tower, trained with the text tokenizer."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    from transformers import Gemma3ForConditionalGeneration
 
     from kormed.train.export import export_merged
 
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    cfg = Gemma3Config(text_config=tiny_text_config().to_dict(), vision_config=vision.to_dict(),
-                       mm_tokens_per_image=4, image_token_index=262143, boi_token_index=255999,
-                       eoi_token_index=256000)
+    cfg = tiny_multimodal_config()
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny-mm"
     Gemma3ForConditionalGeneration(cfg).save_pretrained(ckpt, safe_serialization=True)

@@ -57,8 +57,9 @@ def evaluate_perplexity(
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
     `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
-    computes the same numbers from the model's logits. `compute_dtype` "bfloat16" runs under bf16 autocast,
-    "float32" without; None: what `--dtype auto` picks on the model's device (:mod:`kormed.precision`).
+    computes the same numbers from the model's logits. `compute_dtype` "bfloat16" runs under bf16 autocast;
+    "float32" or None (a library call) runs in the model's own dtype. `kormed eval ppl` and SFT's baseline pass
+    the runtime's compute dtype (`--dtype`, :mod:`kormed.precision`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -80,7 +81,7 @@ def evaluate_perplexity(
     order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     try:
-        with torch.no_grad(), autocast(device, compute_dtype):
+        with torch.no_grad(), autocast(device, compute_dtype or "float32"):
             for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
                 width = max(len(blocks[i]) for i in batch)
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
