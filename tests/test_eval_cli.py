@@ -91,7 +91,7 @@ def test_ppl_command_matches_library_and_packing(tmp_path, tiny_gemma3_dir, real
     data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
     out = tmp_path / "ppl.json"
     result = invoke(["eval", "ppl", "--model", str(tiny_gemma3_dir), "--data", str(data), "--max-length", "16",
-                     "--device", "cpu", "--output", str(out), "--quiet"])
+                     "--device", "cpu", "--dtype", "float32", "--output", str(out), "--quiet"])
     assert "perplexity" in result.output
     saved = json.loads(out.read_text(encoding="utf-8"))
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype="float32")

@@ -60,7 +60,8 @@ def run_bench(
     n_params = sum(p.numel() for p in net.parameters())
     results: dict[str, Any] = {}
     for mode in modes:
-        kwargs = dict(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+        kwargs = dict(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False,
+                      compute_dtype=runtime.compute_dtype)
         evaluate_kormedmcqa(net, tokenizer, questions[:batch_size], **kwargs)  # warm-up, untimed
         if runtime.device.startswith("cuda"):
             torch.cuda.synchronize()

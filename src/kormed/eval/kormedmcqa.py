@@ -258,8 +258,9 @@ def evaluate_kormedmcqa(
     compute_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Score `questions` with `model` in `mode` (generate | loglik | chat). The model is put in eval mode and
-    restored afterwards; nothing is written. `compute_dtype`: "bfloat16" = bf16 autocast, "float32" = none,
-    None = what `--dtype auto` picks on the model's device (:mod:`kormed.precision`).
+    restored afterwards; nothing is written. `compute_dtype`: "bfloat16" = bf16 autocast; "float32" or None (a
+    library call) = the model's own dtype. `kormed eval kormedmcqa` passes the runtime's (`--dtype`,
+    :mod:`kormed.precision`).
 
     Returns {"accuracy", "correct", "total", "unparseable", "per_subset", "per_year", "mode", "num_fewshot",
     "harness_version", "questions": [{prompt, output, extracted, answer, correct, subset, year, source, ...}]}.
@@ -278,7 +279,7 @@ def evaluate_kormedmcqa(
     was_training = model.training
     model.eval()
     try:
-        with autocast(_device_of(model), compute_dtype):
+        with autocast(_device_of(model), compute_dtype or "float32"):
             records = _run_mode(
                 model, tokenizer, list(questions), mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
                 batch_size=batch_size, max_new_tokens=max_new_tokens, loglik_target=loglik_target,

@@ -140,7 +140,8 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
 
     def score(round_no: int, kind: str, round_dir: Path, info: dict[str, Any] | None) -> float:
         res = evaluate_kormedmcqa(model, tokenizer, questions, mode=cfg.eval_mode, batch_size=cfg.eval_batch_size,
-                                  max_new_tokens=cfg.eval_max_new_tokens, chat_template=cfg.templates.mcq_prompt)
+                                  max_new_tokens=cfg.eval_max_new_tokens, chat_template=cfg.templates.mcq_prompt,
+                                  compute_dtype=runtime.compute_dtype)
         write_json(round_dir / "kormedmcqa.json", res)
         row = {
             "round": round_no, "kind": kind, "adapter": str(round_dir),
