@@ -117,14 +117,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
                                                        tokenizer=TOK)
     calls = {"n": 0}
 
-    def poison(module, args, output):  # the 3rd training forward (step 3) returns NaN logits
+    def poison(module, args, output):  # the 3rd training forward (step 3) gives NaN final hidden states
         if module.training:
             calls["n"] += 1
             if calls["n"] == 3:
-                output.logits = output.logits * float("nan")
+                return output * float("nan")
         return output
 
-    model.base_model.model.register_forward_hook(poison)
+    # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.train.loss)
+    model.base_model.model.model.norm.register_forward_hook(poison)
     opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
     trainer = engine.build_trainer(model, tok, _dataset(_blocks(16)), None, engine.CausalCollator(tok), opts,
                                    tmp_path, runtime=CPU)
