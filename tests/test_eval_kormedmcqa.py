@@ -236,7 +236,7 @@ def test_bad_files_and_models(tmp_path, tiny_gemma3_dir):
     (broken / "config.json").write_text("{ not json")
     with pytest.raises(KormedError) as err:
         run_kormedmcqa(EvalConfig(data=str(good), model=str(broken), device="cpu"), progress=False)
-    assert err.value.path == str(broken)
+    assert err.value.path == str(broken / "config.json")
     with pytest.raises(KormedError, match="num-fewshot 2 needs --fewshot-file"):
         run_kormedmcqa(EvalConfig(data=str(good), num_fewshot=2), progress=False)
     with pytest.raises(KormedError, match="must be one of"):

@@ -18,7 +18,7 @@ from kormed.train import loss as kloss
 from kormed.train.config import GEMMA_LINEAR_MODULES, LoraOptions, TrainOptions
 
 VOCAB = 262144
-CHUNK = 16384
+CHUNK = 8  # tokens per chunk: several chunks per test batch
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 
 
@@ -94,7 +94,7 @@ def _loss_and_grads(model, inputs, labels, impl: str, denom: int | None = None):
     return float(loss.detach()), grads
 
 
-def _assert_same(model, inputs, labels, denom: int | None = None) -> None:
+def _assert_same(model, inputs, labels, denom: int | None = None, noise: float = 1e-5) -> None:
     ref_loss, ref = _loss_and_grads(model, inputs, labels, "full", denom)
     loss, got = _loss_and_grads(model, inputs, labels, "chunked", denom)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
@@ -102,7 +102,7 @@ def _assert_same(model, inputs, labels, denom: int | None = None) -> None:
     for name in ref:
         assert ref[name].abs().sum() > 0, f"{name}: no gradient, the comparison would be vacuous"
         scale = float(ref[name].abs().max())  # fp32 summation-order noise is relative to the tensor's scale
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=noise * scale, msg=name)
 
 
 @pytest.mark.parametrize("train", ["lora", "all", "new"])
@@ -131,7 +131,8 @@ def test_chunked_applies_final_logit_softcapping():
 
     model = model_with_large_logits(final_logit_softcapping=2.0)
     inputs, labels = _cpt_batch()
-    _assert_same(model, inputs, labels)
+    # saturated tanh: 1 - tanh^2 amplifies the fp32 summation-order differences of the two matmul layouts
+    _assert_same(model, inputs, labels, noise=1e-4)
     assert kloss.output_head(model)[1] == 2.0
     uncapped = model_with_large_logits()  # same weights, no cap: a different loss
     with torch.no_grad():
@@ -164,13 +165,13 @@ def test_padding_free_rows_pass_position_ids():
 def test_projects_only_learned_positions(monkeypatch):
     """SFT: only the hidden states whose next label is learned reach the vocabulary projection."""
     seen = []
-    real = kloss.chunked_token_nll
+    real = kloss.chunked_nll_sum
 
     def spy(hidden, *args, **kwargs):
         seen.append(hidden.shape[0])
         return real(hidden, *args, **kwargs)
 
-    monkeypatch.setattr(kloss, "chunked_token_nll", spy)
+    monkeypatch.setattr(kloss, "chunked_nll_sum", spy)
     model = _peft(_text_model(), "lora", checkpointing=False)
     inputs, labels = _sft_batch()
     kloss.causal_lm_loss(model, inputs, labels, spec=kloss.LossSpec()).backward()
@@ -189,7 +190,7 @@ def test_all_masked_micro_batch_is_a_connected_zero():
 
 def _vocab_tensors(fn) -> list[tuple[int, ...]]:
     """Shapes of every non-empty tensor created while `fn` runs (forward and backward) with a vocab-sized
-    dimension, other than the shape of the embedding / output matrix itself (or its transpose)."""
+    dimension, other than the shape of the embedding / output matrix itself (or its transpose) and its bias."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
@@ -203,21 +204,25 @@ def _vocab_tensors(fn) -> list[tuple[int, ...]]:
 
     with Record():
         fn()
-    weight_shaped = {(VOCAB, 64), (64, VOCAB)}  # the matrix, its gradient, and transposed views of them
+    weight_shaped = {(VOCAB, 64), (64, VOCAB), (VOCAB,)}  # the matrix, its gradient, transposed views of them
     return [s for s in shapes if VOCAB in s and s not in weight_shaped and 0 not in s]
 
 
 @pytest.mark.parametrize("kind", ["text", "multimodal"])
 def test_no_full_vocabulary_tensor(kind):
     """Behaviour, not a timing: the chunked loss (forward + backward, trained embedding copy included) creates
-    no tensor with a vocabulary-sized dimension besides the weight-shaped ones; the full path does."""
+    no tensor with a vocabulary-sized dimension besides the weight-shaped ones and [at most chunk, vocab] logits
+    of one token chunk; the full path builds [batch, seq, vocab]."""
     model = _peft(_text_model() if kind == "text" else _mm_model(), "all")
     inputs, labels = _cpt_batch()
+    targets = int(labels[:, 1:].ne(-100).sum())
+    assert targets > CHUNK
 
     def step(impl):
         return lambda: kloss.causal_lm_loss(model, inputs, labels, spec=kloss.LossSpec(impl, CHUNK)).backward()
 
-    assert _vocab_tensors(step("chunked")) == []
+    chunked = _vocab_tensors(step("chunked"))
+    assert chunked and all(len(s) == 2 and min(s) <= CHUNK and max(s) == VOCAB for s in chunked), set(chunked)
     full = _vocab_tensors(step("full"))
     assert any(len(s) == 3 and s[-1] == VOCAB for s in full)  # [batch, seq, vocab]: the recorder sees them
 

@@ -1,4 +1,5 @@
-"""Compute precision: bf16 autocast where the CPU multiplies bf16 natively, fp32 master weights, `--dtype`."""
+"""Compute precision: bf16 (frozen weights + autocast) where the CPU multiplies bf16 natively, fp32 trainable
+weights, `--dtype`."""
 
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ def test_auto_matches_this_cpu_and_dtype_overrides():
     native = bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
     assert precision.cpu_has_native_bf16() is native
     auto = pick_runtime("cpu")
-    assert auto.dtype == "float32"  # weights (the master copy) always load in fp32 on CPU
-    assert auto.compute_dtype == ("bfloat16" if native else "float32")
+    assert auto.dtype == auto.compute_dtype == ("bfloat16" if native else "float32")
     assert pick_runtime("cpu", "float32").compute_dtype == "float32"
     forced = pick_runtime("cpu", "bfloat16")
-    assert (forced.dtype, forced.compute_dtype) == ("float32", "bfloat16")
+    assert (forced.dtype, forced.compute_dtype) == ("bfloat16", "bfloat16")  # as on CUDA
     assert precision.resolve_dtypes("cuda", "auto") == ("bfloat16", "bfloat16")
     assert precision.resolve_dtypes("cuda:1", "float32") == ("float32", "float32")
     assert RuntimeSpec("cpu", "bfloat16", "sdpa").compute_dtype == "bfloat16"  # a bf16 base computes in bf16
@@ -89,8 +89,9 @@ def test_bf16_autocast_cpt_keeps_fp32_master_weights(small_model_dir, tmp_path):
     assert seen == {torch.bfloat16}  # the matmuls really ran in bf16 (autocast on CPU)
     assert trainer.args.bf16 and trainer.args.use_cpu
     params = dict(trainer.model.named_parameters())
-    assert all(p.dtype == torch.float32 for p in params.values())  # master weights (and the frozen base) fp32
-    assert any(p.requires_grad for p in params.values())
+    trained = [p for p in params.values() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)  # the optimizer's master weights: fp32
+    assert all(p.dtype == torch.bfloat16 for p in params.values() if not p.requires_grad)  # the frozen base: bf16
     assert len(losses) == len(ref_losses) == 2
     assert all(torch.isfinite(torch.tensor(losses)))
     for got, want in zip(losses, ref_losses, strict=True):

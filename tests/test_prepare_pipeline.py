@@ -397,11 +397,11 @@ def test_bad_paths_and_datasets(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_config_errors_and_paths(tmp_path: Path) -> None:
-    with pytest.raises(KormedError, match="mcq_style"):
+    with pytest.raises(KormedError, match="mcq.style"):  # the flag --mcq-style
         load_config("prepare", None, {"mcq_style": "both"})
     with pytest.raises(KormedError, match="unknown preset"):
         load_preset("seed-999")
-    with pytest.raises(KormedError, match="min_hangul_ratio"):
+    with pytest.raises(KormedError, match="min.hangul.ratio"):
         load_config("prepare", None, {"min_hangul_ratio": 2})
     cfg = load_config("prepare", None, {"data_root": str(tmp_path), "mcq": {"path": "/abs/train.jsonl"}})
     assert cfg.source_path("namu_wiki") == tmp_path / NAMU

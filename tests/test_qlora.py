@@ -88,7 +88,7 @@ def test_missing_bitsandbytes_is_one_clear_error(monkeypatch, tmp_path, corpus, 
               "--output", str(tmp_path / "out"), "--quantize", "4bit"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("kormed: error: field 'train.quantize'") and "needs bitsandbytes" in err, err
+    assert err.startswith("kormed: error: field '--quantize'") and "needs bitsandbytes" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # the message and its hint
     with pytest.raises(SystemExit):
         main(["train", "cpt", "--quantize", "8bit"])
@@ -102,6 +102,7 @@ def test_missing_bitsandbytes_for_a_4bit_adapter(monkeypatch, tmp_path, tiny_gem
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_gemma3_dir)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # present (never read: the 4-bit check comes first)
     write_adapter_meta(adapter, {"quantization": "4bit-nf4"})
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(KormedError, match="4-bit base.*needs bitsandbytes"):

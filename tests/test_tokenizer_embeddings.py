@@ -121,7 +121,7 @@ def test_tied_causal_lm_resize_and_mean_init(real_tokenizer, ext_tokenizer, tmp_
     # save / reload the resized model and the tokenizer
     model.save_pretrained(tmp_path, safe_serialization=True)
     ext_tokenizer.save_pretrained(tmp_path)
-    again = load_model(str(tmp_path), pick_runtime("cpu"))
+    again = load_model(str(tmp_path), pick_runtime("cpu", "float32"))
     torch.testing.assert_close(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
     assert again.lm_head.weight.data_ptr() == again.get_input_embeddings().weight.data_ptr()
     from kormed.models import load_tokenizer

@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
     assert summary["stop_reason"] == engine.STOP_NON_FINITE
     assert summary["stop_step"] == 3
     assert "checkpoint-2" in summary["stop_detail"]
-    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["checkpoint-2"]
     # the bad update was never applied: weights in memory are finite
     assert all(torch.isfinite(p).all() for p in _lora_state(model).values())

@@ -6,12 +6,38 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from kormed.errors import KormedError
 
+
+class KormedGroup(TyperGroup):
+    """The root command group: a KormedError, or an OSError the user's environment caused (disk full, permission
+    denied, read-only file system, a file where a directory is expected), ends any command with one line on stderr
+    and exit code 2 - the same in `kormed` and in-process (typer.testing.CliRunner)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KormedError as exc:
+            message = str(exc)
+        except OSError as exc:
+            from kormed.io import os_error
+
+            err = os_error(exc)
+            if err is None:
+                raise
+            message = str(err)
+        typer.echo(f"kormed: error: {message}", err=True)
+        raise typer.Exit(2)
+
+
 app = typer.Typer(
+    cls=KormedGroup,
     name="kormed",
     help="Turn a Gemma-3-family medical model into a Korean-medicine model.",
     no_args_is_help=True,

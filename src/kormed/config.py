@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from pathlib import Path
@@ -35,12 +36,26 @@ CONFIG_SECTIONS: dict[str, str] = {
 # Top-level keys of a pipeline file (`kormed run`) that are not stage sections.
 PIPELINE_KEYS = ("name", "run_dir", "stages", "report_to", "description")
 
+# What numpy, torch and Python's random all accept as a seed.
+SEED_RANGE = (0, 2**32 - 1)
 
-def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field with a documented default (mutable defaults are copied per instance)."""
+
+def opt(
+    default: Any, help: str, *, bounds: tuple[float | None, float | None] | None = None, **kwargs: Any  # noqa: A002
+) -> Any:
+    """A dataclass field with a documented default (mutable defaults are copied per instance). `bounds`
+    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key."""
+    metadata: dict[str, Any] = {"help": help}
+    if bounds is not None:
+        metadata["bounds"] = bounds
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def seed_opt(default: int, help: str) -> Any:  # noqa: A002
+    """A random-seed field: an integer in SEED_RANGE (numpy rejects a negative seed with a traceback)."""
+    return opt(default, help, bounds=SEED_RANGE)
 
 
 def nested(cls: type, help: str) -> Any:  # noqa: A002
@@ -132,9 +147,12 @@ def _coerce(value: Any, tp: Any, where: str, path: str | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise KormedError(f"expected a number, got {value!r}", path=path, field=where)
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise KormedError(f"expected a number, got {value!r}", path=path, field=where) from None
+        if not math.isfinite(number):  # nan/inf (YAML .nan/.inf, `--lr nan`) would poison training silently
+            raise KormedError(f"must be a finite number, got {value!r}", path=path, field=where)
+        return number
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -152,11 +170,56 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
             known = ", ".join(sorted(fields))
             raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
         kwargs[name] = _coerce(value, _resolve_type(cls, name), prefix + name, path)
+        _check_bounds(fields[name], kwargs[name], prefix + name, path)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except KormedError as exc:
+            raise _located(exc, path, prefix) from None
     return obj
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, where: str, path: str | None) -> None:
+    bounds = f.metadata.get("bounds")
+    if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    low, high = bounds
+    if (low is not None and value < low) or (high is not None and value > high):
+        text = (f"between {low} and {high}" if low is not None and high is not None
+                else f"at least {low}" if low is not None else f"at most {high}")
+        raise KormedError(f"must be {text}, got {value!r}", path=path, field=where)
+
+
+def _located(exc: KormedError, path: str | None, prefix: str) -> KormedError:
+    """A `validate()` error (whose field is relative, e.g. 'train.lr' or 'cpt.max_length') placed in the file and
+    section being read: `prefix` is where the dataclass sits ('cpt.train.', or '--' for command-line flags)."""
+    where = prefix.rstrip(".")
+    field = exc.field
+    if field and where:
+        head = field.split(".", 1)[0].split("[", 1)[0]
+        last = where.rsplit(".", 1)[-1].removeprefix("--")
+        if head == last:  # 'train.lr' validated inside 'cpt.train'
+            field = where + field[len(head):]
+        elif where == "--" and head in CONFIG_SECTIONS:  # 'cpt.max_length' validated for a command's flags
+            field = "--" + field.split(".", 1)[-1]
+        else:
+            field = (where if where.endswith("-") else where + ".") + field
+    elif where and not field:
+        field = where
+    return KormedError(exc.message, path=exc.path or path, line=exc.line, field=field, hint=exc.hint)
+
+
+def flag_error(exc: KormedError) -> KormedError:
+    """An error in a command-line value, named by its flag: '--train.lr' -> '--lr' (flags carry the leaf's name;
+    a source's path is set by the source's flag: '--mcq.path' -> '--mcq')."""
+    field = exc.field or ""
+    if not field.startswith("--"):
+        return exc
+    parts = [p.split("[", 1)[0] for p in field.removeprefix("--").split(".")]
+    leaf = parts[-2] if parts[-1] == "path" and len(parts) > 1 else parts[-1]
+    return KormedError(exc.message, path=exc.path, line=exc.line, field="--" + leaf.replace("_", "-"), hint=exc.hint)
 
 
 def merge(base: Any, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> Any:
@@ -219,7 +282,10 @@ def load_config(
     if overrides:
         set_values = {k: v for k, v in overrides.items() if v is not None}
         if set_values:
-            cfg = merge(cfg, set_values, prefix="--")
+            try:
+                cfg = merge(cfg, set_values, prefix="--")
+            except KormedError as exc:
+                raise flag_error(exc) from None
     return cfg
 
 
@@ -276,8 +342,9 @@ def defaults_markdown() -> str:
         "",
         "Every command reads an optional YAML file (`--config FILE`) with one section per stage. Values are taken",
         "in this order, later wins: the defaults below, a preset (`--preset`), the file's section, command-line flags.",
-        "A pipeline file for `kormed run` holds several sections at once. Unknown keys and wrong types are errors",
-        "naming the file and the key.",
+        "A pipeline file for `kormed run` holds several sections at once. Unknown keys, wrong types, values out of",
+        "range, a number that is not finite (`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are",
+        "errors naming the file and `section.key` (or, on the command line, the flag).",
         "",
     ]
     for section in CONFIG_SECTIONS:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
+import shlex
+import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,19 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not p.is_file():
         raise KormedError(f"{what} is not a regular file", path=p)
     return p
+
+
+BOM = "\ufeff"
+
+
+def bom_error(path: str | Path) -> KormedError:
+    """The error for a file that starts with a UTF-8 byte-order mark (JSON forbids it), saying how to remove it."""
+    return KormedError(
+        "the file starts with a UTF-8 byte-order mark (BOM)",
+        path=path,
+        line=1,
+        hint=f"save it as UTF-8 without BOM, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {shlex.quote(str(path))}",
+    )
 
 
 def iter_jsonl(
@@ -44,6 +65,8 @@ def parse_jsonl_lines(
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=lineno) from None
+        if lineno == 1 and line.startswith(BOM):
+            raise bom_error(where)
         if not line.strip():
             continue
         try:
@@ -64,28 +87,225 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise KormedError(f"not valid UTF-8 ({exc.reason})", path=p, line=line) from None
+    if text.startswith(BOM):
+        raise bom_error(p)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=p, line=exc.lineno) from None
 
 
+# -- kormed's temporary names ----------------------------------------------------------------------------------
+# Every temp file/dir kormed creates beside an output is named `.NAME.kormed-HOST-PID-RANDOM[.SUFFIX]` (HOST: a
+# short hash of the host name), so that a later run can tell its own leftovers of a killed process (same host,
+# dead pid; or, from another host, untouched for STALE_FOREIGN_S) from the work of a live one, and remove them.
+STALE_FOREIGN_S = 24 * 3600
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.kormed-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[A-Za-z0-9_]+(?:\.[a-z]+)?$")
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?:tmp|work)$")  # before the pid was in the name
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode("utf-8"), digest_size=3).hexdigest()
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of kormed's hidden temp names for an output called `name`: `.NAME.kormed-HOST-PID-`."""
+    return f".{name}.kormed-{_host_tag()}-{os.getpid()}-"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(entry: os.DirEntry, names: set[str] | None, now: float) -> bool:
+    m = _TEMP_RE.match(entry.name)
+    legacy = None if m else _LEGACY_RE.match(entry.name)
+    match = m or legacy
+    if match is None or (names is not None and match["name"] not in names):
+        return False
+    if legacy is not None and names is None:
+        return False  # an old-style name is recognised only beside an output kormed is about to write
+    try:
+        age = now - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False
+    if m is not None and m["host"] == _host_tag():
+        return not _pid_alive(int(m["pid"]))
+    return age > STALE_FOREIGN_S
+
+
+def clean_stale_temps(directory: str | Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Remove kormed's temp files/dirs in `directory` left by killed runs (for the outputs `names`, or all);
+    a temp of a live process is kept. Returns what was removed."""
+    d = Path(directory)
+    wanted = set(names) if names is not None else None
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or not _is_stale(entry, wanted, now):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # removed by another run at the same time
+        except OSError:
+            continue  # not ours to remove after all (permissions): leave it
+        removed.append(Path(entry.path))
+    return removed
+
+
+def report_stale(removed: list[Path], log: Any = None) -> None:
+    """Say how many leftovers of an interrupted run were removed (nothing when none were)."""
+    if not removed:
+        return
+    message = (f"removed {len(removed)} stale temporary file(s) left by an interrupted run in {removed[0].parent}: "
+               + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+    if log is not None:
+        log(f"[kormed] {message}")
+    else:
+        print(f"kormed: {message}", file=sys.stderr)
+
+
+def make_temp_dir(parent: str | Path, name: str, suffix: str = "") -> Path:
+    """A new hidden work directory beside the output `parent/name` (kormed's temp naming; stale leftovers of
+    killed runs for `name` removed first), with the umask's normal directory mode (not mkdtemp's 0700), so that
+    a directory renamed into place as an output gets the permissions any new directory gets."""
+    p = Path(parent)
+    p.mkdir(parents=True, exist_ok=True)
+    report_stale(clean_stale_temps(p, [name]))
+    d = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=suffix, dir=p))
+    os.chmod(d, 0o777 & ~current_umask())
+    return d
+
+
+@contextlib.contextmanager
+def temp_dir(parent: str | Path, name: str, suffix: str = "") -> Iterator[Path]:
+    """:func:`make_temp_dir`, removed with its content on exit."""
+    d = make_temp_dir(parent, name, suffix)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- output paths and the environment's write errors -----------------------------------------------------------
+# OSErrors the user's environment causes while writing, as (what happened, what to do).
+_ENV_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("the disk is full (no space left on device)", "free some space or write the output elsewhere"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free some space or write the output elsewhere"),
+    errno.EFBIG: ("the file is too large for this file system", "write the output to another file system"),
+    errno.EACCES: ("permission denied", "fix the permissions or use another location"),
+    errno.EPERM: ("operation not permitted", "fix the permissions or use another location"),
+    errno.EROFS: ("the file system is read-only", "choose a location on a writable file system"),
+    errno.ENOTDIR: ("a part of the path is a file, not a directory", "choose a path under a directory"),
+    errno.EISDIR: ("is a directory where a file is expected", "give a file path"),
+    errno.ENAMETOOLONG: ("the file name is too long", "choose a shorter path"),
+}
+
+
+def os_error(exc: OSError, path: str | Path | None = None, *, note: str = "", temp: str | None = None
+             ) -> KormedError | None:
+    """The one-line KormedError for an OSError the environment caused (disk full, permissions, read-only file system,
+    a file where a directory is expected), naming `exc.filename` (`path` instead when it has none or it is the
+    hidden temp file `temp`); None for any other OSError."""
+    known = _ENV_ERRORS.get(exc.errno or 0)
+    if known is None:
+        return None
+    what, todo = known
+    where = exc.filename if exc.filename is not None and str(exc.filename) != temp else path
+    return KormedError(f"{what}{note}; {todo}", path=where)
+
+
+def check_output_path(path: str | Path, kind: str = "file", flag: str = "--output") -> Path:
+    """Check, before any work starts, that `path` can take an output of `kind` ("file" or "dir"): an existing path
+    is of that kind, the nearest existing ancestor is a directory, and it (or an existing "dir") is writable.
+    Creates nothing; raises a KormedError naming `flag` and the path."""
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
+    p = Path(path).expanduser()
+    writable = os.W_OK | os.X_OK
+    if p.is_dir():
+        if kind == "file":
+            raise KormedError(f"{flag} is a directory, but it must be a file path; give a file name", path=p)
+        if not os.access(p, writable):
+            raise KormedError(f"{flag}: cannot write in this directory (permission denied or read-only file "
+                              "system); choose a writable location", path=p)
+        return p
+    if kind == "dir" and p.exists():
+        raise KormedError(f"{flag} is an existing file, but it must be a directory; remove the file or choose "
+                          "another path", path=p)
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise KormedError(f"{flag}: {ancestor} is a file, not a directory; choose a path under a directory", path=p)
+    if not os.access(ancestor, writable):
+        raise KormedError(f"{flag}: cannot write in {ancestor} (permission denied or read-only file system); "
+                          "choose a writable location", path=p)
+    return p
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Open a temp file beside `path`; on success rename it over `path`, on error remove it."""
+    """Open a temp file beside `path`; on success rename it over `path`, on error remove it.
+
+    The file gets the mode any new file gets under the umask (0644 under umask 022), not mkstemp's 0600; stale
+    temp files of this output left by a killed run are removed (and reported on stderr). A full disk, a permission or
+    read-only error, or a directory under the name becomes one KormedError naming `path` (:func:`os_error`)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    report_stale(clean_stale_temps(target.parent, [target.name]))
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     try:
         kwargs = {"encoding": encoding, "newline": "\n"} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        err = (os_error(exc, target, note=" (the partial output was removed)", temp=tmp)
+               if isinstance(exc, OSError) else None)
+        if err is not None:
+            raise err from None
         raise
 
 

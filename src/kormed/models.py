@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import read_json, write_json
+from kormed.io import read_json, temp_dir, write_json
 from kormed.tokenizer.embeddings import resize_and_init_embeddings
 
 EMBEDDED_MODEL_NAME = "gemma3-270m"
@@ -54,8 +54,7 @@ def ensure_embedded_model(log: Any = print) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     log(f"[kormed] converting the embedded Gemma 3 270M (GGUF) into {target} (once, about a minute)")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
-        tmp_path = Path(tmp)
+    with temp_dir(target.parent, target.name) as tmp_path:
         gguf_file = gguf_pkg.assemble(output_path=tmp_path / "src" / gguf_pkg.MODEL_NAME)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype="float32")
@@ -79,25 +78,72 @@ def ensure_embedded_model(log: Any = print) -> Path:
     return target
 
 
+GEMMA3_VOCAB = 262144  # tokens in the Gemma 3 tokenizer; kormed's chat format, eval and extension rely on it
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` (a --model, --tokenizer-path or a recorded base) names a Hugging Face hub repository.
+
+    The rule: a hub id is exactly `owner/name` - one `/`, only letters, digits, `-`, `_` and `.`, starting with a
+    letter or digit (so not `.`, `/` or `~`), no `..` - and its `owner` is not an existing local file or directory.
+    Anything else is a local path, and a local path that does not exist is an error (never a hub download).
+    """
+    if not _HUB_ID.fullmatch(name) or ".." in name:
+        return False
+    return not Path(name.split("/", 1)[0]).exists()
+
+
+def local_path(name: str, what: str, flag: str = "--model") -> Path | None:
+    """`name` as an existing local path, or None for a hub id (:func:`looks_like_hub_id`).
+
+    A name that is a path by that rule and does not exist raises one line saying so; nothing is looked up on the
+    network for it."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if looks_like_hub_id(name):
+        return None
+    raise KormedError(f"{what} does not exist", path=path,
+                      hint=f"{flag} is read as a local path (a hub id is exactly owner/name); check the path")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line (transformers' messages run over several)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
 def resolve_model(model: str | None, log: Any = print) -> str:
-    """Turn --model into something `from_pretrained` loads: a local directory, or a hub id as given."""
+    """Turn --model into something `from_pretrained` loads: a local directory, or a hub id as given.
+
+    Whether --model is a path or a hub id follows :func:`looks_like_hub_id`; a local directory must hold a
+    readable config.json."""
     if model in EMBEDDED_ALIASES:
         return str(ensure_embedded_model(log))
     assert model is not None
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise KormedError("--model must be a model directory or a hub id, not a file", path=path)
-        if not (path / "config.json").is_file():
-            raise KormedError(
-                "not a model directory (no config.json)",
-                path=path,
-                hint="point --model at a directory written by save_pretrained, or at a kormed adapter via --adapter",
-            )
-        return str(path)
-    if model.count("/") == 1 and not model.startswith((".", "/")):
+    path = local_path(model, "model directory")
+    if path is None:
         return model  # hub id: from_pretrained resolves it (from the local HF cache when offline)
-    raise KormedError("model directory does not exist", path=path)
+    if not path.is_dir():
+        raise KormedError("--model must be a model directory or a hub id, not a file", path=path)
+    if not (path / "config.json").is_file():
+        raise KormedError(
+            "not a model directory (no config.json)",
+            path=path,
+            hint="point --model at a Gemma 3 directory written by save_pretrained, or at a kormed adapter via "
+                 "--adapter",
+        )
+    _check_json_object(path / "config.json", "model config")
+    return str(path)
+
+
+def _check_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; errors name the file (and line)."""
+    data = read_json(path, what=what)
+    if not isinstance(data, dict):
+        raise KormedError(f"{what} is not a JSON object", path=path)
+    return data
 
 
 @dataclass
@@ -118,8 +164,8 @@ class RuntimeSpec:
 
 
 def pick_runtime(device: str = "auto", dtype: str = "auto") -> RuntimeSpec:
-    """bf16 on CUDA (never fp16: Gemma 3 overflows it); on CPU fp32 weights, with bf16 autocast where the CPU
-    multiplies bf16 natively. `dtype` (auto | float32 | bfloat16) overrides (:func:`kormed.precision.resolve_dtypes`).
+    """bf16 on CUDA (never fp16: Gemma 3 overflows it) and on a CPU that multiplies bf16 natively, else fp32.
+    `dtype` (auto | float32 | bfloat16) overrides (:func:`kormed.precision.resolve_dtypes`).
 
     `attn_implementation` is a preference here ("auto"); :func:`load_model` picks, per model class, the
     fastest implementation that class supports (see :func:`attention_for`) and records it in the spec.
@@ -158,12 +204,20 @@ def attention_for(model_cls: Any, device: str, preferred: str = "auto") -> str:
 
 
 def load_config(model_path: str) -> Any:
+    """The model's config; a broken or unknown config.json is reported as that file, in one line."""
     from transformers import AutoConfig
 
+    local = local_path(model_path, "model directory")
+    cfg_file = local / "config.json" if local is not None else None
+    if cfg_file is not None:
+        if not cfg_file.is_file():
+            raise KormedError("not a model directory (no config.json)", path=local)
+        _check_json_object(cfg_file, "model config")
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise KormedError(f"cannot read the model config: {exc}", path=model_path) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KormedError(f"cannot read the model config: {_first_line(exc)}", path=cfg_file or model_path,
+                          hint="kormed needs a Gemma 3 model directory") from None
 
 
 def is_multimodal(config: Any) -> bool:
@@ -203,13 +257,27 @@ def load_tokenizer(path: str) -> Any:
     """
     from transformers import AutoTokenizer
 
+    local = local_path(path, "tokenizer directory", flag="--tokenizer-path")
+    if local is not None:
+        if not local.is_dir():
+            raise KormedError("expected a model or tokenizer directory, not a file", path=local)
+        if not (local / "tokenizer.json").is_file():
+            raise KormedError(
+                "not a Gemma 3 model or tokenizer directory: no tokenizer.json" + (
+                    " (the directory is empty)" if not any(local.iterdir()) else ""),
+                path=local, hint="kormed needs the Gemma 3 tokenizer saved by save_pretrained (tokenizer.json)")
     key = _tokenizer_cache_key(path)
     if key is not None and key in _TOKENIZER_CACHE:
         return _TOKENIZER_CACHE[key]
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise KormedError(f"cannot load a tokenizer: {exc}", path=path) from None
+    except Exception as exc:  # transformers/tokenizers raise KeyError, TypeError, the Rust binding's Exception...
+        raise _tokenizer_error(path, local, exc) from None
+    if len(tok) < GEMMA3_VOCAB:
+        raise KormedError(
+            f"not the Gemma 3 tokenizer: its vocabulary has {len(tok):,} tokens; kormed needs the Gemma 3 "
+            f"tokenizer ({GEMMA3_VOCAB:,} tokens, or more when extended)",
+            path=local or path, hint="use a Gemma 3 / MedGemma model (kormed adapts the Gemma 3 family only)")
     if tok.bos_token_id is None:
         raise KormedError("the tokenizer has no <bos> token; Gemma needs one", path=path)
     if tok.pad_token_id is None:
@@ -219,6 +287,39 @@ def load_tokenizer(path: str) -> Any:
             _TOKENIZER_CACHE.pop(next(iter(_TOKENIZER_CACHE)))
         _TOKENIZER_CACHE[key] = tok
     return tok
+
+
+def _tokenizer_error(path: str, local: Path | None, exc: BaseException) -> KormedError:
+    """One line for a tokenizer that does not load: the file at fault (a malformed or incomplete JSON file) where it
+    can be told, else the first line of the library's message."""
+    if local is not None:
+        for name, what in (("config.json", "model config"), ("tokenizer_config.json", "tokenizer config"),
+                           ("special_tokens_map.json", "special tokens map")):
+            if (local / name).is_file():
+                _check_json_object(local / name, what)
+        tok_file = local / "tokenizer.json"
+        data = _check_json_object(tok_file, "tokenizer file")
+        for field, kind in (("model", dict), ("added_tokens", list)):
+            if not isinstance(data.get(field), kind):
+                return KormedError("incomplete tokenizer file: missing or not a JSON "
+                                   f"{'object' if kind is dict else 'array'}", path=tok_file, field=field,
+                                   hint="save the Gemma 3 tokenizer again with save_pretrained")
+        return KormedError(f"cannot load the tokenizer: {_first_line(exc)}", path=tok_file)
+    return KormedError(f"cannot load the tokenizer: {_first_line(exc)}", path=path)
+
+
+def _check_weights(model_dir: Path) -> None:
+    """A local model directory must hold safetensors weights; pickle weights (*.bin, *.pt) are refused by name."""
+    if any(model_dir.glob("*.safetensors")) or (model_dir / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for pat in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in model_dir.glob(pat))
+    if pickles:
+        raise KormedError(f"{pickles[0]} is a pickle file; kormed loads model weights from safetensors only "
+                          "and never unpickles them", path=model_dir / pickles[0],
+                          hint="convert the checkpoint to safetensors (save_pretrained(..., safe_serialization=True) "
+                               "where you trust the file)")
+    raise KormedError("no model weights (no *.safetensors file)", path=model_dir,
+                      hint="kormed needs a Gemma 3 directory written by save_pretrained")
 
 
 def model_class(config: Any) -> Any:
@@ -243,6 +344,9 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
     import torch
 
     config = load_config(model_path)
+    local = local_path(model_path, "model directory")
+    if local is not None:
+        _check_weights(local)
     cls = model_class(config)
     runtime.attn_implementation = attention_for(cls, runtime.device, runtime.attn_implementation)
     quant: dict[str, Any] = {}
@@ -261,11 +365,12 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
             **quant,
         )
     except (OSError, ValueError) as exc:
-        raise KormedError(f"cannot load model weights (safetensors only): {exc}", path=model_path) from None
+        raise KormedError(f"cannot load model weights (safetensors only): {_first_line(exc)}",
+                          path=model_path) from None
     except RuntimeError as exc:
         if not quant:
             raise
-        raise KormedError(f"cannot load the model in 4-bit: {exc}", path=model_path) from None
+        raise KormedError(f"cannot load the model in 4-bit: {_first_line(exc)}", path=model_path) from None
     if quant:
         from kormed.quantization import finish_quantized_load
 
@@ -278,15 +383,46 @@ def language_model_prefix(model: Any) -> str:
     return r".*language_model.*" if is_multimodal(model.config) else r".*"
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def _adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """An adapter directory (a local one, never a hub id) and its adapter_config.json, read."""
+    path = Path(adapter_dir).expanduser()
+    if not path.exists():
+        raise KormedError("adapter directory does not exist", path=path)
+    if not path.is_dir():
+        raise KormedError("--adapter must be an adapter directory (with adapter_config.json), not a file", path=path)
+    if not (path / "adapter_config.json").is_file():
+        raise KormedError("not an adapter directory (no adapter_config.json)", path=path)
+    return path, _check_json_object(path / "adapter_config.json", "adapter config")
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """The one check every adapter load goes through: a local directory with a readable adapter_config.json and
+    safetensors weights. A pickle `adapter_model.bin` is refused by name (never unpickled), and nothing is looked up
+    on the hub for a missing file (PEFT would otherwise try to download it)."""
+    path, _ = _adapter_config(adapter_dir)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for pat in ("adapter_model.bin", "*.bin", "*.pt", "*.pth") for p in path.glob(pat))
+        if pickles:
+            raise KormedError(
+                f"{pickles[0]} is a pickle file; kormed loads adapter weights from safetensors only and never "
+                f"unpickles them", path=path / pickles[0],
+                hint=f"convert it to {ADAPTER_WEIGHTS} (PeftModel.save_pretrained(..., safe_serialization=True) "
+                     "where you trust the file)")
+        raise KormedError(f"no adapter weights: {ADAPTER_WEIGHTS} is missing", path=path,
+                          hint="point --adapter at a finished kormed run (or a checkpoint-N directory)")
+    return path
+
+
 def read_adapter_base(adapter_dir: str | Path) -> str | None:
     """The base model an adapter was trained on (`base_model_name_or_path` of adapter_config.json)."""
-    cfg = Path(adapter_dir) / "adapter_config.json"
-    if not cfg.is_file():
-        raise KormedError("not an adapter directory (no adapter_config.json)", path=adapter_dir)
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except json.JSONDecodeError as exc:
-        raise KormedError(f"malformed adapter_config.json: {exc.msg}", path=cfg, line=exc.lineno) from None
+    path, cfg = _adapter_config(adapter_dir)
+    base = cfg.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise KormedError("not a string", path=path / "adapter_config.json", field="base_model_name_or_path")
+    return base
 
 
 def adapter_meta(model: Any) -> dict[str, Any]:
@@ -337,17 +473,17 @@ def load_model_and_tokenizer(
     not; unquantized without an adapter); "none" or "4bit" overrides it (export merges into an unquantized base).
     """
     runtime = runtime or pick_runtime("auto")
+    if adapter is not None:
+        adapter = check_adapter_dir(adapter)
     if adapter is not None and model is None:
         base = read_adapter_base(adapter)
-        if base and not Path(base).exists() and base.count("/") != 1:
+        if base and not Path(base).expanduser().exists() and not looks_like_hub_id(base):
             base = None  # a path from another machine; fall back to the default
         model = base
     model_path = resolve_model(model, log=log)
     tok_path = model_path
     meta: dict[str, Any] = {}
     if adapter is not None:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise KormedError("not an adapter directory (no adapter_config.json)", path=adapter)
         if (Path(adapter) / "tokenizer" / "tokenizer_config.json").is_file():
             tok_path = str(Path(adapter) / "tokenizer")
         meta = read_adapter_meta(adapter)
@@ -360,6 +496,12 @@ def load_model_and_tokenizer(
             require_bitsandbytes("loading this adapter (trained on a 4-bit base, see kormed_adapter.json)",
                                  path=str(adapter))
             log("[kormed] loading the base in 4-bit NF4, as the adapter was trained (kormed_adapter.json)")
+    if adapter is None:
+        rows = getattr(text_config(load_config(model_path)), "vocab_size", None)
+        if isinstance(rows, int) and rows < len(tokenizer):
+            raise KormedError(
+                f"the model's vocabulary ({rows:,} rows) is smaller than its tokenizer ({len(tokenizer):,} tokens); "
+                "kormed needs a Gemma 3 model with the Gemma 3 vocabulary", path=model_path)
     net = load_model(model_path, runtime, quantize=quantize)
     if adapter is not None:
         from peft import PeftModel

@@ -1,14 +1,19 @@
-"""Compute precision: bf16 where the hardware multiplies bf16 natively, with fp32 master weights on CPU.
+"""Compute precision: bf16 where the hardware multiplies bf16 natively, with fp32 trainable weights.
 
 `--dtype` (`train.dtype`, `eval.dtype`) is `auto`, `float32` or `bfloat16`:
 
 - CUDA: `auto` and `bfloat16` load the weights in bf16 and train with bf16 autocast (never fp16: Gemma 3
   overflows it); `float32` loads and computes in fp32.
-- CPU: the weights always load in fp32 (they are the master weights the optimizer updates); `bfloat16` runs
-  the matmuls under `torch.autocast("cpu", dtype=torch.bfloat16)`, `float32` does not, and `auto` picks bf16
+- CPU: `bfloat16` does what CUDA does: the frozen base weights load in bf16 and the matmuls run under
+  `torch.autocast("cpu", dtype=torch.bfloat16)`; `float32` loads and computes in fp32. `auto` picks bf16
   exactly where the CPU has native bf16 matrix instructions (x86 AMX-BF16 or AVX512-BF16, Arm's BF16
   extension), which multiply bf16 about 3x faster than fp32 on such a CPU; without them bf16 is emulated and
   slower, so `auto` stays fp32.
+
+On either device the weights the optimizer updates (LoRA, a trained embedding copy or new rows) are kept in fp32
+(`kormed.train.engine.upcast_trainable_copies`): autocast runs their matmuls in bf16 while Adam updates fp32
+masters. Loading the frozen base in bf16 rather than fp32 changes no trained value (the matmuls were bf16 under
+autocast already) and halves its memory (measured by `kormed bench train`: benchmarks/README.md).
 
 The detection reads the CPU feature flags (/proc/cpuinfo) rather than timing a probe: a flag check is exact,
 instant and does not depend on how busy the machine is.
@@ -57,7 +62,7 @@ def resolve_dtypes(device: str, requested: str = "auto") -> tuple[str, str]:
         return ("float32", "float32") if requested == "float32" else ("bfloat16", "bfloat16")
     if requested == "auto":
         requested = "bfloat16" if cpu_has_native_bf16() else "float32"
-    return "float32", requested
+    return requested, requested
 
 
 def autocast(device: Any, compute_dtype: str | None = None) -> Any:

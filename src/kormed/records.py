@@ -6,6 +6,7 @@ counted with its reason in the returned `SkipReport` so nothing is lost silently
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,18 +91,18 @@ def _text_field(rec: dict[str, Any], name: str, path: Path, line: int | None, *,
 
 
 def _int_field(rec: dict[str, Any], name: str, path: Path, line: int | None) -> int | None:
+    """A JSON integer, or None when absent/null. Only a JSON integer is accepted: a string ("2", "²", "--2")
+    or a number with a fraction part (2.0) is an error (a counted skip under --skip-bad), never coerced.
+    An empty string counts as absent (the field is optional metadata)."""
     value = rec.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise KormedError(f"expected an integer, got {value!r}", path=path, line=line, field=name)
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise KormedError(f"expected an integer, got {value!r}", path=path, line=line, field=name)
+    kind = "a string" if isinstance(value, str) else "true/false" if isinstance(value, bool) else (
+        "a number with a fraction part" if isinstance(value, float) else f"a JSON {type(value).__name__}")
+    shown = json.dumps(value, ensure_ascii=False) if isinstance(value, str | float | bool) else repr(value)
+    raise KormedError(f"expected a JSON integer such as 2, got {kind} ({shown})", path=path, line=line, field=name)
 
 
 def parse_mcq(rec: dict[str, Any], path: Path, line: int | None) -> MCQ:

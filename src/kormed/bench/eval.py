@@ -111,6 +111,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         output: str = typer.Option(None, "--output", help="Also write the figures to this JSON file."),
     ) -> None:
         """KorMedMCQA questions/second for each mode (generate, loglik, chat), same model and questions."""
+        if output:
+            from kormed.io import check_output_path
+
+            check_output_path(output, "file", "--output")
         wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
         res = run_bench(model=model, adapter=adapter, data=data, limit=limit, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, device=device, modes=wanted,

@@ -348,6 +348,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Cleaning throughput (MB/s per core) of kormed vs namu-wiki-extractor, and held-out exact matches."""
         if cases is not None and not cases.exists():
             raise KormedError("cases file does not exist", path=cases)
+        if output is not None:
+            from kormed.io import check_output_path
+
+            check_output_path(output, "file", "--output")
         typer.echo(f"generating {docs} synthetic NamuMark documents (seed {seed}) ...", err=True)
         res = run_bench(docs, seed, repeats, cases)
         typer.echo(f"corpus: {res['docs']} documents, {res['corpus_mb']} MB (single process, best of {repeats})")

@@ -753,11 +753,14 @@ def _kormed_train_options(base: Any, task: dict[str, Any]) -> Any:
 
 
 def _kormed_settings(info: dict[str, Any], options: Any) -> dict[str, Any]:
+    from kormed.train.engine import use_gradient_checkpointing
+
     runtime = info.get("runtime") or {}
     loss = info.get("loss") or {}
     return {"compute_dtype": runtime.get("compute_dtype") or runtime.get("dtype"),
             "load_dtype": runtime.get("dtype"), "runtime": runtime,
-            "gradient_checkpointing": options.gradient_checkpointing, "loss": loss.get("impl", "?"),
+            "gradient_checkpointing": use_gradient_checkpointing(options, runtime.get("device", "cpu")),
+            "loss": loss.get("impl", "?"),
             "attention": runtime.get("attn_implementation"), "batch_size": options.batch_size}
 
 
@@ -912,6 +915,12 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                       "models (default: the embedded model's)."),
     ) -> None:
         """Training tokens/s and peak memory, kormed vs a plain Trainer+PEFT script and TRL's SFTTrainer."""
+        from kormed.io import check_output_path, write_json
+
+        if output:
+            check_output_path(output, "file", "--output")
+        if work_dir:
+            check_output_path(work_dir, "dir", "--work-dir")
         rows = run_bench(arch=arch, modes=_csv(modes) or MODES, arms=_csv(arms), steps=steps,
                          warmup_steps=warmup_steps, batch_size=batch_size, seeds_batch_size=seeds_batch_size,
                          max_length=max_length, device=device, dtype=dtype, work_dir=work_dir,
@@ -922,8 +931,6 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                        f"{s['batch_size']} x {s['max_length']} tokens, {s['steps']} timed steps after "
                        f"{s['warmup_steps']} warm-up")
         typer.echo(format_table(rows))
-        from kormed.io import write_json
-
         path = Path(output) if output else default_output(rows)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, rows)

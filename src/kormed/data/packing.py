@@ -9,29 +9,46 @@ final block may be shorter. This mirrors LLaMA-Factory's stage-pt processor, but
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 
 def pack_token_stream(
-    documents: Iterable[list[int]], *, max_length: int, bos_id: int, eod_id: int
+    documents: Iterable[Sequence[int]], *, max_length: int, bos_id: int, eod_id: int
 ) -> Iterator[list[int]]:
-    """Yield blocks of at most `max_length` ids, each `[bos, ...]`; every document is followed by `eod_id`."""
+    """Yield blocks of at most `max_length` ids, each `[bos, ...]`; every document is followed by `eod_id`.
+
+    Linear in the number of tokens: each token is copied once (a block is sliced straight out of its document,
+    only the unfinished block's tail is carried over), so a document of millions of tokens packs in seconds."""
     if max_length < 2:
         raise ValueError("max_length must be at least 2 (BOS plus one token)")
     body = max_length - 1
-    buffer: list[int] = []
+    carry: list[int] = []  # the unfinished block (always shorter than `body`)
     for ids in documents:
-        buffer.extend(ids)
-        buffer.append(eod_id)
-        while len(buffer) >= body:
-            yield [bos_id, *buffer[:body]]
-            del buffer[:body]
-    if buffer:
-        yield [bos_id, *buffer]
+        n = len(ids)
+        pos = 0
+        if carry:
+            pos = min(body - len(carry), n)
+            carry.extend(ids[:pos])
+            if len(carry) == body:
+                yield [bos_id, *carry]
+                carry = []
+        if not carry:
+            while n - pos >= body:
+                block = [bos_id]
+                block.extend(ids[pos : pos + body])
+                yield block
+                pos += body
+            carry.extend(ids[pos:n])
+        carry.append(eod_id)
+        if len(carry) == body:
+            yield [bos_id, *carry]
+            carry = []
+    if carry:
+        yield [bos_id, *carry]
 
 
 def pack_documents(
-    documents: Iterable[list[int]], *, max_length: int, bos_id: int, eod_id: int
+    documents: Iterable[Sequence[int]], *, max_length: int, bos_id: int, eod_id: int
 ) -> list[list[int]]:
     """List form of :func:`pack_token_stream`."""
     return list(pack_token_stream(documents, max_length=max_length, bos_id=bos_id, eod_id=eod_id))

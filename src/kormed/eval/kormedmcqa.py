@@ -386,9 +386,11 @@ def format_table(result: dict[str, Any]) -> str:
 def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval kormedmcqa`: load the model (+ adapter), the questions and few-shot file, evaluate,
     write `cfg.output` atomically when set, and return the result."""
-    from kormed.io import write_json
+    from kormed.io import check_output_path, write_json
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
+    if cfg.output:
+        check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
     if not cfg.data:
         raise KormedError("no test file given", field="data", hint="pass --data test.jsonl")
     questions = load_questions(cfg.data, subset=cfg.subset, limit=cfg.limit)

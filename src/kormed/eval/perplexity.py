@@ -126,9 +126,11 @@ def read_texts(path: str, *, field: str = "text", limit: int | None = None) -> l
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
     from kormed.errors import KormedError
-    from kormed.io import write_json
+    from kormed.io import check_output_path, write_json
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
+    if cfg.output:
+        check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
     texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit)

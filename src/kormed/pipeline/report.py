@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write
+from kormed.io import atomic_write, check_output_path
 
 STAGE_TITLES = {
     "prepare": "prepare (corpus)",
@@ -422,14 +422,35 @@ def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, ti
 # --------------------------------------------------------------------------------------------------- document model
 
 
+@dataclass(frozen=True)
+class Lit:
+    """Text taken from the data (paths, names, metric keys, reasons): shown literally, never read as markup."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Code(Lit):
+    """Text from the data shown as a code span."""
+
+
+@dataclass(frozen=True)
+class Bold(Lit):
+    """Text from the data shown in bold."""
+
+
+# A paragraph: str parts are kormed's own markup (the **bold** / `code` subset); Lit parts come from the data.
+Part = str | Lit
+
+
 @dataclass
 class Section:
     title: str
     anchor: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)  # ("p", text) ("table", (head, rows)) ("img", name)
+    blocks: list[tuple[str, Any]] = field(default_factory=list)  # ("p", parts) ("table", (head, rows)) ("img", name)
 
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
+    def p(self, *parts: Part) -> None:
+        self.blocks.append(("p", parts))
 
     def table(self, head: list[str], rows: list[list[Any]]) -> None:
         self.blocks.append(("table", (head, rows)))
@@ -550,7 +571,7 @@ def _data_section(data: ReportData) -> Section:
         sec.p("not run: no prepare statistics (corpus/*.stats.json) in this run.")
         return sec
     rows = _rows_of_stats(data.stats)
-    sec.p(f"From `{data.stats_path}`.")
+    sec.p("From ", Code(str(data.stats_path)), ".")
     if rows:
         known = ("source", "base", "multiplier", "final", "ratio", "characters")
         cols = [c for c in known if any(c in r for r in rows)]
@@ -622,7 +643,7 @@ def _token_section(data: ReportData) -> Section:
     if added is not None:
         vocab = (f" (vocabulary {int(tok['base_vocab_size']):,} -> {int(tok['vocab_size']):,})"
                  if _number(tok.get("base_vocab_size")) and _number(tok.get("vocab_size")) else "")
-        sec.p(f"Tokens added to the vocabulary: {int(added):,}{vocab}, method `{tok.get('method', '?')}`.")
+        sec.p(f"Tokens added to the vocabulary: {int(added):,}{vocab}, method ", Code(str(tok.get("method", "?"))), ".")
     if rows:
         sec.table(["text", "tokens / 1k chars before", "after", "saving", "characters covered by new tokens"], rows)
         sec.img("token_efficiency.png", _grouped_bar(labels, {"base tokenizer": before, "extended": after},
@@ -641,7 +662,7 @@ def _training_section(data: ReportData) -> Section:
         if not units:
             status = ((data.state.get("stages") or {}).get(stage) or {}).get("status")
             if status in ("running", "failed", "interrupted"):
-                sec.p(f"{STAGE_TITLES[stage]}: {status}, no finished training run logged yet.")
+                sec.p(f"{STAGE_TITLES[stage]}: ", Lit(str(status)), ", no finished training run logged yet.")
             else:
                 sec.p(f"{STAGE_TITLES[stage]}: not run.")
             continue
@@ -649,20 +670,20 @@ def _training_section(data: ReportData) -> Section:
             any_unit = True
             png = plot_training(u)
             reason = stop_reason(u.info)
-            bits = [f"**{u.name}**"]
+            bits: list[list[Part]] = [[Bold(u.name)]]
             if reason:
-                bits.append(f"stopped by: {reason}")
+                bits.append(["stopped by: ", Lit(str(reason))])
             best = u.info.get("best_metrics") or u.info.get("best") or {}
             final = u.info.get("final_metrics") or u.info.get("final") or {}
             if isinstance(final, dict) and final:
-                bits.append("final: " + ", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
-                                                 for k, v in list(final.items())[:6]))
+                bits.append(["final: ", Lit(", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
+                                                     for k, v in list(final.items())[:6]))])
             if isinstance(best, dict) and best:
-                bits.append("best: " + ", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
-                                                for k, v in list(best.items())[:4]))
+                bits.append(["best: ", Lit(", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
+                                                    for k, v in list(best.items())[:4]))])
             if u.source:
-                bits.append(f"curves from `{u.source}`")
-            sec.p(" - ".join(bits))
+                bits.append(["curves from ", Code(str(u.source))])
+            sec.p(*[part for i, bit in enumerate(bits) for part in ([" - "] if i else []) + bit])
             if png:
                 sec.img(f"curves_{u.name.replace('/', '_')}.png", png, f"loss and validation curves of {u.name}")
             elif not u.scalars:
@@ -797,18 +818,75 @@ def _inline_md(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
-def render_html(title: str, meta: str, sections: list[Section]) -> str:
+def _html_parts(parts: Iterable[Part]) -> str:
+    """A paragraph as HTML: kormed's markup through `_inline_md`, data parts escaped and never parsed."""
+    parts = list(parts)
+    # data parts become placeholders (private-use characters) while the markup is parsed, then their escaped text
+    markup = "".join(p if isinstance(p, str) else f"\ue000{i}\ue001" for i, p in enumerate(parts))
+
+    def data(m: re.Match) -> str:
+        part = parts[int(m.group(1))]
+        text = html.escape(part.text)
+        if isinstance(part, Code):
+            return f"<code>{text}</code>"
+        return f"<b>{text}</b>" if isinstance(part, Bold) else text
+
+    return re.sub("\ue000(\\d+)\ue001", data, _inline_md(markup))
+
+
+# Characters that Markdown (CommonMark / GFM tables) may read as markup inside a line.
+_MD_INLINE = re.compile(r"([\\`*\[\]<>|&~!])")
+_MD_UNDERSCORE = re.compile(r"(?<!\w)_|_(?!\w)")  # an intraword _ never makes emphasis: left readable
+_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])")
+
+
+def md_escape(text: str, *, line_start: bool = False) -> str:
+    """Text from the data as literal Markdown: its markup characters backslash-escaped, line breaks made spaces;
+    `line_start` also escapes what would begin a heading, quote or list at the start of a line."""
+    out = _MD_INLINE.sub(r"\\\1", " ".join(str(text).splitlines()))
+    out = _MD_UNDERSCORE.sub(r"\\_", out)
+    if line_start:
+        out = _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2) if len(m.group(2)) == 1
+                                 else m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], out)
+    return out
+
+
+def md_code(text: str) -> str:
+    """Text from the data as a Markdown code span: fenced by more backticks than it holds (CommonMark)."""
+    text = " ".join(str(text).splitlines())
+    run = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (run + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_parts(parts: Iterable[Part]) -> str:
+    """A paragraph as Markdown: kormed's markup as is, data parts escaped (a leading one as at a line start)."""
+    out = []
+    for i, p in enumerate(parts):
+        if isinstance(p, str):
+            out.append(p)
+        elif isinstance(p, Code):
+            out.append(md_code(p.text))
+        elif isinstance(p, Bold):
+            out.append(f"**{md_escape(p.text)}**")
+        else:
+            out.append(md_escape(p.text, line_start=i == 0))
+    return "".join(out)
+
+
+def render_html(title: str, meta: Iterable[Part], sections: list[Section]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{_inline_md(meta)}</p>', "<nav>"]
+             f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{_html_parts(meta)}</p>', "<nav>"]
     parts += [f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections]
     parts.append("</nav>")
     for s in sections:
         parts.append(f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>')
         for kind, payload in s.blocks:
             if kind == "p":
-                parts.append(f"<p>{_inline_md(payload)}</p>")
+                parts.append(f"<p>{_html_parts(payload)}</p>")
             elif kind == "table":
                 head, rows = payload
                 parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
@@ -827,16 +905,16 @@ def render_html(title: str, meta: str, sections: list[Section]) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return md_escape(str(value))
 
 
-def render_markdown(title: str, meta: str, sections: list[Section]) -> str:
-    lines = [f"# {title}", "", meta, ""]
+def render_markdown(title: str, meta: Iterable[Part], sections: list[Section]) -> str:
+    lines = [f"# {md_escape(title)}", "", _md_parts(meta), ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         for kind, payload in s.blocks:
             if kind == "p":
-                lines += [payload, ""]
+                lines += [_md_parts(payload), ""]
             elif kind == "table":
                 head, rows = payload
                 lines.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
@@ -845,23 +923,25 @@ def render_markdown(title: str, meta: str, sections: list[Section]) -> str:
                 lines.append("")
             elif kind == "img":
                 name, _png, alt = payload
-                lines += [f"![{alt}]({ASSET_DIR}/{name})", ""]
+                lines += [f"![{md_escape(alt)}]({ASSET_DIR}/{name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.html (self-contained) and report.md (+ report_assets/*.png) for a run directory."""
+    if out_dir is not None:
+        check_output_path(out_dir, "dir", "--output")
     data = collect(run_dir)
-    out = Path(out_dir) if out_dir is not None else data.run_dir
+    out = Path(out_dir) if out_dir is not None else check_output_path(data.run_dir, "dir", "RUN_DIR")
     sections = build_sections(data)
     name = data.state.get("name") or data.run_dir.name
     title = f"kormed run report: {name}"
-    meta_bits = [f"run directory `{data.run_dir}`"]
+    meta: list[Part] = ["run directory ", Code(str(data.run_dir))]
     if data.state.get("pipeline"):
-        meta_bits.append(f"pipeline `{data.state['pipeline']}`")
+        meta += ["; pipeline ", Code(str(data.state["pipeline"]))]
     if data.state.get("updated"):
-        meta_bits.append(f"last updated {data.state['updated']}")
-    meta = "; ".join(meta_bits) + "."
+        meta += ["; last updated ", Lit(str(data.state["updated"]))]
+    meta.append(".")
     assets = out / ASSET_DIR
     wanted = set()
     for s in sections:

@@ -25,7 +25,7 @@ from typing import Any
 
 from kormed.config import merge, read_yaml
 from kormed.errors import KormedError
-from kormed.io import read_json, write_json
+from kormed.io import check_output_path, read_json, write_json
 
 STAGE_ORDER: tuple[str, ...] = ("prepare", "tokenizer", "cpt", "sft", "loop", "eval")
 # where each stage writes inside the run directory (the seeds' layouts live inside these)
@@ -221,6 +221,7 @@ class StageSpec:
     command: tuple[str, ...] | None = None  # its `kormed` subcommand (e.g. ("train", "cpt")), for `launcher`
     collect: Callable[[Any, RunContext], Any] | None = None  # its result read back from disk after a launched run
     extra_hash: Callable[[Any, RunContext], Any] | None = None  # other settings the result depends on (JSON-able)
+    verify: Callable[[Any, RunContext], str | None] | None = None  # why existing outputs are unusable (None: fine)
 
 
 def filter_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +471,7 @@ def run_pipeline(
             f"--from {from_stage}: not a stage of this pipeline (enabled: {', '.join(pipeline.stages)})",
             field="--from",
         )
+    check_output_path(pipeline.run_dir, "dir", "the run directory (run_dir)")
     ctx, unavailable = resolve_configs(pipeline, specs, log)
     run_dir = pipeline.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -533,6 +535,8 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
     digest, inputs = stage_hash(spec, cfg, ctx)
     outputs = [Path(p) for p in spec.outputs(cfg, ctx)]
     missing = [str(p) for p in outputs if not p.exists()]
+    if not missing and spec.verify is not None and (problem := spec.verify(cfg, ctx)):
+        missing = [problem]  # e.g. a prepare set mixed by a kill: redone like missing outputs
     done = prev.get("status") == "done"
     if before_from:
         if not done or missing:

@@ -113,9 +113,18 @@ def _prepare_wire(ctx: RunContext) -> dict[str, Any]:
 
 
 def _prepare_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from kormed.prepare.pipeline import run_prepare
+    from kormed.prepare.pipeline import MissingSourceError, run_prepare
 
-    result = run_prepare(cfg, log=ctx.log)
+    try:
+        result = run_prepare(cfg, log=ctx.log)
+    except MissingSourceError as exc:  # its hint names `kormed prepare`'s flags, which `kormed run` does not take
+        file = ctx.pipeline.source or "the pipeline file"
+        where = (f"{file} sets no data_root, so the sources are looked for under {cfg.root().absolute()}: add "
+                 "`data_root: DIR` (the seeds' layout; `data_root: sample` = the bundled sample data) to it, or set"
+                 if ctx.pipeline.data_root is None else f"set in {file}")
+        raise KormedError(exc.message, path=exc.path, field=f"prepare.{exc.source}.path",
+                          hint=f"{where} `prepare: {{{exc.source}: {{path: ...}}}}`, or "
+                               f"`prepare: {{{exc.source}: {{optional: true}}}}` to skip it") from None
     return {k: v for k, v in result.items() if k != "stats"} | {"documents": result.get("lines")}
 
 
@@ -127,6 +136,17 @@ def _prepare_inputs(cfg: Any, ctx: RunContext) -> list[Path]:
 
 def _prepare_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
     return [cfg.out_path(), cfg.val_path(), cfg.stats_path()]
+
+
+def _prepare_verify(cfg: Any, ctx: RunContext) -> str | None:
+    """Why the corpus, validation file and stats on disk are not one prepare run's set (None when they are)."""
+    from kormed.prepare.publish import check_prepared_set
+
+    try:
+        check_prepared_set(cfg.out_path(), cfg.val_path())
+    except KormedError as exc:
+        return f"{exc.path}: {exc.message}"
+    return None
 
 
 def _prepare_dirs(cfg: Any, ctx: RunContext) -> list[Path]:
@@ -421,6 +441,7 @@ def default_specs() -> dict[str, StageSpec]:
             run=_prepare_run,
             inputs=_prepare_inputs,
             outputs=_prepare_outputs,
+            verify=_prepare_verify,
             output_dirs=_prepare_dirs,
             volatile=("num_proc", "batch_size", "skip_bad"),
         ),

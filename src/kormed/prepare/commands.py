@@ -34,6 +34,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         val_fraction: float = typer.Option(None, "--val-fraction", help="Validation share of plain documents."),
         mcq_style: str = typer.Option(None, "--mcq-style", help="korean_only (seed 001) or with_english (000)."),
         skip_bad: bool = typer.Option(None, "--skip-bad/--no-skip-bad", help="Skip and count bad records."),
+        duplicates: str = typer.Option(
+            None, "--duplicates", help="drop (default) or keep medical records that repeat an earlier one (counted)."
+        ),
         namu_wiki: Path = typer.Option(None, "--namu-wiki", help="Namu Wiki dataset directory."),
         wikipedia_korean: Path = typer.Option(None, "--wikipedia-korean", help="Korean Wikipedia dataset directory."),
         c4_korean: Path = typer.Option(None, "--c4-korean", help="Korean C4 dataset directory."),
@@ -57,6 +60,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             "val_fraction": val_fraction,
             "mcq_style": mcq_style,
             "skip_bad": skip_bad,
+            "duplicates": duplicates,
         }
         paths = {
             "namu_wiki": namu_wiki,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kormed.config import opt, read_yaml
+from kormed.config import opt, read_yaml, seed_opt
 from kormed.errors import KormedError
 
 PLAIN_SOURCES = ("namu_wiki", "wikipedia_korean", "c4_korean")
@@ -101,13 +101,20 @@ class PrepareConfig:
     )
     val_min_chars: int = opt(300, "Validation documents have at least this many characters.")
     val_max_docs: int = opt(5000, "At most this many validation documents.")
-    seed: int = opt(42, "Random seed for sampling, validation split and shuffle (same inputs + seed = same bytes).")
+    seed: int = seed_opt(
+        42, "Random seed for sampling, validation split and shuffle (same inputs + seed = same bytes)."
+    )
     num_proc: int = opt(0, "Worker processes for cleaning; 0 = all CPU cores.")
     batch_size: int = opt(256, "Documents per cleaning task sent to a worker.")
     shuffle_bucket_mb: int = opt(
         256, "Memory bound of the shuffle: the corpus is shuffled in random buckets of about this many MB."
     )
     skip_bad: bool = opt(False, "Skip bad records (counted and reported) instead of stopping at the first one.")
+    duplicates: Literal["drop", "keep"] = opt(
+        "drop",
+        "A medical record whose document repeats an earlier one of its source (a question or entry listed twice):\n"
+        "drop it, or keep it (each copy x multiplier). Either way counted in the stats and the log.",
+    )
 
     def validate(self) -> None:
         if self.plain_docs < 0:

@@ -58,9 +58,11 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(None, "--out", help="Write the result here (atomically) instead of stdout."),
     ) -> None:
         """Convert NamuMark to plain text (kormed's rendering policy; a redirect gives empty output)."""
-        from kormed.io import atomic_write
+        from kormed.io import atomic_write, check_output_path
         from kormed.prepare.namumark import namumark_to_text
 
+        if out is not None:
+            check_output_path(out, "file", "--out")
         if jsonl:
             from tqdm import tqdm
 

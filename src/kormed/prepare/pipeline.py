@@ -18,15 +18,13 @@ import hashlib
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import write_json, write_jsonl
+from kormed.io import check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
 from kormed.prepare.mix import (
@@ -40,9 +38,23 @@ from kormed.prepare.mix import (
     rng,
     shuffle_file,
 )
+from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
 from kormed.prepare.sources import ArrowSource, Batch
 
 Log = Callable[[str], None]
+
+
+class MissingSourceError(KormedError):
+    """A required source does not exist. Its hint names `kormed prepare`'s flag; `kormed run` words its own."""
+
+    def __init__(self, source: str, path: str | os.PathLike[str]) -> None:
+        super().__init__(
+            f"source '{source}' does not exist",
+            path=path,
+            hint=f"pass --{source.replace('_', '-')} PATH or --data-root DIR, or set prepare.{source}.optional: true "
+            "to skip it",
+        )
+        self.source = source
 
 
 def _digest(text: str) -> bytes:
@@ -129,11 +141,7 @@ class _Run:
             self.missing[name] = str(path)
             self.log(f"source '{name}' not found at {path}: skipped (optional)")
             return False
-        raise KormedError(
-            f"source '{name}' does not exist",
-            path=path,
-            hint=f"pass --{name.replace('_', '-')} PATH, or set prepare.{name}.optional: true to skip it",
-        )
+        raise MissingSourceError(name, path)
 
     def bar(self, total: int | None, desc: str) -> Any:
         from tqdm.auto import tqdm
@@ -287,8 +295,15 @@ class _Run:
             if report.total:
                 self.skipped[name] = report.to_dict()
                 self.log(f"{name}: skipped {report.total} bad record(s): {dict(report.reasons)} ({path})")
+            texts, duplicates = _unique(texts, drop=cfg.duplicates == "drop")
+            if duplicates:
+                if cfg.duplicates == "drop":
+                    self.drops[name] = {"duplicate": duplicates}
+                what = "dropped" if cfg.duplicates == "drop" else f"kept (each x{mult}; prepare.duplicates: keep)"
+                self.log(f"{name}: {duplicates} duplicate record(s) {what} ({path})")
             out += [(t, mult) for t in texts]
             self.sources[name] = {
+                "duplicates": duplicates,
                 "group": "medical",
                 "path": str(path),
                 "base": len(texts),
@@ -300,6 +315,18 @@ class _Run:
         return out
 
 
+def _unique(texts: list[str], *, drop: bool) -> tuple[list[str], int]:
+    """(texts without repeats when `drop`, else unchanged; how many repeat an earlier text). A repeated medical
+    record would otherwise be written `multiplier` times more, unnoticed."""
+    seen: set[str] = set()
+    unique: list[str] = []
+    for text in texts:
+        if text not in seen:
+            seen.add(text)
+            unique.append(text)
+    return (unique if drop else texts), len(texts) - len(unique)
+
+
 def _resolve_num_proc(n: int) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
@@ -308,20 +335,27 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     """Build the mixed CPT corpus described by `cfg`; returns the output paths and the stats.
 
     Writes `out` (JSONL `{"text"}` lines, shuffled), `<out>.val.jsonl` (held-out raw Korean text) and
-    `<out>.stats.json` (distribution table and drop counts), all atomically. Same inputs + seed = same bytes.
+    `<out>.stats.json` (distribution table, drop counts, and the size and sha256 of the other two), published as
+    one unit (:mod:`kormed.prepare.publish`); leftovers of a killed run are removed first. Same inputs + seed =
+    same bytes.
     """
     started = time.monotonic()
     root = cfg.root()
     if not root.is_dir():
         raise KormedError("data root does not exist or is not a directory", path=root, field="data_root")
     out = cfg.out_path()
+    for path in (out, cfg.val_path(), cfg.stats_path()):
+        check_output_path(path, "file", "--out")
     run = _Run(cfg, log, progress)
     num_proc = _resolve_num_proc(cfg.num_proc)
     for name in (*PLAIN_SOURCES, *MEDICAL_SOURCES):
         run.present(name)  # every required source checked before any work
     medical = run.medical()
+    val_out, stats_out = cfg.val_path(), cfg.stats_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
+    # leftovers of a killed run (its work directory, half-written temp files) go first, reported
+    report_stale(clean_stale_temps(out.parent, [out.name, val_out.name, stats_out.name]), run.log)
+    tmpdir = make_temp_dir(out.parent, out.name, ".work")
     cleaner = _Cleaner(num_proc)
     try:
         spool = Spool(tmpdir / "spool.jsonl")
@@ -333,13 +367,15 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
             spool.close()
         if spool.lines == 0:
             raise KormedError("no documents to write: every source is missing, empty or filtered out", path=root)
+        # all three outputs are staged in the work directory, then published together (kormed.prepare.publish)
+        staged = {p: tmpdir / "publish" / p.name for p in (out, val_out, stats_out)}
         bar = run.bar(spool.lines, "shuffle")
         try:
             shuffle_file(
                 spool.path,
                 spool.lines,
                 spool.bytes,
-                out,
+                staged[out],
                 seed=cfg.seed,
                 bucket_bytes=cfg.shuffle_bucket_mb << 20,
                 tmpdir=tmpdir,
@@ -348,33 +384,35 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
         finally:
             bar.close()
         order = rng(cfg.seed, RNG_VAL).permutation(len(val_texts))
-        write_jsonl(cfg.val_path(), ({"text": val_texts[i]} for i in order))
+        write_jsonl(staged[val_out], ({"text": val_texts[i]} for i in order))
+
+        rows = distribution_rows(
+            {n: run.sources[n] for n in (*PLAIN_SOURCES, *MEDICAL_SOURCES) if n in run.sources}, PLAIN_SOURCES
+        )
+        stats: dict[str, Any] = {
+            "out": str(out),
+            "val": str(val_out),
+            "seed": cfg.seed,
+            "mode": "all" if cfg.all else "sampled",
+            "lines": spool.lines,
+            "bytes": spool.bytes,
+            "table": rows,
+            "sources": run.sources,
+            "drops": run.drops,
+            "skipped": run.skipped,
+            "clean_errors": run.errors,
+            "missing": run.missing,
+            "val_docs": len(val_texts),
+            "val_characters": sum(len(t) for t in val_texts),
+            "filters": {"min_chars": cfg.min_chars, "min_hangul_ratio": cfg.min_hangul_ratio},
+            "mcq_style": cfg.mcq_style,
+            MANIFEST_KEY: {"corpus": manifest_entry(staged[out]), "val": manifest_entry(staged[val_out])},
+        }
+        write_json(staged[stats_out], stats)
+        publish([(staged[val_out], val_out), (staged[out], out), (staged[stats_out], stats_out)])
     finally:
         cleaner.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-    rows = distribution_rows(
-        {n: run.sources[n] for n in (*PLAIN_SOURCES, *MEDICAL_SOURCES) if n in run.sources}, PLAIN_SOURCES
-    )
-    stats: dict[str, Any] = {
-        "out": str(out),
-        "val": str(cfg.val_path()),
-        "seed": cfg.seed,
-        "mode": "all" if cfg.all else "sampled",
-        "lines": spool.lines,
-        "bytes": spool.bytes,
-        "table": rows,
-        "sources": run.sources,
-        "drops": run.drops,
-        "skipped": run.skipped,
-        "clean_errors": run.errors,
-        "missing": run.missing,
-        "val_docs": len(val_texts),
-        "val_characters": sum(len(t) for t in val_texts),
-        "filters": {"min_chars": cfg.min_chars, "min_hangul_ratio": cfg.min_hangul_ratio},
-        "mcq_style": cfg.mcq_style,
-    }
-    write_json(cfg.stats_path(), stats)
     elapsed = time.monotonic() - started
     if log is not None:
         log(format_table(rows))

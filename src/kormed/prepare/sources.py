@@ -44,6 +44,33 @@ def _open_shard(path: Path) -> Any:
         raise KormedError(f"cannot read Arrow shard ({type(exc).__name__}: {exc})", path=path) from None
 
 
+def _saved_empty(path: Path, split: str) -> bool:
+    """Whether `path` (or its `split`) is a dataset saved by save_to_disk with no data files (0 rows)."""
+    import json
+
+    for state in (path / "state.json", path / split / "state.json"):
+        try:
+            if json.loads(state.read_text(encoding="utf-8")).get("_data_files") == []:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def _check_text_column(ds: Any, column: str, path: Path, name: str) -> None:
+    """The text column must hold strings: a column of numbers would give 0 documents, each 'empty', silently."""
+    feature = ds.features.get(column)
+    dtype = getattr(feature, "dtype", None)
+    if dtype not in ("string", "large_string"):
+        kind = dtype if dtype is not None else type(feature).__name__
+        raise KormedError(
+            f"source '{name}': column '{column}' holds {kind} values, not text (string)",
+            path=path,
+            field="text_field",
+            hint="set the source's text_field to the column that holds the documents' text",
+        )
+
+
 def _shard_files(path: Path, split: str) -> list[Path]:
     """The shard files of a saved Dataset / DatasetDict (or a folder of bare `.arrow` files), in order."""
     from datasets import Dataset, DatasetDict, load_from_disk
@@ -53,6 +80,9 @@ def _shard_files(path: Path, split: str) -> list[Path]:
     except FileNotFoundError:
         ds = None  # not written by save_to_disk: accept a folder of bare .arrow files (checked below)
     except Exception as exc:
+        if _saved_empty(path, split):  # datasets cannot load a saved 0-row dataset (IndexError)
+            raise KormedError("the dataset is empty (0 rows)", path=path,
+                              hint="point the source at a dataset with documents") from None
         raise KormedError(f"cannot open the dataset ({type(exc).__name__}: {exc})", path=path) from None
     if isinstance(ds, DatasetDict):
         if split not in ds:
@@ -103,9 +133,18 @@ class ArrowSource:
             raise KormedError(
                 f"no '{text_field}' column (columns: {', '.join(self.columns)})", path=self.path, field="text_field"
             )
+        if self.shards:
+            ds = _open_shard(self.shards[0].path)
+            try:
+                _check_text_column(ds, text_field, self.shards[0].path, name)
+            finally:
+                del ds
         self.has_namespace = "namespace" in self.columns
         self.offsets = np.cumsum([0] + [s.rows for s in self.shards])
         self.num_rows = int(self.offsets[-1])
+        if self.num_rows == 0:
+            raise KormedError(f"source '{name}' is empty (0 rows)", path=self.path,
+                              hint="point the source at a dataset with documents")
 
     @property
     def _read_columns(self) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import opt
+from kormed.config import opt, seed_opt
 from kormed.errors import KormedError
 
 
@@ -46,7 +46,7 @@ class TokenizerConfig:
     heldout_fraction: float = opt(
         0.1, "Share of corpus documents held out (never used to select tokens) for the efficiency report."
     )
-    seed: int = opt(0, "Seed of the held-out split (the same seed and inputs give byte-identical outputs).")
+    seed: int = seed_opt(0, "Seed of the held-out split (the same seed and inputs give byte-identical outputs).")
     max_corpus_chars: int = opt(
         200_000_000, "Read at most this many characters of corpus text (the first documents of the file)."
     )

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import iter_jsonl
+from kormed.io import iter_jsonl, temp_dir
 
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -479,7 +479,7 @@ def save_tokenizer_dir(base_dir: str | Path, tokenizer_json: dict[str, Any] | st
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
+    with temp_dir(out, "tokenizer") as tmp:  # kormed temp name: a killed run's leftover is cleaned next time
         tmp_path = Path(tmp)
         for name in TOKENIZER_FILES[1:]:
             src = Path(base_dir) / name
@@ -502,12 +502,12 @@ def export_base_tokenizer(model_path: str, dest: str | Path) -> Path:
     from kormed.models import load_tokenizer
 
     src = Path(model_path)
+    tok = load_tokenizer(model_path)  # the shared checks: a complete, loadable Gemma 3 tokenizer (cached per process)
     if (src / "tokenizer.json").is_file():
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, Path(dest) / name)
         return Path(dest)
-    tok = load_tokenizer(model_path)
     if not getattr(tok, "is_fast", False):
         raise KormedError("the base tokenizer has no tokenizer.json (a fast tokenizer is needed)", path=model_path)
     tok.save_pretrained(str(dest))
@@ -535,7 +535,7 @@ def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, 
     """`kormed tokenizer extend`: build the extended tokenizer in `cfg.out` and return the efficiency report."""
     from tokenizers import Tokenizer
 
-    from kormed.io import write_json
+    from kormed.io import check_output_path, write_json
     from kormed.models import load_tokenizer, resolve_model
     from kormed.records import read_dictionary
     from kormed.tokenizer.report import text_efficiency
@@ -543,6 +543,7 @@ def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, 
     for name in ("corpus", "dict", "out"):
         if not getattr(cfg, name):
             raise KormedError("is required", field=f"tokenizer.{name}", hint=f"pass --{name} or set it in the YAML")
+    check_output_path(cfg.out, "dir", "--out")
     entries, _ = read_dictionary(cfg.dict)
     texts = read_corpus_texts(cfg.corpus, cfg.max_corpus_chars)
     select_texts, heldout = split_heldout(texts, cfg.heldout_fraction, cfg.seed)

@@ -16,13 +16,16 @@ from kormed.train.engine import (
     STOP_TARGET,
     SignalFlag,
     StopRecord,
-    is_main_process,
+    non_finite_eval,
+    non_finite_stop,
 )
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop at the first NaN/inf loss BEFORE the optimizer applies it: gradients are dropped, no checkpoint
-    is saved afterwards, so the last checkpoint on disk is the last good one."""
+    """Stop at the first NaN/inf loss BEFORE the optimizer applies it (gradients are dropped), or at a NaN/inf
+    validation loss (that step's checkpoint is not saved); the trainer also refuses to save a checkpoint with
+    non-finite weights. The stop names the last GOOD checkpoint: complete, with finite validation losses and
+    weights (:func:`kormed.train.engine.checkpoint_problem`)."""
 
     def __init__(self, stop: StopRecord) -> None:
         self.stop = stop
@@ -33,13 +36,13 @@ class NonFiniteLossGuard(TrainerCallback):
             return control
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without a gradient
-        step = state.global_step + 1
-        last = _last_checkpoint(args.output_dir)
-        self.stop.set(STOP_NON_FINITE, step, f"non-finite (NaN/inf) loss at step {step}; last good checkpoint: "
-                      f"{last or 'none'}")
-        if is_main_process():
-            print(f"\n[kormed] {self.stop.detail}. Stopping; lower the learning rate or check the data.", flush=True)
-        control.should_training_stop = True
+        non_finite_stop(self.stop, control, state.global_step + 1, "loss", args.output_dir)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        key = non_finite_eval(metrics)
+        if key is not None:
+            non_finite_stop(self.stop, control, state.global_step, f"validation loss ({key})", args.output_dir)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -50,12 +53,16 @@ class NonFiniteLossGuard(TrainerCallback):
         return control
 
 
-def _last_checkpoint(ckpt_dir: str) -> str | None:
-    from pathlib import Path
+class ResumeLogWindow(TrainerCallback):
+    """On resume, continue the loss-logging window of the checkpoint (KormedTrainer.restore_log_window)."""
 
-    from transformers.trainer_utils import get_last_checkpoint
+    def __init__(self) -> None:
+        self.trainer: Any = None
 
-    return get_last_checkpoint(ckpt_dir) if Path(ckpt_dir).is_dir() else None
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer is not None and hasattr(self.trainer, "restore_log_window"):
+            self.trainer.restore_log_window()
+        return control
 
 
 class InterruptCallback(TrainerCallback):

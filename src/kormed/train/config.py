@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import nested, opt
+from kormed.config import nested, opt, seed_opt
 from kormed.errors import KormedError
 
 # The linear layers of a Gemma 3 decoder block (attention and MLP); the vision tower is never targeted.
@@ -82,8 +82,13 @@ class TrainOptions:
     save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = opt(10, "Log the training loss every N optimizer steps.")
     eval_batch_size: int | None = opt(None, "Sequences per device during validation (default: 2 x batch_size).")
-    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass (less memory).")
-    seed: int = opt(42, "Seed of the data order, dropout and initialisation.")
+    gradient_checkpointing: bool | None = opt(
+        None,
+        "Recompute activations in the backward pass: less activation memory for about a third more compute.\n"
+        "null (auto): on for CUDA (the seeds' setting; GPU memory is the limit), off on CPU (measured 1.6x the\n"
+        "tokens/s on the embedded model, benchmarks/README.md). true / false force it.",
+    )
+    seed: int = seed_opt(42, "Seed of the data order, dropout and initialisation.")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).")
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
@@ -103,11 +108,11 @@ class TrainOptions:
         "auto",
         "How the next-token loss is computed. None but 'full' builds the full-vocabulary logits (262K x tokens):\n"
         "the hidden states are projected only where a label is learned. liger: Liger-Kernel's fused linear\n"
-        "cross-entropy (CUDA, `pip install kormed[gpu]`); chunked: TRL's chunked kernel (any device);\n"
+        "cross-entropy (CUDA, `pip install kormed[gpu]`); chunked: kormed's token-chunked fused loss (any device);\n"
         "full: the model's logits (reference). auto: liger on CUDA when installed, else chunked.",
     )
     loss_chunk_size: int = opt(
-        16384, "Vocabulary entries per tile of the chunked loss (a tile is at most 4096 tokens x this many logits)."
+        256, "Learned positions per chunk of the chunked loss (a chunk is this many tokens x the vocabulary of logits)."
     )
     report_to: list[str] = opt(["tensorboard"], "Trainer loggers; TensorBoard logs go to <output>/runs/.")
     early_stopping_patience: int = opt(5, "Stop after this many validations without improvement (seeds: 5-10).")

@@ -15,15 +15,16 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kormed.config import to_dict
 from kormed.errors import KormedError
-from kormed.io import iter_jsonl, require_file
+from kormed.io import check_output_path, clean_stale_temps, iter_jsonl, report_stale, require_file, temp_dir
 from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pick_runtime
+from kormed.prepare.publish import check_prepared_set
 from kormed.train.config import CPTConfig
 
 Log = Callable[[str], Any]
@@ -95,12 +96,13 @@ def build_packed_dataset(
     num_proc: int | None = None,
     cache_dir: str | Path | None = None,
     log: Log = print,
+    data_sha256: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Tokenize and pack `data` into a `datasets.Dataset` of `input_ids` blocks (cached); returns (dataset, info).
 
     info: data path, data sha256, tokenizer sha256, documents, blocks, tokens (including BOS/EOD), cache key
     and whether the cache was hit. The cache key covers the tokenizer, the data bytes, max_length, eod_token,
-    max_samples and the packing version.
+    max_samples and the packing version. `data_sha256`: the data file's digest when the caller has it.
     """
     from datasets import Dataset, Features, Sequence, Value, load_from_disk
 
@@ -112,7 +114,7 @@ def build_packed_dataset(
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
-    data_hash = file_sha256(data)
+    data_hash = data_sha256 or file_sha256(data)
     tok_hash = tokenizer_fingerprint(tokenizer)
     settings = {"max_length": max_length, "eod_token": eod_token, "eod_id": eod_id, "bos_id": int(bos_id),
                 "max_samples": max_samples, "packing_version": PACKING_VERSION}
@@ -122,6 +124,7 @@ def build_packed_dataset(
     info: dict[str, Any] = {"path": str(data), "sha256": data_hash, "tokenizer_sha256": tok_hash, "cache_key": key,
                             "cache_dir": str(target), **settings}
     meta_path = target / "kormed_packed.json"
+    report_stale(clean_stale_temps(root), log)  # half-built sets of killed runs (any key)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         log(f"[kormed] packed training set from cache: {target} ({meta['blocks']} blocks)")
@@ -141,7 +144,7 @@ def build_packed_dataset(
     )
     n_doc_tokens = int(sum(tokenized["n"]))
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
+    with temp_dir(root, key) as tmp:
         packed = Dataset.from_generator(
             _pack_generator,
             gen_kwargs={"token_lists": tokenized, "max_length": max_length, "bos_id": int(bos_id), "eod_id": eod_id},
@@ -232,11 +235,23 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
         raise KormedError("no validation data: pass --val FILE (held-out JSONL with a 'text' field)")
     require_file(cfg.data, "training text")
     require_file(cfg.val, "validation text")
+    check_prepared_set(cfg.data, cfg.val)  # a corpus and validation file from two prepare runs are refused
     cfg = apply_tokenizer_options(cfg, tokenizer_options)
-    output = Path(cfg.output) if cfg.output else default_output(cfg.model)
+    output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output")
     runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     state = PartialState(cpu=runtime.device == "cpu")  # cpu=True: several CPU processes use gloo (MULTI_CPU)
     quiet = (lambda m: None) if not state.is_main_process else log
+
+    # what the data order depends on: checked against the run's record BEFORE the model loads (as is the
+    # refusal to mix with an earlier run's checkpoints), recorded when a run starts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # build_trainer warns about an uneven accumulation split once
+        accum = engine.effective_grad_accum(cfg.train)
+    data_order = {"data_sha256": engine.file_sha256(cfg.data), "max_length": cfg.max_length,
+                  "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
+                  "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
+                  "processes": engine.world_size()}
+    plan = engine.plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
 
     model, tokenizer, model_info = engine.prepare_model_for_training(
         cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet,
@@ -245,7 +260,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     with state.main_process_first():  # rank 0 tokenizes and caches, the others then load the cache
         train_ds, data_info = build_packed_dataset(
             cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
-            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet,
+            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_order["data_sha256"],
         )
     val_ds, val_info = build_val_dataset(
         cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
@@ -258,7 +273,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     for cb in extra:
         if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:
             cb.attach(trainer)
-    summary = engine.run_training(trainer, resume=cfg.resume, log=quiet)
+    summary = engine.run_training(trainer, resume=cfg.resume, log=quiet, data_order=data_order, plan=plan)
     info = {
         "stage": "cpt",
         "config": to_dict(cfg),
@@ -268,9 +283,9 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     ok = summary["stop_reason"] not in (engine.STOP_INTERRUPTED, engine.STOP_NON_FINITE)
     full = engine.finish_run(trainer, tokenizer, output, info, summary, save=ok)
     full["output"] = str(output)
-    if summary["stop_reason"] == engine.STOP_NON_FINITE:
+    if full["stop_reason"] == engine.STOP_NON_FINITE:  # also weights found non-finite when saving the adapter
         raise KormedError(
-            summary["stop_detail"], path=output,
+            full["stop_detail"], path=output,
             hint="lower --lr, check the data, or --resume from the last good checkpoint with other settings",
         )
     return full

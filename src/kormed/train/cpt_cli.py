@@ -31,7 +31,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         train_embeddings: bool = typer.Option(
             None, "--train-embeddings/--no-train-embeddings", help="Also train the (tied) token embeddings."
         ),
-        resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint in <output>."),
+        resume: bool = typer.Option(
+            None, "--resume", help="Continue from the newest complete checkpoint in <output> (same data order)."
+        ),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
         dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 (auto: bf16 on CUDA and on CPUs "
                                   "with native bf16)."),

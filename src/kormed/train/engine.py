@@ -40,7 +40,6 @@ import platform
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, write_json
+from kormed.io import atomic_write, temp_dir, write_json
 from kormed.models import (
     ADAPTER_META_FILE,
     RuntimeSpec,
@@ -176,6 +175,13 @@ def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = 
     if grown != rows or new_ids:
         log(f"[kormed] embeddings resized: {rows} -> {grown} rows ({len(new_ids)} new tokens)")
     return new_ids
+
+
+def use_gradient_checkpointing(options: TrainOptions, device: str) -> bool:
+    """`train.gradient_checkpointing`, with null (auto) resolved: on for CUDA, off on CPU."""
+    if options.gradient_checkpointing is not None:
+        return bool(options.gradient_checkpointing)
+    return str(device).startswith("cuda")
 
 
 def upcast_trainable_copies(model: Any) -> int:
@@ -397,11 +403,26 @@ class StopRecord:
         self.detail: str = ""
 
     def set(self, reason: str, step: int, detail: str = "") -> None:
-        if self.reason is None:
+        # a non-finite stop also replaces an interrupt of the same step: its checkpoint is then not saved
+        if self.reason is None or (reason == STOP_NON_FINITE and self.reason == STOP_INTERRUPTED):
             self.reason, self.step, self.detail = reason, step, detail
 
     def as_dict(self) -> dict[str, Any]:
         return {"stop_reason": self.reason or STOP_COMPLETED, "stop_step": self.step, "stop_detail": self.detail}
+
+
+def non_finite_stop(stop: StopRecord, control: Any, step: int, what: str, ckpt_dir: str | Path) -> None:
+    """Record a non-finite stop at `step` naming the last good checkpoint, say it once, and stop without saving."""
+    first = stop.reason != STOP_NON_FINITE
+    if first:
+        last = latest_good_checkpoint(ckpt_dir)[0]
+        stop.set(STOP_NON_FINITE, step, f"non-finite (NaN/inf) {what} at step {step}; last good checkpoint: "
+                 f"{last or 'none'}")
+    if first and stop.reason == STOP_NON_FINITE and is_main_process():
+        print(f"\n[kormed] {stop.detail}. Stopping; lower the learning rate or check the data.", flush=True)
+    control.should_save = False
+    control.should_evaluate = False
+    control.should_training_stop = True
 
 
 def _make_trainer_class() -> type:
@@ -462,6 +483,47 @@ def _make_trainer_class() -> type:
             if self.args.world_size > 1:
                 t = self.accelerator.reduce(t.reshape(1), reduction="sum")
             return bool(t.sum().item() > 0)
+
+        # checkpoints: never one with non-finite weights; the open loss-logging window goes with it ---------
+        def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
+            self.kormed_resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def trainable_finite(self) -> bool:
+            """Whether every trainable weight is finite on every process (collective when distributed)."""
+            params = [p.detach() for p in self.model.parameters() if p.requires_grad]
+            ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all().item()) if params else True
+            return not self.any_process(not ok)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            step = self.state.global_step
+            if not self.trainable_finite():
+                non_finite_stop(self.stop_record, self.control, step, "trainable weights", self.args.output_dir)
+                return
+            window = getattr(self, "_tr_loss", None)
+            if window is not None:
+                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+                # written before the Trainer's files: trainer_state.json (written last) still marks completeness
+                write_json(folder / LOG_STATE_FILE.format(self.args.process_index), {
+                    "tr_loss": float(window.item()), "last_logged_step": int(self._globalstep_last_logged),
+                })
+            super()._save_checkpoint(model, trial)
+
+        def restore_log_window(self) -> None:
+            """On resume, continue the loss-averaging window the checkpoint was saved in (so the logged loss is
+            the uninterrupted run's: the sum since the last log and that log's step were saved with it)."""
+            ckpt = getattr(self, "kormed_resumed_from", None)
+            f = Path(ckpt) / LOG_STATE_FILE.format(self.args.process_index) if ckpt else None
+            if f is None or not f.is_file():
+                return
+            try:
+                saved = json.loads(f.read_text(encoding="utf-8"))
+                value, last = float(saved["tr_loss"]), int(saved["last_logged_step"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return  # the window restarts, as without the file: the weights are unaffected
+            if last <= self.state.global_step and getattr(self, "_tr_loss", None) is not None:
+                self._tr_loss.fill_(value)
+                self._globalstep_last_logged = last
 
         def any_process(self, value: bool) -> bool:
             """OR of a boolean over processes (collective when distributed)."""
@@ -627,10 +689,8 @@ def build_trainer(
     # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
     ckpt_name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
-    checkpointing = {
-        ckpt_name: options.gradient_checkpointing,
-        f"{ckpt_name}_kwargs": {"use_reentrant": False} if options.gradient_checkpointing else None,
-    }
+    recompute = use_gradient_checkpointing(options, runtime.device)
+    checkpointing = {ckpt_name: recompute, f"{ckpt_name}_kwargs": {"use_reentrant": False} if recompute else None}
     args = TrainingArguments(
         **checkpointing,
         output_dir=str(output_dir / "checkpoints"),
@@ -682,12 +742,13 @@ def build_trainer(
             target_perplexity=options.target_perplexity,
         ),
         cb.ThroughputCallback(),
+        cb.ResumeLogWindow(),
     ]
     if "tensorboard" in options.report_to:
         tb = TensorBoardCallback()
         tb.logging_dir = str(output_dir / "runs")
         extra.append(tb)
-    if options.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+    if recompute and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainer = trainer_class()(
         model=model,
@@ -714,37 +775,279 @@ def build_trainer(
     return trainer
 
 
+# --------------------------------------------------------------------------------------------------------------
+# checkpoints: which one --resume continues, and what the data order depends on
+# --------------------------------------------------------------------------------------------------------------
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+DATA_ORDER_FILE = "kormed_data_order.json"  # in <output>/checkpoints/: the settings the data order depends on
+LOG_STATE_FILE = "kormed_log_state_{}.json"  # in a checkpoint, per process: the open loss-logging window
+# What a setting is called where the user sets it (for the one-line refusal of a resume that changes it).
+_DATA_ORDER_LABELS = {
+    "data_sha256": "training data (--data, file contents)",
+    "max_length": "--max-length",
+    "max_samples": "--max-samples",
+    "eod_token": "eod_token",
+    "packing_version": "packing version (kormed upgrade)",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "grad_accum": "gradient accumulation per process (--grad-accum)",
+    "processes": "number of training processes",
+    "train_examples": "number of training examples",
+}
+
+
+def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `checkpoint-N` directory, oldest first."""
+    try:
+        entries = list(ckpt_dir.iterdir())
+    except OSError:
+        return []
+    found = [(int(m.group(1)), p) for p in entries if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (header unreadable, or shorter/longer than its header says)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "empty"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return "truncated header"
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return "unreadable header"
+    return None if size == 8 + n + end else f"{size} bytes, its header says {8 + n + end}"
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why a torch.save file (a zip archive; never unpickled here) is not whole."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return "truncated or not a torch file"
+    return None
+
+
+def non_finite_eval(metrics: dict[str, Any] | None) -> str | None:
+    """The first validation loss in `metrics` that is NaN/inf (a set with 0 target tokens does not count)."""
+    metrics = metrics or {}
+    losses = [k for k, v in metrics.items() if k.startswith("eval") and k.endswith("_loss")
+              and isinstance(v, int | float) and not isinstance(v, bool)]
+    per_set = [k for k in losses if f"{k[:-5]}_tokens" in metrics]
+    for k in per_set or losses:
+        if not math.isfinite(metrics[k]) and metrics.get(f"{k[:-5]}_tokens", 1) > 0:
+            return k
+    return None
+
+
+def _non_finite_weights(path: Path) -> str | None:
+    """The first tensor of a .safetensors file with a NaN/inf value, or None."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        for name in fh.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
+            t = fh.get_tensor(name)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return name
+    return None
+
+
+def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | None:
+    """Why `path` (a Trainer `checkpoint-N/`) cannot be resumed from, or None when it is complete and good.
+
+    Complete: the Trainer writes the weights, optimizer, scheduler and RNG states, then `trainer_state.json`
+    LAST; so trainer_state.json must parse and name step N, each of those must be present, every
+    `.safetensors` file must be as long as its header says and every torch file (`.pt`/`.pth`/`.bin`) must be a
+    whole zip archive (a kill -9 during a save leaves one of these wrong). Good (`check_finite`): the
+    validation losses logged at step N and every weight in its `.safetensors` files are finite.
+    """
+    p = Path(path)
+    m = _CHECKPOINT_RE.match(p.name)
+    state_file = p / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        step = int(state["global_step"])
+    except FileNotFoundError:
+        return "incomplete: no trainer_state.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "incomplete: trainer_state.json unreadable"
+    if m is not None and step != int(m.group(1)):
+        return f"trainer_state.json says step {step}"
+    try:
+        names = sorted(e.name for e in p.iterdir())
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    required = {
+        "weights": lambda n: n.endswith(".safetensors") or n.startswith(("pytorch_model", "model")),
+        "optimizer state": lambda n: n.startswith("optimizer"),
+        "scheduler state": lambda n: n.startswith("scheduler"),
+        "RNG state": lambda n: n.startswith("rng_state"),
+    }
+    for what, wanted in required.items():
+        if not any(wanted(n) for n in names):
+            return f"incomplete: no {what}"
+    for name in names:
+        f = p / name
+        if not f.is_file():
+            continue
+        problem = (_safetensors_problem(f) if name.endswith(".safetensors")
+                   else _zip_problem(f) if name.endswith((".pt", ".pth", ".bin")) else None)
+        if problem:
+            return f"incomplete: {name} {problem}"
+    if not check_finite:
+        return None
+    for entry in state.get("log_history") or []:
+        if entry.get("step") == step and (key := non_finite_eval(entry)):
+            return f"not finite: {key} {entry[key]}"
+    for name in names:
+        if name.endswith(".safetensors"):
+            try:
+                bad = _non_finite_weights(p / name)
+            except Exception as exc:  # noqa: BLE001 - any failure to read the weights makes it unusable
+                return f"incomplete: {name} unreadable ({type(exc).__name__})"
+            if bad:
+                return f"not finite: weight {bad} in {name}"
+    return None
+
+
+def latest_good_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest checkpoint under `ckpt_dir` that is complete and good (:func:`checkpoint_problem`), and the
+    newer ones passed over as (path, why)."""
+    skipped: list[tuple[str, str]] = []
+    for _, path in reversed(_checkpoint_dirs(Path(ckpt_dir))):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path), skipped
+        skipped.append((str(path), problem))
+    return None, skipped
+
+
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest Trainer checkpoint under output_dir/checkpoints, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpt = Path(output_dir) / "checkpoints"
-    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    """The newest complete, good Trainer checkpoint under output_dir/checkpoints, or None."""
+    return latest_good_checkpoint(Path(output_dir) / "checkpoints")[0]
 
 
-def run_training(trainer: Any, *, resume: bool = False, log: Log = print) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint when `resume`), and summarise the run.
+def trainer_data_order(trainer: Any) -> dict[str, Any]:
+    """The Trainer-side settings the order of training batches depends on."""
+    args = trainer.args
+    ds = trainer.train_dataset
+    return {
+        "seed": args.data_seed if args.data_seed is not None else args.seed,
+        "batch_size": args.per_device_train_batch_size,
+        "grad_accum": args.gradient_accumulation_steps,
+        "processes": args.world_size,
+        "train_examples": len(ds) if hasattr(ds, "__len__") else None,
+    }
+
+
+def _show(key: str, value: Any) -> str:
+    return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
+
+
+def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log = print) -> bool:
+    """Refuse (KormedError naming the setting) when `current` differs from the settings recorded when the run in
+    `output_dir` started; settings absent from either side are not compared. False when nothing is recorded."""
+    record = Path(output_dir) / "checkpoints" / DATA_ORDER_FILE
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))["settings"]
+    except FileNotFoundError:
+        log(f"[kormed] --resume: no record of the data-order settings in {record.parent} (an older kormed); "
+            "they cannot be checked")
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KormedError("unreadable record of the run's data-order settings", path=record,
+                          hint="delete it to resume without the check") from None
+    for key, now in current.items():
+        if key in recorded and recorded[key] != now:
+            label = _DATA_ORDER_LABELS.get(key, key)
+            raise KormedError(
+                f"--resume with a different {label}: {_show(key, recorded[key])} when the checkpoints were written, "
+                f"{_show(key, now)} now; the data order would not continue",
+                path=record.parent, field=key,
+                hint="resume with the run's original settings, or start a new run with another --output",
+            )
+    return True
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    """What :func:`plan_resume` decided: the checkpoint to continue (None: from the beginning) and the newer
+    checkpoints passed over as (path, why)."""
+
+    resume_from: str | None
+    skipped: list[tuple[str, str]]
+
+
+def plan_resume(output_dir: str | Path, *, resume: bool, data_order: dict[str, Any] | None = None,
+                log: Log = print) -> ResumePlan:
+    """Decide where training in `output_dir` starts; cheap, so callers run it before loading the model.
+
+    Without `resume`, any `checkpoint-N/` of an earlier run is refused. With it: the newest complete, good
+    checkpoint (one line for each newer one skipped), after checking `data_order` against the recorded settings.
+    """
+    ckpt_dir = Path(output_dir) / "checkpoints"
+    existing = _checkpoint_dirs(ckpt_dir)
+    if not resume:
+        if existing:
+            raise KormedError(
+                "the output directory has checkpoints of an earlier run",
+                path=existing[-1][1],
+                hint="pass --resume to continue it, or choose another --output",
+            )
+        return ResumePlan(None, [])
+    chosen, skipped = latest_good_checkpoint(ckpt_dir)
+    for path, why in skipped:
+        log(f"[kormed] --resume: skipping {Path(path).name} ({why}); it will be removed")
+    if chosen is None:
+        log(f"[kormed] --resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")
+    else:
+        check_data_order(output_dir, data_order or {}, log=lambda m: None)
+    return ResumePlan(chosen, skipped)
+
+
+def _record_data_order(output_dir: Path, settings: dict[str, Any]) -> None:
+    if is_main_process():
+        write_json(output_dir / "checkpoints" / DATA_ORDER_FILE, {"settings": settings})
+
+
+def run_training(trainer: Any, *, resume: bool = False, log: Log = print, data_order: dict[str, Any] | None = None,
+                 plan: ResumePlan | None = None) -> dict[str, Any]:
+    """Train (resuming from the newest complete checkpoint when `resume`), and summarise the run.
 
     Returns stop_reason/stop_step/stop_detail, global_step, tokens_seen, wall_time_s, resumed_from,
     best_metric/best_step/best_checkpoint, first_eval/best_eval/last_eval (metric dicts), eval_history and
     train_loss_last. Refuses to mix with stale checkpoints of an earlier run unless `resume`.
+
+    `data_order`: the caller's settings the data order depends on (data digest, max_length, ...); with the
+    Trainer's own (seed, batch size, accumulation, processes, examples) they are recorded when a run starts
+    and a resume that changes one is refused. `plan`: :func:`plan_resume`'s answer when the caller asked
+    before loading the model.
     """
     out = Path(trainer.args.output_dir).parent
-    ckpt = last_checkpoint(out)
-    resume_from = None
-    if resume:
-        if ckpt is None:
-            log(f"[kormed] --resume: no checkpoint in {out / 'checkpoints'}, starting from the beginning")
-        else:
-            resume_from = ckpt
-            trainer.args.eval_on_start = False  # the "before" validation is already in the restored history
-            log(f"[kormed] resuming from {ckpt}")
-    elif ckpt is not None:
-        raise KormedError(
-            "the output directory has checkpoints of an earlier run",
-            path=ckpt,
-            hint="pass --resume to continue it, or choose another --output",
-        )
+    if plan is None:
+        plan = plan_resume(out, resume=resume, data_order=data_order, log=log)
+    order = {**(data_order or {}), **trainer_data_order(trainer)}
+    resume_from = plan.resume_from
+    if resume_from is not None:
+        if not check_data_order(out, order, log=log):
+            _record_data_order(out, order)
+        trainer.args.eval_on_start = False  # the "before" validation is already in the restored history
+        log(f"[kormed] resuming from {resume_from}")
+    else:
+        _record_data_order(out, order)
+    if is_main_process():
+        for path, _ in plan.skipped:  # newer than the resume point: incomplete or not finite
+            shutil.rmtree(path, ignore_errors=True)
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
     wall = time.time() - start
@@ -822,8 +1125,7 @@ def save_adapter(
         return None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
-        stage = Path(tmp)
+    with temp_dir(out, "save") as stage:  # kormed's temp naming: a killed run's leftover is removed next time
         # save_embedding_layers=False: the adapter stores only what was trained (LoRA, trained embedding rows or
         # a trained embedding copy); untrained resized rows are rebuilt bit-identically at load time from
         # kormed_adapter.json (see kormed.models.load_model_and_tokenizer), for every model class alike.
@@ -896,9 +1198,19 @@ def finish_run(
         full["runtime"] = dataclasses.asdict(runtime)
     spec = getattr(trainer, "loss_spec", None)
     if spec is not None:
-        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 16384}
+        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 256}
     full["library_versions"] = library_versions()
     full = json.loads(json.dumps(full, default=str))  # plain JSON types only
+    if save and hasattr(trainer, "trainable_finite") and not trainer.trainable_finite():
+        # e.g. the last optimizer step of a run with an absurd learning rate: never publish NaN/inf weights
+        save = False
+        step = trainer.state.global_step
+        last = latest_good_checkpoint(trainer.args.output_dir)[0]
+        full.update(stop_reason=STOP_NON_FINITE, stop_step=step,
+                    stop_detail=f"non-finite (NaN/inf) trainable weights after step {step}, no adapter saved; "
+                    f"last good checkpoint: {last or 'none'}")
+        if is_main_process():
+            print(f"\n[kormed] {full['stop_detail']}. Lower the learning rate or check the data.", flush=True)
     state_dict = gather_state_dict(trainer) if save else None
     out = Path(output_dir)
     if save:

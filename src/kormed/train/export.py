@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import write_json
+from kormed.io import make_temp_dir, write_json
 from kormed.models import (
     RuntimeSpec,
+    check_adapter_dir,
     load_config,
     load_model_and_tokenizer,
+    looks_like_hub_id,
     read_adapter_base,
     read_adapter_meta,
     resolve_model,
@@ -53,11 +54,13 @@ def check_adapter_base(adapter: str | Path, model: str | None = None) -> str | N
 
     base = read_adapter_base(adapter)
     if model is not None:
+        check_adapter_dir(adapter)
         return model
-    if base and not Path(base).exists() and base.count("/") != 1 and not Path(base).name.startswith(
-            EMBEDDED_MODEL_NAME):
+    if base and not Path(base).expanduser().exists() and not looks_like_hub_id(base) and not Path(
+            base).name.startswith(EMBEDDED_MODEL_NAME):
         raise KormedError(f"the adapter's base model cannot be found: {base}",
                           path=Path(adapter) / "adapter_config.json", hint="pass the base with --model")
+    check_adapter_dir(adapter)  # safetensors weights (a pickle adapter_model.bin is refused), before any work
     return None
 
 
@@ -87,7 +90,7 @@ def export_merged(
         raise KormedError("output directory exists and is not an earlier kormed export", path=out,
                           hint="choose an empty or new --out directory")
     base = model if model is not None else read_adapter_base(adapter)
-    if model is None and base and not Path(base).exists() and base.count("/") != 1:
+    if model is None and base and not Path(base).expanduser().exists() and not looks_like_hub_id(base):
         base = None  # recorded path from another machine: the embedded default, as load_model_and_tokenizer does
     model_path = resolve_model(base, log=log)
     dtype = _base_dtype(model_path)
@@ -101,7 +104,7 @@ def export_merged(
     merged = merge_adapter(net)
     merged.config.name_or_path = str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    stage = make_temp_dir(out.parent, out.name, ".export")  # umask-normal mode, kormed temp name
     try:
         merged.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)

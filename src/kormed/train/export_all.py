@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, read_json, write_json
+from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, write_json
 
 MARKER = "kormed_export.json"
 # Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
@@ -41,8 +40,7 @@ def modelfile(gguf_name: str) -> str:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise KormedError("--out exists and is not a directory", path=out)
+    check_output_path(out, "dir", "--out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise KormedError("output directory exists and is not an earlier kormed export", path=out,
                           hint="choose an empty or new --out directory")
@@ -51,7 +49,7 @@ def _check_out(out: Path) -> None:
 def _stage_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+        return make_temp_dir(out.parent, out.name, ".export")
     except OSError as exc:
         raise KormedError(f"cannot write the export: {exc.strerror}", path=out.parent) from None
 

@@ -26,12 +26,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+from kormed.io import temp_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
 # what the converter offers (`--outtype`) that kormed exports and verifies; Q4_K_M needs the compiled llama-quantize
@@ -99,9 +99,9 @@ def ensure_converter(log: Log = print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     log(f"[kormed] fetching llama.cpp's GGUF converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, "
         f"~77 MB, once) into {target}")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+    with temp_dir(target.parent, target.name) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
-               "--dest", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
+               "--dest", str(tmp), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sdists = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode != 0 or not sdists:
@@ -224,8 +224,7 @@ def check_free_space(model_dir: Path, out_dir: Path, types: list[str]) -> None:
 def convert(model_dir: Path, out_file: Path, gguf_type: str, *, log: Log = print) -> Path:
     """Run llama.cpp's converter on a merged HF model directory; writes `out_file` (staged by the caller)."""
     converter = ensure_converter(log)
-    with tempfile.TemporaryDirectory(dir=out_file.parent, prefix=".gguf-src-") as tmp:
-        src = Path(tmp)
+    with temp_dir(out_file.parent, out_file.name) as src:
         for f in model_dir.iterdir():  # a view of the merged directory plus a tokenizer.model (see module doc)
             if f.is_file() and f.name != "tokenizer.model":
                 os.symlink(f.resolve(), src / f.name)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, write_json
+from kormed.io import atomic_write, check_output_path, make_temp_dir, write_json
 from kormed.models import ADAPTER_META_FILE
 from kormed.records import read_mcq_jsonl
 from kormed.train.sft import (
@@ -48,7 +47,7 @@ def round_kinds(first: str, n: int) -> list[str]:
 
 def _copy_adapter(src: Path, dst: Path, note: dict[str, Any]) -> None:
     """Replace `dst` with a copy of the adapter files of `src` (staged beside it, then renamed)."""
-    stage = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}-"))
+    stage = make_temp_dir(dst.parent, dst.name)  # umask-normal mode, kormed temp name (cleaned after a kill)
     for name in ADAPTER_FILES:
         if (src / name).is_dir():
             shutil.copytree(src / name, stage / name)
@@ -105,7 +104,7 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
     from kormed.models import pick_runtime
     from kormed.train import engine
 
-    out = Path(_require(cfg.output, "--output"))
+    out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
     _require(cfg.mcq, "--mcq")
     _require(cfg.dict, "--dict")
     eval_path = _require(cfg.eval_data, "--eval-data")

@@ -39,7 +39,7 @@ from kormed.data.chat import (
 )
 from kormed.data.mixture import mix_datasets, normalise_weights, split_records
 from kormed.errors import KormedError
-from kormed.io import iter_jsonl, read_json, write_json
+from kormed.io import check_output_path, iter_jsonl, read_json, write_json
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.train.sft_config import SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import STOP_CONDITIONS_MET, STOP_MAX_STEPS, StopTracker, Tolerances
@@ -528,7 +528,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     from kormed.models import pick_runtime
     from kormed.train import engine
 
-    out = Path(_require(cfg.output, "--output"))
+    out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
     _require(cfg.mcq, "--mcq")
     _require(cfg.dict, "--dict")
     _require(cfg.raw, "--raw")

@@ -1,0 +1,264 @@
+"""Fault suite: loading models, tokenizers and adapters (issue 14 items 4, 5, 8 and 10).
+
+Every bad model, tokenizer or adapter directory gives one KormedError naming the path (and file), never a traceback,
+never an unpickled file and never a hub download: the hub's download functions are patched to fail the test if they
+are called. Each case fails before anything large is loaded, so no test here builds the 262K-token tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from kormed.cli import app
+from kormed.errors import KormedError
+from kormed.models import (
+    check_adapter_dir,
+    load_config,
+    load_model,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    looks_like_hub_id,
+    pick_runtime,
+    resolve_model,
+)
+
+runner = CliRunner()
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture
+def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Block the network: every hub download entry point records its call and raises."""
+    import huggingface_hub
+    import huggingface_hub.file_download
+    import peft.config
+    import peft.utils.save_and_load
+    import transformers.utils.hub
+
+    calls: list[tuple[Any, ...]] = []
+
+    def blocked(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise AssertionError(f"hub download attempted: {args}")
+
+    for module in (huggingface_hub, huggingface_hub.file_download, transformers.utils.hub, peft.config,
+                   peft.utils.save_and_load):
+        for name in ("hf_hub_download", "snapshot_download"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, blocked)
+    return calls
+
+
+def _one_error(args: list[str]) -> str:
+    """Run the CLI in-process: exit 2, no traceback, the first line `kormed: error: ...`; return the output."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.output.startswith("kormed: error: "), result.output
+    return result.output
+
+
+class _Payload:
+    """A pickle that, when unpickled, writes a marker file (stands in for a malicious payload)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def _malicious_pickle(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+
+
+# -- item 5: a path is a path ------------------------------------------------------------------------------------
+
+def test_hub_id_rule() -> None:
+    assert looks_like_hub_id("google/medgemma-4b-it")
+    assert looks_like_hub_id("unsloth/gemma-3-270m-it")
+    for name in ("./models", "/abs/dir", "~/models/x", "a/b/c", "../x/y", "models\\typo", "x", "own/na me"):
+        assert not looks_like_hub_id(name), name
+
+
+@pytest.mark.parametrize("name", ["models/typo", "./typo", "runs/a/b", "~/kormed-no-such-dir-xyz"])
+def test_mistyped_model_path_is_refused_without_network(name: str, tmp_path: Path, monkeypatch, hub_calls) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # `models/typo`: its parent exists here, so it is a path, not a hub id
+    with pytest.raises(KormedError, match="model directory does not exist") as exc:
+        resolve_model(name, log=_quiet)
+    assert exc.value.path == str(Path(name).expanduser())
+    with pytest.raises(KormedError, match="does not exist"):
+        load_model_and_tokenizer(name, runtime=pick_runtime("cpu"), log=_quiet)
+    with pytest.raises(KormedError, match="tokenizer directory does not exist"):
+        load_tokenizer(name)
+    assert hub_calls == []
+
+
+def test_mistyped_model_path_through_the_cli(tmp_path: Path, monkeypatch, hub_calls) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    out = _one_error(["model", "path", "--model", "models/typo"])
+    assert "models/typo: model directory does not exist" in out
+    assert hub_calls == []
+
+
+# -- item 4 and 5: adapters load from safetensors only, from a local directory ----------------------------------
+
+def _adapter_dir(root: Path) -> Path:
+    adapter = root / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}), encoding="utf-8")
+    return adapter
+
+
+def test_pickle_adapter_is_refused_and_never_unpickled(tmp_path: Path, hub_calls) -> None:
+    adapter = _adapter_dir(tmp_path)
+    marker = tmp_path / "unpickled"
+    _malicious_pickle(adapter / "adapter_model.bin", marker)
+    with pytest.raises(KormedError, match="adapter_model.bin is a pickle file.*safetensors only") as exc:
+        load_model_and_tokenizer(None, adapter=adapter, runtime=pick_runtime("cpu"), log=_quiet)
+    assert exc.value.path == str(adapter / "adapter_model.bin")
+    assert "adapter_model.safetensors" in (exc.value.hint or "")
+    assert not marker.exists()
+    assert hub_calls == []
+
+
+def test_pickle_adapter_through_the_cli(tmp_path: Path, hub_calls) -> None:
+    adapter = _adapter_dir(tmp_path)
+    marker = tmp_path / "unpickled"
+    _malicious_pickle(adapter / "adapter_model.bin", marker)
+    out = _one_error(["export", "--adapter", str(adapter), "--out", str(tmp_path / "merged"), "--merge"])
+    assert f"{adapter / 'adapter_model.bin'}: adapter_model.bin is a pickle file" in out
+    assert not marker.exists() and not (tmp_path / "merged").exists()
+    assert hub_calls == []
+
+
+def test_adapter_without_weights_says_what_is_missing(tmp_path: Path, hub_calls) -> None:
+    adapter = _adapter_dir(tmp_path)
+    with pytest.raises(KormedError, match="no adapter weights: adapter_model.safetensors is missing") as exc:
+        load_model_and_tokenizer(None, adapter=adapter, runtime=pick_runtime("cpu"), log=_quiet)
+    assert exc.value.path == str(adapter)
+    with pytest.raises(KormedError, match="adapter directory does not exist"):
+        check_adapter_dir(tmp_path / "no-such-adapter")
+    (adapter / "adapter_config.json").write_text('{"r": 4,', encoding="utf-8")
+    with pytest.raises(KormedError, match="malformed JSON") as exc:
+        check_adapter_dir(adapter)
+    assert exc.value.path == str(adapter / "adapter_config.json") and exc.value.line == 1
+    assert hub_calls == []
+
+
+def test_pickle_model_weights_are_refused_by_name(tmp_path: Path, hub_calls) -> None:
+    from transformers import Gemma3TextConfig
+
+    model_dir = tmp_path / "model"
+    Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+                     num_key_value_heads=1, head_dim=16).save_pretrained(model_dir)
+    marker = tmp_path / "unpickled"
+    _malicious_pickle(model_dir / "pytorch_model.bin", marker)
+    with pytest.raises(KormedError, match="pytorch_model.bin is a pickle file") as exc:
+        load_model(str(model_dir), pick_runtime("cpu"))
+    assert exc.value.path == str(model_dir / "pytorch_model.bin")
+    assert not marker.exists()
+    assert hub_calls == []
+
+
+# -- items 8 and 10: tokenizer and config files ------------------------------------------------------------------
+
+def test_empty_directory_says_what_is_missing(tmp_path: Path, hub_calls) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KormedError) as exc:
+        load_tokenizer(str(empty))
+    text = str(exc.value)
+    assert text.startswith(f"{empty}: not a Gemma 3 model or tokenizer directory: no tokenizer.json")
+    assert "sentencepiece" not in text and len(text.splitlines()) <= 2  # message + hint
+    with pytest.raises(KormedError, match="not a model directory"):
+        load_model_and_tokenizer(str(empty), runtime=pick_runtime("cpu"), log=_quiet)
+    assert hub_calls == []
+
+
+def test_incomplete_tokenizer_json_names_the_file_and_field(tmp_path: Path) -> None:
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    (tok_dir / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {},
+                                                                                      "merges": []}}))
+    with pytest.raises(KormedError, match="incomplete tokenizer file") as exc:
+        load_tokenizer(str(tok_dir))
+    assert exc.value.path == str(tok_dir / "tokenizer.json") and exc.value.field == "added_tokens"
+
+
+def test_broken_config_json_is_reported_as_the_config_file(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{\n  "model_type": "gemma3_text",\n  "vocab_size": \n}', encoding="utf-8")
+    (model_dir / "tokenizer.json").write_text("{}", encoding="utf-8")
+    for load in (load_tokenizer, load_config, resolve_model):
+        with pytest.raises(KormedError, match="malformed JSON") as exc:
+            load(str(model_dir))
+        assert (exc.value.path, exc.value.line) == (str(model_dir / "config.json"), 4), load
+        assert "tokenizer" not in exc.value.message
+    out = _one_error(["model", "path", "--model", str(model_dir)])
+    assert f"{model_dir / 'config.json'}:4: malformed JSON" in out
+
+
+def _small_tokenizer_model(root: Path) -> Path:
+    """A non-Gemma model directory (Llama config) with a 7-token tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    out = root / "llama"
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "가", "나", "다"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                            pad_token="<pad>").save_pretrained(out)
+    LlamaConfig(vocab_size=7, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1).save_pretrained(out)
+    return out
+
+
+def test_non_gemma_small_vocabulary_is_refused(tmp_path: Path, hub_calls) -> None:
+    model_dir = _small_tokenizer_model(tmp_path)
+    with pytest.raises(KormedError, match="not the Gemma 3 tokenizer: its vocabulary has 7 tokens") as exc:
+        load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=_quiet)
+    assert exc.value.path == str(model_dir)
+    out = _one_error(["eval", "ppl", "--model", str(model_dir), "--data", str(_texts(tmp_path)),
+                      "--output", str(tmp_path / "ppl.json")])
+    assert "not the Gemma 3 tokenizer" in out and str(model_dir) in out
+    assert not (tmp_path / "ppl.json").exists()
+    assert hub_calls == []
+
+
+def test_tokenizer_extend_checks_the_base_tokenizer(tmp_path: Path) -> None:
+    """`tokenizer extend` reads the base tokenizer.json itself; it goes through the shared loader's checks first."""
+    small = _small_tokenizer_model(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}), encoding="utf-8")
+    (broken / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {}}), encoding="utf-8")
+    words = tmp_path / "dict.json"
+    words.write_text(json.dumps([{"term": "가나", "definition": "다"}], ensure_ascii=False), encoding="utf-8")
+    base = ["tokenizer", "extend", "--corpus", str(_texts(tmp_path)), "--dict", str(words)]
+    out = _one_error([*base, "--model", str(small), "--out", str(tmp_path / "ext1")])
+    assert f"{small}: not the Gemma 3 tokenizer" in out
+    out = _one_error([*base, "--model", str(broken), "--out", str(tmp_path / "ext2")])
+    assert f"{broken / 'tokenizer.json'}: field 'added_tokens': incomplete tokenizer file" in out
+    assert not (tmp_path / "ext1").exists() and not (tmp_path / "ext2").exists()
+
+
+def _texts(root: Path) -> Path:
+    p = root / "texts.jsonl"
+    p.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ("가 나 다", "나 다 가")),
+                 encoding="utf-8")
+    return p

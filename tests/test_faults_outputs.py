@@ -1,0 +1,250 @@
+"""Fault suite: bad output paths and full disks (issue 14 item 8).
+
+Every command that writes checks its output path(s) before any work (kormed.io.check_output_path): a directory where
+a file is expected, a file where a directory is expected, a parent that is a file, an unwritable parent. Each gives
+one `kormed: error:` line and exit code 2 through the CLI (in-process), never a traceback; a full disk while writing
+names the path and leaves no partial output. No model or tokenizer is loaded: the expensive steps are patched to fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kormed.cli import app
+from kormed.errors import KormedError
+from kormed.io import atomic_write, check_output_path, write_json
+
+runner = CliRunner()
+
+
+def one_error_line(args: list[str]) -> str:
+    """Run the CLI in-process; assert exit 2 with exactly one `kormed: error:` line and no traceback; return it."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kormed: error: "), result.output
+    return lines[0]
+
+
+def _forbid(*_a, **_k):
+    raise AssertionError("work started although the output path is bad")
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Existing dir / existing file / a path whose parent is a file / a directory that cannot be written."""
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me\n", encoding="utf-8")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+
+    def access(path, mode, *a, **k):  # root ignores permission bits: deny writing in `locked` as a user would be
+        if Path(path) == locked and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+
+    monkeypatch.setattr(os, "access", access)
+    yield {"dir": a_dir, "file": a_file, "under_file": a_file / "sub" / "out", "locked": locked / "out"}
+    locked.chmod(0o755)
+    assert a_file.read_text(encoding="utf-8") == "keep me\n"  # a bad output path never touches what is there
+
+
+FILE_CLASSES = {  # output-path class -> (path key, words the error line must hold)
+    "is a directory": ("dir", "is a directory"),
+    "parent is a file": ("under_file", "is a file, not a directory"),
+    "unwritable parent": ("locked", "cannot write in"),
+}
+DIR_CLASSES = {
+    "is a file": ("file", "is an existing file"),
+    "parent is a file": ("under_file", "is a file, not a directory"),
+    "unwritable parent": ("locked", "cannot write in"),
+}
+
+
+# -- the shared check --------------------------------------------------------------------------------------------
+
+def test_check_output_path_accepts_good_paths(tmp_path: Path) -> None:
+    (tmp_path / "old.json").write_text("{}", encoding="utf-8")
+    assert check_output_path(tmp_path / "new" / "deeper" / "r.json", "file") == tmp_path / "new" / "deeper" / "r.json"
+    assert check_output_path(tmp_path / "old.json", "file") == tmp_path / "old.json"  # replaced atomically later
+    assert check_output_path(tmp_path, "dir") == tmp_path
+    assert check_output_path(tmp_path / "new_dir", "dir") == tmp_path / "new_dir"
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new_dir").exists()  # the check creates nothing
+
+
+@pytest.mark.parametrize("kind, classes", [("file", FILE_CLASSES), ("dir", DIR_CLASSES)])
+def test_check_output_path_rejects_each_class(kind: str, classes: dict, paths: dict[str, Path]) -> None:
+    for key, words in classes.values():
+        with pytest.raises(KormedError) as info:
+            check_output_path(paths[key], kind, "--flag")
+        assert words in str(info.value) and "--flag" in str(info.value) and str(paths[key]) in str(info.value)
+
+
+# -- file outputs, through the CLI -------------------------------------------------------------------------------
+
+def _texts(tmp_path: Path) -> Path:
+    p = tmp_path / "texts.jsonl"
+    p.write_text(json.dumps({"text": "안녕하세요. 한의학 문서입니다."}, ensure_ascii=False) + "\n", encoding="utf-8")
+    return p
+
+
+def _file_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[list[str], str]]:
+    """Command -> (args before the output flag, the flag). Anything expensive fails the test if it runs."""
+    import kormed.bench.eval as bench_eval
+    import kormed.bench.prepare as bench_prepare
+    import kormed.bench.train as bench_train
+    import kormed.eval.kormedmcqa as kormedmcqa
+    import kormed.eval.perplexity as perplexity
+    import kormed.models as models
+
+    for module, name in [(kormedmcqa, "load_questions"), (kormedmcqa, "evaluate_kormedmcqa"),
+                         (perplexity, "read_texts"), (perplexity, "evaluate_perplexity"),
+                         (models, "load_model_and_tokenizer"), (bench_eval, "run_bench"),
+                         (bench_prepare, "run_bench"), (bench_train, "run_bench")]:
+        monkeypatch.setattr(module, name, _forbid)
+    data = _texts(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    return {
+        "eval kormedmcqa": (["eval", "kormedmcqa", "--data", str(data)], "--output"),
+        "eval ppl": (["eval", "ppl", "--data", str(data)], "--output"),
+        "prepare": (["prepare", "--data-root", str(root)], "--out"),
+        "namumark": (["namumark", str(data), "--jsonl"], "--out"),
+        "bench prepare": (["bench", "prepare", "--docs", "1"], "--output"),
+        "bench eval": (["bench", "eval"], "--output"),
+        "bench train": (["bench", "train"], "--output"),
+    }
+
+
+FILE_COMMANDS = ["eval kormedmcqa", "eval ppl", "prepare", "namumark", "bench prepare", "bench eval", "bench train"]
+
+
+@pytest.mark.parametrize("cls", list(FILE_CLASSES))
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_file_outputs_checked_before_work(command: str, cls: str, paths, tmp_path: Path, monkeypatch) -> None:
+    key, words = FILE_CLASSES[cls]
+    args, flag = _file_commands(tmp_path, monkeypatch)[command]
+    line = one_error_line([*args, flag, str(paths[key])])
+    assert words in line and flag in line and str(paths[key]) in line, line
+
+
+# -- directory outputs, through the CLI --------------------------------------------------------------------------
+
+def _dir_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[list[str], str]]:
+    import kormed.models as models
+    import kormed.pipeline.report as report
+    import kormed.pipeline.run as run
+    import kormed.records as records
+    import kormed.tokenizer.extend as extend
+    import kormed.train.engine as engine
+    import kormed.train.export_all as export_all
+
+    for module, name in [(engine, "prepare_model_for_training"), (models, "resolve_model"),
+                         (models, "load_model_and_tokenizer"), (records, "read_dictionary"),
+                         (extend, "read_corpus_texts"), (report, "collect"), (run, "resolve_configs"),
+                         (export_all, "_stage_dir")]:
+        monkeypatch.setattr(module, name, _forbid)
+    data = _texts(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    missing = str(tmp_path / "missing.json")
+    return {
+        "tokenizer extend": (["tokenizer", "extend", "--corpus", str(data), "--dict", missing], "--out"),
+        "train cpt": (["train", "cpt", "--data", str(data), "--val", str(data)], "--output"),
+        "train sft": (["train", "sft", "--mcq", missing, "--dict", missing, "--raw", str(data)], "--output"),
+        "train loop": (["train", "loop", "--mcq", missing, "--dict", missing, "--eval-data", missing], "--output"),
+        "export": (["export", "--gguf", "--model", str(run_dir)], "--out"),
+        "report": (["report", str(run_dir)], "--output"),
+        "demo": (["demo"], "--output")  # the run directory,
+    }
+
+
+DIR_COMMANDS = ["tokenizer extend", "train cpt", "train sft", "train loop", "export", "report", "demo"]
+
+
+@pytest.mark.parametrize("cls", list(DIR_CLASSES))
+@pytest.mark.parametrize("command", DIR_COMMANDS)
+def test_dir_outputs_checked_before_work(command: str, cls: str, paths, tmp_path: Path, monkeypatch) -> None:
+    key, words = DIR_CLASSES[cls]
+    args, flag = _dir_commands(tmp_path, monkeypatch)[command]
+    line = one_error_line([*args, flag, str(paths[key])])
+    assert words in line and ("run_dir" if command == "demo" else flag) in line and str(paths[key]) in line, line
+
+
+def test_report_checks_the_run_directory_itself(tmp_path: Path, monkeypatch) -> None:
+    """Without --output the report goes into RUN_DIR, which must then be writable."""
+    import kormed.pipeline.report as report
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: not (Path(p) == tmp_path and m & os.W_OK)
+                        and real_access(p, m))
+    monkeypatch.setattr(report, "render_html", _forbid)
+    line = one_error_line(["report", str(tmp_path)])
+    assert "cannot write in this directory" in line and str(tmp_path) in line
+
+
+# -- full disk and other write errors ----------------------------------------------------------------------------
+
+def _full_disk(*_a, **_k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    data = _texts(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "plain.jsonl").write_text("the previous result\n", encoding="utf-8")
+    monkeypatch.setattr(os, "fsync", _full_disk)
+    line = one_error_line(["namumark", str(data), "--jsonl", "--out", str(out_dir / "plain.jsonl")])
+    assert "disk is full" in line and str(out_dir / "plain.jsonl") in line and "partial output was removed" in line
+    assert [p.name for p in out_dir.iterdir()] == ["plain.jsonl"]  # no temp file left behind
+    assert (out_dir / "plain.jsonl").read_text(encoding="utf-8") == "the previous result\n"  # old output intact
+
+
+def test_atomic_write_names_the_target_for_every_environment_error(tmp_path: Path, monkeypatch) -> None:
+    for code, words in [(errno.ENOSPC, "disk is full"), (errno.EDQUOT, "quota"), (errno.EACCES, "permission"),
+                        (errno.EROFS, "read-only")]:
+        monkeypatch.setattr(os, "fsync", lambda *_a, code=code: (_ for _ in ()).throw(OSError(code, "x")))
+        with pytest.raises(KormedError) as info:
+            write_json(tmp_path / "r.json", {"a": 1})
+        assert words in str(info.value) and str(tmp_path / "r.json") in str(info.value)
+    monkeypatch.undo()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(KormedError) as info:  # the rename onto a directory: the target is named, not the temp file
+        write_json(tmp_path / "d", {"a": 1})
+    assert f"{tmp_path / 'd'}: is a directory" in str(info.value) and ".tmp" not in str(info.value)
+    (tmp_path / "d").rmdir()
+    monkeypatch.setattr(os, "fsync", lambda *_a: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError) as raw, atomic_write(tmp_path / "r.json") as fh:  # not one kormed can explain
+        fh.write("x")
+    assert raw.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk is full"), (errno.EACCES, "permission denied"),
+                                         (errno.EROFS, "read-only"), (errno.ENOTDIR, "not a directory"),
+                                         (errno.EISDIR, "is a directory")])
+def test_cli_turns_environment_os_errors_into_one_line(code: int, words: str, tmp_path: Path, monkeypatch) -> None:
+    """A write outside atomic_write (e.g. a library's save_pretrained) that fails still gives one line with the path."""
+    import kormed.bench.eval as bench_eval
+
+    target = tmp_path / "model.safetensors"
+
+    def fail(**_k):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(bench_eval, "run_bench", fail)
+    line = one_error_line(["bench", "eval"])
+    assert words in line and str(target) in line
