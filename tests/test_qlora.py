@@ -63,7 +63,7 @@ def _cpu() -> object:
 
 def _tiny_cfg(model_dir: Path, corpus, out: Path, **train) -> CPTConfig:
     opts = dict(batch_size=2, grad_accum=1, max_steps=3, eval_steps=3, logging_steps=1, lr=5e-3, warmup_ratio=0.0,
-                gradient_checkpointing=False, report_to=[], device="cpu", seed=0, quantize="4bit")
+                gradient_checkpointing=False, report_to=[], device="cpu", dtype="float32", seed=0, quantize="4bit")
     opts.update(train)
     return CPTConfig(data=str(corpus[0]), val=str(corpus[1]), model=str(model_dir), output=str(out), max_length=32,
                      max_samples=8, max_val_samples=3, cache_dir=str(out.parent / "packed-cache"),
@@ -260,7 +260,7 @@ def test_qlora_cpt_save_reload_eval_ppl_and_export(tiny_gemma3_dir, corpus, tmp_
     ppl_json = tmp_path / "ppl.json"
     with pytest.raises(SystemExit) as stop:
         main(["eval", "ppl", "--adapter", str(out), "--data", str(corpus[1]), "--max-length", "32", "--device", "cpu",
-              "--output", str(ppl_json), "--quiet"])
+              "--dtype", "float32", "--output", str(ppl_json), "--quiet"])  # the training's precision
     assert stop.value.code in (0, None)
     ppl = json.loads(ppl_json.read_text())
     assert ppl["loss"] == pytest.approx(info["last_eval"]["eval_loss"], rel=1e-6)

@@ -106,13 +106,19 @@ def finish_quantized_load(model: Any) -> Any:
     eval mode without grad, into an inference-only layout whose kernel has no backward: after a validation pass
     the next training steps silently get no gradient through the quantized layers (tests/test_qlora.py shows
     it). Switching the repacking off keeps the one dequantize-and-matmul path for training, validation and
-    eval, so `kormed eval ppl` on the saved adapter reproduces the training's validation exactly.
+    eval. The unquantized bf16/fp16 weights (embeddings, norms, a vision tower) are upcast to fp32 here, as
+    PEFT's `prepare_model_for_kbit_training` does before training, so that a load for evaluation computes with
+    the same weights as training did: `kormed eval ppl` on the saved adapter reproduces its validation exactly.
     """
     import bitsandbytes as bnb
+    import torch
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16):  # 4-bit weights are stored as uint8: not touched
+            param.data = param.data.float()
     return model
 
 

@@ -58,8 +58,8 @@ class EvalConfig:
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N. On CUDA: bf16 and the fastest attention available.")
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
-        "auto", "Compute precision, as train.dtype: auto = bf16 on CUDA, and bf16 autocast over fp32 weights on a\n"
-        "CPU with native bf16 matmul (AMX-BF16 / AVX512-BF16), else fp32.",
+        "auto", "Compute precision, as train.dtype: auto = bf16 weights + autocast on CUDA and on a CPU with\n"
+        "native bf16 matmul (AMX-BF16 / AVX512-BF16), else fp32.",
     )
     output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
     max_length: int = opt(1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).")

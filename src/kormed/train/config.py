@@ -92,9 +92,9 @@ class TrainOptions:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).")
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
-        "Compute precision. auto: bf16 on CUDA; on CPU bf16 autocast where the CPU multiplies bf16 natively\n"
-        "(AMX-BF16 / AVX512-BF16 flags; about 3x fp32's rate), else fp32. On CPU the weights always load in fp32\n"
-        "(the optimizer's master weights); bfloat16 / float32 force the compute dtype. Recorded in\n"
+        "Compute precision. auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX-BF16 /\n"
+        "AVX512-BF16 flags; about 3x fp32's rate), else fp32. bf16 = frozen base weights in bf16 + bf16 autocast;\n"
+        "trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
     )
     quantize: Literal["none", "4bit"] = opt(

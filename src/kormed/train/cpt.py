@@ -22,7 +22,15 @@ from typing import Any
 
 from kormed.config import to_dict
 from kormed.errors import KormedError
-from kormed.io import check_output_path, clean_stale_temps, iter_jsonl, report_stale, require_file, temp_dir
+from kormed.io import (
+    check_output_path,
+    clean_stale_temps,
+    file_sha256,
+    iter_jsonl,
+    report_stale,
+    require_file,
+    temp_dir,
+)
 from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pick_runtime
 from kormed.prepare.publish import check_prepared_set
 from kormed.train.config import CPTConfig
@@ -107,7 +115,6 @@ def build_packed_dataset(
     from datasets import Dataset, Features, Sequence, Value, load_from_disk
 
     from kormed.data.packing import resolve_eod_id
-    from kormed.train.engine import file_sha256
 
     data = require_file(data, "training text")
     eod_id = resolve_eod_id(tokenizer, eod_token)
@@ -176,7 +183,6 @@ def build_val_dataset(
     from datasets import Dataset
 
     from kormed.eval.perplexity import packed_eval_blocks
-    from kormed.train.engine import file_sha256
 
     texts = read_texts(val, limit=limit, what="validation text")
     blocks = packed_eval_blocks(tokenizer, texts, max_length=max_length, eod_token=eod_token)
@@ -247,7 +253,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # build_trainer warns about an uneven accumulation split once
         accum = engine.effective_grad_accum(cfg.train)
-    data_order = {"data_sha256": engine.file_sha256(cfg.data), "max_length": cfg.max_length,
+    data_order = {"data_sha256": file_sha256(cfg.data), "max_length": cfg.max_length,
                   "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
                   "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
                   "processes": engine.world_size()}

@@ -32,7 +32,6 @@ Only the main process writes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -99,23 +98,6 @@ def format_count(n: int) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
-
-
-def file_sha256(path: str | Path, limit: int | None = None) -> str:
-    """sha256 of a file (of its first `limit` bytes when given)."""
-    h = hashlib.sha256()
-    left = limit
-    with Path(path).open("rb") as fh:
-        while True:
-            chunk = fh.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-                if left <= 0:
-                    break
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
