@@ -57,3 +57,28 @@ def test_logs_accuracy_every_n_evals_to_the_run(tmp_path, tiny_gemma3_dir, real_
     callback.on_evaluate(trainer.args, trainer.state, trainer.control, metrics={}, model=model)
     callback.on_evaluate(trainer.args, trainer.state, trainer.control, metrics={}, model=model)
     assert model.training  # the evaluation restored the training mode
+
+
+def test_runs_in_the_trainings_precision_on_a_bf16_base(tiny_gemma3_dir, real_tokenizer):
+    """bf16 base + fp32 trained embedding copy (kormed's layout for --train-embeddings on a bf16 run): the
+    callback evaluates under the run's bf16 autocast; without it the fp32 embedding output meets bf16 layers."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
+
+    from kormed.models import RuntimeSpec
+    from kormed.train.engine import upcast_trainable_copies
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))
+    assert upcast_trainable_copies(model) > 0
+    logged: list[dict] = []
+    trainer = SimpleNamespace(kormed_runtime=RuntimeSpec("cpu", "bfloat16", "sdpa"), model=model,
+                              processing_class=real_tokenizer, log=logged.append)
+    callback = KorMedMCQACallback(_questions(2), trainer=trainer, mode="loglik", sample=None, progress=False)
+    metrics: dict = {}
+    callback.on_evaluate(TrainingArguments(output_dir="unused", use_cpu=True), TrainerState(), TrainerControl(),
+                         metrics=metrics, model=model)
+    assert 0.0 <= metrics[METRIC] <= 1.0 and logged[0][METRIC] == metrics[METRIC]

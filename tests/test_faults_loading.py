@@ -262,3 +262,30 @@ def _texts(root: Path) -> Path:
     p.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ("가 나 다", "나 다 가")),
                  encoding="utf-8")
     return p
+
+
+@pytest.mark.parametrize("rows, refused", [(1024, True), (262144, False)])
+def test_model_vocabulary_checked_against_the_gemma_vocabulary(tmp_path: Path, real_tokenizer, hub_calls, rows,
+                                                               refused) -> None:
+    """A Gemma 3 directory whose embedding has fewer rows than the Gemma 3 vocabulary is one error line before any
+    weight loads; 262,144 rows pass even when the tokenizer lists one token more (hub text-only Gemma 3 tokenizers
+    add <image_soft_token> beyond the embedding), here simulated with an added token."""
+    from conftest import tiny_text_config
+
+    from kormed.models import load_model_and_tokenizer
+
+    model_dir = tmp_path / f"model-{rows}"
+    tiny_text_config(vocab_size=rows).save_pretrained(model_dir)
+    tokenizer = real_tokenizer.__class__.from_pretrained(real_tokenizer.name_or_path)
+    tokenizer.add_tokens(["<image_soft_token_for_test>"], special_tokens=True)
+    tokenizer.save_pretrained(model_dir)
+    assert len(tokenizer) == 262145
+    if refused:
+        with pytest.raises(KormedError, match="smaller than its tokenizer") as exc:
+            load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=lambda m: None)
+        assert exc.value.path == str(model_dir)
+    else:  # gets past the vocabulary check; the weights are absent, so loading them is what fails
+        with pytest.raises(Exception) as exc:
+            load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=lambda m: None)
+        assert "smaller than its tokenizer" not in str(exc.value)
+    assert hub_calls == []

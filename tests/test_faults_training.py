@@ -118,6 +118,22 @@ def test_every_kill_phase_is_skipped_with_one_line(uninterrupted, tmp_path):
             engine.plan_resume(out, resume=False, log=QUIET)
 
 
+def test_deepspeed_layout_is_complete(uninterrupted, tmp_path):
+    """DeepSpeed keeps optimizer and scheduler states in `global_stepN/` (+ a `latest` file): such a checkpoint is
+    complete, not "no optimizer state" (which would have --resume delete every checkpoint); without them it is not."""
+    import shutil
+
+    ckpt = tmp_path / "checkpoint-4"
+    shutil.copytree(uninterrupted[0] / "checkpoints" / "checkpoint-4", ckpt)
+    (ckpt / "global_step4").mkdir()
+    for f in list(ckpt.iterdir()):
+        if f.name.startswith(("optimizer", "scheduler")):
+            f.rename(ckpt / "global_step4" / f.name)
+    assert engine.checkpoint_problem(ckpt) == "incomplete: no optimizer state"  # no `latest`: not DeepSpeed's
+    (ckpt / "latest").write_text("global_step4")
+    assert engine.checkpoint_problem(ckpt) is None
+
+
 @pytest.mark.parametrize("phase", ["empty_dir", "no_trainer_state"])
 def test_resume_after_kill_matches_uninterrupted_run(uninterrupted, small_model, real_tokenizer, tmp_path, phase):
     full, weights, losses = uninterrupted

@@ -498,7 +498,9 @@ def load_model_and_tokenizer(
             log("[kormed] loading the base in 4-bit NF4, as the adapter was trained (kormed_adapter.json)")
     if adapter is None:
         rows = getattr(text_config(load_config(model_path)), "vocab_size", None)
-        if isinstance(rows, int) and rows < len(tokenizer):
+        # against the Gemma 3 vocabulary, not len(tokenizer): hub tokenizers of the text-only Gemma 3 models list
+        # one more token (<image_soft_token>) than their 262,144 embedding rows, and text never produces it
+        if isinstance(rows, int) and rows < min(len(tokenizer), GEMMA3_VOCAB):
             raise KormedError(
                 f"the model's vocabulary ({rows:,} rows) is smaller than its tokenizer ({len(tokenizer):,} tokens); "
                 "kormed needs a Gemma 3 model with the Gemma 3 vocabulary", path=model_path)

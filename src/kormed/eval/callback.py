@@ -97,6 +97,9 @@ class KorMedMCQACallback(TrainerCallback):
             model, tokenizer, self.questions, mode=self.mode, fewshot=self.fewshot, num_fewshot=self.num_fewshot,
             batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, chat_template=self.chat_template,
             progress=self.progress,
+            # the run's precision (bf16 autocast over a bf16 base with fp32 trained copies): without autocast an
+            # fp32 embedding copy would feed fp32 activations into the bf16 layers
+            compute_dtype=getattr(getattr(self.trainer, "kormed_runtime", None), "compute_dtype", None),
         )
         logs = {METRIC: result["accuracy"], "eval_kormedmcqa_unparseable": float(result["unparseable"])}
         self.history.append({"step": state.global_step, "accuracy": result["accuracy"], "total": result["total"],

@@ -847,8 +847,9 @@ def _non_finite_weights(path: Path) -> str | None:
 def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | None:
     """Why `path` (a Trainer `checkpoint-N/`) cannot be resumed from, or None when it is complete and good.
 
-    Complete: the Trainer writes the weights, optimizer, scheduler and RNG states, then `trainer_state.json`
-    LAST; so trainer_state.json must parse and name step N, each of those must be present, every
+    Complete: the Trainer writes the weights, optimizer, scheduler and RNG states (the first two inside
+    DeepSpeed's `global_stepN/` under DeepSpeed), then `trainer_state.json` LAST; so trainer_state.json must
+    parse and name step N, each of those must be present, every
     `.safetensors` file must be as long as its header says and every torch file (`.pt`/`.pth`/`.bin`) must be a
     whole zip archive (a kill -9 during a save leaves one of these wrong). Good (`check_finite`): the
     validation losses logged at step N and every weight in its `.safetensors` files are finite.
@@ -869,10 +870,13 @@ def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | 
         names = sorted(e.name for e in p.iterdir())
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
+    # DeepSpeed keeps the optimizer and scheduler states in its own `global_stepN/` directory (and may have no
+    # `scheduler.pt` at all when the scheduler is its own), next to a `latest` file naming that directory
+    deepspeed = any(n.startswith("global_step") for n in names) and "latest" in names
     required = {
         "weights": lambda n: n.endswith(".safetensors") or n.startswith(("pytorch_model", "model")),
-        "optimizer state": lambda n: n.startswith("optimizer"),
-        "scheduler state": lambda n: n.startswith("scheduler"),
+        "optimizer state": lambda n: n.startswith("optimizer") or deepspeed,
+        "scheduler state": lambda n: n.startswith("scheduler") or deepspeed,
         "RNG state": lambda n: n.startswith("rng_state"),
     }
     for what, wanted in required.items():
