@@ -111,10 +111,17 @@ def test_training_order_matches_kormeds_mix():
 
 
 def test_step3_examples_follow_the_step3_mix():
-    examples = bench.step3_examples(40)
+    examples, passed_over = bench.step3_examples(40)
+    assert passed_over == 0
     sources = {e["source"] for e in examples}
     assert sources == {"qa_cot", "dict"}
     assert 0.45 < sum(e["source"] == "qa_cot" for e in examples) / len(examples) < 0.95  # 70 % by weight
+    # examples that do not fit are passed over and counted; the others keep the mix's order
+    only_dict, passed_over = bench.step3_examples(10, fits=lambda e: e["source"] == "dict")
+    dict_in_order = [e for e in bench.step3_examples(40)[0] if e["source"] == "dict"][:10]
+    assert only_dict == dict_in_order
+    first_40 = bench.step3_examples(40)[0]
+    assert passed_over == first_40.index(dict_in_order[-1]) + 1 - 10
 
 
 def test_medgemma_4b_config_has_the_public_sizes():

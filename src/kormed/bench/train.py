@@ -186,9 +186,12 @@ def prepare_cpt_data(work: Path, log: Log = print) -> tuple[Path, Path]:
     return out, val
 
 
-def step3_examples(n: int, *, seed: int = SEED) -> list[dict[str, str]]:
+def step3_examples(n: int, *, seed: int = SEED,
+                   fits: Callable[[dict[str, Any]], bool] | None = None) -> tuple[list[dict[str, str]], int]:
     """The first `n` examples of the seeds' step-3 mix (kormed's mix of MCQ-with-reasoning and dictionary QA
-    from the bundled sample data), each {"user", "answer", "source"}, in the mix's order."""
+    from the bundled sample data), each {"user", "answer", "source"}, in the mix's order, and how many were
+    passed over because `fits` said no (the bench keeps only examples every arm trains on whole: arms truncate
+    or drop over-long examples in different ways - TRL 1.16 drops them)."""
     from datasets import Dataset
 
     from kormed.data.chat import render_dict_entry, render_mcq
@@ -210,9 +213,11 @@ def step3_examples(n: int, *, seed: int = SEED) -> list[dict[str, str]]:
     sets = {k: Dataset.from_dict({"user": [u for u, _ in v], "answer": [a for _, a in v], "source": [k] * len(v)})
             for k, v in sources.items() if k in step.mix}
     mixed = mix_datasets(sets, step.mix, mode=step.mode, seed=seed)
-    if len(mixed) < n:
-        raise KormedError(f"the step-3 mix has {len(mixed)} examples, {n} are needed", field="steps")
-    return [dict(r) for r in mixed.select(range(n))]
+    kept = [dict(r) for r in mixed if fits is None or fits(r)]
+    if len(kept) < n:
+        raise KormedError(f"the step-3 mix has {len(kept)} examples that fit, {n} are needed", field="steps")
+    passed_over = next(i for i, r in enumerate(mixed) if dict(r) == kept[n - 1]) + 1 - n
+    return kept[:n], passed_over
 
 
 def training_order(examples: list[dict[str, Any]], *, seed: int = SEED) -> list[dict[str, Any]]:
@@ -227,19 +232,23 @@ def training_order(examples: list[dict[str, Any]], *, seed: int = SEED) -> list[
     return [examples[i] for i in order]
 
 
-def write_sft_data(work: Path, n: int) -> tuple[Path, Path]:
-    """(kormed's input: user/answer in mix order, the references' prompt/completion file in training order)."""
+def write_sft_data(work: Path, n: int, tokenizer: Any, max_length: int) -> tuple[Path, Path, int]:
+    """(kormed's input: user/answer in mix order, the references' prompt/completion file in training order, the
+    number of mix examples passed over because their whole text with <eos> is longer than `max_length` tokens)."""
     from kormed.data.chat import END_OF_TURN, chat_prompt
     from kormed.io import write_jsonl
 
-    examples = step3_examples(n)
+    def whole(e: dict[str, Any]) -> str:
+        return chat_prompt(e["user"]) + f"{e['answer']}{END_OF_TURN}\n" + tokenizer.eos_token
+
+    examples, passed_over = step3_examples(n, fits=lambda e: len(tokenizer(whole(e))["input_ids"]) <= max_length)
     kormed_file = work / "sft" / "step3_examples.jsonl"
     ref_file = work / "sft" / "step3_prompt_completion.jsonl"
     kormed_file.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(kormed_file, examples)
     write_jsonl(ref_file, [{"prompt": chat_prompt(e["user"]), "completion": f"{e['answer']}{END_OF_TURN}\n"}
                            for e in training_order(examples)])
-    return kormed_file, ref_file
+    return kormed_file, ref_file, passed_over
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -406,7 +415,13 @@ def run_bench(
                 corpus, val = prepare_cpt_data(work, log=log)
                 data = {"corpus": str(corpus), "val": str(val)}
             else:
-                kormed_file, ref_file = write_sft_data(work, total_steps * batch_size)
+                from kormed.models import load_tokenizer
+
+                kormed_file, ref_file, passed_over = write_sft_data(work, total_steps * batch_size,
+                                                                    load_tokenizer(str(model_dir)), max_length)
+                if passed_over:
+                    log(f"[kormed] bench train: {passed_over} step-3 examples longer than {max_length} tokens "
+                        "passed over (every arm trains the same whole examples)")
                 data = {"examples": str(kormed_file), "prompt_completion": str(ref_file)}
             results: dict[str, dict[str, Any]] = {}
             for arm in wanted:
