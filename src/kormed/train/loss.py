@@ -248,6 +248,8 @@ def chunked_nll_sum(hidden: Any, weight: Any, bias: Any, targets: Any, *, chunk_
                     softcap: float | None = None) -> Any:
     """Sum of per-token NLL of `hidden @ weight.T (+ bias)` [scalar], never more than `chunk_size` rows of
     vocabulary-wide logits at a time (training: gradients computed in the same pass)."""
+    if not torch.is_grad_enabled():  # no backward will come: skip the gradient matmuls
+        return chunked_token_nll(hidden, weight, bias, targets, chunk_size=chunk_size, softcap=softcap).sum()
     return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, int(chunk_size), softcap)
 
 
