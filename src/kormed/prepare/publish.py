@@ -51,20 +51,22 @@ def publish(moves: Sequence[tuple[Path, Path]]) -> None:
             os.close(fd)
 
 
-def _mismatch(path: Path, entry: dict[str, Any]) -> str | None:
+def _mismatch(path: Path, entry: dict[str, Any], sha256: str | None = None) -> str | None:
     if not path.is_file():
         return "the file is missing"
     if path.stat().st_size != entry.get("bytes"):
         return f"{path.stat().st_size} bytes, the stats record {entry.get('bytes')}"
-    if file_sha256(path) != entry.get("sha256"):
+    if (sha256 or file_sha256(path)) != entry.get("sha256"):
         return "same size, other sha256"
     return None
 
 
-def check_prepared_set(corpus: str | Path, val: str | Path | None = None) -> None:
+def check_prepared_set(corpus: str | Path, val: str | Path | None = None, *, corpus_sha256: str | None = None
+                       ) -> None:
     """Raise KormedError when `corpus` (and `val`, when it is the corpus's own `.val.jsonl`) is not the set its
     `.stats.json` describes: an interrupted `kormed prepare` or a file changed afterwards. A corpus without a
-    stats file, or with one from a kormed that recorded no sizes and hashes, is not checked."""
+    stats file, or with one from a kormed that recorded no sizes and hashes, is not checked. `corpus_sha256`:
+    the corpus's digest when the caller has computed it already (a large corpus is then read once)."""
     corpus = Path(corpus)
     stats_path = stats_path_for(corpus)
     if not stats_path.is_file():
@@ -73,17 +75,17 @@ def check_prepared_set(corpus: str | Path, val: str | Path | None = None) -> Non
     files = stats.get(MANIFEST_KEY) if isinstance(stats, dict) else None
     if not isinstance(files, dict):
         return
-    checks: list[tuple[Path, dict[str, Any]]] = []
+    checks: list[tuple[Path, dict[str, Any], str | None]] = []
     if isinstance(files.get("corpus"), dict) and files["corpus"].get("name") == corpus.name:
-        checks.append((corpus, files["corpus"]))
+        checks.append((corpus, files["corpus"], corpus_sha256))
     entry = files.get("val")
     if val is not None and isinstance(entry, dict):
         own_val = corpus.parent / str(entry.get("name"))
         with contextlib.suppress(OSError):
             if Path(val).resolve() == own_val.resolve():
-                checks.append((own_val, entry))
-    for path, entry in checks:
-        problem = _mismatch(path, entry)
+                checks.append((own_val, entry, None))
+    for path, entry, sha256 in checks:
+        problem = _mismatch(path, entry, sha256)
         if problem:
             raise KormedError(
                 f"does not match {stats_path.name} ({problem}): an interrupted `kormed prepare` left a mixed "

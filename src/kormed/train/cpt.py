@@ -241,7 +241,9 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
         raise KormedError("no validation data: pass --val FILE (held-out JSONL with a 'text' field)")
     require_file(cfg.data, "training text")
     require_file(cfg.val, "validation text")
-    check_prepared_set(cfg.data, cfg.val)  # a corpus and validation file from two prepare runs are refused
+    data_sha256 = file_sha256(cfg.data)  # read once: the prepared-set check, the data-order record, the cache key
+    # a corpus and validation file from two prepare runs are refused
+    check_prepared_set(cfg.data, cfg.val, corpus_sha256=data_sha256)
     cfg = apply_tokenizer_options(cfg, tokenizer_options)
     output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output")
     runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
@@ -253,7 +255,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # build_trainer warns about an uneven accumulation split once
         accum = engine.effective_grad_accum(cfg.train)
-    data_order = {"data_sha256": file_sha256(cfg.data), "max_length": cfg.max_length,
+    data_order = {"data_sha256": data_sha256, "max_length": cfg.max_length,
                   "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
                   "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
                   "processes": engine.world_size()}
@@ -266,7 +268,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     with state.main_process_first():  # rank 0 tokenizes and caches, the others then load the cache
         train_ds, data_info = build_packed_dataset(
             cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
-            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_order["data_sha256"],
+            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_sha256,
         )
     val_ds, val_info = build_val_dataset(
         cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
