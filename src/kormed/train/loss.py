@@ -180,6 +180,21 @@ def _targets(hidden: Any, labels: Any) -> tuple[Any, Any, Any]:
     return hidden[:, :-1][mask], shift[mask], mask
 
 
+def _matmul_dtype(hidden: Any) -> Any:
+    """The dtype the projection runs in: the caller's autocast dtype, else the hidden states' own."""
+    device_type = hidden.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+
+
+def _chunk_log_probs(h: Any, w: Any, b: Any, softcap: float | None, acc: Any) -> tuple[Any, Any]:
+    """(log-probabilities [rows, vocab] in `acc`, tanh of the capped logits or None) of one chunk's rows."""
+    import torch.nn.functional as F
+
+    logits = F.linear(h, w, b)
+    capped = torch.tanh(logits.to(acc) / softcap) if softcap is not None else None
+    return torch.log_softmax(capped * softcap if capped is not None else logits, -1, dtype=acc), capped
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum of next-token NLL of `hidden @ weight.T (+ bias)` (optionally soft-capped), token chunk by token chunk.
 
@@ -196,11 +211,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any, chunk_size: int,
                 softcap: float | None) -> Any:
-        import torch.nn.functional as F
-
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         device_type = hidden.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+        dtype = _matmul_dtype(hidden)
         acc = torch.promote_types(dtype, torch.float32)  # softmax / NLL / gradient sums: fp32 at least
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
@@ -213,9 +226,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 rows = slice(start, start + chunk_size)
                 h = hidden[rows].to(dtype)
                 tgt = targets[rows].unsqueeze(1)
-                logits = F.linear(h, w, b)
-                capped = torch.tanh(logits.to(acc) / softcap) if softcap is not None else None
-                log_probs = torch.log_softmax(capped * softcap if capped is not None else logits, -1, dtype=acc)
+                log_probs, capped = _chunk_log_probs(h, w, b, softcap, acc)
                 total += -log_probs.gather(1, tgt).sum()
                 if not (need_h or need_w or need_b):
                     continue
@@ -257,19 +268,15 @@ def chunked_token_nll(hidden: Any, weight: Any, bias: Any, targets: Any, *, chun
                       softcap: float | None = None) -> Any:
     """Per-token NLL [N] (fp32) of `hidden @ weight.T (+ bias)`, `chunk_size` tokens at a time, without a graph
     (evaluation)."""
-    import torch.nn.functional as F
-
-    device_type = hidden.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    dtype = _matmul_dtype(hidden)
     out = []
-    with torch.no_grad(), torch.autocast(device_type, enabled=False):
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         weight = weight.to(dtype)  # cast once, not once per chunk
         bias = bias.to(dtype) if bias is not None else None
         for start in range(0, hidden.shape[0], chunk_size):
-            logits = F.linear(hidden[start:start + chunk_size].to(dtype), weight, bias).float()
-            if softcap is not None:
-                logits = torch.tanh(logits / softcap) * softcap
-            out.append(F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none"))
+            rows = slice(start, start + chunk_size)
+            log_probs, _ = _chunk_log_probs(hidden[rows].to(dtype), weight, bias, softcap, torch.float32)
+            out.append(-log_probs.gather(1, targets[rows].unsqueeze(1)).squeeze(1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
