@@ -125,6 +125,11 @@ def resolve_model(model: str | None, log: Any = print) -> str:
     path = local_path(model, "model directory")
     if path is None:
         return model  # hub id: from_pretrained resolves it (from the local HF cache when offline)
+    return str(_check_model_dir(path))
+
+
+def _check_model_dir(path: Path) -> Path:
+    """A local model directory: a directory holding a config.json that is a JSON object (one line otherwise)."""
     if not path.is_dir():
         raise KormedError("--model must be a model directory or a hub id, not a file", path=path)
     if not (path / "config.json").is_file():
@@ -135,7 +140,7 @@ def resolve_model(model: str | None, log: Any = print) -> str:
                  "--adapter",
         )
     _check_json_object(path / "config.json", "model config")
-    return str(path)
+    return path
 
 
 def _check_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -208,11 +213,7 @@ def load_config(model_path: str) -> Any:
     from transformers import AutoConfig
 
     local = local_path(model_path, "model directory")
-    cfg_file = local / "config.json" if local is not None else None
-    if cfg_file is not None:
-        if not cfg_file.is_file():
-            raise KormedError("not a model directory (no config.json)", path=local)
-        _check_json_object(cfg_file, "model config")
+    cfg_file = _check_model_dir(local) / "config.json" if local is not None else None
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
