@@ -213,11 +213,18 @@ def step3_examples(n: int, *, seed: int = SEED,
     sets = {k: Dataset.from_dict({"user": [u for u, _ in v], "answer": [a for _, a in v], "source": [k] * len(v)})
             for k, v in sources.items() if k in step.mix}
     mixed = mix_datasets(sets, step.mix, mode=step.mode, seed=seed)
-    kept = [dict(r) for r in mixed if fits is None or fits(r)]
+    kept: list[dict[str, str]] = []
+    passed_over = 0
+    for row in mixed:  # only as far as needed: `fits` may tokenize
+        if len(kept) == n:
+            break
+        if fits is None or fits(row):
+            kept.append(dict(row))
+        else:
+            passed_over += 1
     if len(kept) < n:
         raise KormedError(f"the step-3 mix has {len(kept)} examples that fit, {n} are needed", field="steps")
-    passed_over = next(i for i, r in enumerate(mixed) if dict(r) == kept[n - 1]) + 1 - n
-    return kept[:n], passed_over
+    return kept, passed_over
 
 
 def training_order(examples: list[dict[str, Any]], *, seed: int = SEED) -> list[dict[str, Any]]:
