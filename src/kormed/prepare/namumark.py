@@ -17,16 +17,27 @@ Rendering policy (so results are comparable): headings are their text on a line;
 its non-empty cells joined by " | "; footnotes and strikethrough are dropped with their content; folding titles
 are dropped; code (`#!syntax`, literal `{{{ }}}`) and `[math(...)]` TeX are kept; `[ruby(x,ruby=y)]` -> `x(y)`;
 external links whose text is `#` are dropped; an unknown `[x]` stays literal; `[age]`/`[dday]`/`[date]` are
-dropped (never computed against today, so output is deterministic).
+dropped (never computed against today, so output is deterministic). Links: a label is kept as written, else the
+target without its anchor (`link_target_text`; `[[#x]]` -> `#x`); images and categories are dropped unless a `:`
+or space comes before the namespace (`is_hidden_link`). `{{{#!html}}}` gives the text a reader sees (`html_to_text`).
 """
 
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 import unicodedata
 
-__all__ = ["is_redirect", "namumark_to_text", "normalize_whitespace", "remove_invisible"]
+__all__ = [
+    "html_to_text",
+    "is_hidden_link",
+    "is_redirect",
+    "link_target_text",
+    "namumark_to_text",
+    "normalize_whitespace",
+    "remove_invisible",
+]
 
 MAX_DEPTH = 24  # nesting guard: deeper blocks are emitted as their raw text (thetree caps at 15, namucode at 30)
 
@@ -59,7 +70,7 @@ _LINK_SPLIT_TOK = re.compile(r"\\.|\{\{\{|\[\[|\]\]|\|", re.S)
 _BRACKET_PAIR_TOK = re.compile(r"(?=[\\{}\[\]])(?:\\.|\{\{\{|\}\}\}|\[|\])", re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _LINK_COMPLEX = re.compile(r"\\|\{\{\{|\[\[")
-_ANCHOR = re.compile(r"(?<!\\)#")
+_ANCHOR_TOK = re.compile(r"\\.|#", re.S)  # an escape (skipped) or a `#` that starts an anchor
 _SIMPLE_LINK = re.compile(r"\[\[([^\[\]\\{|\n]*)(?:\|([^\[\]\\{|\n]*))?\]\]")
 _SIMPLE_FOOTNOTE = re.compile(r"\[\*[^\[\]\\{]*\]")
 _FILE_PREFIX = re.compile(r"(?:file|image|이미지):", re.IGNORECASE)
@@ -99,9 +110,13 @@ _CELL_ATTR = re.compile(
 )
 _INLINE_DISPLAY = re.compile(r"display\s*:\s*inline(-block|-flex|-table)?\b", re.IGNORECASE)
 _CELL_COLOR = re.compile(r"[ \t]*<([A-Za-z]+)(?:,(?:#[0-9A-Za-z]+|[A-Za-z]+))?>")
-_HTML_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|li|tr|h[1-6])\s*>", re.IGNORECASE)
 _HTML_DROP = re.compile(r"<(script|style)\b[^<>]*>.*?</\1\s*>|<!--.*?-->", re.S | re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^<>]*>")
+_HTML_SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's whitespace: a run renders as one space
+_HTML_BREAK = re.compile(r"<br\s*/?>|<hr\b[^<>]*>|</(?:p|div|li|tr|table|blockquote|h[1-6])\s*>", re.IGNORECASE)
+_HTML_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>|<![^<>]*>")  # a real tag; `3 < 5` is text
+_HTML_ENTITY = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
+_NEWLINE_SPACE = re.compile(r" *\n[ \n]*")
 _EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Macros that render to nothing in plain text. Names are matched case-insensitively.
@@ -130,6 +145,62 @@ def is_redirect(markup: str) -> bool:
     """True when the document's first line is `#redirect X` / `#넘겨주기 X` (any case)."""
     head = markup.lstrip("\ufeff \t\r\n")[:64]
     return _REDIRECT.match(head) is not None
+
+
+def is_hidden_link(target: str) -> bool:
+    """True for a link that renders no text: an image (`[[파일:x.png]]`) or a category (`[[분류:X]]`). Only when the
+    namespace opens the raw target: a leading `:` or space (`[[:분류:X]]`, `[[ 파일:x.png]]`) makes it a plain link
+    to that page, which keeps its text."""
+    return target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target) is not None
+
+
+def link_target_text(target: str) -> str:
+    """The text namu.wiki shows for a link without a label, from its raw target: surrounding spaces and one leading
+    `:` go, the anchor (from the last unescaped `#`) goes, escapes are resolved. `[[문서#s-2]]` -> `문서`,
+    `[[S#ARP#]]` -> `S#ARP`, `[[#1 to Infinity#s-2]]` -> `#1 to Infinity`. A link to an anchor of the same page
+    (`[[#개요]]`) shows its target as written, `#개요` (as namu.wiki renders it; the wjdgustn/thetree and
+    ShapeLayer/namumark parsers agree)."""
+    target = target.strip()
+    if target.startswith(":"):
+        target = target[1:].lstrip()
+    anchor = -1
+    if "#" in target:
+        for m in _ANCHOR_TOK.finditer(target):
+            if m.group() == "#":
+                anchor = m.start()
+    if anchor >= 0:
+        page = target[:anchor].rstrip()
+        if page:
+            target = page
+    return _UNESCAPE.sub(r"\1", target) if "\\" in target else target
+
+
+def _decode_entity(m: re.Match[str]) -> str:
+    """One character reference. Numeric ones and the legacy names (`&nbsp`, `&amp`) decode with or without `;`, as
+    in browsers (`html.unescape`); any other known name written in full without its `;` (`&zwj`) decodes too."""
+    ref = m.group()
+    if not ref.endswith(";") and ref[1] != "#":
+        char = html.entities.html5.get(ref[1:] + ";")
+        if char is not None:
+            return char
+    return html.unescape(ref)
+
+
+def html_to_text(fragment: str) -> str:
+    """The text a reader sees for an HTML fragment (a `{{{#!html ...}}}` body): script, style and comments dropped;
+    whitespace runs collapsed to one space (as HTML renders them); `<br>`, `<hr>` and the ends of block elements
+    become line breaks, the ends of table cells a space, and every other tag nothing; entities decoded; zero-width
+    characters removed. A non-breaking space (`&nbsp;`) is a visible space and stays one."""
+    text = _HTML_DROP.sub("", fragment) if "<" in fragment else fragment
+    text = _HTML_SPACE.sub(" ", text).strip(" ")
+    if "<" in text:
+        text = _HTML_BREAK.sub("\n", text)
+        text = _HTML_CELL_END.sub(" ", text)
+        text = _HTML_TAG.sub("", text)
+    if "&" in text:
+        text = _HTML_ENTITY.sub(_decode_entity, text)
+    text = _ZERO_WIDTH.sub("", text)
+    return _NEWLINE_SPACE.sub("\n", text) if "\n" in text else text
 
 
 def _drop_comments(text: str) -> str:
@@ -401,13 +472,11 @@ class _Parser:
         if depth > MAX_DEPTH:
             return s[lo:c]
         if s.startswith("#!", lo):
+            if s[lo + 2 : lo + 6].lower() == "html":  # the body may follow `#!html` directly (`{{{#!html<b>x</b>}}}`)
+                return html_to_text(s[lo + 6 : c])
             nl = s.find("\n", lo, c)
             head = s[lo + 2 : nl if nl >= 0 else c]
             kind = head.split(None, 1)[0].lower() if head.strip() else ""
-            if kind == "html":
-                raw = _HTML_DROP.sub("", s[lo + 6 : c])
-                raw = _HTML_BREAK.sub("\n", raw)
-                return html.unescape(_HTML_TAG.sub("", raw))
             if kind == "syntax":
                 if nl < 0:
                     parts = head.split(None, 2)
@@ -519,28 +588,16 @@ class _Parser:
         lo = st + 2
         simple = _LINK_COMPLEX.search(s, lo, e) is None  # no escapes, blocks or nested links: plain split
         bar = s.find("|", lo, e) if simple else self._link_bar(lo, e)
-        target = s[lo : bar if bar >= 0 else e].strip()
-        if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
+        target = s[lo : bar if bar >= 0 else e]
+        if is_hidden_link(target):
             return ""
         if bar >= 0 and s[bar + 1 : e].strip():
-            if s[bar + 1 : e].strip() == "#" and _EXTERNAL.match(target):
+            if s[bar + 1 : e].strip() == "#" and _EXTERNAL.match(target.strip()):
                 return ""  # a citation marker
             if simple and _INLINE_TOK.search(s, bar + 1, e) is None:
                 return s[bar + 1 : e]
             return self.inline(bar + 1, e, depth)
-        return self.link_target(target)
-
-    @staticmethod
-    def link_target(target: str) -> str:
-        """Text of a link without display text: `:` prefix and `#anchor` removed, escapes resolved."""
-        if target.startswith(":"):
-            target = target[1:]
-        if "#" in target and not _EXTERNAL.match(target):
-            # the anchor goes: an unescaped `#` starts it
-            m = _ANCHOR.search(target)
-            if m is not None:
-                target = target[: m.start()] if m.start() > 0 else target[1:]
-        return _UNESCAPE.sub(r"\1", target) if "\\" in target else target
+        return link_target_text(target)
 
     def _link_bar(self, lo: int, e: int) -> int:
         """Index of the first top-level unescaped `|` in a link's content, or -1."""
@@ -627,13 +684,13 @@ class _Parser:
                 append(s[pos:st])
             kind = m.lastgroup
             if kind == "slink":
-                target = m.group("slink_t").strip()
+                target = m.group("slink_t")
                 disp = m.group("slink_d")
-                if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
+                if is_hidden_link(target):
                     pass
                 elif disp is None or not disp.strip():  # `[[문서|]]` shows the target, like `[[문서]]`
-                    append(self.link_target(target))
-                elif disp.strip() != "#" or not _EXTERNAL.match(target):  # `#` text on a URL: citation, dropped
+                    append(link_target_text(target))
+                elif disp.strip() != "#" or not _EXTERNAL.match(target.strip()):  # `#` on a URL: citation, dropped
                     append(disp)
                 pos = m.end()
             elif kind == "sbold":
@@ -688,12 +745,12 @@ class _Parser:
             elif kind == "link":
                 sm = _SIMPLE_LINK.match(s, st, hi)
                 if sm is not None:  # fast path: no escapes, blocks or nesting inside
-                    target = sm.group(1).strip()
-                    if target.startswith(("파일:", "분류:")) or _FILE_PREFIX.match(target):
+                    target = sm.group(1)
+                    if is_hidden_link(target):
                         pass
                     elif sm.group(2) is None or not sm.group(2).strip():
-                        append(self.link_target(target))
-                    elif sm.group(2).strip() == "#" and _EXTERNAL.match(target):
+                        append(link_target_text(target))
+                    elif sm.group(2).strip() == "#" and _EXTERNAL.match(target.strip()):
                         pass  # a citation marker
                     elif _INLINE_TOK.search(s, sm.start(2), sm.end(2)) is None:
                         append(sm.group(2))
