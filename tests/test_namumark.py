@@ -286,7 +286,10 @@ def test_html_in_link_labels(markup: str, expected: str) -> None:
         ("가 {{{#!html <i>나</i>}}} 다", "가 나 다"),
         ("{{{#!html\n<div>가</div>\n<div>나</div>\n}}}", "가\n나"),
         ("{{{#!html <table><tr><td>가</td><td>나</td></tr><tr><td>다</td></tr></table>}}}", "가 나\n다"),
-        ("{{{#!html 가<hr>나<br/><br/>다}}}", "가\n나\n다"),
+        ('{{{#!html 가<hr>나<br/><br class="x">다}}}', "가\n나\n다"),
+        ("앞 {{{#!html <div>가</div><ul><li>나</li><li>다</li></ul>}}} 뒤", "앞\n가\n나\n다\n뒤"),
+        ("[[가|{{{#!html <a title=\"a>b\" href='x>y'>가</a>나}}}]]", "가나"),  # `>` inside quoted attributes
+        ("[[가|{{{#!html <span class=a'b>가</span>}}}]]", "가"),  # a stray quote in a tag
     ],
 )
 def test_html_blocks(markup: str, expected: str) -> None:
@@ -301,8 +304,9 @@ def test_html_to_text() -> None:
     assert html_to_text("&nbsp;") == "\u00a0"
     assert html_to_text("&amp;lt;") == "&lt;"  # decoded once
     assert html_to_text("&amp#39;") == "&#39;"
-    assert html_to_text("<p>가</p> <p>나</p>") == "가\n나\n"  # the end of a block element ends its line
-    assert html_to_text("<script>x()</script><!-- c -->글<style>a{}</style>") == "글"
+    assert html_to_text("<p>가</p> <p>나</p>") == "\n가\n나\n"  # the edges of a block element break the line
+    assert html_to_text("<script>x()</script><!-- c -->글<STYLE>a{}</style >끝") == "글끝"
+    assert html_to_text("가<!-- 닫히지 않음 <b>나</b>") == "가"  # an unclosed comment hides the rest
 
 
 def test_redirect() -> None:
@@ -362,6 +366,9 @@ _DEEP = [
     ("wide_table", "||" + "x||" * 10000, " | ".join(["x"] * 10000)),
     ("open_rows", "||x\n" * 3000, ("||x\n" * 3000).strip()),
     ("markers", "'''a ''b __c ^^d ,,e ~~x" * 1000, None),
+    ("html_comments", "x{{{#!html " + "<!--" * 20000 + "}}}", "x"),
+    ("html_scripts", "x{{{#!html " + "<script>" * 20000 + "}}}", "x"),
+    ("html_quotes", "x{{{#!html " + '<a "' * 20000 + "}}}", "x" + '<a "' * 20000),
 ]
 
 

@@ -110,11 +110,20 @@ _CELL_ATTR = re.compile(
 )
 _INLINE_DISPLAY = re.compile(r"display\s*:\s*inline(-block|-flex|-table)?\b", re.IGNORECASE)
 _CELL_COLOR = re.compile(r"[ \t]*<([A-Za-z]+)(?:,(?:#[0-9A-Za-z]+|[A-Za-z]+))?>")
-_HTML_DROP = re.compile(r"<(script|style)\b[^<>]*>.*?</\1\s*>|<!--.*?-->", re.S | re.IGNORECASE)
+_HTML_HIDDEN = re.compile(r"<!--|<(script|style)\b", re.IGNORECASE)  # opens content a reader never sees
+_HTML_HIDDEN_END = {
+    None: re.compile(r"-->"),
+    "script": re.compile(r"</script\b[^<>]*>", re.IGNORECASE),
+    "style": re.compile(r"</style\b[^<>]*>", re.IGNORECASE),
+}
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's whitespace: a run renders as one space
-_HTML_BREAK = re.compile(r"<br\s*/?>|<hr\b[^<>]*>|</(?:p|div|li|tr|table|blockquote|h[1-6])\s*>", re.IGNORECASE)
-_HTML_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>|<![^<>]*>")  # a real tag; `3 < 5` is text
+# a tag: its quoted attribute values may hold `>` (`<a title="a>b">`); `3 < 5` is text
+_TAG = r"""(?:"[^"<]*"|'[^'<]*'|[^'"<>])*>"""
+_HTML_BREAK = re.compile(
+    rf"<(?:br|hr)\b{_TAG}|</?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6])\b{_TAG}", re.IGNORECASE
+)  # line breaks, and the edges of block elements
+_HTML_CELL_END = re.compile(rf"</t[dh]\b{_TAG}", re.IGNORECASE)
+_HTML_TAG = re.compile(rf"</?[A-Za-z]{_TAG}|</?[A-Za-z][^<>]*>|<![^<>]*>")
 _HTML_ENTITY = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
 _NEWLINE_SPACE = re.compile(r" *\n[ \n]*")
 _EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -186,12 +195,32 @@ def _decode_entity(m: re.Match[str]) -> str:
     return html.unescape(ref)
 
 
+def _drop_hidden_html(text: str) -> str:
+    """Drop comments and script/style elements; one left open hides the rest, as in a browser. One forward scan
+    (a lazy `<!--.*?-->` regex is quadratic on a run of unclosed openers)."""
+    parts: list[str] = []
+    pos = 0
+    while True:
+        m = _HTML_HIDDEN.search(text, pos)
+        if m is None:
+            parts.append(text[pos:])
+            break
+        parts.append(text[pos : m.start()])
+        name = m.group(1)
+        end = _HTML_HIDDEN_END[name.lower() if name else None].search(text, m.end())
+        if end is None:
+            break
+        pos = end.end()
+    return "".join(parts)
+
+
 def html_to_text(fragment: str) -> str:
     """The text a reader sees for an HTML fragment (a `{{{#!html ...}}}` body): script, style and comments dropped;
-    whitespace runs collapsed to one space (as HTML renders them); `<br>`, `<hr>` and the ends of block elements
-    become line breaks, the ends of table cells a space, and every other tag nothing; entities decoded; zero-width
-    characters removed. A non-breaking space (`&nbsp;`) is a visible space and stays one."""
-    text = _HTML_DROP.sub("", fragment) if "<" in fragment else fragment
+    whitespace runs collapsed to one space (as HTML renders them); `<br>`, `<hr>` and the edges of block elements
+    (`<p>`, `<div>`, `<li>`, ...) become line breaks, the ends of table cells a space, and every other tag nothing;
+    entities decoded; zero-width characters removed. A non-breaking space (`&nbsp;`) is a visible space and stays
+    one."""
+    text = _drop_hidden_html(fragment) if "<" in fragment else fragment
     text = _HTML_SPACE.sub(" ", text).strip(" ")
     if "<" in text:
         text = _HTML_BREAK.sub("\n", text)
