@@ -101,7 +101,7 @@ def test_bad_training_text_names_file_and_line(real_tokenizer, tmp_path):
 def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.models import RuntimeSpec, load_model_and_tokenizer
-    from kormed.train import engine
+    from kormed.train.checkpoints import last_checkpoint
     from kormed.train.cpt import read_texts, run_cpt
 
     out = tmp_path / "cpt"
@@ -118,7 +118,7 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     assert info["stop_reason"] == "interrupted" and info["stop_step"] == 2
     assert not (out / "adapter_model.safetensors").exists()  # an interrupted run leaves no final adapter
     assert json.loads((out / "training_info.json").read_text())["stop_reason"] == "interrupted"
-    assert engine.last_checkpoint(out).endswith("checkpoint-2")
+    assert last_checkpoint(out).endswith("checkpoint-2")
 
     info = run_cpt(dataclasses.replace(cfg, resume=True), log=lambda m: None)
     assert info["stop_reason"] == "completed" and info["global_step"] == 4
