@@ -25,6 +25,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kormed.errors import KormedError
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -73,6 +75,4 @@ def autocast(device: Any, compute_dtype: str | None = None) -> Any:
         compute_dtype = resolve_dtypes(device, "auto")[1]
     if compute_dtype != "bfloat16":
         return contextlib.nullcontext()
-    import torch
-
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
