@@ -112,7 +112,8 @@ def embedding_param_groups(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rest = [(n, p) for n, p in named if not is_embedding_param(n)]
     emb = [p for n, p in named if is_embedding_param(n)]
-    decays = (lambda n: True) if decay_names is None else (lambda n: n in decay_names)
+    decayed = None if decay_names is None else set(decay_names)
+    decays = (lambda n: True) if decayed is None else (lambda n: n in decayed)
     groups = [
         {"params": [p for n, p in rest if decays(n)], "lr": lr, "weight_decay": weight_decay},
         {"params": [p for n, p in rest if not decays(n)], "lr": lr, "weight_decay": 0.0},

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
 
 from kormed.data.chat import (
     ChatTemplates,
@@ -42,7 +44,7 @@ from kormed.data.chat import (
 from kormed.data.mixture import mix_datasets, normalise_weights, split_records
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
-from kormed.eval.perplexity import evaluate_perplexity
+from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import check_output_path, iter_jsonl, read_json, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
@@ -148,15 +150,11 @@ class EncodedData:
 
 
 def _to_dataset(rows: list[dict[str, list[int]]]) -> Any:
-    from datasets import Dataset
-
     return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
 
 
 def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, desc: str,
                   stats: EncodeStats) -> list[dict[str, list[int]]]:
-    from tqdm.auto import tqdm
-
     rows = []
     for user, answer in tqdm(pairs, desc=f"encode {desc}", unit="ex", leave=False, disable=len(pairs) < 2000):
         try:
@@ -171,8 +169,6 @@ def encode_sources(
     log: Log = print,
 ) -> EncodedData:
     """Encode the training sources in `needed` (qa, qa_cot, dict, raw) and every available validation set."""
-    from kormed.eval.perplexity import packed_eval_blocks
-
     stats: dict[str, EncodeStats] = {}
     train: dict[str, Any] = {}
     evals: dict[str, Any] = {}
@@ -211,8 +207,6 @@ def encode_sources(
             evals[kind] = _to_dataset(rows)
     raw_blocks: list[list[int]] = []
     if src.raw_val:
-        from datasets import Dataset
-
         raw_blocks = packed_eval_blocks(tokenizer, src.raw_val, max_length=max_length, eod_token=eod_token)
         evals["raw"] = Dataset.from_dict({"input_ids": raw_blocks})
     sizes = {f"train_{k}": len(v) for k, v in train.items()} | {f"val_{k}": len(v) for k, v in evals.items()}
