@@ -51,13 +51,13 @@ def _dataset(n: int = 8, seed: int = 5):
 def _trainer(model_dir: Path, out: Path, tok, *, callbacks=(), eval_ds=None, **kw):
     torch.manual_seed(0)
     model, tok, _ = prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.1), runtime=CPU,
-                                                      log=QUIET, tokenizer=tok)
+                                               log=QUIET, tokenizer=tok)
     opts = dict(batch_size=2, grad_accum=1, max_steps=4, eval_steps=1000, logging_steps=2, lr=5e-3,
                 warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0,
                 save_steps=1, save_total_limit=10)
     opts.update(kw)
     trainer = build_trainer(model, tok, _dataset(), eval_ds, CausalCollator(tok), TrainOptions(**opts),
-                                   out, callbacks=callbacks, runtime=CPU)
+                            out, callbacks=callbacks, runtime=CPU)
     return trainer, model
 
 
@@ -193,7 +193,7 @@ def test_non_finite_checkpoints_on_disk_are_not_good(uninterrupted, tmp_path):
     assert "eval_val_loss" in skipped[2][1]
     # a validation set without target tokens has a NaN loss that is no sign of bad weights
     assert non_finite_eval({"eval_loss": float("nan"), "eval_val_loss": float("nan"),
-                                   "eval_val_tokens": 0}) is None
+                            "eval_val_tokens": 0}) is None
     # the guard's message names the last good checkpoint
     from transformers import TrainerControl
 
@@ -235,7 +235,7 @@ def test_nan_weights_are_never_checkpointed(small_model, real_tokenizer, tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]
     # the final adapter is not published either (SFT saves its step's adapter after any stop)
     full = finish_run(trainer, real_tokenizer, tmp_path / "adapter", {"stage": "test"},
-                             {**summary, "stop_reason": "max_steps"})
+                      {**summary, "stop_reason": "max_steps"})
     assert full["stop_reason"] == StopReason.NON_FINITE_LOSS and "no adapter saved" in full["stop_detail"]
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "adapter" / "training_info.json").read_text())["stop_reason"] == "non_finite_loss"

@@ -277,7 +277,7 @@ def _trainer_run(model_dir, tok, tmp_path, impl: str, bs: int, ga: int, blocks):
                         report_to=[], eval_on_start=False, seed=0, loss_impl=impl)
     ds = Dataset.from_dict({"input_ids": blocks})
     trainer = build_trainer(model, tok, ds, {"val": ds}, CausalCollator(tok), opts,
-                                   tmp_path / f"{impl}-{bs}x{ga}", runtime=CPU)
+                            tmp_path / f"{impl}-{bs}x{ga}", runtime=CPU)
     assert trainer.loss_spec.impl == impl
     run_training(trainer, log=lambda m: None)
     log = next(e for e in trainer.state.log_history if "loss" in e)

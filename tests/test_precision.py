@@ -68,7 +68,7 @@ def _train_two_steps(model_dir: Path, dtype: str, tmp_path: Path) -> tuple[objec
 
     runtime = pick_runtime("cpu", dtype)
     model, tok, info = prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.0),
-                                                         runtime=runtime, log=lambda m: None, seed=0)
+                                                  runtime=runtime, log=lambda m: None, seed=0)
     assert info["runtime"]["compute_dtype"] == runtime.compute_dtype  # recorded in training_info.json
     seen: set = set()
     layer = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
@@ -77,7 +77,7 @@ def _train_two_steps(model_dir: Path, dtype: str, tmp_path: Path) -> tuple[objec
                         warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0,
                         device="cpu", dtype=dtype)
     trainer = build_trainer(model, tok, Dataset.from_dict({"input_ids": _blocks()}), None,
-                                   CausalCollator(tok), opts, tmp_path / dtype, runtime=runtime)
+                            CausalCollator(tok), opts, tmp_path / dtype, runtime=runtime)
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return trainer, losses, seen

@@ -103,7 +103,7 @@ def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
             expected = evaluate_perplexity(model, blocks, batch_size=3, progress=False)["loss"]
         opts = _opts(batch_size=bs, grad_accum=ga, max_steps=1, optim="sgd", lr=0.5, max_grad_norm=1e9)
         trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts,
-                                       tmp_path / f"bs{bs}", runtime=CPU)
+                                tmp_path / f"bs{bs}", runtime=CPU)
         run_training(trainer, log=lambda m: None)
         log = next(e for e in trainer.state.log_history if "loss" in e)
         results.append((log["loss"], log["grad_norm"], _lora_state(model)))
@@ -134,7 +134,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
     model.base_model.model.model.norm.register_forward_hook(poison)
     opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
     trainer = build_trainer(model, tok, _dataset(_blocks(16)), None, CausalCollator(tok), opts,
-                                   tmp_path, runtime=CPU)
+                            tmp_path, runtime=CPU)
     summary = run_training(trainer, log=lambda m: None)
     assert summary["stop_reason"] == StopReason.NON_FINITE_LOSS
     assert summary["stop_step"] == 3
@@ -176,7 +176,7 @@ def test_early_stopping_in_a_run(small_vocab_dir, tmp_path):
     ds = _dataset(_blocks(8))
     opts = _opts(lr=1e-12, max_steps=10, eval_steps=1, eval_on_start=True, early_stopping_patience=2)
     trainer = build_trainer(model, tok, ds, {"val": ds.select(range(4))}, CausalCollator(tok), opts,
-                                   tmp_path, runtime=CPU)
+                            tmp_path, runtime=CPU)
     summary = run_training(trainer, log=lambda m: None)
     assert summary["stop_reason"] == StopReason.EARLY_STOPPING
     assert summary["global_step"] == 2  # evals at 0 (best), 1, 2 without improvement
@@ -209,7 +209,7 @@ def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted(small_vocab
         )
         opts = _opts(max_steps=6, save_steps=100, lr=5e-3, warmup_ratio=0.2)
         return build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts, out,
-                                    callbacks=callbacks, runtime=CPU), model
+                             callbacks=callbacks, runtime=CPU), model
 
     full, full_model = make(tmp_path / "full")
     run_training(full, log=lambda m: None)
@@ -247,13 +247,13 @@ def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True)
     model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         log=lambda m: None, tokenizer=TOK)
+                                                  log=lambda m: None, tokenizer=TOK)
     assert info["embeddings_tied"]
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # ONE trained matrix
     blocks = _blocks(4, vocab=400)
     opts = _opts(max_steps=2, lr=5e-2)
     trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts,
-                                   tmp_path / "run", runtime=CPU, embedding_lr=1e-2)
+                            tmp_path / "run", runtime=CPU, embedding_lr=1e-2)
     lrs = sorted(g["lr"] for g in trainer.create_optimizer().param_groups)
     assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(5e-2)
     summary = run_training(trainer, log=lambda m: None)
@@ -293,13 +293,13 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="new")
     model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         tokenizer_path=ext, log=lambda m: None, tokenizer=TOK)
+                                                  tokenizer_path=ext, log=lambda m: None, tokenizer=TOK)
     assert info["tokenizer"]["new_tokens"] == 3
     assert model.get_input_embeddings().weight.shape[0] % 64 == 0
     new_ids = tok.convert_tokens_to_ids(["고혈압약", "당뇨병성", "심근경색증"])
     blocks = [[2, new_ids[0], 100, new_ids[1], 200, new_ids[2], 300, 1] for _ in range(4)]
     trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok),
-                                   _opts(max_steps=2, lr=5e-2), tmp_path / "run", runtime=CPU)
+                            _opts(max_steps=2, lr=5e-2), tmp_path / "run", runtime=CPU)
     summary = run_training(trainer, log=lambda m: None)
     finish_run(trainer, tok, tmp_path / "run", info, summary)
     ref = _logits(model, blocks[0])
@@ -329,14 +329,14 @@ def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokeniz
     real_tokenizer.save_pretrained(ckpt)
 
     model, tok, info = prepare_model_for_training(str(ckpt), lora=LoraOptions(dropout=0.0), runtime=CPU,
-                                                         log=lambda m: None, tokenizer=TOK)
+                                                  log=lambda m: None, tokenizer=TOK)
     assert info["multimodal"]
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
     blocks = _blocks(4, vocab=400)
     trainer = build_trainer(model, tok, _dataset(blocks), {"val": _dataset(blocks[:2])},
-                                   CausalCollator(tok), _opts(max_steps=2, lr=5e-2), tmp_path / "run",
-                                   runtime=CPU)
+                            CausalCollator(tok), _opts(max_steps=2, lr=5e-2), tmp_path / "run",
+                            runtime=CPU)
     summary = run_training(trainer, log=lambda m: None)
     finish_run(trainer, tok, tmp_path / "run", info, summary)
     cfg_json = json.loads((tmp_path / "run" / "adapter_config.json").read_text())

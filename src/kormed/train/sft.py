@@ -426,7 +426,7 @@ def run_sft_step(
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
     stats_cb = _make_batch_stats_callback_class()(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
-                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
+                            callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
     callback.trainer = trainer
     summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
