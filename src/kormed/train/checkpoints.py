@@ -26,11 +26,9 @@ from kormed.train.processes import is_main_process
 Log = Callable[[str], Any]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
 DATA_ORDER_FILE = "kormed_data_order.json"  # in <output>/checkpoints/: the settings the data order depends on
-
 LOG_STATE_FILE = "kormed_log_state_{}.json"  # in a checkpoint, per process: the open loss-logging window
-
+# What a setting is called where the user sets it (for the one-line refusal of a resume that changes it).
 _DATA_ORDER_LABELS = {
     "data_sha256": "training data (--data, file contents)",
     "max_length": "--max-length",
@@ -54,6 +52,7 @@ def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in entries if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
     return sorted(found)
 
+
 def _safetensors_problem(path: Path) -> str | None:
     """Why a .safetensors file is not whole (header unreadable, or shorter/longer than its header says)."""
     try:
@@ -71,6 +70,7 @@ def _safetensors_problem(path: Path) -> str | None:
         return "unreadable header"
     return None if size == 8 + n + end else f"{size} bytes, its header says {8 + n + end}"
 
+
 def _zip_problem(path: Path) -> str | None:
     """Why a torch.save file (a zip archive; never unpickled here) is not whole."""
     try:
@@ -79,6 +79,7 @@ def _zip_problem(path: Path) -> str | None:
     except (OSError, zipfile.BadZipFile, ValueError):
         return "truncated or not a torch file"
     return None
+
 
 def non_finite_eval(metrics: dict[str, Any] | None) -> str | None:
     """The first validation loss in `metrics` that is NaN/inf (a set with 0 target tokens does not count)."""
@@ -91,6 +92,7 @@ def non_finite_eval(metrics: dict[str, Any] | None) -> str | None:
             return k
     return None
 
+
 def _non_finite_weights(path: Path) -> str | None:
     """The first tensor of a .safetensors file with a NaN/inf value, or None."""
     with safe_open(str(path), framework="pt") as fh:
@@ -99,6 +101,7 @@ def _non_finite_weights(path: Path) -> str | None:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 return name
     return None
+
 
 def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | None:
     """Why `path` (a Trainer `checkpoint-N/`) cannot be resumed from, or None when it is complete and good.
@@ -161,6 +164,7 @@ def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | 
                 return f"not finite: weight {bad} in {name}"
     return None
 
+
 def latest_good_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[tuple[str, str]]]:
     """The newest checkpoint under `ckpt_dir` that is complete and good (:func:`checkpoint_problem`), and the
     newer ones passed over as (path, why)."""
@@ -172,9 +176,11 @@ def latest_good_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[tuple
         skipped.append((str(path), problem))
     return None, skipped
 
+
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """The newest complete, good Trainer checkpoint under output_dir/checkpoints, or None."""
     return latest_good_checkpoint(Path(output_dir) / "checkpoints")[0]
+
 
 def trainer_data_order(trainer: Any) -> dict[str, Any]:
     """The Trainer-side settings the order of training batches depends on."""
@@ -188,8 +194,10 @@ def trainer_data_order(trainer: Any) -> dict[str, Any]:
         "train_examples": len(ds) if hasattr(ds, "__len__") else None,
     }
 
+
 def _show(key: str, value: Any) -> str:
     return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
+
 
 def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log = print) -> bool:
     """Refuse (KormedError naming the setting) when `current` differs from the settings recorded when the run in
@@ -215,6 +223,7 @@ def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log =
             )
     return True
 
+
 @dataclasses.dataclass
 class ResumePlan:
     """What :func:`plan_resume` decided: the checkpoint to continue (None: from the beginning) and the newer
@@ -222,6 +231,7 @@ class ResumePlan:
 
     resume_from: str | None
     skipped: list[tuple[str, str]]
+
 
 def plan_resume(output_dir: str | Path, *, resume: bool, data_order: dict[str, Any] | None = None,
                 log: Log = print) -> ResumePlan:
@@ -248,6 +258,7 @@ def plan_resume(output_dir: str | Path, *, resume: bool, data_order: dict[str, A
     else:
         check_data_order(output_dir, data_order or {}, log=lambda m: None)
     return ResumePlan(chosen, skipped)
+
 
 def _record_data_order(output_dir: Path, settings: dict[str, Any]) -> None:
     if is_main_process():

@@ -45,10 +45,12 @@ def lora_target_regex(model: Any, modules: Sequence[str]) -> str:
         return rf".*language_model.*\.({names})"
     return rf".*\.({names})"
 
+
 def embeddings_tied(model: Any) -> bool:
     """Whether the output projection shares its weight with the input embeddings (Gemma: yes)."""
     out = model.get_output_embeddings()
     return out is not None and out.weight is model.get_input_embeddings().weight
+
 
 def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = print) -> list[int]:
     """Resize the embeddings to an extended tokenizer (mean-of-pieces rows, padded to a multiple of 64,
@@ -128,6 +130,7 @@ def use_gradient_checkpointing(options: TrainOptions, device: str) -> bool:
         return bool(options.gradient_checkpointing)
     return str(device).startswith("cuda")
 
+
 def upcast_trainable_copies(model: Any) -> int:
     """Keep every trainable parameter in fp32 on a bf16/fp16 base; returns how many were cast.
 
@@ -142,12 +145,14 @@ def upcast_trainable_copies(model: Any) -> int:
             cast += 1
     return cast
 
+
 def format_count(n: int) -> str:
     """1_590_000_000 -> '1.59B', 2_949_120 -> '2.95M'."""
     for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
+
 
 def count_parameters(model: Any) -> dict[str, Any]:
     """Trainable and total parameters (PEFT's count) and the seeds' display form '1.59B (26.78%)'."""
@@ -159,6 +164,7 @@ def count_parameters(model: Any) -> dict[str, Any]:
         "trainable_percent": round(pct, 4),
         "trainable": f"{format_count(int(trainable))} ({pct:.2f}%)",
     }
+
 
 def prepare_model_for_training(
     model_name: str | None,

@@ -32,6 +32,7 @@ def library_versions() -> dict[str, str]:
             out[name] = "not installed"
     return out
 
+
 def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None) -> dict[str, Any]:
     """The run summary recorded in training_info.json (see :func:`run_training`)."""
     state = trainer.state
@@ -75,6 +76,7 @@ def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None
         * trainer.args.world_size,
     }
 
+
 def _replace_into(src: Path, dst: Path) -> None:
     """Move `src` (file or directory) over `dst` with renames (atomic per entry on one filesystem)."""
     if dst.is_dir() and not dst.is_symlink():
@@ -84,6 +86,7 @@ def _replace_into(src: Path, dst: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(src, dst)
+
 
 def save_adapter(
     model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
@@ -110,6 +113,7 @@ def save_adapter(
     if info is not None:
         write_json(out / "training_info.json", info)
     return out
+
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Loss (train and validation) and validation perplexity against the optimizer step, as a PNG."""
@@ -140,11 +144,13 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
         fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
     return Path(path)
 
+
 def gather_state_dict(trainer: Any) -> dict[str, Any] | None:
     """Full (unsharded) state dict under FSDP (a collective: call on every process); None otherwise."""
     if getattr(trainer, "is_fsdp_enabled", False):
         return trainer.accelerator.get_state_dict(trainer.model)
     return None
+
 
 def finish_run(
     trainer: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any], summary: dict[str, Any],

@@ -18,9 +18,11 @@ def is_main_process() -> bool:
     # Not initialised yet: do not create it here, its first construction fixes the backend (cpu=True -> gloo)
     return int(os.environ.get("RANK", "0")) == 0
 
+
 def world_size() -> int:
     """Number of training processes (`accelerate launch` / torchrun set WORLD_SIZE)."""
     return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
 
 def effective_grad_accum(options: TrainOptions, n_processes: int | None = None) -> int:
     """Per-process accumulation so that batch_size x accumulation x processes stays batch_size x grad_accum."""

@@ -29,6 +29,7 @@ class StopRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"stop_reason": self.reason or StopReason.COMPLETED, "stop_step": self.step, "stop_detail": self.detail}
 
+
 def non_finite_stop(stop: StopRecord, control: Any, step: int, what: str, ckpt_dir: str | Path) -> None:
     """Record a non-finite stop at `step` naming the last good checkpoint, say it once, and stop without saving."""
     first = stop.reason != StopReason.NON_FINITE_LOSS
@@ -41,6 +42,7 @@ def non_finite_stop(stop: StopRecord, control: Any, step: int, what: str, ckpt_d
     control.should_save = False
     control.should_evaluate = False
     control.should_training_stop = True
+
 
 class SignalFlag:
     """Install SIGINT/SIGTERM handlers that set a flag (a second Ctrl-C aborts at once); restore on uninstall."""
