@@ -204,7 +204,9 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_gemma3_dir, corpus, tmp
             "          gradient_checkpointing: false, report_to: [], device: cpu, eval_on_start: false}\n",
             encoding="utf-8",
         )
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+        # the tests directory first, then the caller's path (a worktree's src/ before the installed kormed)
+        path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
         if mode == "single":
             cmd = [sys.executable, str(worker), str(cfg_path), str(tmp_path / f"rec-{mode}")]
         else:
