@@ -12,19 +12,19 @@ from pathlib import Path
 def main() -> None:
     cfg_path, record_dir = sys.argv[1], Path(sys.argv[2])
     from kormed.config import load_config
-    from kormed.train import cpt, engine
+    from kormed.train import cpt, outputs
 
     rank = int(os.environ.get("RANK", "0"))
     seen: list[list[int]] = []
     writes: list[str] = []
-    collator_cls = engine.CausalCollator
+    collator_cls = cpt.CausalCollator
 
     class RecordingCollator(collator_cls):
         def __call__(self, features):
             seen.extend([list(map(int, f["input_ids"][:8])) for f in features])
             return super().__call__(features)
 
-    original_save = engine.save_adapter
+    original_save = outputs.save_adapter
 
     def recording_save(*args, **kwargs):
         out = original_save(*args, **kwargs)
@@ -32,8 +32,8 @@ def main() -> None:
             writes.append(str(out))
         return out
 
-    engine.CausalCollator = RecordingCollator
-    engine.save_adapter = recording_save
+    cpt.CausalCollator = RecordingCollator  # the names run_cpt and finish_run call
+    outputs.save_adapter = recording_save
     cfg = load_config("cpt", cfg_path)
     info = cpt.run_cpt(cfg, log=lambda m: None)
     record_dir.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def test_bad_training_text_names_file_and_line(real_tokenizer, tmp_path):
 def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.models import RuntimeSpec, load_model_and_tokenizer
-    from kormed.train import engine
+    from kormed.train.checkpoints import last_checkpoint
     from kormed.train.cpt import read_texts, run_cpt
 
     out = tmp_path / "cpt"
@@ -118,7 +118,7 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     assert info["stop_reason"] == "interrupted" and info["stop_step"] == 2
     assert not (out / "adapter_model.safetensors").exists()  # an interrupted run leaves no final adapter
     assert json.loads((out / "training_info.json").read_text())["stop_reason"] == "interrupted"
-    assert engine.last_checkpoint(out).endswith("checkpoint-2")
+    assert last_checkpoint(out).endswith("checkpoint-2")
 
     info = run_cpt(dataclasses.replace(cfg, resume=True), log=lambda m: None)
     assert info["stop_reason"] == "completed" and info["global_step"] == 4
@@ -204,7 +204,9 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_gemma3_dir, corpus, tmp
             "          gradient_checkpointing: false, report_to: [], device: cpu, eval_on_start: false}\n",
             encoding="utf-8",
         )
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+        # the tests directory first, then the caller's path (a worktree's src/ before the installed kormed)
+        path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
         if mode == "single":
             cmd = [sys.executable, str(worker), str(cfg_path), str(tmp_path / f"rec-{mode}")]
         else:

@@ -148,13 +148,16 @@ def _dir_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     import kormed.pipeline.run as run
     import kormed.records as records
     import kormed.tokenizer.extend as extend
-    import kormed.train.engine as engine
+    import kormed.train.cpt as cpt
     import kormed.train.export_all as export_all
+    import kormed.train.loop as loop
+    import kormed.train.sft as sft
 
-    for module, name in [(engine, "prepare_model_for_training"), (models, "resolve_model"),
+    for module, name in [(cpt, "prepare_model_for_training"), (sft, "prepare_model_for_training"),
+                         (loop, "prepare_model_for_training"), (models, "resolve_model"),
                          (models, "load_model_and_tokenizer"), (records, "read_dictionary"),
                          (extend, "read_corpus_texts"), (report, "collect"), (run, "resolve_configs"),
-                         (export_all, "_stage_dir")]:
+                         (export_all, "_stage_dir"), (export_all, "resolve_model")]:
         monkeypatch.setattr(module, name, _forbid)
     data = _texts(tmp_path)
     run_dir = tmp_path / "run"

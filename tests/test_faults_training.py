@@ -16,8 +16,13 @@ from conftest import tiny_text_config
 
 from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
-from kormed.train import engine
+from kormed.stop_reason import StopReason
+from kormed.train.checkpoints import checkpoint_problem, latest_good_checkpoint, non_finite_eval, plan_resume
 from kormed.train.config import CPTConfig, LoraOptions, TrainOptions
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import finish_run
+from kormed.train.stopping import StopRecord, non_finite_stop
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 QUIET = lambda m: None  # noqa: E731
@@ -45,14 +50,14 @@ def _dataset(n: int = 8, seed: int = 5):
 
 def _trainer(model_dir: Path, out: Path, tok, *, callbacks=(), eval_ds=None, **kw):
     torch.manual_seed(0)
-    model, tok, _ = engine.prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.1), runtime=CPU,
-                                                      log=QUIET, tokenizer=tok)
+    model, tok, _ = prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.1), runtime=CPU,
+                                               log=QUIET, tokenizer=tok)
     opts = dict(batch_size=2, grad_accum=1, max_steps=4, eval_steps=1000, logging_steps=2, lr=5e-3,
                 warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0,
                 save_steps=1, save_total_limit=10)
     opts.update(kw)
-    trainer = engine.build_trainer(model, tok, _dataset(), eval_ds, engine.CausalCollator(tok), TrainOptions(**opts),
-                                   out, callbacks=callbacks, runtime=CPU)
+    trainer = build_trainer(model, tok, _dataset(), eval_ds, CausalCollator(tok), TrainOptions(**opts),
+                            out, callbacks=callbacks, runtime=CPU)
     return trainer, model
 
 
@@ -69,7 +74,7 @@ def uninterrupted(small_model, real_tokenizer, tmp_path_factory):
     """A 4-step run with a checkpoint at every step and the loss logged every 2 steps."""
     out = tmp_path_factory.mktemp("full")
     trainer, model = _trainer(small_model, out, real_tokenizer)
-    engine.run_training(trainer, log=QUIET)
+    run_training(trainer, log=QUIET)
     return out, _weights(model), _losses(trainer)
 
 
@@ -107,15 +112,15 @@ def _crashed_copy(full: Path, dest: Path, phase: str) -> Path:
 
 def test_every_kill_phase_is_skipped_with_one_line(uninterrupted, tmp_path):
     full = uninterrupted[0]
-    assert engine.checkpoint_problem(full / "checkpoints" / "checkpoint-4") is None
+    assert checkpoint_problem(full / "checkpoints" / "checkpoint-4") is None
     for phase, (_, why) in PHASES.items():
         out = _crashed_copy(full, tmp_path / phase, phase)
         lines: list[str] = []
-        plan = engine.plan_resume(out, resume=True, log=lines.append)
+        plan = plan_resume(out, resume=True, log=lines.append)
         assert plan.resume_from.endswith("checkpoint-3"), phase
         assert len(lines) == 1 and "skipping checkpoint-4" in lines[0] and why in lines[0], (phase, lines)
         with pytest.raises(KormedError, match="--resume"):  # without --resume: refused, whatever their state
-            engine.plan_resume(out, resume=False, log=QUIET)
+            plan_resume(out, resume=False, log=QUIET)
 
 
 def test_deepspeed_layout_is_complete(uninterrupted, tmp_path):
@@ -129,9 +134,9 @@ def test_deepspeed_layout_is_complete(uninterrupted, tmp_path):
     for f in list(ckpt.iterdir()):
         if f.name.startswith(("optimizer", "scheduler")):
             f.rename(ckpt / "global_step4" / f.name)
-    assert engine.checkpoint_problem(ckpt) == "incomplete: no optimizer state"  # no `latest`: not DeepSpeed's
+    assert checkpoint_problem(ckpt) == "incomplete: no optimizer state"  # no `latest`: not DeepSpeed's
     (ckpt / "latest").write_text("global_step4")
-    assert engine.checkpoint_problem(ckpt) is None
+    assert checkpoint_problem(ckpt) is None
 
 
 @pytest.mark.parametrize("phase", ["empty_dir", "no_trainer_state"])
@@ -140,7 +145,7 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted, small_model,
     out = _crashed_copy(full, tmp_path / "crashed", phase)
     trainer, model = _trainer(small_model, out, real_tokenizer)
     lines: list[str] = []
-    summary = engine.run_training(trainer, resume=True, log=lines.append)
+    summary = run_training(trainer, resume=True, log=lines.append)
     assert summary["resumed_from"].endswith("checkpoint-3") and summary["global_step"] == 4
     assert any("skipping checkpoint-4" in line for line in lines)
     for name, value in weights.items():
@@ -148,7 +153,7 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted, small_model,
     # the loss logged at step 4 averages steps 3 and 4 as in the uninterrupted run (the window of the
     # checkpoint continues; restarting it would log step 4's loss alone)
     assert _losses(trainer)[4] == losses[4]
-    assert engine.checkpoint_problem(out / "checkpoints" / "checkpoint-4") is None  # saved again, complete
+    assert checkpoint_problem(out / "checkpoints" / "checkpoint-4") is None  # saved again, complete
 
 
 def test_resume_refuses_a_changed_data_order(uninterrupted, small_model, real_tokenizer, tmp_path):
@@ -156,7 +161,7 @@ def test_resume_refuses_a_changed_data_order(uninterrupted, small_model, real_to
     for change, label in (({"seed": 1}, "--seed"), ({"batch_size": 4}, "--batch-size")):
         trainer, _ = _trainer(small_model, out, real_tokenizer, **change)
         with pytest.raises(KormedError, match=label) as exc:
-            engine.run_training(trainer, resume=True, log=QUIET)
+            run_training(trainer, resume=True, log=QUIET)
         assert "\n" not in exc.value.message
     assert (out / "checkpoints" / "checkpoint-4").is_dir()  # nothing was touched by a refused resume
 
@@ -181,20 +186,20 @@ def test_non_finite_checkpoints_on_disk_are_not_good(uninterrupted, tmp_path):
     state["log_history"].append({"step": 2, "eval_loss": float("nan"), "eval_val_loss": float("nan"),
                                  "eval_val_tokens": 40})
     state_file.write_text(json.dumps(state))
-    good, skipped = engine.latest_good_checkpoint(ckpts)
+    good, skipped = latest_good_checkpoint(ckpts)
     assert good.endswith("checkpoint-1")
     assert [(Path(p).name, why.split(":")[0]) for p, why in skipped] == [
         ("checkpoint-4", "not finite"), ("checkpoint-3", "not finite"), ("checkpoint-2", "not finite")]
     assert "eval_val_loss" in skipped[2][1]
     # a validation set without target tokens has a NaN loss that is no sign of bad weights
-    assert engine.non_finite_eval({"eval_loss": float("nan"), "eval_val_loss": float("nan"),
-                                   "eval_val_tokens": 0}) is None
+    assert non_finite_eval({"eval_loss": float("nan"), "eval_val_loss": float("nan"),
+                            "eval_val_tokens": 0}) is None
     # the guard's message names the last good checkpoint
     from transformers import TrainerControl
 
-    stop, control = engine.StopRecord(), TrainerControl()
-    engine.non_finite_stop(stop, control, 5, "loss", ckpts)
-    assert stop.reason == engine.STOP_NON_FINITE and stop.detail.endswith("checkpoint-1")
+    stop, control = StopRecord(), TrainerControl()
+    non_finite_stop(stop, control, 5, "loss", ckpts)
+    assert stop.reason == StopReason.NON_FINITE_LOSS and stop.detail.endswith("checkpoint-1")
     assert control.should_training_stop and not control.should_save
 
 
@@ -224,14 +229,14 @@ def test_nan_weights_are_never_checkpointed(small_model, real_tokenizer, tmp_pat
     cb = _At(2, poison)
     trainer, _ = _trainer(small_model, tmp_path, real_tokenizer, callbacks=[cb])
     cb.trainer = trainer
-    summary = engine.run_training(trainer, log=QUIET)
-    assert summary["stop_reason"] == engine.STOP_NON_FINITE and summary["stop_step"] == 2
+    summary = run_training(trainer, log=QUIET)
+    assert summary["stop_reason"] == StopReason.NON_FINITE_LOSS and summary["stop_step"] == 2
     assert "trainable weights" in summary["stop_detail"] and summary["stop_detail"].endswith("checkpoint-1")
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]
     # the final adapter is not published either (SFT saves its step's adapter after any stop)
-    full = engine.finish_run(trainer, real_tokenizer, tmp_path / "adapter", {"stage": "test"},
-                             {**summary, "stop_reason": "max_steps"})
-    assert full["stop_reason"] == engine.STOP_NON_FINITE and "no adapter saved" in full["stop_detail"]
+    full = finish_run(trainer, real_tokenizer, tmp_path / "adapter", {"stage": "test"},
+                      {**summary, "stop_reason": "max_steps"})
+    assert full["stop_reason"] == StopReason.NON_FINITE_LOSS and "no adapter saved" in full["stop_detail"]
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "adapter" / "training_info.json").read_text())["stop_reason"] == "non_finite_loss"
 
@@ -247,8 +252,8 @@ def test_nan_validation_stops_without_a_checkpoint(small_model, real_tokenizer, 
     trainer, model = _trainer(small_model, tmp_path, real_tokenizer, callbacks=[cb], eval_ds={"val": ds},
                               eval_steps=1)
     model.base_model.model.model.norm.register_forward_hook(hook)
-    summary = engine.run_training(trainer, log=QUIET)
-    assert summary["stop_reason"] == engine.STOP_NON_FINITE and summary["stop_step"] == 2
+    summary = run_training(trainer, log=QUIET)
+    assert summary["stop_reason"] == StopReason.NON_FINITE_LOSS and summary["stop_step"] == 2
     assert "validation loss" in summary["stop_detail"] and summary["stop_detail"].endswith("checkpoint-1")
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]
 
@@ -276,12 +281,13 @@ def cpt_run(tiny_gemma3_dir, tmp_path_factory):
 
 
 def test_cpt_refusals_come_before_the_model_loads(cpt_run, tmp_path, monkeypatch):
+    from kormed.train import cpt
     from kormed.train.cpt import run_cpt
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr(engine, "prepare_model_for_training", no_model)
+    monkeypatch.setattr(cpt, "prepare_model_for_training", no_model)
     with pytest.raises(KormedError, match="pass --resume"):
         run_cpt(cpt_run, log=QUIET)
     changed = Path(cpt_run.data).read_text(encoding="utf-8").replace("문장 3", "문장 three")

@@ -13,9 +13,10 @@ from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
-from kormed.train import engine
 from kormed.train import loss as kloss
 from kormed.train.config import GEMMA_LINEAR_MODULES, LoraOptions, TrainOptions
+from kormed.train.model_setup import lora_target_regex, prepare_model_for_training
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 VOCAB = 262144
 CHUNK = 8  # tokens per chunk: several chunks per test batch
@@ -40,7 +41,7 @@ NEW_ROWS = [7, 300, 4242, 262000]
 
 
 def _peft(base, train: str, checkpointing: bool = True):
-    """Wrap like engine.prepare_model_for_training does; LoRA B random so every LoRA weight gets a gradient."""
+    """Wrap like prepare_model_for_training does; LoRA B random so every LoRA weight gets a gradient."""
     from peft import LoraConfig, get_peft_model
 
     kwargs = {}
@@ -49,7 +50,7 @@ def _peft(base, train: str, checkpointing: bool = True):
     elif train == "new":
         kwargs = {"trainable_token_indices": {"embed_tokens": NEW_ROWS}, "ensure_weight_tying": True}
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM",
-                        target_modules=engine.lora_target_regex(base, GEMMA_LINEAR_MODULES), **kwargs)
+                        target_modules=lora_target_regex(base, GEMMA_LINEAR_MODULES), **kwargs)
     torch.manual_seed(1)
     model = get_peft_model(base, config)
     if checkpointing:
@@ -267,7 +268,7 @@ def _trainer_run(model_dir, tok, tmp_path, impl: str, bs: int, ga: int, blocks):
     from datasets import Dataset
 
     torch.manual_seed(0)
-    model, tok, _ = engine.prepare_model_for_training(
+    model, tok, _ = prepare_model_for_training(
         str(model_dir), lora=LoraOptions(dropout=0.0, train_embeddings=True), runtime=CPU, log=lambda m: None,
         tokenizer=tok,
     )
@@ -275,10 +276,10 @@ def _trainer_run(model_dir, tok, tmp_path, impl: str, bs: int, ga: int, blocks):
                         optim="sgd", max_grad_norm=1e9, warmup_ratio=0.0, gradient_checkpointing=True,
                         report_to=[], eval_on_start=False, seed=0, loss_impl=impl)
     ds = Dataset.from_dict({"input_ids": blocks})
-    trainer = engine.build_trainer(model, tok, ds, {"val": ds}, engine.CausalCollator(tok), opts,
-                                   tmp_path / f"{impl}-{bs}x{ga}", runtime=CPU)
+    trainer = build_trainer(model, tok, ds, {"val": ds}, CausalCollator(tok), opts,
+                            tmp_path / f"{impl}-{bs}x{ga}", runtime=CPU)
     assert trainer.loss_spec.impl == impl
-    engine.run_training(trainer, log=lambda m: None)
+    run_training(trainer, log=lambda m: None)
     log = next(e for e in trainer.state.log_history if "loss" in e)
     metrics = trainer.evaluate()
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -14,8 +14,10 @@ import torch
 from conftest import tiny_multimodal_config
 
 from kormed.models import RuntimeSpec, attention_for, load_model_and_tokenizer, read_adapter_meta
-from kormed.train import engine
 from kormed.train.config import CPTConfig, LoraOptions, TrainOptions
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import finish_run
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 NEW_TERMS = ["고혈압약", "당뇨병성", "심근경색증"]
@@ -96,18 +98,18 @@ def test_text_only_extended_tokenizer_adapter_is_small_and_exact(tiny_gemma3_dir
     tok.add_tokens(NEW_TERMS)
     tok.save_pretrained(ext)
     lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="new")
-    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         tokenizer_path=ext, log=lambda m: None,
-                                                         tokenizer=real_tokenizer, seed=0)
+    model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
+                                                  tokenizer_path=ext, log=lambda m: None,
+                                                  tokenizer=real_tokenizer, seed=0)
     ids = tok.convert_tokens_to_ids(NEW_TERMS)
     from datasets import Dataset
 
     blocks = [[2, ids[0], 100, ids[1], 200, ids[2], 300, 1] for _ in range(4)]
     opts = TrainOptions(batch_size=2, grad_accum=1, max_steps=2, eval_steps=1000, logging_steps=1, lr=5e-2,
                         warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0)
-    trainer = engine.build_trainer(model, tok, Dataset.from_dict({"input_ids": blocks}), None,
-                                   engine.CausalCollator(tok), opts, tmp_path / "run", runtime=CPU)
-    engine.finish_run(trainer, tok, tmp_path / "run", info, engine.run_training(trainer, log=lambda m: None))
+    trainer = build_trainer(model, tok, Dataset.from_dict({"input_ids": blocks}), None,
+                            CausalCollator(tok), opts, tmp_path / "run", runtime=CPU)
+    finish_run(trainer, tok, tmp_path / "run", info, run_training(trainer, log=lambda m: None))
     assert (tmp_path / "run" / "adapter_model.safetensors").stat().st_size < 8e6
     model.eval()
     with torch.no_grad():
@@ -149,8 +151,8 @@ def test_full_embedding_training_in_bf16_moves_the_rows(tiny_gemma3_dir, tmp_pat
 
     bf16 = RuntimeSpec("cpu", "bfloat16", "sdpa")
     lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="all")
-    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=bf16,
-                                                         log=lambda m: None, tokenizer=real_tokenizer, seed=0)
+    model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=bf16,
+                                                  log=lambda m: None, tokenizer=real_tokenizer, seed=0)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
     emb_name = next(n for n in trainable if "modules_to_save" in n)
@@ -159,9 +161,9 @@ def test_full_embedding_training_in_bf16_moves_the_rows(tiny_gemma3_dir, tmp_pat
     opts = TrainOptions(batch_size=2, grad_accum=1, max_steps=4, eval_steps=1000, logging_steps=1, lr=2e-5,
                         warmup_ratio=0.0, scheduler="constant", gradient_checkpointing=False, report_to=[],
                         eval_on_start=False, seed=0)
-    trainer = engine.build_trainer(model, tok, Dataset.from_dict({"input_ids": blocks}), None,
-                                   engine.CausalCollator(tok), opts, tmp_path / "run", runtime=bf16)
-    summary = engine.run_training(trainer, log=lambda m: None)
+    trainer = build_trainer(model, tok, Dataset.from_dict({"input_ids": blocks}), None,
+                            CausalCollator(tok), opts, tmp_path / "run", runtime=bf16)
+    summary = run_training(trainer, log=lambda m: None)
     assert summary["global_step"] == 4 and all(p.dtype == torch.float32 for p in trainable.values())
     touched = sorted({t for b in blocks for t in b})
     after = dict(model.named_parameters())[emb_name].detach()
@@ -183,11 +185,11 @@ def test_declared_transformers_floor_trains_multimodal_text_only():
 
 def test_multimodal_trains_without_token_type_ids(tiny_multimodal_dir, real_tokenizer):
     """The text-only training forward of the multimodal class (what the floor guarantees) runs with labels."""
-    model, _, _ = engine.prepare_model_for_training(str(tiny_multimodal_dir), lora=LoraOptions(dropout=0.0),
-                                                    runtime=dataclasses.replace(CPU), log=lambda m: None,
-                                                    tokenizer=real_tokenizer)
+    model, _, _ = prepare_model_for_training(str(tiny_multimodal_dir), lora=LoraOptions(dropout=0.0),
+                                             runtime=dataclasses.replace(CPU), log=lambda m: None,
+                                             tokenizer=real_tokenizer)
     model.train()
-    batch = engine.CausalCollator(real_tokenizer)([{"input_ids": [2, 10, 11, 12, 1]}])
+    batch = CausalCollator(real_tokenizer)([{"input_ids": [2, 10, 11, 12, 1]}])
     assert "token_type_ids" not in batch
     out = model(**batch)
     out.loss.backward()

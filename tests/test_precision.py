@@ -62,12 +62,13 @@ def _train_two_steps(model_dir: Path, dtype: str, tmp_path: Path) -> tuple[objec
     """Two CPT-style optimizer steps through kormed's engine; returns (trainer, losses, dtypes of q_proj outputs)."""
     from datasets import Dataset
 
-    from kormed.train import engine
     from kormed.train.config import LoraOptions, TrainOptions
+    from kormed.train.model_setup import prepare_model_for_training
+    from kormed.train.trainer import CausalCollator, build_trainer
 
     runtime = pick_runtime("cpu", dtype)
-    model, tok, info = engine.prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.0),
-                                                         runtime=runtime, log=lambda m: None, seed=0)
+    model, tok, info = prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.0),
+                                                  runtime=runtime, log=lambda m: None, seed=0)
     assert info["runtime"]["compute_dtype"] == runtime.compute_dtype  # recorded in training_info.json
     seen: set = set()
     layer = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
@@ -75,8 +76,8 @@ def _train_two_steps(model_dir: Path, dtype: str, tmp_path: Path) -> tuple[objec
     opts = TrainOptions(batch_size=4, grad_accum=1, max_steps=2, eval_steps=1000, logging_steps=1, lr=1e-3,
                         warmup_ratio=0.0, gradient_checkpointing=False, report_to=[], eval_on_start=False, seed=0,
                         device="cpu", dtype=dtype)
-    trainer = engine.build_trainer(model, tok, Dataset.from_dict({"input_ids": _blocks()}), None,
-                                   engine.CausalCollator(tok), opts, tmp_path / dtype, runtime=runtime)
+    trainer = build_trainer(model, tok, Dataset.from_dict({"input_ids": _blocks()}), None,
+                            CausalCollator(tok), opts, tmp_path / dtype, runtime=runtime)
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return trainer, losses, seen

@@ -181,10 +181,10 @@ def test_qlora_trains_and_a_validation_pass_keeps_the_gradients(tiny_gemma3_dir)
     gradient through the quantized layers (bitsandbytes' CPU inference repacking has no backward)."""
     import torch
 
-    from kormed.train import engine
+    from kormed.train.model_setup import prepare_model_for_training
 
     def fresh():
-        model, tok, info = engine.prepare_model_for_training(
+        model, tok, info = prepare_model_for_training(
             str(tiny_gemma3_dir), lora=LoraOptions(r=4, dropout=0.0), runtime=_cpu(), log=_quiet, seed=0,
             quantize="4bit")
         return model, tok, info

@@ -7,9 +7,8 @@ import math
 import pytest
 
 from kormed.errors import KormedError
+from kormed.stop_reason import StopReason
 from kormed.train.stop_conditions import (
-    STOP_CONDITIONS_MET,
-    STOP_MAX_STEPS,
     StopTracker,
     Tolerances,
     parse_condition,
@@ -36,7 +35,7 @@ def test_step1_needs_both_qa_loss_and_ppl_bound():
     d = t.update({"eval_qa_loss": 0.31, "eval_raw_ppl": 10.2}, 20)
     assert not d.should_stop and [r.holds for r in d.results] == [False, True]
     d = t.update({"eval_qa_loss": 0.29, "eval_raw_ppl": 10.29}, 30)
-    assert d.should_stop and t.final_reason(30, 1000) == STOP_CONDITIONS_MET
+    assert d.should_stop and t.final_reason(30, 1000) == StopReason.CONDITIONS_MET
     assert "eval_qa_loss < 0.3" in d.summary() and "STOP" in d.summary()
 
 
@@ -99,7 +98,7 @@ def test_max_steps_guard_is_the_reason_when_never_met():
     t = StopTracker(["eval_qa_loss < 0.3"])
     for step in (10, 20, 30):
         t.update({"eval_qa_loss": 1.0}, step)
-    assert t.final_reason(30, 30) == STOP_MAX_STEPS
+    assert t.final_reason(30, 30) == StopReason.MAX_STEPS
     assert t.final_reason(30, 30, other="interrupted") == "interrupted"
     assert t.metrics_needed == ["eval_qa_loss"]
 

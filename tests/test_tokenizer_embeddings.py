@@ -9,15 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from kormed.tokenizer.embeddings import (
-    embedding_param_groups,
-    new_token_ids,
-    peft_embedding_kwargs,
-    resize_and_init_embeddings,
-    restrict_embedding_grad,
-    token_pieces,
-)
+from kormed.tokenizer.embeddings import new_token_ids, resize_and_init_embeddings, token_pieces
 from kormed.tokenizer.extend import build_extended_json, save_tokenizer_dir, segment_units, select_bpe
+from kormed.train.model_setup import embedding_param_groups, peft_embedding_kwargs
 
 KOREAN = (
     "당뇨병은 혈당 조절 장애로 인한 대사 질환이다. 인슐린 분비나 작용의 이상으로 발생한다. "
@@ -169,7 +163,8 @@ def test_peft_trainable_new_rows_only(real_tokenizer, ext_tokenizer):
     model = tiny_causal(tie=True)
     ids = resize_and_init_embeddings(model, real_tokenizer, ext_tokenizer)
     kwargs = peft_embedding_kwargs(model, ids, train_new_rows_only=True)
-    assert kwargs == {"trainable_token_indices": {"embed_tokens": ids}}
+    # the tied output side trains with the same delta (ensure_weight_tying: as kormed has always configured it)
+    assert kwargs == {"trainable_token_indices": {"embed_tokens": ids}, "ensure_weight_tying": True}
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], **kwargs))
     emb_params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
     assert len(emb_params) == 1 and emb_params[0][1].shape == (len(ids), 64)
@@ -202,17 +197,6 @@ def test_peft_whole_matrix_keeps_tying(real_tokenizer, ext_tokenizer):
         emb.weight[5].add_(1.0)  # the trainable copy: the output side must see it as well (tied)
         after = peft_model(input_ids=input_ids).logits
     assert (after - before)[..., 5].abs().max() > 1e-6
-
-
-def test_restrict_embedding_grad_hook():
-    model = tiny_causal(tie=True)
-    handle = restrict_embedding_grad(model, [7, 9])
-    out = model(input_ids=torch.tensor([[2, 7, 9, 11, 13]]), labels=torch.tensor([[2, 7, 9, 11, 13]]))
-    out.loss.backward()
-    grad = model.get_input_embeddings().weight.grad
-    nonzero = set(torch.nonzero(grad.abs().sum(dim=1)).flatten().tolist())
-    assert nonzero == {7, 9}
-    handle.remove()
 
 
 def _nll(model, tok, texts: list[str]) -> tuple[float, int]:

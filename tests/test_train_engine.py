@@ -15,8 +15,14 @@ import torch
 from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.models import RuntimeSpec, load_model_and_tokenizer
-from kormed.train import engine
+from kormed.stop_reason import StopReason
+from kormed.train.checkpoints import last_checkpoint
 from kormed.train.config import LoraOptions, TrainOptions
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import finish_run
+from kormed.train.processes import effective_grad_accum
+from kormed.train.stopping import StopRecord
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 TOK = None  # the real tokenizer, shared by every test (loading it takes seconds)
@@ -63,7 +69,7 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def test_collator_masks_only_padding(real_tokenizer):
-    collate = engine.CausalCollator(pad_id=1)  # pad == <eos>: a real <eos> must stay a target
+    collate = CausalCollator(pad_id=1)  # pad == <eos>: a real <eos> must stay a target
     batch = collate([{"input_ids": [2, 5, 1]}, {"input_ids": [2, 7, 8, 1, 9]}])
     assert batch["input_ids"].tolist() == [[2, 5, 1, 1, 1], [2, 7, 8, 1, 9]]
     assert batch["labels"].tolist() == [[2, 5, 1, -100, -100], [2, 7, 8, 1, 9]]
@@ -74,10 +80,10 @@ def test_collator_masks_only_padding(real_tokenizer):
 
 def test_effective_grad_accum_keeps_batch():
     opts = TrainOptions()
-    assert engine.effective_grad_accum(opts, 1) == 16
-    assert engine.effective_grad_accum(opts, 2) == 8
-    assert engine.effective_grad_accum(opts, 8) == 2
-    assert engine.effective_grad_accum(TrainOptions(scale_accum=False), 4) == 16
+    assert effective_grad_accum(opts, 1) == 16
+    assert effective_grad_accum(opts, 2) == 8
+    assert effective_grad_accum(opts, 8) == 2
+    assert effective_grad_accum(TrainOptions(scale_accum=False), 4) == 16
 
 
 def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
@@ -89,16 +95,16 @@ def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         torch.manual_seed(0)
-        model, tok, _ = engine.prepare_model_for_training(
+        model, tok, _ = prepare_model_for_training(
             str(small_vocab_dir), lora=LoraOptions(dropout=0.0), runtime=CPU, log=lambda m: None, tokenizer=TOK
         )
         if not results:
             # LoRA B starts at zero, so the first loss is the base model's token-weighted NLL on these blocks
             expected = evaluate_perplexity(model, blocks, batch_size=3, progress=False)["loss"]
         opts = _opts(batch_size=bs, grad_accum=ga, max_steps=1, optim="sgd", lr=0.5, max_grad_norm=1e9)
-        trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts,
-                                       tmp_path / f"bs{bs}", runtime=CPU)
-        engine.run_training(trainer, log=lambda m: None)
+        trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts,
+                                tmp_path / f"bs{bs}", runtime=CPU)
+        run_training(trainer, log=lambda m: None)
         log = next(e for e in trainer.state.log_history if "loss" in e)
         results.append((log["loss"], log["grad_norm"], _lora_state(model)))
     (loss1, gn1, w1), (loss4, gn4, w4) = results
@@ -113,7 +119,7 @@ def test_accumulation_1_vs_4_same_loss_and_update(small_vocab_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, tmp_path):
-    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
+    model, tok, _ = prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
                                                        tokenizer=TOK)
     calls = {"n": 0}
 
@@ -127,10 +133,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
     # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.train.loss)
     model.base_model.model.model.norm.register_forward_hook(poison)
     opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
-    trainer = engine.build_trainer(model, tok, _dataset(_blocks(16)), None, engine.CausalCollator(tok), opts,
-                                   tmp_path, runtime=CPU)
-    summary = engine.run_training(trainer, log=lambda m: None)
-    assert summary["stop_reason"] == engine.STOP_NON_FINITE
+    trainer = build_trainer(model, tok, _dataset(_blocks(16)), None, CausalCollator(tok), opts,
+                            tmp_path, runtime=CPU)
+    summary = run_training(trainer, log=lambda m: None)
+    assert summary["stop_reason"] == StopReason.NON_FINITE_LOSS
     assert summary["stop_step"] == 3
     assert "checkpoint-2" in summary["stop_detail"]
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
@@ -145,7 +151,7 @@ def test_early_stopping_logic():
     from kormed.train.callbacks import EarlyStopping
 
     def run(values, **kw):
-        stop = engine.StopRecord()
+        stop = StopRecord()
         cb = EarlyStopping(stop, **kw)
         state, control = TrainerState(), TrainerControl()
         for i, v in enumerate(values):
@@ -157,22 +163,22 @@ def test_early_stopping_logic():
 
     # improvements smaller than min_delta count as no improvement
     stop, at = run([3.0, 2.5, 2.495, 2.49, 2.6, 1.0], patience=3, min_delta=0.01)
-    assert (stop.reason, at) == (engine.STOP_EARLY, 4)
+    assert (stop.reason, at) == (StopReason.EARLY_STOPPING, 4)
     stop, at = run([3.0, 2.5, 2.4, 2.3], patience=2, min_delta=0.01)
     assert at is None and stop.reason is None
     stop, at = run([3.0, 1.5, 1.0], patience=5, min_delta=0.01, target_perplexity=3.0)  # exp(1.0) < 3
-    assert (stop.reason, at) == (engine.STOP_TARGET, 2)
+    assert (stop.reason, at) == (StopReason.TARGET_PERPLEXITY, 2)
 
 
 def test_early_stopping_in_a_run(small_vocab_dir, tmp_path):
-    model, tok, _ = engine.prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
+    model, tok, _ = prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
                                                        tokenizer=TOK)
     ds = _dataset(_blocks(8))
     opts = _opts(lr=1e-12, max_steps=10, eval_steps=1, eval_on_start=True, early_stopping_patience=2)
-    trainer = engine.build_trainer(model, tok, ds, {"val": ds.select(range(4))}, engine.CausalCollator(tok), opts,
-                                   tmp_path, runtime=CPU)
-    summary = engine.run_training(trainer, log=lambda m: None)
-    assert summary["stop_reason"] == engine.STOP_EARLY
+    trainer = build_trainer(model, tok, ds, {"val": ds.select(range(4))}, CausalCollator(tok), opts,
+                            tmp_path, runtime=CPU)
+    summary = run_training(trainer, log=lambda m: None)
+    assert summary["stop_reason"] == StopReason.EARLY_STOPPING
     assert summary["global_step"] == 2  # evals at 0 (best), 1, 2 without improvement
     assert summary["first_eval"]["eval_val_tokens"] == sum(len(b) - 1 for b in ds.select(range(4))["input_ids"])
 
@@ -198,29 +204,29 @@ def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted(small_vocab
 
     def make(out, callbacks=()):
         torch.manual_seed(0)
-        model, tok, _ = engine.prepare_model_for_training(
+        model, tok, _ = prepare_model_for_training(
             str(small_vocab_dir), lora=LoraOptions(dropout=0.1), runtime=CPU, log=lambda m: None, tokenizer=TOK
         )
         opts = _opts(max_steps=6, save_steps=100, lr=5e-3, warmup_ratio=0.2)
-        return engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts, out,
-                                    callbacks=callbacks, runtime=CPU), model
+        return build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts, out,
+                             callbacks=callbacks, runtime=CPU), model
 
     full, full_model = make(tmp_path / "full")
-    engine.run_training(full, log=lambda m: None)
+    run_training(full, log=lambda m: None)
 
     out = tmp_path / "cut"
     cut, _ = make(out, callbacks=[_SigtermAt(3)])
     previous = signal.getsignal(signal.SIGTERM)
-    summary = engine.run_training(cut, log=lambda m: None)
+    summary = run_training(cut, log=lambda m: None)
     assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
-    assert summary["stop_reason"] == engine.STOP_INTERRUPTED and summary["stop_step"] == 3
-    assert engine.last_checkpoint(out).endswith("checkpoint-3")
+    assert summary["stop_reason"] == StopReason.INTERRUPTED and summary["stop_step"] == 3
+    assert last_checkpoint(out).endswith("checkpoint-3")
     with pytest.raises(Exception, match="--resume"):
-        engine.run_training(make(out)[0], log=lambda m: None)  # stale checkpoints without --resume
+        run_training(make(out)[0], log=lambda m: None)  # stale checkpoints without --resume
 
     resumed, resumed_model = make(out)
-    summary = engine.run_training(resumed, resume=True, log=lambda m: None)
-    assert summary["global_step"] == 6 and summary["stop_reason"] == engine.STOP_COMPLETED
+    summary = run_training(resumed, resume=True, log=lambda m: None)
+    assert summary["global_step"] == 6 and summary["stop_reason"] == StopReason.COMPLETED
     assert summary["resumed_from"].endswith("checkpoint-3")
     a, b = _lora_state(full_model), _lora_state(resumed_model)
     for name in a:
@@ -240,18 +246,18 @@ def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
 
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True)
-    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         log=lambda m: None, tokenizer=TOK)
+    model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
+                                                  log=lambda m: None, tokenizer=TOK)
     assert info["embeddings_tied"]
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # ONE trained matrix
     blocks = _blocks(4, vocab=400)
     opts = _opts(max_steps=2, lr=5e-2)
-    trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok), opts,
-                                   tmp_path / "run", runtime=CPU, embedding_lr=1e-2)
+    trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok), opts,
+                            tmp_path / "run", runtime=CPU, embedding_lr=1e-2)
     lrs = sorted(g["lr"] for g in trainer.create_optimizer().param_groups)
     assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(5e-2)
-    summary = engine.run_training(trainer, log=lambda m: None)
-    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    summary = run_training(trainer, log=lambda m: None)
+    finish_run(trainer, tok, tmp_path / "run", info, summary)
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer/tokenizer.json",
                  "training_info.json", "training_curves.png"):
         assert (tmp_path / "run" / name).exists(), name
@@ -286,16 +292,16 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
     tok.save_pretrained(ext)
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True, embedding_rows="new")
-    model, tok, info = engine.prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
-                                                         tokenizer_path=ext, log=lambda m: None, tokenizer=TOK)
+    model, tok, info = prepare_model_for_training(str(tiny_gemma3_dir), lora=lora, runtime=CPU,
+                                                  tokenizer_path=ext, log=lambda m: None, tokenizer=TOK)
     assert info["tokenizer"]["new_tokens"] == 3
     assert model.get_input_embeddings().weight.shape[0] % 64 == 0
     new_ids = tok.convert_tokens_to_ids(["고혈압약", "당뇨병성", "심근경색증"])
     blocks = [[2, new_ids[0], 100, new_ids[1], 200, new_ids[2], 300, 1] for _ in range(4)]
-    trainer = engine.build_trainer(model, tok, _dataset(blocks), None, engine.CausalCollator(tok),
-                                   _opts(max_steps=2, lr=5e-2), tmp_path / "run", runtime=CPU)
-    summary = engine.run_training(trainer, log=lambda m: None)
-    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    trainer = build_trainer(model, tok, _dataset(blocks), None, CausalCollator(tok),
+                            _opts(max_steps=2, lr=5e-2), tmp_path / "run", runtime=CPU)
+    summary = run_training(trainer, log=lambda m: None)
+    finish_run(trainer, tok, tmp_path / "run", info, summary)
     ref = _logits(model, blocks[0])
     reloaded, rtok, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), adapter=tmp_path / "run", runtime=CPU,
                                                  log=lambda m: None)
@@ -322,17 +328,17 @@ def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokeniz
     Gemma3ForConditionalGeneration(cfg).save_pretrained(ckpt, safe_serialization=True)
     real_tokenizer.save_pretrained(ckpt)
 
-    model, tok, info = engine.prepare_model_for_training(str(ckpt), lora=LoraOptions(dropout=0.0), runtime=CPU,
-                                                         log=lambda m: None, tokenizer=TOK)
+    model, tok, info = prepare_model_for_training(str(ckpt), lora=LoraOptions(dropout=0.0), runtime=CPU,
+                                                  log=lambda m: None, tokenizer=TOK)
     assert info["multimodal"]
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
     blocks = _blocks(4, vocab=400)
-    trainer = engine.build_trainer(model, tok, _dataset(blocks), {"val": _dataset(blocks[:2])},
-                                   engine.CausalCollator(tok), _opts(max_steps=2, lr=5e-2), tmp_path / "run",
-                                   runtime=CPU)
-    summary = engine.run_training(trainer, log=lambda m: None)
-    engine.finish_run(trainer, tok, tmp_path / "run", info, summary)
+    trainer = build_trainer(model, tok, _dataset(blocks), {"val": _dataset(blocks[:2])},
+                            CausalCollator(tok), _opts(max_steps=2, lr=5e-2), tmp_path / "run",
+                            runtime=CPU)
+    summary = run_training(trainer, log=lambda m: None)
+    finish_run(trainer, tok, tmp_path / "run", info, summary)
     cfg_json = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert cfg_json["base_model_name_or_path"] == str(ckpt)
     ref = _logits(model, blocks[0])

@@ -11,7 +11,7 @@
   slower, so `auto` stays fp32.
 
 On either device the weights the optimizer updates (LoRA, a trained embedding copy or new rows) are kept in fp32
-(`kormed.train.engine.upcast_trainable_copies`): autocast runs their matmuls in bf16 while Adam updates fp32
+(`kormed.train.model_setup.upcast_trainable_copies`): autocast runs their matmuls in bf16 while Adam updates fp32
 masters. Loading the frozen base in bf16 rather than fp32 changes no trained value (the matmuls were bf16 under
 autocast already) and halves its memory (measured by `kormed bench train`: benchmarks/README.md).
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from kormed.errors import KormedError
 
@@ -73,6 +75,4 @@ def autocast(device: Any, compute_dtype: str | None = None) -> Any:
         compute_dtype = resolve_dtypes(device, "auto")[1]
     if compute_dtype != "bfloat16":
         return contextlib.nullcontext()
-    import torch
-
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)

@@ -18,6 +18,7 @@ class StopReason(StrEnum):
     NON_FINITE_LOSS = "non_finite_loss"  # NaN/inf loss: stopped before the bad update, last good checkpoint kept
     CONDITIONS_MET = "conditions_met"  # an SFT step's stop conditions held
     MAX_STEPS = "max_steps"  # an SFT step ran out of its step budget before its conditions held
+    ENDED = "ended"  # an SFT step's data/epochs ran out before its conditions held and before its budget
     TARGET_REACHED = "target_reached"  # the loop reached its target accuracy
     MAX_ROUNDS = "max_rounds"  # the loop ran all its rounds
 

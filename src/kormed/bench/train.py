@@ -775,7 +775,7 @@ def _kormed_train_options(base: Any, task: dict[str, Any]) -> Any:
 
 
 def _kormed_settings(info: dict[str, Any], options: Any) -> dict[str, Any]:
-    from kormed.train.engine import use_gradient_checkpointing
+    from kormed.train.model_setup import use_gradient_checkpointing
 
     runtime = info.get("runtime") or {}
     loss = info.get("loss") or {}
@@ -806,8 +806,9 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
 
     from kormed.data.chat import encode_chat_example
     from kormed.io import iter_jsonl
-    from kormed.train import engine, sft
+    from kormed.train import sft
     from kormed.train.config import LoraOptions
+    from kormed.train.model_setup import prepare_model_for_training
     from kormed.train.sft_config import SFTConfig, SFTStepConfig
     from kormed.train.stop_conditions import Tolerances
 
@@ -815,8 +816,8 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     options = _kormed_train_options(base.train, task)
     runtime = _kormed_runtime(options)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    model, tokenizer, info = engine.prepare_model_for_training(task["model_dir"], lora=LoraOptions(),
-                                                               runtime=runtime, log=log, seed=SEED)
+    model, tokenizer, info = prepare_model_for_training(task["model_dir"], lora=LoraOptions(),
+                                                        runtime=runtime, log=log, seed=SEED)
     examples = [rec for _, rec in iter_jsonl(task["examples"], what="bench examples")]
     rows = [encode_chat_example(tokenizer, e["user"], e["answer"], task["max_length"]) for e in examples]
 

@@ -1,4 +1,4 @@
-"""Model side of an extended tokenizer: resize the embeddings, initialise the new rows, train them in CPT.
+"""Model side of an extended tokenizer: resize the embeddings and initialise the new rows.
 
 `resize_and_init_embeddings` is what `kormed train cpt --tokenizer-path DIR` calls after loading the base model:
 
@@ -9,9 +9,8 @@
 - padding rows (no token maps to them) are set to the mean of all base rows: their logit is then the average
   logit, far below the log-partition, so they take (almost) no probability mass at step 0.
 
-`peft_embedding_kwargs` gives the LoraConfig arguments that train the new rows (PEFT `trainable_token_indices`,
-which keeps tied weights tied and saves only the new rows) or the whole matrix (`modules_to_save` with
-`ensure_weight_tying`), and `embedding_param_groups` gives them their own learning rate.
+How the rows then train (PEFT `trainable_token_indices` on the new rows or a `modules_to_save` copy of the whole
+matrix, with their own learning rate) is :mod:`kormed.train.model_setup`'s.
 """
 
 from __future__ import annotations
@@ -93,73 +92,3 @@ def resize_and_init_embeddings(
             raise KormedError("internal error: output embeddings were not resized with the input embeddings")
         _init_rows(out.weight, pieces, pad_rows, n_base)
     return new_ids
-
-
-def embedding_module_name(model: Any) -> str:
-    """Short name of the input embedding module (`embed_tokens` for Gemma 3), as PEFT matches module names."""
-    emb = model.get_input_embeddings()
-    for name, module in model.named_modules():
-        if module is emb:
-            return name.rsplit(".", 1)[-1]
-    raise KormedError("internal error: the input embedding module has no name")
-
-
-def ties_embeddings(model: Any) -> bool:
-    """Whether the output projection shares the input embedding matrix (Gemma 3: yes)."""
-    out = model.get_output_embeddings()
-    return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-
-
-def peft_embedding_kwargs(model: Any, new_ids: list[int], train_new_rows_only: bool = True) -> dict[str, Any]:
-    """LoraConfig keyword arguments that make the (new) embedding rows trainable next to the LoRA weights.
-
-    `train_new_rows_only=True` uses PEFT's `trainable_token_indices`: only the new rows get a trainable delta
-    (the rest of the matrix is frozen and not stored in the adapter), and PEFT wraps a tied lm_head with the same
-    delta, so input and output side stay one matrix. This is the library mechanism for what a gradient hook would
-    do by hand, and it also keeps the optimiser state and the adapter small. With False the whole matrix is
-    trained via `modules_to_save`; `ensure_weight_tying` keeps a tied lm_head tied to that copy (PEFT #2777).
-    """
-    name = embedding_module_name(model)
-    if train_new_rows_only:
-        if not new_ids:
-            return {}
-        return {"trainable_token_indices": {name: list(new_ids)}}
-    if ties_embeddings(model):
-        return {"modules_to_save": [name], "ensure_weight_tying": True}
-    return {"modules_to_save": [name, "lm_head"]}
-
-
-def is_embedding_param(name: str) -> bool:
-    """Whether a (PEFT) parameter name belongs to the trainable embeddings rather than to LoRA."""
-    return "trainable_tokens_" in name or (
-        "modules_to_save" in name and ("embed_tokens" in name or "lm_head" in name)
-    ) or name.endswith(("embed_tokens.weight", "lm_head.weight"))
-
-
-def embedding_param_groups(
-    model: Any, lr: float, embedding_lr: float | None, weight_decay: float = 0.0
-) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: trainable embedding parameters at `embedding_lr` (no weight decay, so
-    frozen-by-zero-gradient rows are not shrunk), every other trainable parameter at `lr`."""
-    emb, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (emb if is_embedding_param(name) else rest).append(p)
-    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
-    if emb:
-        groups.append({"params": emb, "lr": embedding_lr if embedding_lr is not None else lr, "weight_decay": 0.0})
-    return groups
-
-
-def restrict_embedding_grad(model: Any, row_ids: list[int]) -> Any:
-    """Without PEFT (full fine-tuning): zero the embedding gradient outside `row_ids`; returns the hook handle.
-
-    Prefer `peft_embedding_kwargs`; use this only when the model is trained without an adapter. Pair it with
-    weight_decay 0 for the embedding (see `embedding_param_groups`) or decay still moves the frozen rows.
-    """
-    import torch
-
-    weight = model.get_input_embeddings().weight
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[list(row_ids)] = 1
-    return weight.register_hook(lambda grad: grad * mask)

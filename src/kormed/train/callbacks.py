@@ -1,5 +1,6 @@
-"""Trainer callbacks of the shared engine: non-finite loss guard, interrupt-and-checkpoint, early stopping,
-tokens/s. They share a :class:`kormed.train.engine.StopRecord` that says why a run stopped."""
+"""The TrainerCallbacks every kormed training run has: non-finite loss guard, interrupt-and-checkpoint, early
+stopping, tokens/s, resumed loss-logging window. They share a :class:`kormed.train.stopping.StopRecord` that says
+why a run stopped."""
 
 from __future__ import annotations
 
@@ -9,23 +10,16 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from kormed.train.engine import (
-    STOP_EARLY,
-    STOP_INTERRUPTED,
-    STOP_NON_FINITE,
-    STOP_TARGET,
-    SignalFlag,
-    StopRecord,
-    non_finite_eval,
-    non_finite_stop,
-)
+from kormed.stop_reason import StopReason
+from kormed.train.checkpoints import non_finite_eval
+from kormed.train.stopping import SignalFlag, StopRecord, non_finite_stop
 
 
 class NonFiniteLossGuard(TrainerCallback):
     """Stop at the first NaN/inf loss BEFORE the optimizer applies it (gradients are dropped), or at a NaN/inf
     validation loss (that step's checkpoint is not saved); the trainer also refuses to save a checkpoint with
     non-finite weights. The stop names the last GOOD checkpoint: complete, with finite validation losses and
-    weights (:func:`kormed.train.engine.checkpoint_problem`)."""
+    weights (:func:`kormed.train.checkpoints.checkpoint_problem`)."""
 
     def __init__(self, stop: StopRecord) -> None:
         self.stop = stop
@@ -46,7 +40,7 @@ class NonFiniteLossGuard(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.reason == STOP_NON_FINITE:
+        if self.stop.reason == StopReason.NON_FINITE_LOSS:
             control.should_save = False
             control.should_evaluate = False
             control.should_training_stop = True
@@ -81,8 +75,8 @@ class InterruptCallback(TrainerCallback):
         raised = self.flag.raised is not None
         if self.trainer is not None:
             raised = self.trainer.any_process(raised)  # all processes stop at the same step
-        if raised and self.stop.reason != STOP_NON_FINITE:
-            self.stop.set(STOP_INTERRUPTED, state.global_step, f"interrupted at step {state.global_step}")
+        if raised and self.stop.reason != StopReason.NON_FINITE_LOSS:
+            self.stop.set(StopReason.INTERRUPTED, state.global_step, f"interrupted at step {state.global_step}")
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -133,11 +127,11 @@ class EarlyStopping(TrainerCallback):
         ppl_key = self.metric[: -len("_loss")] + "_perplexity" if self.metric.endswith("_loss") else None
         ppl = metrics.get(ppl_key) if ppl_key else None
         if self.target_perplexity is not None and ppl is not None and ppl < self.target_perplexity:
-            self.stop.set(STOP_TARGET, state.global_step,
+            self.stop.set(StopReason.TARGET_PERPLEXITY, state.global_step,
                           f"validation perplexity {ppl:.4f} < target {self.target_perplexity}")
             control.should_training_stop = True
         elif self.bad_evals >= self.patience:
-            self.stop.set(STOP_EARLY, state.global_step,
+            self.stop.set(StopReason.EARLY_STOPPING, state.global_step,
                           f"{self.metric} did not improve by more than {self.min_delta} for {self.patience} "
                           f"validations (best {self.best:.4f})")
             control.should_training_stop = True

@@ -5,7 +5,8 @@ sequentially into `max_length` blocks with :func:`kormed.data.packing.pack_token
 with `<bos>`, every document ends with the end-of-document token, nothing is truncated), and the packed set is
 cached on disk keyed by the tokenizer, the data file and the packing settings. Validation uses the held-out
 file packed by :func:`kormed.eval.perplexity.packed_eval_blocks` -- the very blocks `kormed eval ppl` scores --
-with the same token-weighted loss, so both report one number. The trainer is the shared engine.
+with the same token-weighted loss, so both report one number. The trainer is the shared one
+(:mod:`kormed.train.trainer`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from datasets import Dataset, Features, Sequence, Value, load_from_disk
+
 from kormed.config import to_dict
+from kormed.data.packing import pack_token_stream, resolve_eod_id
 from kormed.errors import KormedError
+from kormed.eval.callback import KorMedMCQACallback
+from kormed.eval.perplexity import packed_eval_blocks
 from kormed.io import (
     check_output_path,
     clean_stale_temps,
@@ -33,7 +40,14 @@ from kormed.io import (
 )
 from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pick_runtime
 from kormed.prepare.publish import check_prepared_set
+from kormed.records import read_mcq_jsonl
+from kormed.stop_reason import StopReason
+from kormed.train.checkpoints import plan_resume
 from kormed.train.config import CPTConfig
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import finish_run
+from kormed.train.processes import effective_grad_accum, world_size
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 Log = Callable[[str], Any]
 PACKING_VERSION = 1  # bump when tokenization/packing changes, to invalidate cached packed sets
@@ -87,8 +101,6 @@ def _tokenize_batch(batch: dict[str, list[str]], tokenizer: Any) -> dict[str, li
 
 
 def _pack_generator(token_lists: Any, max_length: int, bos_id: int, eod_id: int) -> Iterator[dict[str, list[int]]]:
-    from kormed.data.packing import pack_token_stream
-
     docs = (row["ids"] for row in token_lists)
     for block in pack_token_stream(docs, max_length=max_length, bos_id=bos_id, eod_id=eod_id):
         yield {"input_ids": block}
@@ -112,10 +124,6 @@ def build_packed_dataset(
     and whether the cache was hit. The cache key covers the tokenizer, the data bytes, max_length, eod_token,
     max_samples and the packing version. `data_sha256`: the data file's digest when the caller has it.
     """
-    from datasets import Dataset, Features, Sequence, Value, load_from_disk
-
-    from kormed.data.packing import resolve_eod_id
-
     data = require_file(data, "training text")
     eod_id = resolve_eod_id(tokenizer, eod_token)
     bos_id = tokenizer.bos_token_id
@@ -180,10 +188,6 @@ def build_val_dataset(
     val: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, limit: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Validation blocks exactly as `kormed eval ppl` builds them (packed_eval_blocks)."""
-    from datasets import Dataset
-
-    from kormed.eval.perplexity import packed_eval_blocks
-
     texts = read_texts(val, limit=limit, what="validation text")
     blocks = packed_eval_blocks(tokenizer, texts, max_length=max_length, eod_token=eod_token)
     info = {"path": str(val), "sha256": file_sha256(val), "documents": len(texts), "blocks": len(blocks),
@@ -193,12 +197,6 @@ def build_val_dataset(
 
 def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
     if not cfg.kormedmcqa_data or cfg.kormedmcqa_every <= 0:
-        return []
-    try:
-        from kormed.eval.callback import KorMedMCQACallback
-        from kormed.records import read_mcq_jsonl
-    except ImportError:  # pragma: no cover - the eval stage ships with kormed
-        log("[kormed] KorMedMCQA callback not available; skipping periodic accuracy")
         return []
     questions, _ = read_mcq_jsonl(cfg.kormedmcqa_data)
     every_evals = max(1, round(cfg.kormedmcqa_every / cfg.train.eval_steps))
@@ -231,10 +229,6 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     (SIGINT/SIGTERM) returns with `stop_reason == "interrupted"` after saving a checkpoint; rerun with
     `resume=True` to continue it.
     """
-    from accelerate import PartialState
-
-    from kormed.train import engine
-
     if not cfg.data:
         raise KormedError("no training data: pass --data FILE (JSONL with a 'text' field per line)")
     if not cfg.val:
@@ -254,14 +248,14 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     # refusal to mix with an earlier run's checkpoints), recorded when a run starts
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # build_trainer warns about an uneven accumulation split once
-        accum = engine.effective_grad_accum(cfg.train)
+        accum = effective_grad_accum(cfg.train)
     data_order = {"data_sha256": data_sha256, "max_length": cfg.max_length,
                   "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
                   "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
-                  "processes": engine.world_size()}
-    plan = engine.plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
+                  "processes": world_size()}
+    plan = plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
 
-    model, tokenizer, model_info = engine.prepare_model_for_training(
+    model, tokenizer, model_info = prepare_model_for_training(
         cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet,
         seed=cfg.train.seed, quantize=cfg.train.quantize,
     )
@@ -274,24 +268,24 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
         cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
     )
     extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
-    trainer = engine.build_trainer(
-        model, tokenizer, train_ds, {"val": val_ds}, engine.CausalCollator(tokenizer), cfg.train, output,
+    trainer = build_trainer(
+        model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), cfg.train, output,
         callbacks=extra, embedding_lr=cfg.lora.embedding_lr, runtime=runtime,
     )
     for cb in extra:
         if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:
             cb.attach(trainer)
-    summary = engine.run_training(trainer, resume=cfg.resume, log=quiet, data_order=data_order, plan=plan)
+    summary = run_training(trainer, resume=cfg.resume, log=quiet, data_order=data_order, plan=plan)
     info = {
         "stage": "cpt",
         "config": to_dict(cfg),
         "data": {"train": data_info, "val": val_info},
         **model_info,
     }
-    ok = summary["stop_reason"] not in (engine.STOP_INTERRUPTED, engine.STOP_NON_FINITE)
-    full = engine.finish_run(trainer, tokenizer, output, info, summary, save=ok)
+    ok = StopReason(summary["stop_reason"]).finished
+    full = finish_run(trainer, tokenizer, output, info, summary, save=ok)
     full["output"] = str(output)
-    if full["stop_reason"] == engine.STOP_NON_FINITE:  # also weights found non-finite when saving the adapter
+    if full["stop_reason"] == StopReason.NON_FINITE_LOSS:  # also weights found non-finite when saving the adapter
         raise KormedError(
             full["stop_detail"], path=output,
             hint="lower --lr, check the data, or --resume from the last good checkpoint with other settings",

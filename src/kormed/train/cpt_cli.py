@@ -7,6 +7,7 @@ import sys
 import typer
 
 from kormed.config import drop_unset
+from kormed.stop_reason import StopReason
 
 
 def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
@@ -59,7 +60,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             except (ImportError, AttributeError):
                 tok_opts = None
         info = run_cpt(cfg, tokenizer_options=tok_opts, log=lambda m: typer.echo(m, err=True))
-        if info.get("stop_reason") == "interrupted":
+        if info.get("stop_reason") == StopReason.INTERRUPTED:
             typer.echo(
                 f"kormed: interrupted at step {info.get('stop_step')}; checkpoint saved under "
                 f"{info['output']}/checkpoints. Continue with the same command plus --resume.", err=True,

@@ -16,9 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kormed.errors import KormedError
 from kormed.io import make_temp_dir, write_json
 from kormed.models import (
+    EMBEDDED_MODEL_NAME,
     RuntimeSpec,
     check_adapter_dir,
     load_config,
@@ -50,8 +53,6 @@ def check_adapter_base(adapter: str | Path, model: str | None = None) -> str | N
     """The base model to load `adapter` on: `model` when given, else the one the adapter recorded. A recorded local
     path that does not exist is an error, unless it names the embedded default (a cache path from another machine,
     which `load_model_and_tokenizer` maps to this machine's embedded model)."""
-    from kormed.models import EMBEDDED_MODEL_NAME
-
     base = read_adapter_base(adapter)
     if model is not None:
         check_adapter_dir(adapter)
@@ -66,8 +67,6 @@ def check_adapter_base(adapter: str | Path, model: str | None = None) -> str | N
 
 def merge_adapter(model: Any) -> Any:
     """`merge_and_unload` a PEFT model and make the embedding tie consistent with the weights."""
-    import torch
-
     merged = model.merge_and_unload()
     inp = merged.get_input_embeddings()
     out = merged.get_output_embeddings()

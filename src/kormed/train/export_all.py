@@ -13,6 +13,10 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, write_json
+from kormed.model_card import export_card
+from kormed.models import resolve_model
+from kormed.train.export import check_adapter_base, export_merged
+from kormed.train.gguf import LLAMA_CPP_PYTHON_VERSION, export_gguf_files, parse_types, verify_gguf
 
 MARKER = "kormed_export.json"
 # Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
@@ -66,21 +70,15 @@ def _new_tokens(model_dir: Path, limit: int = 8) -> list[str]:
 def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool, gguf: bool,
                gguf_types: str = "f16", verify: bool = False, log: Any = print) -> dict[str, Any]:
     """Write the export; returns {"summary": [lines], "files": [...], ...}."""
-    from kormed.train.gguf import parse_types
-
     types = parse_types(gguf_types) if gguf else []
     out_p = Path(out)
     _check_out(out_p)
     if merge and adapter is None:
         raise KormedError("--merge needs --adapter (the adapter to merge into its base)")
     if adapter is not None:
-        from kormed.train.export import check_adapter_base
-
         check_adapter_base(adapter, model)
     src_model: Path | None = None
     if adapter is None:
-        from kormed.models import resolve_model
-
         resolved = Path(resolve_model(model, log=log))
         if not resolved.is_dir():
             raise KormedError("GGUF export needs a local model directory (download the hub model first)",
@@ -93,8 +91,6 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     report: dict[str, Any] = {}
     try:
         if adapter is not None:
-            from kormed.train.export import export_merged
-
             merged = stage / "merged"
             report = export_merged(adapter, merged, model=model, log=log)
             src_model = merged
@@ -104,8 +100,6 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         files: list[Path] = []
         verification: dict[str, Any] = {}
         if gguf:
-            from kormed.train.gguf import LLAMA_CPP_PYTHON_VERSION, export_gguf_files, verify_gguf
-
             files = export_gguf_files(src_model, result_dir, types, out_p.name, log=log)
             report["gguf"] = {"files": [f.name for f in files], "converter": "llama.cpp convert_hf_to_gguf.py "
                               f"(llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist)"}
@@ -125,8 +119,6 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
             report.setdefault("class", read_json(src_model / "config.json").get("architectures", ["?"])[0])
         report["source_adapter"] = adapter
         write_json(result_dir / MARKER, report)
-        from kormed.model_card import export_card
-
         with atomic_write(result_dir / "README.md") as fh:
             fh.write(export_card(result_dir, name=out_p.name, adapter=adapter, model_dir=src_model, report=report))
         if out_p.exists():

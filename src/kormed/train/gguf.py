@@ -20,6 +20,7 @@ writes a SentencePiece model from a tokenizers BPE model.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForConditionalGeneration
+
 from kormed.errors import KormedError
 from kormed.io import temp_dir
+from kormed.models import cache_root, is_multimodal, load_config
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
 # what the converter offers (`--outtype`) that kormed exports and verifies; Q4_K_M needs the compiled llama-quantize
@@ -71,8 +77,6 @@ def parse_types(value: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def converter_dir() -> Path:
-    from kormed.models import cache_root
-
     return cache_root() / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
 
 
@@ -145,8 +149,7 @@ def write_sentencepiece_model(tokenizer_json: Path, dest: Path) -> int:
 
     Scores are minus the id (see the module docstring); types follow tokenizer.json (special -> CONTROL, other
     added tokens -> USER_DEFINED, `<0xNN>` -> BYTE, the unk token -> UNKNOWN)."""
-    import json
-
+    # sentencepiece is optional (kormed[gguf]); _check_python_deps has said so before this runs
     from sentencepiece import sentencepiece_model_pb2 as sp
 
     data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
@@ -195,8 +198,6 @@ def write_sentencepiece_model(tokenizer_json: Path, dest: Path) -> int:
 
 
 def _param_count(model_dir: Path) -> int:
-    from safetensors import safe_open
-
     total = 0
     for f in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as fh:
@@ -264,20 +265,12 @@ def verify_gguf(model_dir: str | Path, gguf_file: str | Path, prompt: str, *, te
                 max_new_tokens: int = 16) -> dict[str, Any]:
     """Load the GGUF back with transformers (`gguf_file=`), as an independent client would, and compare with the
     merged HF model: next-token logits on `prompt` (max |difference|), greedy generations, and the ids of `terms`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kormed.models import is_multimodal, load_config
-
     gguf_file = Path(gguf_file)
     ref_tok = AutoTokenizer.from_pretrained(str(model_dir))
     g_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     cfg = load_config(str(model_dir))
-    if is_multimodal(cfg):
-        from transformers import Gemma3ForConditionalGeneration as Ref
-    else:
-        Ref = AutoModelForCausalLM  # noqa: N806
-    ref = Ref.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True).eval()
+    model_class = Gemma3ForConditionalGeneration if is_multimodal(cfg) else AutoModelForCausalLM
+    ref = model_class.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True).eval()
     gm = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
                                               dtype=torch.float32).eval()
     ids = ref_tok(prompt, return_tensors="pt").input_ids

@@ -16,10 +16,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kormed.errors import KormedError
+from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import atomic_write, check_output_path, make_temp_dir, write_json
-from kormed.models import ADAPTER_META_FILE
+from kormed.models import ADAPTER_META_FILE, pick_runtime
 from kormed.records import read_mcq_jsonl
+from kormed.stop_reason import StopReason
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import save_adapter
 from kormed.train.sft import (
     StepContext,
     _require,
@@ -29,14 +35,12 @@ from kormed.train.sft import (
     run_sft_step,
 )
 from kormed.train.sft_config import LoopConfig
-from kormed.train.stop_conditions import STOP_CONDITIONS_MET, STOP_MAX_STEPS, Tolerances
+from kormed.train.stop_conditions import Tolerances
 
 TABLE_JSON = "loop_table.json"
 TABLE_MD = "loop_table.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer")
 
-STOP_TARGET_REACHED = "target_reached"
-STOP_MAX_ROUNDS = "max_rounds"
 
 
 def round_kinds(first: str, n: int) -> list[str]:
@@ -98,12 +102,6 @@ def table_markdown(result: dict[str, Any]) -> str:
 
 def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
     """Run the rounds; return the table (also written to loop_table.json / loop_table.md)."""
-    import torch
-
-    from kormed.eval.kormedmcqa import evaluate_kormedmcqa
-    from kormed.models import pick_runtime
-    from kormed.train import engine
-
     out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
     _require(cfg.mcq, "--mcq")
     _require(cfg.dict, "--dict")
@@ -116,7 +114,7 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
     src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=cfg.char_dict, raw=cfg.raw, raw_val=cfg.raw_val,
                        val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=cfg.raw_max_texts,
                        raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
-    model, tokenizer, model_info = engine.prepare_model_for_training(
+    model, tokenizer, model_info = prepare_model_for_training(
         cfg.model, adapter=cfg.from_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
     needed = {k for s in (cfg.dict_round, cfg.mcq_round) for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
@@ -165,9 +163,9 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.eval_before:
         start_dir = out / "round00_start"
-        engine.save_adapter(model, tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
+        save_adapter(model, tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
         if score(0, "start", start_dir, None) >= cfg.target:
-            result["stop_reason"] = STOP_TARGET_REACHED
+            result["stop_reason"] = StopReason.TARGET_REACHED
     if result["stop_reason"] is None:
         for i, kind in enumerate(round_kinds(cfg.first_round, cfg.max_rounds), start=1):
             step = cfg.dict_round if kind == "dict" else cfg.mcq_round
@@ -177,13 +175,13 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
                                 extra_info={"stage_detail": "loop", "round": i, "round_kind": kind})
             ctx.info["started_from"] = str(round_dir)
             accuracy = score(i, kind, round_dir, info)
-            if info["stop_reason"] not in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
+            if info["stop_reason"] not in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
                 result["stop_reason"] = info["stop_reason"]
                 break
             if accuracy >= cfg.target:
-                result["stop_reason"] = STOP_TARGET_REACHED
+                result["stop_reason"] = StopReason.TARGET_REACHED
                 break
-        result["stop_reason"] = result["stop_reason"] or STOP_MAX_ROUNDS
+        result["stop_reason"] = result["stop_reason"] or StopReason.MAX_ROUNDS
     if result["best_round"] is None:  # pragma: no cover - every path scores at least once
         raise KormedError("no round was scored")
     write_json(out / TABLE_JSON, result)

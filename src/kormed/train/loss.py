@@ -33,8 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from kormed.errors import KormedError
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - a torch build without torch.distributed: no sharded weights either
+    DTensor = ()
 
 LOSS_IMPLS = ("auto", "liger", "chunked", "full")
 IGNORE_INDEX = -100
@@ -85,8 +93,6 @@ def loss_spec(requested: str, device: str, chunk_size: int = DEFAULT_CHUNK_SIZE)
 
 
 def _unwrap(model: Any) -> Any:
-    from accelerate.utils import extract_model_from_parallel
-
     return extract_model_from_parallel(model)
 
 
@@ -97,10 +103,6 @@ def output_head(model: Any) -> tuple[Any, float | None]:
     if head is None:
         raise KormedError(f"{type(inner).__name__} has no output projection (get_output_embeddings() is None)",
                           field="train.loss_impl", hint="use loss_impl full")
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        BaseTunerLayer = ()  # noqa: N806
     if isinstance(head, BaseTunerLayer):
         raise KormedError("the output projection (lm_head) carries a LoRA adapter, which a loss that reads its "
                           "weight would leave untrained", field="train.loss_impl",
@@ -116,10 +118,6 @@ def head_weight(head: Any) -> tuple[Any, Any]:
     """(weight, bias) of the output projection: PEFT's wrappers return the trained weight (see module doc)."""
     weight = head.weight
     bias = getattr(head, "bias", None)
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - old torch
-        DTensor = ()  # noqa: N806
     if isinstance(weight, DTensor):  # FSDP2 shards parameters; the projection needs the whole matrix (as TRL does)
         weight = weight.full_tensor()
         bias = bias.full_tensor() if isinstance(bias, DTensor) else bias
@@ -161,8 +159,6 @@ def final_hidden_states(model: Any, inputs: dict[str, Any], head: Any = None) ->
 
 def shifted_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
     """Per-sequence sum of next-token NLL and count of target tokens from full logits (label -100 ignored)."""
-    import torch.nn.functional as F
-
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:].to(shift_logits.device)
     nll = F.cross_entropy(
@@ -188,8 +184,6 @@ def _matmul_dtype(hidden: Any) -> Any:
 
 def _chunk_log_probs(h: Any, w: Any, b: Any, softcap: float | None, acc: Any) -> tuple[Any, Any]:
     """(log-probabilities [rows, vocab] in `acc`, tanh of the capped logits or None) of one chunk's rows."""
-    import torch.nn.functional as F
-
     logits = F.linear(h, w, b)
     capped = torch.tanh(logits.to(acc) / softcap) if softcap is not None else None
     return torch.log_softmax(capped * softcap if capped is not None else logits, -1, dtype=acc), capped
@@ -282,6 +276,7 @@ def chunked_token_nll(hidden: Any, weight: Any, bias: Any, targets: Any, *, chun
 
 def liger_nll_sum(hidden: Any, weight: Any, bias: Any, targets: Any, *, softcap: float | None = None) -> Any:
     """Sum of per-token NLL with Liger's fused linear cross-entropy (CUDA)."""
+    # liger-kernel is optional (CUDA + Triton): imported only when this implementation runs
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     if weight.dtype != hidden.dtype:  # e.g. an fp32 trainable embedding copy on a bf16 base
@@ -335,3 +330,19 @@ def sequence_nll(model: Any, inputs: dict[str, Any], labels: Any, *, spec: LossS
     nll = chunked_token_nll(rows, weight, bias, targets, chunk_size=spec.chunk_size, softcap=softcap)
     per_token = nll.new_zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll)
     return per_token.sum(dim=1), mask.sum(dim=1)
+
+
+def token_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Sum of per-token NLL over the micro-batch divided by the number of target tokens of the WHOLE
+    accumulated batch (`num_items_in_batch`, from the Trainer). Summed over micro-batches this is exactly the
+    token mean of the full batch, independent of gradient accumulation (the Gemma 3 GA-scaling pitfall).
+
+    This is the `loss_impl: full` path (from the model's logits); the others compute the same quantity without
+    full-vocabulary logits in `KormedTrainer.compute_loss` (the functions above)."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    nll, count = shifted_nll(logits, labels)
+    denom = num_items_in_batch if num_items_in_batch is not None else count.sum()
+    if hasattr(denom, "to"):
+        denom = denom.to(nll.device)
+    return nll.sum() / denom
+

@@ -9,7 +9,7 @@ Flow of :func:`run_sft`:
    answer and its `<end_of_turn>` learned) and the validation sets.
 3. Before step 1: the baseline raw-Korean perplexity of the starting model on the held-out raw set
    (:func:`kormed.eval.perplexity.evaluate_perplexity` over packed blocks), stored in `<output>/baseline.json`.
-4. Each step: build its mix, train with the shared engine (:mod:`kormed.train.engine`), evaluate every
+4. Each step: build its mix, train with the shared engine (:mod:`kormed.train.trainer`), evaluate every
    `train.eval_steps` steps each validation set separately (`eval_qa_loss`, `eval_dict_loss`, ...,
    `eval_raw_perplexity`), and check the step's stop conditions after each evaluation. The reference of
    'maintained' is the metrics at the start of the step: the previous step's final evaluation when it ran in
@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
 from kormed.data.chat import (
     ChatTemplates,
     EncodeStats,
@@ -38,11 +42,18 @@ from kormed.data.chat import (
     render_mcq,
 )
 from kormed.data.mixture import mix_datasets, normalise_weights, split_records
+from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
+from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import check_output_path, iter_jsonl, read_json, write_json
+from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
+from kormed.stop_reason import StopReason
+from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.outputs import finish_run, summarize
 from kormed.train.sft_config import SFTConfig, SFTStepConfig
-from kormed.train.stop_conditions import STOP_CONDITIONS_MET, STOP_MAX_STEPS, StopTracker, Tolerances
+from kormed.train.stop_conditions import StopTracker, Tolerances
+from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 Log = Callable[[str], Any]
 
@@ -139,15 +150,11 @@ class EncodedData:
 
 
 def _to_dataset(rows: list[dict[str, list[int]]]) -> Any:
-    from datasets import Dataset
-
     return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
 
 
 def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, desc: str,
                   stats: EncodeStats) -> list[dict[str, list[int]]]:
-    from tqdm.auto import tqdm
-
     rows = []
     for user, answer in tqdm(pairs, desc=f"encode {desc}", unit="ex", leave=False, disable=len(pairs) < 2000):
         try:
@@ -162,8 +169,6 @@ def encode_sources(
     log: Log = print,
 ) -> EncodedData:
     """Encode the training sources in `needed` (qa, qa_cot, dict, raw) and every available validation set."""
-    from kormed.eval.perplexity import packed_eval_blocks
-
     stats: dict[str, EncodeStats] = {}
     train: dict[str, Any] = {}
     evals: dict[str, Any] = {}
@@ -202,8 +207,6 @@ def encode_sources(
             evals[kind] = _to_dataset(rows)
     raw_blocks: list[list[int]] = []
     if src.raw_val:
-        from datasets import Dataset
-
         raw_blocks = packed_eval_blocks(tokenizer, src.raw_val, max_length=max_length, eod_token=eod_token)
         evals["raw"] = Dataset.from_dict({"input_ids": raw_blocks})
     sizes = {f"train_{k}": len(v) for k, v in train.items()} | {f"val_{k}": len(v) for k, v in evals.items()}
@@ -223,12 +226,9 @@ def encode_sources(
 
 def make_collators(tokenizer: Any, model: Any, *, padding_free: bool) -> tuple[Any, Any]:
     """(training collator, validation collator). Training: padding-free rows (:mod:`kormed.data.padding_free`)
-    or padded rows (`engine.CausalCollator`), counted either way; validation is always padded (the per-example
+    or padded rows (`CausalCollator`), counted either way; validation is always padded (the per-example
     losses are the same, and padded rows keep `gather_for_metrics`' per-example trimming exact under DDP)."""
-    from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
-    from kormed.train import engine
-
-    padded = engine.CausalCollator(tokenizer)
+    padded = CausalCollator(tokenizer)
     inner = PaddingFreeCollator(flash_attn_kwargs=uses_flash_attention(model)) if padding_free else padded
     return CountingCollator(inner), padded
 
@@ -336,7 +336,7 @@ def _make_callback_class() -> type:
                                   "stop_consecutive_evals": float(decision.consecutive)})
             if decision.should_stop:
                 if self.trainer is not None:
-                    self.trainer.stop_record.set(STOP_CONDITIONS_MET, state.global_step, "stop conditions met: "
+                    self.trainer.stop_record.set(StopReason.CONDITIONS_MET, state.global_step, "stop conditions met: "
                                                  + "; ".join(c.text for c in self.tracker.conditions))
                 control.should_training_stop = True
             return control
@@ -383,8 +383,6 @@ def run_sft_step(
     extra_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one step/round on `ctx.model` in place and save it to `out_dir`; return its training info."""
-    from kormed.train import engine
-
     out = Path(out_dir)
     budget = max_steps or step.max_steps
     tracker = StopTracker(step.stop, baseline=ctx.baseline, stable_evals=step.stable_evals,
@@ -427,17 +425,17 @@ def run_sft_step(
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
     stats_cb = _make_batch_stats_callback_class()(collator)
-    trainer = engine.build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
-                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
+    trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
+                            callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
     callback.trainer = trainer
-    summary = engine.run_training(trainer, log=ctx.log)
+    summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
     engine_reason = trainer.stop_record.reason
     global_step = trainer.state.global_step
     if not tracker.met and engine_reason is None and callback.last_eval_step != global_step:
         trainer.evaluate()  # a last check at the final step, so the recorded metrics are those of the adapter
-        summary = engine.summarize(trainer, wall_time=summary["wall_time_s"])
-    other = engine_reason if engine_reason not in (None, STOP_CONDITIONS_MET) else None
+        summary = summarize(trainer, wall_time=summary["wall_time_s"])
+    other = engine_reason if engine_reason not in (None, StopReason.CONDITIONS_MET) else None
     reason = tracker.final_reason(global_step, budget, other=other)
     last = tracker.history[-1] if tracker.history else None
     info = {
@@ -465,7 +463,7 @@ def run_sft_step(
         **summary,
         "stop_reason": reason,
         "engine_stop_reason": engine_reason,
-        "stop_detail": (summary.get("stop_detail") or "") if reason != STOP_MAX_STEPS else
+        "stop_detail": (summary.get("stop_detail") or "") if reason != StopReason.MAX_STEPS else
         f"max_steps {budget} reached before the stop conditions held",
         "conditions_met": tracker.met,
         "metrics_at_stop": summary.get("last_eval"),
@@ -473,11 +471,11 @@ def run_sft_step(
         "stop_checks": [d.to_dict() for d in tracker.history],
         "batches": batches,
     }
-    full = engine.finish_run(trainer, ctx.tokenizer, out, info, summary)
+    full = finish_run(trainer, ctx.tokenizer, out, info, summary)
     last_eval = summary.get("last_eval") or {}
     ctx.last_metrics = ({k: v for k, v in last_eval.items() if k.startswith("eval_")}
                         if last_eval.get("step") == global_step else None)
-    if (out / "checkpoints").is_dir() and reason in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
+    if (out / "checkpoints").is_dir() and reason in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
         shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
     pad = batches["padding_fraction"]
     ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
@@ -493,8 +491,6 @@ def run_sft_step(
 
 def _empty_cuda_cache() -> None:
     """Give the finished step's optimizer memory back before the next step builds its own."""
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -514,8 +510,6 @@ def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log
                      compute_dtype: str | None = None) -> dict[str, Any]:
     """Raw-Korean perplexity of `model` on the held-out raw blocks (token-weighted, as eval_raw_perplexity;
     `compute_dtype`: the training runtime's, so the baseline is measured in the precision validation uses)."""
-    from kormed.eval.perplexity import evaluate_perplexity
-
     result = evaluate_perplexity(model, data.raw_blocks, batch_size=batch_size, compute_dtype=compute_dtype)
     log(f"[kormed] baseline raw-Korean perplexity {result['perplexity']:.4f} over {result['tokens']} tokens")
     return result
@@ -523,11 +517,6 @@ def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log
 
 def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     """Run steps `cfg.from_step`..4; return the summary written to `<output>/sft_summary.json`."""
-    import torch
-
-    from kormed.models import pick_runtime
-    from kormed.train import engine
-
     out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
     _require(cfg.mcq, "--mcq")
     _require(cfg.dict, "--dict")
@@ -547,7 +536,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
                        raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
     if src.info.get("mcq", {}).get("with_cot", 0) == 0:
         log("[kormed] note: no question has a 'cot'; MCQ-with-reasoning examples render as plain answers")
-    model, tokenizer, model_info = engine.prepare_model_for_training(
+    model, tokenizer, model_info = prepare_model_for_training(
         cfg.model, adapter=start_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
     needed = {k for _, s in steps for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
@@ -583,7 +572,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
         rows.append({"step": n, "description": step.description, "stop_reason": info["stop_reason"],
                      "global_step": info["global_step"], "metrics_at_stop": info.get("metrics_at_stop"),
                      "adapter": str(out / f"step{n}")})
-        if info["stop_reason"] not in (STOP_CONDITIONS_MET, STOP_MAX_STEPS):
+        if info["stop_reason"] not in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
             log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
                 f"(continue with --from-step {n})")
             finished = False

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from kormed.config import drop_unset
+from kormed.stop_reason import StopReason
 
 
 def _echo(message: str) -> None:
@@ -116,5 +117,5 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                        f"({row['correct']}/{row['total']})")
         typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} "
                    f"{result['best_accuracy']:.2%}; adapter in {result['best_adapter']}")
-        if result["stop_reason"] not in ("target_reached", "max_rounds"):
+        if result["stop_reason"] not in (StopReason.TARGET_REACHED, StopReason.MAX_ROUNDS):
             sys.exit(130)

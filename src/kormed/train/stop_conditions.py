@@ -31,9 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kormed.errors import KormedError
-
-STOP_CONDITIONS_MET = "conditions_met"
-STOP_MAX_STEPS = "max_steps"
+from kormed.stop_reason import StopReason
 
 _COMPARE = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>|~|≈)\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)"
@@ -215,9 +213,9 @@ class StopTracker:
         """The step's stop reason: conditions met, else `other` (e.g. nan / interrupted) if given, else the
         max_steps guard when the budget was used up."""
         if self.met:
-            return STOP_CONDITIONS_MET
+            return StopReason.CONDITIONS_MET
         if other:
             return other
         if global_step >= max_steps:
-            return STOP_MAX_STEPS
-        return "ended"
+            return StopReason.MAX_STEPS
+        return StopReason.ENDED

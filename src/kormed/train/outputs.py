@@ -1,0 +1,192 @@
+"""What a finished run leaves in its output directory: the adapter in the seeds' layout, `training_info.json`
+(model info + the run summary) and `training_curves.png`. Only the main process writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend to set
+
+from kormed.io import atomic_write, temp_dir, write_json
+from kormed.models import ADAPTER_META_FILE, adapter_meta, write_adapter_meta
+from kormed.stop_reason import StopReason
+from kormed.train.checkpoints import latest_good_checkpoint
+from kormed.train.processes import is_main_process
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide training numerics (recorded in training_info.json)."""
+    out = {"python": platform.python_version()}
+    for name in ("kormed", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "tokenizers"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None) -> dict[str, Any]:
+    """The run summary recorded in training_info.json (see :func:`run_training`)."""
+    state = trainer.state
+    evals = [
+        {k: v for k, v in e.items() if k.startswith("eval_") or k in ("step", "epoch")}
+        for e in state.log_history
+        if "eval_loss" in e
+    ]
+    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+    best_eval = None
+    if state.best_global_step is not None:
+        best_eval = next((e for e in evals if e.get("step") == state.best_global_step), None)
+    elif evals:
+        best_eval = min(evals, key=lambda e: e["eval_loss"])
+    return {
+        **trainer.stop_record.as_dict(),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs": state.epoch,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "wall_time_s": round(wall_time, 3),
+        "resumed_from": resumed_from,
+        "best_metric": state.best_metric,
+        "best_step": getattr(state, "best_global_step", None),
+        "best_checkpoint": state.best_model_checkpoint,
+        "first_eval": evals[0] if evals else None,
+        "best_eval": best_eval,
+        "last_eval": evals[-1] if evals else None,
+        "eval_history": evals,
+        "kormedmcqa_history": [
+            {"step": e.get("step"), "accuracy": e["eval_kormedmcqa_accuracy"]}
+            for e in state.log_history
+            if "eval_kormedmcqa_accuracy" in e
+        ],
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "world_size": trainer.args.world_size,
+        "effective_batch_size": trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
+    }
+
+
+def _replace_into(src: Path, dst: Path) -> None:
+    """Move `src` (file or directory) over `dst` with renames (atomic per entry on one filesystem)."""
+    if dst.is_dir() and not dst.is_symlink():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def save_adapter(
+    model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
+    state_dict: dict[str, Any] | None = None,
+) -> Path | None:
+    """Write the seeds' layout into `output_dir`: adapter_config.json, adapter_model.safetensors, tokenizer/,
+    training_info.json. Files are staged in a temporary directory and renamed into place; only the main
+    process writes (returns None elsewhere). Pass `state_dict` when it had to be gathered (FSDP)."""
+    if not is_main_process():
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with temp_dir(out, "save") as stage:  # kormed's temp naming: a killed run's leftover is removed next time
+        # save_embedding_layers=False: the adapter stores only what was trained (LoRA, trained embedding rows or
+        # a trained embedding copy); untrained resized rows are rebuilt bit-identically at load time from
+        # kormed_adapter.json (see kormed.models.load_model_and_tokenizer), for every model class alike.
+        model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
+        tokenizer.save_pretrained(stage / "tokenizer")
+        write_adapter_meta(stage, adapter_meta(model))
+        for name in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer"):
+            if (stage / name).exists():
+                _replace_into(stage / name, out / name)
+        # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
+    if info is not None:
+        write_json(out / "training_info.json", info)
+    return out
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """Loss (train and validation) and validation perplexity against the optimizer step, as a PNG."""
+    if not is_main_process():
+        return None
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"], e.get("eval_perplexity")) for e in log_history if "eval_loss" in e]
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    if train:
+        ax1.plot([s for s, _ in train], [v for _, v in train], label="train loss", color="tab:blue")
+    if evals:
+        ax1.plot([s for s, _, _ in evals], [v for _, v, _ in evals], "o-", label="validation loss", color="tab:red")
+        ax2.plot([s for s, _, _ in evals], [p for _, _, p in evals], "o-", color="tab:red")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss (nats/token)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("validation perplexity")
+    if evals and all(p and p > 0 and math.isfinite(p) for _, _, p in evals):
+        ax2.set_yscale("log")
+    ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+    return Path(path)
+
+
+def gather_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """Full (unsharded) state dict under FSDP (a collective: call on every process); None otherwise."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None
+
+
+def finish_run(
+    trainer: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any], summary: dict[str, Any],
+    *, save: bool = True,
+) -> dict[str, Any]:
+    """Write the final adapter (when `save`), training_info.json (info + summary) and training_curves.png.
+
+    Call on every process (FSDP gathers the weights collectively); only the main process writes.
+    Returns the full training info dict.
+    """
+    full = {**info, **summary}
+    runtime = getattr(trainer, "kormed_runtime", None)
+    if runtime is not None:
+        full["runtime"] = dataclasses.asdict(runtime)
+    spec = getattr(trainer, "loss_spec", None)
+    if spec is not None:
+        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 256}
+    full["library_versions"] = library_versions()
+    full = json.loads(json.dumps(full, default=str))  # plain JSON types only
+    if save and hasattr(trainer, "trainable_finite") and not trainer.trainable_finite():
+        # e.g. the last optimizer step of a run with an absurd learning rate: never publish NaN/inf weights
+        save = False
+        step = trainer.state.global_step
+        last = latest_good_checkpoint(trainer.args.output_dir)[0]
+        full.update(stop_reason=StopReason.NON_FINITE_LOSS, stop_step=step,
+                    stop_detail=f"non-finite (NaN/inf) trainable weights after step {step}, no adapter saved; "
+                    f"last good checkpoint: {last or 'none'}")
+        if is_main_process():
+            print(f"\n[kormed] {full['stop_detail']}. Lower the learning rate or check the data.", flush=True)
+    state_dict = gather_state_dict(trainer) if save else None
+    out = Path(output_dir)
+    if save:
+        save_adapter(trainer.model, tokenizer, out, full, state_dict=state_dict)
+    elif is_main_process():
+        write_json(out / "training_info.json", full)
+    plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))
+    if trainer.args.world_size > 1:
+        trainer.accelerator.wait_for_everyone()
+    return full
