@@ -33,34 +33,80 @@ CONFIG_SECTIONS: dict[str, str] = {
 }
 
 
-# Top-level keys of a pipeline file (`kormed run`) that are not stage sections.
-PIPELINE_KEYS = ("name", "run_dir", "stages", "report_to", "description")
+# Top-level keys of a pipeline file (`kormed run`, and the resolved_config.yaml it writes) that are not stage
+# sections: the one list, read by pipeline.run and by every stage command given such a file with --config.
+PIPELINE_KEYS = (
+    "name",
+    "description",
+    "run_dir",
+    "stages",
+    "model",
+    "device",
+    "data_root",
+    "report_to",
+    "eval_targets",
+    "launcher",
+)
 
 # What numpy, torch and Python's random all accept as a seed.
 SEED_RANGE = (0, 2**32 - 1)
 
 
 def opt(
-    default: Any, help: str, *, bounds: tuple[float | None, float | None] | None = None, **kwargs: Any  # noqa: A002
+    default: Any,
+    help: str,  # noqa: A002
+    *,
+    bounds: tuple[float | None, float | None] | None = None,
+    flags: tuple[str, ...] = (),
+    cli_path: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """A dataclass field with a documented default (mutable defaults are copied per instance). `bounds`
-    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key."""
+    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key. `flags` are
+    short command-line aliases besides the generated dotted flag (e.g. `("--lr",)` for `train.lr`; a bool's
+    alias may name its off switch too: `"--all/--sample"`); see kormed.flags. `cli_path`: a path that a flag gives
+    relative to the current directory (made absolute; the YAML value of the same key may be relative elsewhere)."""
     metadata: dict[str, Any] = {"help": help}
     if bounds is not None:
         metadata["bounds"] = bounds
+    if flags:
+        metadata["flags"] = tuple(flags)
+    if cli_path:
+        metadata["path"] = True
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def seed_opt(default: int, help: str) -> Any:  # noqa: A002
+def seed_opt(default: int, help: str, *, flags: tuple[str, ...] = ()) -> Any:  # noqa: A002
     """A random-seed field: an integer in SEED_RANGE (numpy rejects a negative seed with a traceback)."""
-    return opt(default, help, bounds=SEED_RANGE)
+    return opt(default, help, bounds=SEED_RANGE, flags=flags)
 
 
 def nested(cls: type, help: str) -> Any:  # noqa: A002
     """A dataclass field holding another config dataclass."""
     return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def flag_for(cls: type, dotted: str) -> str:
+    """The command-line flag a user types for field `dotted` ('train.lr') of dataclass `cls`: its first alias
+    ('--lr') if it has one, else the generated dotted flag ('--train.warmup-ratio'). A nested field with an alias
+    ('--mcq' for prepare's mcq source) names the flags of its `path` field."""
+    parts = [p.split("[", 1)[0] for p in dotted.split(".")]
+    current: Any = cls
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(current):
+            break
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        f = fields.get(part)
+        if f is None:
+            break
+        aliases = f.metadata.get("flags", ())
+        if aliases and (i == len(parts) - 1 or parts[i + 1:] == ["path"]):
+            return aliases[0].split("/", 1)[0]
+        current = _resolve_type(current, part)
+        current = next((a for a in typing.get_args(current) if dataclasses.is_dataclass(a)), current)
+    return "--" + ".".join(p.replace("_", "-") for p in parts)
 
 
 def _deepcopy(value: Any) -> Any:
@@ -211,15 +257,13 @@ def _located(exc: KormedError, path: str | None, prefix: str) -> KormedError:
     return KormedError(exc.message, path=exc.path or path, line=exc.line, field=field, hint=exc.hint)
 
 
-def flag_error(exc: KormedError) -> KormedError:
-    """An error in a command-line value, named by its flag: '--train.lr' -> '--lr' (flags carry the leaf's name;
-    a source's path is set by the source's flag: '--mcq.path' -> '--mcq')."""
+def flag_error(exc: KormedError, cls: type) -> KormedError:
+    """An error in a command-line value of dataclass `cls`, named by the flag the user types: '--train.lr' ->
+    '--lr' (its alias), '--train.warmup_ratio' -> '--train.warmup-ratio', '--mcq.path' -> '--mcq'."""
     field = exc.field or ""
     if not field.startswith("--"):
         return exc
-    parts = [p.split("[", 1)[0] for p in field.removeprefix("--").split(".")]
-    leaf = parts[-2] if parts[-1] == "path" and len(parts) > 1 else parts[-1]
-    return KormedError(exc.message, path=exc.path, line=exc.line, field="--" + leaf.replace("_", "-"), hint=exc.hint)
+    return KormedError(exc.message, path=exc.path, line=exc.line, field=flag_for(cls, field[2:]), hint=exc.hint)
 
 
 def merge(base: Any, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> Any:
@@ -285,7 +329,7 @@ def load_config(
             try:
                 cfg = merge(cfg, set_values, prefix="--")
             except KormedError as exc:
-                raise flag_error(exc) from None
+                raise flag_error(exc, cls) from None
     return cfg
 
 
