@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import typer.core
 import yaml
 
 from kormed.config import _resolve_type  # one reading of a field's type, shared with config.build
@@ -59,15 +60,16 @@ def _dataclass_in(tp: Any) -> type | None:
     return tp if dataclasses.is_dataclass(tp) and isinstance(tp, type) else None
 
 
-def field_flags(cls: type, prefix: tuple[str, ...] = ()) -> list[FieldFlag]:
-    """Every leaf field of dataclass `cls` (nested sections walked), in declaration order."""
+def field_flags(cls: type, prefix: tuple[str, ...] = (), instance: Any = None) -> list[FieldFlag]:
+    """Every leaf field of dataclass `cls` (nested sections walked), in declaration order, with the defaults of
+    `instance` (default: `cls()`; a nested section's defaults are those its parent gives it, e.g. sft.step2)."""
     out: list[FieldFlag] = []
-    instance = cls()
+    instance = cls() if instance is None else instance
     for f in dataclasses.fields(cls):
         tp = _resolve_type(cls, f.name)
         sub = _dataclass_in(tp)
         if sub is not None:
-            children = field_flags(sub, prefix + (f.name,))
+            children = field_flags(sub, prefix + (f.name,), getattr(instance, f.name))
             aliases = f.metadata.get("flags", ())
             if aliases:  # a nested field's alias sets its `path` (prepare's `--mcq FILE`)
                 children = [
@@ -119,13 +121,19 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         text = ff.help.replace("\n", " ")
         if _is_structured(ff.tp):
             text += " (YAML; a list may be comma-separated)"
-        text += f" [default: {_default_text(ff.default)}]"
+        choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()
+        if choices:
+            text += f" One of: {', '.join(map(str, choices))}."
+        text += f" (default: {_default_text(ff.default)})"
+        if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
+            text = text.replace("[", "\\[")
         heading = "Options" if len(ff.path) == 1 else ".".join(p.replace("_", "-") for p in ff.path[:-1])
         option = typer.Option(
             None, *_declarations(ff), help=text, rich_help_panel=heading,
-            metavar="YAML" if _is_structured(ff.tp) else None,
+            metavar="YAML" if _is_structured(ff.tp) else "[" + "|".join(map(str, choices)) + "]" if choices else None,
         )
-        annotation = str if _is_structured(ff.tp) else ff.tp
+        # a Literal is read as text and checked by config.build: a wrong choice is the one-line kormed error
+        annotation = str if _is_structured(ff.tp) or choices else ff.tp
         parameters.append(inspect.Parameter(
             ff.param_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None,
         ))
