@@ -42,6 +42,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return function(spec)
 
     monkeypatch.setattr(cli, "_function", resolve)
+    # `quantize: 4bit` checks that bitsandbytes imports (about 20 s of torch import here; tested in test_qlora)
+    monkeypatch.setattr("kormed.quantization.require_bitsandbytes", lambda *args, **kwargs: None)
     return seen
 
 
@@ -310,3 +312,40 @@ def test_help_shows_dotted_flags_aliases_and_choices(click_app) -> None:
     for needle in ("--lora.r", "--train.warmup-ratio", "--lr", "--train-embeddings", "auto, float32, bfloat16",
                    "(default: 16)", "(default: [q_proj"):
         assert needle in out, needle
+
+
+def test_the_configuration_reference_names_every_flag() -> None:
+    from kormed.config import defaults_yaml
+
+    for section in CONFIG_SECTIONS:
+        text = defaults_yaml([section])
+        for ff in field_flags(section_class(section)):
+            line = next((ln for ln in text.splitlines() if f"# {ff.flag}" in ln), None)
+            assert line is not None, f"{section}: {ff.flag} missing from the reference"
+            for alias in ff.aliases:
+                assert alias in line, f"{section}: {alias} missing beside {ff.flag}"
+
+
+def test_building_every_command_imports_no_torch() -> None:
+    """`kormed --help` stays fast: the run functions (torch, transformers) are imported only when a command runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, typer.main, kormed.cli; typer.main.get_command(kormed.cli.app); "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_command_in_the_table_resolves() -> None:
+    """Each row names a run function and printer that exist (a missing module is an error, never a skipped
+    command)."""
+    import importlib
+
+    for command in cli.COMMANDS.values():
+        for spec in filter(None, (command.run, command.show)):
+            module, _, name = spec.partition(":")
+            assert callable(getattr(importlib.import_module(module), name)), spec
+    for module in cli.HAND_WRITTEN:
+        assert callable(importlib.import_module(module).register)

@@ -341,7 +341,16 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 
-def _document(cls: type, obj: Any, indent: int) -> list[str]:
+def _flags_text(path: tuple[str, ...], aliases: tuple[str, ...]) -> str:
+    """The command-line flags of a field, as kormed.flags generates them: the dotted flag, then the aliases."""
+    dotted = "--" + ".".join(p.replace("_", "-") for p in path)
+    return ", ".join([dotted, *(a for a in aliases if a != dotted)])
+
+
+def _document(
+    cls: type, obj: Any, indent: int, path: tuple[str, ...] = (), path_aliases: tuple[str, ...] = ()
+) -> list[str]:
+    """Commented YAML of `obj`: each key with its help above and its command-line flags beside it."""
     lines: list[str] = []
     pad = "  " * indent
     for f in dataclasses.fields(cls):
@@ -352,14 +361,15 @@ def _document(cls: type, obj: Any, indent: int) -> list[str]:
                 lines.append(f"{pad}# {hl}")
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
-            lines.extend(_document(type(value), value, indent + 1))
+            lines.extend(_document(type(value), value, indent + 1, path + (f.name,), f.metadata.get("flags", ())))
         elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
             lines.append(f"{pad}{f.name}:")
             for k, v in value.items():
                 lines.append(f"{pad}  {k}:")
                 lines.extend(_document(type(v), v, indent + 2))
         else:
-            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+            aliases = tuple(f.metadata.get("flags", ())) + (path_aliases if f.name == "path" else ())
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}")
     return lines
 
 
@@ -389,6 +399,12 @@ def defaults_markdown() -> str:
         "A pipeline file for `kormed run` holds several sections at once. Unknown keys, wrong types, values out of",
         "range, a number that is not finite (`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are",
         "errors naming the file and `section.key` (or, on the command line, the flag).",
+        "",
+        "Every key is also a flag of the command that reads its section (after `#` below): a top-level key as",
+        "`--key`, a nested one dotted (`--lora.r`, `--train.warmup-ratio`), plus a short alias for some",
+        "(`--lr`). A bool is `--key/--no-key`; a list or mapping takes YAML (`--lora.target-modules q_proj,v_proj`).",
+        "A flag left out changes nothing. `--config` takes a file with this section, a pipeline file or a run's",
+        "`resolved_config.yaml`: each command reads only its own section.",
         "",
     ]
     for section in CONFIG_SECTIONS:
