@@ -63,7 +63,6 @@ for _name, _sub in subapps.items():
     app.add_typer(_sub, name=_name)
 
 
-
 @dataclass(frozen=True)
 class StageCommand:
     """One command that runs a stage: `run(cfg, log=..., **options)`, then `show(result, cfg)` prints the result.

@@ -104,7 +104,7 @@ def flag_for(cls: type, dotted: str) -> str:
         aliases = f.metadata.get("flags", ())
         if aliases and (i == len(parts) - 1 or parts[i + 1:] == ["path"]):
             return aliases[0].split("/", 1)[0]
-        current = _resolve_type(current, part)
+        current = field_type(current, part)
         current = next((a for a in typing.get_args(current) if dataclasses.is_dataclass(a)), current)
     return "--" + ".".join(p.replace("_", "-") for p in parts)
 
@@ -135,7 +135,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _resolve_type(cls: type, name: str) -> Any:
+def field_type(cls: type, name: str) -> Any:
+    """The type of field `name` of dataclass `cls` (annotations resolved), as `build` and kormed.flags read it."""
     hints = typing.get_type_hints(cls)
     return hints[name]
 
@@ -215,7 +216,7 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
-        kwargs[name] = _coerce(value, _resolve_type(cls, name), prefix + name, path)
+        kwargs[name] = _coerce(value, field_type(cls, name), prefix + name, path)
         _check_bounds(fields[name], kwargs[name], prefix + name, path)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -377,10 +378,7 @@ def defaults_yaml(sections: list[str] | None = None) -> str:
     """Every default of every registered section, as commented YAML (the documented reference)."""
     out: list[str] = []
     for section in sections or list(CONFIG_SECTIONS):
-        try:
-            cls = section_class(section)
-        except (ImportError, AttributeError):
-            continue  # a stage not built yet
+        cls = section_class(section)
         out.append(f"{section}:")
         out.extend(_document(cls, cls(), 1))
         out.append("")
@@ -408,9 +406,5 @@ def defaults_markdown() -> str:
         "",
     ]
     for section in CONFIG_SECTIONS:
-        try:
-            section_class(section)
-        except (ImportError, AttributeError):
-            continue
         parts += [f"## `{section}`", "", "```yaml", defaults_yaml([section]).rstrip(), "```", ""]
     return "\n".join(parts)

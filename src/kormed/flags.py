@@ -20,7 +20,7 @@ import typer
 import typer.core
 import yaml
 
-from kormed.config import _resolve_type  # one reading of a field's type, shared with config.build
+from kormed.config import field_type
 
 # Parameter names of generated flags: the dotted path with this separator (click needs identifiers).
 SEPARATOR = "__"
@@ -66,7 +66,7 @@ def field_flags(cls: type, prefix: tuple[str, ...] = (), instance: Any = None) -
     out: list[FieldFlag] = []
     instance = cls() if instance is None else instance
     for f in dataclasses.fields(cls):
-        tp = _resolve_type(cls, f.name)
+        tp = field_type(cls, f.name)
         sub = _dataclass_in(tp)
         if sub is not None:
             children = field_flags(sub, prefix + (f.name,), getattr(instance, f.name))
@@ -167,6 +167,3 @@ def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
         target[ff.path[-1]] = value
     return out
 
-
-def is_config_param(name: str) -> bool:
-    return name.startswith(PREFIX)
