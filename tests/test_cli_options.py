@@ -309,7 +309,7 @@ def test_help_shows_dotted_flags_aliases_and_choices(click_app) -> None:
     from typer.testing import CliRunner
 
     out = CliRunner().invoke(cli.app, ["train", "cpt", "--help"], env={"COLUMNS": "250"}).output
-    for needle in ("--lora.r", "--train.warmup-ratio", "--lr", "--train-embeddings", "auto, float32, bfloat16",
+    for needle in ("--lora.r", "--train.warmup-ratio", "--lr", "--train-embeddings", "auto|float32|bfloat16",
                    "(default: 16)", "(default: [q_proj"):
         assert needle in out, needle
 

@@ -8,6 +8,7 @@ are generated: that is the one place where every default is documented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import types
@@ -137,8 +138,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def field_type(cls: type, name: str) -> Any:
     """The type of field `name` of dataclass `cls` (annotations resolved), as `build` and kormed.flags read it."""
-    hints = typing.get_type_hints(cls)
-    return hints[name]
+    return _type_hints(cls)[name]
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _coerce(value: Any, tp: Any, where: str, path: str | None) -> Any:

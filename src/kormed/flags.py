@@ -121,9 +121,7 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         text = ff.help.replace("\n", " ")
         if _is_structured(ff.tp):
             text += " (YAML; a list may be comma-separated)"
-        choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()
-        if choices:
-            text += f" One of: {', '.join(map(str, choices))}."
+        choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()  # shown as metavar
         text += f" (default: {_default_text(ff.default)})"
         if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
             text = text.replace("[", "\\[")
