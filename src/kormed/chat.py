@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import typer
-
 from kormed.config import opt
 from kormed.errors import KormedError
 
@@ -171,35 +169,17 @@ def interactive(chat: Chat, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -
         out.flush()
 
 
-def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
-    @app.command("chat")
-    def chat_command(
-        config: str = typer.Option(None, "--config", help="YAML file; its `chat:` section sets defaults."),
-        model: str = typer.Option(None, "--model", help="Base or merged model (hub id or dir); default: embedded."),
-        adapter: str = typer.Option(None, "--adapter", help="kormed adapter directory to load on the base."),
-        prompt: str = typer.Option(None, "--prompt", help="One-shot: answer this and exit (else stdin if piped)."),
-        system: str = typer.Option(None, "--system", help="Text put in front of the first user turn."),
-        max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens per answer (default 512)."),
-        temperature: float = typer.Option(None, "--temperature", help="0 = greedy (default); > 0 samples."),
-        top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass when sampling."),
-        device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
-    ) -> None:
-        """Chat with a model in the Gemma chat format (streaming; /reset, /exit); one-shot with --prompt or stdin."""
-        from kormed.config import drop_unset, load_config
-
-        cfg = load_config("chat", config, drop_unset(dict(
-            model=model, adapter=adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, device=device,
-        )))
-        one_shot = prompt
-        if one_shot is None and not sys.stdin.isatty():
-            one_shot = sys.stdin.read()
-            if not one_shot.strip():
-                raise KormedError("no prompt: stdin was empty", hint="pass --prompt TEXT, or run in a terminal")
-        session = load_chat(cfg, log=lambda m: typer.echo(m, err=True))
-        if one_shot is not None:
-            session.ask(one_shot.strip("\n"), out=sys.stdout)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            return
-        interactive(session)
+def run_chat(cfg: ChatConfig, *, prompt: str | None = None, log: Any = print) -> None:
+    """`kormed chat`: one-shot when given a prompt or a piped stdin, else interactive in the terminal."""
+    one_shot = prompt
+    if one_shot is None and not sys.stdin.isatty():
+        one_shot = sys.stdin.read()
+        if not one_shot.strip():
+            raise KormedError("no prompt: stdin was empty", hint="pass --prompt TEXT, or run in a terminal")
+    session = load_chat(cfg, log=log)
+    if one_shot is not None:
+        session.ask(one_shot.strip("\n"), out=sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    interactive(session)

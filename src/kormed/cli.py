@@ -1,14 +1,21 @@
-"""The `kormed` command line. Each stage registers its commands from its own `commands` module;
-every command is a thin call into its stage. User errors (KormedError) print one clear message."""
+"""The `kormed` command line.
+
+Every command that runs a stage is one row of `COMMANDS`: its config section, its run function and how its result
+is printed. Its flags are generated from the section's dataclass (kormed.flags), so an option is declared once, in
+its `opt()`. Commands that read no config section (export, namumark, run, bench, ...) are written by hand in the
+modules of `HAND_WRITTEN`. User errors (KormedError) print one clear message.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -20,7 +27,7 @@ class KormedGroup(TyperGroup):
     denied, read-only file system, a file where a directory is expected), ends any command with one line on stderr
     and exit code 2 - the same in `kormed` and in-process (typer.testing.CliRunner)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KormedError as exc:
@@ -55,22 +62,143 @@ subapps: dict[str, typer.Typer] = {
 for _name, _sub in subapps.items():
     app.add_typer(_sub, name=_name)
 
-# Stage modules that register commands; a stage not built yet is simply absent.
-# A command module must not import torch/transformers at module level (keeps `kormed --help` fast).
-COMMAND_MODULES = [
-    "kormed.prepare.commands",  # kormed prepare
+
+@dataclass(frozen=True)
+class StageCommand:
+    """One command that runs a stage: `run(cfg, log=..., **options)`, then `show(result, cfg)` prints the result.
+    Both are "module:function" strings, imported only when the command runs: run functions import torch, and
+    `kormed --help` must stay fast."""
+
+    section: str  # config section: the flags, the `--config` section and `kormed config show`
+    run: str
+    help: str
+    show: str | None = None
+    options: tuple[inspect.Parameter, ...] = ()  # non-config flags, passed to `run` under their names
+    sections: dict[str, str] = field(default_factory=dict)  # run keyword -> another section of --config (or None)
+    preset: bool = False  # `--preset` (bundled name or YAML file): between the defaults and --config
+    progress: bool = False  # `--quiet`: run(progress=False)
+    log_to_stdout: bool = False  # progress lines on stdout instead of stderr
+
+
+def _option(name: str, annotation: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:  # noqa: A002
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, *decls, help=help))
+
+
+# command (group, name) -> what it runs. The group "" is the root (`kormed prepare`).
+COMMANDS: dict[tuple[str, str], StageCommand] = {
+    ("", "prepare"): StageCommand(
+        "prepare", "kormed.prepare.pipeline:run_prepare", log_to_stdout=True, preset=True, progress=True,
+        help="Clean, convert and mix the four sources into one CPT corpus (JSONL), with a validation set and "
+             "stats.\n\nPaths given as flags are relative to the current directory; paths in YAML are relative to "
+             "the data root.",
+    ),
+    ("tokenizer", "extend"): StageCommand(
+        "tokenizer", "kormed.tokenizer.extend:extend_tokenizer", show="kormed.tokenizer.commands:show",
+        help="Extend the base tokenizer with Korean medical terms and frequent Korean words; print the report.",
+    ),
+    ("train", "cpt"): StageCommand(
+        "cpt", "kormed.train.cpt:run_cpt", show="kormed.train.cpt_cli:show",
+        sections={"tokenizer_options": "tokenizer"},
+        help="Continued pretraining with LoRA on packed raw text (validation perplexity, early stopping).",
+    ),
+    ("train", "sft"): StageCommand(
+        "sft", "kormed.train.sft:run_sft", show="kormed.train.sft_cli:show",
+        help="Staged chat-format SFT (4 steps): answer-only loss, ratio mixes, per-step stop conditions.",
+    ),
+    ("train", "loop"): StageCommand(
+        "loop", "kormed.train.loop:run_loop", show="kormed.train.loop_cli:show",
+        help="Alternate dictionary and MCQ-with-reasoning SFT rounds until the KorMedMCQA target accuracy.",
+    ),
+    ("eval", "kormedmcqa"): StageCommand(
+        "eval", "kormed.eval.kormedmcqa:run_kormedmcqa", show="kormed.eval.commands:show_kormedmcqa",
+        progress=True,
+        help="KorMedMCQA accuracy: overall, per subset, per year, unparseable answers; a table and a JSON file.",
+    ),
+    ("eval", "ppl"): StageCommand(
+        "eval", "kormed.eval.perplexity:run_perplexity", show="kormed.eval.commands:show_perplexity",
+        progress=True,
+        help="Token-weighted loss and perplexity on held-out raw text, over blocks packed exactly as CPT packs them.",
+    ),
+    ("", "chat"): StageCommand(
+        "chat", "kormed.chat:run_chat",
+        options=(_option("prompt", str | None, None, "--prompt",
+                         help="One-shot: answer this and exit (else stdin if piped)."),),
+        help="Chat with a model in the Gemma chat format (streaming; /reset, /exit); one-shot with --prompt or stdin.",
+    ),
+}
+
+# Modules whose `register(app, subapps)` adds commands written by hand (no config section). A missing module is an
+# import error, not a command that quietly disappears. They must not import torch at module level.
+HAND_WRITTEN = (
     "kormed.prepare.namumark_cli",  # kormed namumark
-    "kormed.tokenizer.commands",  # kormed tokenizer extend
-    "kormed.train.cpt_cli",  # kormed train cpt
     "kormed.train.export_cli",  # kormed export (--merge, --gguf)
-    "kormed.chat",  # kormed chat
-    "kormed.train.sft_cli",  # kormed train sft, kormed train loop
-    "kormed.eval.commands",  # kormed eval kormedmcqa / ppl
     "kormed.bench.prepare",  # kormed bench prepare
     "kormed.bench.eval",  # kormed bench eval
     "kormed.bench.train",  # kormed bench train
     "kormed.pipeline.commands",  # kormed run, demo, report
-]
+)
+
+
+def _function(spec: str) -> Callable[..., Any]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_stage_command(command: StageCommand, config: Path | None, params: dict[str, Any]) -> Any:
+    """Load the command's config (defaults < preset < --config section < flags) and run it; print its result."""
+    from kormed.config import load_config, section_class
+    from kormed.flags import overrides_from_params
+    from kormed.prepare.config import load_preset
+
+    preset = params.get("preset")
+    cfg = load_config(
+        command.section, config, overrides_from_params(section_class(command.section), params),
+        preset=load_preset(preset, command.section) if preset else None,
+    )
+    kwargs = {option.name: params[option.name] for option in command.options}
+    if command.progress:
+        kwargs["progress"] = not params["quiet"]
+    for keyword, section in command.sections.items():
+        kwargs[keyword] = load_config(section, config) if config is not None else None
+    log_err = not command.log_to_stdout
+    result = _function(command.run)(cfg, log=lambda m: typer.echo(m, err=log_err), **kwargs)
+    if command.show is not None:
+        _function(command.show)(result, cfg)
+    return result
+
+
+def _register_stage_command(group: typer.Typer, name: str, command: StageCommand) -> None:
+    """Add the command with a signature built from its section's fields (typer reads `__signature__`)."""
+    from kormed.config import section_class
+    from kormed.flags import config_parameters
+
+    own = [
+        _option("config", Path | None, None, "--config",
+                help=f"YAML file: its `{command.section}:` section applies (a pipeline file or a run's "
+                     "resolved_config.yaml is fine)."),
+        *command.options,
+    ]
+    if command.preset:
+        own.append(_option("preset", str | None, None, "--preset",
+                           help="Bundled preset (e.g. seed-000) or a YAML file with this section."))
+    if command.progress:
+        own.append(_option("quiet", bool, False, "--quiet", help="No progress bars."))
+    parameters = [*own, *config_parameters(section_class(command.section))]
+
+    def stage_command(**params: Any) -> None:
+        run_stage_command(command, params.pop("config"), params)
+
+    stage_command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    stage_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    group.command(name, help=command.help)(stage_command)
+
+
+def _register_commands() -> None:
+    for (group, name), command in COMMANDS.items():
+        _register_stage_command(subapps[group] if group else app, name, command)
+    for module in HAND_WRITTEN:
+        importlib.import_module(module).register(app, subapps)
 
 
 @subapps["model"].command("path")
@@ -101,18 +229,7 @@ def config_show(
     typer.echo(defaults_yaml(section or None), nl=False)
 
 
-def _register_stage_commands() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # the stage (or its package) does not exist yet
-            raise
-        module.register(app, subapps)
-
-
-_register_stage_commands()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

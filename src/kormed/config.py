@@ -8,6 +8,7 @@ are generated: that is the one place where every default is documented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import types
@@ -33,34 +34,80 @@ CONFIG_SECTIONS: dict[str, str] = {
 }
 
 
-# Top-level keys of a pipeline file (`kormed run`) that are not stage sections.
-PIPELINE_KEYS = ("name", "run_dir", "stages", "report_to", "description")
+# Top-level keys of a pipeline file (`kormed run`, and the resolved_config.yaml it writes) that are not stage
+# sections: the one list, read by pipeline.run and by every stage command given such a file with --config.
+PIPELINE_KEYS = (
+    "name",
+    "description",
+    "run_dir",
+    "stages",
+    "model",
+    "device",
+    "data_root",
+    "report_to",
+    "eval_targets",
+    "launcher",
+)
 
 # What numpy, torch and Python's random all accept as a seed.
 SEED_RANGE = (0, 2**32 - 1)
 
 
 def opt(
-    default: Any, help: str, *, bounds: tuple[float | None, float | None] | None = None, **kwargs: Any  # noqa: A002
+    default: Any,
+    help: str,  # noqa: A002
+    *,
+    bounds: tuple[float | None, float | None] | None = None,
+    flags: tuple[str, ...] = (),
+    cli_path: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """A dataclass field with a documented default (mutable defaults are copied per instance). `bounds`
-    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key."""
+    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key. `flags` are
+    short command-line aliases besides the generated dotted flag (e.g. `("--lr",)` for `train.lr`; a bool's
+    alias may name its off switch too: `"--all/--sample"`); see kormed.flags. `cli_path`: a path that a flag gives
+    relative to the current directory (made absolute; the YAML value of the same key may be relative elsewhere)."""
     metadata: dict[str, Any] = {"help": help}
     if bounds is not None:
         metadata["bounds"] = bounds
+    if flags:
+        metadata["flags"] = tuple(flags)
+    if cli_path:
+        metadata["path"] = True
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def seed_opt(default: int, help: str) -> Any:  # noqa: A002
+def seed_opt(default: int, help: str, *, flags: tuple[str, ...] = ()) -> Any:  # noqa: A002
     """A random-seed field: an integer in SEED_RANGE (numpy rejects a negative seed with a traceback)."""
-    return opt(default, help, bounds=SEED_RANGE)
+    return opt(default, help, bounds=SEED_RANGE, flags=flags)
 
 
 def nested(cls: type, help: str) -> Any:  # noqa: A002
     """A dataclass field holding another config dataclass."""
     return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def flag_for(cls: type, dotted: str) -> str:
+    """The command-line flag a user types for field `dotted` ('train.lr') of dataclass `cls`: its first alias
+    ('--lr') if it has one, else the generated dotted flag ('--train.warmup-ratio'). A nested field with an alias
+    ('--mcq' for prepare's mcq source) names the flags of its `path` field."""
+    parts = [p.split("[", 1)[0] for p in dotted.split(".")]
+    current: Any = cls
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(current):
+            break
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        f = fields.get(part)
+        if f is None:
+            break
+        aliases = f.metadata.get("flags", ())
+        if aliases and (i == len(parts) - 1 or parts[i + 1:] == ["path"]):
+            return aliases[0].split("/", 1)[0]
+        current = field_type(current, part)
+        current = next((a for a in typing.get_args(current) if dataclasses.is_dataclass(a)), current)
+    return "--" + ".".join(p.replace("_", "-") for p in parts)
 
 
 def _deepcopy(value: Any) -> Any:
@@ -89,9 +136,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _resolve_type(cls: type, name: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints[name]
+def field_type(cls: type, name: str) -> Any:
+    """The type of field `name` of dataclass `cls` (annotations resolved), as `build` and kormed.flags read it."""
+    return _type_hints(cls)[name]
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _coerce(value: Any, tp: Any, where: str, path: str | None) -> Any:
@@ -169,7 +221,7 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
-        kwargs[name] = _coerce(value, _resolve_type(cls, name), prefix + name, path)
+        kwargs[name] = _coerce(value, field_type(cls, name), prefix + name, path)
         _check_bounds(fields[name], kwargs[name], prefix + name, path)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -211,15 +263,13 @@ def _located(exc: KormedError, path: str | None, prefix: str) -> KormedError:
     return KormedError(exc.message, path=exc.path or path, line=exc.line, field=field, hint=exc.hint)
 
 
-def flag_error(exc: KormedError) -> KormedError:
-    """An error in a command-line value, named by its flag: '--train.lr' -> '--lr' (flags carry the leaf's name;
-    a source's path is set by the source's flag: '--mcq.path' -> '--mcq')."""
+def flag_error(exc: KormedError, cls: type) -> KormedError:
+    """An error in a command-line value of dataclass `cls`, named by the flag the user types: '--train.lr' ->
+    '--lr' (its alias), '--train.warmup_ratio' -> '--train.warmup-ratio', '--mcq.path' -> '--mcq'."""
     field = exc.field or ""
     if not field.startswith("--"):
         return exc
-    parts = [p.split("[", 1)[0] for p in field.removeprefix("--").split(".")]
-    leaf = parts[-2] if parts[-1] == "path" and len(parts) > 1 else parts[-1]
-    return KormedError(exc.message, path=exc.path, line=exc.line, field="--" + leaf.replace("_", "-"), hint=exc.hint)
+    return KormedError(exc.message, path=exc.path, line=exc.line, field=flag_for(cls, field[2:]), hint=exc.hint)
 
 
 def merge(base: Any, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> Any:
@@ -285,7 +335,7 @@ def load_config(
             try:
                 cfg = merge(cfg, set_values, prefix="--")
             except KormedError as exc:
-                raise flag_error(exc) from None
+                raise flag_error(exc, cls) from None
     return cfg
 
 
@@ -297,7 +347,16 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 
-def _document(cls: type, obj: Any, indent: int) -> list[str]:
+def _flags_text(path: tuple[str, ...], aliases: tuple[str, ...]) -> str:
+    """The command-line flags of a field, as kormed.flags generates them: the dotted flag, then the aliases."""
+    dotted = "--" + ".".join(p.replace("_", "-") for p in path)
+    return ", ".join([dotted, *(a for a in aliases if a != dotted)])
+
+
+def _document(
+    cls: type, obj: Any, indent: int, path: tuple[str, ...] = (), path_aliases: tuple[str, ...] = ()
+) -> list[str]:
+    """Commented YAML of `obj`: each key with its help above and its command-line flags beside it."""
     lines: list[str] = []
     pad = "  " * indent
     for f in dataclasses.fields(cls):
@@ -308,14 +367,15 @@ def _document(cls: type, obj: Any, indent: int) -> list[str]:
                 lines.append(f"{pad}# {hl}")
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
-            lines.extend(_document(type(value), value, indent + 1))
+            lines.extend(_document(type(value), value, indent + 1, path + (f.name,), f.metadata.get("flags", ())))
         elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
             lines.append(f"{pad}{f.name}:")
             for k, v in value.items():
                 lines.append(f"{pad}  {k}:")
                 lines.extend(_document(type(v), v, indent + 2))
         else:
-            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+            aliases = tuple(f.metadata.get("flags", ())) + (path_aliases if f.name == "path" else ())
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}")
     return lines
 
 
@@ -323,10 +383,7 @@ def defaults_yaml(sections: list[str] | None = None) -> str:
     """Every default of every registered section, as commented YAML (the documented reference)."""
     out: list[str] = []
     for section in sections or list(CONFIG_SECTIONS):
-        try:
-            cls = section_class(section)
-        except (ImportError, AttributeError):
-            continue  # a stage not built yet
+        cls = section_class(section)
         out.append(f"{section}:")
         out.extend(_document(cls, cls(), 1))
         out.append("")
@@ -346,11 +403,13 @@ def defaults_markdown() -> str:
         "range, a number that is not finite (`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are",
         "errors naming the file and `section.key` (or, on the command line, the flag).",
         "",
+        "Every key is also a flag of the command that reads its section (after `#` below): a top-level key as",
+        "`--key`, a nested one dotted (`--lora.r`, `--train.warmup-ratio`), plus a short alias for some",
+        "(`--lr`). A bool is `--key/--no-key`; a list or mapping takes YAML (`--lora.target-modules q_proj,v_proj`).",
+        "A flag left out changes nothing. `--config` takes a file with this section, a pipeline file or a run's",
+        "`resolved_config.yaml`: each command reads only its own section.",
+        "",
     ]
     for section in CONFIG_SECTIONS:
-        try:
-            section_class(section)
-        except (ImportError, AttributeError):
-            continue
         parts += [f"## `{section}`", "", "```yaml", defaults_yaml([section]).rstrip(), "```", ""]
     return "\n".join(parts)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from kormed.config import PIPELINE_KEYS as TOP_LEVEL_KEYS  # the one list of a pipeline file's top-level keys
 from kormed.config import merge, read_yaml
 from kormed.errors import KormedError
 from kormed.io import check_output_path, read_json, write_json
@@ -37,18 +38,6 @@ STAGE_DIRS: dict[str, str] = {
     "loop": "loop",
     "eval": "eval",
 }
-TOP_LEVEL_KEYS = (
-    "name",
-    "description",
-    "run_dir",
-    "stages",
-    "model",
-    "device",
-    "data_root",
-    "report_to",
-    "eval_targets",
-    "launcher",
-)
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 # files above this size are fingerprinted by size, mtime and their first/last MiB instead of a full hash

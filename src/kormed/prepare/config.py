@@ -43,45 +43,61 @@ class FileSourceConfig:
     multiplier: int = opt(5, "Each record is written this many times (medical data x5 in both seeds).")
 
 
-def _plain(path: str, cleaner: str, *, namespace: bool = False, help: str) -> Any:  # noqa: A002
+def _plain(path: str, cleaner: str, *, namespace: bool = False, help: str, flag: str) -> Any:  # noqa: A002
     return dataclasses.field(
         default_factory=lambda: PlainSourceConfig(
             path=path,
             cleaner=cleaner,
             main_namespace_only=namespace,  # type: ignore[arg-type]
         ),
-        metadata={"help": help},
+        metadata={"help": help, "flags": (flag,), "path": True},  # `--namu-wiki DIR` sets namu_wiki.path
     )
 
 
-def _file(path: str, help: str) -> Any:  # noqa: A002
-    return dataclasses.field(default_factory=lambda: FileSourceConfig(path=path), metadata={"help": help})
+def _file(path: str, help: str, flag: str) -> Any:  # noqa: A002
+    return dataclasses.field(
+        default_factory=lambda: FileSourceConfig(path=path), metadata={"help": help, "flags": (flag,), "path": True}
+    )
 
 
 @dataclass
 class PrepareConfig:
     """Everything `kormed prepare` reads: sources, filters, sampling, mixing and outputs."""
 
-    data_root: str = opt(".", "Directory in the seeds' layout (data/01_raw/..., data/02_refined/...).")
+    data_root: str = opt(".", "Directory in the seeds' layout (data/01_raw/..., data/02_refined/...).", cli_path=True)
     out: str = opt(
         "",
         f"Output JSONL; empty = {DEFAULT_OUT} under data_root. Beside it go <name>.val.jsonl and <name>.stats.json.",
+        cli_path=True,
     )
     namu_wiki: PlainSourceConfig = _plain(
-        "data/01_raw/00_korean/namu_wiki", "namumark", namespace=True, help="Namu Wiki dump (NamuMark markup)."
+        "data/01_raw/00_korean/namu_wiki", "namumark", namespace=True, help="Namu Wiki dump (NamuMark markup).",
+        flag="--namu-wiki",
     )
     wikipedia_korean: PlainSourceConfig = _plain(
-        "data/01_raw/00_korean/wikipedia-korean", "wiki", help="Korean Wikipedia (plain text with leftovers)."
+        "data/01_raw/00_korean/wikipedia-korean", "wiki", help="Korean Wikipedia (plain text with leftovers).",
+        flag="--wikipedia-korean",
     )
-    c4_korean: PlainSourceConfig = _plain("data/01_raw/00_korean/c4_korean", "wiki", help="Korean C4 web text.")
+    c4_korean: PlainSourceConfig = _plain(
+        "data/01_raw/00_korean/c4_korean", "wiki", help="Korean C4 web text.", flag="--c4-korean"
+    )
     mcq: FileSourceConfig = _file(
         "data/01_raw/02_kor_med_test/train.jsonl",
         "KorMedMCQA questions (train split only: the test split is for evaluation and never enters the corpus).",
+        "--mcq",
     )
-    medical_dict: FileSourceConfig = _file("data/02_refined/01_medical_dict.json", "Medical dictionary.")
-    char_dict: FileSourceConfig = _file("data/02_refined/02_char_dict.json", "Medical symbol dictionary.")
+    medical_dict: FileSourceConfig = _file(
+        "data/02_refined/01_medical_dict.json", "Medical dictionary.", "--medical-dict"
+    )
+    char_dict: FileSourceConfig = _file(
+        "data/02_refined/02_char_dict.json", "Medical symbol dictionary.", "--char-dict"
+    )
     plain_docs: int = opt(100_000, "Plain-text documents sampled across the plain sources (after filtering).")
-    all: bool = opt(False, "Use every plain document that passes the filters instead of sampling plain_docs.")
+    all: bool = opt(
+        False,
+        "Use every plain document that passes the filters instead of sampling plain_docs.",
+        flags=("--all/--sample",),
+    )
     plain_mix: Literal["proportional", "weights"] = opt(
         "proportional",
         "How plain_docs is split across plain sources: in proportion to their row counts, or by their `weight`.",

@@ -38,6 +38,7 @@ class LoraOptions:
         False,
         "Also train the token embeddings. Gemma ties embed_tokens and lm_head: kormed trains ONE tied matrix\n"
         "(PEFT modules_to_save with ensure_weight_tying), so saving, reloading and merging stay consistent.",
+        flags=("--train-embeddings",),
     )
     embedding_rows: Literal["all", "new"] = opt(
         "all",
@@ -61,23 +62,26 @@ class LoraOptions:
 class TrainOptions:
     """HF Trainer settings shared by every training stage (seeds' defaults: batch 2 x accumulation 16, lr 2e-5)."""
 
-    batch_size: int = opt(2, "Sequences per device per micro-batch.")
+    batch_size: int = opt(2, "Sequences per device per micro-batch.", flags=("--batch-size",))
     grad_accum: int = opt(
         16,
         "Gradient accumulation steps for ONE process. Effective batch = batch_size x grad_accum (32 sequences);\n"
         "under `accelerate launch` with N processes the accumulation is divided by N to keep it (see scale_accum).",
+        flags=("--grad-accum",),
     )
     scale_accum: bool = opt(
         True, "Keep the effective batch constant when processes are added: grad_accum / world_size per process."
     )
-    lr: float = opt(2e-5, "Peak learning rate.")
+    lr: float = opt(2e-5, "Peak learning rate.", flags=("--lr",))
     warmup_ratio: float = opt(0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.")
     scheduler: str = opt("cosine", "Decay after warmup: cosine, linear, constant_with_warmup (HF scheduler names).")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases, norms or embeddings).")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps is set).")
-    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides epochs).")
-    eval_steps: int = opt(50, "Validate every N optimizer steps.")
+    epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps is set).", flags=("--epochs",))
+    max_steps: int | None = opt(
+        None, "Stop after this many optimizer steps (overrides epochs).", flags=("--max-steps",)
+    )
+    eval_steps: int = opt(50, "Validate every N optimizer steps.", flags=("--eval-steps",))
     save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).")
     save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = opt(10, "Log the training loss every N optimizer steps.")
@@ -88,14 +92,15 @@ class TrainOptions:
         "null (auto): on for CUDA (the seeds' setting; GPU memory is the limit), off on CPU (measured 1.6x the\n"
         "tokens/s on the embedded model, benchmarks/README.md). true / false force it.",
     )
-    seed: int = seed_opt(42, "Seed of the data order, dropout and initialisation.")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).")
+    seed: int = seed_opt(42, "Seed of the data order, dropout and initialisation.", flags=("--seed",))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).", flags=("--device",))
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
         "Compute precision. auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX-BF16 /\n"
         "AVX512-BF16 flags; about 3x fp32's rate), else fp32. bf16 = frozen base weights in bf16 + bf16 autocast;\n"
         "trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
+        flags=("--dtype",),
     )
     quantize: Literal["none", "4bit"] = opt(
         "none",
@@ -103,6 +108,7 @@ class TrainOptions:
         "bf16 compute; embeddings, lm_head, norms and a vision tower stay unquantized) and LoRA trains on top.\n"
         "Needs `pip install kormed[qlora]`. The adapter records it (kormed_adapter.json): continuing it, SFT from\n"
         "it, the loop, eval and `kormed eval ppl` load its base in 4-bit without being told.",
+        flags=("--quantize",),
     )
     loss_impl: Literal["auto", "liger", "chunked", "full"] = opt(
         "auto",

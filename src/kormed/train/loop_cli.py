@@ -1,0 +1,21 @@
+"""How `kormed train loop` prints its result (the command itself is a row of kormed.cli.COMMANDS)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from kormed.stop_reason import StopReason
+
+
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """One line per round, then the best round; exit 130 when the loop stopped before its target or last round."""
+    for row in result["rounds"]:
+        typer.echo(f"round {row['round']} ({row['kind']}): accuracy {row['accuracy']:.2%} "
+                   f"({row['correct']}/{row['total']})")
+    typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} "
+               f"{result['best_accuracy']:.2%}; adapter in {result['best_adapter']}")
+    if result["stop_reason"] not in (StopReason.TARGET_REACHED, StopReason.MAX_ROUNDS):
+        sys.exit(130)
