@@ -33,8 +33,20 @@ CONFIG_SECTIONS: dict[str, str] = {
 }
 
 
-# Top-level keys of a pipeline file (`kormed run`) that are not stage sections.
-PIPELINE_KEYS = ("name", "run_dir", "stages", "report_to", "description")
+# Top-level keys of a pipeline file (`kormed run`, and the resolved_config.yaml it writes) that are not stage
+# sections: the one list, read by pipeline.run and by every stage command given such a file with --config.
+PIPELINE_KEYS = (
+    "name",
+    "description",
+    "run_dir",
+    "stages",
+    "model",
+    "device",
+    "data_root",
+    "report_to",
+    "eval_targets",
+    "launcher",
+)
 
 # What numpy, torch and Python's random all accept as a seed.
 SEED_RANGE = (0, 2**32 - 1)
