@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
 from kormed.errors import KormedError
 from kormed.io import atomic_write, check_output_path
 from kormed.pipeline import results
@@ -48,8 +51,6 @@ def _load_json(path: Path) -> Any | None:
 
 def read_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the TensorBoard event files under `root` (recursively), merged by tag and step."""
-    from tensorboard.backend.event_processing import event_accumulator
-
     series: dict[str, dict[int, float]] = {}
     dirs = sorted({p.parent for p in root.rglob(_EVENT_GLOB)}) if root.is_dir() else []
     for d in dirs:
@@ -230,6 +231,7 @@ def collect(run_dir: str | Path) -> ReportData:
 
 
 def _plt():
+    # imported when a plot is drawn: the Agg backend must be chosen before pyplot is first imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,9 +244,7 @@ def _plt():
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _plt().close(fig)
     return buf.getvalue()
 
 
@@ -360,8 +360,6 @@ def _bar(labels: list[str], values: list[float], *, title: str, ylabel: str, fmt
 
 def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, title: str, ylabel: str,
                  ylim: tuple[float, float] | None = None) -> bytes:
-    import numpy as np
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(series)) * 0.45 + 2), 3.4))
     x = np.arange(len(groups))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,9 +328,6 @@ def to_json(result: Any) -> Any:
 
 def _build(cls: Any, data: Any, path: Path, where: str) -> Any:
     """`cls` (a result dataclass, a StopReason, a list/dict/optional of them) from parsed JSON, checked."""
-    import types
-    import typing
-
     origin = typing.get_origin(cls)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(cls)
