@@ -87,7 +87,7 @@ def run_dir(tmp_path: Path) -> Path:
     _write(rd / "cpt" / "training_info.json", {
         "stop_reason": "early_stopping", "stop_step": 30, "global_step": 30, "tokens_seen": 120000,
         "wall_time_s": 400.0, "config": {"train": {"target_perplexity": 3.0}},
-        "best_eval": {"step": 20, "epoch": 0.5, "eval_loss": 3.0, "eval_perplexity": 20.09},
+        "best_eval": {"step": 20, "epoch": 0.5, "eval_loss": 3.0, "eval_perplexity": 20.09, "eval_runtime": 1.5},
         "last_eval": {"step": 30, "epoch": 0.7, "eval_loss": 2.6, "eval_perplexity": 13.46},
     })
     # SFT: no TensorBoard events, only the Trainer's log_history (fallback path)
@@ -240,8 +240,9 @@ def _loop_dir(rd: Path) -> None:
     for i, (kind, acc) in enumerate((("start", 0.3), ("dict", 0.35), ("mcq", 0.55))):
         d = rd / "loop" / (f"round{i:02d}_{kind}" if i else "round00_start")
         d.mkdir(parents=True, exist_ok=True)
-        if i:
-            _write(d / "training_info.json", {"stop_reason": "max_steps", "stop_step": 4, "global_step": 4})
+        # round 0 is the adapter saved before the first round: model info, no stop record (not a trainer run)
+        _write(d / "training_info.json", {"stop_reason": "max_steps", "stop_step": 4, "global_step": 4} if i
+               else {"stage": "loop", "round": 0})
         rounds.append({"round": i, "kind": kind, "adapter": str(d), "accuracy": acc, "correct": round(acc * 20),
                        "total": 20, "unparseable": 0, "global_step": 4 if i else None,
                        "stop_reason": "max_steps" if i else None, "metrics": None})

@@ -68,6 +68,7 @@ STAGES: tuple[StageInfo, ...] = (
 
 STAGE_ORDER: tuple[str, ...] = tuple(s.name for s in STAGES)
 STAGE_DIRS: dict[str, str] = {s.name: s.output_dir for s in STAGES}
+STAGE_SECTIONS: dict[str, str] = {s.name: s.section for s in STAGES}
 STAGE_TITLES: dict[str, str] = {s.name: s.title for s in STAGES}
 TRAINING_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.trains)
 _BY_NAME = {s.name: s for s in STAGES}

@@ -40,12 +40,17 @@ def _reason(value: Any, path: Path) -> StopReason:
         raise KormedError(f"unknown stop_reason {value!r} (known: {known})", path=path, field="stop_reason") from None
 
 
+_NOT_QUALITY = ("_runtime", "_per_second", "_tokens")  # how long an evaluation took and on how much, not how well
+
+
 def _metrics(entry: Any) -> dict[str, float]:
-    """The eval_* numbers of one evaluation record of training_info.json (`last_eval`, `best_eval`)."""
+    """The eval_* quality numbers (losses, perplexities, accuracies) of one evaluation record of
+    training_info.json (`last_eval`, `best_eval`)."""
     if not isinstance(entry, dict):
         return {}
     return {k: float(v) for k, v in entry.items()
-            if k.startswith("eval_") and isinstance(v, int | float) and not isinstance(v, bool)}
+            if k.startswith("eval_") and not k.endswith(_NOT_QUALITY) and isinstance(v, int | float)
+            and not isinstance(v, bool)}
 
 
 # --------------------------------------------------------------------------------------------------- prepare
@@ -176,12 +181,15 @@ def train_result(unit_dir: str | Path, name: str | None = None) -> TrainResult:
 
 
 def _units(stage_dir: Path, pattern: re.Pattern[str]) -> list[TrainResult]:
-    """The finished-or-stopped trainer runs in numbered subdirectories (step1.., round01_dict..), in order."""
+    """The finished-or-stopped trainer runs in numbered subdirectories (step1.., round01_dict..), in order. A
+    directory whose training_info.json has no stop record is a saved adapter, not a trainer run (the loop's
+    round00_start: the model before the first round) and is left out."""
     found = []
     if stage_dir.is_dir():
         for d in stage_dir.iterdir():
             m = pattern.match(d.name)
-            if m and d.is_dir() and (d / TRAINING_INFO).is_file():
+            info_file = d / TRAINING_INFO
+            if m and info_file.is_file() and "stop_reason" in read_json(info_file, what="training info"):
                 found.append((int(m.group(1)), d.name, train_result(d)))
     return [r for _, _, r in sorted(found, key=lambda t: (t[0], t[1]))]
 

@@ -31,7 +31,7 @@ from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.io import atomic_write, check_output_path, read_json, write_json
 from kormed.model_card import write_run_cards
-from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER
+from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result
 from kormed.pipeline.spec import Log, Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
@@ -88,10 +88,10 @@ def pipeline_from_mapping(
     """Build a Pipeline from a parsed YAML mapping (top-level keys + stage sections), checking every key."""
     src = Path(source) if source is not None else None
     for key in data:
-        if key not in PIPELINE_KEYS and key not in STAGE_ORDER:
+        if key not in PIPELINE_KEYS and key not in STAGE_SECTIONS.values():
             raise KormedError(
                 f"unknown key '{key}' (pipeline keys: {', '.join(PIPELINE_KEYS)}; stage sections: "
-                f"{', '.join(STAGE_ORDER)})",
+                f"{', '.join(STAGE_SECTIONS.values())})",
                 path=src,
             )
     name = data.get("name")
@@ -100,10 +100,10 @@ def pipeline_from_mapping(
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise KormedError(f"expected a plain run name, got {name!r}", path=src, field="name")
     sections: dict[str, dict[str, Any]] = {}
-    for stage in STAGE_ORDER:
-        value = data.get(stage) or {}
+    for stage, section in STAGE_SECTIONS.items():
+        value = data.get(section) or {}
         if not isinstance(value, dict):
-            raise KormedError("a stage section must be a mapping of options", path=src, field=stage)
+            raise KormedError("a stage section must be a mapping of options", path=src, field=section)
         sections[stage] = value
     rt = report_to if report_to is not None else data.get("report_to", ["tensorboard"])
     if isinstance(rt, str):
@@ -166,12 +166,13 @@ def resolve_configs(pipeline: Pipeline, specs: dict[str, StageSpec], log: Log = 
                               hint="the kormed installation is incomplete: reinstall it (`pip install -e .`), "
                                    f"or disable the stage with `stages: {{{stage}: false}}`") from exc
         cfg = cls()
+        prefix = f"{STAGE_SECTIONS[stage]}."  # errors name the key as the file spells it: cpt.train.lr
         wiring = filter_fields(cls, spec.wire(ctx))
         if wiring:
-            cfg = merge(cfg, _plain(wiring), prefix=f"{stage}.")
+            cfg = merge(cfg, _plain(wiring), prefix=prefix)
         section = pipeline.sections.get(stage) or {}
         if section:
-            cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=f"{stage}.")
+            cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=prefix)
         ctx.configs[stage] = cfg
     return ctx
 
@@ -290,8 +291,8 @@ def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> str:
     assert spec.command is not None and ctx.pipeline.launcher
     config_file = ctx.run_dir / "configs" / f"{spec.name}.yaml"
     # every section of the run (the stage's command may read a neighbour, e.g. cpt reads `tokenizer`'s CPT options)
-    sections = {name: _plain(c) for name, c in ctx.configs.items()}
-    sections[spec.name] = _plain(cfg)
+    sections = {STAGE_SECTIONS[name]: _plain(c) for name, c in ctx.configs.items()}
+    sections[STAGE_SECTIONS[spec.name]] = _plain(cfg)
     with atomic_write(config_file) as fh:
         yaml.safe_dump(sections, fh, allow_unicode=True, sort_keys=False)
     try:
@@ -416,7 +417,7 @@ def _write_resolved(pipeline: Pipeline, ctx: RunContext) -> None:
             doc[key] = getattr(pipeline, key)
     doc["report_to"] = list(pipeline.report_to)
     for stage, cfg in ctx.configs.items():
-        doc[stage] = _plain(cfg)
+        doc[STAGE_SECTIONS[stage]] = _plain(cfg)
     with atomic_write(pipeline.run_dir / "resolved_config.yaml") as fh:
         yaml.safe_dump(doc, fh, allow_unicode=True, sort_keys=False)
 
