@@ -305,6 +305,7 @@ def test_report_reads_the_typed_results(run_dir: Path):
     assert "0.875" in html and "0.250" not in html
     assert "c4_korean: dup" in html and "namu_wiki: too_short" not in html
     assert "best: eval_loss=3, eval_perplexity=20.09" in html and "final: eval_loss=2.6" in html
+    assert "eval_runtime" not in html  # how long an evaluation took is not a metric of the model
     assert "Loop rounds" in html and "55.0%" in html and "Best: round 2 (55.0%)" in html
     assert "loop/round02_mcq" in html and "loop: max_rounds" in html
     # a broken result file: its section says why, the rest of the report is written
