@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ CORPUS_NAME = "raw_text_mixed.jsonl"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def _section_class(stage: str):
+def _section_class(stage: str) -> Callable[[], type]:
     """The stage's config dataclass, from its registry section (config.CONFIG_SECTIONS names the class)."""
     return lambda: section_class(stage_info(stage).section)
 
