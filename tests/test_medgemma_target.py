@@ -203,6 +203,6 @@ def test_example_pipelines_load(name, tmp_path):
     from kormed.pipeline.stages import default_specs
 
     pipeline = load_pipeline(ROOT / "examples" / "pipelines" / name, run_dir=tmp_path / "run")
-    ctx, unavailable = resolve_configs(pipeline, default_specs(), log=lambda m: None)
-    assert not unavailable and "medgemma" in pipeline.model
+    ctx = resolve_configs(pipeline, default_specs(), log=lambda m: None)  # a stage that fails to import raises
+    assert "medgemma" in pipeline.model
     assert ctx.configs["cpt"].model == pipeline.model

@@ -14,7 +14,9 @@ import pytest
 
 from kormed.config import opt
 from kormed.errors import KormedError
+from kormed.pipeline import results
 from kormed.pipeline.run import (
+    StageInterrupted,
     StageSpec,
     fingerprint,
     load_pipeline,
@@ -22,6 +24,7 @@ from kormed.pipeline.run import (
     read_state,
     run_pipeline,
 )
+from kormed.stop_reason import StopReason
 
 
 @dataclasses.dataclass
@@ -267,19 +270,17 @@ def test_failed_stage_is_recorded_and_resumed_on_rerun(setup):
     assert read_state(tmp_path / "run")["stages"]["eval"]["status"] == "done"
 
 
-def test_unavailable_stage_is_reported_not_faked(tmp_path):
+def test_stage_that_cannot_be_imported_is_an_error(tmp_path):
+    """A stage whose code fails to import stops the run before anything runs (it used to be skipped as
+    'unavailable', and later stages silently started from the base model)."""
     source = tmp_path / "source.txt"
     source.write_text("텍스트", encoding="utf-8")
     fakes = Fakes(source, cpt_available=False)
-    logs: list[str] = []
-    run_pipeline(_pipeline(tmp_path), specs=fakes.specs(), log=logs.append, report=False)
-    assert fakes.calls == ["prepare", "eval"]
-    state = read_state(tmp_path / "run")
-    assert state["stages"]["cpt"]["status"] == "unavailable"
-    assert "kormed.train.cpt" in state["stages"]["cpt"]["reason"]
-    assert any("[cpt] unavailable" in m for m in logs)
-    # eval's wiring fell back to the base model (no adapter) instead of pointing at a cpt dir that never existed
-    assert json.loads((tmp_path / "run" / "eval" / "kormedmcqa_final.json").read_text())["target"] == "base"
+    with pytest.raises(KormedError, match="stage 'cpt' cannot be loaded") as info:
+        run_pipeline(_pipeline(tmp_path), specs=fakes.specs(), log=lambda m: None, report=False)
+    assert "kormed.train.cpt" in str(info.value) and info.value.field == "stages"
+    assert fakes.calls == []
+    assert not (tmp_path / "run" / "state.json").exists()
 
 
 def test_disabled_stage_and_file_section_override_wiring(setup):
@@ -368,7 +369,7 @@ def test_launcher_runs_the_stage_command_with_its_resolved_config(setup):
     )
     specs = fakes.specs()
     specs["cpt"] = dataclasses.replace(specs["cpt"], command=("train", "cpt"),
-                                       collect=lambda cfg, ctx: {"read_back": True})
+                                       result=lambda cfg, ctx: results.train_result(cfg.output, "cpt"))
     pipe = _pipeline(tmp_path)
     pipe.launcher = f"{sys.executable} {fake_launcher}"
     run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
@@ -376,7 +377,10 @@ def test_launcher_runs_the_stage_command_with_its_resolved_config(setup):
     assert "cpt" not in fakes.calls  # the in-process function was not used
     assert (run / "cpt" / "adapter.txt").read_text(encoding="utf-8").endswith("|launched -m kormed.cli train cpt")
     assert (run / "configs" / "cpt.yaml").is_file()
-    assert read_state(run)["stages"]["cpt"]["result"] == {"read_back": True}
+    # its result is read back from the files it wrote (typed, the long list left out of state.json)
+    entry = read_state(run)["stages"]["cpt"]["result"]
+    assert entry["stop_reason"] == "max_steps" and entry["name"] == "cpt" and "rows" not in entry
+    assert results.read_result(run / "cpt", "cpt").stop_reason is StopReason.MAX_STEPS
     pipe = _pipeline(tmp_path, cpt={"fail": True})
     pipe.launcher = f"{sys.executable} {fake_launcher}"
     with pytest.raises(KormedError, match="exit code 3"):
@@ -401,6 +405,9 @@ def test_tensorboard_gathered_and_report_written_at_the_end(setup):
         for step in (1, 2, 3):
             writer.add_scalar("train/loss", 3.0 / step, step)
         writer.close()
+        # the stop record every real trainer run writes: the report lists a run by it
+        (Path(cfg.output) / "training_info.json").write_text('{"stop_reason": "completed", "global_step": 3}',
+                                                              encoding="utf-8")
         return result
 
     specs["cpt"] = dataclasses.replace(specs["cpt"], run=cpt_with_logs)
@@ -411,3 +418,72 @@ def test_tensorboard_gathered_and_report_written_at_the_end(setup):
     assert list((run / "tensorboard" / "prepare" / "kormed_summary").glob("events.out.tfevents.*"))
     html = (run / "report.html").read_text(encoding="utf-8")
     assert "curves_cpt.png" in html and (run / "report.md").is_file()
+
+
+def _fake_cpt_result(cfg: TrainCfg, ctx) -> results.TrainResult:
+    return results.TrainResult(name="cpt", adapter=cfg.output, stop_reason=StopReason.COMPLETED, stop_step=cfg.steps,
+                               global_step=cfg.steps, tokens_seen=None, wall_time_s=None)
+
+
+# state.json as the runner wrote it before stage results existed (run in a directory holding source.txt, with
+# run_dir "run": the paths, and so the hashes, are relative and the same on every machine)
+OLD_STATE = {
+    "version": 1, "name": "old", "pipeline": None, "order": ["prepare", "cpt", "eval"],
+    "created": "2026-12-03T05:06:12+00:00", "updated": "2026-12-03T05:06:14+00:00",
+    "stages": {
+        "prepare": {"status": "done", "output_dir": "corpus", "wall_s": 0.001, "cpu_s": 0.0,
+                    "hash": "bf06f5e55279d87b43c0b60adaf249f76c037f45f396b43f3b7e814460d3270d",
+                    "finished": "2026-12-03T05:06:12+00:00", "result": {"chars": 10}},
+        "cpt": {"status": "done", "output_dir": "cpt", "wall_s": 0.0, "cpu_s": 0.0,
+                "hash": "ae77f910339689525e8a984f2aa348e3575b3550cbb8b8ee22d0c3ff816f300b",
+                "finished": "2026-12-03T05:06:14+00:00", "result": {"tokens_per_second": 123.0}},
+        "eval": {"status": "done", "output_dir": "eval", "wall_s": 0.0, "cpu_s": 0.0,
+                 "hash": "df465846e4262107ccdc89d625914add75d756e2052c1f946cab9598e69613dc",
+                 "finished": "2026-12-03T05:06:14+00:00", "result": {"accuracy": 0.5}},
+    },
+}
+
+
+def test_run_dir_made_before_stage_results_is_still_finished(tmp_path, monkeypatch):
+    """A run directory written by the runner before kormed_result.json existed is recognised as finished (same
+    hashes): nothing reruns, and the result file of a stage that has one is written from its files."""
+    monkeypatch.chdir(tmp_path)
+    Path("source.txt").write_text("한국어 의학 텍스트", encoding="utf-8")
+    run = Path("run")
+    for rel, text in (("corpus/corpus.txt", "한국어 의학 텍스트"), ("cpt/adapter.txt", "한국어 의학 텍스트|steps=2"),
+                      ("eval/kormedmcqa_final.json", '{"accuracy": 0.5, "target": "run/cpt"}'),
+                      ("state.json", json.dumps(OLD_STATE, ensure_ascii=False))):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(text, encoding="utf-8")
+    fakes = Fakes(Path("source.txt"))
+    specs = fakes.specs()
+    specs["cpt"] = dataclasses.replace(specs["cpt"], result=_fake_cpt_result)
+    pipe = pipeline_from_mapping({"name": "old", "run_dir": "run", "stages": ["prepare", "cpt", "eval"]})
+    run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
+    assert fakes.calls == []
+    assert results.read_result(run / "cpt", "cpt") == _fake_cpt_result(TrainCfg(output="run/cpt"), None)
+    # the result file is not part of cpt's output hash: eval (whose input is the cpt directory) stays current
+    run_pipeline(pipe, specs=specs, log=lambda m: None, report=False)
+    assert fakes.calls == []
+    assert read_state(run)["stages"]["eval"]["hash"] == OLD_STATE["stages"]["eval"]["hash"]
+
+
+def test_runner_writes_and_checks_the_typed_result(setup):
+    tmp_path, _source, fakes = setup
+    specs = fakes.specs()
+    specs["cpt"] = dataclasses.replace(specs["cpt"], result=_fake_cpt_result)
+    run_pipeline(_pipeline(tmp_path), specs=specs, log=lambda m: None, report=False)
+    run = tmp_path / "run"
+    written = results.read_result(run / "cpt", "cpt")
+    assert written.stop_reason is StopReason.COMPLETED and written.stop_step == 2
+    assert read_state(run)["stages"]["cpt"]["result"]["stop_reason"] == "completed"
+
+    # a stage whose result says it was interrupted is recorded as such (resumable), and the run stops there
+    def interrupted(result):
+        raise StageInterrupted("stopped early")
+
+    specs["cpt"] = dataclasses.replace(specs["cpt"], check=interrupted)
+    fakes.calls.clear()
+    with pytest.raises(StageInterrupted):
+        run_pipeline(_pipeline(tmp_path, cpt={"steps": 3}), specs=specs, log=lambda m: None, report=False)
+    assert fakes.calls == ["cpt"] and read_state(run)["stages"]["cpt"]["status"] == "interrupted"

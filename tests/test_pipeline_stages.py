@@ -9,37 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from kormed.config import section_class
+from kormed.config import CONFIG_SECTIONS, section_class
 from kormed.errors import KormedError
+from kormed.pipeline import registry, report, run
 from kormed.pipeline.commands import demo_pipeline_path
-from kormed.pipeline.run import STAGE_ORDER, load_pipeline, pipeline_from_mapping, resolve_configs
-from kormed.pipeline.stages import default_specs, eval_targets
+from kormed.pipeline.registry import STAGE_ORDER
+from kormed.pipeline.run import load_pipeline, pipeline_from_mapping, resolve_configs
+from kormed.pipeline.spec import Pipeline, RunContext
+from kormed.pipeline.stages import default_specs, eval_targets, final_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples" / "pipelines").glob("*.yaml"))
 
 
-def _specs_on_config_classes():
-    """The real specs, but 'available' as soon as the config class exists (the wiring does not need the trainer)."""
-    specs = default_specs()
-    out = {}
-    for name, spec in specs.items():
-        try:
-            section_class(name)
-        except (ImportError, AttributeError):
-            continue
-        out[name] = dataclasses.replace(spec, config_cls=lambda n=name: section_class(n))
-    return out
-
-
 def _resolve(pipeline):
-    specs = _specs_on_config_classes()
-    missing = [s for s in STAGE_ORDER if s not in specs]
-    if missing:
-        pytest.skip(f"config classes not available yet: {missing}")
-    ctx, unavailable = resolve_configs(pipeline, specs, log=lambda m: None)
-    assert unavailable == {}
-    return ctx
+    return resolve_configs(pipeline, default_specs(), log=lambda m: None)
 
 
 @pytest.mark.parametrize("path", [demo_pipeline_path(), *EXAMPLES], ids=lambda p: Path(p).name)
@@ -109,3 +93,58 @@ def test_unknown_option_in_the_pipeline_names_file_and_key(tmp_path):
     with pytest.raises(KormedError, match=r"cpt\.train\.max_stepz") as info:
         _resolve(load_pipeline(p))
     assert str(p) in str(info.value)
+
+
+def test_the_registry_is_the_one_list_of_stages():
+    """Order, directories, titles, training stages and config sections all come from registry.STAGES."""
+    names = [s.name for s in registry.STAGES]
+    assert list(STAGE_ORDER) == names == list(default_specs())
+    assert run.STAGE_ORDER is registry.STAGE_ORDER
+    assert report.STAGE_TITLES is registry.STAGE_TITLES and report.TRAINING_STAGES is registry.TRAINING_STAGES
+    assert registry.TRAINING_STAGES == ("cpt", "sft", "loop")
+    ctx = RunContext(pipeline=Pipeline(name="x", run_dir=Path("r"), stages=names, sections={}))
+    for info in registry.STAGES:
+        assert info.section in CONFIG_SECTIONS  # config.py maps the section to its dataclass
+        assert default_specs()[info.name].config_cls() is section_class(info.section)
+        assert ctx.stage_dir(info.name) == Path("r") / info.output_dir
+        assert set(info.inputs) <= set(names[: names.index(info.name)])  # earlier stages only
+    # no other pipeline module spells out its own list of stage names or a fixed SFT step
+    src = Path(registry.__file__).parent
+    for path in src.glob("*.py"):
+        if path.name != "registry.py":
+            text = path.read_text(encoding="utf-8")
+            assert '"cpt", "sft", "loop"' not in text and "step4" not in text, path.name
+    with pytest.raises(KormedError, match="unknown stage 'train'"):
+        registry.stage_info("train")
+
+
+def test_sft_final_adapter_follows_the_configured_steps():
+    @dataclasses.dataclass
+    class ThreeSteps:
+        output: str = "out"
+
+        def steps(self):
+            return [(1, "a"), (2, "b"), (3, "c")]
+
+    @dataclasses.dataclass
+    class StepList:  # steps as a plain list field
+        output: str = "out"
+        steps: list = dataclasses.field(default_factory=lambda: ["a", "b"])
+
+    assert final_adapter("sft", ThreeSteps()) == str(Path("out") / "step3")
+    assert registry.sft_step_names(StepList()) == ["step1", "step2"]
+    assert final_adapter("loop", ThreeSteps()) == str(Path("out") / "best")
+    assert final_adapter("cpt", ThreeSteps()) == "out"
+    with pytest.raises(KormedError, match="leaves no adapter"):
+        final_adapter("eval", ThreeSteps())
+
+
+def test_previous_adapter_follows_the_registry_inputs(tmp_path):
+    pipeline = pipeline_from_mapping({"name": "x", "run_dir": str(tmp_path / "run"), "data_root": "sample",
+                                      "stages": ["cpt", "loop"]})
+    ctx = _resolve(pipeline)
+    # sft is not part of the run: the loop starts from the nearest training stage among its inputs, cpt
+    assert Path(ctx.configs["loop"].from_adapter) == (tmp_path / "run" / "cpt").absolute()
+    none = _resolve(pipeline_from_mapping({"name": "y", "run_dir": str(tmp_path / "r2"), "data_root": "sample",
+                                           "stages": ["sft"]}))
+    assert none.configs["sft"].from_adapter is None

@@ -56,6 +56,8 @@ def run_dir(tmp_path: Path) -> Path:
                 "ratio_text": f"{ratio * 100:.1f}%", "characters": chars, **extra}
 
     _write(rd / "corpus" / "raw_text_mixed.stats.json", {
+        "out": str(rd / "corpus" / "raw_text_mixed.jsonl"), "val": str(rd / "corpus" / "raw_text_mixed.val.jsonl"),
+        "lines": 145, "val_docs": 2,
         "table": [
             row("Korean Plain", 80, 1, 80, 90000, 0.55),
             row("namu_wiki", 50, 1, 50, 60000, 0.35, part_of="Korean Plain"),
@@ -83,8 +85,10 @@ def run_dir(tmp_path: Path) -> Path:
             writer.add_scalar("eval/perplexity", 40.0 - step, step)
     writer.close()
     _write(rd / "cpt" / "training_info.json", {
-        "stop_reason": "early_stopping", "stop_step": 30, "tokens_seen": 120000, "wall_time_s": 400.0,
-        "config": {"train": {"target_perplexity": 3.0}},
+        "stop_reason": "early_stopping", "stop_step": 30, "global_step": 30, "tokens_seen": 120000,
+        "wall_time_s": 400.0, "config": {"train": {"target_perplexity": 3.0}},
+        "best_eval": {"step": 20, "epoch": 0.5, "eval_loss": 3.0, "eval_perplexity": 20.09, "eval_runtime": 1.5},
+        "last_eval": {"step": 30, "epoch": 0.7, "eval_loss": 2.6, "eval_perplexity": 13.46},
     })
     # SFT: no TensorBoard events, only the Trainer's log_history (fallback path)
     for step_no, stop in ((1, "conditions_met"), (2, "max_steps")):
@@ -93,8 +97,9 @@ def run_dir(tmp_path: Path) -> Path:
         history += [{"step": s, "eval_qa_loss": 1.0 / s, "eval_raw_loss": 2.5} for s in (4, 8)]
         _write(d / "trainer_state.json", {"log_history": history})
         _write(d / "training_info.json", {
-            "stop_reason": stop, "stop_step": 8,
-            "stop_conditions": [{"metric": "eval_qa_loss", "threshold": 0.3, "op": "<"}],
+            "stop_reason": stop, "stop_step": 8, "global_step": 8, "stop_conditions": ["eval_qa_loss < 0.3"],
+            "conditions_at_stop": [{"condition": "eval_qa_loss < 0.3", "metric": "eval_qa_loss", "value": 0.125,
+                                    "threshold": 0.3, "holds": True}],
         })
     _write(rd / "eval" / "kormedmcqa_base.json", _mcq(0.25, 0.2, 0.3))
     _write(rd / "eval" / "kormedmcqa_cpt.json", _mcq(0.3, 0.3, 0.3))
@@ -227,3 +232,83 @@ def test_curve_tags_drop_summaries_and_duplicates():
     tags = curve_tags({"eval/loss": same, "eval/val_loss": list(same), "train/loss": [(1, 6.0), (2, 5.5)],
                        "train/train_loss": [(2, 5.7)], "eval/qa_loss": [(0, 5.0), (2, 3.0)]})
     assert tags == ["eval/qa_loss", "eval/val_loss", "train/loss"]
+
+
+def _loop_dir(rd: Path) -> None:
+    """The loop's files as `kormed train loop` writes them: loop_table.json and one training_info per round."""
+    rounds = []
+    for i, (kind, acc) in enumerate((("start", 0.3), ("dict", 0.35), ("mcq", 0.55))):
+        d = rd / "loop" / (f"round{i:02d}_{kind}" if i else "round00_start")
+        d.mkdir(parents=True, exist_ok=True)
+        # round 0 is the adapter saved before the first round: model info, no stop record (not a trainer run)
+        _write(d / "training_info.json", {"stop_reason": "max_steps", "stop_step": 4, "global_step": 4} if i
+               else {"stage": "loop", "round": 0})
+        rounds.append({"round": i, "kind": kind, "adapter": str(d), "accuracy": acc, "correct": round(acc * 20),
+                       "total": 20, "unparseable": 0, "global_step": 4 if i else None,
+                       "stop_reason": "max_steps" if i else None, "metrics": None})
+    _write(rd / "loop" / "loop_table.json", {
+        "target": 0.9, "eval_mode": "chat", "eval_data": "test.jsonl", "eval_questions": 20,
+        "baseline_raw_perplexity": None, "rounds": rounds, "stop_reason": "max_rounds", "best_round": 2,
+        "best_accuracy": 0.55, "best_adapter": str(rd / "loop" / "best")})
+
+
+def test_result_files_round_trip(run_dir: Path):
+    from kormed.pipeline import results
+    from kormed.stop_reason import StopReason
+
+    _loop_dir(run_dir)
+    for stage in ("prepare", "tokenizer", "cpt", "sft", "loop", "eval"):
+        d = run_dir / {"prepare": "corpus"}.get(stage, stage)
+        built = results.stage_result_from_files(stage, d)
+        assert isinstance(built, results.RESULT_TYPES[stage])
+        results.write_result(d, stage, built)
+        doc = json.loads((d / results.RESULT_FILE).read_text(encoding="utf-8"))
+        assert doc["schema"] == results.RESULT_SCHEMA and doc["stage"] == stage
+        assert results.read_result(d, stage) == built
+    cpt = results.read_result(run_dir / "cpt", "cpt")
+    assert cpt.stop_reason is StopReason.EARLY_STOPPING and cpt.best_metrics["eval_loss"] == 3.0
+    assert [t.label for t in cpt.thresholds] == ["target ppl < 3"]
+    sft = results.read_result(run_dir / "sft", "sft")
+    assert [s.name for s in sft.steps] == ["step1", "step2"] and sft.finished is False
+    assert sft.steps[0].thresholds[0].value == 0.3
+    loop = results.read_result(run_dir / "loop", "loop")
+    assert [r.name for r in loop.trained] == ["round01_dict", "round02_mcq"] and loop.rounds[0].stop_reason is None
+    assert loop.stop_reason is StopReason.MAX_ROUNDS
+    # a file of another stage or schema, or an unknown stop reason, is an error naming the file
+    with pytest.raises(KormedError, match="expected a 'cpt' result"):
+        results.read_result(run_dir / "sft", "cpt")
+    path = run_dir / "cpt" / results.RESULT_FILE
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["result"]["stop_reason"] = "bored"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(KormedError, match="unknown stop_reason 'bored'") as info:
+        results.read_result(run_dir / "cpt", "cpt")
+    assert str(path) in str(info.value)
+    with pytest.raises(TypeError):
+        results.write_result(run_dir / "cpt", "cpt", sft)
+
+
+def test_report_reads_the_typed_results(run_dir: Path):
+    """With kormed_result.json present, the report shows what it holds (not the stage files' numbers), including
+    the best-checkpoint metrics and the loop table."""
+    import dataclasses
+
+    from kormed.pipeline import results
+
+    _loop_dir(run_dir)
+    ev = results.eval_result(run_dir / "eval")
+    ev.targets["base"] = dataclasses.replace(ev.targets["base"], accuracy=0.875)
+    results.write_result(run_dir / "eval", "eval", ev)
+    prep = results.stage_result_from_files("prepare", run_dir / "corpus")
+    results.write_result(run_dir / "corpus", "prepare", dataclasses.replace(prep, drops={"c4_korean": {"dup": 9}}))
+    html = write_report(run_dir)[0].read_text(encoding="utf-8")
+    assert "0.875" in html and "0.250" not in html
+    assert "c4_korean: dup" in html and "namu_wiki: too_short" not in html
+    assert "best: eval_loss=3, eval_perplexity=20.09" in html and "final: eval_loss=2.6" in html
+    assert "eval_runtime" not in html  # how long an evaluation took is not a metric of the model
+    assert "Loop rounds" in html and "55.0%" in html and "Best: round 2 (55.0%)" in html
+    assert "loop/round02_mcq" in html and "loop: max_rounds" in html
+    # a broken result file: its section says why, the rest of the report is written
+    (run_dir / "eval" / results.RESULT_FILE).write_text("{broken", encoding="utf-8")
+    md = write_report(run_dir)[1].read_text(encoding="utf-8")
+    assert "evaluation: its result could not be read" in md and "Data distribution" in md

@@ -1,9 +1,11 @@
 """`kormed run` / `kormed demo` / `kormed report`: the whole pipeline from one YAML file, in one run directory.
 
-The runner is thin: each stage is a call into that stage's own API with its own config dataclass; the runner only
-wires one stage's outputs into the next stage's inputs, records what ran (state.json) and skips what is current.
+- `registry`: the one list of stages (name, config section, directory, title, inputs, final artefact);
+- `spec`: the parsed pipeline file, the run context and StageSpec (how the runner drives a stage);
+- `stages`: the real stages' wiring, each a call into that stage's own API;
+- `results`: each stage's typed result, written as `<stage dir>/kormed_result.json`;
+- `run`: the runner (state.json, skip what is current, --from, resume, launcher);
+- `report`: report.html / report.md from a run directory; `commands`: the CLI front.
+
+This package module imports none of them, so that `kormed --help` loads no stage code.
 """
-
-from kormed.pipeline.run import STAGE_ORDER, Pipeline, load_pipeline, run_pipeline
-
-__all__ = ["STAGE_ORDER", "Pipeline", "load_pipeline", "run_pipeline"]

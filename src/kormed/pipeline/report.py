@@ -1,14 +1,15 @@
 """`kormed report RUN_DIR`: one self-contained HTML page (plots inlined as base64 PNG) and a Markdown twin.
 
-Everything is read from files the stages wrote into the run directory; any missing piece becomes a section that
-says "not run" instead of an error:
+Everything is read from what the stages wrote into the run directory; any missing piece becomes a section that
+says "not run" (or why its file could not be read) instead of an error:
 
-- state.json (the runner): per-stage status, wall time, result summary;
-- corpus/*.stats.json (prepare): the distribution table and drop counts;
-- tokenizer/tokenizer_report.json (tokenizer extend): tokens per 1,000 characters before/after;
+- state.json (the runner): per-stage status, wall and CPU time;
+- each stage's typed result, `<stage dir>/kormed_result.json` (`kormed.pipeline.results`): the distribution table
+  and drop counts, tokens per 1,000 characters, stop reasons, final/best metrics and stop-condition thresholds,
+  the loop table, KorMedMCQA accuracy and perplexity per target. A run directory made before these files existed
+  is read from the stages' own files by the same builders (`results.stage_result_from_files`);
 - TensorBoard event files under tensorboard/<stage>/ (and the stages' own dirs), else trainer_state.json
-  log_history: loss and validation curves; training_info.json: stop reasons and the conditions' thresholds;
-- eval/*.json (eval): KorMedMCQA accuracy per target model and subset, perplexity.
+  log_history: the loss and validation curves.
 """
 
 from __future__ import annotations
@@ -24,18 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
 from kormed.errors import KormedError
 from kormed.io import atomic_write, check_output_path
+from kormed.pipeline import results
+from kormed.pipeline.registry import STAGE_DIRS, STAGE_TITLES, TRAINING_STAGES
+from kormed.pipeline.results import EvalResult, LoopResult, PrepareResult, TokenizerResult, TrainResult
 
-STAGE_TITLES = {
-    "prepare": "prepare (corpus)",
-    "tokenizer": "tokenizer extend",
-    "cpt": "CPT",
-    "sft": "SFT steps 1-4",
-    "loop": "dictionary <-> exam loop",
-    "eval": "evaluation",
-}
-TRAINING_STAGES = ("cpt", "sft", "loop")
 ASSET_DIR = "report_assets"
 _EVENT_GLOB = "events.out.tfevents.*"
 
@@ -53,8 +51,6 @@ def _load_json(path: Path) -> Any | None:
 
 def read_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the TensorBoard event files under `root` (recursively), merged by tag and step."""
-    from tensorboard.backend.event_processing import event_accumulator
-
     series: dict[str, dict[int, float]] = {}
     dirs = sorted({p.parent for p in root.rglob(_EVENT_GLOB)}) if root.is_dir() else []
     for d in dirs:
@@ -99,55 +95,50 @@ def _find_trainer_state(unit_dir: Path) -> Path | None:
 
 @dataclass
 class TrainingUnit:
-    """One trainer run: CPT, one SFT step or one loop round."""
+    """One trainer run (CPT, one SFT step or one loop round): its typed result and its curves."""
 
     stage: str
-    name: str  # "cpt", "sft/step1", "loop/round2"
-    info: dict[str, Any] = field(default_factory=dict)  # training_info.json
+    name: str  # "cpt", "sft/step1", "loop/round02_mcq"
+    result: TrainResult
+    info: dict[str, Any] = field(default_factory=dict)  # its training_info.json as written (for the model cards)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     source: str = ""  # where the curves came from
 
 
-def _unit_dirs(run_dir: Path, stage: str, stage_dir: Path) -> list[tuple[str, Path]]:
-    """(name, directory) of each trainer run of a training stage."""
-    if stage == "cpt":
-        return [("cpt", stage_dir)] if stage_dir.is_dir() else []
-    pattern = re.compile(r"^(step|round)(\d+)(_\w+)?$")
-    units = []
-    if stage_dir.is_dir():
-        for d in stage_dir.iterdir():
-            m = pattern.match(d.name)
-            if d.is_dir() and m:
-                units.append((int(m.group(2)), f"{stage}/{d.name}", d))
-    return [(name, d) for _, name, d in sorted(units)]
+def _curves(run_dir: Path, stage: str, name: str, unit_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """A trainer run's logged series: the run's TensorBoard copy, else its own TensorBoard logs, else the Trainer's
+    trainer_state.json; with where they came from."""
+    rel = Path(name).relative_to(stage) if "/" in name else Path()
+    tb_root = run_dir / "tensorboard" / stage / rel
+    scalars = read_scalars(tb_root) if tb_root.is_dir() else {}
+    if scalars:
+        return scalars, f"tensorboard/{stage}/{rel}".rstrip("/.")
+    scalars = read_scalars(unit_dir)
+    if scalars:
+        return scalars, f"{name}/runs"
+    ts = _find_trainer_state(unit_dir)
+    if ts is not None:
+        history = (_load_json(ts) or {}).get("log_history") or []
+        return scalars_from_log_history(history), str(ts.relative_to(run_dir))
+    return {}, ""
 
 
-def collect_training(run_dir: Path, stage: str, stage_dir: Path) -> list[TrainingUnit]:
-    """Curves and training_info of every trainer run of `stage`."""
+def training_units(run_dir: Path, stage: str, stage_dir: Path, result: Any) -> list[TrainingUnit]:
+    """The trainer runs of a training stage's typed result, in order, with their curves."""
+    if isinstance(result, TrainResult):
+        runs = [("cpt", stage_dir, result)]
+    elif isinstance(result, results.SFTResult):
+        runs = [(f"sft/{r.name}", stage_dir / r.name, r) for r in result.steps]
+    elif isinstance(result, LoopResult):
+        runs = [(f"loop/{r.name}", stage_dir / r.name, r) for r in result.trained]
+    else:
+        return []
     units = []
-    for name, d in _unit_dirs(run_dir, stage, stage_dir):
-        info = _load_json(d / "training_info.json")
-        unit = TrainingUnit(stage=stage, name=name, info=info if isinstance(info, dict) else {})
-        rel = Path(name).relative_to(stage) if "/" in name else Path()
-        tb_root = run_dir / "tensorboard" / stage / rel
-        scalars = read_scalars(tb_root) if tb_root.is_dir() else {}
-        unit.source = f"tensorboard/{stage}/{rel}".rstrip("/.") if scalars else ""
-        if not scalars:  # the stage's own TensorBoard logs (<output>/runs/...)
-            scalars = read_scalars(d)
-            if scalars:
-                unit.source = f"{name}/runs"
-        if not scalars:
-            ts = _find_trainer_state(d)
-            if ts is not None:
-                history = (_load_json(ts) or {}).get("log_history") or []
-                scalars = scalars_from_log_history(history)
-                unit.source = str(ts.relative_to(run_dir))
-        if not scalars and isinstance(unit.info.get("log_history"), list):
-            scalars = scalars_from_log_history(unit.info["log_history"])
-            unit.source = f"{name}/training_info.json"
-        unit.scalars = scalars
-        if unit.scalars or stop_reason(unit.info):  # (loop/round00_start is a saved adapter, not a training run)
-            units.append(unit)
+    for name, unit_dir, r in runs:
+        info = _load_json(unit_dir / results.TRAINING_INFO)
+        scalars, source = _curves(run_dir, stage, name, unit_dir)
+        units.append(TrainingUnit(stage=stage, name=name, result=r, info=info if isinstance(info, dict) else {},
+                                  scalars=scalars, source=source))
     return units
 
 
@@ -155,30 +146,62 @@ def collect_training(run_dir: Path, stage: str, stage_dir: Path) -> list[Trainin
 class ReportData:
     run_dir: Path
     state: dict[str, Any]
-    stats: dict[str, Any] | None
-    stats_path: str | None
-    tokenizer: dict[str, Any] | None
+    results: dict[str, Any]  # stage -> its typed result (None: not run)
+    unreadable: dict[str, str]  # stage -> why its result could not be read
     training: dict[str, list[TrainingUnit]]
-    mcq: dict[str, dict[str, Any]]  # target -> kormedmcqa result
-    ppl: dict[str, dict[str, Any]]  # target -> ppl result
-    loop_table: list[dict[str, Any]] | None
+    # the stages' own files as written, for the model cards (kormed.model_card)
+    stats: dict[str, Any] | None = None
+    stats_path: str | None = None
+    tokenizer: dict[str, Any] | None = None
+    mcq: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> kormedmcqa_<target>.json
+    ppl: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> ppl_<target>.json
+
+    @property
+    def prepare(self) -> PrepareResult | None:
+        return self.results.get("prepare")
+
+    @property
+    def tokenizer_result(self) -> TokenizerResult | None:
+        return self.results.get("tokenizer")
+
+    @property
+    def loop(self) -> LoopResult | None:
+        return self.results.get("loop")
+
+    @property
+    def eval(self) -> EvalResult | None:
+        return self.results.get("eval")
 
 
-def _stage_dir(run_dir: Path, state: dict[str, Any], stage: str, default: str) -> Path:
+def _stage_dir(run_dir: Path, state: dict[str, Any], stage: str) -> Path:
     entry = (state.get("stages") or {}).get(stage) or {}
-    return run_dir / str(entry.get("output_dir") or default)
+    return run_dir / str(entry.get("output_dir") or STAGE_DIRS[stage])
 
 
-def _find_stats(corpus_dir: Path) -> Path | None:
-    if not corpus_dir.is_dir():
-        return None
-    found = sorted(corpus_dir.glob("*.stats.json")) or sorted(corpus_dir.glob("*stats*.json"))
-    return found[0] if found else None
+def stage_result(stage: str, stage_dir: Path) -> Any | None:
+    """The stage's typed result: its kormed_result.json, else rebuilt from its own files (older run directories,
+    or a stage still running); None when it has produced nothing yet."""
+    found = results.read_result(stage_dir, stage)
+    return found if found is not None else results.stage_result_from_files(stage, stage_dir)
 
 
-def _target_of(path: Path, prefix: str) -> str:
-    stem = path.stem
-    return stem[len(prefix):].lstrip("_-") or "model"
+def _raw_files(data: ReportData) -> None:
+    """The stages' files as written (by their one name each), which the model cards quote."""
+    prep = data.prepare
+    if prep is not None:
+        stats = _load_json(Path(prep.stats_file))
+        if isinstance(stats, dict):
+            data.stats = stats
+            path = Path(prep.stats_file)
+            data.stats_path = str(path.relative_to(data.run_dir)) if path.is_relative_to(data.run_dir) else str(path)
+    tok = _load_json(_stage_dir(data.run_dir, data.state, "tokenizer") / results.TOKENIZER_REPORT)
+    data.tokenizer = tok if isinstance(tok, dict) else None
+    eval_dir = _stage_dir(data.run_dir, data.state, "eval")
+    for prefix, into in (("kormedmcqa_", data.mcq), ("ppl_", data.ppl)):
+        for p in sorted(eval_dir.glob(f"{prefix}*.json")) if eval_dir.is_dir() else []:
+            loaded = _load_json(p)
+            if isinstance(loaded, dict):
+                into[p.stem.removeprefix(prefix)] = loaded
 
 
 def collect(run_dir: str | Path) -> ReportData:
@@ -188,45 +211,27 @@ def collect(run_dir: str | Path) -> ReportData:
         raise KormedError("run directory does not exist", path=rd)
     state = _load_json(rd / "state.json")
     state = state if isinstance(state, dict) else {"stages": {}}
-    state.setdefault("stages", {})
-    corpus = _stage_dir(rd, state, "prepare", "corpus")
-    stats_path = _find_stats(corpus)
-    stats = _load_json(stats_path) if stats_path else None
-    tok_dir = _stage_dir(rd, state, "tokenizer", "tokenizer")
-    tok = _load_json(tok_dir / "tokenizer_report.json")
-    if tok is None and tok_dir.is_dir():
-        reports = sorted(tok_dir.glob("*report*.json"))
-        tok = _load_json(reports[0]) if reports else None
-    training = {s: collect_training(rd, s, _stage_dir(rd, state, s, s)) for s in TRAINING_STAGES}
-    eval_dir = _stage_dir(rd, state, "eval", "eval")
-    mcq: dict[str, dict[str, Any]] = {}
-    ppl: dict[str, dict[str, Any]] = {}
-    if eval_dir.is_dir():
-        for p in sorted(eval_dir.glob("*.json")):
-            data = _load_json(p)
-            if not isinstance(data, dict):
-                continue
-            if p.stem.startswith("kormedmcqa") and "accuracy" in data:
-                mcq[_target_of(p, "kormedmcqa")] = data
-            elif p.stem.startswith("ppl") and ("perplexity" in data or "ppl" in data):
-                ppl[_target_of(p, "ppl")] = data
-    loop_table = None
-    loop_dir = _stage_dir(rd, state, "loop", "loop")
-    for name in ("loop_table.json", "rounds.json", "summary.json"):
-        data = _load_json(loop_dir / name)
-        rows = data.get("rounds") if isinstance(data, dict) else data
-        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-            loop_table = rows
-            break
-    return ReportData(rd, state, stats if isinstance(stats, dict) else None,
-                      str(stats_path.relative_to(rd)) if stats_path and stats is not None else None,
-                      tok if isinstance(tok, dict) else None, training, mcq, ppl, loop_table)
+    if not isinstance(state.get("stages"), dict):
+        state["stages"] = {}
+    found: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
+    for stage in STAGE_DIRS:
+        try:
+            found[stage] = stage_result(stage, _stage_dir(rd, state, stage))
+        except KormedError as exc:  # one broken file: that section says so, the rest of the report is written
+            found[stage] = None
+            unreadable[stage] = str(exc)
+    training = {s: training_units(rd, s, _stage_dir(rd, state, s), found[s]) for s in TRAINING_STAGES}
+    data = ReportData(rd, state, found, unreadable, training)
+    _raw_files(data)
+    return data
 
 
 # --------------------------------------------------------------------------------------------------- plots
 
 
 def _plt():
+    # imported when a plot is drawn: the Agg backend must be chosen before pyplot is first imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,9 +244,7 @@ def _plt():
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _plt().close(fig)
     return buf.getvalue()
 
 
@@ -257,51 +260,14 @@ def _number(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _thresholds(info: dict[str, Any]) -> list[tuple[str, float, str]]:
-    """(metric, threshold, label) of the stop conditions recorded in training_info.json, as far as we can read."""
-    out: list[tuple[str, float, str]] = []
-    # SFT / loop: the conditions as evaluated at the stop, with their absolute thresholds (baseline resolved)
-    conds = info.get("conditions_at_stop") if isinstance(info.get("conditions_at_stop"), list) else None
-    if conds:
-        conds = [{"metric": c.get("metric"), "threshold": c.get("threshold"), "label": c.get("condition")}
-                 for c in conds if isinstance(c, dict)]
-    else:
-        conds = info.get("stop_conditions") or info.get("conditions")
-    if isinstance(conds, dict):
-        conds = [{"metric": k, **(v if isinstance(v, dict) else {"threshold": v})} for k, v in conds.items()]
-    if isinstance(conds, list):
-        for c in conds:
-            if not isinstance(c, dict):
-                continue
-            metric = c.get("metric") or c.get("name")
-            thr = _number(c.get("threshold", c.get("value")))
-            if isinstance(metric, str) and thr is not None:
-                op = c.get("op") or c.get("comparison") or "<"
-                label = c.get("label") if isinstance(c.get("label"), str) else f"{metric} {op} {thr:g}"
-                out.append((metric, thr, f"{label} ({thr:.4g})" if "baseline" in label or "maintained" in label
-                            else label))
-    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
-    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
-    tp = _number(info.get("target_perplexity")) or _number(train.get("target_perplexity"))
-    if tp is not None:
-        out.append(("eval/perplexity", tp, f"target ppl < {tp:g}"))
-    return out
-
-
 def _stop_step(unit: TrainingUnit) -> int | None:
-    for key in ("stop_step", "global_step", "steps", "final_step"):
-        v = unit.info.get(key)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
+    r = unit.result
+    if r.stop_step is not None:
+        return r.stop_step
+    if r.global_step is not None:
+        return r.global_step
     steps = [s for pts in unit.scalars.values() for s, _ in pts]
     return max(steps) if steps else None
-
-
-def stop_reason(info: dict[str, Any]) -> str | None:
-    reason = info.get("stop_reason")
-    if isinstance(reason, dict):
-        reason = reason.get("reason") or reason.get("name") or json.dumps(reason, ensure_ascii=False)
-    return str(reason) if reason else None
 
 
 def _match_tag(tags: Iterable[str], metric: str) -> str | None:
@@ -339,8 +305,9 @@ def plot_training(unit: TrainingUnit) -> bytes | None:
     elif other_tags:
         panels = [(axes[0][0], other_tags, "metric")]
     stop = _stop_step(unit)
-    reason = stop_reason(unit.info)
-    thresholds = _thresholds(unit.info)
+    reason = unit.result.stop_reason.value
+    thresholds = [(t.metric, t.value, f"{t.label} ({t.value:.4g})" if "baseline" in t.label or "maintained" in t.label
+                   else t.label) for t in unit.result.thresholds]
     for ax, tags, ylabel in panels:
         for t in tags:
             pts = unit.scalars[t]
@@ -354,7 +321,7 @@ def plot_training(unit: TrainingUnit) -> bytes | None:
                             fontsize=7, va="bottom")
         if stop is not None:
             ax.axvline(stop, color="black", linestyle="--", linewidth=1)
-            ax.annotate(_ascii(f"stop: {reason or 'end'}"), (stop, 0.97), xycoords=("data", "axes fraction"),
+            ax.annotate(_ascii(f"stop: {reason}"), (stop, 0.97), xycoords=("data", "axes fraction"),
                         ha="right", va="top", fontsize=7, rotation=90)
         ax.set_xlabel("optimizer step")
         values = [v for t in tags for _, v in unit.scalars[t] if v > 0]
@@ -393,8 +360,6 @@ def _bar(labels: list[str], values: list[float], *, title: str, ylabel: str, fmt
 
 def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, title: str, ylabel: str,
                  ylim: tuple[float, float] | None = None) -> bytes:
-    import numpy as np
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(series)) * 0.45 + 2), 3.4))
     x = np.arange(len(groups))
@@ -489,38 +454,22 @@ def _duration(seconds: Any) -> str:
     return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
 
 
-def _find_number(d: Any, keys: Iterable[str]) -> float | None:
-    """First numeric value under any of `keys`, searched breadth-first through nested dicts."""
-    queue = [d]
-    keys = list(keys)
-    while queue:
-        cur = queue.pop(0)
-        if not isinstance(cur, dict):
-            continue
-        for k in keys:
-            v = _number(cur.get(k))
-            if v is not None:
-                return v
-        queue.extend(v for v in cur.values() if isinstance(v, dict))
-    return None
+def _throughput(units: list[TrainingUnit]) -> str:
+    """Tokens per second of a training stage: the tokens its trainer runs saw over their wall time."""
+    tokens = sum(u.result.tokens_seen or 0 for u in units)
+    seconds = sum(u.result.wall_time_s or 0 for u in units)
+    if not tokens or not seconds:
+        return "-"
+    rate = tokens / seconds
+    return f"{rate:,.0f} tokens/s" if rate >= 100 else f"{rate:.1f} tokens/s"
 
 
-THROUGHPUT_KEYS = ("train_tokens_per_second", "tokens_per_second", "tokens_per_sec", "train_samples_per_second",
-                   "questions_per_second", "docs_per_second", "mb_per_second")
-
-
-def _throughput(entry: dict[str, Any], units: list[TrainingUnit]) -> str:
-    tokens = sum(_number(u.info.get("tokens_seen")) or 0 for u in units)
-    seconds = sum(_number(u.info.get("wall_time_s")) or 0 for u in units)
-    if tokens and seconds:
-        rate = tokens / seconds
-        return f"{rate:,.0f} tokens/s" if rate >= 100 else f"{rate:.1f} tokens/s"
-    for src in [*(u.info for u in units), entry.get("result") or {}]:
-        for key in THROUGHPUT_KEYS:
-            v = _find_number(src, [key])
-            if v is not None:
-                return f"{v:,.1f} {key.replace('_per_second', '/s').replace('_per_sec', '/s').replace('train_', '')}"
-    return "-"
+def _unreadable(data: ReportData, stage: str, sec: Section) -> bool:
+    """Say so in `sec` when the stage's result could not be read (True), instead of a silent "not run"."""
+    why = data.unreadable.get(stage)
+    if why:
+        sec.p(f"{STAGE_TITLES[stage]}: its result could not be read: ", Lit(why))
+    return bool(why)
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -537,10 +486,13 @@ def _overview(data: ReportData) -> Section:
     for s in order:
         entry = stages.get(s) or {}
         units = data.training.get(s, [])
-        reasons = [f"{u.name}: {r}" for u in units if (r := stop_reason(u.info))]
+        reasons = [f"{u.name}: {u.result.stop_reason.value}" for u in units]
+        loop = data.loop if s == "loop" else None
+        if loop is not None and loop.stop_reason is not None:
+            reasons.append(f"loop: {loop.stop_reason.value}")
         wall = _number(entry.get("wall_s"))
         rows.append([STAGE_TITLES.get(s, s), entry.get("status", "not run"), _duration(wall),
-                     _duration(entry.get("cpu_s")), _throughput(entry, units),
+                     _duration(entry.get("cpu_s")), _throughput(units),
                      "; ".join(reasons) or entry.get("reason") or entry.get("error") or "-"])
         if wall is not None:
             names.append(s)
@@ -555,23 +507,24 @@ def _overview(data: ReportData) -> Section:
 
 
 def _rows_of_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-source distribution rows of prepare's stats.json (list of rows or mapping source -> row)."""
-    for key in ("table", "sources", "distribution", "rows"):
-        val = stats.get(key)
-        if isinstance(val, list) and val and all(isinstance(r, dict) for r in val):
-            return val
-        if isinstance(val, dict) and val and all(isinstance(r, dict) for r in val.values()):
-            return [{"source": k, **v} for k, v in val.items()]
-    return []
+    """The per-source distribution rows of prepare's stats file (its `table`)."""
+    rows = stats.get("table")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def _data_section(data: ReportData) -> Section:
     sec = Section("Data distribution", "data")
-    if not data.stats:
-        sec.p("not run: no prepare statistics (corpus/*.stats.json) in this run.")
+    prep = data.prepare
+    if prep is None:
+        if not _unreadable(data, "prepare", sec):
+            sec.p("not run: no prepare statistics (corpus/*.stats.json) in this run.")
         return sec
-    rows = _rows_of_stats(data.stats)
-    sec.p("From ", Code(str(data.stats_path)), ".")
+    rows = prep.table
+    stats_file = Path(prep.stats_file)
+    shown = stats_file.relative_to(data.run_dir) if stats_file.is_relative_to(data.run_dir) else stats_file
+    counts = (f": {prep.documents:,} training documents, {prep.val_documents:,} held out for validation"
+              if prep.documents is not None and prep.val_documents is not None else "")
+    sec.p("From ", Code(str(shown)), f"{counts}.")
     if rows:
         known = ("source", "base", "multiplier", "final", "ratio", "characters")
         cols = [c for c in known if any(c in r for r in rows)]
@@ -602,56 +555,46 @@ def _data_section(data: ReportData) -> Section:
         if leaves and all(v is not None for v in chars):
             sec.img("data_characters.png", _bar(labels, chars, title="Characters per source", ylabel="characters",
                                                 fmt="{:,.0f}", horizontal=True), "characters per source")
-    drops = data.stats.get("dropped") or data.stats.get("drops") or data.stats.get("drop_counts")
-    if isinstance(drops, dict) and drops:
-        flat = []
-        for k, v in drops.items():
-            if isinstance(v, dict):
-                flat.extend([f"{k}: {kk}", vv] for kk, vv in v.items())
-            else:
-                flat.append([k, v])
-        if flat:
-            sec.p("Records dropped by the filters, by reason:")
-            sec.table(["reason", "count"], [[a, _fmt(b)] for a, b in flat])
-        else:
-            sec.p("No record was dropped by the filters.")
-    if not rows and not drops:
-        sec.p("The stats file has no distribution table this report knows how to read.")
+    else:
+        sec.p("The distribution table is empty (no source had a record).")
+    flat = [[f"{source}: {reason}", count] for source, reasons in prep.drops.items()
+            for reason, count in reasons.items()]
+    if flat:
+        sec.p("Records dropped by the filters, by reason:")
+        sec.table(["reason", "count"], [[a, _fmt(b)] for a, b in flat])
+    else:
+        sec.p("No record was dropped by the filters.")
     return sec
 
 
 def _token_section(data: ReportData) -> Section:
     sec = Section("Token efficiency (tokenizer extension)", "tokens")
-    tok = data.tokenizer
-    if not tok:
-        sec.p("not run: no tokenizer/tokenizer_report.json in this run (the tokenizer stage was disabled or absent).")
+    tok = data.tokenizer_result
+    if tok is None:
+        if not _unreadable(data, "tokenizer", sec):
+            sec.p("not run: no tokenizer/tokenizer_report.json in this run (the tokenizer stage was disabled or "
+                  "absent).")
         return sec
+    sec.p(f"Tokens added to the vocabulary: {tok.new_tokens:,} (vocabulary {tok.base_vocab_size:,} -> "
+          f"{tok.vocab_size:,}), method ", Code(tok.method), ".")
     rows, labels, before, after = [], [], [], []
-    for name, val in tok.items():
-        if not isinstance(val, dict):
-            continue
-        b = _find_number(val, ["tokens_per_1000_chars_before"])
-        a = _find_number(val, ["tokens_per_1000_chars_after"])
-        if b is None or a is None:
-            continue
+    for name, eff in tok.texts.items():
+        b, a = eff.tokens_per_1000_chars_before, eff.tokens_per_1000_chars_after
         rows.append([name, f"{b:.1f}", f"{a:.1f}", f"{(1 - a / b) * 100:.1f}%" if b else "-",
-                     _pct(_find_number(val, ["new_token_share_of_chars"]))])
+                     _pct(eff.new_token_share_of_chars)])
         labels.append(name)
         before.append(b)
         after.append(a)
-    added = _number(tok.get("new_tokens"))
-    if added is not None:
-        vocab = (f" (vocabulary {int(tok['base_vocab_size']):,} -> {int(tok['vocab_size']):,})"
-                 if _number(tok.get("base_vocab_size")) and _number(tok.get("vocab_size")) else "")
-        sec.p(f"Tokens added to the vocabulary: {int(added):,}{vocab}, method ", Code(str(tok.get("method", "?"))), ".")
     if rows:
         sec.table(["text", "tokens / 1k chars before", "after", "saving", "characters covered by new tokens"], rows)
         sec.img("token_efficiency.png", _grouped_bar(labels, {"base tokenizer": before, "extended": after},
                                                      title="Tokens per 1,000 characters", ylabel="tokens"),
                 "tokens per 1,000 characters before and after")
-    else:
-        sec.p("The report JSON has no before/after figures this report knows how to read.")
     return sec
+
+
+def _metrics_text(metrics: dict[str, float], limit: int) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:limit])
 
 
 def _training_section(data: ReportData) -> Section:
@@ -661,7 +604,9 @@ def _training_section(data: ReportData) -> Section:
         units = data.training.get(stage) or []
         if not units:
             status = ((data.state.get("stages") or {}).get(stage) or {}).get("status")
-            if status in ("running", "failed", "interrupted"):
+            if _unreadable(data, stage, sec):
+                pass
+            elif status in ("running", "failed", "interrupted"):
                 sec.p(f"{STAGE_TITLES[stage]}: ", Lit(str(status)), ", no finished training run logged yet.")
             else:
                 sec.p(f"{STAGE_TITLES[stage]}: not run.")
@@ -669,18 +614,11 @@ def _training_section(data: ReportData) -> Section:
         for u in units:
             any_unit = True
             png = plot_training(u)
-            reason = stop_reason(u.info)
-            bits: list[list[Part]] = [[Bold(u.name)]]
-            if reason:
-                bits.append(["stopped by: ", Lit(str(reason))])
-            best = u.info.get("best_metrics") or u.info.get("best") or {}
-            final = u.info.get("final_metrics") or u.info.get("final") or {}
-            if isinstance(final, dict) and final:
-                bits.append(["final: ", Lit(", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
-                                                     for k, v in list(final.items())[:6]))])
-            if isinstance(best, dict) and best:
-                bits.append(["best: ", Lit(", ".join(f"{k}={_fmt(_number(v) if _number(v) is not None else v)}"
-                                                    for k, v in list(best.items())[:4]))])
+            bits: list[list[Part]] = [[Bold(u.name)], ["stopped by: ", Lit(u.result.stop_reason.value)]]
+            if u.result.final_metrics:
+                bits.append(["final: ", Lit(_metrics_text(u.result.final_metrics, 6))])
+            if u.result.best_metrics and u.result.best_metrics != u.result.final_metrics:
+                bits.append(["best: ", Lit(_metrics_text(u.result.best_metrics, 4))])
             if u.source:
                 bits.append(["curves from ", Code(str(u.source))])
             sec.p(*[part for i, bit in enumerate(bits) for part in ([" - "] if i else []) + bit])
@@ -688,30 +626,22 @@ def _training_section(data: ReportData) -> Section:
                 sec.img(f"curves_{u.name.replace('/', '_')}.png", png, f"loss and validation curves of {u.name}")
             elif not u.scalars:
                 sec.p("(no logged curves found for this run)")
-    if data.loop_table:
-        preferred = ["round", "kind", "accuracy", "correct", "total", "global_step", "stop_reason"]
-        present = {k for r in data.loop_table for k, v in r.items() if not isinstance(v, dict | list)}
-        cols = [c for c in preferred if c in present] or sorted(present)[:8]
+    loop = data.loop
+    if loop is not None and loop.rounds:
         sec.p("Loop rounds (KorMedMCQA accuracy after each round):")
-        sec.table(cols, [[f"{r[c]:.1%}" if c == "accuracy" and _number(r.get(c)) is not None else _fmt(r.get(c))
-                          for c in cols] for r in data.loop_table])
+        sec.table(["round", "kind", "accuracy", "correct", "total", "global_step", "stop_reason"],
+                  [[_fmt(r.round), r.kind, f"{r.accuracy:.1%}", _fmt(r.correct), _fmt(r.total),
+                    _fmt(r.global_step), r.stop_reason.value if r.stop_reason else "-"] for r in loop.rounds])
+        if loop.best_round is not None and loop.best_accuracy is not None:
+            sec.p(f"Best: round {loop.best_round} ({loop.best_accuracy:.1%}), copied to ",
+                  Code(loop.best_adapter or "best/"), "; loop stopped by: ",
+                  Lit(loop.stop_reason.value if loop.stop_reason else "running"), ".")
     if not any_unit:
         sec.p("No training stage has run yet.")
     return sec
 
 
-def _subset_accuracies(result: dict[str, Any]) -> dict[str, float]:
-    per = result.get("per_subset") or {}
-    out = {}
-    if isinstance(per, dict):
-        for k, v in per.items():
-            acc = _number(v.get("accuracy")) if isinstance(v, dict) else _number(v)
-            if acc is not None:
-                out[k] = acc
-    return out
-
-
-TARGET_ORDER = ("base", "cpt", "sft", "loop")
+TARGET_ORDER = ("base", *TRAINING_STAGES)
 
 
 def _target_key(name: str) -> tuple[int, str]:
@@ -721,53 +651,53 @@ def _target_key(name: str) -> tuple[int, str]:
 
 def _eval_section(data: ReportData) -> Section:
     sec = Section("KorMedMCQA accuracy and perplexity", "eval")
-    if not data.mcq and not data.ppl:
+    ev = data.eval
+    if _unreadable(data, "eval", sec):
+        return sec
+    mcq = {t: r for t, r in (ev.targets if ev else {}).items() if r.accuracy is not None}
+    ppl = {t: r for t, r in (ev.targets if ev else {}).items() if r.perplexity is not None}
+    if not mcq and not ppl:
         sec.p("not run: no eval/kormedmcqa_*.json or eval/ppl_*.json in this run.")
         return sec
-    if data.mcq:
-        targets = sorted(data.mcq, key=_target_key)
-        subsets = sorted({s for t in targets for s in _subset_accuracies(data.mcq[t])})
+    if mcq:
+        targets = sorted(mcq, key=_target_key)
+        subsets = sorted({s for t in targets for s in mcq[t].per_subset})
         rows = []
         for t in targets:
-            r = data.mcq[t]
-            per = _subset_accuracies(r)
-            n = r.get("n") or r.get("count") or r.get("total") or len(r.get("questions") or []) or None
-            rows.append([t, r.get("mode", "-"), _fmt(n), f"{_number(r.get('accuracy')) or 0:.3f}",
-                         *[f"{per[s]:.3f}" if s in per else "-" for s in subsets],
-                         _fmt(r.get("unparseable", r.get("n_unparseable")))])
+            r = mcq[t]
+            rows.append([t, r.mode or "-", _fmt(r.total), f"{r.accuracy:.3f}",
+                         *[f"{r.per_subset[s]:.3f}" if s in r.per_subset else "-" for s in subsets],
+                         _fmt(r.unparseable)])
         sec.table(["model", "mode", "questions", "accuracy", *subsets, "unparseable"], rows)
-        series = {"overall": [_number(data.mcq[t].get("accuracy")) for t in targets]}
+        series: dict[str, list[float | None]] = {"overall": [mcq[t].accuracy for t in targets]}
         for s in subsets:
-            series[s] = [_subset_accuracies(data.mcq[t]).get(s) for t in targets]
+            series[s] = [mcq[t].per_subset.get(s) for t in targets]
         sec.img("kormedmcqa.png", _grouped_bar(targets, series, title="KorMedMCQA accuracy per stage and subset",
                                                ylabel="accuracy", ylim=(0, 1.15)), "KorMedMCQA accuracy per stage")
     else:
         sec.p("KorMedMCQA: not run.")
-    if data.ppl:
-        targets = sorted(data.ppl, key=_target_key)
-        vals = [_number(data.ppl[t].get("perplexity", data.ppl[t].get("ppl"))) for t in targets]
-        bpc = [_bits_per_char(data.ppl[t]) for t in targets]
+    if ppl:
+        targets = sorted(ppl, key=_target_key)
+        vals = [ppl[t].perplexity for t in targets]
+        bpc = [_bits_per_char(ppl[t]) for t in targets]
         sec.table(["model", "perplexity", "loss", "tokens", "bits per character"],
-                  [[t, _fmt(v), _fmt(_number(data.ppl[t].get("loss"))), _fmt(data.ppl[t].get("tokens")),
-                    f"{b:.3f}" if b is not None else "-"] for t, v, b in zip(targets, vals, bpc, strict=True)])
+                  [[t, _fmt(v), _fmt(ppl[t].loss), _fmt(ppl[t].tokens), f"{b:.3f}" if b is not None else "-"]
+                   for t, v, b in zip(targets, vals, bpc, strict=True)])
         sec.p("Perplexity is per token of each model's own tokenizer: after a tokenizer extension (fewer, longer "
               "tokens) compare the bits per character, which do not depend on the tokenizer.")
-        if all(v is not None for v in vals):
-            sec.img("perplexity.png", _bar(targets, vals, title="Held-out Korean perplexity", ylabel="perplexity"),
-                    "perplexity per stage")
+        sec.img("perplexity.png", _bar(targets, vals, title="Held-out Korean perplexity", ylabel="perplexity"),
+                "perplexity per stage")
     else:
         sec.p("Perplexity: not run.")
     return sec
 
 
-def _bits_per_char(result: dict[str, Any]) -> float | None:
+def _bits_per_char(target: results.EvalTarget) -> float | None:
     """Total loss in bits divided by the characters of the evaluated text file (tokenizer-independent)."""
-    loss, tokens = _number(result.get("loss")), _number(result.get("tokens"))
-    path = result.get("data")
-    if loss is None or not tokens or not isinstance(path, str):
+    if target.loss is None or not target.tokens or not target.ppl_data:
         return None
-    chars = _text_chars(path)
-    return loss * tokens / chars / math.log(2) if chars else None
+    chars = _text_chars(target.ppl_data)
+    return target.loss * target.tokens / chars / math.log(2) if chars else None
 
 
 _CHARS_CACHE: dict[tuple[str, int, int], int | None] = {}

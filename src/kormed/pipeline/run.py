@@ -16,65 +16,40 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import resource
+import shlex
 import shutil
-import sys
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kormed.config import PIPELINE_KEYS as TOP_LEVEL_KEYS  # the one list of a pipeline file's top-level keys
-from kormed.config import merge, read_yaml
-from kormed.errors import KormedError
-from kormed.io import check_output_path, read_json, write_json
+import yaml
 
-STAGE_ORDER: tuple[str, ...] = ("prepare", "tokenizer", "cpt", "sft", "loop", "eval")
-# where each stage writes inside the run directory (the seeds' layouts live inside these)
-STAGE_DIRS: dict[str, str] = {
-    "prepare": "corpus",
-    "tokenizer": "tokenizer",
-    "cpt": "cpt",
-    "sft": "sft",
-    "loop": "loop",
-    "eval": "eval",
-}
+from kormed.config import PIPELINE_KEYS, merge, read_yaml
+from kormed.errors import KormedError
+from kormed.io import atomic_write, check_output_path, read_json, write_json
+from kormed.model_card import write_run_cards
+from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS
+from kormed.pipeline.report import write_report
+from kormed.pipeline.results import RESULT_FILE, to_json, write_result
+from kormed.pipeline.spec import Log, Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
+from kormed.pipeline.stages import default_specs
+
+__all__ = ["STAGE_ORDER", "Pipeline", "RunContext", "StageInterrupted", "StageSpec", "fingerprint", "load_pipeline",
+           "pipeline_from_mapping", "read_state", "resolve_configs", "run_pipeline"]
+
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 # files above this size are fingerprinted by size, mtime and their first/last MiB instead of a full hash
 FULL_HASH_LIMIT = 256 * 1024 * 1024
-# directory entries never part of a stage's inputs (checkpoints, logs, editor/OS litter)
-_SKIP_NAMES = ("checkpoint", "runs", "tensorboard", ".", "__pycache__")
-
-Log = Callable[[str], None]
-
-
-class StageInterrupted(KormedError):
-    """A stage stopped before finishing (Ctrl-C / SIGTERM inside a trainer): recorded as interrupted, resumable."""
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+# directory entries never part of a stage's inputs (checkpoints, logs, editor/OS litter, the runner's own
+# kormed_result.json summary: written after the stage, so a stage's output hash is that of its own files)
+_SKIP_NAMES = ("checkpoint", "runs", "tensorboard", ".", "__pycache__", RESULT_FILE)
 
 
 # --------------------------------------------------------------------------------------------------- pipeline file
-
-
-@dataclasses.dataclass
-class Pipeline:
-    """A parsed pipeline file."""
-
-    name: str
-    run_dir: Path
-    stages: list[str]
-    sections: dict[str, dict[str, Any]]
-    model: str | None = None
-    device: str | None = None
-    data_root: str | None = None
-    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
-    eval_targets: list[str] | None = None
-    launcher: str | None = None  # e.g. "accelerate launch --config_file ddp.yaml": runs the training stages' commands
-    description: str = ""
-    source: Path | None = None
 
 
 def _parse_stages(value: Any, source: Path | None) -> list[str]:
@@ -113,10 +88,10 @@ def pipeline_from_mapping(
     """Build a Pipeline from a parsed YAML mapping (top-level keys + stage sections), checking every key."""
     src = Path(source) if source is not None else None
     for key in data:
-        if key not in TOP_LEVEL_KEYS and key not in STAGE_ORDER:
+        if key not in PIPELINE_KEYS and key not in STAGE_SECTIONS.values():
             raise KormedError(
-                f"unknown key '{key}' (pipeline keys: {', '.join(TOP_LEVEL_KEYS)}; stage sections: "
-                f"{', '.join(STAGE_ORDER)})",
+                f"unknown key '{key}' (pipeline keys: {', '.join(PIPELINE_KEYS)}; stage sections: "
+                f"{', '.join(STAGE_SECTIONS.values())})",
                 path=src,
             )
     name = data.get("name")
@@ -125,10 +100,10 @@ def pipeline_from_mapping(
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise KormedError(f"expected a plain run name, got {name!r}", path=src, field="name")
     sections: dict[str, dict[str, Any]] = {}
-    for stage in STAGE_ORDER:
-        value = data.get(stage) or {}
+    for stage, section in STAGE_SECTIONS.items():
+        value = data.get(section) or {}
         if not isinstance(value, dict):
-            raise KormedError("a stage section must be a mapping of options", path=src, field=stage)
+            raise KormedError("a stage section must be a mapping of options", path=src, field=section)
         sections[stage] = value
     rt = report_to if report_to is not None else data.get("report_to", ["tensorboard"])
     if isinstance(rt, str):
@@ -169,83 +144,37 @@ def load_pipeline(
 # --------------------------------------------------------------------------------------------------- stages
 
 
-@dataclasses.dataclass
-class RunContext:
-    """What a stage's wiring and run function see: the pipeline, earlier stages' configs and results."""
-
-    pipeline: Pipeline
-    configs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    results: dict[str, Any] = dataclasses.field(default_factory=dict)
-    log: Log = _stderr
-
-    @property
-    def run_dir(self) -> Path:
-        return self.pipeline.run_dir
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.pipeline.run_dir / STAGE_DIRS.get(stage, stage)
-
-    def tb_dir(self, stage: str) -> Path:
-        return self.pipeline.run_dir / "tensorboard" / stage
-
-    def enabled(self, stage: str) -> bool:
-        """True when `stage` is in this run (enabled in the file and its code is installed)."""
-        return stage in self.configs
-
-
-@dataclasses.dataclass
-class StageSpec:
-    """How the runner drives one stage. The functions call the stage's own API; they never re-implement it."""
-
-    name: str
-    config_cls: Callable[[], type]  # imports lazily; ImportError/AttributeError -> the stage is unavailable
-    wire: Callable[[RunContext], dict[str, Any]]  # defaults from the run dir and earlier stages (file wins)
-    run: Callable[[Any, RunContext], Any]
-    inputs: Callable[[Any, RunContext], Iterable[str | Path | None]]  # files/dirs whose content the result depends on
-    outputs: Callable[[Any, RunContext], Iterable[str | Path]]  # must exist for a finished stage to be reused
-    volatile: tuple[str, ...] = ()  # config fields that never change the result (logging, worker counts)
-    resume_field: str | None = None  # bool config field that makes the stage continue an interrupted run
-    resume_hook: Callable[[Any, RunContext], Any] | None = None  # or: the config that continues it (None: cannot)
-    output_dirs: Callable[[Any, RunContext], Iterable[str | Path]] | None = None  # cleared before a fresh rerun
-    command: tuple[str, ...] | None = None  # its `kormed` subcommand (e.g. ("train", "cpt")), for `launcher`
-    collect: Callable[[Any, RunContext], Any] | None = None  # its result read back from disk after a launched run
-    extra_hash: Callable[[Any, RunContext], Any] | None = None  # other settings the result depends on (JSON-able)
-    verify: Callable[[Any, RunContext], str | None] | None = None  # why existing outputs are unusable (None: fine)
-
-
 def filter_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Keep only the keys that `cls` (a config dataclass) declares, dropping None values."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names and v is not None}
 
 
-def resolve_configs(
-    pipeline: Pipeline, specs: dict[str, StageSpec], log: Log = _stderr
-) -> tuple[RunContext, dict[str, str]]:
+def resolve_configs(pipeline: Pipeline, specs: dict[str, StageSpec], log: Log = stderr_log) -> RunContext:
     """Build every enabled stage's config (defaults <- wiring <- file section), before anything runs, so a typo in
-    the last section fails in seconds rather than after hours of training. Returns the context and the stages that
-    are unavailable (their code is not installed), with the reason."""
+    the last section fails in seconds rather than after hours of training. A stage whose code cannot be imported is
+    an error: later stages would silently start from the wrong model without it."""
     ctx = RunContext(pipeline=pipeline, log=log)
-    unavailable: dict[str, str] = {}
     for stage in pipeline.stages:
         spec = specs.get(stage)
         if spec is None:
-            unavailable[stage] = "no runner for this stage"
-            continue
+            raise KormedError(f"stage '{stage}' has no runner", path=pipeline.source, field="stages")
         try:
             cls = spec.config_cls()
         except (ImportError, AttributeError) as exc:
-            unavailable[stage] = f"not installed ({exc})"
-            continue
+            raise KormedError(f"stage '{stage}' cannot be loaded: {exc}", path=pipeline.source, field="stages",
+                              hint="the kormed installation is incomplete: reinstall it (`pip install -e .`), "
+                                   f"or disable the stage with `stages: {{{stage}: false}}`") from exc
         cfg = cls()
+        prefix = f"{STAGE_SECTIONS[stage]}."  # errors name the key as the file spells it: cpt.train.lr
         wiring = filter_fields(cls, spec.wire(ctx))
         if wiring:
-            cfg = merge(cfg, _plain(wiring), prefix=f"{stage}.")
+            cfg = merge(cfg, _plain(wiring), prefix=prefix)
         section = pipeline.sections.get(stage) or {}
         if section:
-            cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=f"{stage}.")
+            cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=prefix)
         ctx.configs[stage] = cfg
-    return ctx, unavailable
+    return ctx
 
 
 # --------------------------------------------------------------------------------------------------- hashing
@@ -334,8 +263,6 @@ def write_state(run_dir: str | Path, state: dict[str, Any]) -> None:
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and its finished children: on a shared machine the wall time
     depends on the neighbours, the CPU time much less."""
-    import resource
-
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -356,22 +283,16 @@ def _inside(path: Path, root: Path) -> bool:
 # --------------------------------------------------------------------------------------------------- launcher
 
 
-def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> Any:
+def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> str:
     """Run a training stage as its own command under the pipeline's launcher (e.g. `accelerate launch ...`):
     the stage's resolved config is written to RUN_DIR/configs/<stage>.yaml and passed with --config, so the
-    processes of a multi-GPU run get exactly the config a single-process run would use."""
-    import shlex
-    import subprocess
-
-    import yaml
-
-    from kormed.io import atomic_write
-
+    processes of a multi-GPU run get exactly the config a single-process run would use. Returns the command line;
+    the stage's result is read back from the files it wrote (`StageSpec.result`)."""
     assert spec.command is not None and ctx.pipeline.launcher
     config_file = ctx.run_dir / "configs" / f"{spec.name}.yaml"
     # every section of the run (the stage's command may read a neighbour, e.g. cpt reads `tokenizer`'s CPT options)
-    sections = {name: _plain(c) for name, c in ctx.configs.items()}
-    sections[spec.name] = _plain(cfg)
+    sections = {STAGE_SECTIONS[name]: _plain(c) for name, c in ctx.configs.items()}
+    sections[STAGE_SECTIONS[spec.name]] = _plain(cfg)
     with atomic_write(config_file) as fh:
         yaml.safe_dump(sections, fh, allow_unicode=True, sort_keys=False)
     try:
@@ -389,7 +310,7 @@ def launch_stage(spec: StageSpec, cfg: Any, ctx: RunContext) -> Any:
     if proc.returncode != 0:
         raise KormedError(f"stage '{spec.name}' failed under the launcher (exit code {proc.returncode})",
                           hint=f"its config is {config_file}; rerun `kormed run` to resume")
-    return spec.collect(cfg, ctx) if spec.collect else {"launched": shlex.join(cmd)}
+    return shlex.join(cmd)
 
 
 # --------------------------------------------------------------------------------------------------- TensorBoard
@@ -424,7 +345,7 @@ def _numeric_leaves(obj: Any, prefix: str = "", depth: int = 0) -> Iterable[tupl
 def log_stage_summary(tb_dir: Path, stage: str, wall_s: float, result: Any, limit: int = 64) -> None:
     """The stage's wall time and the numbers of its result (accuracies, token counts, ...) as TensorBoard scalars
     under `kormed/`, so stages without a trainer (prepare, tokenizer, eval) appear in TensorBoard as well."""
-    try:
+    try:  # imported here: torch loads with it, and `kormed run --help` must not wait for torch
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency; a broken install only loses these summary scalars
         return
@@ -447,13 +368,11 @@ def run_pipeline(
     *,
     from_stage: str | None = None,
     specs: dict[str, StageSpec] | None = None,
-    log: Log = _stderr,
+    log: Log = stderr_log,
     report: bool = True,
 ) -> dict[str, Any]:
     """Run the enabled stages in order, skipping the ones that are current; returns the final state."""
     if specs is None:
-        from kormed.pipeline.stages import default_specs
-
         specs = default_specs()
     if from_stage is not None and from_stage not in pipeline.stages:
         raise KormedError(
@@ -461,7 +380,7 @@ def run_pipeline(
             field="--from",
         )
     check_output_path(pipeline.run_dir, "dir", "the run directory (run_dir)")
-    ctx, unavailable = resolve_configs(pipeline, specs, log)
+    ctx = resolve_configs(pipeline, specs, log)
     run_dir = pipeline.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(run_dir)
@@ -475,23 +394,14 @@ def run_pipeline(
     _write_resolved(pipeline, ctx)
     from_index = pipeline.stages.index(from_stage) if from_stage else None
     log(f"kormed run: {pipeline.name} -> {run_dir} (stages: {', '.join(pipeline.stages)})")
-    for stage, why in unavailable.items():
-        log(f"  note: stage '{stage}' is unavailable ({why}); the run goes on without it")
     try:
         for index, stage in enumerate(pipeline.stages):
-            if stage in unavailable:
-                log(f"[{stage}] unavailable: {unavailable[stage]}; later stages run without it")
-                state["stages"][stage] = {"status": "unavailable", "reason": unavailable[stage], "checked": _now()}
-                write_state(run_dir, state)
-                continue
             _run_stage(specs[stage], ctx, state, forced=from_index is not None and index >= from_index,
                        before_from=from_index is not None and index < from_index)
     finally:
         write_state(run_dir, state)
         if report:
             try:
-                from kormed.pipeline.report import write_report
-
                 html, _md = write_report(run_dir)
                 log(f"report: {html}")
             except Exception as exc:  # noqa: BLE001 - a broken plot must not hide the run's own outcome
@@ -501,17 +411,13 @@ def run_pipeline(
 
 def _write_resolved(pipeline: Pipeline, ctx: RunContext) -> None:
     """The configs actually used, one section per stage: rerun any stage by hand with `--config` on this file."""
-    import yaml
-
-    from kormed.io import atomic_write
-
     doc = {"name": pipeline.name, "run_dir": str(pipeline.run_dir), "stages": list(pipeline.stages)}
     for key in ("model", "device", "data_root"):
         if getattr(pipeline, key) is not None:
             doc[key] = getattr(pipeline, key)
     doc["report_to"] = list(pipeline.report_to)
     for stage, cfg in ctx.configs.items():
-        doc[stage] = _plain(cfg)
+        doc[STAGE_SECTIONS[stage]] = _plain(cfg)
     with atomic_write(pipeline.run_dir / "resolved_config.yaml") as fh:
         yaml.safe_dump(doc, fh, allow_unicode=True, sort_keys=False)
 
@@ -543,6 +449,9 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
         ctx.log(f"[{stage}] up to date (finished {prev.get('finished')}, {prev.get('wall_s', 0):.0f}s); skipped")
         ctx.results[stage] = prev.get("result")
         prev["skipped_at"] = _now()
+        if spec.result is not None and not (ctx.stage_dir(stage) / RESULT_FILE).is_file():
+            # a run directory made before kormed_result.json: written now from the stage's own files
+            write_result(ctx.stage_dir(stage), stage, spec.result(cfg, ctx))
         return
     reason = "forced by --from" if forced else (
         "first run" if not prev else
@@ -573,15 +482,22 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
         "inputs": inputs,
         "config": _plain(cfg),
         "started": _now(),
-        "output_dir": STAGE_DIRS.get(stage, stage),
+        "output_dir": STAGE_DIRS[stage],
     }
     state["stages"][stage] = entry
     write_state(run_dir, state)
     t0 = time.perf_counter()
     c0 = _cpu_seconds()
     try:
-        launched = bool(ctx.pipeline.launcher and spec.command)
-        result = launch_stage(spec, cfg, ctx) if launched else spec.run(cfg, ctx)
+        if ctx.pipeline.launcher and spec.command:
+            returned: Any = {"launched": launch_stage(spec, cfg, ctx)}
+        else:
+            returned = spec.run(cfg, ctx)
+        result = spec.result(cfg, ctx) if spec.result is not None else None
+        if result is not None:
+            write_result(ctx.stage_dir(stage), stage, result)
+            if spec.check is not None:
+                spec.check(result)
     except (KeyboardInterrupt, StageInterrupted):
         entry.update(status="interrupted", wall_s=round(time.perf_counter() - t0, 3), finished=_now())
         raise
@@ -591,7 +507,7 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
         raise
     wall = time.perf_counter() - t0
     entry.update(status="done", wall_s=round(wall, 3), cpu_s=round(_cpu_seconds() - c0, 3), finished=_now(),
-                 result=_plain(result))
+                 result=state_summary(to_json(result) if result is not None else returned))
     ctx.results[stage] = entry["result"]
     write_state(run_dir, state)
     dirs = list(spec.output_dirs(cfg, ctx)) if spec.output_dirs else [ctx.stage_dir(stage)]
@@ -603,12 +519,24 @@ def _run_stage(spec: StageSpec, ctx: RunContext, state: dict[str, Any], *, force
     _write_model_cards(ctx)
 
 
+def state_summary(result: Any) -> Any:
+    """What state.json keeps of a stage's result: scalars and small mappings, no long lists (the full typed result
+    is the stage's kormed_result.json)."""
+    if not isinstance(result, dict):
+        return _plain(result)
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if isinstance(v, str | int | float | bool | Path) or v is None:
+            out[k] = _plain(v)
+        elif isinstance(v, dict) and len(v) <= 32:
+            out[k] = state_summary(v)
+    return out
+
+
 def _write_model_cards(ctx: RunContext) -> None:
     """A model card (README.md) in each training stage's final adapter, refreshed after every stage so that the
     eval results land in it (README.md is not among any stage's hashed inputs)."""
     try:
-        from kormed.model_card import write_run_cards
-
         write_run_cards(ctx.run_dir)
     except Exception as exc:  # noqa: BLE001 - a card must not fail the run
         ctx.log(f"model cards: could not be written ({type(exc).__name__}: {exc})")

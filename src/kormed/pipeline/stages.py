@@ -1,43 +1,53 @@
 """The real stages as the runner drives them: each entry wires run-directory paths into the stage's own config and
 calls the stage's own API (`kormed.prepare.pipeline.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
 `kormed.train.cpt.run_cpt`, `kormed.train.sft.run_sft`, `kormed.train.loop.run_loop`, `kormed.eval.*`).
-Nothing here re-implements a stage. Imports happen inside the functions (no torch at import time).
+Nothing here re-implements a stage. (The stages' modules load torch only when they run.)
 
 Run directory (R = the pipeline's run_dir, made absolute):
 
     R/corpus/raw_text_mixed.jsonl (+ .val.jsonl, .stats.json)     prepare
     R/tokenizer/ (tokenizer.json, tokenizer_report.json)           tokenizer
     R/cpt/ (adapter, tokenizer/, training_info.json)               cpt      <- corpus, tokenizer
-    R/sft/step1..4/ (adapter, training_info.json)                  sft      <- cpt adapter, sample/seed data
-    R/loop/round01.../, best/, loop_table.json                     loop     <- sft step4 adapter
+    R/sft/step1../ (adapter, training_info.json)                   sft      <- cpt adapter, sample/seed data
+    R/loop/round01.../, best/, loop_table.json                     loop     <- sft's last step adapter
     R/eval/kormedmcqa_<target>.json, ppl_<target>.json             eval     <- base model and every adapter
+
+Which stage reads which is `kormed.pipeline.registry`; each stage's typed result (`kormed.pipeline.results`) is
+read from the files above and written beside them as kormed_result.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kormed.config import section_class
 from kormed.errors import KormedError
-from kormed.pipeline.run import RunContext, StageInterrupted, StageSpec
+from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
+from kormed.eval.perplexity import run_perplexity
+from kormed.pipeline import results
+from kormed.pipeline.registry import TRAINING_STAGES, previous_adapter, sft_step_names, stage_info
+from kormed.pipeline.spec import RunContext, StageInterrupted, StageSpec
+from kormed.prepare.config import ALL_SOURCES
+from kormed.prepare.pipeline import MissingSourceError, run_prepare
+from kormed.prepare.publish import check_prepared_set
+from kormed.sample_data import RELATIVE_PATHS, sample_data_root
+from kormed.stop_reason import StopReason
+from kormed.tokenizer.extend import extend_tokenizer
+from kormed.train.cpt import run_cpt
+from kormed.train.loop import run_loop
+from kormed.train.sft import run_sft
 
 CORPUS_NAME = "raw_text_mixed.jsonl"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def _cls(module: str, name: str, *, needs: Iterable[str] = ()) -> Any:
-    """The stage's config class; importing `needs` too, so a stage whose code has not landed is 'unavailable'."""
-
-    def load() -> type:
-        for m in needs:
-            importlib.import_module(m)
-        return getattr(importlib.import_module(module), name)
-
-    return load
+def _section_class(stage: str) -> Callable[[], type]:
+    """The stage's config dataclass, from its registry section (config.CONFIG_SECTIONS names the class)."""
+    return lambda: section_class(stage_info(stage).section)
 
 
 def _abs(p: str | Path) -> Path:
@@ -48,14 +58,17 @@ def _root(ctx: RunContext) -> Path:
     return _abs(ctx.run_dir)
 
 
+def _out(ctx: RunContext, stage: str) -> Path:
+    """The stage's own directory in the run directory (absolute)."""
+    return _root(ctx) / stage_info(stage).output_dir
+
+
 def data_root(ctx: RunContext) -> Path | None:
     """The pipeline's data root: `sample` (the bundled sample data), a directory, or none (the prepare default)."""
     value = ctx.pipeline.data_root
     if value is None:
         return None
     if value == "sample":
-        from kormed.sample_data import sample_data_root
-
         return sample_data_root()
     return _abs(value)
 
@@ -69,8 +82,6 @@ def _source(ctx: RunContext, name: str) -> str | None:
         root = _abs(ctx.configs["prepare"].root())
     if root is None:
         return None
-    from kormed.sample_data import RELATIVE_PATHS
-
     rel = RELATIVE_PATHS["mcq_train" if name == "mcq" else name]
     p = root / rel
     return str(p) if p.exists() or name in ("mcq", "medical_dict", "mcq_test") else None
@@ -108,13 +119,11 @@ def _prepare_wire(ctx: RunContext) -> dict[str, Any]:
     root = data_root(ctx)
     return {
         "data_root": str(root) if root is not None else None,
-        "out": str(_root(ctx) / "corpus" / CORPUS_NAME),
+        "out": str(_out(ctx, "prepare") / CORPUS_NAME),
     }
 
 
 def _prepare_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from kormed.prepare.pipeline import MissingSourceError, run_prepare
-
     try:
         result = run_prepare(cfg, log=ctx.log)
     except MissingSourceError as exc:  # its hint names `kormed prepare`'s flags, which `kormed run` does not take
@@ -125,12 +134,10 @@ def _prepare_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         raise KormedError(exc.message, path=exc.path, field=f"prepare.{exc.source}.path",
                           hint=f"{where} `prepare: {{{exc.source}: {{path: ...}}}}`, or "
                                f"`prepare: {{{exc.source}: {{optional: true}}}}` to skip it") from None
-    return {k: v for k, v in result.items() if k != "stats"} | {"documents": result.get("lines")}
+    return result
 
 
 def _prepare_inputs(cfg: Any, ctx: RunContext) -> list[Path]:
-    from kormed.prepare.config import ALL_SOURCES
-
     return [cfg.source_path(name) for name in ALL_SOURCES]
 
 
@@ -140,8 +147,6 @@ def _prepare_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
 
 def _prepare_verify(cfg: Any, ctx: RunContext) -> str | None:
     """Why the corpus, validation file and stats on disk are not one prepare run's set (None when they are)."""
-    from kormed.prepare.publish import check_prepared_set
-
     try:
         check_prepared_set(cfg.out_path(), cfg.val_path())
     except KormedError as exc:
@@ -159,15 +164,11 @@ def _prepare_dirs(cfg: Any, ctx: RunContext) -> list[Path]:
 def _tokenizer_wire(ctx: RunContext) -> dict[str, Any]:
     corpus, _ = _corpus(ctx)
     return {"model": ctx.pipeline.model, "corpus": corpus, "dict": _source(ctx, "medical_dict"),
-            "out": str(_root(ctx) / "tokenizer")}
+            "out": str(_out(ctx, "tokenizer"))}
 
 
 def _tokenizer_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from kormed.tokenizer.extend import extend_tokenizer
-
-    report = extend_tokenizer(cfg, log=ctx.log)
-    keep = ("method", "new_tokens", "base_vocab_size", "vocab_size", "heldout", "medical")
-    return {k: report[k] for k in keep if k in report}
+    return extend_tokenizer(cfg, log=ctx.log)
 
 
 # --------------------------------------------------------------------------------------------------- cpt
@@ -179,8 +180,8 @@ def _cpt_wire(ctx: RunContext) -> dict[str, Any]:
         "data": data,
         "val": val,
         "model": ctx.pipeline.model,
-        "tokenizer_path": str(_root(ctx) / "tokenizer") if ctx.enabled("tokenizer") else None,
-        "output": str(_root(ctx) / "cpt"),
+        "tokenizer_path": str(_out(ctx, "tokenizer")) if ctx.enabled("tokenizer") else None,
+        "output": str(_out(ctx, "cpt")),
         "kormedmcqa_data": _source(ctx, "mcq_test"),  # used only when cpt.kormedmcqa_every > 0
         **_train_options(ctx),
     }
@@ -192,13 +193,13 @@ def _tokenizer_options(cfg: Any, ctx: RunContext) -> Any:
 
 
 def _cpt_run(cfg: Any, ctx: RunContext) -> Any:
-    from kormed.train.cpt import run_cpt
+    return run_cpt(cfg, tokenizer_options=_tokenizer_options(cfg, ctx), log=ctx.log)
 
-    info = run_cpt(cfg, tokenizer_options=_tokenizer_options(cfg, ctx), log=ctx.log)
-    if isinstance(info, dict) and info.get("stop_reason") == "interrupted":
+
+def _cpt_check(result: results.TrainResult) -> None:
+    if result.stop_reason == StopReason.INTERRUPTED:
         raise StageInterrupted("stage 'cpt' was interrupted (a checkpoint was saved)",
                                hint="rerun the same command to resume it")
-    return _summary(info)
 
 
 def _cpt_extra(cfg: Any, ctx: RunContext) -> Any:
@@ -214,23 +215,15 @@ def _cpt_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
 # --------------------------------------------------------------------------------------------------- sft
 
 
-def _previous_adapter(ctx: RunContext, before: str) -> str | None:
-    """The final adapter of the last training stage before `before` that is part of this run."""
-    order = ["cpt", "sft", "loop"]
-    for stage in reversed(order[: order.index(before)] if before in order else order):
-        if ctx.enabled(stage):
-            return final_adapter(stage, ctx.configs[stage])
-    return None
+def _previous_adapter(ctx: RunContext, stage: str) -> str | None:
+    """The final adapter of the nearest training stage among `stage`'s registry inputs that is part of this run."""
+    adapter = previous_adapter(stage, ctx.enabled, ctx.configs)
+    return str(adapter) if adapter is not None else None
 
 
 def final_adapter(stage: str, cfg: Any) -> str:
-    """Where a training stage leaves its final adapter."""
-    out = Path(cfg.output)
-    if stage == "sft":
-        return str(out / "step4")
-    if stage == "loop":
-        return str(out / "best")
-    return str(out)
+    """Where a training stage leaves its final adapter (the registry's final artefact)."""
+    return str(stage_info(stage).final_adapter(cfg))
 
 
 def _chat_data(ctx: RunContext) -> dict[str, Any]:
@@ -250,20 +243,20 @@ def _sft_wire(ctx: RunContext) -> dict[str, Any]:
         **_chat_data(ctx),
         "model": ctx.pipeline.model,
         "from_adapter": _previous_adapter(ctx, "sft"),
-        "output": str(_root(ctx) / "sft"),
+        "output": str(_out(ctx, "sft")),
         **_train_options(ctx),
     }
 
 
 def _sft_run(cfg: Any, ctx: RunContext) -> Any:
-    from kormed.train.sft import run_sft
+    return run_sft(cfg, log=ctx.log)
 
-    summary = run_sft(cfg, log=ctx.log)
-    if isinstance(summary, dict) and summary.get("finished") is False:
-        last = (summary.get("steps") or [{}])[-1]
-        raise StageInterrupted(f"stage 'sft' stopped in step {last.get('step')} ({last.get('stop_reason')})",
-                               hint="rerun the same command to continue from that step")
-    return _summary(summary)
+
+def _sft_check(result: results.SFTResult) -> None:
+    if not result.finished:
+        last = result.steps[-1] if result.steps else None
+        where = f"in {last.name} ({last.stop_reason.value})" if last else "before its first step finished"
+        raise StageInterrupted(f"stage 'sft' stopped {where}", hint="rerun the same command to continue from that step")
 
 
 def _data_inputs(cfg: Any) -> list[Any]:
@@ -272,18 +265,19 @@ def _data_inputs(cfg: Any) -> list[Any]:
 
 def _sft_resume(cfg: Any, ctx: RunContext) -> Any:
     """Continue an interrupted SFT at the first step that did not finish (stop conditions met or max_steps)."""
-    from kormed.io import read_json
-
     out = Path(cfg.output)
+    names = sft_step_names(cfg)
     done = 0
-    for n in range(1, 5):
-        info_file = out / f"step{n}" / "training_info.json"
-        finished = info_file.is_file() and all((out / f"step{n}" / f).exists() for f in ADAPTER_FILES)
-        if finished and read_json(info_file).get("stop_reason") in ("conditions_met", "max_steps"):
+    for n, name in enumerate(names, start=1):
+        step_dir = out / name
+        info_file = step_dir / results.TRAINING_INFO
+        finished = info_file.is_file() and all((step_dir / f).exists() for f in ADAPTER_FILES)
+        if finished and results.train_result(step_dir).stop_reason in (StopReason.CONDITIONS_MET,
+                                                                        StopReason.MAX_STEPS):
             done = n
         else:
             break
-    if done == 0 or done == 4:
+    if done == 0 or done == len(names):
         return None
     return dataclasses.replace(cfg, from_step=done + 1)
 
@@ -297,15 +291,13 @@ def _loop_wire(ctx: RunContext) -> dict[str, Any]:
         "eval_data": _source(ctx, "mcq_test"),
         "model": ctx.pipeline.model,
         "from_adapter": _previous_adapter(ctx, "loop"),
-        "output": str(_root(ctx) / "loop"),
+        "output": str(_out(ctx, "loop")),
         **_train_options(ctx),
     }
 
 
 def _loop_run(cfg: Any, ctx: RunContext) -> Any:
-    from kormed.train.loop import run_loop
-
-    return _summary(run_loop(cfg, log=ctx.log))
+    return run_loop(cfg, log=ctx.log)
 
 
 # --------------------------------------------------------------------------------------------------- eval
@@ -315,17 +307,17 @@ def eval_targets(ctx: RunContext) -> dict[str, str | None]:
     """Model name -> adapter directory (None = the base model) evaluated by the eval stage.
 
     Default: the base model and the final adapter of every training stage in the run. `eval_targets` in the
-    pipeline file picks some: base, cpt, sft (= step4), sft/stepN, loop (= best), loop/roundNN."""
+    pipeline file picks some: base, cpt, sft (= its last step), sft/stepN, loop (= best), loop/roundNN."""
     wanted = ctx.pipeline.eval_targets
     if wanted is None:
-        wanted = ["base", *[s for s in ("cpt", "sft", "loop") if ctx.enabled(s)]]
+        wanted = ["base", *[s for s in TRAINING_STAGES if ctx.enabled(s)]]
     out: dict[str, str | None] = {}
     for t in wanted:
         stage, _, sub = t.partition("/")
         if stage == "base" and not sub:
             out["base"] = None
             continue
-        if stage not in ("cpt", "sft", "loop") or (stage == "cpt" and sub):
+        if stage not in TRAINING_STAGES or (stage == "cpt" and sub):
             raise KormedError(f"unknown eval target {t!r} (base, cpt, sft, sft/stepN, loop, loop/roundNN)",
                               path=ctx.pipeline.source, field="eval_targets")
         if not ctx.enabled(stage):
@@ -357,10 +349,7 @@ def _eval_wire(ctx: RunContext) -> dict[str, Any]:
 
 
 def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
-    from kormed.eval.perplexity import run_perplexity
-
-    out_dir = _root(ctx) / "eval"
+    out_dir = _out(ctx, "eval")
     ppl_data = _ppl_data(ctx)
     summary: dict[str, Any] = {}
     for name, adapter in eval_targets(ctx).items():
@@ -388,7 +377,7 @@ def _eval_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
 
 
 def _eval_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
-    out_dir = _root(ctx) / "eval"
+    out_dir = _out(ctx, "eval")
     names = list(eval_targets(ctx))
     files = [out_dir / f"kormedmcqa_{n}.json" for n in names]
     if _ppl_data(ctx):
@@ -399,44 +388,13 @@ def _eval_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
 # --------------------------------------------------------------------------------------------------- common
 
 
-def _collect(*names: str) -> Any:
-    """Result of a stage run under the launcher: the first of `names` (JSON, relative to its output) that exists."""
-
-    def read(cfg: Any, ctx: RunContext) -> Any:
-        from kormed.io import read_json
-
-        for name in names:
-            p = Path(cfg.output) / name
-            if p.is_file():
-                return _summary(read_json(p))
-        return {}
-
-    return read
-
-
-
-def _summary(result: Any) -> Any:
-    """What the state file keeps of a stage's return value: JSON-able scalars and small dicts, no big lists."""
-    if not isinstance(result, dict):
-        return result
-    out: dict[str, Any] = {}
-    for k, v in result.items():
-        if isinstance(v, str | int | float | bool) or v is None:
-            out[k] = v
-        elif isinstance(v, Path):
-            out[k] = str(v)
-        elif isinstance(v, dict) and len(v) <= 32:
-            out[k] = _summary(v)
-    return out
-
-
 def default_specs() -> dict[str, StageSpec]:
-    """The runner's table of real stages."""
+    """The runner's table of real stages, one per registry entry."""
     train_volatile = ("num_proc", "cache_dir", "resume", "from_step")
     return {
         "prepare": StageSpec(
             name="prepare",
-            config_cls=_cls("kormed.prepare.config", "PrepareConfig", needs=["kormed.prepare.pipeline"]),
+            config_cls=_section_class("prepare"),
             wire=_prepare_wire,
             run=_prepare_run,
             inputs=_prepare_inputs,
@@ -444,65 +402,70 @@ def default_specs() -> dict[str, StageSpec]:
             verify=_prepare_verify,
             output_dirs=_prepare_dirs,
             volatile=("num_proc", "batch_size", "skip_bad"),
+            result=lambda cfg, ctx: results.prepare_result(cfg.stats_path()),
         ),
         "tokenizer": StageSpec(
             name="tokenizer",
-            config_cls=_cls("kormed.tokenizer.config", "TokenizerConfig", needs=["kormed.tokenizer.extend"]),
+            config_cls=_section_class("tokenizer"),
             wire=_tokenizer_wire,
             run=_tokenizer_run,
             inputs=lambda cfg, ctx: [cfg.corpus, cfg.dict],
-            outputs=lambda cfg, ctx: [Path(cfg.out) / "tokenizer.json", Path(cfg.out) / "tokenizer_report.json"],
+            outputs=lambda cfg, ctx: [Path(cfg.out) / "tokenizer.json", Path(cfg.out) / results.TOKENIZER_REPORT],
             output_dirs=lambda cfg, ctx: [cfg.out],
             # train_new_rows_only / embedding_lr are read by CPT, not by the extension itself
             volatile=("train_new_rows_only", "embedding_lr"),
+            result=lambda cfg, ctx: results.tokenizer_result(cfg.out),
         ),
         "cpt": StageSpec(
             name="cpt",
-            config_cls=_cls("kormed.train.config", "CPTConfig", needs=["kormed.train.cpt"]),
+            config_cls=_section_class("cpt"),
             wire=_cpt_wire,
             run=_cpt_run,
             inputs=_cpt_inputs,
-            outputs=lambda cfg, ctx: [Path(cfg.output) / f for f in (*ADAPTER_FILES, "training_info.json")],
+            outputs=lambda cfg, ctx: [Path(cfg.output) / f for f in (*ADAPTER_FILES, results.TRAINING_INFO)],
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,
             resume_field="resume",
             extra_hash=_cpt_extra,
             command=("train", "cpt"),
-            collect=_collect("training_info.json"),
+            result=lambda cfg, ctx: results.train_result(cfg.output, "cpt"),
+            check=_cpt_check,
         ),
         "sft": StageSpec(
             name="sft",
-            config_cls=_cls("kormed.train.sft_config", "SFTConfig", needs=["kormed.train.sft"]),
+            config_cls=_section_class("sft"),
             wire=_sft_wire,
             run=_sft_run,
             inputs=lambda cfg, ctx: _data_inputs(cfg),
-            outputs=lambda cfg, ctx: [Path(cfg.output) / "step4" / f for f in (*ADAPTER_FILES, "training_info.json")],
+            outputs=lambda cfg, ctx: [Path(final_adapter("sft", cfg)) / f
+                                      for f in (*ADAPTER_FILES, results.TRAINING_INFO)],
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,
             resume_hook=_sft_resume,
             command=("train", "sft"),
-            collect=_collect("sft_summary.json", "step4/training_info.json"),
+            result=lambda cfg, ctx: results.sft_result(cfg.output),
+            check=_sft_check,
         ),
         "loop": StageSpec(
             name="loop",
-            config_cls=_cls("kormed.train.sft_config", "LoopConfig", needs=["kormed.train.loop"]),
+            config_cls=_section_class("loop"),
             wire=_loop_wire,
             run=_loop_run,
             inputs=lambda cfg, ctx: [*_data_inputs(cfg), cfg.eval_data],
-            outputs=lambda cfg, ctx: [Path(cfg.output) / "best" / f for f in ADAPTER_FILES],
+            outputs=lambda cfg, ctx: [Path(final_adapter("loop", cfg)) / f for f in ADAPTER_FILES],
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,
             command=("train", "loop"),
-            collect=_collect("loop_table.json"),
+            result=lambda cfg, ctx: results.loop_result(cfg.output),
         ),
         "eval": StageSpec(
             name="eval",
-            config_cls=_cls("kormed.eval.config", "EvalConfig", needs=["kormed.eval.kormedmcqa",
-                                                                          "kormed.eval.perplexity"]),
+            config_cls=_section_class("eval"),
             wire=_eval_wire,
             run=_eval_run,
             inputs=_eval_inputs,
             outputs=_eval_outputs,
             volatile=("batch_size", "output"),
+            result=lambda cfg, ctx: results.eval_result(_out(ctx, "eval")),
         ),
     }
