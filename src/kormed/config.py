@@ -167,6 +167,9 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in fields:
+            removed = getattr(cls, "removed_options", {}).get(name)  # a ClassVar of the config class
+            if removed:
+                raise KormedError(f"option removed: {removed}", path=path, field=prefix + str(key))
             known = ", ".join(sorted(fields))
             raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
         kwargs[name] = _coerce(value, _resolve_type(cls, name), prefix + name, path)
@@ -297,16 +300,21 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 
-def _document(cls: type, obj: Any, indent: int) -> list[str]:
+def _document(cls: type, obj: Any, indent: int, *, comments: bool = True) -> list[str]:
     lines: list[str] = []
     pad = "  " * indent
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") if comments else ""
         for hl in help_text.splitlines() or [""]:
             if hl:
                 lines.append(f"{pad}# {hl}")
-        if dataclasses.is_dataclass(value):
+        if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            lines.append(f"{pad}{f.name}:")  # a list of sections (e.g. sft.steps): each item's keys, help once
+            for i, v in enumerate(value):
+                lines.append(f"{pad}  -")
+                lines.extend(_document(type(v), v, indent + 2, comments=i == 0))
+        elif dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
             lines.extend(_document(type(value), value, indent + 1))
         elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):

@@ -689,11 +689,12 @@ def _training_section(data: ReportData) -> Section:
             elif not u.scalars:
                 sec.p("(no logged curves found for this run)")
     if data.loop_table:
-        preferred = ["round", "kind", "accuracy", "correct", "total", "global_step", "stop_reason"]
+        preferred = ["round", "kind", "dev_accuracy", "test_accuracy", "accuracy", "correct", "total", "global_step",
+                     "stop_reason"]
         present = {k for r in data.loop_table for k, v in r.items() if not isinstance(v, dict | list)}
         cols = [c for c in preferred if c in present] or sorted(present)[:8]
         sec.p("Loop rounds (KorMedMCQA accuracy after each round):")
-        sec.table(cols, [[f"{r[c]:.1%}" if c == "accuracy" and _number(r.get(c)) is not None else _fmt(r.get(c))
+        sec.table(cols, [[f"{r[c]:.1%}" if c.endswith("accuracy") and _number(r.get(c)) is not None else _fmt(r.get(c))
                           for c in cols] for r in data.loop_table])
     if not any_unit:
         sec.p("No training stage has run yet.")

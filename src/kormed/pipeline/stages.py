@@ -227,7 +227,7 @@ def final_adapter(stage: str, cfg: Any) -> str:
     """Where a training stage leaves its final adapter."""
     out = Path(cfg.output)
     if stage == "sft":
-        return str(out / "step4")
+        return str(out / f"step{len(cfg.steps)}")
     if stage == "loop":
         return str(out / "best")
     return str(out)
@@ -276,14 +276,14 @@ def _sft_resume(cfg: Any, ctx: RunContext) -> Any:
 
     out = Path(cfg.output)
     done = 0
-    for n in range(1, 5):
+    for n in range(1, len(cfg.steps) + 1):
         info_file = out / f"step{n}" / "training_info.json"
         finished = info_file.is_file() and all((out / f"step{n}" / f).exists() for f in ADAPTER_FILES)
         if finished and read_json(info_file).get("stop_reason") in ("conditions_met", "max_steps"):
             done = n
         else:
             break
-    if done == 0 or done == 4:
+    if done == 0 or done == len(cfg.steps):
         return None
     return dataclasses.replace(cfg, from_step=done + 1)
 
@@ -476,7 +476,8 @@ def default_specs() -> dict[str, StageSpec]:
             wire=_sft_wire,
             run=_sft_run,
             inputs=lambda cfg, ctx: _data_inputs(cfg),
-            outputs=lambda cfg, ctx: [Path(cfg.output) / "step4" / f for f in (*ADAPTER_FILES, "training_info.json")],
+            outputs=lambda cfg, ctx: [Path(final_adapter("sft", cfg)) / f for f in (*ADAPTER_FILES,
+                                                                                   "training_info.json")],
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,
             resume_hook=_sft_resume,

@@ -26,7 +26,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         raw_val: str = typer.Option(None, "--raw-val", help="Held-out raw text JSONL (default: held out of --raw)."),
         from_adapter: str = typer.Option(None, "--from-adapter", help="Start step 1 from this adapter (e.g. CPT)."),
         model: str = typer.Option(None, "--model", help="Hub id or local dir; default: embedded Gemma 3 270M."),
-        output: str = typer.Option(None, "--output", help="Output directory (baseline.json, step1/ ... step4/)."),
+        output: str = typer.Option(None, "--output", help="Output directory (baseline.json, step1/ ... stepN/)."),
         max_steps_per_step: int = typer.Option(None, "--max-steps-per-step", help="Override every step's budget."),
         max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
@@ -42,7 +42,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         seed: int = typer.Option(None, "--seed", help="Seed of splits, mixes, data order and dropout."),
         quantize: str = typer.Option(None, "--quantize", help="none or 4bit (QLoRA: NF4 base, needs bitsandbytes)."),
     ) -> None:
-        """Staged chat-format SFT (4 steps): answer-only loss, ratio mixes, per-step stop conditions."""
+        """Staged chat-format SFT (sft.steps, default the seeds' 4): answer-only loss, ratio mixes, stop conditions."""
         from kormed.config import load_config
         from kormed.train.sft import run_sft
 
@@ -77,7 +77,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         char_dict: str = typer.Option(None, "--char-dict", help="Symbol dictionary JSON (optional)."),
         raw: str = typer.Option(None, "--raw", help="Raw Korean text JSONL (optional; reported as perplexity)."),
         raw_val: str = typer.Option(None, "--raw-val", help="Held-out raw text JSONL."),
-        eval_data: str = typer.Option(None, "--eval-data", help="KorMedMCQA questions scored after each round."),
+        eval_data: str = typer.Option(None, "--eval-data", help="KorMedMCQA test questions (reported only)."),
+        dev_data: str = typer.Option(None, "--dev-data", help="KorMedMCQA dev questions the best round is chosen on."),
         target: float = typer.Option(None, "--target", help="Stop at this accuracy (0-1, default 0.9)."),
         max_rounds: int = typer.Option(None, "--max-rounds", help="At most N rounds (default 6)."),
         eval_limit: int = typer.Option(None, "--eval-limit", help="Score only the first N questions."),
@@ -103,7 +104,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
 
         overrides = drop_unset({
             "mcq": mcq, "dict": dictionary, "char_dict": char_dict, "raw": raw, "raw_val": raw_val,
-            "eval_data": eval_data, "target": target, "max_rounds": max_rounds, "eval_limit": eval_limit,
+            "eval_data": eval_data, "dev_data": dev_data, "target": target, "max_rounds": max_rounds,
+            "eval_limit": eval_limit,
             "eval_mode": eval_mode, "from_adapter": from_adapter, "model": model, "output": output,
             "max_steps_per_round": max_steps_per_round, "max_length": max_length, "padding_free": padding_free,
             "train": {"device": device, "dtype": dtype, "eval_steps": eval_steps, "lr": lr, "seed": seed,
@@ -112,9 +114,12 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         cfg = load_config("loop", config, overrides)
         result = run_loop(cfg, log=_echo)
         for row in result["rounds"]:
-            typer.echo(f"round {row['round']} ({row['kind']}): accuracy {row['accuracy']:.2%} "
-                       f"({row['correct']}/{row['total']})")
-        typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} "
-                   f"{result['best_accuracy']:.2%}; adapter in {result['best_adapter']}")
+            test = "" if row["test_accuracy"] is None else f", test {row['test_accuracy']:.2%}"
+            typer.echo(f"round {row['round']} ({row['kind']}): dev accuracy {row['dev_accuracy']:.2%} "
+                       f"({row['dev_correct']}/{row['dev_total']}){test}")
+        best_test = result["best_test_accuracy"]
+        typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} selected on "
+                   f"{result['selected_on']}: {result['best_dev_accuracy']:.2%}; reported on {result['reported_on']}: "
+                   f"{'–' if best_test is None else f'{best_test:.2%}'}; adapter in {result['best_adapter']}")
         if result["stop_reason"] not in ("target_reached", "max_rounds"):
             sys.exit(130)
