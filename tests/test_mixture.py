@@ -6,7 +6,13 @@ from collections import Counter
 
 import pytest
 
-from kormed.data.mixture import mix_datasets, normalise_weights, split_records
+from kormed.data.mixture import (
+    learned_token_counts,
+    mix_datasets,
+    mix_with_report,
+    normalise_weights,
+    split_records,
+)
 from kormed.errors import KormedError
 
 
@@ -71,3 +77,58 @@ def test_split_records_is_deterministic_and_disjoint():
     assert split_records(list(range(10)), fraction=0.05)[1] != []  # at least one
     assert split_records([1], fraction=0.5) == ([1], [])
     assert split_records(items, fraction=0.0) == (items, [])
+
+
+def _labelled(n: int, prompt: int, targets: tuple[int, int], seed: int, full_loss: bool = False):
+    """n examples of `prompt` masked tokens then a random number (in `targets`) of learned tokens; with
+    `full_loss` every position is learned (raw text: the label at position 0 is never a target)."""
+    import random
+
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(*targets)
+        rows.append(list(range(prompt + k)) if full_loss else [-100] * prompt + [7] * k)
+    return Dataset.from_dict({"input_ids": rows, "labels": rows})
+
+
+def test_learned_token_counts_skip_masks_and_position_zero():
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"labels": [[-100, -100, 5, 6], [1, 2, 3], [-100], [4]]}).shuffle(seed=3)
+    expected = {4: 2, 3: 2, 1: 0}  # (length -> learned) is unambiguous except the two 1-long rows (both 0)
+    assert [int(c) for c in learned_token_counts(ds)] == [expected[len(r)] for r in ds["labels"]]
+
+
+def test_token_mix_balances_learned_tokens_and_example_mix_does_not():
+    # QA-like answers (3-8 targets after a 40-token prompt) against raw-like text (150-400 targets each)
+    sets = {"qa": _labelled(400, 40, (3, 8), seed=1), "raw": _labelled(300, 0, (150, 400), seed=2, full_loss=True)}
+    weights = {"qa": 0.6, "raw": 0.4}
+    _, by_tokens = mix_with_report(sets, weights, mix_by="tokens", seed=4)
+    _, by_examples = mix_with_report(sets, weights, mix_by="examples", seed=4)
+    for report in (by_tokens, by_examples):
+        shares = report["sources"]
+        assert sum(v["learned_token_share"] for v in shares.values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(v["example_share"] for v in shares.values()) == pytest.approx(1.0, abs=1e-5)
+        assert report["examples"] == sum(v["examples"] for v in shares.values())
+    for name, w in weights.items():
+        assert abs(by_tokens["sources"][name]["learned_token_share"] - w) < 0.05, by_tokens
+        assert abs(by_examples["sources"][name]["example_share"] - w) < 0.05, by_examples
+    # by examples, raw text takes almost all of the training signal
+    assert by_examples["sources"]["raw"]["learned_token_share"] > 0.9
+    # by tokens, QA examples are drawn far more often than their weight
+    assert by_tokens["sources"]["qa"]["example_share"] > 0.95
+    assert by_tokens["mix_by"] == "tokens" and sum(by_tokens["sampling_probabilities"].values()) == pytest.approx(1)
+
+
+def test_mix_with_report_returns_the_input_columns_and_is_seeded():
+    sets = {"qa": _labelled(50, 4, (1, 3), seed=1), "raw": _labelled(30, 0, (20, 40), seed=2, full_loss=True)}
+    a, report = mix_with_report(sets, {"qa": 1, "raw": 1}, mix_by="tokens", seed=9)
+    b, _ = mix_with_report(sets, {"qa": 1, "raw": 1}, mix_by="tokens", seed=9)
+    assert a.column_names == ["input_ids", "labels"] and a["labels"] == b["labels"]
+    cat, cat_report = mix_with_report(sets, {"qa": 1, "raw": 1}, mode="concatenate")
+    assert len(cat) == 80 and cat_report["sources"]["qa"]["examples"] == 50 and cat_report["mix_by"] is None
+    with pytest.raises(KormedError, match="mix_by"):
+        mix_datasets(sets, {"qa": 1, "raw": 1}, mix_by="bytes")

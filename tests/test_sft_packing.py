@@ -4,6 +4,7 @@ labels are ignored at every example boundary, and a `kormed train sft` run gives
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from kormed.data.chat import IGNORE_INDEX, encode_chat_example, encode_raw_text,
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator
 from kormed.records import read_dictionary, read_mcq_jsonl
 from kormed.sample_data import sample_paths
+from kormed.train.sft_config import SFTConfig
 from kormed.train.trainer import CausalCollator
 from tests.conftest import tiny_text_config
 from tests.test_sft_data import RAW_SENTENCES, write_raw
@@ -158,8 +160,11 @@ def _sft_run(tmp: Path, model_dir: Path, padding_free: bool, capsys) -> Path:
     train = {"eval_steps": 100, "batch_size": 2, "grad_accum": 2, "report_to": [], "gradient_checkpointing": False,
              "lr": 1e-3, "logging_steps": 1, "seed": 7}
     later = {"max_steps": 1, "stop": ["eval_qa_loss < 0.001"], "stable_evals": 1, "stable_metrics": []}
-    config = {"sft": {"val_max": 1, "max_length": 96, "train": train, "lora": {"dropout": 0.0},
-                      "step1": {"max_steps": 3}, "step2": later, "step3": later, "step4": later}}
+    steps = [dataclasses.asdict(s) for s in SFTConfig().steps]  # the seeds' four steps, budgets changed
+    steps[0]["max_steps"] = 3
+    for step in steps[1:]:
+        step.update(later)
+    config = {"sft": {"val_max": 1, "max_length": 96, "train": train, "lora": {"dropout": 0.0}, "steps": steps}}
     cfg_path = tmp / "sft.yaml"
     cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     p = sample_paths()

@@ -3,6 +3,7 @@ resume and the loop; the real embedded 270M for one short run on the bundled sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 import yaml
 
 from kormed.cli import main
+from kormed.config import load_config
 from kormed.sample_data import sample_paths
+from kormed.train.sft_config import SFTConfig
 from tests.test_sft_data import write_raw
 
 TRAIN_FAST = {"eval_steps": 1, "batch_size": 2, "grad_accum": 1, "report_to": [], "gradient_checkpointing": False,
@@ -38,6 +41,14 @@ def _info(out: Path, step: str) -> dict:
     return json.loads((out / step / "training_info.json").read_text(encoding="utf-8"))
 
 
+def seeds_steps(changes: dict[int, dict]) -> list[dict]:
+    """The seeds' four default steps as a config list, with `changes` (step number -> values) applied."""
+    steps = [dataclasses.asdict(s) for s in SFTConfig().steps]
+    for n, values in changes.items():
+        steps[n - 1].update(values)
+    return steps
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_gemma3_dir):
     """The four steps on the tiny model; steps 2 and 4 have conditions that can hold, 1 and 3 cannot."""
@@ -47,13 +58,15 @@ def tiny_run(tmp_path_factory, tiny_gemma3_dir):
         # no LoRA dropout: a resumed step evaluates at step 0, which draws from the global RNG (the DataLoader's
         # base seed) and would shift the dropout masks relative to the uninterrupted run
         "lora": {"dropout": 0.0},
-        "step1": {"max_steps": 1},  # default conditions: qa loss < 0.3 never holds for a random model
-        "step2": {"max_steps": 3, "stop": ["eval_qa_loss < 1000", "eval_raw_perplexity maintained"],
-                  "mode": "concatenate"},
-        "step3": {"max_steps": 1, "stop": ["eval_dict_loss < 0.001", "eval_raw_perplexity maintained"]},
-        "step4": {"max_steps": 4, "stop": ["eval_qa_loss < 1000", "eval_raw_perplexity ~ 1.1 * baseline",
-                                           "eval_raw_perplexity maintained"],
-                  "stable_evals": 2, "stable_metrics": ["eval_qa_loss", "eval_raw_perplexity"]},
+        "steps": seeds_steps({
+            1: {"max_steps": 1},  # default conditions: qa loss < 0.3 never holds for a random model
+            2: {"max_steps": 3, "stop": ["eval_qa_loss < 1000", "eval_raw_perplexity maintained"],
+                "mode": "concatenate"},
+            3: {"max_steps": 1, "stop": ["eval_dict_loss < 0.001", "eval_raw_perplexity maintained"]},
+            4: {"max_steps": 4, "stop": ["eval_qa_loss < 1000", "eval_raw_perplexity ~ 1.1 * baseline",
+                                         "eval_raw_perplexity maintained"],
+                "stable_evals": 2, "stable_metrics": ["eval_qa_loss", "eval_raw_perplexity"]},
+        }),
     }}
     cfg_path = tmp / "sft.yaml"
     cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -98,10 +111,20 @@ def test_four_steps_with_stop_conditions_and_guard(tiny_run, capsys):
     assert all(f"eval_{k}_loss" in infos[3]["metrics_at_stop"] for k in val_sets)
     # mixes as configured, each step continuing the previous adapter
     assert infos[3]["mix"] == {"qa_cot": 0.7, "dict": 0.3} and infos[2]["mix_mode"] == "concatenate"
+    # the seeds' shares are shares of learned tokens (mix_by tokens); the report records both shares
+    assert infos[3]["mix_by"] == "tokens" and infos[3]["step_name"] == "qa_dict"
+    for n in (1, 3, 4):
+        shares = infos[n]["mix_report"]["sources"]
+        assert sum(v["learned_token_share"] for v in shares.values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(v["example_share"] for v in shares.values()) == pytest.approx(1.0, abs=1e-5)
+    raw_share = infos[4]["mix_report"]["sources"]["raw"]
+    assert raw_share["learned_token_share"] == pytest.approx(0.4, abs=0.1)
+    assert raw_share["example_share"] < raw_share["learned_token_share"]  # raw examples carry many targets
     assert infos[2]["started_from"] == str(out / "step1") and infos[1]["started_from"] is None
     summary = json.loads((out / "sft_summary.json").read_text())
     assert [r["stop_reason"] for r in summary["steps"]] == ["max_steps", "conditions_met", "max_steps",
                                                             "conditions_met"]
+    assert [r["name"] for r in summary["steps"]] == ["qa_examples", "qa_more_data", "qa_dict", "qa_dict_raw"]
     assert "step4: conditions_met" in stdout
 
 
@@ -143,14 +166,34 @@ def test_sft_input_errors_are_one_line(tmp_path, capsys, tiny_gemma3_dir):
                          "--output", str(tmp_path / "o"), "--model", str(tiny_gemma3_dir)], capsys)
     assert code == 2 and "--raw is required" in err
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({"sft": {"step3": {"stop": ["eval_qa_loss << 1"]}}}))
+    cfg.write_text(yaml.safe_dump({"sft": {"steps": seeds_steps({3: {"stop": ["eval_qa_loss << 1"]}})}}))
     code, _, err = _cli(["train", "sft", "--config", str(cfg)], capsys)
-    assert code == 2 and "sft.step3.stop[0]" in err
-    cfg.write_text(yaml.safe_dump({"sft": {"step1": {"stop": ["eval_nope_loss < 1"]}, "train": TRAIN_FAST,
-                                           "val_max": 2, "max_length": 64}}))
+    assert code == 2 and "sft.steps[2].stop[0]" in err
+    cfg.write_text(yaml.safe_dump({"sft": {"steps": [{"name": "only", "stop": ["eval_nope_loss < 1"]}],
+                                           "train": TRAIN_FAST, "val_max": 2, "max_length": 64}}))
     code, _, err = _cli(["train", "sft", "--config", str(cfg), *_data_args(tmp_path), "--model",
                          str(tiny_gemma3_dir), "--output", str(tmp_path / "o"), "--device", "cpu"], capsys)
     assert code == 2 and "eval_nope_loss" in err and "not measured" in err
+
+
+def test_steps_written_the_old_way_are_a_clear_error(tmp_path, capsys):
+    """`sft.step1`..`step4` (and the loop's dict_round/mcq_round/first_round) name the new list form."""
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text(yaml.safe_dump({"sft": {"step4": {"stable_evals": 1}}}))
+    code, _, err = _cli(["train", "sft", "--config", str(cfg)], capsys)
+    assert code == 2 and "sft.step4" in err and "steps are a list now" in err and "steps:" in err
+    cfg.write_text(yaml.safe_dump({"loop": {"first_round": "mcq"}}))
+    code, _, err = _cli(["train", "loop", "--config", str(cfg)], capsys)
+    assert code == 2 and "loop.first_round" in err and "rounds:" in err
+    # the list itself: --from-step is bounded by its length, names are unique
+    cfg.write_text(yaml.safe_dump({"sft": {"steps": seeds_steps({})[:2], "from_step": 3}}))
+    code, _, err = _cli(["train", "sft", "--config", str(cfg)], capsys)
+    assert code == 2 and "sft.from_step" in err and "between 1 and 2" in err
+    cfg.write_text(yaml.safe_dump({"sft": {"steps": [{"name": "a"}, {"name": "a"}]}}))
+    code, _, err = _cli(["train", "sft", "--config", str(cfg)], capsys)
+    assert code == 2 and "sft.steps[1].name" in err
+    two = load_config("sft", None, {"steps": [{"name": "a", "mix": {"dict": 1}}, {"name": "b"}]})
+    assert [s.name for s in two.steps] == ["a", "b"] and two.steps[1].mix == {"qa": 1.0}
 
 
 def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_dir):
@@ -167,20 +210,103 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     table = json.loads((out / "loop_table.json").read_text())
     assert [(r["round"], r["kind"]) for r in table["rounds"]] == [(0, "start"), (1, "dict"), (2, "mcq")]
     assert table["stop_reason"] in ("max_rounds", "target_reached")
-    assert all(r["total"] == 4 for r in table["rounds"])
+    assert all(r["test_total"] in (4, None) and r["dev_total"] >= 1 for r in table["rounds"])
     assert _info(out, "round01_dict")["mix"] == {"dict": 1.0}
     assert _info(out, "round02_mcq")["mix"] == {"qa_cot": 1.0}
     assert _info(out, "round02_mcq")["adapter_init"] is None and _info(out, "round02_mcq")["started_from"] == str(
         out / "round01_dict")
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["round"] == table["best_round"]
-    assert best["accuracy"] == max(r["accuracy"] for r in table["rounds"])
+    assert best["dev_accuracy"] == max(r["dev_accuracy"] for r in table["rounds"])
+    assert table["rounds"][table["best_round"]]["test_accuracy"] == table["best_test_accuracy"] is not None
+    assert table["reported_on"].startswith(f"test ({p['mcq_test']}, 4 q)")
+    assert best["selected_on"] == table["selected_on"] and table["selected_on"].startswith(("dev ", "train_holdout "))
     assert (out / "best" / "adapter_model.safetensors").is_file()
     md = (out / "loop_table.md").read_text()
     assert md.count("\n| ") == 1 + 3 and "Best: round" in md
     assert f"Stop: **{table['stop_reason']}**" in md
-    assert (out / "round01_dict" / "kormedmcqa.json").is_file()
+    assert (out / "round01_dict" / "kormedmcqa_dev.json").is_file()
+    assert f"Selected on: **{table['selected_on']}**" in md
     assert "loop done" in stdout
+
+
+def _loop_config(tmp: Path, model_dir: Path, eval_data: Path, **values) -> object:
+    return load_config("loop", None, {
+        "val_max": 2, "max_length": 96, "train": {**TRAIN_FAST, "device": "cpu"}, "eval_max_new_tokens": 4,
+        "mcq": str(sample_paths()["mcq_train"]), "dict": str(sample_paths()["medical_dict"]),
+        "eval_data": str(eval_data), "model": str(model_dir), "output": str(tmp / "loop"), **values})
+
+
+def test_loop_selects_on_dev_and_reports_test(tmp_path, tiny_gemma3_dir):
+    """Real rounds on the tiny model, KorMedMCQA scores injected through the scorer seam: the test-best round
+    (2) differs from the dev-best round (1); the loop keeps round 1 and reports round 1's test accuracy."""
+    from kormed.train.loop import run_loop
+
+    data = tmp_path / "kmmcqa"
+    data.mkdir()
+    shutil.copy(sample_paths()["mcq_test"], data / "test.jsonl")
+    dev_lines = Path(sample_paths()["mcq_train"]).read_text(encoding="utf-8").splitlines()[:5]
+    (data / "dev.jsonl").write_text("\n".join(dev_lines) + "\n", encoding="utf-8")  # the seeds' layout
+    dev_scores, test_scores = iter([0.2, 0.6, 0.4]), iter([0.3, 0.1, 0.9])
+    seen: list[tuple[str, int]] = []
+
+    def score(questions, split):
+        seen.append((split, len(questions)))
+        acc = next(dev_scores if split == "dev" else test_scores)
+        return {"accuracy": acc, "correct": round(acc * len(questions)), "total": len(questions), "unparseable": 0}
+
+    cfg = _loop_config(tmp_path, tiny_gemma3_dir, data / "test.jsonl", max_rounds=2, max_steps_per_round=1,
+                       target=0.99, test_every_round=True)
+    table = run_loop(cfg, log=lambda m: None, score=score)
+    out = tmp_path / "loop"
+    assert [r["test_accuracy"] for r in table["rounds"]] == [0.3, 0.1, 0.9]  # every round, only reported
+    assert table["best_round"] == 1 and table["best_dev_accuracy"] == 0.6 and table["best_test_accuracy"] == 0.1
+    assert json.loads((out / "best" / "best.json").read_text())["round"] == 1
+    assert table["selected_on"] == f"dev ({data / 'dev.jsonl'}, 5 q)" and table["selection"]["split"] == "dev"
+    n_test = len((data / "test.jsonl").read_text(encoding="utf-8").splitlines())
+    assert table["reported_on"] == f"test ({data / 'test.jsonl'}, {n_test} q)"
+    assert seen[:2] == [("dev", 5), ("test", n_test)]
+    info = _info(out, "round02_mcq")
+    assert info["selected_on"] == table["selected_on"] and info["reported_on"] == table["reported_on"]
+    assert "Selected on: **dev" in (out / "loop_table.md").read_text()
+    # the target is judged on dev: 0.6 on dev ends the loop at round 1, whatever the test set says
+    dev_scores, test_scores = iter([0.2, 0.6]), iter([0.95, 0.1])
+    shutil.rmtree(out)
+    table = run_loop(dataclasses.replace(cfg, target=0.5), log=lambda m: None, score=score)
+    assert table["stop_reason"] == "target_reached" and [r["round"] for r in table["rounds"]] == [0, 1]
+    assert [r["test_accuracy"] for r in table["rounds"]] == [0.95, 0.1]
+
+
+def test_loop_without_dev_holds_out_training_questions(tmp_path):
+    """No dev split: the selection questions are held out of the training questions (seeded), and disjoint."""
+    from kormed.train.loop import selection_split
+    from kormed.train.sft import load_sources
+    from kormed.train.sft_config import LoopConfig
+
+    data = tmp_path / "nodev"
+    data.mkdir()
+    shutil.copy(sample_paths()["mcq_test"], data / "test.jsonl")
+    p = sample_paths()
+    cfg = LoopConfig(mcq=str(p["mcq_train"]), dict=str(p["medical_dict"]), eval_data=str(data / "test.jsonl"),
+                     dev_holdout=8, val_max=2)
+
+    def split():
+        src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=None, raw=None, raw_val=None,
+                           val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=10, raw_val_max_texts=1,
+                           seed=cfg.train.seed, log=lambda m: None)
+        before = list(src.mcq_train)
+        return before, src, selection_split(cfg, src, log=lambda m: None)
+
+    before, src, sel = split()
+    held = {q.source for q in sel.questions}
+    assert sel.name == "train_holdout" and len(held) == 8 and sel.label.endswith("8 q)")
+    assert not held & {q.source for q in src.mcq_train}  # the rounds never train on them
+    assert not held & {q.source for q in src.mcq_val}
+    assert held | {q.source for q in src.mcq_train} == {q.source for q in before}
+    assert src.info["mcq"]["selection_holdout"] == 8
+    assert {q.source for q in split()[2].questions} == held  # seeded: the same questions every run
+    cfg.dev_holdout = 1000  # at most half of the training questions
+    assert len(split()[2].questions) == len(before) // 2
 
 
 @pytest.mark.slow

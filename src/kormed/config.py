@@ -219,6 +219,9 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in fields:
+            removed = getattr(cls, "removed_options", {}).get(name)  # a ClassVar of the config class
+            if removed:
+                raise KormedError(f"option removed: {removed}", path=path, field=prefix + str(key))
             known = ", ".join(sorted(fields))
             raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
         kwargs[name] = _coerce(value, field_type(cls, name), prefix + name, path)
@@ -354,25 +357,40 @@ def _flags_text(path: tuple[str, ...], aliases: tuple[str, ...]) -> str:
 
 
 def _document(
-    cls: type, obj: Any, indent: int, path: tuple[str, ...] = (), path_aliases: tuple[str, ...] = ()
+    cls: type,
+    obj: Any,
+    indent: int,
+    path: tuple[str, ...] | None = (),
+    path_aliases: tuple[str, ...] = (),
+    *,
+    comments: bool = True,
 ) -> list[str]:
-    """Commented YAML of `obj`: each key with its help above and its command-line flags beside it."""
+    """Commented YAML of `obj`: each key with its help above and its command-line flags beside it
+    (`path` None: items of a list of sections, e.g. sft.steps, which are set by YAML or by the list's own flag)."""
     lines: list[str] = []
     pad = "  " * indent
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") if comments else ""
         for hl in help_text.splitlines() or [""]:
             if hl:
                 lines.append(f"{pad}# {hl}")
-        if dataclasses.is_dataclass(value):
+        if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            lines.append(f"{pad}{f.name}:")  # a list of sections (e.g. sft.steps): each item's keys, help once
+            for i, v in enumerate(value):
+                lines.append(f"{pad}  -")
+                lines.extend(_document(type(v), v, indent + 2, None, comments=i == 0))
+        elif dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
-            lines.extend(_document(type(value), value, indent + 1, path + (f.name,), f.metadata.get("flags", ())))
+            sub = None if path is None else path + (f.name,)
+            lines.extend(_document(type(value), value, indent + 1, sub, f.metadata.get("flags", ()), comments=comments))
         elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
             lines.append(f"{pad}{f.name}:")
             for k, v in value.items():
                 lines.append(f"{pad}  {k}:")
-                lines.extend(_document(type(v), v, indent + 2))
+                lines.extend(_document(type(v), v, indent + 2, None, comments=comments))
+        elif path is None:
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
         else:
             aliases = tuple(f.metadata.get("flags", ())) + (path_aliases if f.name == "path" else ())
             lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}")

@@ -94,6 +94,8 @@ def _default_text(value: Any) -> str:
         return "true" if value else "false"
     if value == "":
         return "''"
+    if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+        return f"{len(value)} sections, see `kormed config show`"  # e.g. sft.steps: too long for a help line
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 

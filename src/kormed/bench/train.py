@@ -204,7 +204,7 @@ def step3_examples(n: int, *, seed: int = SEED,
     questions, _ = read_mcq_jsonl(paths["mcq_train"])
     entries = [(e, False) for e in read_dictionary(paths["medical_dict"])[0]]
     entries += [(e, True) for e in read_dictionary(paths["char_dict"])[0]]
-    step = SFTConfig().step3
+    step = SFTConfig().steps[2]  # the seeds' step 3
     sources: dict[str, list[tuple[str, str]]] = {
         "qa_cot": [render_mcq(q, reasoning=True) for q in questions],
         "qa": [render_mcq(q) for q in questions],

@@ -13,19 +13,39 @@
     the mix over when it is used up.
   - `concatenate` ("all the data"): the sources are concatenated and shuffled; each example appears once per
     pass, so the share of a source is its size.
+* What a weight is a share of (`mix_by`, interleave only):
+  - `examples`: the share of drawn examples.
+  - `tokens`: the share of LEARNED tokens (labels other than -100, not counting position 0, which is never a
+    prediction target). The loss is a mean over learned tokens, so this is each source's share of the training
+    signal: a source whose examples carry many targets (raw text: up to max_length) is drawn less often than
+    one with short answers (`정답: B. ...`). Sampling probability of source k: weight_k / mean_learned_k,
+    normalised (:func:`sampling_probabilities`).
+* `mix_report`: the per-source share of examples and of learned tokens of a mixed set, recorded either way.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
 
 from kormed.errors import KormedError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+# `datasets` (and pyarrow) are imported inside the functions that mix: the config classes import this module for
+# `normalise_weights`, and `kormed --help` / `kormed config show` should not pay the 2-3 s import of `datasets`.
 
 T = TypeVar("T")
 
 STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted")
+MIX_BY = ("examples", "tokens")
+IGNORE_INDEX = -100
+SOURCE_COLUMN = "mix_source"  # added while mixing to report the shares, removed from the returned set
+LEARNED_COLUMN = "mix_learned"
 
 
 def split_records(
@@ -62,18 +82,40 @@ def normalise_weights(weights: dict[str, float]) -> dict[str, float]:
     return {k: w / total for k, w in kept.items()}
 
 
-def mix_datasets(
-    sets: dict[str, Any],
-    weights: dict[str, float],
-    *,
-    mode: Literal["interleave", "concatenate"] = "interleave",
-    seed: int = 42,
-    stopping_strategy: str = "all_exhausted",
-) -> Any:
-    """Mix HF `datasets.Dataset`s (same columns) by `weights` (see the module docstring for the two modes)."""
-    from datasets import concatenate_datasets, interleave_datasets
+def learned_token_counts(ds: Dataset) -> np.ndarray:
+    """Learned tokens of each example of a set with a `labels` column: labels other than -100, position 0 not
+    counted (after the causal shift it is never a prediction target)."""
+    import pyarrow.compute as pc
 
+    labels = ds.with_format("arrow")[:]["labels"].combine_chunks()
+    flat = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(labels).to_numpy()
+    counts = np.bincount(rows, weights=flat, minlength=len(labels)).astype(np.int64)
+    first = pc.fill_null(pc.not_equal(pc.list_element(labels, 0), IGNORE_INDEX), False).to_numpy(
+        zero_copy_only=False)
+    return counts - first.astype(np.int64)
+
+
+def sampling_probabilities(sets: dict[str, Dataset], weights: dict[str, float], mix_by: str) -> dict[str, float]:
+    """The interleave probability of each source: its normalised weight (`examples`), or weight / mean learned
+    tokens per example, normalised (`tokens`), so that each source's expected share of learned tokens is its
+    weight."""
+    if mix_by not in MIX_BY:
+        raise KormedError(f"must be one of {', '.join(MIX_BY)}, got {mix_by!r}", field="mix_by")
     probs = normalise_weights(weights)
+    if mix_by == "examples":
+        return probs
+    scaled = {}
+    for name, w in probs.items():
+        mean = float(learned_token_counts(sets[name]).mean())
+        if mean <= 0:
+            raise KormedError(f"source '{name}' has no learned tokens to balance", field=f"mix.{name}")
+        scaled[name] = w / mean
+    total = sum(scaled.values())
+    return {k: v / total for k, v in scaled.items()}
+
+
+def _check_sets(sets: dict[str, Dataset], probs: dict[str, float], stopping_strategy: str) -> None:
     missing = [k for k in probs if k not in sets]
     if missing:
         raise KormedError(f"the mix names source '{missing[0]}', which has no data (known: {', '.join(sets)})",
@@ -83,14 +125,74 @@ def mix_datasets(
         raise KormedError(f"source '{empty[0]}' has no training examples", field=f"mix.{empty[0]}")
     if stopping_strategy not in STOPPING_STRATEGIES:
         raise KormedError(f"must be one of {', '.join(STOPPING_STRATEGIES)}", field="stopping_strategy")
-    names = list(probs)
+
+
+def mix_datasets(
+    sets: dict[str, Dataset],
+    weights: dict[str, float],
+    *,
+    mode: Literal["interleave", "concatenate"] = "interleave",
+    mix_by: Literal["examples", "tokens"] = "examples",
+    seed: int = 42,
+    stopping_strategy: str = "all_exhausted",
+) -> Dataset:
+    """Mix HF `datasets.Dataset`s (same columns) by `weights` (see the module docstring for the modes and
+    `mix_by`; `tokens` needs a `labels` column)."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    names = list(normalise_weights(weights))
+    _check_sets(sets, normalise_weights(weights), stopping_strategy)
+    if mode not in ("interleave", "concatenate"):
+        raise KormedError(f"mix mode must be interleave or concatenate, got {mode!r}", field="mode")
     if mode == "concatenate":
         return concatenate_datasets([sets[k] for k in names]).shuffle(seed=seed)
-    if mode != "interleave":
-        raise KormedError(f"mix mode must be interleave or concatenate, got {mode!r}", field="mode")
+    probs = sampling_probabilities(sets, weights, mix_by)
     shuffled = [sets[k].shuffle(seed=seed) for k in names]
     if len(shuffled) == 1:
         return shuffled[0]
     return interleave_datasets(
         shuffled, probabilities=[probs[k] for k in names], seed=seed, stopping_strategy=stopping_strategy
     )
+
+
+def mix_report(mixed: Dataset, names: Sequence[str]) -> dict[str, Any]:
+    """Per-source share of examples and of learned tokens of a set mixed from sets tagged by
+    :func:`mix_with_report` (both sum to 1 over the sources)."""
+    table = mixed.with_format("arrow")[:]
+    source = table[SOURCE_COLUMN].to_numpy()
+    learned = table[LEARNED_COLUMN].to_numpy()
+    n_examples, n_tokens = len(source), int(learned.sum())
+    out: dict[str, Any] = {"examples": n_examples, "learned_tokens": n_tokens, "sources": {}}
+    for i, name in enumerate(names):
+        mask = source == i
+        out["sources"][name] = {
+            "examples": int(mask.sum()),
+            "learned_tokens": int(learned[mask].sum()),
+            "example_share": round(float(mask.sum()) / n_examples, 6) if n_examples else 0.0,
+            "learned_token_share": round(float(learned[mask].sum()) / n_tokens, 6) if n_tokens else 0.0,
+        }
+    return out
+
+
+def mix_with_report(
+    sets: dict[str, Dataset],
+    weights: dict[str, float],
+    *,
+    mode: Literal["interleave", "concatenate"] = "interleave",
+    mix_by: Literal["examples", "tokens"] = "examples",
+    seed: int = 42,
+    stopping_strategy: str = "all_exhausted",
+) -> tuple[Dataset, dict[str, Any]]:
+    """:func:`mix_datasets` of sets with `labels`, and its :func:`mix_report` (plus the sampling probabilities);
+    the returned set has the columns of the inputs only."""
+    names = list(normalise_weights(weights))
+    _check_sets(sets, normalise_weights(weights), stopping_strategy)
+    tagged = {k: sets[k].add_column(SOURCE_COLUMN, [i] * len(sets[k]))
+              .add_column(LEARNED_COLUMN, learned_token_counts(sets[k]).tolist()) for i, k in enumerate(names)}
+    mixed = mix_datasets(tagged, weights, mode=mode, mix_by=mix_by, seed=seed, stopping_strategy=stopping_strategy)
+    report = {"mix_by": mix_by if mode == "interleave" else None, "mode": mode,
+              "weights": normalise_weights(weights),
+              "sampling_probabilities": sampling_probabilities(sets, weights, mix_by) if mode == "interleave"
+              else None,
+              **mix_report(mixed, names)}
+    return mixed.remove_columns([SOURCE_COLUMN, LEARNED_COLUMN]), report

@@ -628,12 +628,17 @@ def _training_section(data: ReportData) -> Section:
                 sec.p("(no logged curves found for this run)")
     loop = data.loop
     if loop is not None and loop.rounds:
-        sec.p("Loop rounds (KorMedMCQA accuracy after each round):")
-        sec.table(["round", "kind", "accuracy", "correct", "total", "global_step", "stop_reason"],
-                  [[_fmt(r.round), r.kind, f"{r.accuracy:.1%}", _fmt(r.correct), _fmt(r.total),
-                    _fmt(r.global_step), r.stop_reason.value if r.stop_reason else "-"] for r in loop.rounds])
-        if loop.best_round is not None and loop.best_accuracy is not None:
-            sec.p(f"Best: round {loop.best_round} ({loop.best_accuracy:.1%}), copied to ",
+        sec.p("Loop rounds: KorMedMCQA accuracy after each round on the selection split (",
+              Lit(loop.selected_on or "dev"), ") and, where measured, on the reported split (",
+              Lit(loop.reported_on or "test"), "); the test set is never used to choose.")
+        sec.table(["round", "kind", "dev accuracy", "dev correct/total", "test accuracy", "global_step",
+                   "stop_reason"],
+                  [[_fmt(r.round), r.kind, f"{r.dev_accuracy:.1%}", f"{_fmt(r.dev_correct)}/{_fmt(r.dev_total)}",
+                    "-" if r.test_accuracy is None else f"{r.test_accuracy:.1%}", _fmt(r.global_step),
+                    r.stop_reason.value if r.stop_reason else "-"] for r in loop.rounds])
+        if loop.best_round is not None and loop.best_dev_accuracy is not None:
+            test = "" if loop.best_test_accuracy is None else f", test {loop.best_test_accuracy:.1%}"
+            sec.p(f"Best on dev: round {loop.best_round} (dev {loop.best_dev_accuracy:.1%}{test}), copied to ",
                   Code(loop.best_adapter or "best/"), "; loop stopped by: ",
                   Lit(loop.stop_reason.value if loop.stop_reason else "running"), ".")
     if not any_unit:

@@ -225,13 +225,17 @@ def sft_result(output: str | Path) -> SFTResult:
 
 @dataclass
 class LoopRound:
-    """One row of the loop table: the KorMedMCQA accuracy after a round (round 0: before the first)."""
+    """One row of the loop table: accuracy after a round (round 0: before the first) on the selection (dev) split,
+    and on the test split when it was measured (the best-so-far rounds, or every round with test_every_round)."""
 
     round: int
     kind: str
-    accuracy: float
-    correct: int | None = None
-    total: int | None = None
+    dev_accuracy: float
+    dev_correct: int | None = None
+    dev_total: int | None = None
+    test_accuracy: float | None = None
+    test_correct: int | None = None
+    test_total: int | None = None
     adapter: str | None = None
     global_step: int | None = None
     stop_reason: StopReason | None = None
@@ -239,33 +243,40 @@ class LoopRound:
 
 @dataclass
 class LoopResult:
-    """loop: the accuracy after every round, the best round (copied to best/) and the trainer runs."""
+    """loop: dev accuracy after every round, the round chosen on dev (copied to best/), its test accuracy, the
+    splits used for selection and for reporting, and the trainer runs."""
 
     rounds: list[LoopRound]
     trained: list[TrainResult]
     stop_reason: StopReason | None = None  # None while it runs
     best_round: int | None = None
-    best_accuracy: float | None = None
+    best_dev_accuracy: float | None = None
+    best_test_accuracy: float | None = None
     best_adapter: str | None = None
-    eval_data: str | None = None
+    selected_on: str | None = None
+    reported_on: str | None = None
 
 
 def loop_result(output: str | Path) -> LoopResult:
-    """Read the loop output directory: `loop_table.json` (its rounds' round, kind and accuracy are required) and
-    each `roundNN_kind/training_info.json`."""
+    """Read the loop output directory: `loop_table.json` (its rounds' round, kind and dev_accuracy are required)
+    and each `roundNN_kind/training_info.json`."""
     out = Path(output)
     path = out / LOOP_TABLE
     table = read_json(path, what="loop table")
     try:
-        rounds = [LoopRound(round=r["round"], kind=r["kind"], accuracy=r["accuracy"], correct=r.get("correct"),
-                            total=r.get("total"), adapter=r.get("adapter"), global_step=r.get("global_step"),
+        rounds = [LoopRound(round=r["round"], kind=r["kind"], dev_accuracy=r["dev_accuracy"],
+                            dev_correct=r.get("dev_correct"), dev_total=r.get("dev_total"),
+                            test_accuracy=r.get("test_accuracy"), test_correct=r.get("test_correct"),
+                            test_total=r.get("test_total"), adapter=r.get("adapter"),
+                            global_step=r.get("global_step"),
                             stop_reason=_reason(r["stop_reason"], path) if r.get("stop_reason") else None)
                   for r in table["rounds"]]
         reason = table.get("stop_reason")
         return LoopResult(rounds=rounds, trained=_units(out, _ROUND_DIR),
                           stop_reason=_reason(reason, path) if reason else None, best_round=table.get("best_round"),
-                          best_accuracy=table.get("best_accuracy"), best_adapter=table.get("best_adapter"),
-                          eval_data=table.get("eval_data"))
+                          best_dev_accuracy=table.get("best_dev_accuracy"),
+                          best_test_accuracy=table.get("best_test_accuracy"), best_adapter=table.get("best_adapter"),
+                          selected_on=table.get("selected_on"), reported_on=table.get("reported_on"))
     except (KeyError, TypeError, AttributeError) as exc:
         raise KormedError(f"not a kormed loop table (missing {exc})", path=path) from None
 

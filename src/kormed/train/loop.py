@@ -1,52 +1,112 @@
-"""`kormed train loop`: alternate dictionary SFT (train_01) and MCQ-with-reasoning SFT (train_02) rounds until the
-KorMedMCQA accuracy reaches the target or the rounds run out.
+"""`kormed train loop`: the SFT recipe (:mod:`kormed.train.sft`) with its steps cycled as rounds (default: the
+seeds' dictionary SFT train_01, then MCQ-with-reasoning SFT train_02) until the KorMedMCQA accuracy reaches the
+target or the rounds run out.
 
 Each round is one SFT step (:func:`kormed.train.sft.run_sft_step`: its own mix, stop conditions and max_steps),
-continuing the same adapter. After each round the accuracy is measured (chat mode by default, through
-:func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`), the round's adapter is kept in `round{NN}_{kind}/`, and the
-best one so far (strictly higher accuracy; the earlier round wins a tie) is copied to `best/`. Round 0 (with
-`eval_before`) is the starting adapter, saved in `round00_start/`, so `best/` is never worse than the start.
-The round-by-round table is written as `loop_table.json` and `loop_table.md` after every round.
+continuing the same adapter. After each round:
+
+* **Selection on dev**: the accuracy on a validation split chooses the best round (strictly higher; the earlier
+  round wins a tie) and decides the target stop. That split is KorMedMCQA's dev split when given (`dev_data`,
+  default `dev.jsonl` beside `eval_data`, the seeds' layout), else `dev_holdout` training questions held out of
+  every round's training (seeded).
+* **Report on test**: `eval_data` (the test set) is scored for each round that becomes the best on dev (so the
+  chosen round's test accuracy is always known), or for every round with `test_every_round`; test scores are
+  recorded, never used to choose.
+
+The round's adapter is kept in `round{NN}_{name}/`, the best one is copied to `best/`. Round 0 (with
+`eval_before`) is the starting adapter, saved in `round00_start/`, so `best/` is never worse than the start on
+dev. `loop_table.json` / `loop_table.md` (rewritten after every round) name the split selected on and the one
+reported on.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from kormed.data.mixture import split_records
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import atomic_write, check_output_path, make_temp_dir, write_json
-from kormed.models import ADAPTER_META_FILE, pick_runtime
-from kormed.records import read_mcq_jsonl
+from kormed.models import ADAPTER_META_FILE
+from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
-from kormed.train.model_setup import prepare_model_for_training
 from kormed.train.outputs import save_adapter
 from kormed.train.sft import (
+    STEP_FINISHED,
+    Log,
+    Sources,
     StepContext,
-    _require,
-    encode_sources,
-    load_sources,
-    measure_baseline,
+    context_baseline,
+    prepare_recipe,
+    read_recipe_sources,
+    require,
     run_sft_step,
 )
 from kormed.train.sft_config import LoopConfig
-from kormed.train.stop_conditions import Tolerances
 
 TABLE_JSON = "loop_table.json"
 TABLE_MD = "loop_table.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer")
+DEV_FILE = "dev.jsonl"  # KorMedMCQA's dev split, beside train.jsonl / test.jsonl in the seeds' layout
+
+# (questions, split name "dev" | "test") -> an evaluate_kormedmcqa-style result: accuracy, correct, total, ...
+Scorer = Callable[[Sequence[MCQ], str], dict[str, Any]]
 
 
+@dataclass
+class SelectionSplit:
+    """The questions the loop chooses its best round on (never the test set it reports)."""
 
-def round_kinds(first: str, n: int) -> list[str]:
-    """['dict', 'mcq', 'dict', ...] (or starting with 'mcq') for rounds 1..n."""
-    other = "mcq" if first == "dict" else "dict"
-    return [first if i % 2 == 0 else other for i in range(n)]
+    name: str  # "dev" (KorMedMCQA's dev split) or "train_holdout" (training questions held out of training)
+    source: str
+    questions: list[MCQ]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.source}, {len(self.questions)} q)"
+
+
+def _limited(questions: list[MCQ], limit: int | None) -> list[MCQ]:
+    return questions if limit is None else questions[:limit]
+
+
+def selection_split(cfg: LoopConfig, src: Sources, *, log: Log = print) -> SelectionSplit:
+    """The dev split (`dev_data`, or dev.jsonl beside `eval_data`), else `dev_holdout` questions moved out of
+    `src.mcq_train` (seeded), so no round trains on what selects the best round."""
+    dev_path = cfg.dev_data
+    if dev_path is None and cfg.eval_data is not None and (Path(cfg.eval_data).parent / DEV_FILE).is_file():
+        dev_path = str(Path(cfg.eval_data).parent / DEV_FILE)
+    if dev_path is not None:
+        questions, _ = read_mcq_jsonl(dev_path)
+        split = SelectionSplit("dev", str(dev_path), _limited(questions, cfg.eval_limit))
+    else:
+        pool = src.mcq_train
+        n = min(cfg.dev_holdout, len(pool) // 2)
+        if n < 1:
+            raise KormedError("too few training questions to hold out a selection split", field="loop.dev_holdout",
+                              hint="pass --dev-data (KorMedMCQA dev questions)")
+        src.mcq_train, held = split_records(pool, fraction=n / len(pool), max_size=n, seed=cfg.train.seed)
+        src.info.setdefault("mcq", {})["selection_holdout"] = len(held)
+        split = SelectionSplit("train_holdout", f"held out of {cfg.mcq}, not trained on",
+                               _limited(held, cfg.eval_limit))
+    log(f"[kormed] loop: the best round is selected on {split.label}; the test set is only reported")
+    return split
+
+
+def kormedmcqa_scorer(cfg: LoopConfig, ctx: StepContext) -> Scorer:
+    """KorMedMCQA accuracy of the model being trained (scored in place, in cfg.eval_mode)."""
+
+    def score(questions: Sequence[MCQ], split: str) -> dict[str, Any]:
+        return evaluate_kormedmcqa(ctx.model, ctx.tokenizer, questions, mode=cfg.eval_mode,
+                                   batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens,
+                                   chat_template=cfg.templates.mcq_prompt, compute_dtype=ctx.runtime.compute_dtype)
+
+    return score
 
 
 def _copy_adapter(src: Path, dst: Path, note: dict[str, Any]) -> None:
@@ -75,107 +135,119 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
 def table_markdown(result: dict[str, Any]) -> str:
     """The round-by-round table as Markdown."""
     lines = [
-        f"# kormed train loop: target accuracy {result['target']:.0%} ({result['eval_mode']} mode, "
-        f"{result['eval_questions']} questions)",
+        f"# kormed train loop: target accuracy {result['target']:.0%} on the selection split "
+        f"({result['eval_mode']} mode)",
         "",
-        "| round | kind | steps | stop reason | eval_qa_loss | eval_dict_loss | raw ppl | accuracy | correct |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|",
+        f"Selected on: **{result['selected_on']}**. Reported on: **{result['reported_on']}** (test accuracy is "
+        "never used to choose a round).",
+        "",
+        "| round | kind | steps | stop reason | eval_qa_loss | eval_dict_loss | raw ppl | dev accuracy | dev correct "
+        "| test accuracy |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rounds"]:
         m = r.get("metrics") or {}
         lines.append(
             f"| {r['round']} | {r['kind']} | {_fmt(r.get('global_step'))} | {r.get('stop_reason') or '–'} | "
             f"{_fmt(m.get('eval_qa_loss'))} | {_fmt(m.get('eval_dict_loss'))} | "
-            f"{_fmt(m.get('eval_raw_perplexity'))} | {r['accuracy']:.2%} | {r['correct']}/{r['total']} |"
+            f"{_fmt(m.get('eval_raw_perplexity'))} | {_pct(r['dev_accuracy'])} | {r['dev_correct']}/{r['dev_total']} "
+            f"| {_pct(r['test_accuracy'])} |"
         )
     lines += [
         "",
         f"Stop: **{result['stop_reason']}**. Best: round {result['best_round']} "
-        f"({result['best_accuracy']:.2%}), adapter in `{result['best_adapter']}`.",
+        f"(dev {_pct(result['best_dev_accuracy'])}, test {_pct(result['best_test_accuracy'])}), "
+        f"adapter in `{result['best_adapter']}`.",
         "",
     ]
     return "\n".join(lines)
 
 
-def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
-    """Run the rounds; return the table (also written to loop_table.json / loop_table.md)."""
-    out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
-    _require(cfg.mcq, "--mcq")
-    _require(cfg.dict, "--dict")
-    eval_path = _require(cfg.eval_data, "--eval-data")
-    questions, _ = read_mcq_jsonl(eval_path)
-    if cfg.eval_limit is not None:
-        questions = questions[: cfg.eval_limit]
-    runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
-    torch.manual_seed(cfg.train.seed)
-    src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=cfg.char_dict, raw=cfg.raw, raw_val=cfg.raw_val,
-                       val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=cfg.raw_max_texts,
-                       raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
-    model, tokenizer, model_info = prepare_model_for_training(
-        cfg.model, adapter=cfg.from_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
-    needed = {k for s in (cfg.dict_round, cfg.mcq_round) for k, w in s.mix.items() if w > 0}
-    data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
-                          eod_token=cfg.eod_token, log=log)
-    eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    baseline = None
-    if data.raw_blocks:
-        baseline = measure_baseline(model, data, batch_size=eval_bs, log=log,
-                                    compute_dtype=runtime.compute_dtype)["perplexity"]
-    ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
-                      baseline=baseline, seed=cfg.train.seed, stopping_strategy=cfg.stopping_strategy,
-                      padding_free=cfg.padding_free,
-                      tolerances=Tolerances(cfg.maintain_tolerance, cfg.approx_tolerance, cfg.stable_tolerance),
-                      info={**model_info, "sources": src.info, "started_from": cfg.from_adapter}, log=log)
-    result: dict[str, Any] = {
-        "target": cfg.target, "eval_mode": cfg.eval_mode, "eval_data": str(eval_path),
-        "eval_questions": len(questions), "baseline_raw_perplexity": baseline, "rounds": [],
-        "stop_reason": None, "best_round": None, "best_accuracy": None, "best_adapter": str(out / "best"),
-    }
+def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) -> dict[str, Any]:
+    """Run the rounds (the recipe of :mod:`kormed.train.sft`, rounds cycled); return the table (also written to
+    loop_table.json / loop_table.md). `score` replaces the KorMedMCQA scorer (a seam for tests)."""
+    out = check_output_path(require(cfg.output, "--output"), "dir", "--output")
+    require(cfg.mcq, "--mcq")
+    require(cfg.dict, "--dict")
+    eval_path = require(cfg.eval_data, "--eval-data")
+    test_questions = _limited(read_mcq_jsonl(eval_path)[0], cfg.eval_limit)
 
-    def score(round_no: int, kind: str, round_dir: Path, info: dict[str, Any] | None) -> float:
-        res = evaluate_kormedmcqa(model, tokenizer, questions, mode=cfg.eval_mode, batch_size=cfg.eval_batch_size,
-                                  max_new_tokens=cfg.eval_max_new_tokens, chat_template=cfg.templates.mcq_prompt,
-                                  compute_dtype=runtime.compute_dtype)
-        write_json(round_dir / "kormedmcqa.json", res)
-        row = {
+    src = read_recipe_sources(cfg, log=log)
+    selection = selection_split(cfg, src, log=log)
+    ctx = prepare_recipe(cfg, src, cfg.rounds, start_adapter=cfg.from_adapter, log=log)
+    if ctx.data.raw_blocks:
+        ctx.baseline = context_baseline(ctx, log=log)["perplexity"]
+    score = score or kormedmcqa_scorer(cfg, ctx)
+
+    result: dict[str, Any] = {
+        "target": cfg.target, "eval_mode": cfg.eval_mode,
+        "selected_on": selection.label, "reported_on": f"test ({eval_path}, {len(test_questions)} q)",
+        "selection": {"split": selection.name, "source": selection.source, "questions": len(selection.questions)},
+        "test": {"path": str(eval_path), "questions": len(test_questions), "every_round": cfg.test_every_round},
+        "baseline_raw_perplexity": ctx.baseline, "rounds": [], "stop_reason": None, "best_round": None,
+        "best_dev_accuracy": None, "best_test_accuracy": None, "best_adapter": str(out / "best"),
+    }
+    split_note = {"selected_on": result["selected_on"], "reported_on": result["reported_on"]}
+
+    def write_table(final: bool) -> None:
+        write_json(out / TABLE_JSON, result)
+        with atomic_write(out / TABLE_MD) as fh:
+            fh.write(table_markdown(result if final else {**result, "stop_reason": result["stop_reason"] or
+                                                          "running"}))
+
+    def measure(round_no: int, kind: str, round_dir: Path, info: dict[str, Any] | None) -> float:
+        """Dev accuracy (selection, target); test accuracy when the round becomes the best (or every round)."""
+        dev = score(selection.questions, "dev")
+        write_json(round_dir / "kormedmcqa_dev.json", {**dev, "split": selection.label})
+        is_best = result["best_dev_accuracy"] is None or dev["accuracy"] > result["best_dev_accuracy"]
+        test = score(test_questions, "test") if is_best or cfg.test_every_round else None
+        if test is not None:
+            write_json(round_dir / "kormedmcqa_test.json", {**test, "split": result["reported_on"],
+                                                            "used_for_selection": False})
+        result["rounds"].append({
             "round": round_no, "kind": kind, "adapter": str(round_dir),
-            "accuracy": res["accuracy"], "correct": res["correct"], "total": res["total"],
-            "unparseable": res["unparseable"],
+            "dev_accuracy": dev["accuracy"], "dev_correct": dev["correct"], "dev_total": dev["total"],
+            "dev_unparseable": dev.get("unparseable"),
+            "test_accuracy": test["accuracy"] if test else None, "test_correct": test["correct"] if test else None,
+            "test_total": test["total"] if test else None,
             "global_step": info.get("global_step") if info else None,
             "stop_reason": info.get("stop_reason") if info else None,
             "metrics": info.get("metrics_at_stop") if info else None,
-        }
-        result["rounds"].append(row)
-        log(f"[kormed] round {round_no} ({kind}): KorMedMCQA accuracy {res['accuracy']:.2%} "
-            f"({res['correct']}/{res['total']}, {res['unparseable']} unparseable)")
-        if result["best_accuracy"] is None or res["accuracy"] > result["best_accuracy"]:
-            result["best_round"], result["best_accuracy"] = round_no, res["accuracy"]
-            _copy_adapter(round_dir, out / "best", {"round": round_no, "kind": kind, "accuracy": res["accuracy"],
-                                                    "source": str(round_dir)})
-        write_json(out / TABLE_JSON, result)
-        with atomic_write(out / TABLE_MD) as fh:
-            fh.write(table_markdown({**result, "stop_reason": result["stop_reason"] or "running"}))
-        return float(res["accuracy"])
+        })
+        log(f"[kormed] round {round_no} ({kind}): dev accuracy {dev['accuracy']:.2%} ({dev['correct']}/"
+            f"{dev['total']})" + (f"; test {test['accuracy']:.2%} (reported, not used to choose)" if test else ""))
+        if is_best:
+            result["best_round"], result["best_dev_accuracy"] = round_no, dev["accuracy"]
+            result["best_test_accuracy"] = test["accuracy"] if test else None
+            _copy_adapter(round_dir, out / "best", {"round": round_no, "kind": kind, "dev_accuracy": dev["accuracy"],
+                                                    "test_accuracy": result["best_test_accuracy"],
+                                                    "source": str(round_dir), **split_note})
+        write_table(final=False)
+        return float(dev["accuracy"])
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.eval_before:
         start_dir = out / "round00_start"
-        save_adapter(model, tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
-        if score(0, "start", start_dir, None) >= cfg.target:
+        save_adapter(ctx.model, ctx.tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
+        if measure(0, "start", start_dir, None) >= cfg.target:
             result["stop_reason"] = StopReason.TARGET_REACHED
     if result["stop_reason"] is None:
-        for i, kind in enumerate(round_kinds(cfg.first_round, cfg.max_rounds), start=1):
-            step = cfg.dict_round if kind == "dict" else cfg.mcq_round
-            round_dir = out / f"round{i:02d}_{kind}"
-            info = run_sft_step(ctx, step, name=f"round{i:02d}", out_dir=round_dir,
-                                max_steps=cfg.max_steps_per_round,
-                                extra_info={"stage_detail": "loop", "round": i, "round_kind": kind})
+        for i in range(1, cfg.max_rounds + 1):
+            step = cfg.rounds[(i - 1) % len(cfg.rounds)]
+            round_dir = out / f"round{i:02d}_{step.name}"
+            info = run_sft_step(ctx, step, name=f"round{i:02d}", out_dir=round_dir, max_steps=cfg.max_steps_per_round,
+                                extra_info={"stage_detail": "loop", "round": i, "round_kind": step.name,
+                                            **split_note})
             ctx.info["started_from"] = str(round_dir)
-            accuracy = score(i, kind, round_dir, info)
-            if info["stop_reason"] not in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
+            accuracy = measure(i, step.name, round_dir, info)
+            if info["stop_reason"] not in STEP_FINISHED:
                 result["stop_reason"] = info["stop_reason"]
                 break
             if accuracy >= cfg.target:
@@ -184,9 +256,7 @@ def run_loop(cfg: LoopConfig, *, log: Any = print) -> dict[str, Any]:
         result["stop_reason"] = result["stop_reason"] or StopReason.MAX_ROUNDS
     if result["best_round"] is None:  # pragma: no cover - every path scores at least once
         raise KormedError("no round was scored")
-    write_json(out / TABLE_JSON, result)
-    with atomic_write(out / TABLE_MD) as fh:
-        fh.write(table_markdown(result))
-    log(f"[kormed] loop: {result['stop_reason']}; best round {result['best_round']} "
-        f"({result['best_accuracy']:.2%}) in {out / 'best'}")
+    write_table(final=True)
+    log(f"[kormed] loop: {result['stop_reason']}; best round {result['best_round']} on {selection.name} "
+        f"({result['best_dev_accuracy']:.2%}; test {_pct(result['best_test_accuracy'])}) in {out / 'best'}")
     return result

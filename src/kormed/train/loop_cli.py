@@ -13,9 +13,12 @@ from kormed.stop_reason import StopReason
 def show(result: dict[str, Any], cfg: Any) -> None:
     """One line per round, then the best round; exit 130 when the loop stopped before its target or last round."""
     for row in result["rounds"]:
-        typer.echo(f"round {row['round']} ({row['kind']}): accuracy {row['accuracy']:.2%} "
-                   f"({row['correct']}/{row['total']})")
-    typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} "
-               f"{result['best_accuracy']:.2%}; adapter in {result['best_adapter']}")
+        test = "" if row["test_accuracy"] is None else f", test {row['test_accuracy']:.2%}"
+        typer.echo(f"round {row['round']} ({row['kind']}): dev accuracy {row['dev_accuracy']:.2%} "
+                   f"({row['dev_correct']}/{row['dev_total']}){test}")
+    best_test = result["best_test_accuracy"]
+    typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} selected on "
+               f"{result['selected_on']}: {result['best_dev_accuracy']:.2%}; reported on {result['reported_on']}: "
+               f"{'-' if best_test is None else f'{best_test:.2%}'}; adapter in {result['best_adapter']}")
     if result["stop_reason"] not in (StopReason.TARGET_REACHED, StopReason.MAX_ROUNDS):
         sys.exit(130)

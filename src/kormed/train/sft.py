@@ -1,21 +1,23 @@
-"""`kormed train sft`: four staged chat-format SFT steps with answer-only loss and stop conditions.
+"""`kormed train sft` and `kormed train loop` as one recipe that reads top to bottom:
 
-Flow of :func:`run_sft`:
-
-1. Read the sources (KorMedMCQA questions, medical + symbol dictionaries, raw Korean text) and split each into
-   train / validation at the record level (:func:`kormed.data.mixture.split_records`).
-2. Load the model: step 1 starts from `--from-adapter` (e.g. the CPT adapter) or a fresh LoRA; `--from-step N`
-   starts from `<output>/step{N-1}/`. Encode the chat examples (:mod:`kormed.data.chat`; prompt masked, the
-   answer and its `<end_of_turn>` learned) and the validation sets.
-3. Before step 1: the baseline raw-Korean perplexity of the starting model on the held-out raw set
-   (:func:`kormed.eval.perplexity.evaluate_perplexity` over packed blocks), stored in `<output>/baseline.json`.
-4. Each step: build its mix, train with the shared engine (:mod:`kormed.train.trainer`), evaluate every
-   `train.eval_steps` steps each validation set separately (`eval_qa_loss`, `eval_dict_loss`, ...,
-   `eval_raw_perplexity`), and check the step's stop conditions after each evaluation. The reference of
+1. **Prepare the data** (:func:`read_sources`): KorMedMCQA questions, medical + symbol dictionaries, raw Korean
+   text, each split into train / validation at the record level (:func:`kormed.data.mixture.split_records`).
+2. **Prepare the model and encode** (:func:`prepare_recipe`): the starting adapter (`from_adapter`, the previous
+   step's adapter on `--from-step N`, or a fresh LoRA), chat examples with answer-only loss
+   (:mod:`kormed.data.chat`) and every validation set.
+3. **Baseline**: the raw-Korean perplexity of the starting model on the held-out raw set
+   (:func:`measure_baseline`; `<output>/baseline.json`), the reference of `F * baseline` conditions.
+4. **For each step** (:func:`run_sft_step`, the loop's rounds use the same function): mix its sources
+   (`mix_by` examples or learned tokens; the shares are recorded as `mix_report`), train with the shared engine
+   (:mod:`kormed.train.trainer`), evaluate every `train.eval_steps` steps each validation set separately
+   (`eval_qa_loss`, `eval_dict_loss`, ..., `eval_raw_perplexity`), **check the step's stop conditions** after
+   each evaluation, stop when they hold or at max_steps, and **save** the adapter and `training_info.json`
+   (`stop_reason`, the metrics at that point, every condition check) in `<output>/step{N}/`. The reference of
    'maintained' is the metrics at the start of the step: the previous step's final evaluation when it ran in
-   this process (the model is unchanged since), else an evaluation at step 0. The step stops when the
-   conditions hold or at its max_steps, and saves the adapter and `training_info.json` (`stop_reason`, the
-   metrics at that point, every condition check) in `<output>/step{N}/`. The next step continues from it.
+   this process (the model is unchanged since), else an evaluation at step 0. The next step continues from it.
+
+:func:`run_sft` is that recipe for the configured steps; :func:`kormed.train.loop.run_loop` is the same recipe
+with rounds cycled and a KorMedMCQA score after each.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from kormed.data.chat import (
     ChatTemplates,
@@ -41,7 +45,7 @@ from kormed.data.chat import (
     render_dict_entry,
     render_mcq,
 )
-from kormed.data.mixture import mix_datasets, normalise_weights, split_records
+from kormed.data.mixture import mix_with_report, normalise_weights, split_records
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
@@ -51,7 +55,7 @@ from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.stop_reason import StopReason
 from kormed.train.model_setup import prepare_model_for_training
 from kormed.train.outputs import finish_run, summarize
-from kormed.train.sft_config import SFTConfig, SFTStepConfig
+from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
@@ -59,6 +63,8 @@ Log = Callable[[str], Any]
 
 BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "sft_summary.json"
+# A step (or round) that ended on its own: the recipe goes on to the next one.
+STEP_FINISHED = (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,56 +239,49 @@ def make_collators(tokenizer: Any, model: Any, *, padding_free: bool) -> tuple[A
     return CountingCollator(inner), padded
 
 
-def _make_batch_stats_callback_class() -> type:
-    import time
+class BatchStatsCallback(TrainerCallback):
+    """Counts each trained micro-batch (`CountingCollator.consume`), adds `real_tokens_per_batch` and
+    `padding_fraction` (over the logging interval) to each training log line, and times the optimizer steps
+    (forward, backward, optimizer; validation and collation excluded)."""
 
-    from transformers import TrainerCallback
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+        self.stats = collator.stats
+        self.train_seconds = 0.0
+        self._t: float | None = None
+        self._mark = (0, 0, 0)  # batches, real tokens, batch tokens at the last log line
 
-    class BatchStatsCallback(TrainerCallback):
-        """Counts each trained micro-batch (`CountingCollator.consume`), adds `real_tokens_per_batch` and
-        `padding_fraction` (over the logging interval) to each training log line, and times the optimizer steps
-        (forward, backward, optimizer; validation and collation excluded)."""
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+        return control
 
-        def __init__(self, collator: Any) -> None:
-            self.collator = collator
-            self.stats = collator.stats
-            self.train_seconds = 0.0
-            self._t: float | None = None
-            self._mark = (0, 0, 0)  # batches, real tokens, batch tokens at the last log line
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.collator.consume(1)  # a micro-batch of gradient accumulation before the last
+        return control
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._t = time.perf_counter()
+    def on_step_end(self, args, state, control, **kwargs):
+        self.collator.consume(1)  # the last micro-batch of the optimizer step
+        if self._t is not None:
+            self.train_seconds += time.perf_counter() - self._t
+            self._t = None
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        st = self.stats
+        batches, real, slots = (st.batches - self._mark[0], st.real_tokens - self._mark[1],
+                                st.batch_tokens - self._mark[2])
+        if logs is None or "loss" not in logs or not batches:
             return control
-
-        def on_substep_end(self, args, state, control, **kwargs):
-            self.collator.consume(1)  # a micro-batch of gradient accumulation before the last
-            return control
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.collator.consume(1)  # the last micro-batch of the optimizer step
-            if self._t is not None:
-                self.train_seconds += time.perf_counter() - self._t
-                self._t = None
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            st = self.stats
-            batches, real, slots = (st.batches - self._mark[0], st.real_tokens - self._mark[1],
-                                    st.batch_tokens - self._mark[2])
-            if logs is None or "loss" not in logs or not batches:
-                return control
-            self._mark = (st.batches, st.real_tokens, st.batch_tokens)
-            extra = {"real_tokens_per_batch": round(real / batches, 2),
-                     "padding_fraction": round(1.0 - real / slots, 6) if slots else 0.0}
-            logs.update(extra)
-            if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
-                state.log_history[-1].update(extra)
-            return control
-
-    return BatchStatsCallback
+        self._mark = (st.batches, st.real_tokens, st.batch_tokens)
+        extra = {"real_tokens_per_batch": round(real / batches, 2),
+                 "padding_fraction": round(1.0 - real / slots, 6) if slots else 0.0}
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+            state.log_history[-1].update(extra)
+        return control
 
 
-def batch_report(collator: Any, stats_cb: Any, trainer: Any) -> dict[str, Any]:
+def batch_report(collator: Any, stats_cb: BatchStatsCallback, trainer: Any) -> dict[str, Any]:
     """The `batches` record of training_info.json: padding-free or not, token counts, padding fraction, and real
     (non-padding) tokens per second of training compute (all processes' real tokens, from the Trainer's count)."""
     real_all = int(trainer.state.num_input_tokens_seen)
@@ -304,48 +303,43 @@ def batch_report(collator: Any, stats_cb: Any, trainer: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _make_callback_class() -> type:
-    from transformers import TrainerCallback
+class StopConditionCallback(TrainerCallback):
+    """After each evaluation: the step-0 evaluation becomes the step's start reference; every later one is
+    checked against the stop conditions (logged), and training stops when they hold."""
 
-    class StopConditionCallback(TrainerCallback):
-        """After each evaluation: the step-0 evaluation becomes the step's start reference; every later one is
-        checked against the stop conditions (logged), and training stops when they hold."""
+    def __init__(self, tracker: StopTracker, log: Log = print) -> None:
+        self.tracker = tracker
+        self.log = log
+        self.trainer: Any = None
+        self.start_metrics: dict[str, float] | None = None
+        self.last_eval_step: int | None = None
 
-        def __init__(self, tracker: StopTracker, log: Log = print) -> None:
-            self.tracker = tracker
-            self.log = log
-            self.trainer: Any = None
-            self.start_metrics: dict[str, float] | None = None
-            self.last_eval_step: int | None = None
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            metrics = dict(metrics or {})
-            self.last_eval_step = state.global_step
-            if state.global_step == 0 and self.start_metrics is None:
-                self.start_metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-                self.tracker.reference = dict(self.start_metrics)
-                shown = {k: round(v, 4) for k, v in self.start_metrics.items()
-                         if k.endswith(("_loss", "_perplexity")) and k not in ("eval_loss", "eval_perplexity")}
-                self.log(f"[kormed] start of step: {shown}")
-                return control
-            decision = self.tracker.update(metrics, state.global_step)
-            self.log(f"[kormed] {decision.summary()}")
-            if self.trainer is not None:  # also to TensorBoard / the log history, beside the metrics
-                self.trainer.log({"stop_conditions_held": float(sum(r.holds for r in decision.results)),
-                                  "stop_conditions_total": float(len(decision.results)),
-                                  "stop_consecutive_evals": float(decision.consecutive)})
-            if decision.should_stop:
-                if self.trainer is not None:
-                    self.trainer.stop_record.set(StopReason.CONDITIONS_MET, state.global_step, "stop conditions met: "
-                                                 + "; ".join(c.text for c in self.tracker.conditions))
-                control.should_training_stop = True
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = dict(metrics or {})
+        self.last_eval_step = state.global_step
+        if state.global_step == 0 and self.start_metrics is None:
+            self.start_metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+            self.tracker.reference = dict(self.start_metrics)
+            shown = {k: round(v, 4) for k, v in self.start_metrics.items()
+                     if k.endswith(("_loss", "_perplexity")) and k not in ("eval_loss", "eval_perplexity")}
+            self.log(f"[kormed] start of step: {shown}")
             return control
-
-    return StopConditionCallback
+        decision = self.tracker.update(metrics, state.global_step)
+        self.log(f"[kormed] {decision.summary()}")
+        if self.trainer is not None:  # also to TensorBoard / the log history, beside the metrics
+            self.trainer.log({"stop_conditions_held": float(sum(r.holds for r in decision.results)),
+                              "stop_conditions_total": float(len(decision.results)),
+                              "stop_consecutive_evals": float(decision.consecutive)})
+        if decision.should_stop:
+            if self.trainer is not None:
+                self.trainer.stop_record.set(StopReason.CONDITIONS_MET, state.global_step, "stop conditions met: "
+                                             + "; ".join(c.text for c in self.tracker.conditions))
+            control.should_training_stop = True
+        return control
 
 
 # --------------------------------------------------------------------------------------------------------------
-# one step
+# one step (or loop round): mix, train, check the conditions, save
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -378,15 +372,7 @@ def known_metrics(eval_sets: Sequence[str]) -> set[str]:
     return out
 
 
-def run_sft_step(
-    ctx: StepContext, step: SFTStepConfig, *, name: str, out_dir: str | Path, max_steps: int | None = None,
-    extra_info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train one step/round on `ctx.model` in place and save it to `out_dir`; return its training info."""
-    out = Path(out_dir)
-    budget = max_steps or step.max_steps
-    tracker = StopTracker(step.stop, baseline=ctx.baseline, stable_evals=step.stable_evals,
-                          stable_metrics=step.stable_metrics, tolerances=ctx.tolerances)
+def _check_measurable(ctx: StepContext, tracker: StopTracker, name: str) -> None:
     available = known_metrics(list(ctx.data.eval))
     unknown = [m for m in tracker.metrics_needed if m not in available]
     if unknown:
@@ -397,8 +383,27 @@ def run_sft_step(
         )
     if any(c.relative_to_baseline for c in tracker.conditions) and ctx.baseline is None:
         raise KormedError(f"{name}: a stop condition uses the baseline perplexity, which needs --raw")
-    train_ds = mix_datasets(ctx.data.train, step.mix, mode=step.mode, seed=ctx.seed,
-                            stopping_strategy=ctx.stopping_strategy)
+
+
+def _log_mix(ctx: StepContext, name: str, report: dict[str, Any]) -> None:
+    shares = ", ".join(f"{k} {v['example_share']:.1%} of examples / {v['learned_token_share']:.1%} of learned "
+                       f"tokens" for k, v in report["sources"].items())
+    by = f"by {report['mix_by']}" if report["mix_by"] else "concatenated"
+    ctx.log(f"[kormed] {name}: mix {by}: {shares}")
+
+
+def run_sft_step(
+    ctx: StepContext, step: SFTStepConfig, *, name: str, out_dir: str | Path, max_steps: int | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one step/round on `ctx.model` in place and save it to `out_dir`; return its training info."""
+    out = Path(out_dir)
+    budget = max_steps or step.max_steps
+    tracker = StopTracker(step.stop, baseline=ctx.baseline, stable_evals=step.stable_evals,
+                          stable_metrics=step.stable_metrics, tolerances=ctx.tolerances)
+    _check_measurable(ctx, tracker, name)
+    train_ds, mix = mix_with_report(ctx.data.train, step.mix, mode=step.mode, mix_by=step.mix_by, seed=ctx.seed,
+                                    stopping_strategy=ctx.stopping_strategy)
     stale = out / "checkpoints"
     if stale.is_dir():
         ctx.log(f"[kormed] {name}: removing checkpoints of an earlier, unfinished run in {stale}")
@@ -408,7 +413,7 @@ def run_sft_step(
         early_stopping_patience=1_000_000, target_perplexity=None, load_best_at_end=False,
         save_steps=max(budget, ctx.train_options.eval_steps) + 1, seed=ctx.seed, eval_on_start=False,
     )
-    callback = _make_callback_class()(tracker, log=ctx.log)
+    callback = StopConditionCallback(tracker, log=ctx.log)
     start_source = None
     if any(c.op == "maintained" for c in tracker.conditions):
         # 'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it
@@ -420,13 +425,14 @@ def run_sft_step(
         else:
             options = dataclasses.replace(options, eval_on_start=True)
             start_source = "evaluation at step 0"
-    ctx.log(f"[kormed] {name}: {step.description or ''} mix {normalise_weights(step.mix)} ({step.mode}), "
+    ctx.log(f"[kormed] {name}: {step.name}: {step.description} mix {normalise_weights(step.mix)} ({step.mode}), "
             f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
+    _log_mix(ctx, name, mix)
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
-    stats_cb = _make_batch_stats_callback_class()(collator)
+    stats_cb = BatchStatsCallback(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
-                            callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
+                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
     callback.trainer = trainer
     summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
@@ -443,9 +449,12 @@ def run_sft_step(
         **(extra_info or {}),
         "stage": "sft",
         "step": name,
+        "step_name": step.name,
         "description": step.description,
         "mix": normalise_weights(step.mix),
         "mix_mode": step.mode,
+        "mix_by": step.mix_by,
+        "mix_report": mix,
         "stopping_strategy": ctx.stopping_strategy,
         "train_examples": len(train_ds),
         "data": ctx.data.stats,
@@ -475,7 +484,7 @@ def run_sft_step(
     last_eval = summary.get("last_eval") or {}
     ctx.last_metrics = ({k: v for k, v in last_eval.items() if k.startswith("eval_")}
                         if last_eval.get("step") == global_step else None)
-    if (out / "checkpoints").is_dir() and reason in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
+    if (out / "checkpoints").is_dir() and reason in STEP_FINISHED:
         shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
     pad = batches["padding_fraction"]
     ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
@@ -485,25 +494,49 @@ def run_sft_step(
     ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
     del trainer
     gc.collect()
-    _empty_cuda_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the finished step's optimizer memory back before the next step builds its own
     return full
 
 
-def _empty_cuda_cache() -> None:
-    """Give the finished step's optimizer memory back before the next step builds its own."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------------------------------------------
-# the four steps
+# the recipe: prepare data -> model -> baseline -> for each step: train, check conditions, save
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _require(value: str | None, flag: str) -> str:
+def require(value: str | None, flag: str) -> str:
+    """`value`, or a clear error naming the flag that is missing."""
     if value is None:
         raise KormedError(f"{flag} is required", hint=f"pass {flag} FILE or set it in the config file")
     return value
+
+
+def read_recipe_sources(opts: RecipeOptions, *, log: Log = print) -> Sources:
+    """Step 1 of the recipe: every given source, split into train / validation (seeded by train.seed)."""
+    src = load_sources(mcq=opts.mcq, dictionary=opts.dict, char_dict=opts.char_dict, raw=opts.raw,
+                       raw_val=opts.raw_val, val_fraction=opts.val_fraction, val_max=opts.val_max,
+                       raw_max_texts=opts.raw_max_texts, raw_val_max_texts=opts.raw_val_max_texts,
+                       seed=opts.train.seed, log=log)
+    if src.mcq_train and src.info.get("mcq", {}).get("with_cot", 0) == 0:
+        log("[kormed] note: no question has a 'cot'; MCQ-with-reasoning examples render as plain answers")
+    return src
+
+
+def prepare_recipe(opts: RecipeOptions, src: Sources, steps: Sequence[SFTStepConfig], *,
+                   start_adapter: str | None, log: Log = print) -> StepContext:
+    """Step 2 of the recipe: the starting model (adapter or a fresh LoRA) and the encoded sources the steps mix;
+    the context every step trains in (its baseline is set by the caller)."""
+    runtime = pick_runtime(opts.train.device, opts.train.dtype)
+    torch.manual_seed(opts.train.seed)
+    model, tokenizer, model_info = prepare_model_for_training(
+        opts.model, adapter=start_adapter, lora=opts.lora, runtime=runtime, log=log, quantize=opts.train.quantize)
+    needed = {k for s in steps for k, w in s.mix.items() if w > 0}
+    data = encode_sources(tokenizer, src, max_length=opts.max_length, templates=opts.templates, needed=needed,
+                          eod_token=opts.eod_token, log=log)
+    return StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=opts.train,
+                       baseline=None, tolerances=opts.tolerances, seed=opts.train.seed,
+                       stopping_strategy=opts.stopping_strategy, padding_free=opts.padding_free,
+                       info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log)
 
 
 def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print,
@@ -515,64 +548,64 @@ def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log
     return result
 
 
+def context_baseline(ctx: StepContext, *, log: Log = print) -> dict[str, Any]:
+    """Step 3 of the recipe: the starting model's raw-Korean perplexity (what `F * baseline` refers to)."""
+    options = ctx.train_options
+    return measure_baseline(ctx.model, ctx.data, batch_size=options.eval_batch_size or 2 * options.batch_size,
+                            log=log, compute_dtype=ctx.runtime.compute_dtype)
+
+
+def _sft_baseline(cfg: SFTConfig, ctx: StepContext, src: Sources, out: Path, *, log: Log) -> dict[str, Any]:
+    """Measured before step 1 and stored in baseline.json; a run resumed with --from-step reads it back."""
+    path = out / BASELINE_FILE
+    if cfg.from_step > 1:
+        if not path.is_file():
+            raise KormedError("--from-step needs the baseline measured before step 1", path=path)
+        baseline = read_json(path, what="baseline file")
+        log(f"[kormed] baseline raw-Korean perplexity {baseline['raw_perplexity']:.4f} (from {path})")
+        return baseline
+    result = context_baseline(ctx, log=log)
+    baseline = {"raw_perplexity": result["perplexity"], "raw_loss": result["loss"], "tokens": result["tokens"],
+                "blocks": result["blocks"], "raw_val": src.info["raw"]["val_path"],
+                "raw_val_texts": len(src.raw_val), "max_length": cfg.max_length,
+                "model": cfg.model or "embedded", "from_adapter": cfg.from_adapter}
+    write_json(path, baseline)
+    return baseline
+
+
 def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
-    """Run steps `cfg.from_step`..4; return the summary written to `<output>/sft_summary.json`."""
-    out = check_output_path(_require(cfg.output, "--output"), "dir", "--output")
-    _require(cfg.mcq, "--mcq")
-    _require(cfg.dict, "--dict")
-    _require(cfg.raw, "--raw")
-    runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
-    torch.manual_seed(cfg.train.seed)
-    steps = [(n, s) for n, s in cfg.steps() if n >= cfg.from_step]
-    start_adapter: str | None = cfg.from_adapter
+    """Run steps `cfg.from_step`..N (the recipe above); return the summary written to `<output>/sft_summary.json`."""
+    out = check_output_path(require(cfg.output, "--output"), "dir", "--output")
+    require(cfg.mcq, "--mcq")
+    require(cfg.dict, "--dict")
+    require(cfg.raw, "--raw")
+    numbered = list(enumerate(cfg.steps, start=1))[cfg.from_step - 1:]
+    start_adapter = cfg.from_adapter
     if cfg.from_step > 1:
         prev = out / f"step{cfg.from_step - 1}"
         if not (prev / "adapter_config.json").is_file():
             raise KormedError(f"--from-step {cfg.from_step} needs the adapter of step {cfg.from_step - 1}",
                               path=prev, hint="run the earlier steps first (without --from-step)")
         start_adapter = str(prev)
-    src = load_sources(mcq=cfg.mcq, dictionary=cfg.dict, char_dict=cfg.char_dict, raw=cfg.raw, raw_val=cfg.raw_val,
-                       val_fraction=cfg.val_fraction, val_max=cfg.val_max, raw_max_texts=cfg.raw_max_texts,
-                       raw_val_max_texts=cfg.raw_val_max_texts, seed=cfg.train.seed, log=log)
-    if src.info.get("mcq", {}).get("with_cot", 0) == 0:
-        log("[kormed] note: no question has a 'cot'; MCQ-with-reasoning examples render as plain answers")
-    model, tokenizer, model_info = prepare_model_for_training(
-        cfg.model, adapter=start_adapter, lora=cfg.lora, runtime=runtime, log=log, quantize=cfg.train.quantize)
-    needed = {k for _, s in steps for k, w in s.mix.items() if w > 0}
-    data = encode_sources(tokenizer, src, max_length=cfg.max_length, templates=cfg.templates, needed=needed,
-                          eod_token=cfg.eod_token, log=log)
-    eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    baseline_path = out / BASELINE_FILE
-    if cfg.from_step == 1:
-        result = measure_baseline(model, data, batch_size=eval_bs, log=log, compute_dtype=runtime.compute_dtype)
-        baseline = {"raw_perplexity": result["perplexity"], "raw_loss": result["loss"], "tokens": result["tokens"],
-                    "blocks": result["blocks"], "raw_val": src.info["raw"]["val_path"],
-                    "raw_val_texts": len(src.raw_val), "max_length": cfg.max_length,
-                    "model": cfg.model or "embedded", "from_adapter": cfg.from_adapter}
-        write_json(baseline_path, baseline)
-    else:
-        if not baseline_path.is_file():
-            raise KormedError("--from-step needs the baseline measured before step 1", path=baseline_path)
-        baseline = read_json(baseline_path, what="baseline file")
-        log(f"[kormed] baseline raw-Korean perplexity {baseline['raw_perplexity']:.4f} (from {baseline_path})")
-    tolerances = Tolerances(maintain=cfg.maintain_tolerance, approx=cfg.approx_tolerance,
-                            stable=cfg.stable_tolerance)
-    ctx = StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=cfg.train,
-                      baseline=float(baseline["raw_perplexity"]), tolerances=tolerances, seed=cfg.train.seed,
-                      stopping_strategy=cfg.stopping_strategy, padding_free=cfg.padding_free,
-                      info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log)
+
+    src = read_recipe_sources(cfg, log=log)
+    ctx = prepare_recipe(cfg, src, [s for _, s in numbered], start_adapter=start_adapter, log=log)
+    baseline = _sft_baseline(cfg, ctx, src, out, log=log)
+    ctx.baseline = float(baseline["raw_perplexity"])
+
     summary_path = out / SUMMARY_FILE
     previous = read_json(summary_path) if summary_path.is_file() and cfg.from_step > 1 else {}
     rows = [r for r in previous.get("steps", []) if r.get("step", 99) < cfg.from_step]
     finished = True
-    for n, step in steps:
-        info = run_sft_step(ctx, step, name=f"step{n}", out_dir=out / f"step{n}",
-                            max_steps=cfg.max_steps_per_step, extra_info={"step_number": n})
-        ctx.info["started_from"] = str(out / f"step{n}")
-        rows.append({"step": n, "description": step.description, "stop_reason": info["stop_reason"],
-                     "global_step": info["global_step"], "metrics_at_stop": info.get("metrics_at_stop"),
-                     "adapter": str(out / f"step{n}")})
-        if info["stop_reason"] not in (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS):
+    for n, step in numbered:
+        step_dir = out / f"step{n}"
+        info = run_sft_step(ctx, step, name=f"step{n}", out_dir=step_dir, max_steps=cfg.max_steps_per_step,
+                            extra_info={"step_number": n})
+        ctx.info["started_from"] = str(step_dir)
+        rows.append({"step": n, "name": step.name, "description": step.description,
+                     "stop_reason": info["stop_reason"], "global_step": info["global_step"],
+                     "metrics_at_stop": info.get("metrics_at_stop"), "adapter": str(step_dir)})
+        if info["stop_reason"] not in STEP_FINISHED:
             log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
                 f"(continue with --from-step {n})")
             finished = False

@@ -1,4 +1,7 @@
-"""Configuration of `kormed train sft` (section `sft`, four staged steps) and `kormed train loop` (section `loop`).
+"""Configuration of `kormed train sft` (section `sft`: a list of staged steps, default the seeds' four) and
+`kormed train loop` (section `loop`: rounds cycled until a target accuracy). Both are one recipe
+(:mod:`kormed.train.sft`): read the data, measure the baseline, then for each step (or round) train, check its
+stop conditions, save.
 
 Data sources a step can mix (`mix` weights; see :mod:`kormed.data.mixture`):
 
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from kormed.config import nested, opt
 from kormed.data.chat import ChatTemplates
+from kormed.data.mixture import normalise_weights
 from kormed.errors import KormedError
 from kormed.train.config import LoraOptions, TrainOptions
+from kormed.train.stop_conditions import Tolerances, parse_condition
 
 SOURCES = ("qa", "qa_cot", "dict", "raw")
 EVAL_SETS = ("qa", "qa_cot", "dict", "raw")
@@ -35,12 +40,20 @@ EVAL_SETS = ("qa", "qa_cot", "dict", "raw")
 class SFTStepConfig:
     """One SFT step (or one loop round): its data mix, its stop conditions and its step budget."""
 
+    name: str = opt("step", "Short name of the step (logs, training_info.json; a loop round's directory suffix).")
     description: str = opt("", "What this step is for (recorded in training_info.json).")
     mix: dict[str, float] = opt({"qa": 1.0}, "Source -> weight (qa, qa_cot, dict, raw); weights are normalised.")
     mode: Literal["interleave", "concatenate"] = opt(
         "interleave",
         "interleave: a ratio mix sampled by weight (datasets.interleave_datasets, seeded);\n"
         "concatenate: all examples of the listed sources once per pass, shuffled (weights only select sources).",
+    )
+    mix_by: Literal["examples", "tokens"] = opt(
+        "tokens",
+        "What an interleave weight is a share of: tokens = of the LEARNED tokens (the training signal: the loss\n"
+        "is a mean over them, so raw text with hundreds of targets per example does not drown QA answers of a\n"
+        "few); examples = of the drawn examples. The seeds' percentages are shares of training signal, hence\n"
+        "tokens. Either way training_info.json `mix_report` records both shares per source.",
     )
     stop: list[str] = opt(
         ["eval_qa_loss < 0.3"],
@@ -54,55 +67,103 @@ class SFTStepConfig:
     max_steps: int = opt(1000, "Optimizer-step budget: the guard reported as stop_reason 'max_steps'.")
     lr: float | None = opt(None, "Learning rate of this step (default: train.lr).")
 
-    def validate_step(self, name: str) -> None:
-        from kormed.data.mixture import normalise_weights
-        from kormed.train.stop_conditions import parse_condition
-
+    def validate_step(self, where: str) -> None:
+        if not self.name.strip():
+            raise KormedError("a step needs a name", field=f"{where}.name")
         for source in self.mix:
             if source not in SOURCES:
                 raise KormedError(f"unknown source '{source}' (known: {', '.join(SOURCES)})",
-                                  field=f"{name}.mix.{source}")
+                                  field=f"{where}.mix.{source}")
         try:
             normalise_weights(self.mix)
         except KormedError as exc:
-            raise KormedError(exc.message, field=f"{name}.{exc.field}") from None
+            raise KormedError(exc.message, field=f"{where}.{exc.field}") from None
         if not self.stop:
-            raise KormedError("at least one stop condition is needed", field=f"{name}.stop")
+            raise KormedError("at least one stop condition is needed", field=f"{where}.stop")
         for i, text in enumerate(self.stop):
-            parse_condition(text, field_name=f"{name}.stop[{i}]")
+            parse_condition(text, field_name=f"{where}.stop[{i}]")
         if self.stable_evals < 1:
-            raise KormedError("must be at least 1", field=f"{name}.stable_evals")
+            raise KormedError("must be at least 1", field=f"{where}.stable_evals")
         if self.max_steps < 1:
-            raise KormedError("must be at least 1", field=f"{name}.max_steps")
+            raise KormedError("must be at least 1", field=f"{where}.max_steps")
 
 
-def _step(help_text: str, **values) -> dataclasses.Field:
-    return dataclasses.field(default_factory=lambda: SFTStepConfig(**values), metadata={"help": help_text})
+def _steps(help_text: str, *steps: SFTStepConfig) -> dataclasses.Field:
+    return dataclasses.field(default_factory=lambda: [dataclasses.replace(s) for s in steps],
+                             metadata={"help": help_text})
 
 
 def _sft_train_options() -> TrainOptions:
-    # SFT stops on its own conditions: the engine's early stopping is switched off (see SFTConfig.train help).
+    # SFT stops on its own conditions: the engine's early stopping is switched off (see the `train` help).
     return TrainOptions(load_best_at_end=False, early_stopping_patience=1_000_000)
 
 
+def _validate_steps(steps: list[SFTStepConfig], where: str) -> None:
+    if not steps:
+        raise KormedError("at least one step is needed", field=where)
+    names = [s.name for s in steps]
+    for i, step in enumerate(steps):
+        step.validate_step(f"{where}[{i}]")
+        if names.index(step.name) != i:
+            raise KormedError(f"two steps are named '{step.name}'", field=f"{where}[{i}].name")
+
+
+SEEDS_SFT_STEPS = (
+    SFTStepConfig(
+        name="qa_examples", description="QA + examples: dictionary QA and MCQ answers in chat format",
+        mix={"qa": 0.5, "dict": 0.5}, stop=["eval_qa_loss < 0.3", "eval_raw_perplexity < 1.03 * baseline"],
+    ),
+    SFTStepConfig(
+        name="qa_more_data", description="QA + examples (more data): all dictionary QA, MCQ answers and reasoning",
+        mix={"qa": 1.0, "qa_cot": 1.0, "dict": 1.0}, mode="concatenate",
+        stop=["eval_qa_loss < 0.2", "eval_raw_perplexity maintained"],
+    ),
+    SFTStepConfig(
+        name="qa_dict", description="QA + examples + dictionary: QA 70 %, dictionary 30 %",
+        mix={"qa_cot": 0.7, "dict": 0.3},
+        stop=["eval_qa_loss < 0.2", "eval_dict_loss < 0.3", "eval_raw_perplexity maintained"],
+    ),
+    SFTStepConfig(
+        name="qa_dict_raw",
+        description="QA + examples + dictionary + raw Korean text: QA 40 %, dictionary 20 %, raw 40 % (against "
+                    "forgetting)",
+        mix={"qa_cot": 0.4, "dict": 0.2, "raw": 0.4},
+        stop=["eval_qa_loss < 0.2", "eval_raw_perplexity ~ 1.1 * baseline"],
+        stable_evals=5, stable_metrics=["eval_qa_loss", "eval_raw_perplexity"],
+    ),
+)
+
+SEEDS_LOOP_ROUNDS = (
+    SFTStepConfig(name="dict", description="train_01: medical dictionary SFT", mix={"dict": 1.0},
+                  stop=["eval_dict_loss < 0.3"], max_steps=300),
+    SFTStepConfig(name="mcq", description="train_02: MCQ with reasoning SFT", mix={"qa_cot": 1.0},
+                  stop=["eval_qa_loss < 0.2"], max_steps=300),
+)
+
+
 @dataclass
-class SFTConfig:
-    """`kormed train sft`: four staged chat-format SFT steps with answer-only loss and stop conditions."""
+class RecipeOptions:
+    """What `kormed train sft` and `kormed train loop` share: the data, the model, encoding and the trainer."""
 
     mcq: str | None = opt(None, "KorMedMCQA training questions (JSONL, the seeds' train.jsonl).")
     dict: str | None = opt(None, "Medical dictionary, JSON array of {term, definition}.")
     char_dict: str | None = opt(None, "Symbol dictionary, same format (optional; joins the 'dict' source).")
-    raw: str | None = opt(None, "Raw Korean text, JSONL with one {\"text\": ...} per line (kormed prepare output).")
+    raw: str | None = opt(
+        None, "Raw Korean text, JSONL with one {\"text\": ...} per line (kormed prepare output). sft: required\n"
+        "(baseline perplexity, raw mixes); loop: optional (its held-out part is reported as perplexity).",
+    )
     raw_val: str | None = opt(
         None, "Held-out raw Korean text for the perplexity checks (default: held out from --raw)."
     )
     model: str | None = opt(None, "Hub id or local model directory; default: the embedded Gemma 3 270M.")
     from_adapter: str | None = opt(
-        None, "Start step 1 from this kormed adapter (e.g. the CPT adapter); default: a fresh LoRA."
+        None, "Start from this kormed adapter (sft: e.g. the CPT adapter; loop: SFT's last step); default: a fresh\n"
+        "LoRA.",
     )
-    output: str | None = opt(None, "Output directory: baseline.json, step1/ ... step4/, sft_summary.json.")
-    from_step: int = opt(1, "Resume at this step (1-4), starting from <output>/step{N-1}/ (its adapter).")
-    max_steps_per_step: int | None = opt(None, "Override every step's max_steps (quick runs).")
+    output: str | None = opt(
+        None, "Output directory. sft: baseline.json, step1/ ... stepN/, sft_summary.json; loop: round00_start/,\n"
+        "round01_dict/ ..., best/, loop_table.json, loop_table.md.",
+    )
     max_length: int = opt(512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).")
     padding_free: bool = opt(
         True,
@@ -112,7 +173,7 @@ class SFTConfig:
     )
     val_fraction: float = opt(0.05, "Fraction of each source held out for validation (at least 1 record).")
     val_max: int = opt(200, "At most this many held-out records per source.")
-    raw_max_texts: int = opt(50000, "Use the first N texts of --raw for training (raw is only step 4's 40 %).")
+    raw_max_texts: int = opt(50000, "Use the first N texts of --raw for training.")
     raw_val_max_texts: int = opt(200, "At most this many held-out raw texts for the perplexity checks.")
     eod_token: str = opt("<end_of_turn>", "End-of-document token of raw text (as in CPT).")
     stopping_strategy: Literal["all_exhausted", "first_exhausted"] = opt(
@@ -127,126 +188,110 @@ class SFTConfig:
     stable_tolerance: float = opt(
         0.05, "'stable' = (max - min) / min of each stable metric over the last stable_evals evaluations <= this."
     )
-    step1: SFTStepConfig = _step(
-        "Step 1, QA + examples: dictionary QA and MCQ answers in chat format.",
-        description="QA + examples",
-        mix={"qa": 0.5, "dict": 0.5},
-        stop=["eval_qa_loss < 0.3", "eval_raw_perplexity < 1.03 * baseline"],
-    )
-    step2: SFTStepConfig = _step(
-        "Step 2, QA + examples, more data: all dictionary QA, all MCQ answers and all MCQ with reasoning.",
-        description="QA + examples (more data)",
-        mix={"qa": 1.0, "qa_cot": 1.0, "dict": 1.0},
-        mode="concatenate",
-        stop=["eval_qa_loss < 0.2", "eval_raw_perplexity maintained"],
-    )
-    step3: SFTStepConfig = _step(
-        "Step 3, QA 70 % + dictionary 30 %.",
-        description="QA + examples + dictionary",
-        mix={"qa_cot": 0.7, "dict": 0.3},
-        stop=["eval_qa_loss < 0.2", "eval_dict_loss < 0.3", "eval_raw_perplexity maintained"],
-    )
-    step4: SFTStepConfig = _step(
-        "Step 4, QA 40 % + dictionary 20 % + raw Korean 40 % (against forgetting).",
-        description="QA + examples + dictionary + raw Korean text",
-        mix={"qa_cot": 0.4, "dict": 0.2, "raw": 0.4},
-        stop=["eval_qa_loss < 0.2", "eval_raw_perplexity ~ 1.1 * baseline"],
-        stable_evals=5,
-        stable_metrics=["eval_qa_loss", "eval_raw_perplexity"],
-    )
-    templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates.")
+    templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
     train: TrainOptions = dataclasses.field(
         default_factory=_sft_train_options,
-        metadata={"help": "Trainer settings shared by the steps. Each step's max_steps/lr override them;\n"
+        metadata={"help": "Trainer settings shared by the steps (rounds). Each step's max_steps/lr override them;\n"
                           "early stopping is off (the stop conditions decide) and the final adapter is the\n"
                           "last one (load_best_at_end false)."},
     )
 
-    def steps(self) -> list[tuple[int, SFTStepConfig]]:
-        return [(1, self.step1), (2, self.step2), (3, self.step3), (4, self.step4)]
+    @property
+    def tolerances(self) -> Tolerances:
+        return Tolerances(maintain=self.maintain_tolerance, approx=self.approx_tolerance,
+                          stable=self.stable_tolerance)
 
-    def validate(self) -> None:
-        if not 1 <= self.from_step <= 4:
-            raise KormedError("must be 1, 2, 3 or 4", field="sft.from_step")
+    def validate_recipe(self, section: str) -> None:
         if self.max_length < 16:
-            raise KormedError("must be at least 16", field="sft.max_length")
-        if self.max_steps_per_step is not None and self.max_steps_per_step < 1:
-            raise KormedError("must be at least 1", field="sft.max_steps_per_step")
+            raise KormedError("must be at least 16", field=f"{section}.max_length")
         for name in ("maintain_tolerance", "approx_tolerance", "stable_tolerance"):
             if getattr(self, name) < 0:
-                raise KormedError("must be >= 0", field=f"sft.{name}")
-        for n, step in self.steps():
-            step.validate_step(f"sft.step{n}")
+                raise KormedError("must be >= 0", field=f"{section}.{name}")
+
+
+_STEPS_NOW_A_LIST = ("the SFT steps are a list now: write `steps:` with one entry per step, e.g.\n"
+                     "  steps:\n    - {name: qa_examples, mix: {qa: 0.5, dict: 0.5}, stop: [\"eval_qa_loss < 0.3\"]}\n"
+                     "    - ...\n"
+                     "(`kormed config show sft` prints the default list; a step's output directory stays stepN)")
+_ROUNDS_NOW_A_LIST = ("the loop's rounds are a list now: write `rounds:` with the rounds in the order they cycle, "
+                      "e.g. rounds: [{name: dict, mix: {dict: 1.0}, stop: [...]}, {name: mcq, mix: {qa_cot: 1.0}, "
+                      "stop: [...]}] (`kormed config show loop` prints the default)")
 
 
 @dataclass
-class LoopConfig:
-    """`kormed train loop`: alternate dictionary SFT (train_01) and MCQ-with-reasoning SFT (train_02) rounds,
-    measuring KorMedMCQA accuracy (chat mode) after each, until the target accuracy or max_rounds."""
+class SFTConfig(RecipeOptions):
+    """`kormed train sft`: staged chat-format SFT steps with answer-only loss and stop conditions."""
 
-    mcq: str | None = opt(None, "KorMedMCQA training questions (JSONL).")
-    dict: str | None = opt(None, "Medical dictionary, JSON array of {term, definition}.")
-    char_dict: str | None = opt(None, "Symbol dictionary (optional; joins the dictionary rounds).")
-    raw: str | None = opt(None, "Raw Korean text JSONL (optional): its held-out part is reported as perplexity.")
-    raw_val: str | None = opt(None, "Held-out raw Korean text (default: held out from --raw).")
-    eval_data: str | None = opt(None, "KorMedMCQA questions the accuracy is measured on (the seeds' test.jsonl).")
-    model: str | None = opt(None, "Hub id or local model directory; default: the embedded Gemma 3 270M.")
-    from_adapter: str | None = opt(None, "Start from this kormed adapter (e.g. SFT step4/); default: a fresh LoRA.")
-    output: str | None = opt(None, "Output directory: round01/ ..., best/, loop_table.json, loop_table.md.")
-    target: float = opt(0.9, "Stop once KorMedMCQA accuracy reaches this (0-1).")
-    max_rounds: int = opt(6, "At most this many rounds (dictionary and MCQ rounds alternate, dictionary first).")
-    first_round: Literal["dict", "mcq"] = opt("dict", "Which kind of round comes first.")
+    removed_options: ClassVar[dict[str, str]] = {f"step{n}": _STEPS_NOW_A_LIST for n in range(1, 10)}
+
+    steps: list[SFTStepConfig] = _steps(
+        "The steps, run in order, each continuing the previous adapter (default: the seeds' four: QA +\n"
+        "examples; more data; QA 70 % + dictionary 30 %; QA 40 % + dictionary 20 % + raw Korean 40 %). Step N\n"
+        "saves to <output>/stepN/. A list in a config file replaces the whole default list.",
+        *SEEDS_SFT_STEPS,
+    )
+    from_step: int = opt(1, "Resume at step N (1-based), starting from <output>/step{N-1}/ (its adapter).")
+    max_steps_per_step: int | None = opt(None, "Override every step's max_steps (quick runs).")
+
+    def validate(self) -> None:
+        self.validate_recipe("sft")
+        _validate_steps(self.steps, "sft.steps")
+        if not 1 <= self.from_step <= len(self.steps):
+            raise KormedError(f"must be between 1 and {len(self.steps)} (the number of steps)", field="sft.from_step")
+        if self.max_steps_per_step is not None and self.max_steps_per_step < 1:
+            raise KormedError("must be at least 1", field="sft.max_steps_per_step")
+
+
+@dataclass
+class LoopConfig(RecipeOptions):
+    """`kormed train loop`: cycle through the rounds (default: dictionary SFT train_01, then MCQ-with-reasoning
+    SFT train_02), measuring KorMedMCQA accuracy after each, until the target accuracy or max_rounds. The best
+    round is chosen on a validation split (dev), never on the test set it reports."""
+
+    removed_options: ClassVar[dict[str, str]] = {k: _ROUNDS_NOW_A_LIST
+                                                 for k in ("dict_round", "mcq_round", "first_round")}
+
+    rounds: list[SFTStepConfig] = _steps(
+        "The kinds of round, cycled in this order until the target or max_rounds (default: the seeds'\n"
+        "dictionary round train_01, then the MCQ-with-reasoning round train_02). Round i saves to\n"
+        "<output>/round{i:02d}_{name}/.",
+        *SEEDS_LOOP_ROUNDS,
+    )
+    eval_data: str | None = opt(
+        None, "KorMedMCQA questions the accuracy is REPORTED on (the seeds' test.jsonl); never used to choose.")
+    dev_data: str | None = opt(
+        None, "KorMedMCQA questions the best round and the target are judged on (default: dev.jsonl beside\n"
+        "--eval-data when it exists, KorMedMCQA's dev split in the seeds' layout; else dev_holdout training\n"
+        "questions held out of training).",
+    )
+    dev_holdout: int = opt(
+        100, "Without dev questions: hold out this many training questions (seeded; at most half of them) as the\n"
+        "selection split; the rounds never train on them.",
+    )
+    test_every_round: bool = opt(
+        False, "Also score --eval-data after every round (labelled as not used for selection); by default only\n"
+        "the rounds that became the best on dev are scored on it.",
+    )
+    target: float = opt(0.9, "Stop once the dev accuracy reaches this (0-1).")
+    max_rounds: int = opt(6, "At most this many rounds.")
     eval_mode: Literal["chat", "generate", "loglik"] = opt("chat", "KorMedMCQA scoring mode after each round.")
-    eval_limit: int | None = opt(None, "Score only the first N questions of --eval-data (quick runs).")
+    eval_limit: int | None = opt(None, "Score only the first N questions of the dev and test sets (quick runs).")
     eval_batch_size: int = opt(8, "Questions per generation batch.")
     eval_max_new_tokens: int = opt(256, "Generation budget in chat mode (the reasoning comes before '정답: X').")
     eval_before: bool = opt(True, "Also measure the accuracy before the first round (round 0).")
-    max_steps_per_round: int | None = opt(None, "Override both rounds' max_steps (quick runs).")
-    max_length: int = opt(512, "Tokens per training example.")
-    padding_free: bool = opt(True, "As sft.padding_free: training micro-batches flattened into one row, no padding.")
-    val_fraction: float = opt(0.05, "Fraction of each source held out for the per-round validation losses.")
-    val_max: int = opt(200, "At most this many held-out records per source.")
-    raw_max_texts: int = opt(50000, "Use the first N texts of --raw.")
-    raw_val_max_texts: int = opt(200, "At most this many held-out raw texts.")
-    eod_token: str = opt("<end_of_turn>", "End-of-document token of raw text.")
-    stopping_strategy: Literal["all_exhausted", "first_exhausted"] = opt(
-        "all_exhausted", "Interleaving strategy of mixed rounds (see sft.stopping_strategy)."
-    )
-    maintain_tolerance: float = opt(0.02, "As sft.maintain_tolerance.")
-    approx_tolerance: float = opt(0.02, "As sft.approx_tolerance.")
-    stable_tolerance: float = opt(0.05, "As sft.stable_tolerance.")
-    dict_round: SFTStepConfig = _step(
-        "A dictionary round (train_01): medical + symbol dictionary QA.",
-        description="train_01: medical dictionary SFT",
-        mix={"dict": 1.0},
-        stop=["eval_dict_loss < 0.3"],
-        max_steps=300,
-    )
-    mcq_round: SFTStepConfig = _step(
-        "An exam round (train_02): MCQ with reasoning.",
-        description="train_02: MCQ with reasoning SFT",
-        mix={"qa_cot": 1.0},
-        stop=["eval_qa_loss < 0.2"],
-        max_steps=300,
-    )
-    templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the eval uses mcq_prompt).")
-    lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
-    train: TrainOptions = dataclasses.field(
-        default_factory=_sft_train_options,
-        metadata={"help": "Trainer settings of every round (early stopping off; each round's max_steps/lr win)."},
-    )
+    max_steps_per_round: int | None = opt(None, "Override every round's max_steps (quick runs).")
 
     def validate(self) -> None:
+        self.validate_recipe("loop")
+        _validate_steps(self.rounds, "loop.rounds")
         if not 0.0 < self.target <= 1.0:
             raise KormedError("must be in (0, 1]", field="loop.target")
         if self.max_rounds < 1:
             raise KormedError("must be at least 1", field="loop.max_rounds")
+        if self.dev_holdout < 1:
+            raise KormedError("must be at least 1", field="loop.dev_holdout")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise KormedError("must be at least 1", field="loop.eval_limit")
         if self.max_steps_per_round is not None and self.max_steps_per_round < 1:
             raise KormedError("must be at least 1", field="loop.max_steps_per_round")
-        if self.max_length < 16:
-            raise KormedError("must be at least 16", field="loop.max_length")
-        self.dict_round.validate_step("loop.dict_round")
-        self.mcq_round.validate_step("loop.mcq_round")
