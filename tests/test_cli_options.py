@@ -82,6 +82,9 @@ def _new_value(ff: FieldFlag) -> Any:
         return 0.25 if not default else default / 2
     if tp is str:
         return f"{ff.path[-1]}-from-flag"
+    if typing.get_origin(tp) is list and default and dataclasses.is_dataclass(default[0]):
+        # a list of sections (sft.steps, loop.rounds): the same sections with the first one's budget changed
+        return [dataclasses.replace(default[0], max_steps=default[0].max_steps + 1), *default[1:]]
     if typing.get_origin(tp) is list:
         return ["q_proj", "v_proj"]
     if typing.get_origin(tp) is dict:  # a mapping is merged key by key, as in YAML: change every value
@@ -92,6 +95,8 @@ def _new_value(ff: FieldFlag) -> Any:
 def _as_arg(ff: FieldFlag, value: Any) -> list[str]:
     if ff.tp is bool:
         return [ff.flag if value else f"--no-{ff.flag[2:]}"]
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        value = [dataclasses.asdict(v) for v in value]
     if isinstance(value, list | dict):
         return [ff.flag, yaml.safe_dump(value, default_flow_style=True).strip()]
     return [ff.flag, str(value)]

@@ -243,13 +243,16 @@ def _loop_dir(rd: Path) -> None:
         # round 0 is the adapter saved before the first round: model info, no stop record (not a trainer run)
         _write(d / "training_info.json", {"stop_reason": "max_steps", "stop_step": 4, "global_step": 4} if i
                else {"stage": "loop", "round": 0})
-        rounds.append({"round": i, "kind": kind, "adapter": str(d), "accuracy": acc, "correct": round(acc * 20),
-                       "total": 20, "unparseable": 0, "global_step": 4 if i else None,
-                       "stop_reason": "max_steps" if i else None, "metrics": None})
+        test = 0.5 if i == 2 else None  # the test set is scored only when a round becomes the best on dev
+        rounds.append({"round": i, "kind": kind, "adapter": str(d), "dev_accuracy": acc,
+                       "dev_correct": round(acc * 20), "dev_total": 20, "dev_unparseable": 0,
+                       "test_accuracy": test, "test_correct": 50 if test else None, "test_total": 100 if test else None,
+                       "global_step": 4 if i else None, "stop_reason": "max_steps" if i else None, "metrics": None})
     _write(rd / "loop" / "loop_table.json", {
-        "target": 0.9, "eval_mode": "chat", "eval_data": "test.jsonl", "eval_questions": 20,
+        "target": 0.9, "eval_mode": "chat", "selected_on": "dev (dev.jsonl, 20 q)",
+        "reported_on": "test (test.jsonl, 100 q)",
         "baseline_raw_perplexity": None, "rounds": rounds, "stop_reason": "max_rounds", "best_round": 2,
-        "best_accuracy": 0.55, "best_adapter": str(rd / "loop" / "best")})
+        "best_dev_accuracy": 0.55, "best_test_accuracy": 0.5, "best_adapter": str(rd / "loop" / "best")})
 
 
 def test_result_files_round_trip(run_dir: Path):
@@ -306,7 +309,8 @@ def test_report_reads_the_typed_results(run_dir: Path):
     assert "c4_korean: dup" in html and "namu_wiki: too_short" not in html
     assert "best: eval_loss=3, eval_perplexity=20.09" in html and "final: eval_loss=2.6" in html
     assert "eval_runtime" not in html  # how long an evaluation took is not a metric of the model
-    assert "Loop rounds" in html and "55.0%" in html and "Best: round 2 (55.0%)" in html
+    assert "Loop rounds" in html and "55.0%" in html and "Best on dev: round 2 (dev 55.0%, test 50.0%)" in html
+    assert "dev (dev.jsonl, 20 q)" in html and "test (test.jsonl, 100 q)" in html
     assert "loop/round02_mcq" in html and "loop: max_rounds" in html
     # a broken result file: its section says why, the rest of the report is written
     (run_dir / "eval" / results.RESULT_FILE).write_text("{broken", encoding="utf-8")

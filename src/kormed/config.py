@@ -376,7 +376,8 @@ def _document(
             if hl:
                 lines.append(f"{pad}# {hl}")
         if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
-            lines.append(f"{pad}{f.name}:")  # a list of sections (e.g. sft.steps): each item's keys, help once
+            flags = "" if path is None else f"  # {_flags_text(path + (f.name,), tuple(f.metadata.get('flags', ())))}"
+            lines.append(f"{pad}{f.name}:{flags}")  # a list of sections (e.g. sft.steps): items' keys, help once
             for i, v in enumerate(value):
                 lines.append(f"{pad}  -")
                 lines.extend(_document(type(v), v, indent + 2, None, comments=i == 0))
