@@ -3,6 +3,7 @@ reproducible from its authored sources."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -231,12 +232,19 @@ def test_c4_is_a_sharded_dataset_of_web_documents() -> None:
     assert sum("Copyright" in r["text"] or "ⓒ" in r["text"] or "©" in r["text"] for r in rows) >= 3
 
 
+def _build_script():
+    """scripts/build_sample_data.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_sample_data.py"
+    spec = importlib.util.spec_from_file_location("build_sample_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_build_is_reproducible(tmp_path: Path) -> None:
     from datasets import load_from_disk
 
-    from kormed.sample_data._build import build
-
-    counts = build(tmp_path)
+    counts = _build_script().build(tmp_path)
     root = sample_data_root()
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(p.relative_to(root) for p in (root / "data").rglob("*") if p.is_file())
@@ -251,3 +259,9 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
             fresh, kept = fresh["train"], kept["train"]
         assert fresh.to_list() == kept.to_list(), name
         assert counts[name] == len(kept)
+
+
+def test_sources_stay_out_of_the_installed_package() -> None:
+    package = sample_data_root()
+    assert not (package / "_source").exists() and not (package / "_build.py").exists()
+    assert sorted(p.name for p in package.iterdir() if p.name != "__pycache__") == ["README.md", "__init__.py", "data"]

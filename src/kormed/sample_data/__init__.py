@@ -2,7 +2,8 @@
 
 `sample_data_root()` is a directory you can pass as `--data-root`: under it lie `data/01_raw/...` and
 `data/02_refined/...` exactly as in the seeds. Everything in it was written for this project and is built
-deterministically from the readable sources in `kormed/sample_data/_source/` by `scripts/build_sample_data.py`.
+deterministically by `scripts/build_sample_data.py` from the authored files in `scripts/sample_data_sources/` (in a
+source checkout; only the built data is installed).
 """
 
 from __future__ import annotations
