@@ -34,7 +34,7 @@ LETTERS = ("A", "B", "C", "D", "E")
 # The public KorMedMCQA schema, in its column order; the bundled files add `exam_type` (= subject) after it.
 MCQ_FIELDS = ("subject", "year", "period", "q_number", "question", *LETTERS, "answer", "cot")
 # Source key -> the YAML file under sources/mcq/ that holds its questions.
-MCQ_SPLITS = {"mcq_train": "train", "mcq_test": "test", "mcq_fewshot": "fewshot"}
+MCQ_SPLITS = {"mcq_train": "train", "mcq_dev": "dev", "mcq_test": "test", "mcq_fewshot": "fewshot"}
 
 # Columns of each corpus in the built dataset's order, with their types: `text` comes from the document file, the
 # others from the corpus's index.yaml (which also names the `file`).

@@ -16,6 +16,7 @@ RELATIVE_PATHS: dict[str, str] = {
     "wikipedia_korean": "data/01_raw/00_korean/wikipedia-korean",
     "c4_korean": "data/01_raw/00_korean/c4_korean",
     "mcq_train": "data/01_raw/02_kor_med_test/train.jsonl",
+    "mcq_dev": "data/01_raw/02_kor_med_test/dev.jsonl",
     "mcq_test": "data/01_raw/02_kor_med_test/test.jsonl",
     "mcq_fewshot": "data/01_raw/02_kor_med_test/fewshot.jsonl",
     "medical_dict": "data/02_refined/01_medical_dict.json",
