@@ -86,6 +86,8 @@ def read_corpus(directory: Path, columns: dict[str, type]) -> list[dict[str, Any
                 raise _entry_error(index, n, f"expected {kind.__name__}, got {value!r}", name)
             if kind is list and not (value and all(isinstance(v, str) for v in value)):
                 raise _entry_error(index, n, "expected a non-empty list of strings", name)
+        if not isinstance(entry["file"], str):
+            raise _entry_error(index, n, f"expected a path relative to {directory.name}/", "file")
         text = read_text(directory / entry["file"])
         if not text.strip():
             raise _entry_error(index, n, f"{entry['file']} is empty", "file")
@@ -105,7 +107,9 @@ def read_mcq(path: Path) -> list[dict[str, Any]]:
         entry = {"cot": ""} | entry
         missing, unknown = set(MCQ_FIELDS) - set(entry), set(entry) - set(MCQ_FIELDS)
         if missing or unknown:
-            raise _entry_error(path, n, f"missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+            problems = [f"{what} fields {sorted(names)}" for what, names in (("missing", missing), ("unknown", unknown))
+                        if names]
+            raise _entry_error(path, n, "; ".join(problems))
         for field in ("question", *LETTERS, "cot"):
             if not isinstance(entry[field], str) or (field != "cot" and not entry[field].strip()):
                 raise _entry_error(path, n, "expected non-empty text", field)
