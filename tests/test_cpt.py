@@ -40,7 +40,7 @@ def _write_jsonl(path: Path, texts: list[str]) -> Path:
 def corpus(tmp_path_factory) -> tuple[Path, Path]:
     texts = _korean_texts()
     root = tmp_path_factory.mktemp("corpus")
-    return _write_jsonl(root / "train.jsonl", texts[:80]), _write_jsonl(root / "val.jsonl", texts[80:])
+    return _write_jsonl(root / "train.jsonl", texts[:80]), _write_jsonl(root / "val.jsonl", texts[-20:])  # fewshot
 
 
 def _tiny_cfg(model_dir: Path, corpus, out: Path, **train) -> CPTConfig:
@@ -251,7 +251,7 @@ def test_real_model_cpt_lowers_validation_perplexity(embedded_model_dir, tmp_pat
 
     texts = _korean_texts()
     train = _write_jsonl(tmp_path / "train.jsonl", texts[:60])
-    val = _write_jsonl(tmp_path / "val.jsonl", texts[90:92])  # held out: never in the training documents
+    val = _write_jsonl(tmp_path / "val.jsonl", texts[-10:-8])  # fewshot, held out: never in the training documents
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"cpt:\n  max_val_samples: 2\n  cache_dir: {tmp_path / 'cache'}\n"

@@ -3,11 +3,14 @@ reproducible from its authored sources."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kormed.records import read_dictionary, read_mcq_jsonl
 from kormed.sample_data import MCQ_TEST_PUBLIC_SCHEMA, RELATIVE_PATHS, sample_data_root, sample_paths
@@ -27,8 +30,8 @@ def test_paths_point_into_the_data_root() -> None:
     root = sample_data_root()
     paths = sample_paths()
     assert set(paths) == {
-        "namu_wiki", "wikipedia_korean", "c4_korean", "mcq_train", "mcq_test", "mcq_fewshot", "medical_dict",
-        "char_dict",
+        "namu_wiki", "wikipedia_korean", "c4_korean", "mcq_train", "mcq_dev", "mcq_test", "mcq_fewshot",
+        "medical_dict", "char_dict",
     }
     for name, path in paths.items():
         assert path.exists(), name
@@ -36,11 +39,14 @@ def test_paths_point_into_the_data_root() -> None:
         assert path.relative_to(root).parts[0] == "data"
 
 
-@pytest.mark.parametrize("name", ["mcq_train", "mcq_test", "mcq_fewshot"])
+MCQ_PER_EXAM = {"mcq_train": 10, "mcq_dev": 10, "mcq_test": 25, "mcq_fewshot": 5}
+
+
+@pytest.mark.parametrize("name", sorted(MCQ_PER_EXAM))
 def test_mcq_files_parse_and_answers_are_balanced(name: str) -> None:
     questions, report = read_mcq_jsonl(sample_paths()[name])
     assert report.total == 0
-    assert len(questions) >= 20
+    assert Counter(q.exam_type for q in questions) == {s: MCQ_PER_EXAM[name] for s in SUBSETS}
     counts = Counter(q.answer for q in questions)
     assert set(counts) == {1, 2, 3, 4, 5}
     assert max(counts.values()) - min(counts.values()) <= 1, counts
@@ -51,19 +57,41 @@ def test_mcq_files_parse_and_answers_are_balanced(name: str) -> None:
     assert len({q.question for q in questions}) == len(questions)
 
 
+def _word_ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
+    words = text.split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 def test_mcq_splits_do_not_overlap_and_cover_every_subset() -> None:
     paths = sample_paths()
-    train, _ = read_mcq_jsonl(paths["mcq_train"])
-    test, _ = read_mcq_jsonl(paths["mcq_test"])
-    fewshot, _ = read_mcq_jsonl(paths["mcq_fewshot"])
-    texts = [{q.question for q in split} for split in (train, test, fewshot)]
-    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
-    assert {q.subset for q in test} == SUBSETS
-    assert {q.year for q in test} == {2022, 2023, 2024}
+    splits = {name: read_mcq_jsonl(paths[name])[0] for name in MCQ_PER_EXAM}
+    train, dev, test, fewshot = (splits[n] for n in ("mcq_train", "mcq_dev", "mcq_test", "mcq_fewshot"))
+    assert {q.subset for q in test} == {q.subset for q in dev} == SUBSETS
+    assert {q.year for q in test} == {q.year for q in dev} == {2022, 2023, 2024}
     assert all(q.year is not None and q.year < 2022 for q in train + fewshot)
     assert sum(1 for q in train if q.cot) >= 20  # train carries reasoning for SFT
-    uids = [f"{q.subset}-{q.year}-{q.period}-{q.q_number}" for q in train + test + fewshot]
+    assert sum(1 for q in dev if q.cot) >= 10  # so does dev, as the real KorMedMCQA dev split does
+    everything = [q for split in splits.values() for q in split]
+    uids = [f"{q.subset}-{q.year}-{q.period}-{q.q_number}" for q in everything]
     assert len(set(uids)) == len(uids)  # KorMedMCQA-style uid (exam-year-period-number) is unique
+    # No question appears in two splits, not even as a near-duplicate: no two questions share a run of 13 words
+    # (the decontamination rule) in their question, options and reasoning.
+    owner: dict[tuple[str, ...], tuple[str, str]] = {}
+    for name, split in splits.items():
+        for q in split:
+            for gram in _word_ngrams(" ".join([q.question, *q.options, q.cot])):
+                other = owner.setdefault(gram, (name, q.question))
+                assert other[1] == q.question, f"{name} {q.question!r} shares 13 words with {other}"
+
+
+def test_adding_questions_kept_the_first_forty_test_questions() -> None:
+    """The test split grew from 40 to 100 questions by appending: earlier rows (and `--limit N` runs) are unchanged."""
+    test, _ = read_mcq_jsonl(sample_paths()["mcq_test"])
+    first = test[:40]
+    assert Counter(q.answer for q in first) == {a: 8 for a in range(1, 6)}
+    assert [(q.subset, q.year, q.q_number) for q in first[:2]] == [("doctor", 2022, 4), ("doctor", 2022, 23)]
+    assert first[0].question == "신증후군(nephrotic syndrome)의 특징이 아닌 것은?" and first[0].answer == 2
+    assert first[39].question == "치면열구전색(pit and fissure sealant)의 주된 적용 부위는?"
 
 
 def test_fewshot_has_five_per_subset_each_with_reasoning_naming_the_answer() -> None:
@@ -231,12 +259,19 @@ def test_c4_is_a_sharded_dataset_of_web_documents() -> None:
     assert sum("Copyright" in r["text"] or "ⓒ" in r["text"] or "©" in r["text"] for r in rows) >= 3
 
 
+def _build_script():
+    """scripts/build_sample_data.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_sample_data.py"
+    spec = importlib.util.spec_from_file_location("build_sample_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_build_is_reproducible(tmp_path: Path) -> None:
     from datasets import load_from_disk
 
-    from kormed.sample_data._build import build
-
-    counts = build(tmp_path)
+    counts = _build_script().build(tmp_path)
     root = sample_data_root()
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(p.relative_to(root) for p in (root / "data").rglob("*") if p.is_file())
@@ -251,3 +286,73 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
             fresh, kept = fresh["train"], kept["train"]
         assert fresh.to_list() == kept.to_list(), name
         assert counts[name] == len(kept)
+
+
+def test_sources_stay_out_of_the_installed_package() -> None:
+    package = sample_data_root()
+    assert not (package / "_source").exists() and not (package / "_build.py").exists()
+    assert sorted(p.name for p in package.iterdir() if p.name != "__pycache__") == ["README.md", "__init__.py", "data"]
+
+
+@pytest.fixture()
+def sources_copy(tmp_path: Path) -> Path:
+    """A scratch copy of scripts/sample_data_sources/ to break on purpose."""
+    copy = tmp_path / "sources"
+    shutil.copytree(_build_script().SOURCES, copy)
+    return copy
+
+
+def _swap_first_answer(path: Path) -> None:
+    """Move the first question's correct option to another letter (the answer key then counts one letter twice)."""
+    entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    first = entries[0]
+    old, new = "ABCDE"[first["answer"] - 1], "ABCDE"[first["answer"] % 5]
+    first[old], first[new] = first[new], first[old]
+    first["answer"] = first["answer"] % 5 + 1
+    first.pop("cot", None)
+    path.write_text(yaml.safe_dump(entries, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("unbalanced", "answer key is not balanced"),
+        ("cot", "cot names"),
+        ("duplicate_option", "two options are the same"),
+        ("missing_field", "missing fields ['year']"),
+        ("duplicate_term", "terms listed in two sections: ['고혈압']"),
+        ("missing_page", "does not exist"),
+    ],
+)
+def test_build_names_the_file_and_entry_of_a_mistake(sources_copy: Path, tmp_path: Path, breakage: str,
+                                                     message: str) -> None:
+    from kormed.errors import KormedError
+
+    dev = sources_copy / "mcq" / "dev.yaml"
+    entries = yaml.safe_load(dev.read_text(encoding="utf-8"))
+    broken = dev
+    if breakage == "unbalanced":
+        _swap_first_answer(dev)
+    elif breakage in ("cot", "duplicate_option", "missing_field"):
+        with_cot = next(i for i, e in enumerate(entries) if e.get("cot"))
+        e = entries[with_cot]
+        if breakage == "cot":
+            right, wrong = "ABCDE"[e["answer"] - 1], "ABCDE"[e["answer"] % 5]
+            e["cot"] = e["cot"].replace(f"정답은 {right}이다", f"정답은 {wrong}이다")
+        elif breakage == "duplicate_option":
+            e["E"] = e["A"]
+        else:
+            del e["year"]
+        dev.write_text(yaml.safe_dump(entries, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        message = f"entry {with_cot + 1}: {message}"
+    elif breakage == "duplicate_term":
+        broken = sources_copy / "dictionaries" / "medical_dict.json"
+        text = broken.read_text(encoding="utf-8")
+        broken.write_text(text.replace('"약": "medicine",', '"약": "medicine",\n    "고혈압": "Hypertension.",', 1),
+                          encoding="utf-8")
+    else:
+        broken = sources_copy / "wikipedia_korean" / "articles" / "간.txt"
+        broken.unlink()
+    with pytest.raises(KormedError) as err:
+        _build_script().build(tmp_path / "out", sources=sources_copy, arrow=breakage == "missing_page")
+    assert str(broken) in str(err.value) and message in str(err.value), str(err.value)

@@ -21,7 +21,7 @@ BENCH_MODES = ("generate", "loglik", "chat")
 
 
 def default_questions_file() -> str:
-    """The bundled sample test file (40 original questions in the KorMedMCQA schema)."""
+    """The bundled sample test file (100 original questions in the KorMedMCQA schema)."""
     from kormed.sample_data import sample_paths
 
     path = sample_paths()["mcq_test"]

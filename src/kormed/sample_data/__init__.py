@@ -2,7 +2,8 @@
 
 `sample_data_root()` is a directory you can pass as `--data-root`: under it lie `data/01_raw/...` and
 `data/02_refined/...` exactly as in the seeds. Everything in it was written for this project and is built
-deterministically from the readable sources in `kormed/sample_data/_source/` by `scripts/build_sample_data.py`.
+deterministically by `scripts/build_sample_data.py` from the authored files in `scripts/sample_data_sources/` (in a
+source checkout; only the built data is installed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ RELATIVE_PATHS: dict[str, str] = {
     "wikipedia_korean": "data/01_raw/00_korean/wikipedia-korean",
     "c4_korean": "data/01_raw/00_korean/c4_korean",
     "mcq_train": "data/01_raw/02_kor_med_test/train.jsonl",
+    "mcq_dev": "data/01_raw/02_kor_med_test/dev.jsonl",
     "mcq_test": "data/01_raw/02_kor_med_test/test.jsonl",
     "mcq_fewshot": "data/01_raw/02_kor_med_test/fewshot.jsonl",
     "medical_dict": "data/02_refined/01_medical_dict.json",

@@ -1,1 +1,0 @@
-"""Authored sources of the bundled sample data (original text written for kormed)."""
