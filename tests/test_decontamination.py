@@ -52,8 +52,7 @@ TEST_ROWS = [
 # The 13-word span with other punctuation, spacing and case; 12 words (then an unrelated word); SHORT whole and
 # SHORT without its last word.
 SPAN_13 = (
-    "고칼륨혈증 - HYPERKALEMIA -   응급치료에서,심근세포막 안정화를 위해  가장 먼저 정맥으로 투여하는 "
-    "약물로\n옳은 것은"
+    "고칼륨혈증 - HYPERKALEMIA -   응급치료에서,심근세포막 안정화를 위해  가장 먼저 정맥으로 투여하는 약물로\n옳은 것은"
 )
 SPAN_12 = " ".join(LONG_WORDS[:12]) + " 그리고"
 SHORT_WHOLE = "와파린 — WARFARIN: 치료 효과를 감시하는 데 사용하는 검사는"
@@ -219,8 +218,9 @@ def test_validation_documents_are_checked_and_counted_once(root: Path, tmp_path:
 
 def test_off_keeps_everything(root: Path, tmp_path: Path) -> None:
     logged: list[str] = []
-    stats = run_prepare(make_cfg(root, tmp_path / "m.jsonl", decontaminate=False), log=logged.append,
-                        progress=False)["stats"]
+    stats = run_prepare(make_cfg(root, tmp_path / "m.jsonl", decontaminate=False), log=logged.append, progress=False)[
+        "stats"
+    ]
     joined = "\n".join(read_texts(tmp_path / "m.jsonl"))
     assert all(marker in joined for marker in CONTAMINATED_DOCS)
     assert stats["decontamination"] == {"enabled": False}
@@ -245,15 +245,16 @@ def test_without_a_dev_set(tmp_path: Path) -> None:
     assert any("no evaluation set found" in m for m in logged)
 
 
-def test_same_seed_same_bytes(root: Path, tmp_path: Path) -> None:
-    outs = []
-    for k, batch in enumerate((3, 8)):
-        cfg = make_cfg(root, tmp_path / str(k) / "m.jsonl", all=False, plain_docs=20, val_fraction=0.2,
-                       val_min_chars=10, batch_size=batch)  # fmt: skip
-        run_prepare(cfg, log=None, progress=False)
+def test_same_seed_same_bytes_whatever_the_workers(root: Path, tmp_path: Path) -> None:
+    outs, stats = [], []
+    for k, (batch, procs) in enumerate(((3, 1), (8, 2))):  # 2 worker processes: the matching runs in them
+        cfg = make_cfg(root, tmp_path / str(k) / "m.jsonl", val_fraction=0.2, val_min_chars=10, batch_size=batch,
+                       num_proc=procs)  # fmt: skip
+        stats.append(run_prepare(cfg, log=None, progress=False)["stats"]["decontamination"])
         outs.append([(tmp_path / str(k) / n).read_bytes() for n in ("m.jsonl", "m.val.jsonl")])
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] and stats[0] == stats[1]
     assert "문서 0:" not in outs[0][0].decode() + outs[0][1].decode()
+    assert stats[1]["documents"] == 5 and stats[1]["by_source"]["c4_korean"]["documents"] == 1
 
 
 def test_options_checked(root: Path, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ document is never dropped for sharing fewer than `min_words` words. A training M
 option equal an evaluation question's (any length) is contamination too.
 
 Matching is one pass over a document: its words become ids in the evaluation vocabulary (0 for any other word),
-the windows made only of known words are hashed with numpy, looked up in a sorted table of the evaluation spans'
-hashes, and a hit is confirmed by comparing the words themselves, so a hash collision can never drop a document.
+the `min_words`-word windows made only of known words are hashed with numpy and looked up in a sorted table of
+the spans' first `min_words` words, and each hit is confirmed by comparing the words of the spans that start
+there, so a hash collision can never drop a document.
 No maintained library does word-n-gram overlap against a fixed question set (datasets' dedup tools are
 near-duplicate detectors between documents), hence this short module.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from kormed.prepare.clean import FilterSpec, clean_batch
 from kormed.records import MCQ, read_mcq_jsonl
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script (Hangul included)
@@ -86,9 +88,10 @@ class EvalIndex:
         self.min_words = min_words
         self.sets: list[EvalSet] = []
         self._vocab: dict[str, int] = {}
-        self._spans: dict[int, dict[tuple[int, ...], int]] = {}  # length -> span (word ids) -> eval-set bit mask
+        self._spans: dict[tuple[int, ...], int] = {}  # span (word ids, min_words..n long) -> eval-set bit mask
+        self._lengths: list[int] = []  # the span lengths present, longest first
         self._pairs: dict[tuple[str, ...], int] = {}  # question + answer words -> mask (training MCQ duplicates)
-        self._tables: dict[int, np.ndarray] = {}  # length -> sorted window hashes (built lazily)
+        self._prefixes: np.ndarray | None = None  # sorted hashes of every span's first min_words words (lazy)
 
     # -- building ---------------------------------------------------------------------------------------------
     def add_set(self, name: str, path: str, questions: list[MCQ], skipped: dict[str, Any] | None = None) -> None:
@@ -98,35 +101,35 @@ class EvalIndex:
         self.sets.append(entry)
         for q in questions:
             q_words, a_words = words(q.question), words(q.answer_text)
-            self._pairs[(*q_words, "\0", *a_words)] = self._pairs.get((*q_words, "\0", *a_words), 0) | bit
+            pair = (*q_words, "\0", *a_words)
+            self._pairs[pair] = self._pairs.get(pair, 0) | bit
             used = [self._add_sequence(seq, bit) for seq in (q_words, q_words + a_words)]
             entry.too_short += not any(used)
-        self._tables.clear()
+        self._lengths = sorted({len(span) for span in self._spans}, reverse=True)
+        self._prefixes = None
 
     def _add_sequence(self, seq: list[str], bit: int) -> bool:
         if len(seq) < self.min_words:
             return False
         ids = tuple(self._vocab.setdefault(w, len(self._vocab) + 1) for w in seq)
         length = min(len(ids), self.n)
-        spans = self._spans.setdefault(length, {})
         for i in range(len(ids) - length + 1):
             span = ids[i : i + length]
-            spans[span] = spans.get(span, 0) | bit
+            self._spans[span] = self._spans.get(span, 0) | bit
         return True
 
-    @property
-    def empty(self) -> bool:
-        return not self._spans and not self._pairs
-
-    def _table(self, length: int) -> np.ndarray:
-        if length not in self._tables:
-            spans = np.array(list(self._spans[length]), dtype=np.uint64).reshape(-1, length)
-            self._tables[length] = np.unique(_window_hashes(spans.reshape(-1), length, np.arange(len(spans)) * length))
-        return self._tables[length]
+    def _prefix_table(self) -> np.ndarray:
+        if self._prefixes is None:
+            k = self.min_words
+            heads = np.array([span[:k] for span in self._spans], dtype=np.uint64).reshape(-1, k)
+            self._prefixes = np.unique(_window_hashes(heads.reshape(-1), k, np.arange(len(heads)) * k))
+        return self._prefixes
 
     # -- matching ---------------------------------------------------------------------------------------------
     def match(self, text: str) -> int:
-        """The bit mask of the evaluation sets `text` shares a span with (0: clean). One pass over the text."""
+        """The bit mask of the evaluation sets `text` shares a span with (0: clean). One pass over the text: every
+        span begins with min_words words, so only the windows of that length are hashed and looked up, and the
+        few hits are checked against the spans of each length starting there."""
         if not self._spans:
             return 0
         get = self._vocab.get
@@ -135,21 +138,21 @@ class EvalIndex:
             found = _WORD.findall(chunk)
             parts.append(np.fromiter(map(get, found, repeat(0)), dtype=np.uint64, count=len(found)))
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        k = self.min_words
+        windows = len(ids) - k + 1
+        if windows <= 0:
+            return 0
         unknown = np.concatenate(([0], np.cumsum(ids == 0)))
-        for length in sorted(self._spans, reverse=True):
-            windows = len(ids) - length + 1
-            if windows <= 0:
-                continue
-            starts = np.flatnonzero(unknown[length:] == unknown[:windows])  # windows of known words only
-            if not len(starts):
-                continue
-            hashes = _window_hashes(ids, length, starts)
-            table = self._table(length)
-            where = np.minimum(np.searchsorted(table, hashes), len(table) - 1)
-            spans = self._spans[length]
-            for s in starts[table[where] == hashes]:
-                mask = spans.get(tuple(int(x) for x in ids[s : s + length]))
-                if mask:  # the words themselves equal: not a hash collision
+        starts = np.flatnonzero(unknown[k:] == unknown[:windows])  # windows made only of evaluation words
+        if not len(starts):
+            return 0
+        hashes = _window_hashes(ids, k, starts)
+        table = self._prefix_table()
+        where = np.minimum(np.searchsorted(table, hashes), len(table) - 1)
+        for s in starts[table[where] == hashes].tolist():
+            for length in self._lengths:
+                mask = self._spans.get(tuple(ids[s : s + length].tolist())) if s + length <= len(ids) else None
+                if mask:  # the words themselves equal: a hash collision never matches
                     return mask
         return 0
 
@@ -174,6 +177,10 @@ class Decontaminator:
     def contaminated(self, source: str, text: str, question: MCQ | None = None) -> bool:
         """Whether `text` (of `source`; `question` for a training MCQ) is contaminated; counted if it is."""
         mask = (self.index.match_mcq(question) if question is not None else 0) or self.index.match(text)
+        return self.count(source, text, mask)
+
+    def count(self, source: str, text: str, mask: int) -> bool:
+        """Count `text` of `source` as contaminated if `mask` (of `EvalIndex.match`) is not 0; whether it is."""
         if not mask:
             return False
         self.documents[source] += 1
@@ -188,9 +195,7 @@ class Decontaminator:
             "enabled": True,
             "ngram": self.index.n,
             "min_words": self.index.min_words,
-            "eval_sets": [
-                {**s.__dict__, "matched_documents": self.by_set[s.name]} for s in self.index.sets
-            ],
+            "eval_sets": [{**s.__dict__, "matched_documents": self.by_set[s.name]} for s in self.index.sets],
             "missing_eval_sets": missing,
             "documents": sum(self.documents.values()),
             "characters": sum(self.characters.values()),
@@ -241,3 +246,28 @@ def load_index(
         line += f"; not found, skipped: {', '.join(missing)}"
     log(line)
     return index, missing
+
+
+# The index a cleaning worker process checks its kept documents against: set once per worker by `init_worker`
+# (Pool initializer), so it is not pickled with every batch.
+_worker_index: EvalIndex | None = None
+
+
+def init_worker(index: EvalIndex | None) -> None:
+    global _worker_index
+    _worker_index = index
+
+
+def match_cleaned(
+    index: EvalIndex | None, results: list[tuple[str | None, str | None]]
+) -> list[tuple[str | None, str | None, int]]:
+    """`clean_batch` results with each kept document's `EvalIndex.match` mask added (0: clean, or no index)."""
+    if index is None:
+        return [(text, reason, 0) for text, reason in results]
+    return [(text, reason, index.match(text) if text is not None else 0) for text, reason in results]
+
+
+def clean_and_match(task: tuple[FilterSpec, list[Any], list[Any] | None]) -> list[tuple[str | None, str | None, int]]:
+    """The worker-process entry point: clean a batch, then match what is kept (the matching runs in parallel
+    with the cleaning, not in the process that writes the corpus)."""
+    return match_cleaned(_worker_index, clean_batch(task))

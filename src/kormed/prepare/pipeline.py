@@ -30,7 +30,14 @@ from kormed.errors import KormedError
 from kormed.io import check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
-from kormed.prepare.decontaminate import Decontaminator, load_index
+from kormed.prepare.decontaminate import (
+    Decontaminator,
+    EvalIndex,
+    clean_and_match,
+    init_worker,
+    load_index,
+    match_cleaned,
+)
 from kormed.prepare.mix import (
     CONTAMINATED,
     CONTAMINATED_CHARS,
@@ -68,26 +75,29 @@ def _digest(text: str) -> bytes:
 
 
 class _Cleaner:
-    """Ordered, bounded parallel map of `clean_batch` (in-process when num_proc is 1).
+    """Ordered, bounded parallel map of `clean_batch` plus the decontamination match of each kept document
+    (in-process when num_proc is 1): results are (text, drop reason, evaluation-set mask) per document.
 
     Why not Pool.imap: its feeder thread drains the whole input iterator at once, which would read a whole
     corpus into memory; here at most `window` batches are in flight."""
 
-    def __init__(self, num_proc: int) -> None:
+    def __init__(self, num_proc: int, index: EvalIndex | None) -> None:
         self.num_proc = num_proc
+        self.index = index
         self.pool: Any = None  # started on first use ("spawn": no fork of a process holding Arrow maps/threads)
         self.window = 4 * num_proc
 
     def map(self, spec: FilterSpec, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list]]:
         if self.num_proc > 1 and self.pool is None:
-            self.pool = multiprocessing.get_context("spawn").Pool(self.num_proc)
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(self.num_proc, initializer=init_worker, initargs=(self.index,))
         if self.pool is None:
             for b in batches:
-                yield b, clean_batch((spec, b.texts, b.namespaces))
+                yield b, match_cleaned(self.index, clean_batch((spec, b.texts, b.namespaces)))
             return
         pending: deque = deque()
         for b in batches:
-            pending.append((b, self.pool.apply_async(clean_batch, ((spec, b.texts, b.namespaces),))))
+            pending.append((b, self.pool.apply_async(clean_and_match, ((spec, b.texts, b.namespaces),))))
             if len(pending) >= self.window:
                 done, res = pending.popleft()
                 yield done, res.get()
@@ -174,6 +184,10 @@ class _Run:
         """Whether `text` is dropped as contaminated (counted by the Decontaminator); False when it is off."""
         return self.decontam is not None and self.decontam.contaminated(source, text, question)
 
+    def counted_contaminated(self, source: str, text: str, mask: int) -> bool:
+        """Whether a plain document the cleaner matched (`mask`) is contaminated; counted if it is."""
+        return self.decontam is not None and self.decontam.count(source, text, mask)
+
     def bar(self, total: int | None, desc: str) -> Any:
         from tqdm.auto import tqdm
 
@@ -239,9 +253,9 @@ class _Run:
         if val_quota > 0:
             batches = _permutation_batches(src, perm, bs, set(), lambda: 4 * (val_quota - len(val)))
             for batch, results in cleaner.map(spec, batches):
-                for row, (text, _reason) in zip(batch.rows, results, strict=True):
+                for row, (text, _reason, mask) in zip(batch.rows, results, strict=True):
                     if text is not None and len(text) >= cfg.val_min_chars and len(val) < val_quota:
-                        if not self.contaminated(src.name, text):
+                        if not self.counted_contaminated(src.name, text, mask):
                             val.append(text)
                             val_rows.add(row)
                         done_rows.add(row)
@@ -260,7 +274,7 @@ class _Run:
         bar = self.bar(target, f"{src.name}")
         try:
             for batch, results in cleaner.map(spec, batches):
-                for row, (text, reason) in zip(batch.rows, results, strict=True):
+                for row, (text, reason, mask) in zip(batch.rows, results, strict=True):
                     if quota is not None and kept >= quota:
                         break
                     read += 1
@@ -272,7 +286,7 @@ class _Run:
                         else:
                             counts[reason] += 1
                         continue
-                    if self.contaminated(src.name, text):
+                    if self.counted_contaminated(src.name, text, mask):
                         continue
                     if val_digests and _digest(text) in val_digests:
                         counts["duplicate_of_val"] += 1
@@ -410,7 +424,7 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     # leftovers of a killed run (its work directory, half-written temp files) go first, reported
     report_stale(clean_stale_temps(out.parent, [out.name, val_out.name, stats_out.name]), run.log)
     tmpdir = make_temp_dir(out.parent, out.name, ".work")
-    cleaner = _Cleaner(num_proc)
+    cleaner = _Cleaner(num_proc, run.decontam.index if run.decontam is not None else None)
     try:
         spool = Spool(tmpdir / "spool.jsonl")
         try:
