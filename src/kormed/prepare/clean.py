@@ -20,6 +20,7 @@ DROP_REASONS = (
     "empty",
     "too_short",
     "low_hangul",
+    "contaminated",
     "duplicate_of_val",
     "clean_error",
 )

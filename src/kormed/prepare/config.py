@@ -14,6 +14,7 @@ PLAIN_SOURCES = ("namu_wiki", "wikipedia_korean", "c4_korean")
 MEDICAL_SOURCES = ("mcq", "medical_dict", "char_dict")
 ALL_SOURCES = PLAIN_SOURCES + MEDICAL_SOURCES
 DEFAULT_OUT = "data/01_raw/00_korean/korean/raw_text_mixed.jsonl"
+EVAL_SETS = ("data/01_raw/02_kor_med_test/test.jsonl", "data/01_raw/02_kor_med_test/dev.jsonl")
 
 
 @dataclass
@@ -131,6 +132,25 @@ class PrepareConfig:
         "A medical record whose document repeats an earlier one of its source (a question or entry listed twice):\n"
         "drop it, or keep it (each copy x multiplier). Either way counted in the stats and the log.",
     )
+    decontaminate: bool = opt(
+        True,
+        "Drop every document (plain text, MCQ, dictionary entry) that shares a decontam_ngram-word span with a\n"
+        "question of decontam_eval_sets, or repeats one of its questions with the same answer; counted by source.",
+    )
+    decontam_eval_sets: list[str] = opt(
+        list(EVAL_SETS),
+        "KorMedMCQA JSONL files whose questions (and correct options) must not appear in the corpus; relative\n"
+        "paths are under data_root; a file that does not exist is reported and skipped.",
+    )
+    decontam_ngram: int = opt(
+        13, "Words (NFKC, case-folded, punctuation ignored) a shared span needs to mark a document.", bounds=(1, None)
+    )
+    decontam_min_words: int = opt(
+        8,
+        "A question shorter than decontam_ngram words (even with its answer) is matched whole if it has at least\n"
+        "this many words, else not used: no document is dropped for sharing fewer words.",
+        bounds=(1, None),
+    )
 
     def validate(self) -> None:
         if self.plain_docs < 0:
@@ -143,6 +163,8 @@ class PrepareConfig:
             raise KormedError("must be >= 0 (0 = all cores)", field="prepare.num_proc")
         if self.batch_size < 1 or self.shuffle_bucket_mb < 1:
             raise KormedError("must be >= 1", field="prepare.batch_size/shuffle_bucket_mb")
+        if self.decontam_min_words > self.decontam_ngram:
+            raise KormedError("must be <= decontam_ngram", field="prepare.decontam_min_words")
         for name in ALL_SOURCES:
             src = getattr(self, name)
             if src.multiplier < 0:

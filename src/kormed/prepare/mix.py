@@ -31,6 +31,10 @@ LABELS = {
     "char_dict": "Char Dict",
 }
 
+# Keys of a source's stats and table row: documents dropped as contaminated, and their characters (before
+# multipliers).
+CONTAMINATED, CONTAMINATED_CHARS = "contaminated", "contaminated_characters"
+
 # Stream ids for numpy generators, so each use of randomness is independent of the others.
 RNG_SAMPLE, RNG_BUCKET, RNG_PERMUTE, RNG_VAL = 1, 2, 3, 4
 
@@ -138,54 +142,56 @@ def _ratio(final: int, total: int) -> str:
 def distribution_rows(sources: dict[str, dict[str, Any]], plain_names: tuple[str, ...]) -> list[dict[str, Any]]:
     """The seeds' table (source, base, multiplier, final, ratio, characters): Korean Plain (sum of the plain
     sources, each also listed), each medical source, and the total. `sources[name]` holds base, multiplier,
-    final, characters."""
+    final, characters, and with decontamination on `contaminated` and `contaminated_characters` (documents
+    dropped as contaminated and their characters, before multipliers), which become two more columns."""
     total_final = sum(s["final"] for s in sources.values())
+    decontaminated = any(CONTAMINATED in s for s in sources.values())
     rows: list[dict[str, Any]] = []
 
-    def row(label: str, base: int, mult: Any, final: int, chars: int, *, part_of: str | None = None) -> None:
+    def row(label: str, parts: list[dict[str, Any]], mult: Any, *, part_of: str | None = None) -> None:
+        final = sum(p["final"] for p in parts)
         rows.append(
             {
                 "source": label,
-                "base": base,
+                "base": sum(p["base"] for p in parts),
                 "multiplier": mult,
                 "final": final,
                 "ratio": round(final / total_final, 6) if total_final else 0.0,
                 "ratio_text": _ratio(final, total_final),
-                "characters": chars,
+                "characters": sum(p["characters"] for p in parts),
+                **({k: sum(p.get(k, 0) for p in parts) for k in (CONTAMINATED, CONTAMINATED_CHARS)}
+                   if decontaminated else {}),
                 **({"part_of": part_of} if part_of else {}),
             }
         )
 
-    plain = [n for n in plain_names if n in sources]
+    plain = [sources[n] for n in plain_names if n in sources]
     if plain:
-        mults = {sources[n]["multiplier"] for n in plain}
-        row(
-            LABELS["plain"],
-            sum(sources[n]["base"] for n in plain),
-            mults.pop() if len(mults) == 1 else "mixed",
-            sum(sources[n]["final"] for n in plain),
-            sum(sources[n]["characters"] for n in plain),
-        )
-        for n in plain:
-            s = sources[n]
-            row(LABELS.get(n, n), s["base"], s["multiplier"], s["final"], s["characters"], part_of=LABELS["plain"])
+        mults = {s["multiplier"] for s in plain}
+        row(LABELS["plain"], plain, mults.pop() if len(mults) == 1 else "mixed")
+        for n in plain_names:
+            if n in sources:
+                row(LABELS.get(n, n), [sources[n]], sources[n]["multiplier"], part_of=LABELS["plain"])
     for n, s in sources.items():
         if n not in plain_names:
-            row(LABELS.get(n, n), s["base"], s["multiplier"], s["final"], s["characters"])
-    top = [r for r in rows if "part_of" not in r]
-    row("Total", sum(r["base"] for r in top), "", sum(r["final"] for r in top), sum(r["characters"] for r in top))
+            row(LABELS.get(n, n), [s], s["multiplier"])
+    row("Total", [r for r in rows if "part_of" not in r], "")
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The distribution table as Markdown, like the seeds' (plain sources indented under Korean Plain)."""
+    """The distribution table as Markdown, like the seeds' (plain sources indented under Korean Plain), with the
+    documents and characters dropped as contaminated when the rows have them."""
+    decontaminated = any(CONTAMINATED in r for r in rows)
     head = ["Source", "Base", "Multiplier", "Final", "Ratio", "Characters"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5) + "|"]
+    head += ["Contaminated", "Contaminated chars"] if decontaminated else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         label = ("  - " if "part_of" in r else "") + r["source"]
         if r["source"] == "Total":
             label = "**Total**"
         mult = f"{r['multiplier']}x" if isinstance(r["multiplier"], int) else str(r["multiplier"])
         cells = [label, f"{r['base']:,}", mult, f"{r['final']:,}", r["ratio_text"], f"{r['characters']:,}"]
+        cells += [f"{r[CONTAMINATED]:,}", f"{r[CONTAMINATED_CHARS]:,}"] if decontaminated else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

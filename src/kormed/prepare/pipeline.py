@@ -6,6 +6,8 @@ Plain sources (per source, in config order):
 2. training: sampled mode walks the same permutation (validation rows left out) and keeps the first
    `quota` documents that pass; `--all` streams every shard in order instead. A training document whose text
    equals a validation text is dropped (`duplicate_of_val`), so the two sets are disjoint by row and by text.
+With `decontaminate` on, every document (plain, in both steps, and medical) that shares a long word span with
+an evaluation question is dropped and counted (`contaminated`, :mod:`kormed.prepare.decontaminate`).
 Cleaning runs in `num_proc` worker processes over batches with bounded look-ahead; results are consumed in
 order, so the output does not depend on `num_proc`, batch or chunk sizes. Kept documents go to a spool file,
 never to memory; medical records are rendered and spooled `multiplier` times; `mix.shuffle_file` then writes
@@ -21,13 +23,24 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
+from kormed.prepare.decontaminate import (
+    Decontaminator,
+    EvalIndex,
+    clean_and_match,
+    init_worker,
+    load_index,
+    match_cleaned,
+)
 from kormed.prepare.mix import (
+    CONTAMINATED,
+    CONTAMINATED_CHARS,
     RNG_SAMPLE,
     RNG_VAL,
     Spool,
@@ -62,26 +75,29 @@ def _digest(text: str) -> bytes:
 
 
 class _Cleaner:
-    """Ordered, bounded parallel map of `clean_batch` (in-process when num_proc is 1).
+    """Ordered, bounded parallel map of `clean_batch` plus the decontamination match of each kept document
+    (in-process when num_proc is 1): results are (text, drop reason, evaluation-set mask) per document.
 
     Why not Pool.imap: its feeder thread drains the whole input iterator at once, which would read a whole
     corpus into memory; here at most `window` batches are in flight."""
 
-    def __init__(self, num_proc: int) -> None:
+    def __init__(self, num_proc: int, index: EvalIndex | None) -> None:
         self.num_proc = num_proc
+        self.index = index
         self.pool: Any = None  # started on first use ("spawn": no fork of a process holding Arrow maps/threads)
         self.window = 4 * num_proc
 
     def map(self, spec: FilterSpec, batches: Iterable[Batch]) -> Iterator[tuple[Batch, list]]:
         if self.num_proc > 1 and self.pool is None:
-            self.pool = multiprocessing.get_context("spawn").Pool(self.num_proc)
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(self.num_proc, initializer=init_worker, initargs=(self.index,))
         if self.pool is None:
             for b in batches:
-                yield b, clean_batch((spec, b.texts, b.namespaces))
+                yield b, match_cleaned(self.index, clean_batch((spec, b.texts, b.namespaces)))
             return
         pending: deque = deque()
         for b in batches:
-            pending.append((b, self.pool.apply_async(clean_batch, ((spec, b.texts, b.namespaces),))))
+            pending.append((b, self.pool.apply_async(clean_and_match, ((spec, b.texts, b.namespaces),))))
             if len(pending) >= self.window:
                 done, res = pending.popleft()
                 yield done, res.get()
@@ -129,6 +145,8 @@ class _Run:
         self.drops: dict[str, dict[str, int]] = {}
         self.skipped: dict[str, Any] = {}
         self.errors: dict[str, list[str]] = {}
+        self.decontam: Decontaminator | None = None
+        self.missing_eval_sets: list[str] = []
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def present(self, name: str) -> bool:
@@ -142,6 +160,33 @@ class _Run:
             self.log(f"source '{name}' not found at {path}: skipped (optional)")
             return False
         raise MissingSourceError(name, path)
+
+    def load_eval_sets(self) -> None:
+        """With `decontaminate` on, index the evaluation questions every document is checked against."""
+        cfg = self.cfg
+        if not cfg.decontaminate:
+            return
+        root = cfg.root()
+        paths = [p if p.is_absolute() else root / p for p in (Path(x).expanduser() for x in cfg.decontam_eval_sets)]
+        train = cfg.source_path("mcq")
+        if train.is_file() and any(p.is_file() and p.samefile(train) for p in paths):
+            raise KormedError(
+                "an evaluation set is the training MCQ file: every training question would be dropped",
+                path=train,
+                field="prepare.decontam_eval_sets",
+            )
+        index, self.missing_eval_sets = load_index(
+            paths, n=cfg.decontam_ngram, min_words=cfg.decontam_min_words, skip_bad=cfg.skip_bad, log=self.log
+        )
+        self.decontam = Decontaminator(index)
+
+    def contaminated(self, source: str, text: str, question: Any = None) -> bool:
+        """Whether `text` is dropped as contaminated (counted by the Decontaminator); False when it is off."""
+        return self.decontam is not None and self.decontam.contaminated(source, text, question)
+
+    def counted_contaminated(self, source: str, text: str, mask: int) -> bool:
+        """Whether a plain document the cleaner matched (`mask`) is contaminated; counted if it is."""
+        return self.decontam is not None and self.decontam.count(source, text, mask)
 
     def bar(self, total: int | None, desc: str) -> Any:
         from tqdm.auto import tqdm
@@ -200,16 +245,20 @@ class _Run:
         perm = rng(cfg.seed, RNG_SAMPLE, stream).permutation(src.num_rows)
         bs = cfg.batch_size
 
-        # 1. validation documents (the first in permutation order that pass and are long enough)
+        # 1. validation documents (the first in permutation order that pass, are long enough and are not
+        # contaminated; a contaminated one is counted here and its row left out of step 2)
         val: list[str] = []
         val_rows: set[int] = set()
+        done_rows: set[int] = set()  # validation and contaminated rows: never read again in step 2
         if val_quota > 0:
             batches = _permutation_batches(src, perm, bs, set(), lambda: 4 * (val_quota - len(val)))
             for batch, results in cleaner.map(spec, batches):
-                for row, (text, _reason) in zip(batch.rows, results, strict=True):
+                for row, (text, _reason, mask) in zip(batch.rows, results, strict=True):
                     if text is not None and len(text) >= cfg.val_min_chars and len(val) < val_quota:
-                        val.append(text)
-                        val_rows.add(row)
+                        if not self.counted_contaminated(src.name, text, mask):
+                            val.append(text)
+                            val_rows.add(row)
+                        done_rows.add(row)
                 if len(val) >= val_quota:
                     break
         val_digests = {_digest(t) for t in val}
@@ -217,15 +266,15 @@ class _Run:
         # 2. training documents
         counts: Counter = Counter()
         kept = chars = read = 0
-        target = quota if quota is not None else src.num_rows - len(val_rows)
+        target = quota if quota is not None else src.num_rows - len(done_rows)
         if quota is not None:
-            batches = _permutation_batches(src, perm, bs, val_rows, lambda: quota - kept)
+            batches = _permutation_batches(src, perm, bs, done_rows, lambda: quota - kept)
         else:
-            batches = src.iter_all(bs, skip=val_rows)
+            batches = src.iter_all(bs, skip=done_rows)
         bar = self.bar(target, f"{src.name}")
         try:
             for batch, results in cleaner.map(spec, batches):
-                for row, (text, reason) in zip(batch.rows, results, strict=True):
+                for row, (text, reason, mask) in zip(batch.rows, results, strict=True):
                     if quota is not None and kept >= quota:
                         break
                     read += 1
@@ -236,6 +285,8 @@ class _Run:
                             self._clean_error(src.name, src, row, reason, counts)
                         else:
                             counts[reason] += 1
+                        continue
+                    if self.counted_contaminated(src.name, text, mask):
                         continue
                     if val_digests and _digest(text) in val_digests:
                         counts["duplicate_of_val"] += 1
@@ -263,11 +314,19 @@ class _Run:
             "base_characters": chars,
             "val_docs": len(val),
             "exhausted": quota is not None and kept < quota,
+            **self._contamination_stats(src.name),
         }
+        counts[CONTAMINATED] = self._contamination_stats(src.name).get(CONTAMINATED, 0)
         self.drops[src.name] = {r: counts[r] for r in DROP_REASONS if counts[r]}
         if quota is not None and kept < quota:
             self.log(f"{src.name}: all {kept:,} documents that pass the filters used ({quota:,} requested)")
         return val
+
+    def _contamination_stats(self, name: str) -> dict[str, int]:
+        """A source's contaminated documents and characters (stats and table keys; none when it is off)."""
+        if self.decontam is None:
+            return {}
+        return {CONTAMINATED: self.decontam.documents[name], CONTAMINATED_CHARS: self.decontam.characters[name]}
 
     # -- medical sources --------------------------------------------------------------------------------------
     def medical(self) -> list[tuple[str, int]]:
@@ -283,11 +342,13 @@ class _Run:
                 continue
             path = cfg.source_path(name)
             mult = getattr(cfg, name).multiplier
+            questions: list[Any]
             if name == "mcq":
-                records, report = read_mcq_jsonl(path, skip_bad=cfg.skip_bad)
-                texts = [render_mcq(r, cfg.mcq_style) for r in records]
+                questions, report = read_mcq_jsonl(path, skip_bad=cfg.skip_bad)
+                texts = [render_mcq(r, cfg.mcq_style) for r in questions]
             else:
                 entries, report = read_dictionary(path, skip_bad=cfg.skip_bad)
+                questions = [None] * len(entries)
                 if name == "medical_dict":
                     texts = [render_medical(e) for e in entries]
                 else:
@@ -295,10 +356,13 @@ class _Run:
             if report.total:
                 self.skipped[name] = report.to_dict()
                 self.log(f"{name}: skipped {report.total} bad record(s): {dict(report.reasons)} ({path})")
+            texts = [t for t, q in zip(texts, questions, strict=True) if not self.contaminated(name, t, q)]
             texts, duplicates = _unique(texts, drop=cfg.duplicates == "drop")
+            contamination = self._contamination_stats(name)
+            drops = {CONTAMINATED: contamination.get(CONTAMINATED, 0)}
             if duplicates:
                 if cfg.duplicates == "drop":
-                    self.drops[name] = {"duplicate": duplicates}
+                    drops["duplicate"] = duplicates
                 what = "dropped" if cfg.duplicates == "drop" else f"kept (each x{mult}; prepare.duplicates: keep)"
                 self.log(f"{name}: {duplicates} duplicate record(s) {what} ({path})")
             out += [(t, mult) for t in texts]
@@ -311,7 +375,10 @@ class _Run:
                 "final": len(texts) * mult,
                 "characters": sum(len(t) for t in texts) * mult,
                 "base_characters": sum(len(t) for t in texts),
+                **contamination,
             }
+            if any(drops.values()):
+                self.drops[name] = {r: c for r, c in drops.items() if c}
         return out
 
 
@@ -350,13 +417,14 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     num_proc = _resolve_num_proc(cfg.num_proc)
     for name in (*PLAIN_SOURCES, *MEDICAL_SOURCES):
         run.present(name)  # every required source checked before any work
+    run.load_eval_sets()
     medical = run.medical()
     val_out, stats_out = cfg.val_path(), cfg.stats_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     # leftovers of a killed run (its work directory, half-written temp files) go first, reported
     report_stale(clean_stale_temps(out.parent, [out.name, val_out.name, stats_out.name]), run.log)
     tmpdir = make_temp_dir(out.parent, out.name, ".work")
-    cleaner = _Cleaner(num_proc)
+    cleaner = _Cleaner(num_proc, run.decontam.index if run.decontam is not None else None)
     try:
         spool = Spool(tmpdir / "spool.jsonl")
         try:
@@ -406,6 +474,9 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
             "val_characters": sum(len(t) for t in val_texts),
             "filters": {"min_chars": cfg.min_chars, "min_hangul_ratio": cfg.min_hangul_ratio},
             "mcq_style": cfg.mcq_style,
+            "decontamination": (
+                run.decontam.stats(run.missing_eval_sets) if run.decontam is not None else {"enabled": False}
+            ),
             MANIFEST_KEY: {"corpus": manifest_entry(staged[out]), "val": manifest_entry(staged[val_out])},
         }
         write_json(staged[stats_out], stats)
@@ -420,6 +491,8 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
         if drops:
             parts = [f"{n}: " + ", ".join(f"{r} {c:,}" for r, c in d.items()) for n, d in drops.items()]
             log("dropped: " + "; ".join(parts))
+        if run.decontam is not None:
+            log(run.decontam.summary())
         log(
             f"wrote {spool.lines:,} lines ({spool.bytes / 1e6:.1f} MB) to {out}; "
             f"{len(val_texts):,} validation docs to {cfg.val_path()}; stats in {cfg.stats_path()} "
