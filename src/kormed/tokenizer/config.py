@@ -35,7 +35,9 @@ class TokenizerConfig:
         12000,
         "Most new vocabulary entries in all (dictionary terms first, then the corpus's most frequent Korean\n"
         "sub-words; fewer when the corpus runs out of pairs seen min_frequency times). Measured: 8,301 entries\n"
-        "(all a 1 M-character corpus offers) give 26% fewer tokens on held-out Korean text.",
+        "(all a 1 M-character corpus offers) give 26% fewer tokens on held-out Korean text. Fewer tokens is not\n"
+        "better text prediction: at a ~3,500-character CPT budget 100 new entries still cost +7.4% held-out bits\n"
+        "per character (docs/commands/tokenizer-extend.md); size it to the CPT budget (50-100 at low budgets).",
     )
     max_dict_tokens: int = opt(
         4000, "Most new entries spent on dictionary terms (part of max_new_tokens; most corpus-frequent terms first)."

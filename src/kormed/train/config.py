@@ -169,6 +169,15 @@ class CPTConfig:
     num_proc: int | None = opt(None, "Tokenization processes (default: min(8, CPU count)).")
     cache_dir: str | None = opt(None, "Where the packed dataset is cached (default: <kormed cache>/packed).")
     resume: bool = opt(False, "Continue from the last checkpoint in <output>/checkpoints with the same data order.")
+    embedding_warmup_steps: int = opt(
+        0,
+        "Embeddings-first phase (with --tokenizer-path): this many optimizer steps on the first training batches\n"
+        "train ONLY the new embedding rows (LoRA frozen, every base weight untouched) at embedding_warmup_lr,\n"
+        "before the LoRA run (which then runs its own max_steps). 0: no such phase.",
+    )
+    embedding_warmup_lr: float = opt(
+        1e-3, "Learning rate (constant) of the embeddings-first phase; new rows want a larger step than LoRA."
+    )
     kormedmcqa_data: str | None = opt(None, "KorMedMCQA JSONL for periodic accuracy checks during CPT (optional).")
     kormedmcqa_every: int = opt(0, "Check KorMedMCQA accuracy every N optimizer steps (0: never).")
     kormedmcqa_limit: int | None = opt(200, "Questions used by each periodic KorMedMCQA check.")
@@ -180,5 +189,9 @@ class CPTConfig:
             raise KormedError("must be at least 2", field="cpt.max_length")
         if self.max_samples is not None and self.max_samples < 1:
             raise KormedError("must be at least 1", field="cpt.max_samples")
+        if self.embedding_warmup_steps < 0:
+            raise KormedError("must be >= 0", field="cpt.embedding_warmup_steps")
+        if self.embedding_warmup_lr <= 0:
+            raise KormedError("must be > 0", field="cpt.embedding_warmup_lr")
         if self.eod_token not in ("<end_of_turn>", "<eos>") and not self.eod_token.startswith("<"):
             raise KormedError("must be a special token such as <end_of_turn> or <eos>", field="cpt.eod_token")

@@ -18,6 +18,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from kormed.records import read_mcq_jsonl
 from kormed.stop_reason import StopReason
 from kormed.train.checkpoints import plan_resume
 from kormed.train.config import CPTConfig
-from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.model_setup import is_embedding_param, prepare_model_for_training
 from kormed.train.outputs import finish_run
 from kormed.train.processes import effective_grad_accum, world_size
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
@@ -204,6 +205,53 @@ def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
                                seed=cfg.train.seed, tokenizer=tokenizer)]
 
 
+@contextmanager
+def embedding_warmup_trainables(model: Any) -> Iterator[list[str]]:
+    """Within the block only the trainable embedding parameters (the new rows' delta of PEFT
+    `trainable_token_indices`, or a trained embedding copy) keep `requires_grad`; LoRA is frozen and restored
+    on exit. Yields the names of the parameters left trainable (the embeddings-first phase)."""
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and not is_embedding_param(n)]
+    left = [n for n, p in model.named_parameters() if p.requires_grad and is_embedding_param(n)]
+    if not left:
+        raise KormedError("internal error: the embeddings-first phase has no trainable embedding parameters")
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield left
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def run_embedding_warmup(
+    model: Any, tokenizer: Any, train_ds: Any, cfg: CPTConfig, output: Path, runtime: Any, log: Log = print
+) -> dict[str, Any]:
+    """The embeddings-first phase: `cfg.embedding_warmup_steps` optimizer steps (the first batches of the
+    training order) in which only the new embedding rows learn, at a constant `cfg.embedding_warmup_lr`.
+
+    A short Trainer run of its own (no validation, no checkpoint; its scratch directory is removed), so the
+    LoRA run that follows starts its optimizer and schedule fresh. Returns what it did for training_info.json.
+    """
+    options = dataclasses.replace(
+        cfg.train, max_steps=cfg.embedding_warmup_steps, lr=cfg.embedding_warmup_lr, scheduler="constant",
+        warmup_ratio=0.0, eval_on_start=False, load_best_at_end=False, report_to=[],
+        save_steps=cfg.embedding_warmup_steps + 1, logging_steps=1,
+    )
+    scratch = output / "embedding_warmup"
+    with embedding_warmup_trainables(model) as trainable:
+        trainer = build_trainer(
+            model, tokenizer, train_ds, None, CausalCollator(tokenizer), options, scratch,
+            embedding_lr=cfg.embedding_warmup_lr, runtime=runtime,
+        )
+        result = trainer.train()
+    shutil.rmtree(scratch, ignore_errors=True)
+    losses = [round(float(r["loss"]), 4) for r in trainer.state.log_history if "loss" in r]
+    log(f"[kormed] embeddings-first phase: {cfg.embedding_warmup_steps} steps on the new rows only "
+        f"(lr {cfg.embedding_warmup_lr:g}), loss {losses[0] if losses else '?'} -> {losses[-1] if losses else '?'}")
+    return {"steps": int(result.global_step), "lr": cfg.embedding_warmup_lr, "trainable": trainable,
+            "losses": losses}
+
+
 def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None) -> CPTConfig:
     """With an extended tokenizer, make sure the new embedding rows are trained.
 
@@ -267,6 +315,9 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     val_ds, val_info = build_val_dataset(
         cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
     )
+    warmup: dict[str, Any] = {}
+    if cfg.embedding_warmup_steps and model_info["tokenizer"]["new_tokens"] and plan.resume_from is None:
+        warmup = run_embedding_warmup(model, tokenizer, train_ds, cfg, output, runtime, log=quiet)
     extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
     trainer = build_trainer(
         model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), cfg.train, output,
@@ -280,6 +331,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
         "stage": "cpt",
         "config": to_dict(cfg),
         "data": {"train": data_info, "val": val_info},
+        **({"embedding_warmup": warmup} if warmup else {}),
         **model_info,
     }
     ok = StopReason(summary["stop_reason"]).finished
