@@ -292,12 +292,15 @@ def test_every_example_yaml_is_accepted_by_every_command_that_reads_it(click_app
 def test_a_resolved_config_is_accepted_by_every_stage_command(click_app, captured, tmp_path) -> None:
     """A resolved_config.yaml as pipeline/run.py writes it (top-level keys, then one section per stage), from the
     bundled demo pipeline: every stage command reads its own section of it."""
-    from kormed.pipeline.run import _write_resolved, load_pipeline, resolve_configs
+    from kormed.config import read_yaml
+    from kormed.pipeline.registry import STAGE_ORDER
+    from kormed.pipeline.run import _write_resolved, pipeline_from_mapping, resolve_configs
     from kormed.pipeline.stages import default_specs
 
-    pipeline = load_pipeline(ROOT / "src/kormed/presets/demo.yaml", run_dir=tmp_path / "run")
-    resolved_configs = resolve_configs(pipeline, default_specs(), log=lambda m: None)
-    ctx = resolved_configs[0] if isinstance(resolved_configs, tuple) else resolved_configs  # (ctx, unavailable)
+    demo = ROOT / "src/kormed/presets/demo.yaml"
+    data = {**read_yaml(demo), "stages": list(STAGE_ORDER)}  # the demo's file with every stage listed
+    pipeline = pipeline_from_mapping(data, source=demo, run_dir=tmp_path / "run")
+    ctx = resolve_configs(pipeline, default_specs(), log=lambda m: None)
     (tmp_path / "run").mkdir(exist_ok=True)
     _write_resolved(pipeline, ctx)
     resolved = tmp_path / "run" / "resolved_config.yaml"

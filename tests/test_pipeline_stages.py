@@ -33,8 +33,23 @@ def test_bundled_pipelines_build_every_stage_config(path):
     assert list(ctx.configs) == pipeline.stages
 
 
+def test_demo_leaves_the_extension_out():
+    """At the demo's CPT budget the extension costs quality (docs/commands/tokenizer-extend.md): the demo runs CPT
+    on the base tokenizer."""
+    pipeline = load_pipeline(demo_pipeline_path())
+    assert "tokenizer" not in pipeline.stages and {"prepare", "cpt", "sft", "loop", "eval"} <= set(pipeline.stages)
+    assert _resolve(pipeline).configs["cpt"].tokenizer_path is None
+
+
 def test_demo_wiring_connects_every_stage(tmp_path):
-    pipeline = load_pipeline(demo_pipeline_path(), run_dir=tmp_path / "demo", report_to=["tensorboard", "wandb"])
+    """The demo's file with every stage listed (the tokenizer stage added back)."""
+    from kormed.config import read_yaml
+    from kormed.pipeline.run import pipeline_from_mapping
+
+    data = read_yaml(demo_pipeline_path())
+    data["stages"] = list(STAGE_ORDER)
+    pipeline = pipeline_from_mapping(data, source=demo_pipeline_path(), run_dir=tmp_path / "demo",
+                                     report_to=["tensorboard", "wandb"])
     ctx = _resolve(pipeline)
     r = (tmp_path / "demo").absolute()
     from kormed.sample_data import sample_paths
@@ -58,7 +73,7 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     assert Path(ev.data) == sample["mcq_test"]
     assert (ev.max_length, ev.eod_token) == (cpt.max_length, cpt.eod_token)
     # the file's own values are kept on top of the wiring, and --report-to reaches every trainer
-    assert cpt.train.max_steps == 6 and cpt.train.report_to == ["tensorboard", "wandb"]
+    assert cpt.train.max_steps == data["cpt"]["train"]["max_steps"] == 24 and cpt.train.report_to == ["tensorboard", "wandb"]
     assert sft.train.report_to == loop.train.report_to == ["tensorboard", "wandb"]
     assert sft.max_steps_per_step == 2 and ev.mode == "loglik"
     assert eval_targets(ctx) == {"base": None, "cpt": str(r / "cpt"), "sft": str(r / "sft" / "step4"),
