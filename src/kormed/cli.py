@@ -69,6 +69,7 @@ COMMAND_MODULES = [
     "kormed.bench.prepare",  # kormed bench prepare
     "kormed.bench.eval",  # kormed bench eval
     "kormed.bench.train",  # kormed bench train
+    "kormed.bench.quality",  # kormed bench quality
     "kormed.pipeline.commands",  # kormed run, demo, report
 ]
 
