@@ -179,6 +179,22 @@ def test_arms_to_run_adds_what_an_arm_continues():
         bq.Budget(sft_from="base").validate()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "cpt.data=/tmp/other.jsonl"], "cannot be overridden"),
+    (["--set", "eval.limit=3"], "unknown section 'eval'"),
+    (["--sft-from", "base"], "sft_from"),
+])
+def test_cli_refuses_bad_settings_before_any_work(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "quality", "--work-dir", str(tmp_path / "w"),
+                                   "--output", str(tmp_path / "q.json"), *args])
+    assert res.exit_code == 2 and message in res.output
+    assert not (tmp_path / "w" / "data").exists() and not (tmp_path / "q.json").exists()
+
+
 # ------------------------------------------------------------------------------------------------ text meter
 
 

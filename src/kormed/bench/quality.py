@@ -20,7 +20,8 @@ Data (written under the work directory; the same seed gives the same files):
   as `scripts/fetch_korean_text.py` writes them). Without it (or when the directory is missing), the bundled
   sample's general documents (Namu Wiki pages that are not medical, Wikipedia and C4 samples, cleaned by
   `kormed prepare`'s cleaners) are split by sha256 of the text: 2 in 8 test, 1 in 8 dev, the rest train.
-  `--eval-chars` caps the general test text (whole documents, in file order).
+  `--eval-chars` caps the general test text (whole documents, in file order). The directory's
+  `medical_test.jsonl`, if any, is not used: it holds dictionary entries and training questions SFT trains on.
 - Medical Korean: the bundled sample's medical Namu Wiki pages (main namespace, a category naming a disease,
   infection, drug, first aid, hormone, injury or medicine), cleaned; ordered by sha256 of the title, every third
   is held out (`medical_test.jsonl`), the others join the training text. No arm trains on the held-out pages.
@@ -628,6 +629,7 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
                              "mcq_test": p["mcq_test"], "max_length": budget.eval_max_length,
                              "batch_size": budget.eval_batch_size}}
             log(f"[kormed] bench quality: arm {arm}" + (f" (from {parent})" if parent else "") + " ...")
+            shutil.rmtree(work / "arms" / arm, ignore_errors=True)  # a kept --work-dir: train afresh, never resume
             start = time.perf_counter()
             res = _run_process(task, work / "tasks", arm, arm_timeout)
             res["wall_s"] = round(time.perf_counter() - start, 1)
