@@ -195,6 +195,15 @@ def test_cli_refuses_bad_settings_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "w" / "data").exists() and not (tmp_path / "q.json").exists()
 
 
+def test_tables_show_each_arm():
+    row = {"arm": "sft", "chain": ["cpt_extended", "sft"], "bits_per_char_general": 2.91234,
+           "bits_per_char_medical": 2.5, "accuracy": 0.25, "accuracy_ci95": [0.1419, 0.4019], "correct": 10,
+           "questions": 40, "training_chars": 123456, "wall_s": 61.0}
+    md = bq.markdown_table([row]).splitlines()
+    assert md[2] == "| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 123,456 | 61 |"
+    assert "0.142-0.402" in bq.format_table([row]) and "123,456" in bq.format_table([row])
+
+
 # ------------------------------------------------------------------------------------------------ text meter
 
 

@@ -599,8 +599,9 @@ def arms_to_run(wanted: tuple[str, ...], budget: Budget) -> list[str]:
 def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None = None,
               korean_text: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
               work_dir: str | Path | None = None, arm_timeout: float | None = None,
-              log: Log = print) -> list[dict[str, Any]]:
-    """Run the arms (each in its own process, chained) and return one row per arm."""
+              output: str | Path | None = None, log: Log = print) -> list[dict[str, Any]]:
+    """Run the arms (each in its own process, chained) and return one row per arm; `output` (a JSON file) is
+    rewritten after every arm, so an interrupted run keeps the rows it finished."""
     budget.validate()
     order = arms_to_run(arms, budget)
     own_work = work_dir is None
@@ -635,6 +636,10 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
             res["wall_s"] = round(time.perf_counter() - start, 1)
             done[arm] = res
             rows.append(make_row(arm, res, done, budget, common, cfg_dicts))
+            if output:
+                from kormed.io import write_json
+
+                write_json(output, rows)
             r = rows[-1]
             log(f"[kormed]   {arm}: general {r['bits_per_char_general']:.4f}, medical "
                 f"{r['bits_per_char_medical']:.4f} bits/char, accuracy {r['accuracy']:.3f}, {r['wall_s']:.0f} s")
@@ -748,7 +753,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
         extended tokenizer, SFT and the loop."""
-        from kormed.io import check_output_path, write_json
+        from kormed.io import check_output_path
 
         check_output_path(output, "file", "--output")
         if work_dir:
@@ -758,9 +763,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                         eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from)
         rows = run_bench(budget=budget, arms=_csv(arms), model=model, korean_text=korean_text,
                          overrides=read_overrides(overrides, set_ or []), work_dir=work_dir,
-                         arm_timeout=arm_timeout, log=lambda m: typer.echo(m, err=True))
+                         arm_timeout=arm_timeout, output=output, log=lambda m: typer.echo(m, err=True))
         typer.echo(format_table(rows))
-        write_json(output, rows)
         typer.echo(f"wrote {output}", err=True)
 
 
