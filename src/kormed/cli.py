@@ -136,6 +136,7 @@ HAND_WRITTEN = (
     "kormed.bench.prepare",  # kormed bench prepare
     "kormed.bench.eval",  # kormed bench eval
     "kormed.bench.train",  # kormed bench train
+    "kormed.bench.quality",  # kormed bench quality
     "kormed.pipeline.commands",  # kormed run, demo, report
 )
 

@@ -229,6 +229,28 @@ def loglik_scores(
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy `correct / total` (the usual choice for a proportion from few
+    questions: unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or at `total`)."""
+    import math
+    from statistics import NormalDist
+
+    if total < 1:
+        raise KormedError("an interval needs at least one question", field="total")
+    if not 0 <= correct <= total:
+        raise KormedError(f"correct must be between 0 and total ({total}), got {correct}", field="correct")
+    if not 0.0 < confidence < 1.0:
+        raise KormedError(f"confidence must be between 0 and 1, got {confidence}", field="confidence")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = correct / total
+    scale = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / scale
+    half = z / scale * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact bounds at 0 and at total (no rounding residue)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
+
+
 def _year_key(mcq: MCQ) -> str:
     return str(mcq.year) if mcq.year is not None else "unknown"
 

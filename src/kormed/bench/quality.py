@@ -1,0 +1,772 @@
+"""`kormed bench quality`: does each training stage make the model better? Base vs CPT (with and without the
+tokenizer extension) vs SFT vs the loop, on held-out general Korean, held-out medical Korean and KorMedMCQA.
+
+Arms (each in its own Python process, in this order; a later arm starts from an earlier arm's adapter, as the
+pipeline chains its stages):
+
+- `base`: the model as it is (no training).
+- `cpt`: :func:`kormed.train.cpt.run_cpt` from the base model, base tokenizer.
+- `cpt_extended`: :func:`kormed.tokenizer.extend.extend_tokenizer` on the CPT training text (+ the medical
+  dictionary), then `run_cpt` with that tokenizer (the new rows trained as the `tokenizer` section says).
+- `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt_extended` adapter by default, as the
+  default pipeline does (its stages include `tokenizer`, so its SFT continues the extended-tokenizer CPT);
+  `--sft-from cpt` chains from the plain CPT arm instead.
+- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
+  on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
+
+Data (written under the work directory; the same seed gives the same files):
+
+- General Korean: `--korean-text DIR` holding `train.jsonl`, `dev.jsonl`, `test.jsonl` (`{"text": ...}` per line,
+  as `scripts/fetch_korean_text.py` writes them). Without it (or when the directory is missing), the bundled
+  sample's general documents (Namu Wiki pages that are not medical, Wikipedia and C4 samples, cleaned by
+  `kormed prepare`'s cleaners) are split by sha256 of the text: 2 in 8 test, 1 in 8 dev, the rest train.
+  `--eval-chars` caps the general test text (whole documents, in file order). The directory's
+  `medical_test.jsonl`, if any, is not used: it holds dictionary entries and training questions SFT trains on.
+- Medical Korean: the bundled sample's medical Namu Wiki pages (main namespace, a category naming a disease,
+  infection, drug, first aid, hormone, injury or medicine), cleaned; ordered by sha256 of the title, every third
+  is held out (`medical_test.jsonl`), the others join the training text. No arm trains on the held-out pages.
+- CPT training text: general train + medical train documents, in seeded passes (a new order each pass) until
+  exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
+  characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
+  once (`train_text.jsonl`); CPT validation and SFT's raw-perplexity checks use the general dev split.
+- KorMedMCQA: the bundled questions. Train questions are ordered by sha256 of the question; every fourth is the
+  DEV split (the sample has no dev split of its own), the rest train SFT and the loop. The bundled TEST
+  questions (all of them) are only ever measured, never selected on.
+
+Measures of each arm (its final adapter reloaded from disk, `--dtype` precision):
+
+- `bits_per_char_general` / `bits_per_char_medical`: total next-token NLL (nats) over the held-out texts packed as
+  CPT packs them (`<bos>` first in each `--eval-max-length` block, `<end_of_turn>` after each text) / ln 2 /
+  the texts' characters. Per character, not per token, so arms with different tokenizers compare.
+- `accuracy` (loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
+  (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`).
+- `training_chars` / `training_tokens`: characters (decoded, special tokens left out) and real tokens of the
+  input of every training forward pass of the arm, counted by a forward hook, cumulative through its chain
+  (sft includes its CPT arm; loop includes sft). SFT counts the prompts it reads, not only the answers learned.
+
+Stage settings: the stages' own defaults, with the bench's budgets (`--cpt-chars`, `--sft-steps`,
+`--loop-rounds`, `--loop-steps`, `--batch-size`, `--max-length`, `--lr`, `--seed`, `--dtype`) on top and then
+`--set SECTION.KEY=VALUE` / `--overrides FILE.yaml` (sections `cpt` (both CPT arms), `cpt_extended` (that arm
+only), `tokenizer`, `sft`, `loop`), e.g. `--set cpt.lora.r=8 --set tokenizer.max_new_tokens=100`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kormed.errors import KormedError
+
+Log = Callable[[str], Any]
+
+ARMS = ("base", "cpt", "cpt_extended", "sft", "loop")
+CPT_ARMS = ("cpt", "cpt_extended")
+OVERRIDE_SECTIONS = ("cpt", "cpt_extended", "tokenizer", "sft", "loop")
+# options the bench sets from its own data and chain: overriding them would measure something else
+WIRED_KEYS = {"data", "val", "model", "output", "tokenizer_path", "adapter", "from_adapter", "mcq", "dict",
+              "char_dict", "raw", "raw_val", "eval_data", "dev_data", "corpus", "out"}
+MEDICAL_CATEGORY = re.compile(r"질환|감염병|약물|응급처치|의학|호르몬|외상")
+CATEGORY_LINK = re.compile(r"\[\[분류:([^\]|#]+)")
+EVAL_EOD_TOKEN = "<end_of_turn>"  # CPT's end-of-document token (cpt.eod_token's default)
+DEFAULT_OUTPUT = Path("benchmarks/results/quality_cpu.json")
+
+
+@dataclasses.dataclass
+class Budget:
+    """The bench's budgets and shared settings (recorded in every row)."""
+
+    cpt_chars: int = 160_000  # about 68,000 Gemma tokens of the fetched Korean text (2.36 characters a token)
+    sft_steps: int = 6
+    loop_rounds: int = 2
+    loop_steps: int = 6
+    batch_size: int = 4
+    max_length: int = 512
+    lr: float = 2e-4
+    eval_max_length: int = 512
+    eval_chars: int = 30_000
+    eval_batch_size: int = 4
+    seed: int = 42
+    dtype: str = "auto"
+    device: str = "auto"
+    sft_from: str = "cpt_extended"
+
+    def validate(self) -> None:
+        for name in ("cpt_chars", "sft_steps", "loop_rounds", "loop_steps", "batch_size", "eval_chars",
+                     "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise KormedError("must be at least 1", field=name)
+        if self.max_length < 16 or self.eval_max_length < 16:
+            raise KormedError("max_length and eval_max_length must be at least 16", field="max_length")
+        if not self.lr > 0:
+            raise KormedError("must be positive", field="lr")
+        if self.sft_from not in CPT_ARMS:
+            raise KormedError(f"must be one of {', '.join(CPT_ARMS)}", field="sft_from")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise KormedError("must be auto, float32 or bfloat16", field="dtype")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_texts(path: Path, texts: list[str]) -> Path:
+    from kormed.io import write_jsonl
+
+    write_jsonl(path, ({"text": t} for t in texts))
+    return path
+
+
+def sample_documents() -> tuple[list[str], list[tuple[str, str]]]:
+    """(general texts, medical (title, text) pairs) of the bundled sample, cleaned by `kormed prepare`'s cleaners
+    and filters; a Namu Wiki page is medical when one of its categories names a disease, drug, ... (see
+    MEDICAL_CATEGORY)."""
+    from datasets import load_from_disk
+
+    from kormed.prepare.clean import FilterSpec, clean_document
+    from kormed.sample_data import sample_paths
+
+    paths = sample_paths()
+    general: list[str] = []
+    medical: list[tuple[str, str]] = []
+    namu = load_from_disk(str(paths["namu_wiki"]))["train"]
+    spec = FilterSpec(cleaner="namumark", main_namespace_only=True)
+    for page in namu:
+        text, _ = clean_document(page["text"], page["namespace"], spec)
+        if text is None:
+            continue
+        if any(MEDICAL_CATEGORY.search(c) for c in CATEGORY_LINK.findall(page["text"])):
+            medical.append((page["title"], text))
+        else:
+            general.append(text)
+    for name in ("wikipedia_korean", "c4_korean"):
+        for doc in load_from_disk(str(paths[name])):
+            text, _ = clean_document(doc["text"], None, FilterSpec(cleaner="wiki"))
+            if text is not None:
+                general.append(text)
+    return general, medical
+
+
+def split_general(texts: list[str]) -> dict[str, list[str]]:
+    """Unique texts ordered by sha256: positions 0-1 of every 8 test, 2 dev, the rest train."""
+    parts: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
+    for i, text in enumerate(sorted(set(texts), key=_sha)):
+        parts["test" if i % 8 < 2 else "dev" if i % 8 == 2 else "train"].append(text)
+    return parts
+
+
+def split_medical(pages: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(train, held-out) medical texts: pages ordered by sha256 of the title, every third held out."""
+    train: list[str] = []
+    test: list[str] = []
+    for i, (_, text) in enumerate(sorted(pages, key=lambda p: _sha(p[0]))):
+        (test if i % 3 == 0 else train).append(text)
+    return train, test
+
+
+def read_korean_text(directory: Path) -> dict[str, list[str]]:
+    """train/dev/test texts of a `scripts/fetch_korean_text.py` directory."""
+    from kormed.train.cpt import read_texts
+
+    return {part: read_texts(directory / f"{part}.jsonl", what=f"general Korean {part} text")
+            for part in ("train", "dev", "test")}
+
+
+def cap_chars(texts: list[str], limit: int) -> list[str]:
+    """The first whole texts until `limit` characters are reached (at least one)."""
+    out: list[str] = []
+    total = 0
+    for text in texts:
+        if out and total >= limit:
+            break
+        out.append(text)
+        total += len(text)
+    return out
+
+
+def budget_texts(texts: list[str], chars: int, seed: int) -> list[str]:
+    """Exactly `chars` characters of `texts`: seeded passes over them (a new order each pass), the last cut."""
+    if not texts:
+        raise KormedError("no training text for CPT")
+    out: list[str] = []
+    left = chars
+    rounds = 0
+    while left > 0:
+        for text in sorted(texts, key=lambda t: _sha(f"{seed}:{rounds}:{t}")):
+            piece = text[:left]
+            out.append(piece)
+            left -= len(piece)
+            if left <= 0:
+                break
+        rounds += 1
+    return out
+
+
+def split_mcq_lines(path: Path) -> tuple[list[str], list[str]]:
+    """(train, dev) JSONL lines of a KorMedMCQA train file: ordered by sha256 of the question, every 4th dev."""
+    from kormed.records import read_mcq_jsonl
+
+    read_mcq_jsonl(path)  # validates (file:line errors) before the lines are split
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ordered = sorted(lines, key=lambda ln: _sha(str(json.loads(ln).get("question", ""))))
+    return [ln for i, ln in enumerate(ordered) if i % 4], [ln for i, ln in enumerate(ordered) if i % 4 == 0]
+
+
+def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: Log = print) -> dict[str, Any]:
+    """Write every data file of the bench under `work/data` and return their paths and sizes."""
+    from kormed.io import atomic_write
+    from kormed.sample_data import sample_paths
+
+    data = work / "data"
+    (data / "mcq").mkdir(parents=True, exist_ok=True)
+    general_docs, medical_pages = sample_documents()
+    medical_train, medical_test = split_medical(medical_pages)
+    if korean_text is not None and (korean_text / "train.jsonl").is_file():
+        general = read_korean_text(korean_text)
+        general_source = str(korean_text)
+    else:
+        if korean_text is not None:
+            log(f"[kormed] bench quality: {korean_text} has no train.jsonl (run scripts/fetch_korean_text.py); "
+                "using the bundled sample's general text")
+        general = split_general(general_docs)
+        general_source = "bundled sample (general documents split by sha256)"
+    train_text = general["train"] + medical_train
+    paths = {
+        "train_text": _write_texts(data / "train_text.jsonl", train_text),
+        "cpt_train": _write_texts(data / "cpt_train.jsonl", budget_texts(train_text, budget.cpt_chars, budget.seed)),
+        "val": _write_texts(data / "val.jsonl", general["dev"]),
+        "general_test": _write_texts(data / "general_test.jsonl", cap_chars(general["test"], budget.eval_chars)),
+        "medical_test": _write_texts(data / "medical_test.jsonl", medical_test),
+    }
+    sample = sample_paths()
+    mcq_train, mcq_dev = split_mcq_lines(sample["mcq_train"])
+    for name, lines in (("train", mcq_train), ("dev", mcq_dev)):
+        with atomic_write(data / "mcq" / f"{name}.jsonl") as fh:
+            fh.write("\n".join(lines) + "\n")
+        paths[f"mcq_{name}"] = data / "mcq" / f"{name}.jsonl"
+    shutil.copyfile(sample["mcq_test"], data / "mcq" / "test.jsonl")
+    paths["mcq_test"] = data / "mcq" / "test.jsonl"
+    paths["dict"], paths["char_dict"] = sample["medical_dict"], sample["char_dict"]
+
+    def size(path: Path) -> dict[str, int]:
+        texts = [json.loads(ln)["text"] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return {"documents": len(texts), "characters": sum(len(t) for t in texts)}
+
+    info = {"general_source": general_source, "medical_source": "bundled sample: medical Namu Wiki pages",
+            **{name: size(paths[name]) for name in ("train_text", "cpt_train", "val", "general_test",
+                                                     "medical_test")},
+            "mcq": {name: sum(1 for ln in paths[f"mcq_{name}"].read_text(encoding="utf-8").splitlines()
+                              if ln.strip()) for name in ("train", "dev", "test")}}
+    return {"paths": {k: str(v) for k, v in paths.items()}, "info": info}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stage configurations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`SECTION.KEY[.KEY]=VALUE` items -> {section: nested mapping}; values are read as YAML scalars/lists."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not sep or len(parts) < 2 or not all(parts):
+            raise KormedError(f"expected SECTION.KEY=VALUE, got {item!r}", field="--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = out.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def read_overrides(path: str | None, items: list[str]) -> dict[str, dict[str, Any]]:
+    """The override sections of `--overrides FILE.yaml`, then `--set` items on top; unknown sections and the
+    keys the bench wires itself are refused."""
+    from kormed.config import _deep_update, read_yaml
+
+    merged: dict[str, dict[str, Any]] = {}
+    sources = ([(read_yaml(path), path)] if path else []) + [(parse_set(items), None)]
+    for values, where in sources:
+        for section, body in values.items():
+            if section not in OVERRIDE_SECTIONS:
+                raise KormedError(f"unknown section '{section}' (known: {', '.join(OVERRIDE_SECTIONS)})",
+                                  path=where, field=str(section))
+            if not isinstance(body, dict):
+                raise KormedError("expected a mapping of options", path=where, field=str(section))
+            for key in body:
+                if str(key).replace("-", "_") in WIRED_KEYS:
+                    raise KormedError("is set by the bench (its data and chain); it cannot be overridden",
+                                      path=where, field=f"{section}.{key}")
+            _deep_update(merged.setdefault(section, {}), body)
+    return merged
+
+
+def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, work: Path,
+                  overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The config dataclass of every stage: defaults, then the bench's settings, then `overrides`."""
+    from kormed.config import _deep_update, merge
+    from kormed.tokenizer.config import TokenizerConfig
+    from kormed.train.config import CPTConfig
+    from kormed.train.sft_config import LoopConfig, SFTConfig
+
+    never = 10**9  # no validation or checkpoint during the run: the bench measures the final adapter
+    # no warm-up in SFT and the loop: a step of a few optimizer steps would spend its first at learning rate 0
+    train = {"batch_size": budget.batch_size, "grad_accum": 1, "lr": budget.lr, "warmup_ratio": 0.0,
+             "seed": budget.seed, "device": budget.device, "dtype": budget.dtype, "report_to": [],
+             "logging_steps": 5}
+    cpt = {"data": paths["cpt_train"], "val": paths["val"], "model": model, "max_length": budget.max_length,
+           "max_val_samples": 8, "cache_dir": str(work / "packed"),
+           "train": {**train, "warmup_ratio": 0.05, "epochs": 1.0, "max_steps": None, "eval_steps": never,
+                     "save_steps": never,
+                     "eval_on_start": False, "load_best_at_end": False}}
+    chat = {"mcq": paths["mcq_train"], "dict": paths["dict"], "char_dict": paths["char_dict"], "model": model,
+            "max_length": budget.max_length, "val_max": 8, "raw_val_max_texts": 4}
+    sft = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "max_steps_per_step": budget.sft_steps,
+           "output": str(work / "arms" / "sft"),
+           "train": {**train, "eval_steps": budget.sft_steps, "save_steps": budget.sft_steps}}
+    loop = {**chat, "eval_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
+            "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(work / "arms" / "loop"),
+            "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
+    if "dev_data" in {f.name for f in dataclasses.fields(LoopConfig)}:  # a loop that reports test beside dev
+        loop.update(dev_data=paths["mcq_dev"], eval_data=paths["mcq_test"])
+    tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
+                 "out": str(work / "arms" / "cpt_extended" / "tokenizer")}
+    values = {"cpt": cpt, "tokenizer": tokenizer, "sft": sft, "loop": loop}
+    for section in ("cpt", "tokenizer", "sft", "loop"):
+        _deep_update(values[section], overrides.get(section, {}))
+    classes = {"cpt": CPTConfig, "tokenizer": TokenizerConfig, "sft": SFTConfig, "loop": LoopConfig}
+    configs = {s: merge(cls(), values[s], prefix=f"{s}.") for s, cls in classes.items()}
+    ext = json.loads(json.dumps(values["cpt"]))
+    _deep_update(ext, overrides.get("cpt_extended", {}))
+    configs["cpt"] = dataclasses.replace(configs["cpt"], output=str(work / "arms" / "cpt" / "adapter"))
+    configs["cpt_extended"] = dataclasses.replace(
+        merge(CPTConfig(), ext, prefix="cpt_extended."), output=str(work / "arms" / "cpt_extended" / "adapter"),
+        tokenizer_path=configs["tokenizer"].out)
+    return configs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the arm process
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TextMeter:
+    """Counts the real tokens and the characters (decoded, special tokens left out) of every TRAINING forward
+    pass: a global forward hook on the outermost transformers model called in a pass (PEFT wrappers call the
+    model's own `forward`, so the outermost model *module* called may be its inner decoder; it is counted once)."""
+
+    def __init__(self) -> None:
+        self.tokenizer: Any = None
+        self.tokens = 0
+        self.chars = 0
+        self._depth = 0
+        self._handles: list[Any] = []
+
+    def install(self) -> None:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        from transformers import PreTrainedModel
+
+        def enter(module: Any, args: Any) -> None:
+            if isinstance(module, PreTrainedModel):
+                self._depth += 1
+
+        def leave(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+            if not isinstance(module, PreTrainedModel):
+                return
+            self._depth -= 1
+            if self._depth == 0 and module.training and self.tokenizer is not None:
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                self._count(ids, kwargs.get("attention_mask"))
+
+        self._handles = [register_module_forward_pre_hook(enter),
+                         register_module_forward_hook(leave, with_kwargs=True, always_call=True)]
+
+    def _count(self, ids: Any, mask: Any) -> None:
+        if ids is None or getattr(ids, "dim", lambda: 0)() != 2:
+            return
+        for row in range(ids.shape[0]):
+            real = ids[row] if mask is None or mask.dim() != 2 else ids[row][mask[row].bool()]
+            self.tokens += int(real.numel())
+            self.chars += len(self.tokenizer.decode(real.tolist(), skip_special_tokens=True))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _tokenizer_of(model_dir: str, adapter: str | None) -> Any:
+    """The tokenizer an adapter trains with: its own `tokenizer/` (an extended one), else the base model's."""
+    from kormed.models import load_tokenizer
+
+    if adapter and (Path(adapter) / "tokenizer" / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(Path(adapter) / "tokenizer"))
+    return load_tokenizer(model_dir)
+
+
+def _train_arm(task: dict[str, Any], meter: TextMeter, log: Log) -> tuple[str | None, dict[str, Any]]:
+    """Train the arm; returns (its final adapter directory, what the training recorded)."""
+    from kormed.config import build
+    from kormed.models import load_tokenizer, resolve_model
+
+    arm, cfgs = task["arm"], task["configs"]
+    model_dir = resolve_model(task["model"], log=log)
+    if arm in CPT_ARMS:
+        from kormed.tokenizer.config import TokenizerConfig
+        from kormed.train.config import CPTConfig
+        from kormed.train.cpt import run_cpt
+
+        cfg = build(CPTConfig, cfgs[arm])
+        tok_cfg = None
+        extension: dict[str, Any] = {}
+        if arm == "cpt_extended":
+            from kormed.tokenizer.extend import extend_tokenizer
+
+            tok_cfg = build(TokenizerConfig, cfgs["tokenizer"])
+            report = extend_tokenizer(tok_cfg, log=log)
+            extension = {k: report[k] for k in ("method", "new_tokens", "base_vocab_size", "vocab_size")
+                         if k in report}
+        meter.tokenizer = load_tokenizer(cfg.tokenizer_path or model_dir)
+        info = run_cpt(cfg, tokenizer_options=tok_cfg, log=log)
+        return str(cfg.output), {"optimizer_steps": info.get("global_step"), "stop_reason": info.get("stop_reason"),
+                                 "blocks": (info.get("data") or {}).get("train", {}).get("blocks"),
+                                 **({"tokenizer_extension": extension} if extension else {})}
+    if arm == "sft":
+        from kormed.train.sft import run_sft
+        from kormed.train.sft_config import SFTConfig
+
+        cfg = build(SFTConfig, {**cfgs["sft"], "from_adapter": task["from_adapter"]})
+        meter.tokenizer = _tokenizer_of(model_dir, task["from_adapter"])
+        summary = run_sft(cfg, log=log)
+        steps = summary.get("steps") or []
+        return summary.get("final_adapter"), {
+            "optimizer_steps": sum(int(s.get("global_step") or 0) for s in steps),
+            "steps": [{"step": s.get("step"), "stop_reason": s.get("stop_reason"),
+                       "optimizer_steps": s.get("global_step")} for s in steps],
+            "finished": summary.get("finished")}
+    if arm == "loop":
+        from kormed.train.loop import run_loop
+        from kormed.train.sft_config import LoopConfig
+
+        cfg = build(LoopConfig, {**cfgs["loop"], "from_adapter": task["from_adapter"]})
+        meter.tokenizer = _tokenizer_of(model_dir, task["from_adapter"])
+        result = run_loop(cfg, log=log)
+        rounds = result.get("rounds") or []
+        return result.get("best_adapter"), {
+            "optimizer_steps": sum(int(r.get("global_step") or 0) for r in rounds),
+            "selected_on": "dev", "best_round": result.get("best_round"), "stop_reason": result.get("stop_reason"),
+            "rounds": [{k: r.get(k) for k in ("round", "kind", "name", "global_step", "accuracy", "correct", "total")
+                        if k in r} for r in rounds]}
+    return None, {}
+
+
+def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[str, Any]:
+    """Bits per character on the two held-out texts and KorMedMCQA loglik accuracy of the base model + `adapter`."""
+    from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
+    from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
+    from kormed.models import load_model_and_tokenizer, pick_runtime
+    from kormed.train.cpt import read_texts
+
+    ev = task["eval"]
+    runtime = pick_runtime(task["budget"]["device"], task["budget"]["dtype"])
+    model, tokenizer, runtime = load_model_and_tokenizer(task["model"], adapter=adapter, runtime=runtime, log=log)
+    out: dict[str, Any] = {}
+    for name in ("general", "medical"):
+        texts = read_texts(ev[f"{name}_test"], what=f"held-out {name} text")
+        blocks = packed_eval_blocks(tokenizer, texts, max_length=ev["max_length"], eod_token=EVAL_EOD_TOKEN)
+        res = evaluate_perplexity(model, blocks, batch_size=ev["batch_size"], progress=False,
+                                  compute_dtype=runtime.compute_dtype)
+        chars = sum(len(t) for t in texts)
+        nll = res["loss"] * res["tokens"]
+        out[f"bits_per_char_{name}"] = nll / math.log(2) / chars
+        out[f"heldout_{name}"] = {"texts": len(texts), "characters": chars, "tokens": res["tokens"],
+                                  "blocks": res["blocks"], "nll_nats": nll}
+        log(f"[kormed] {task['arm']}: {name} held-out {out[f'bits_per_char_{name}']:.4f} bits/char "
+            f"({res['tokens']} tokens, {chars} characters)")
+    questions = load_questions(ev["mcq_test"])
+    res = evaluate_kormedmcqa(model, tokenizer, questions, mode="loglik", batch_size=ev["batch_size"],
+                              progress=False, compute_dtype=runtime.compute_dtype)
+    low, high = wilson_interval(res["correct"], res["total"])
+    out.update(accuracy=res["accuracy"], accuracy_ci95=[low, high], correct=res["correct"], questions=res["total"],
+               vocab_size=len(tokenizer), runtime={"device": runtime.device, "compute_dtype": runtime.compute_dtype})
+    log(f"[kormed] {task['arm']}: KorMedMCQA loglik {res['correct']}/{res['total']} "
+        f"(95% CI {low:.3f}-{high:.3f})")
+    return out
+
+
+def run_arm(task: dict[str, Any]) -> dict[str, Any]:
+    """Train (except `base`) and measure one arm in this process."""
+    import gc
+
+    import torch
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    torch.manual_seed(task["budget"]["seed"])
+    start = time.perf_counter()
+    meter = TextMeter()
+    meter.install()
+    try:
+        adapter, training = _train_arm(task, meter, log)
+    finally:
+        meter.remove()
+    train_s = time.perf_counter() - start
+    gc.collect()
+    metrics = evaluate_arm(task, adapter, log)
+    return {**metrics, "adapter": adapter, "training": training, "own_training_chars": meter.chars,
+            "own_training_tokens": meter.tokens, "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - start - train_s, 1)}
+
+
+def _worker_main(argv: list[str]) -> int:
+    task_file, result_file = argv
+    task = json.loads(Path(task_file).read_text(encoding="utf-8"))
+    result = run_arm(task)
+    Path(result_file).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _run_process(task: dict[str, Any], work: Path, name: str, timeout: float | None) -> dict[str, Any]:
+    """Run one arm in a fresh Python process (offline); its log is `work/<name>.log`."""
+    work.mkdir(parents=True, exist_ok=True)
+    task_file, result_file, log_file = work / f"{name}.task.json", work / f"{name}.result.json", work / f"{name}.log"
+    task_file.write_text(json.dumps(task), encoding="utf-8")
+    result_file.unlink(missing_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    with log_file.open("w", encoding="utf-8") as fh:
+        try:
+            rc: int | None = subprocess.run([sys.executable, "-m", "kormed.bench.quality", str(task_file),
+                                             str(result_file)], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                            timeout=timeout, check=False).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    if rc != 0 or not result_file.is_file():
+        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        why = "timed out" if rc is None else f"exit code {rc}"
+        raise KormedError(f"arm {name} failed ({why}); last lines of {log_file}:\n  " + "\n  ".join(tail))
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def upstream(arm: str, budget: Budget) -> str | None:
+    """The arm whose adapter `arm` continues."""
+    return {"sft": budget.sft_from, "loop": "sft"}.get(arm)
+
+
+def arms_to_run(wanted: tuple[str, ...], budget: Budget) -> list[str]:
+    """`wanted` with the arms they continue from, in chain order."""
+    for a in wanted:
+        if a not in ARMS:
+            raise KormedError(f"unknown arm '{a}' (use {', '.join(ARMS)})", field="arms")
+    need = set(wanted)
+    for a in reversed(ARMS):
+        if a in need and upstream(a, budget):
+            need.add(upstream(a, budget))
+    return [a for a in ARMS if a in need]
+
+
+def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None = None,
+              korean_text: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+              work_dir: str | Path | None = None, arm_timeout: float | None = None,
+              output: str | Path | None = None, log: Log = print) -> list[dict[str, Any]]:
+    """Run the arms (each in its own process, chained) and return one row per arm; `output` (a JSON file) is
+    rewritten after every arm, so an interrupted run keeps the rows it finished."""
+    budget.validate()
+    order = arms_to_run(arms, budget)
+    own_work = work_dir is None
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kormed-bench-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        data = prepare_data(work, korean_text=Path(korean_text).expanduser() if korean_text else None,
+                            budget=budget, log=log)
+        configs = stage_configs(data["paths"], budget, model=model, work=work, overrides=overrides or {})
+        from kormed.config import to_dict
+
+        cfg_dicts = {k: to_dict(v) for k, v in configs.items()}
+        p = data["paths"]
+        common = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "model": model or "embedded:gemma3-270m", "seed": budget.seed,
+                  "budget": dataclasses.asdict(budget), "overrides": overrides or {}, "data": data["info"],
+                  "host": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                           "python": platform.python_version()}}
+        rows: list[dict[str, Any]] = []
+        done: dict[str, dict[str, Any]] = {}
+        for arm in order:
+            parent = upstream(arm, budget)
+            task = {"arm": arm, "model": model, "budget": dataclasses.asdict(budget), "configs": cfg_dicts,
+                    "from_adapter": done[parent]["adapter"] if parent else None,
+                    "eval": {"general_test": p["general_test"], "medical_test": p["medical_test"],
+                             "mcq_test": p["mcq_test"], "max_length": budget.eval_max_length,
+                             "batch_size": budget.eval_batch_size}}
+            log(f"[kormed] bench quality: arm {arm}" + (f" (from {parent})" if parent else "") + " ...")
+            shutil.rmtree(work / "arms" / arm, ignore_errors=True)  # a kept --work-dir: train afresh, never resume
+            start = time.perf_counter()
+            res = _run_process(task, work / "tasks", arm, arm_timeout)
+            res["wall_s"] = round(time.perf_counter() - start, 1)
+            done[arm] = res
+            rows.append(make_row(arm, res, done, budget, common, cfg_dicts))
+            if output:
+                from kormed.io import write_json
+
+                write_json(output, rows)
+            r = rows[-1]
+            log(f"[kormed]   {arm}: general {r['bits_per_char_general']:.4f}, medical "
+                f"{r['bits_per_char_medical']:.4f} bits/char, accuracy {r['accuracy']:.3f}, {r['wall_s']:.0f} s")
+        return rows
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], budget: Budget,
+             common: dict[str, Any], cfgs: dict[str, Any]) -> dict[str, Any]:
+    """One JSON row: the arm's measures, its chain and cumulative training text, and the settings it ran with."""
+    chain = [arm]
+    while upstream(chain[-1], budget):
+        chain.append(upstream(chain[-1], budget))
+    chain.reverse()
+    settings: dict[str, Any] = {}
+    if arm in CPT_ARMS:
+        settings = {"cpt": cfgs[arm]} | ({"tokenizer": cfgs["tokenizer"]} if arm == "cpt_extended" else {})
+    elif arm in ("sft", "loop"):
+        settings = {arm: cfgs[arm]}
+    return {
+        "arm": arm,
+        "chain": chain,
+        "bits_per_char_general": res["bits_per_char_general"],
+        "bits_per_char_medical": res["bits_per_char_medical"],
+        "accuracy": res["accuracy"],
+        "accuracy_ci95": res["accuracy_ci95"],
+        "correct": res["correct"],
+        "questions": res["questions"],
+        "training_chars": sum(done[a]["own_training_chars"] for a in chain),
+        "training_tokens": sum(done[a]["own_training_tokens"] for a in chain),
+        "own_training_chars": res["own_training_chars"],
+        "own_training_tokens": res["own_training_tokens"],
+        "vocab_size": res["vocab_size"],
+        "heldout_general": res["heldout_general"],
+        "heldout_medical": res["heldout_medical"],
+        "training": res["training"],
+        "wall_s": res["wall_s"],
+        "train_s": res["train_s"],
+        "eval_s": res["eval_s"],
+        "runtime": res["runtime"],
+        **common,
+        "settings": settings,
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The printed table: one line per arm."""
+    lines = [f"{'arm':<13} {'bits/char general':>17} {'bits/char medical':>17} {'accuracy':>8} {'95% CI':>13} "
+             f"{'training chars':>14} {'wall s':>7}"]
+    for r in rows:
+        lo, hi = r["accuracy_ci95"]
+        lines.append(f"{r['arm']:<13} {r['bits_per_char_general']:>17.4f} {r['bits_per_char_medical']:>17.4f} "
+                     f"{r['accuracy']:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {r['training_chars']:>14,} "
+                     f"{r['wall_s']:>7.0f}")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as the Markdown table of benchmarks/README.md."""
+    out = ["| arm | continues | bits/char general | bits/char medical | accuracy (correct / questions) | 95% CI | "
+           "training characters | wall s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["accuracy_ci95"]
+        prev = r["chain"][-2] if len(r["chain"]) > 1 else "-"
+        out.append(f"| {r['arm']} | {prev} | {r['bits_per_char_general']:.4f} | {r['bits_per_char_medical']:.4f} | "
+                   f"{r['accuracy']:.3f} ({r['correct']} / {r['questions']}) | {lo:.3f}-{hi:.3f} | "
+                   f"{r['training_chars']:,} | {r['wall_s']:.0f} |")
+    return "\n".join(out)
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip()) or ARMS
+
+
+def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
+    """Add `kormed bench quality`."""
+    d = Budget()
+
+    @subapps["bench"].command("quality")
+    def bench_quality(
+        arms: str = typer.Option(",".join(ARMS), "--arms", help="Comma-separated arms; the arms they continue "
+                                 "from run too."),
+        korean_text: str = typer.Option(str(Path("~/.cache/kormed/korean_text")), "--korean-text",
+                                        help="Directory with train/dev/test.jsonl of general Korean text "
+                                        "(scripts/fetch_korean_text.py); missing: the bundled sample's."),
+        model: str = typer.Option(None, "--model", help="Base model (default: the embedded Gemma 3 270M)."),
+        cpt_chars: int = typer.Option(d.cpt_chars, "--cpt-chars", min=1, help="Characters of training text each "
+                                      "CPT arm reads (one epoch over exactly this much)."),
+        sft_steps: int = typer.Option(d.sft_steps, "--sft-steps", min=1, help="Optimizer steps per SFT step."),
+        loop_rounds: int = typer.Option(d.loop_rounds, "--loop-rounds", min=1, help="Loop rounds."),
+        loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round."),
+        batch_size: int = typer.Option(d.batch_size, "--batch-size", min=1, help="Sequences per optimizer step."),
+        max_length: int = typer.Option(d.max_length, "--max-length", min=16, help="Tokens per training block."),
+        lr: float = typer.Option(d.lr, "--lr", help="Learning rate of every training stage."),
+        eval_max_length: int = typer.Option(d.eval_max_length, "--eval-max-length", min=16,
+                                            help="Tokens per held-out block."),
+        eval_chars: int = typer.Option(d.eval_chars, "--eval-chars", min=1,
+                                       help="Characters of general held-out text measured (whole documents)."),
+        sft_from: str = typer.Option(d.sft_from, "--sft-from", help="CPT arm SFT continues: cpt_extended | cpt."),
+        seed: int = typer.Option(d.seed, "--seed", help="Seed of every stage and of the data order."),
+        dtype: str = typer.Option(d.dtype, "--dtype", help="auto | float32 | bfloat16 (training and measuring)."),
+        device: str = typer.Option(d.device, "--device", help="auto | cpu | cuda."),
+        set_: list[str] = typer.Option(None, "--set", help="SECTION.KEY=VALUE stage option (sections: cpt, "
+                                       "cpt_extended, tokenizer, sft, loop); repeatable."),
+        overrides: str = typer.Option(None, "--overrides", help="YAML file of those sections."),
+        output: str = typer.Option(str(DEFAULT_OUTPUT), "--output", help="JSON file of the rows."),
+        work_dir: str = typer.Option(None, "--work-dir", help="Keep the data, adapters and logs here."),
+        arm_timeout: float = typer.Option(None, "--arm-timeout", help="Seconds before an arm is stopped."),
+    ) -> None:
+        """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
+        extended tokenizer, SFT and the loop."""
+        from kormed.io import check_output_path
+
+        check_output_path(output, "file", "--output")
+        if work_dir:
+            check_output_path(work_dir, "dir", "--work-dir")
+        budget = Budget(cpt_chars=cpt_chars, sft_steps=sft_steps, loop_rounds=loop_rounds, loop_steps=loop_steps,
+                        batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
+                        eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from)
+        rows = run_bench(budget=budget, arms=_csv(arms), model=model, korean_text=korean_text,
+                         overrides=read_overrides(overrides, set_ or []), work_dir=work_dir,
+                         arm_timeout=arm_timeout, output=output, log=lambda m: typer.echo(m, err=True))
+        typer.echo(format_table(rows))
+        typer.echo(f"wrote {output}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,333 @@
+"""`kormed bench quality`: the Wilson interval, the bench's data splits and configs (fast), the training-text
+meter on a tiny model, and (heavy) one CLI run on a tiny random Gemma 3 whose bits per character are recomputed
+independently."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kormed.bench import quality as bq
+from kormed.errors import KormedError
+from kormed.eval.kormedmcqa import wilson_interval
+
+# ------------------------------------------------------------------------------------------------ Wilson interval
+
+
+@pytest.mark.parametrize(("correct", "total", "low", "high"), [
+    (8, 10, 0.4902, 0.9433),   # textbook example (z = 1.96)
+    (0, 40, 0.0, 0.0876),      # 3.84 / (40 + 3.84): not the empty interval of the normal approximation
+    (40, 40, 0.9124, 1.0),
+    (20, 40, 0.3520, 0.6480),
+])
+def test_wilson_known_values(correct, total, low, high):
+    lo, hi = wilson_interval(correct, total)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+    assert lo <= correct / total <= hi
+
+
+def test_wilson_exact_bounds_symmetry_and_width():
+    assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0
+    for c in range(11):
+        lo, hi = wilson_interval(c, 10)
+        mlo, mhi = wilson_interval(10 - c, 10)
+        assert lo == pytest.approx(1 - mhi) and hi == pytest.approx(1 - mlo)
+    # more questions, narrower interval; a wider confidence, a wider interval
+    assert wilson_interval(80, 100)[1] - wilson_interval(80, 100)[0] < wilson_interval(8, 10)[1] - \
+        wilson_interval(8, 10)[0]
+    assert wilson_interval(8, 10, 0.99)[0] < wilson_interval(8, 10)[0]
+
+
+@pytest.mark.parametrize(("correct", "total"), [(0, 0), (5, 4), (-1, 4)])
+def test_wilson_rejects_impossible_counts(correct, total):
+    with pytest.raises(KormedError):
+        wilson_interval(correct, total)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _texts(path: str) -> list[str]:
+    return [json.loads(ln)["text"] for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def test_budget_texts_exact_characters_seeded_passes():
+    docs = ["가나다라마" * 3, "바사아" * 5, "자차카타" * 2]
+    out = bq.budget_texts(docs, 100, seed=1)
+    assert sum(map(len, out)) == 100
+    assert bq.budget_texts(docs, 100, seed=1) == out
+    assert bq.budget_texts(docs, 100, seed=2) != out  # the order depends on the seed
+    assert sorted(out[:3]) == sorted(docs)  # every document once per pass before any repeats
+    assert sum(map(len, bq.budget_texts(docs, 7, seed=1))) == 7  # cut inside the first document
+    with pytest.raises(KormedError):
+        bq.budget_texts([], 10, seed=0)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    texts = [f"문서 {i} " * 10 for i in range(40)]
+    parts = bq.split_general(texts + texts[:5])  # duplicates count once
+    assert sum(map(len, parts.values())) == 40
+    assert not (set(parts["train"]) & set(parts["test"])) and not (set(parts["dev"]) & set(parts["test"]))
+    assert len(parts["test"]) == 10 and len(parts["dev"]) == 5
+    assert bq.split_general(list(reversed(texts))) == parts  # by content, not by input order
+    train, test = bq.split_medical([(f"제목{i}", f"본문{i}") for i in range(9)])
+    assert len(test) == 3 and len(train) == 6 and not set(train) & set(test)
+    assert bq.cap_chars(["ab", "cde", "f"], 4) == ["ab", "cde"] and bq.cap_chars(["abcdef"], 1) == ["abcdef"]
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bq-data")
+    return work, bq.prepare_data(work, korean_text=None, budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000),
+                                 log=lambda m: None)
+
+
+def test_prepare_data_never_trains_on_held_out_text(sample_data):
+    work, data = sample_data
+    p = data["paths"]
+    medical_test, general_test = set(_texts(p["medical_test"])), set(_texts(p["general_test"]))
+    assert len(medical_test) == 6 and medical_test.isdisjoint(_texts(p["train_text"]))
+    assert general_test.isdisjoint(_texts(p["train_text"])) and general_test.isdisjoint(_texts(p["val"]))
+    assert all(any(piece in t for t in _texts(p["train_text"])) for piece in _texts(p["cpt_train"]))
+    assert sum(map(len, _texts(p["cpt_train"]))) == 50_000 == data["info"]["cpt_train"]["characters"]
+    assert any("당뇨" in t or "고혈압" in t or "결핵" in t for t in medical_test)  # medical pages, cleaned
+    assert not any("[[" in t or "분류:" in t for t in medical_test)
+    # KorMedMCQA: dev and train disjoint and together the bundled train file; test is the bundled test file
+    from kormed.records import read_mcq_jsonl
+    from kormed.sample_data import sample_paths
+
+    dev, _ = read_mcq_jsonl(p["mcq_dev"])
+    train, _ = read_mcq_jsonl(p["mcq_train"])
+    bundled, _ = read_mcq_jsonl(sample_paths()["mcq_train"])
+    assert len(dev) == 10 and {q.question for q in dev}.isdisjoint(q.question for q in train)
+    assert sorted(q.question for q in dev + train) == sorted(q.question for q in bundled)
+    assert Path(p["mcq_test"]).read_bytes() == sample_paths()["mcq_test"].read_bytes()
+    assert data["info"]["mcq"] == {"train": 30, "dev": 10, "test": 40}
+
+
+def test_prepare_data_same_bytes_and_korean_text_directory(sample_data, tmp_path):
+    work, data = sample_data
+    again = bq.prepare_data(tmp_path / "again", korean_text=None,
+                            budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000), log=lambda m: None)
+    for name, path in data["paths"].items():
+        assert Path(again["paths"][name]).read_bytes() == Path(path).read_bytes(), name
+    text_dir = tmp_path / "korean_text"
+    text_dir.mkdir()
+    for part, n in (("train", 5), ("dev", 2), ("test", 3)):
+        (text_dir / f"{part}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{part} 한국어 문장 {i}. " * 20}, ensure_ascii=False) + "\n"
+                    for i in range(n)), encoding="utf-8")
+    got = bq.prepare_data(tmp_path / "kt", korean_text=text_dir, budget=bq.Budget(cpt_chars=3_000),
+                          log=lambda m: None)
+    assert got["info"]["general_source"] == str(text_dir)
+    assert _texts(got["paths"]["general_test"])[0].startswith("test ")
+    assert _texts(got["paths"]["val"])[0].startswith("dev ") and len(_texts(got["paths"]["val"])) == 2
+    assert {t.split(" ")[0] for t in _texts(got["paths"]["train_text"])[:5]} == {"train"}
+    assert set(_texts(got["paths"]["medical_test"])) == set(_texts(data["paths"]["medical_test"]))
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def test_overrides_parse_and_refuse_wiring(tmp_path):
+    got = bq.read_overrides(None, ["cpt.lora.r=8", "cpt.train.lr=1e-4", "tokenizer.max_new_tokens=100",
+                                   "cpt_extended.train.lr=3e-4", "sft.padding_free=false"])
+    assert got == {"cpt": {"lora": {"r": 8}, "train": {"lr": "1e-4"}}, "tokenizer": {"max_new_tokens": 100},
+                   "cpt_extended": {"train": {"lr": "3e-4"}}, "sft": {"padding_free": False}}
+    yaml_file = tmp_path / "o.yaml"
+    yaml_file.write_text("cpt:\n  lora: {r: 4}\nloop:\n  max_rounds: 3\n", encoding="utf-8")
+    assert bq.read_overrides(str(yaml_file), ["cpt.lora.alpha=8"]) == {"cpt": {"lora": {"r": 4, "alpha": 8}},
+                                                                       "loop": {"max_rounds": 3}}
+    for bad in (["eval.limit=3"], ["cpt.data=/x.jsonl"], ["loop.eval_data=test.jsonl"], ["cpt=3"], ["cpt.lr"]):
+        with pytest.raises(KormedError):
+            bq.read_overrides(None, bad)
+
+
+def test_stage_configs_wire_the_chain_and_select_on_dev(sample_data):
+    work, data = sample_data
+    p = data["paths"]
+    budget = bq.Budget(cpt_chars=50_000, sft_steps=3, loop_rounds=2, loop_steps=4, lr=1e-3)
+    over = bq.read_overrides(None, ["cpt.lora.r=8", "cpt_extended.train.lr=5e-4", "tokenizer.max_new_tokens=64"])
+    cfgs = bq.stage_configs(p, budget, model=None, work=work, overrides=over)
+    cpt, ext = cfgs["cpt"], cfgs["cpt_extended"]
+    assert cpt.data == ext.data == p["cpt_train"] and cpt.val == p["val"]
+    assert cpt.tokenizer_path is None and ext.tokenizer_path == cfgs["tokenizer"].out
+    assert cpt.lora.r == ext.lora.r == 8  # `cpt` overrides both CPT arms ...
+    assert cpt.train.lr == 1e-3 and ext.train.lr == 5e-4  # ... `cpt_extended` only its own
+    assert cpt.train.max_steps is None and cpt.train.epochs == 1.0 and cpt.output != ext.output
+    assert cfgs["tokenizer"].max_new_tokens == 64 and cfgs["tokenizer"].corpus == p["train_text"]
+    assert cfgs["sft"].max_steps_per_step == 3 and cfgs["sft"].raw == p["train_text"]
+    assert cfgs["sft"].raw_val == p["val"] and cfgs["sft"].mcq == p["mcq_train"]
+    loop = cfgs["loop"]
+    assert loop.max_rounds == 2 and loop.max_steps_per_round == 4 and loop.eval_mode == "loglik"
+    selection = getattr(loop, "dev_data", None) or loop.eval_data
+    assert selection == p["mcq_dev"]  # the loop's best round is chosen on dev, never on the test questions
+    with pytest.raises(KormedError):
+        bq.stage_configs(p, budget, model=None, work=work, overrides={"cpt": {"lora": {"r": 0}}})
+
+
+def test_arms_to_run_adds_what_an_arm_continues():
+    assert bq.arms_to_run(("loop",), bq.Budget()) == ["cpt_extended", "sft", "loop"]
+    assert bq.arms_to_run(("sft", "base"), bq.Budget(sft_from="cpt")) == ["base", "cpt", "sft"]
+    assert bq.arms_to_run(bq.ARMS, bq.Budget()) == list(bq.ARMS)
+    with pytest.raises(KormedError):
+        bq.arms_to_run(("sft_extended",), bq.Budget())
+    with pytest.raises(KormedError):
+        bq.Budget(sft_from="base").validate()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "cpt.data=/tmp/other.jsonl"], "cannot be overridden"),
+    (["--set", "eval.limit=3"], "unknown section 'eval'"),
+    (["--sft-from", "base"], "sft_from"),
+])
+def test_cli_refuses_bad_settings_before_any_work(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "quality", "--work-dir", str(tmp_path / "w"),
+                                   "--output", str(tmp_path / "q.json"), *args])
+    assert res.exit_code == 2 and message in res.output
+    assert not (tmp_path / "w" / "data").exists() and not (tmp_path / "q.json").exists()
+
+
+def test_tables_show_each_arm():
+    row = {"arm": "sft", "chain": ["cpt_extended", "sft"], "bits_per_char_general": 2.91234,
+           "bits_per_char_medical": 2.5, "accuracy": 0.25, "accuracy_ci95": [0.1419, 0.4019], "correct": 10,
+           "questions": 40, "training_chars": 123456, "wall_s": 61.0}
+    md = bq.markdown_table([row]).splitlines()
+    assert md[2] == "| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 123,456 | 61 |"
+    assert "0.142-0.402" in bq.format_table([row]) and "123,456" in bq.format_table([row])
+
+
+# ------------------------------------------------------------------------------------------------ text meter
+
+
+def test_text_meter_counts_training_forwards_once(tiny_gemma3_dir, real_tokenizer):
+    """Real tokens and decoded characters of training passes only, once per pass also through PEFT's wrapper."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM
+
+    model = get_peft_model(Gemma3ForCausalLM.from_pretrained(tiny_gemma3_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"]))
+    text = "고혈압은 혈압이 높은 상태이다."
+    ids = real_tokenizer(text)["input_ids"]  # <bos> + text
+    pad = real_tokenizer.pad_token_id
+    batch = torch.tensor([ids, [pad] * 3 + ids[:-3]])
+    mask = (batch != pad).long()
+    meter = bq.TextMeter()
+    meter.tokenizer = real_tokenizer
+    meter.install()
+    try:
+        model.train()
+        model(input_ids=batch, attention_mask=mask)
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=batch, attention_mask=mask)  # not training: not counted
+    finally:
+        meter.remove()
+    shorter = real_tokenizer.decode(ids[:-3], skip_special_tokens=True)
+    assert meter.tokens == 2 * len(ids) - 3
+    assert meter.chars == len(text) + len(shorter)
+    model.train()
+    model(input_ids=batch, attention_mask=mask)  # removed: counts no more
+    assert meter.tokens == 2 * len(ids) - 3
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+CPT_CHARS = 600
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, tiny_gemma3_dir):
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+
+    root = tmp_path_factory.mktemp("bq-run")
+    out, work = root / "quality.json", root / "work"
+    res = CliRunner().invoke(app, [
+        "bench", "quality", "--model", str(tiny_gemma3_dir), "--korean-text", str(root / "absent"),
+        "--cpt-chars", str(CPT_CHARS), "--sft-steps", "1", "--loop-rounds", "1", "--loop-steps", "1",
+        "--batch-size", "2", "--max-length", "64", "--eval-max-length", "64", "--eval-chars", "800",
+        "--dtype", "float32", "--set", "tokenizer.max_new_tokens=40", "--set", "tokenizer.max_dict_tokens=10",
+        "--set", "tokenizer.min_frequency=2", "--output", str(out), "--work-dir", str(work)])
+    assert res.exit_code == 0, res.output
+    assert "bits/char general" in res.output
+    return json.loads(out.read_text(encoding="utf-8")), work
+
+
+@pytest.mark.heavy
+def test_rows_have_every_field(bench_run):
+    rows, _ = bench_run
+    assert [r["arm"] for r in rows] == list(bq.ARMS)
+    by = {r["arm"]: r for r in rows}
+    for r in rows:
+        for key in ("bits_per_char_general", "bits_per_char_medical", "accuracy", "accuracy_ci95",
+                    "training_chars", "seed", "wall_s", "budget"):
+            assert key in r, key
+        lo, hi = r["accuracy_ci95"]
+        assert 0.0 <= lo <= r["accuracy"] <= hi <= 1.0
+        assert r["accuracy"] == r["correct"] / r["questions"] and r["questions"] == 40  # every test question
+        assert math.isfinite(r["bits_per_char_general"]) and r["bits_per_char_general"] > 0
+    assert by["base"]["training_chars"] == 0
+    assert by["cpt"]["own_training_chars"] == CPT_CHARS  # one epoch over exactly the budget
+    assert by["cpt_extended"]["own_training_chars"] == CPT_CHARS  # the same text, whatever the tokenizer
+    assert by["sft"]["chain"] == ["cpt_extended", "sft"] and by["loop"]["chain"] == ["cpt_extended", "sft", "loop"]
+    assert by["sft"]["own_training_chars"] > 0
+    assert by["loop"]["training_chars"] == CPT_CHARS + by["sft"]["own_training_chars"] + \
+        by["loop"]["own_training_chars"]
+    assert by["loop"]["training"]["selected_on"] == "dev"
+
+
+@pytest.mark.heavy
+def test_extended_arm_is_measured_per_character(bench_run):
+    rows, _ = bench_run
+    by = {r["arm"]: r for r in rows}
+    base, ext = by["cpt"], by["cpt_extended"]
+    assert ext["vocab_size"] > base["vocab_size"] == 262144
+    for name in ("general", "medical"):
+        assert ext[f"heldout_{name}"]["characters"] == base[f"heldout_{name}"]["characters"]
+        assert ext[f"heldout_{name}"]["tokens"] < base[f"heldout_{name}"]["tokens"]  # the new tokens are used
+        assert ext[f"bits_per_char_{name}"] == pytest.approx(
+            ext[f"heldout_{name}"]["nll_nats"] / math.log(2) / ext[f"heldout_{name}"]["characters"])
+
+
+@pytest.mark.heavy
+def test_bits_per_char_recomputed_independently(bench_run, tiny_gemma3_dir):
+    """Total NLL of the extended CPT arm's adapter over the held-out general text, with a plain full-logits forward
+    over blocks packed here ([bos] + tokens, <end_of_turn> after each text), / ln 2 / characters."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    rows, work = bench_run
+    row = next(r for r in rows if r["arm"] == "cpt_extended")
+    from kormed.models import load_model_and_tokenizer, pick_runtime
+
+    adapter = work / "arms" / "cpt_extended" / "adapter"
+    tok = AutoTokenizer.from_pretrained(adapter / "tokenizer")
+    model, _, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), adapter=adapter, log=lambda m: None,
+                                           runtime=pick_runtime("cpu", "float32"))
+    assert isinstance(model, PeftModel) and isinstance(model.get_base_model(), Gemma3ForCausalLM)
+    texts = _texts(str(work / "data" / "general_test.jsonl"))
+    stream: list[int] = []
+    for t in texts:
+        stream += tok(t, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<end_of_turn>")]
+    body = 64 - 1
+    nll = 0.0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(stream), body):
+            ids = torch.tensor([[tok.bos_token_id, *stream[i:i + body]]])
+            logits = model(input_ids=ids).logits.float()
+            nll += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+    expected = nll / math.log(2) / sum(len(t) for t in texts)
+    assert row["bits_per_char_general"] == pytest.approx(expected, rel=1e-4)
