@@ -95,17 +95,19 @@ def test_prepare_data_never_trains_on_held_out_text(sample_data):
     assert sum(map(len, _texts(p["cpt_train"]))) == 50_000 == data["info"]["cpt_train"]["characters"]
     assert any("당뇨" in t or "고혈압" in t or "결핵" in t for t in medical_test)  # medical pages, cleaned
     assert not any("[[" in t or "분류:" in t for t in medical_test)
-    # KorMedMCQA: dev and train disjoint and together the bundled train file; test is the bundled test file
+    # KorMedMCQA: the bundled train, dev and test files, dev and test disjoint from train
     from kormed.records import read_mcq_jsonl
     from kormed.sample_data import sample_paths
 
     dev, _ = read_mcq_jsonl(p["mcq_dev"])
     train, _ = read_mcq_jsonl(p["mcq_train"])
-    bundled, _ = read_mcq_jsonl(sample_paths()["mcq_train"])
-    assert len(dev) == 10 and {q.question for q in dev}.isdisjoint(q.question for q in train)
-    assert sorted(q.question for q in dev + train) == sorted(q.question for q in bundled)
-    assert Path(p["mcq_test"]).read_bytes() == sample_paths()["mcq_test"].read_bytes()
-    assert data["info"]["mcq"] == {"train": 30, "dev": 10, "test": 40}
+    test, _ = read_mcq_jsonl(p["mcq_test"])
+    assert {q.question for q in dev}.isdisjoint(q.question for q in train)
+    assert {q.question for q in test}.isdisjoint(q.question for q in train + dev)
+    for name in ("train", "dev", "test"):
+        assert Path(p[f"mcq_{name}"]).read_bytes() == sample_paths()[f"mcq_{name}"].read_bytes()
+    assert data["info"]["mcq"] == {"train": len(train), "dev": len(dev), "test": len(test)} == {
+        "train": 40, "dev": 40, "test": 100}
 
 
 def test_prepare_data_same_bytes_and_korean_text_directory(sample_data, tmp_path):
@@ -163,8 +165,8 @@ def test_stage_configs_wire_the_chain_and_select_on_dev(sample_data):
     assert cfgs["sft"].raw_val == p["val"] and cfgs["sft"].mcq == p["mcq_train"]
     loop = cfgs["loop"]
     assert loop.max_rounds == 2 and loop.max_steps_per_round == 4 and loop.eval_mode == "loglik"
-    selection = getattr(loop, "dev_data", None) or loop.eval_data
-    assert selection == p["mcq_dev"]  # the loop's best round is chosen on dev, never on the test questions
+    assert loop.dev_data == p["mcq_dev"] and loop.eval_data == p["mcq_test"]
+    assert loop.dev_data  # the loop's best round is chosen on dev, never on the test questions
     with pytest.raises(KormedError):
         bq.stage_configs(p, budget, model=None, work=work, overrides={"cpt": {"lora": {"r": 0}}})
 
@@ -284,7 +286,7 @@ def test_rows_have_every_field(bench_run):
     assert by["sft"]["own_training_chars"] > 0
     assert by["loop"]["training_chars"] == CPT_CHARS + by["sft"]["own_training_chars"] + \
         by["loop"]["own_training_chars"]
-    assert by["loop"]["training"]["selected_on"] == "dev"
+    assert by["loop"]["training"]["selected_on"].startswith("dev (")
 
 
 @pytest.mark.heavy

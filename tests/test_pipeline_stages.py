@@ -73,7 +73,8 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     assert Path(ev.data) == sample["mcq_test"]
     assert (ev.max_length, ev.eod_token) == (cpt.max_length, cpt.eod_token)
     # the file's own values are kept on top of the wiring, and --report-to reaches every trainer
-    assert cpt.train.max_steps == data["cpt"]["train"]["max_steps"] == 24 and cpt.train.report_to == ["tensorboard", "wandb"]
+    assert cpt.train.max_steps == data["cpt"]["train"]["max_steps"] == 24
+    assert cpt.train.report_to == ["tensorboard", "wandb"]
     assert sft.train.report_to == loop.train.report_to == ["tensorboard", "wandb"]
     assert sft.max_steps_per_step == 2 and ev.mode == "loglik"
     assert eval_targets(ctx) == {"base": None, "cpt": str(r / "cpt"), "sft": str(r / "sft" / "step4"),

@@ -29,9 +29,8 @@ Data (written under the work directory; the same seed gives the same files):
   exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
   characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
   once (`train_text.jsonl`); CPT validation and SFT's raw-perplexity checks use the general dev split.
-- KorMedMCQA: the bundled questions. Train questions are ordered by sha256 of the question; every fourth is the
-  DEV split (the sample has no dev split of its own), the rest train SFT and the loop. The bundled TEST
-  questions (all of them) are only ever measured, never selected on.
+- KorMedMCQA: the bundled questions. Train trains SFT and the loop, the bundled DEV split is what the loop chooses
+  its best round on, and the bundled TEST questions (all of them) are only ever measured, never selected on.
 
 Measures of each arm (its final adapter reloaded from disk, `--dtype` precision):
 
@@ -104,7 +103,7 @@ class Budget:
     seed: int = 42
     dtype: str = "auto"
     device: str = "auto"
-    sft_from: str = "cpt_extended"
+    sft_from: str = "cpt"
 
     def validate(self) -> None:
         for name in ("cpt_chars", "sft_steps", "loop_rounds", "loop_steps", "batch_size", "eval_chars",
@@ -222,19 +221,8 @@ def budget_texts(texts: list[str], chars: int, seed: int) -> list[str]:
     return out
 
 
-def split_mcq_lines(path: Path) -> tuple[list[str], list[str]]:
-    """(train, dev) JSONL lines of a KorMedMCQA train file: ordered by sha256 of the question, every 4th dev."""
-    from kormed.records import read_mcq_jsonl
-
-    read_mcq_jsonl(path)  # validates (file:line errors) before the lines are split
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    ordered = sorted(lines, key=lambda ln: _sha(str(json.loads(ln).get("question", ""))))
-    return [ln for i, ln in enumerate(ordered) if i % 4], [ln for i, ln in enumerate(ordered) if i % 4 == 0]
-
-
 def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: Log = print) -> dict[str, Any]:
     """Write every data file of the bench under `work/data` and return their paths and sizes."""
-    from kormed.io import atomic_write
     from kormed.sample_data import sample_paths
 
     data = work / "data"
@@ -259,13 +247,10 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
         "medical_test": _write_texts(data / "medical_test.jsonl", medical_test),
     }
     sample = sample_paths()
-    mcq_train, mcq_dev = split_mcq_lines(sample["mcq_train"])
-    for name, lines in (("train", mcq_train), ("dev", mcq_dev)):
-        with atomic_write(data / "mcq" / f"{name}.jsonl") as fh:
-            fh.write("\n".join(lines) + "\n")
+    # KorMedMCQA-format questions: the bundled train (SFT, loop), dev (the loop's selection) and test (reported only)
+    for name in ("train", "dev", "test"):
+        shutil.copyfile(sample[f"mcq_{name}"], data / "mcq" / f"{name}.jsonl")
         paths[f"mcq_{name}"] = data / "mcq" / f"{name}.jsonl"
-    shutil.copyfile(sample["mcq_test"], data / "mcq" / "test.jsonl")
-    paths["mcq_test"] = data / "mcq" / "test.jsonl"
     paths["dict"], paths["char_dict"] = sample["medical_dict"], sample["char_dict"]
 
     def size(path: Path) -> dict[str, int]:
@@ -351,11 +336,9 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     sft = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "max_steps_per_step": budget.sft_steps,
            "output": str(work / "arms" / "sft"),
            "train": {**train, "eval_steps": budget.sft_steps, "save_steps": budget.sft_steps}}
-    loop = {**chat, "eval_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
+    loop = {**chat, "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
             "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(work / "arms" / "loop"),
             "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
-    if "dev_data" in {f.name for f in dataclasses.fields(LoopConfig)}:  # a loop that reports test beside dev
-        loop.update(dev_data=paths["mcq_dev"], eval_data=paths["mcq_test"])
     tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
                  "out": str(work / "arms" / "cpt_extended" / "tokenizer")}
     values = {"cpt": cpt, "tokenizer": tokenizer, "sft": sft, "loop": loop}
@@ -481,9 +464,10 @@ def _train_arm(task: dict[str, Any], meter: TextMeter, log: Log) -> tuple[str | 
         rounds = result.get("rounds") or []
         return result.get("best_adapter"), {
             "optimizer_steps": sum(int(r.get("global_step") or 0) for r in rounds),
-            "selected_on": "dev", "best_round": result.get("best_round"), "stop_reason": result.get("stop_reason"),
-            "rounds": [{k: r.get(k) for k in ("round", "kind", "name", "global_step", "accuracy", "correct", "total")
-                        if k in r} for r in rounds]}
+            "selected_on": result.get("selected_on"), "best_round": result.get("best_round"),
+            "stop_reason": result.get("stop_reason"),
+            "rounds": [{k: r.get(k) for k in ("round", "kind", "global_step", "dev_accuracy", "dev_correct",
+                                              "dev_total", "test_accuracy") if k in r} for r in rounds]}
     return None, {}
 
 
