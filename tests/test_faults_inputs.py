@@ -103,7 +103,7 @@ def test_non_finite_number_strings_rejected(text: str) -> None:
 def test_range_errors_name_file_section_and_key(tmp_path: Path) -> None:
     cases = {
         "cpt": ({"train": {"lr": -1}}, "cpt.train.lr"),
-        "sft": ({"step2": {"max_steps": 0}}, "sft.step2.max_steps"),
+        "sft": ({"steps": [{"name": "a"}, {"name": "b", "max_steps": 0}]}, "sft.steps[1].max_steps"),
         "eval": ({"limit": 0}, "eval.limit"),
         "prepare": ({"val_fraction": 1.5}, "prepare.val_fraction"),
         "loop": ({"lora": {"r": 0}}, "loop.lora.r"),

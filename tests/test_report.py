@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -159,7 +160,12 @@ def test_report_has_every_section_and_embedded_plots(run_dir: Path):
     assert {Path(link).name for link in links} == expected
     for link in links:
         assert (run_dir / link).read_bytes() == images[Path(link).name]
-    assert "| model | mode | questions | accuracy | doctor | nurse | unparseable |" in md
+    assert "| model | mode | questions | accuracy | 95% CI | doctor | nurse | unparseable |" in md
+    # base: 5/20 correct -> Wilson 95% interval (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    z, n, p = 1.959964, 20, 0.25
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (
+        1 + z * z / n)
+    assert f"| base | loglik | 20 | 0.250 | {centre - half:.3f}–{centre + half:.3f} |" in md
     # rerunning gives the same page
     write_report(run_dir)
     assert html_path.read_text(encoding="utf-8") == html

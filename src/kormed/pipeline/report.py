@@ -29,6 +29,7 @@ import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
 from kormed.errors import KormedError
+from kormed.eval.kormedmcqa import wilson_interval
 from kormed.io import atomic_write, check_output_path
 from kormed.pipeline import results
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_TITLES, TRAINING_STAGES
@@ -670,10 +671,12 @@ def _eval_section(data: ReportData) -> Section:
         rows = []
         for t in targets:
             r = mcq[t]
-            rows.append([t, r.mode or "-", _fmt(r.total), f"{r.accuracy:.3f}",
+            rows.append([t, r.mode or "-", _fmt(r.total), f"{r.accuracy:.3f}", _interval(r),
                          *[f"{r.per_subset[s]:.3f}" if s in r.per_subset else "-" for s in subsets],
                          _fmt(r.unparseable)])
-        sec.table(["model", "mode", "questions", "accuracy", *subsets, "unparseable"], rows)
+        sec.table(["model", "mode", "questions", "accuracy", "95% CI", *subsets, "unparseable"], rows)
+        sec.p("95% CI: Wilson score interval of the accuracy over these questions; two models whose intervals "
+              "overlap widely are not shown apart by this test set.")
         series: dict[str, list[float | None]] = {"overall": [mcq[t].accuracy for t in targets]}
         for s in subsets:
             series[s] = [mcq[t].per_subset.get(s) for t in targets]
@@ -695,6 +698,17 @@ def _eval_section(data: ReportData) -> Section:
     else:
         sec.p("Perplexity: not run.")
     return sec
+
+
+def _interval(target: results.EvalTarget) -> str:
+    """The Wilson 95% interval of a target's accuracy, as `low–high` ("-" without a question count)."""
+    total = target.total
+    correct = target.correct if target.correct is not None else (
+        round(target.accuracy * total) if target.accuracy is not None and total else None)
+    if not total or correct is None:
+        return "-"
+    low, high = wilson_interval(correct, total)
+    return f"{low:.3f}–{high:.3f}"
 
 
 def _bits_per_char(target: results.EvalTarget) -> float | None:
