@@ -67,7 +67,10 @@ def run_dir(tmp_path: Path) -> Path:
             row("Medical Dict", 7, 5, 35, 3500, 0.25),
             row("Total", 93, "", 145, 99500, 1.0),
         ],
-        "drops": {"namu_wiki": {"too_short": 4, "low_hangul": 2}, "c4_korean": {}},
+        "drops": {"namu_wiki": {"too_short": 4, "low_hangul": 2}, "c4_korean": {"contaminated": 3}},
+        "decontamination": {"enabled": True, "ngram": 13, "min_words": 8, "documents": 3, "characters": 4321,
+                            "eval_sets": [{"name": "test", "path": "test.jsonl", "questions": 100,
+                                           "matched_documents": 3}]},
     })
     _write(rd / "tokenizer" / "tokenizer_report.json", {
         "method": "bpe", "new_tokens": 1200, "base_vocab_size": 262145, "vocab_size": 263345,
@@ -161,6 +164,9 @@ def test_report_has_every_section_and_embedded_plots(run_dir: Path):
     for link in links:
         assert (run_dir / link).read_bytes() == images[Path(link).name]
     assert "| model | mode | questions | accuracy | 95% CI | doctor | nurse | unparseable |" in md
+    assert ("Decontamination: documents sharing a 13-word span with an evaluation question dropped: 3 (4,321 "
+            "characters); evaluation sets: test (100 questions, 3 matched).") in md
+    assert "| c4_korean: contaminated | 3 |" in md
     # base: 5/20 correct -> Wilson 95% interval (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
     z, n, p = 1.959964, 20, 0.25
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (

@@ -168,6 +168,24 @@ def test_early_stopping_logic():
     assert at is None and stop.reason is None
     stop, at = run([3.0, 1.5, 1.0], patience=5, min_delta=0.01, target_perplexity=3.0)  # exp(1.0) < 3
     assert (stop.reason, at) == (StopReason.TARGET_PERPLEXITY, 2)
+    # patience None: never stops for lack of improvement (SFT steps stop on their own conditions)
+    stop, at = run([3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0], patience=None, min_delta=0.01)
+    assert at is None and stop.reason is None
+
+
+def test_no_periodic_checkpoints_when_switched_off(small_vocab_dir, tmp_path):
+    """save_checkpoints false: the run validates but writes no checkpoint directory (and selects no best one)."""
+    model, tok, _ = prepare_model_for_training(str(small_vocab_dir), runtime=CPU, log=lambda m: None,
+                                               tokenizer=TOK)
+    ds = _dataset(_blocks(8))
+    opts = _opts(max_steps=4, eval_steps=1, save_steps=1, save_checkpoints=False, load_best_at_end=True)
+    trainer = build_trainer(model, tok, ds, {"val": ds.select(range(4))}, CausalCollator(tok), opts,
+                            tmp_path, runtime=CPU)
+    assert trainer.args.save_strategy == "no" and not trainer.args.load_best_model_at_end
+    summary = run_training(trainer, log=lambda m: None)
+    assert summary["global_step"] == 4
+    ckpts = tmp_path / "checkpoints"
+    assert not ckpts.exists() or not any(p.name.startswith("checkpoint-") for p in ckpts.iterdir())
 
 
 def test_early_stopping_in_a_run(small_vocab_dir, tmp_path):

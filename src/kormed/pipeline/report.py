@@ -565,7 +565,21 @@ def _data_section(data: ReportData) -> Section:
         sec.table(["reason", "count"], [[a, _fmt(b)] for a, b in flat])
     else:
         sec.p("No record was dropped by the filters.")
+    sec.p(_decontamination_text(prep.decontamination))
     return sec
+
+
+def _decontamination_text(info: dict[str, Any]) -> str:
+    """One sentence on the decontamination against the evaluation questions (prepare's stats `decontamination`)."""
+    if not info:
+        return "Decontamination: not recorded (a corpus prepared before kormed checked for evaluation questions)."
+    if not info.get("enabled"):
+        return "Decontamination against the evaluation questions was off (prepare.decontaminate: false)."
+    sets = ", ".join(f"{s.get('name')} ({_fmt(s.get('questions'))} questions, {_fmt(s.get('matched_documents'))} "
+                     "matched)" for s in info.get("eval_sets") or []) or "none found"
+    return (f"Decontamination: documents sharing a {info.get('ngram')}-word span with an evaluation question "
+            f"dropped: {_fmt(info.get('documents', 0))} ({_fmt(info.get('characters', 0))} characters); "
+            f"evaluation sets: {sets}.")
 
 
 def _token_section(data: ReportData) -> Section:

@@ -67,6 +67,8 @@ class PrepareResult:
     val: str | None = None
     documents: int | None = None
     val_documents: int | None = None
+    # decontamination against the evaluation questions: enabled, ngram, documents dropped, the eval sets matched
+    decontamination: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_result(stats_file: str | Path) -> PrepareResult:
@@ -78,7 +80,8 @@ def prepare_result(stats_file: str | Path) -> PrepareResult:
         return PrepareResult(stats_file=str(path), table=list(stats["table"]),
                              drops={k: dict(v) for k, v in (stats.get("drops") or {}).items()},
                              corpus=stats.get("out"), val=stats.get("val"), documents=stats.get("lines"),
-                             val_documents=stats.get("val_docs"))
+                             val_documents=stats.get("val_docs"),
+                             decontamination=dict(stats.get("decontamination") or {}))
     except (KeyError, TypeError, AttributeError) as exc:
         raise KormedError(f"not a kormed prepare stats file ({exc})", path=path) from None
 

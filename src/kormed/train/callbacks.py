@@ -93,8 +93,8 @@ class EarlyStopping(TrainerCallback):
     rebuilt from the restored `state.log_history` (HF's callback-state restore would re-create the object and
     lose the shared StopRecord)."""
 
-    def __init__(self, stop: StopRecord, *, metric: str = "eval_loss", patience: int = 5, min_delta: float = 0.01,
-                 target_perplexity: float | None = None) -> None:
+    def __init__(self, stop: StopRecord, *, metric: str = "eval_loss", patience: int | None = 5,
+                 min_delta: float = 0.01, target_perplexity: float | None = None) -> None:
         self.stop = stop
         self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
         self.patience = patience
@@ -130,7 +130,7 @@ class EarlyStopping(TrainerCallback):
             self.stop.set(StopReason.TARGET_PERPLEXITY, state.global_step,
                           f"validation perplexity {ppl:.4f} < target {self.target_perplexity}")
             control.should_training_stop = True
-        elif self.bad_evals >= self.patience:
+        elif self.patience is not None and self.bad_evals >= self.patience:
             self.stop.set(StopReason.EARLY_STOPPING, state.global_step,
                           f"{self.metric} did not improve by more than {self.min_delta} for {self.patience} "
                           f"validations (best {self.best:.4f})")

@@ -83,6 +83,9 @@ class TrainOptions:
     )
     eval_steps: int = opt(50, "Validate every N optimizer steps.", flags=("--eval-steps",))
     save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).")
+    save_checkpoints: bool = opt(
+        True, "Write periodic checkpoints (off: only the final adapter is saved; nothing to --resume from)."
+    )
     save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = opt(10, "Log the training loss every N optimizer steps.")
     eval_batch_size: int | None = opt(None, "Sequences per device during validation (default: 2 x batch_size).")
@@ -121,7 +124,9 @@ class TrainOptions:
         256, "Learned positions per chunk of the chunked loss (a chunk is this many tokens x the vocabulary of logits)."
     )
     report_to: list[str] = opt(["tensorboard"], "Trainer loggers; TensorBoard logs go to <output>/runs/.")
-    early_stopping_patience: int = opt(5, "Stop after this many validations without improvement (seeds: 5-10).")
+    early_stopping_patience: int | None = opt(
+        5, "Stop after this many validations without improvement (seeds: 5-10); null: never stop on patience."
+    )
     early_stopping_min_delta: float = opt(0.01, "Smallest decrease of the monitored loss that counts as improvement.")
     early_stopping_metric: str = opt("eval_loss", "Metric watched by early stopping and best-checkpoint selection.")
     target_perplexity: float | None = opt(None, "Stop as soon as validation perplexity falls below this (seeds: 3.0).")

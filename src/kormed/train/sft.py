@@ -410,8 +410,8 @@ def run_sft_step(
         shutil.rmtree(stale)
     options = dataclasses.replace(
         ctx.train_options, max_steps=budget, lr=step.lr or ctx.train_options.lr,
-        early_stopping_patience=1_000_000, target_perplexity=None, load_best_at_end=False,
-        save_steps=max(budget, ctx.train_options.eval_steps) + 1, seed=ctx.seed, eval_on_start=False,
+        early_stopping_patience=None, target_perplexity=None, load_best_at_end=False,
+        save_checkpoints=False, seed=ctx.seed, eval_on_start=False,
     )
     callback = StopConditionCallback(tracker, log=ctx.log)
     start_source = None

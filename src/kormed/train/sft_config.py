@@ -95,7 +95,7 @@ def _steps(help_text: str, *steps: SFTStepConfig) -> dataclasses.Field:
 
 def _sft_train_options() -> TrainOptions:
     # SFT stops on its own conditions: the engine's early stopping is switched off (see the `train` help).
-    return TrainOptions(load_best_at_end=False, early_stopping_patience=1_000_000)
+    return TrainOptions(load_best_at_end=False, early_stopping_patience=None)
 
 
 def _validate_steps(steps: list[SFTStepConfig], where: str) -> None:

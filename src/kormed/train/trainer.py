@@ -301,7 +301,8 @@ def build_trainer(
     output_dir = Path(output_dir)
     has_eval = bool(eval_datasets)
     save_steps = options.save_steps or options.eval_steps
-    load_best = options.load_best_at_end and has_eval and save_steps % options.eval_steps == 0
+    load_best = (options.load_best_at_end and options.save_checkpoints and has_eval
+                 and save_steps % options.eval_steps == 0)
     report_to = [r for r in options.report_to if r != "tensorboard"] or "none"
     grad_accum = effective_grad_accum(options)
     # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
@@ -325,7 +326,7 @@ def build_trainer(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=options.eval_steps,
         eval_on_start=options.eval_on_start and has_eval,
-        save_strategy="steps",
+        save_strategy="steps" if options.save_checkpoints else "no",
         save_steps=save_steps,
         save_total_limit=options.save_total_limit,
         load_best_model_at_end=load_best,
