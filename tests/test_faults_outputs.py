@@ -150,11 +150,11 @@ def _dir_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     import kormed.tokenizer.extend as extend
     import kormed.train.cpt as cpt
     import kormed.train.export_all as export_all
-    import kormed.train.loop as loop
     import kormed.train.sft as sft
 
+    # the loop loads its model through the SFT recipe (sft.prepare_recipe): forbidding sft's covers both
     for module, name in [(cpt, "prepare_model_for_training"), (sft, "prepare_model_for_training"),
-                         (loop, "prepare_model_for_training"), (models, "resolve_model"),
+                         (models, "resolve_model"),
                          (models, "load_model_and_tokenizer"), (records, "read_dictionary"),
                          (extend, "read_corpus_texts"), (report, "collect"), (run, "resolve_configs"),
                          (export_all, "_stage_dir"), (export_all, "resolve_model")]:
