@@ -172,7 +172,8 @@ def test_stage_configs_wire_the_chain_and_select_on_dev(sample_data):
 
 
 def test_arms_to_run_adds_what_an_arm_continues():
-    assert bq.arms_to_run(("loop",), bq.Budget()) == ["cpt_extended", "sft", "loop"]
+    assert bq.arms_to_run(("loop",), bq.Budget()) == ["cpt", "sft", "loop"]  # SFT continues the unextended CPT
+    assert bq.arms_to_run(("loop",), bq.Budget(sft_from="cpt_extended")) == ["cpt_extended", "sft", "loop"]
     assert bq.arms_to_run(("sft", "base"), bq.Budget(sft_from="cpt")) == ["base", "cpt", "sft"]
     assert bq.arms_to_run(bq.ARMS, bq.Budget()) == list(bq.ARMS)
     with pytest.raises(KormedError):

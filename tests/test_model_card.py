@@ -52,7 +52,7 @@ def demo_like_run(rd: Path, model: str | None = None) -> Path:
     (rd / "loop" / "best" / "training_info.json").unlink()
     _w(rd / "loop" / "round01" / "training_info.json", {"stage": "sft", "global_step": 2, "stop_reason":
                                                         "max_steps", "lora": lora})
-    _w(rd / "loop" / "loop_table.json", {"rounds": [{"round": 1, "kind": "dict", "accuracy": 0.25}],
+    _w(rd / "loop" / "loop_table.json", {"rounds": [{"round": 1, "kind": "dict", "dev_accuracy": 0.25}],
                                          "stop_reason": "max_rounds"})
     for target, acc in (("base", 0.2), ("cpt", 0.22), ("sft", 0.3), ("loop", 0.32)):
         _w(rd / "eval" / f"kormedmcqa_{target}.json", {
