@@ -10,7 +10,7 @@ import pytest
 from kormed.config import build, defaults_yaml, merge, opt, read_yaml
 from kormed.data.packing import pack_documents
 from kormed.errors import KormedError
-from kormed.io import atomic_write, iter_jsonl, read_json, write_json
+from kormed.io import atomic_write, iter_jsonl, read_json, read_texts, write_json
 
 
 @dataclass
@@ -77,6 +77,23 @@ def test_iter_jsonl_errors_name_file_and_line(tmp_path):
         list(iter_jsonl(p))
     with pytest.raises(KormedError, match="does not exist"):
         list(iter_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_read_texts_one_limit_rule(tmp_path):
+    """The one {"text"} JSONL reader: blanks skipped, `limit` texts or `max_chars` characters, later lines unread."""
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"text": "abc"}\n{"text": "  "}\n{"text": "defg"}\n{"text": "hi"}\nnot json\n', encoding="utf-8")
+    assert read_texts(p, limit=2) == ["abc", "defg"]
+    assert read_texts(p, max_chars=4) == ["abc", "defg"]  # the text that crosses the budget is kept
+    assert read_texts(p, max_chars=3) == ["abc"]
+    with pytest.raises(KormedError) as err:
+        read_texts(p)
+    assert err.value.line == 5
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"body": "x"}\n', encoding="utf-8")
+    assert read_texts(q, field="body") == ["x"]
+    with pytest.raises(KormedError, match="field 'text'"):
+        read_texts(q)
 
 
 def test_read_json_reports_line(tmp_path):

@@ -78,6 +78,32 @@ def parse_jsonl_lines(
         yield lineno, record
 
 
+def read_texts(path: str | Path, *, field: str = "text", limit: int | None = None, max_chars: int | None = None,
+               what: str = "text file") -> list[str]:
+    """The non-blank `field` strings of a JSONL file (`{"text": ...}` per line), in file order.
+
+    Reading stops once `limit` texts are kept or once the kept texts reach `max_chars` characters (the text that
+    crosses it is kept), so later lines are not read. A line whose `field` is missing or not a string, or a file with
+    no text at all, raises a KormedError naming the file (and line)."""
+    texts: list[str] = []
+    total = 0
+    for lineno, record in iter_jsonl(path, what=what):
+        text = record.get(field)
+        if not isinstance(text, str):
+            problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
+            raise KormedError(problem, path=path, line=lineno, field=field)
+        if not text.strip():
+            continue
+        texts.append(text)
+        total += len(text)
+        if (limit is not None and len(texts) >= limit) or (max_chars is not None and total >= max_chars):
+            break
+    if not texts:
+        raise KormedError(f"no non-empty '{field}' records in the {what}", path=path,
+                          hint=f'expected lines like {{"{field}": "..."}}')
+    return texts
+
+
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     """Load a whole JSON file, with UTF-8 and syntax errors reported by file and line."""
     p = require_file(path, what)

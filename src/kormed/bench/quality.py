@@ -185,7 +185,7 @@ def split_medical(pages: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
 
 def read_korean_text(directory: Path) -> dict[str, list[str]]:
     """train/dev/test texts of a `scripts/fetch_korean_text.py` directory."""
-    from kormed.train.cpt import read_texts
+    from kormed.io import read_texts
 
     return {part: read_texts(directory / f"{part}.jsonl", what=f"general Korean {part} text")
             for part in ("train", "dev", "test")}
@@ -475,8 +475,8 @@ def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[st
     """Bits per character on the two held-out texts and KorMedMCQA loglik accuracy of the base model + `adapter`."""
     from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
+    from kormed.io import read_texts
     from kormed.models import load_model_and_tokenizer, pick_runtime
-    from kormed.train.cpt import read_texts
 
     ev = task["eval"]
     runtime = pick_runtime(task["budget"]["device"], task["budget"]["dtype"])

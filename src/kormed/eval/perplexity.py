@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
+from kormed.io import read_texts
 
 
 def packed_eval_blocks(
@@ -103,26 +104,6 @@ def evaluate_perplexity(
     return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
 
 
-def read_texts(path: str, *, field: str = "text", limit: int | None = None) -> list[str]:
-    """Texts of a JSONL file (`{"text": ...}` per line); a missing or non-string field names the file and line."""
-    from kormed.errors import KormedError
-    from kormed.io import iter_jsonl
-
-    texts: list[str] = []
-    for line, rec in iter_jsonl(path, what="text JSONL file"):
-        value = rec.get(field)
-        if not isinstance(value, str):
-            problem = "missing field" if value is None else f"expected a string, got {type(value).__name__}"
-            raise KormedError(problem, path=path, line=line, field=field)
-        if value.strip():
-            texts.append(value)
-        if limit and len(texts) >= limit:
-            break
-    if not texts:
-        raise KormedError("no texts in the file", path=path)
-    return texts
-
-
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
     from kormed.errors import KormedError
@@ -133,7 +114,7 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
-    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit)
+    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)

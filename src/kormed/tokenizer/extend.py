@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import iter_jsonl, temp_dir
+from kormed.io import read_texts, temp_dir
 
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -50,27 +50,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
-
-
-def read_corpus_texts(path: str | Path, max_chars: int | None = None) -> list[str]:
-    """The `text` field of every line of a prepared corpus JSONL (blank texts skipped), up to `max_chars`."""
-    texts: list[str] = []
-    total = 0
-    for line, rec in iter_jsonl(path, what="corpus file"):
-        if "text" not in rec:
-            raise KormedError("missing field", path=path, line=line, field="text")
-        text = rec["text"]
-        if not isinstance(text, str):
-            raise KormedError(f"expected a string, got {type(text).__name__}", path=path, line=line, field="text")
-        if not text.strip():
-            continue
-        texts.append(text)
-        total += len(text)
-        if max_chars is not None and total >= max_chars:
-            break
-    if not texts:
-        raise KormedError("the corpus has no text", path=path, hint="expected lines like {\"text\": \"...\"}")
-    return texts
 
 
 def _head(texts: list[str], max_chars: int) -> list[str]:
@@ -545,7 +524,7 @@ def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, 
             raise KormedError("is required", field=f"tokenizer.{name}", hint=f"pass --{name} or set it in the YAML")
     check_output_path(cfg.out, "dir", "--out")
     entries, _ = read_dictionary(cfg.dict)
-    texts = read_corpus_texts(cfg.corpus, cfg.max_corpus_chars)
+    texts = read_texts(cfg.corpus, max_chars=cfg.max_corpus_chars, what="corpus file")
     select_texts, heldout = split_heldout(texts, cfg.heldout_fraction, cfg.seed)
     model_path = resolve_model(cfg.model, log=log)
     out = Path(cfg.out)
