@@ -104,7 +104,7 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.io import read_texts
     from kormed.models import RuntimeSpec, load_model_and_tokenizer
-    from kormed.train.checkpoints import last_checkpoint
+    from kormed.train.checkpoints import latest_good_checkpoint
     from kormed.train.cpt import run_cpt
 
     out = tmp_path / "cpt"
@@ -121,7 +121,7 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     assert info["stop_reason"] == "interrupted" and info["stop_step"] == 2
     assert not (out / "adapter_model.safetensors").exists()  # an interrupted run leaves no final adapter
     assert json.loads((out / "training_info.json").read_text())["stop_reason"] == "interrupted"
-    assert last_checkpoint(out).endswith("checkpoint-2")
+    assert latest_good_checkpoint(out / "checkpoints")[0].endswith("checkpoint-2")
 
     info = run_cpt(dataclasses.replace(cfg, resume=True), log=lambda m: None)
     assert info["stop_reason"] == "completed" and info["global_step"] == 4

@@ -177,11 +177,6 @@ def latest_good_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[tuple
     return None, skipped
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete, good Trainer checkpoint under output_dir/checkpoints, or None."""
-    return latest_good_checkpoint(Path(output_dir) / "checkpoints")[0]
-
-
 def trainer_data_order(trainer: Any) -> dict[str, Any]:
     """The Trainer-side settings the order of training batches depends on."""
     args = trainer.args
