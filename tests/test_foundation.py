@@ -10,7 +10,7 @@ import pytest
 from kormed.config import build, defaults_yaml, merge, opt, read_yaml
 from kormed.data.packing import pack_documents
 from kormed.errors import KormedError
-from kormed.io import atomic_write, iter_jsonl, read_json, read_texts, write_json
+from kormed.io import atomic_write, iter_jsonl, read_json, read_texts, replace_path, write_json
 
 
 @dataclass
@@ -94,6 +94,21 @@ def test_read_texts_one_limit_rule(tmp_path):
     assert read_texts(q, field="body") == ["x"]
     with pytest.raises(KormedError, match="field 'text'"):
         read_texts(q)
+
+
+def test_replace_path_swaps_files_and_directories(tmp_path):
+    old, new = tmp_path / "out", tmp_path / "stage"
+    old.mkdir()
+    (old / "stale.txt").write_text("old", encoding="utf-8")
+    new.mkdir()
+    (new / "a.txt").write_text("new", encoding="utf-8")
+    replace_path(new, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no stage, no trash left
+    assert [p.name for p in old.iterdir()] == ["a.txt"]
+    (tmp_path / "f.tmp").write_text("2", encoding="utf-8")
+    (tmp_path / "f").write_text("1", encoding="utf-8")
+    replace_path(tmp_path / "f.tmp", tmp_path / "f")
+    assert (tmp_path / "f").read_text(encoding="utf-8") == "2" and not (tmp_path / "f.tmp").exists()
 
 
 def test_read_json_reports_line(tmp_path):

@@ -240,6 +240,19 @@ def temp_dir(parent: str | Path, name: str, suffix: str = "") -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def replace_path(src: str | Path, dst: str | Path) -> None:
+    """Move `src` (a file or directory) over `dst` by renames (atomic per step on one filesystem): a directory
+    `dst` is first renamed aside to `.NAME.old-PID`, then removed once `src` is in its place."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir() and not dst.is_symlink():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes."""
     h = hashlib.sha256()

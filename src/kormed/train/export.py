@@ -11,7 +11,6 @@ unquantized: merging into the dequantized 4-bit weights would bake the quantizat
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from kormed.errors import KormedError
-from kormed.io import make_temp_dir, write_json
+from kormed.io import make_temp_dir, replace_path, write_json
 from kormed.models import (
     EMBEDDED_MODEL_NAME,
     RuntimeSpec,
@@ -118,13 +117,7 @@ def export_merged(
             "adapter_base_quantization": quantization,
         }
         write_json(stage / "kormed_export.json", report)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, trash)
-            os.replace(stage, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(stage, out)
+        replace_path(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -21,7 +21,6 @@ reported on.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
-from kormed.io import atomic_write, check_output_path, make_temp_dir, write_json
+from kormed.io import atomic_write, check_output_path, make_temp_dir, replace_path, write_json
 from kormed.models import ADAPTER_META_FILE
 from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
@@ -118,13 +117,7 @@ def _copy_adapter(src: Path, dst: Path, note: dict[str, Any]) -> None:
         elif (src / name).is_file():
             shutil.copy2(src / name, stage / name)
     write_json(stage / "best.json", note)
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(stage, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(stage, dst)
+    replace_path(stage, dst)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
