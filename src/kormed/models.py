@@ -384,7 +384,11 @@ def language_model_prefix(model: Any) -> str:
     return r".*language_model.*" if is_multimodal(model.config) else r".*"
 
 
+ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)  # the files of every finished PEFT adapter
+# what kormed saves into an adapter directory, and copies with it: the PEFT files, its metadata, the tokenizer
+SAVED_ADAPTER_ENTRIES = (*ADAPTER_FILES, ADAPTER_META_FILE, "tokenizer")
 
 
 def _adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:

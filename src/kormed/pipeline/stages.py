@@ -28,6 +28,7 @@ from kormed.config import section_class
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
 from kormed.eval.perplexity import run_perplexity
+from kormed.models import ADAPTER_FILES
 from kormed.pipeline import results
 from kormed.pipeline.registry import TRAINING_STAGES, previous_adapter, sft_step_names, stage_info
 from kormed.pipeline.spec import RunContext, StageInterrupted, StageSpec
@@ -42,7 +43,6 @@ from kormed.train.loop import run_loop
 from kormed.train.sft import run_sft
 
 CORPUS_NAME = "raw_text_mixed.jsonl"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _section_class(stage: str) -> Callable[[], type]:

@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend to set
 
 from kormed.io import atomic_write, replace_path, temp_dir, write_json
-from kormed.models import ADAPTER_META_FILE, adapter_meta, write_adapter_meta
+from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
 from kormed.stop_reason import StopReason
 from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.processes import is_main_process
@@ -93,7 +93,7 @@ def save_adapter(
         model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
         tokenizer.save_pretrained(stage / "tokenizer")
         write_adapter_meta(stage, adapter_meta(model))
-        for name in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer"):
+        for name in SAVED_ADAPTER_ENTRIES:
             if (stage / name).exists():
                 replace_path(stage / name, out / name)
         # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
