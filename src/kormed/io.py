@@ -14,11 +14,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+
+Log = Callable[[str], Any]  # where kormed writes its progress lines (print, a file, a test's list.append)
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:

@@ -64,15 +64,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from kormed.errors import KormedError
-
-Log = Callable[[str], Any]
+from kormed.io import Log
 
 ARMS = ("base", "cpt", "cpt_extended", "sft", "loop")
 CPT_ARMS = ("cpt", "cpt_extended")

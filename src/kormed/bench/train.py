@@ -48,8 +48,7 @@ from typing import Any
 import typer
 
 from kormed.errors import KormedError
-
-Log = Callable[[str], Any]
+from kormed.io import Log
 
 MODES = ("cpt", "sft")
 ARMS = {"cpt": ("reference", "seeds", "kormed"), "sft": ("reference", "trl", "kormed")}

@@ -29,12 +29,12 @@ import yaml
 
 from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, file_sha256, read_json, write_json
+from kormed.io import Log, atomic_write, check_output_path, file_sha256, read_json, write_json
 from kormed.model_card import write_run_cards
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result
-from kormed.pipeline.spec import Log, Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
+from kormed.pipeline.spec import Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
 from kormed.pipeline.stages import default_specs
 
 __all__ = ["STAGE_ORDER", "Pipeline", "RunContext", "StageInterrupted", "StageSpec", "fingerprint", "load_pipeline",

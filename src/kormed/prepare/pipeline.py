@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
+from kormed.io import Log, check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
 from kormed.prepare.decontaminate import (
@@ -53,8 +53,6 @@ from kormed.prepare.mix import (
 )
 from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
 from kormed.prepare.sources import ArrowSource, Batch
-
-Log = Callable[[str], None]
 
 
 class MissingSourceError(KormedError):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import read_texts, temp_dir
+from kormed.io import Log, read_texts, temp_dir
 
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -245,7 +245,7 @@ def select_bpe(
     max_new_tokens: int,
     max_dict_tokens: int,
     min_frequency: int,
-    progress: Callable[[str], None] | None = None,
+    progress: Log | None = None,
 ) -> Selection:
     """Choose new vocabulary entries and merges (phases 0-2 of the module docstring)."""
     sel = Selection(method="bpe")
@@ -510,7 +510,7 @@ def round_trip_failures(tokenizer: Any, texts: Iterable[str], limit: int = 5) ->
 # --------------------------------------------------------------------------------------------------- the command
 
 
-def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
+def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     """`kormed tokenizer extend`: build the extended tokenizer in `cfg.out` and return the efficiency report."""
     from tokenizers import Tokenizer
 

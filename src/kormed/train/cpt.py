@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from kormed.errors import KormedError
 from kormed.eval.callback import KorMedMCQACallback
 from kormed.eval.perplexity import packed_eval_blocks
 from kormed.io import (
+    Log,
     check_output_path,
     clean_stale_temps,
     file_sha256,
@@ -50,7 +51,6 @@ from kormed.train.outputs import finish_run
 from kormed.train.processes import effective_grad_accum, world_size
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
-Log = Callable[[str], Any]
 PACKING_VERSION = 1  # bump when tokenization/packing changes, to invalidate cached packed sets
 
 

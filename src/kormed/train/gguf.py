@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForConditionalGeneration
 
 from kormed.errors import KormedError
-from kormed.io import temp_dir
+from kormed.io import Log, temp_dir
 from kormed.models import cache_root, is_multimodal, load_config
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
@@ -50,7 +49,6 @@ _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
 # bytes per parameter of each type (Q8_0: 34 bytes per block of 32), for the free-space check
 _BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 
-Log = Callable[[str], None]
 
 
 def parse_types(value: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -26,7 +26,7 @@ import dataclasses
 import gc
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from kormed.data.mixture import mix_with_report, normalise_weights, split_record
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
-from kormed.io import check_output_path, read_json, read_texts, write_json
+from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.stop_reason import StopReason
@@ -58,8 +58,6 @@ from kormed.train.outputs import finish_run, summarize
 from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
-
-Log = Callable[[str], Any]
 
 BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "sft_summary.json"
