@@ -88,7 +88,7 @@ def _option(name: str, annotation: Any, default: Any, *decls: str, help: str) ->
 # command (group, name) -> what it runs. The group "" is the root (`kormed prepare`).
 COMMANDS: dict[tuple[str, str], StageCommand] = {
     ("", "prepare"): StageCommand(
-        "prepare", "kormed.prepare.pipeline:run_prepare", log_to_stdout=True, preset=True, progress=True,
+        "prepare", "kormed.prepare.corpus:run_prepare", log_to_stdout=True, preset=True, progress=True,
         help="Clean, convert and mix the four sources into one CPT corpus (JSONL), with a validation set and "
              "stats.\n\nPaths given as flags are relative to the current directory; paths in YAML are relative to "
              "the data root.",

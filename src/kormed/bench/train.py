@@ -173,7 +173,7 @@ def ensure_bench_model(arch: str, device: str, log: Log = print, tokenizer: str 
 def prepare_cpt_data(work: Path, log: Log = print) -> tuple[Path, Path]:
     """The CPT corpus (and its validation text) of the bundled sample data, made by `kormed prepare`."""
     from kormed.prepare.config import PrepareConfig
-    from kormed.prepare.pipeline import run_prepare
+    from kormed.prepare.corpus import run_prepare
     from kormed.sample_data import sample_data_root
 
     out = work / "corpus" / "raw_text_mixed.jsonl"

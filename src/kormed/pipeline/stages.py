@@ -1,5 +1,5 @@
 """The real stages as the runner drives them: each entry wires run-directory paths into the stage's own config and
-calls the stage's own API (`kormed.prepare.pipeline.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
+calls the stage's own API (`kormed.prepare.corpus.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
 `kormed.train.cpt.run_cpt`, `kormed.train.sft.run_sft`, `kormed.train.loop.run_loop`, `kormed.eval.*`).
 Nothing here re-implements a stage. (The stages' modules load torch only when they run.)
 
@@ -33,7 +33,7 @@ from kormed.pipeline import results
 from kormed.pipeline.registry import TRAINING_STAGES, previous_adapter, sft_step_names, stage_info
 from kormed.pipeline.spec import RunContext, StageInterrupted, StageSpec
 from kormed.prepare.config import ALL_SOURCES
-from kormed.prepare.pipeline import MissingSourceError, run_prepare
+from kormed.prepare.corpus import MissingSourceError, run_prepare
 from kormed.prepare.publish import check_prepared_set
 from kormed.sample_data import RELATIVE_PATHS, sample_data_root
 from kormed.stop_reason import StopReason
