@@ -157,9 +157,9 @@ def test_resolve_model_errors(tmp_path):
 
 
 def test_embedded_model_is_real_gemma3(embedded_model_dir, real_tokenizer):
-    from kormed.models import load_config
+    from kormed.models import load_model_config
 
-    cfg = load_config(str(embedded_model_dir))
+    cfg = load_model_config(str(embedded_model_dir))
     assert cfg.model_type == "gemma3_text" and cfg.vocab_size == 262144
     assert not hasattr(cfg, "quantization_config")
     assert real_tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]

@@ -208,7 +208,7 @@ def attention_for(model_cls: Any, device: str, preferred: str = "auto") -> str:
     return "sdpa" if supports_sdpa else "eager"
 
 
-def load_config(model_path: str) -> Any:
+def load_model_config(model_path: str) -> Any:
     """The model's config; a broken or unknown config.json is reported as that file, in one line."""
     from transformers import AutoConfig
 
@@ -344,7 +344,7 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
     """
     import torch
 
-    config = load_config(model_path)
+    config = load_model_config(model_path)
     local = local_path(model_path, "model directory")
     if local is not None:
         _check_weights(local)
@@ -502,7 +502,7 @@ def load_model_and_tokenizer(
                                  path=str(adapter))
             log("[kormed] loading the base in 4-bit NF4, as the adapter was trained (kormed_adapter.json)")
     if adapter is None:
-        rows = getattr(text_config(load_config(model_path)), "vocab_size", None)
+        rows = getattr(text_config(load_model_config(model_path)), "vocab_size", None)
         # against the Gemma 3 vocabulary, not len(tokenizer): hub tokenizers of the text-only Gemma 3 models list
         # one more token (<image_soft_token>) than their 262,144 embedding rows, and text never produces it
         if isinstance(rows, int) and rows < min(len(tokenizer), GEMMA3_VOCAB):

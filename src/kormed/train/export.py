@@ -23,8 +23,8 @@ from kormed.models import (
     EMBEDDED_MODEL_NAME,
     RuntimeSpec,
     check_adapter_dir,
-    load_config,
     load_model_and_tokenizer,
+    load_model_config,
     looks_like_hub_id,
     read_adapter_base,
     read_adapter_meta,
@@ -33,7 +33,7 @@ from kormed.models import (
 
 
 def _base_dtype(model_path: str) -> str:
-    cfg = load_config(model_path)
+    cfg = load_model_config(model_path)
     dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     if dtype is None and hasattr(cfg, "text_config"):
         dtype = getattr(cfg.text_config, "dtype", None)
