@@ -11,6 +11,7 @@ No torch / transformers / bitsandbytes import at module level (the config and CL
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kormed.errors import KormedError
@@ -25,7 +26,6 @@ SKIP_MODULES = ["lm_head", r".*vision_tower", r".*multi_modal_projector"]
 
 def require_bitsandbytes(why: str = "--quantize 4bit", *, path: str | None = None, field: str | None = None) -> None:
     """Raise one clear KormedError when bitsandbytes cannot be imported."""
-    import logging
 
     # bitsandbytes' CPU backend warns at import that it cannot fetch an optional kernel from the HF hub; that
     # kernel only serves the inference repacking that finish_quantized_load switches off, so the line is noise.

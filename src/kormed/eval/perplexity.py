@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
-from kormed.io import read_texts
+from kormed.errors import KormedError
+from kormed.io import check_output_path, read_texts, write_json
 
 
 def packed_eval_blocks(
@@ -106,8 +107,6 @@ def evaluate_perplexity(
 
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
-    from kormed.errors import KormedError
-    from kormed.io import check_output_path, write_json
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:

@@ -52,6 +52,7 @@ from kormed.prepare.mix import (
     shuffle_file,
 )
 from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
+from kormed.prepare.render import render_mcq, render_medical, render_symbol
 from kormed.prepare.sources import ArrowSource, Batch
 
 
@@ -330,7 +331,6 @@ class _Run:
     def medical(self) -> list[tuple[str, int]]:
         """Read, validate and render the medical sources (small: read before the long plain pass, so their
         errors surface at once); returns (text, copies) pairs."""
-        from kormed.prepare.render import render_mcq, render_medical, render_symbol
         from kormed.records import read_dictionary, read_mcq_jsonl
 
         cfg = self.cfg

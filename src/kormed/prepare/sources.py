@@ -9,6 +9,7 @@ The medical sources (KorMedMCQA JSONL, dictionaries) are read with `kormed.recor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,6 @@ def _open_shard(path: Path) -> Any:
 
 def _saved_empty(path: Path, split: str) -> bool:
     """Whether `path` (or its `split`) is a dataset saved by save_to_disk with no data files (0 rows)."""
-    import json
 
     for state in (path / "state.json", path / split / "state.json"):
         try:

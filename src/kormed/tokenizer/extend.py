@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import Log, read_texts, temp_dir
+from kormed.io import Log, check_output_path, read_texts, temp_dir, write_json
+from kormed.models import load_tokenizer
+from kormed.tokenizer.report import text_efficiency
 
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -478,7 +480,6 @@ def save_tokenizer_dir(base_dir: str | Path, tokenizer_json: dict[str, Any] | st
 def export_base_tokenizer(model_path: str, dest: str | Path) -> Path:
     """The base model's text tokenizer as a plain directory with tokenizer.json (files copied from a local model
     directory; a hub model's tokenizer is loaded with AutoTokenizer and saved)."""
-    from kormed.models import load_tokenizer
 
     src = Path(model_path)
     tok = load_tokenizer(model_path)  # the shared checks: a complete, loadable Gemma 3 tokenizer (cached per process)
@@ -514,10 +515,8 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     """`kormed tokenizer extend`: build the extended tokenizer in `cfg.out` and return the efficiency report."""
     from tokenizers import Tokenizer
 
-    from kormed.io import check_output_path, write_json
     from kormed.models import load_tokenizer, resolve_model
     from kormed.records import read_dictionary
-    from kormed.tokenizer.report import text_efficiency
 
     for name in ("corpus", "dict", "out"):
         if not getattr(cfg, name):
