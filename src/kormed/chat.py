@@ -22,6 +22,9 @@ from kormed.config import opt
 from kormed.data.chat import chat_prompt
 from kormed.errors import KormedError
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 COMMANDS_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) quits."
 
 

@@ -15,6 +15,9 @@ from typing import Any
 from kormed.io import atomic_write
 from kormed.pipeline.report import _target_key
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 LICENCES = {  # base model family -> (front-matter licence fields, the terms' own page); linked, never paraphrased
     "medgemma": ({"license": "other", "license_name": "health-ai-developer-foundations",
                   "license_link": "https://developers.google.com/health-ai-developer-foundations/terms"},

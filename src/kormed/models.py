@@ -19,6 +19,9 @@ from kormed.errors import KormedError
 from kormed.io import read_json, temp_dir, write_json
 from kormed.tokenizer.embeddings import resize_and_init_embeddings
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 EMBEDDED_MODEL_NAME = "gemma3-270m"
 EMBEDDED_ALIASES = {None, "", "default", "embedded", EMBEDDED_MODEL_NAME}
 ADAPTER_META_FILE = "kormed_adapter.json"  # written next to every adapter kormed saves (see write_adapter_meta)

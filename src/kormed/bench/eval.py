@@ -20,6 +20,9 @@ from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions
 from kormed.sample_data import sample_paths
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 BENCH_MODES = ("generate", "loglik", "chat")
 
 

@@ -82,6 +82,9 @@ from kormed.tokenizer.config import TokenizerConfig
 from kormed.train.config import CPTConfig
 from kormed.train.sft_config import LoopConfig, SFTConfig
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 ARMS = ("base", "cpt", "cpt_extended", "sft", "loop")
 CPT_ARMS = ("cpt", "cpt_extended")
 OVERRIDE_SECTIONS = ("cpt", "cpt_extended", "tokenizer", "sft", "loop")

@@ -62,6 +62,9 @@ from kormed.train.config import CPTConfig, LoraOptions
 from kormed.train.sft_config import SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import Tolerances
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 MODES = ("cpt", "sft")
 ARMS = {"cpt": ("reference", "seeds", "kormed"), "sft": ("reference", "trl", "kormed")}
 ARCHS = ("gemma3-270m", "medgemma-4b", "tiny", "tiny-multimodal")

@@ -49,6 +49,9 @@ from kormed.data.packing import pack_documents
 from kormed.errors import KormedError
 from kormed.records import LETTERS, MCQ, DictEntry
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 IGNORE_INDEX = -100

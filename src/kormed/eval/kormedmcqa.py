@@ -31,6 +31,9 @@ from kormed.eval.extract import apply_stop_sequences, extract_answer
 from kormed.io import check_output_path, write_json
 from kormed.records import LETTERS, MCQ, read_mcq_jsonl
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 HARNESS_VERSION = "kormedmcqa 3.0"
 HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\n")
 HARNESS_MAX_GEN_TOKS = 1024

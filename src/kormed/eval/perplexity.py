@@ -18,6 +18,9 @@ from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
 from kormed.io import check_output_path, read_texts, write_json
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 
 def packed_eval_blocks(
     tokenizer: Any, texts: list[str], *, max_length: int, eod_token: str = "<end_of_turn>"

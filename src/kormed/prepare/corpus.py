@@ -55,6 +55,9 @@ from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
 from kormed.prepare.render import render_mcq, render_medical, render_symbol
 from kormed.prepare.sources import ArrowSource, Batch
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 
 class MissingSourceError(KormedError):
     """A required source does not exist. Its hint names `kormed prepare`'s flag; `kormed run` words its own."""

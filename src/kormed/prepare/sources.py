@@ -19,6 +19,9 @@ import numpy as np
 
 from kormed.errors import KormedError
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 
 @dataclass(frozen=True)
 class Shard:

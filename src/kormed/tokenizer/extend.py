@@ -39,6 +39,9 @@ from kormed.io import Log, check_output_path, read_texts, temp_dir, write_json
 from kormed.models import load_tokenizer
 from kormed.tokenizer.report import text_efficiency
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _HANGUL_ONLY = re.compile(r"[\uac00-\ud7a3]+")
