@@ -53,7 +53,8 @@ def _tiny_cfg(model_dir: Path, corpus, out: Path, **train) -> CPTConfig:
 
 
 def test_packed_dataset_bos_eod_nothing_lost(real_tokenizer, corpus, tmp_path):
-    from kormed.train.cpt import build_packed_dataset, read_texts
+    from kormed.io import read_texts
+    from kormed.train.cpt import build_packed_dataset
 
     texts = read_texts(corpus[0], limit=20)
     ds, info = build_packed_dataset(corpus[0], real_tokenizer, max_length=64, max_samples=20, cache_dir=tmp_path,
@@ -80,7 +81,8 @@ def test_packed_dataset_bos_eod_nothing_lost(real_tokenizer, corpus, tmp_path):
 
 
 def test_bad_training_text_names_file_and_line(real_tokenizer, tmp_path):
-    from kormed.train.cpt import build_packed_dataset, read_texts
+    from kormed.io import read_texts
+    from kormed.train.cpt import build_packed_dataset
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "좋은 문장"}\n\n{"text": "둘"\n', encoding="utf-8")
@@ -100,9 +102,10 @@ def test_bad_training_text_names_file_and_line(real_tokenizer, tmp_path):
 
 def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
+    from kormed.io import read_texts
     from kormed.models import RuntimeSpec, load_model_and_tokenizer
-    from kormed.train.checkpoints import last_checkpoint
-    from kormed.train.cpt import read_texts, run_cpt
+    from kormed.train.checkpoints import latest_good_checkpoint
+    from kormed.train.cpt import run_cpt
 
     out = tmp_path / "cpt"
     cfg = _tiny_cfg(tiny_gemma3_dir, corpus, out, max_steps=4)
@@ -118,7 +121,7 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     assert info["stop_reason"] == "interrupted" and info["stop_step"] == 2
     assert not (out / "adapter_model.safetensors").exists()  # an interrupted run leaves no final adapter
     assert json.loads((out / "training_info.json").read_text())["stop_reason"] == "interrupted"
-    assert last_checkpoint(out).endswith("checkpoint-2")
+    assert latest_good_checkpoint(out / "checkpoints")[0].endswith("checkpoint-2")
 
     info = run_cpt(dataclasses.replace(cfg, resume=True), log=lambda m: None)
     assert info["stop_reason"] == "completed" and info["global_step"] == 4

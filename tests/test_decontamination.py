@@ -16,12 +16,12 @@ from kormed.errors import KormedError
 from kormed.prepare import decontaminate
 from kormed.prepare.clean import FilterSpec, clean_document
 from kormed.prepare.config import PrepareConfig
+from kormed.prepare.corpus import run_prepare
 from kormed.prepare.decontaminate import EvalIndex, words
 from kormed.prepare.mix import format_table
-from kormed.prepare.pipeline import run_prepare
 from kormed.records import MCQ
-from tests.test_prepare_pipeline import C4, CHAR, MED, NAMU, SEED_MCQ, WIKI, _write_json, _write_jsonl
-from tests.test_prepare_pipeline import MCQ as MCQ_PATH
+from tests.test_prepare_corpus import C4, CHAR, MED, NAMU, SEED_MCQ, WIKI, _write_json, _write_jsonl
+from tests.test_prepare_corpus import MCQ as MCQ_PATH
 
 TEST = "data/01_raw/02_kor_med_test/test.jsonl"
 DEV = "data/01_raw/02_kor_med_test/dev.jsonl"

@@ -216,7 +216,7 @@ def _medical_root(tmp_path: Path, mcq: list[dict[str, Any]], medical: list[dict[
 
 def _prepare(root: Path, log: list[str] | None = None, **values: Any) -> dict[str, Any]:
     from kormed.prepare.config import PrepareConfig
-    from kormed.prepare.pipeline import run_prepare
+    from kormed.prepare.corpus import run_prepare
 
     optional = {n: {"optional": True} for n in ("namu_wiki", "wikipedia_korean", "c4_korean")}
     cfg = load_config("prepare", overrides={"data_root": str(root), "out": str(root / "out.jsonl"), "num_proc": 1,

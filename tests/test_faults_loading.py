@@ -19,9 +19,9 @@ from kormed.cli import app
 from kormed.errors import KormedError
 from kormed.models import (
     check_adapter_dir,
-    load_config,
     load_model,
     load_model_and_tokenizer,
+    load_model_config,
     load_tokenizer,
     looks_like_hub_id,
     pick_runtime,
@@ -203,7 +203,7 @@ def test_broken_config_json_is_reported_as_the_config_file(tmp_path: Path) -> No
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{\n  "model_type": "gemma3_text",\n  "vocab_size": \n}', encoding="utf-8")
     (model_dir / "tokenizer.json").write_text("{}", encoding="utf-8")
-    for load in (load_tokenizer, load_config, resolve_model):
+    for load in (load_tokenizer, load_model_config, resolve_model):
         with pytest.raises(KormedError, match="malformed JSON") as exc:
             load(str(model_dir))
         assert (exc.value.path, exc.value.line) == (str(model_dir / "config.json"), 4), load

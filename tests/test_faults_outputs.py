@@ -156,7 +156,7 @@ def _dir_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     for module, name in [(cpt, "prepare_model_for_training"), (sft, "prepare_model_for_training"),
                          (models, "resolve_model"),
                          (models, "load_model_and_tokenizer"), (records, "read_dictionary"),
-                         (extend, "read_corpus_texts"), (report, "collect"), (run, "resolve_configs"),
+                         (extend, "read_texts"), (report, "collect"), (run, "resolve_configs"),
                          (export_all, "_stage_dir"), (export_all, "resolve_model")]:
         monkeypatch.setattr(module, name, _forbid)
     data = _texts(tmp_path)

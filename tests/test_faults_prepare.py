@@ -27,7 +27,7 @@ from kormed.config import load_config
 from kormed.data.packing import pack_documents, pack_token_stream
 from kormed.errors import KormedError
 from kormed.io import atomic_write, clean_stale_temps, make_temp_dir, temp_prefix, write_json
-from kormed.prepare.pipeline import run_prepare
+from kormed.prepare.corpus import run_prepare
 from kormed.prepare.publish import check_prepared_set
 
 
@@ -155,7 +155,7 @@ def test_real_kill_between_renames_then_rerun(reference: tuple[Path, tuple[bytes
         import os
         from pathlib import Path
         from kormed.config import load_config
-        from kormed.prepare.pipeline import run_prepare
+        from kormed.prepare.corpus import run_prepare
         from kormed.sample_data import sample_data_root
 
         real = os.replace

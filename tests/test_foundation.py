@@ -10,7 +10,7 @@ import pytest
 from kormed.config import build, defaults_yaml, merge, opt, read_yaml
 from kormed.data.packing import pack_documents
 from kormed.errors import KormedError
-from kormed.io import atomic_write, iter_jsonl, read_json, write_json
+from kormed.io import atomic_write, iter_jsonl, read_json, read_texts, replace_path, write_json
 
 
 @dataclass
@@ -79,6 +79,38 @@ def test_iter_jsonl_errors_name_file_and_line(tmp_path):
         list(iter_jsonl(tmp_path / "missing.jsonl"))
 
 
+def test_read_texts_one_limit_rule(tmp_path):
+    """The one {"text"} JSONL reader: blanks skipped, `limit` texts or `max_chars` characters, later lines unread."""
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"text": "abc"}\n{"text": "  "}\n{"text": "defg"}\n{"text": "hi"}\nnot json\n', encoding="utf-8")
+    assert read_texts(p, limit=2) == ["abc", "defg"]
+    assert read_texts(p, max_chars=4) == ["abc", "defg"]  # the text that crosses the budget is kept
+    assert read_texts(p, max_chars=3) == ["abc"]
+    with pytest.raises(KormedError) as err:
+        read_texts(p)
+    assert err.value.line == 5
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"body": "x"}\n', encoding="utf-8")
+    assert read_texts(q, field="body") == ["x"]
+    with pytest.raises(KormedError, match="field 'text'"):
+        read_texts(q)
+
+
+def test_replace_path_swaps_files_and_directories(tmp_path):
+    old, new = tmp_path / "out", tmp_path / "stage"
+    old.mkdir()
+    (old / "stale.txt").write_text("old", encoding="utf-8")
+    new.mkdir()
+    (new / "a.txt").write_text("new", encoding="utf-8")
+    replace_path(new, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no stage, no trash left
+    assert [p.name for p in old.iterdir()] == ["a.txt"]
+    (tmp_path / "f.tmp").write_text("2", encoding="utf-8")
+    (tmp_path / "f").write_text("1", encoding="utf-8")
+    replace_path(tmp_path / "f.tmp", tmp_path / "f")
+    assert (tmp_path / "f").read_text(encoding="utf-8") == "2" and not (tmp_path / "f.tmp").exists()
+
+
 def test_read_json_reports_line(tmp_path):
     p = tmp_path / "d.json"
     p.write_text('[\n{"term": "a"},\n{"term": }\n]')
@@ -125,9 +157,9 @@ def test_resolve_model_errors(tmp_path):
 
 
 def test_embedded_model_is_real_gemma3(embedded_model_dir, real_tokenizer):
-    from kormed.models import load_config
+    from kormed.models import load_model_config
 
-    cfg = load_config(str(embedded_model_dir))
+    cfg = load_model_config(str(embedded_model_dir))
     assert cfg.model_type == "gemma3_text" and cfg.vocab_size == 262144
     assert not hasattr(cfg, "quantization_config")
     assert real_tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]

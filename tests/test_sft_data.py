@@ -10,8 +10,9 @@ import pytest
 from kormed.data.chat import IGNORE_INDEX, ChatTemplates
 from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
+from kormed.io import read_texts
 from kormed.sample_data import sample_paths
-from kormed.train.sft import encode_sources, load_sources, read_raw_texts
+from kormed.train.sft import encode_sources, load_sources
 
 RAW_SENTENCES = [
     "당뇨병은 혈당 조절 장애로 인한 대사 질환이다.",
@@ -98,6 +99,6 @@ def test_raw_text_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "oops"}\n', encoding="utf-8")
     with pytest.raises(KormedError) as err:
-        read_raw_texts(bad)
+        read_texts(bad)
     assert err.value.line == 2 and err.value.field == "text"
-    assert read_raw_texts(bad, limit=1) == ["ok"]
+    assert read_texts(bad, limit=1) == ["ok"]

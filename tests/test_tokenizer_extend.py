@@ -10,11 +10,11 @@ import pytest
 
 from kormed.config import load_config
 from kormed.errors import KormedError
+from kormed.io import read_texts
 from kormed.tokenizer.extend import (
     dictionary_words,
     extend_tokenizer,
     korean_units,
-    read_corpus_texts,
     split_heldout,
 )
 
@@ -157,7 +157,7 @@ def test_report_and_heldout_never_used_for_selection(extended, extended_tok):
     assert report["medical"]["tokens_after"] <= report["medical"]["tokens_before"]
     assert report["round_trip_failures"] == []
     # each document has a word of its own, 5 times: selected documents' words may become tokens, held-out ones never
-    texts = read_corpus_texts(Path(report["corpus"]))
+    texts = read_texts(Path(report["corpus"]))
     select, heldout = split_heldout(texts, 0.2, 0)
     assert len(heldout) == 12
     index = {t: i for i, t in enumerate(texts)}
@@ -179,7 +179,7 @@ def test_selection_and_tokenizer_json_are_deterministic(embedded_model_dir, exte
     out, report = extended
     text = (embedded_model_dir / "tokenizer.json").read_text(encoding="utf-8")
     base = Tokenizer.from_str(text)
-    texts = read_corpus_texts(Path(report["corpus"]))
+    texts = read_texts(Path(report["corpus"]))
     select, _ = split_heldout(texts, 0.2, 0)
     words = dictionary_words(e["term"] for e in DICT)
     sels = [

@@ -16,7 +16,7 @@ from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.models import RuntimeSpec, load_model_and_tokenizer
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import last_checkpoint
+from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.config import LoraOptions, TrainOptions
 from kormed.train.model_setup import prepare_model_for_training
 from kormed.train.outputs import finish_run
@@ -238,7 +238,7 @@ def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted(small_vocab
     summary = run_training(cut, log=lambda m: None)
     assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
     assert summary["stop_reason"] == StopReason.INTERRUPTED and summary["stop_step"] == 3
-    assert last_checkpoint(out).endswith("checkpoint-3")
+    assert latest_good_checkpoint(out / "checkpoints")[0].endswith("checkpoint-3")
     with pytest.raises(Exception, match="--resume"):
         run_training(make(out)[0], log=lambda m: None)  # stale checkpoints without --resume
 

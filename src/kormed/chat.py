@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from kormed.config import opt
+from kormed.data.chat import chat_prompt
 from kormed.errors import KormedError
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 COMMANDS_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) quits."
 
@@ -69,7 +74,6 @@ class Chat:
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """The conversation so far plus this user turn and the model-turn header (what generation starts from)."""
-        from kormed.data.chat import chat_prompt
 
         if self.turns == 0 and self.cfg.system.strip():
             user_text = f"{self.cfg.system.strip()}\n\n{user_text}"
@@ -77,7 +81,6 @@ class Chat:
 
     def ask(self, user_text: str, out: TextIO | None = None) -> str:
         """Answer one user turn, streaming the text to `out` as it is generated; returns the answer text."""
-        import threading
 
         import torch
         from transformers import TextIteratorStreamer

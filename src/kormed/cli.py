@@ -19,7 +19,10 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from kormed.config import CONFIG_SECTIONS, defaults_markdown, defaults_yaml, load_config, section_class
 from kormed.errors import KormedError
+from kormed.flags import config_parameters, overrides_from_params
+from kormed.prepare.config import load_preset
 
 
 class KormedGroup(TyperGroup):
@@ -88,7 +91,7 @@ def _option(name: str, annotation: Any, default: Any, *decls: str, help: str) ->
 # command (group, name) -> what it runs. The group "" is the root (`kormed prepare`).
 COMMANDS: dict[tuple[str, str], StageCommand] = {
     ("", "prepare"): StageCommand(
-        "prepare", "kormed.prepare.pipeline:run_prepare", log_to_stdout=True, preset=True, progress=True,
+        "prepare", "kormed.prepare.corpus:run_prepare", log_to_stdout=True, preset=True, progress=True,
         help="Clean, convert and mix the four sources into one CPT corpus (JSONL), with a validation set and "
              "stats.\n\nPaths given as flags are relative to the current directory; paths in YAML are relative to "
              "the data root.",
@@ -148,9 +151,6 @@ def _function(spec: str) -> Callable[..., Any]:
 
 def run_stage_command(command: StageCommand, config: Path | None, params: dict[str, Any]) -> Any:
     """Load the command's config (defaults < preset < --config section < flags) and run it; print its result."""
-    from kormed.config import load_config, section_class
-    from kormed.flags import overrides_from_params
-    from kormed.prepare.config import load_preset
 
     preset = params.get("preset")
     cfg = load_config(
@@ -171,8 +171,6 @@ def run_stage_command(command: StageCommand, config: Path | None, params: dict[s
 
 def _register_stage_command(group: typer.Typer, name: str, command: StageCommand) -> None:
     """Add the command with a signature built from its section's fields (typer reads `__signature__`)."""
-    from kormed.config import section_class
-    from kormed.flags import config_parameters
 
     own = [
         _option("config", Path | None, None, "--config",
@@ -218,7 +216,6 @@ def config_show(
     markdown: bool = typer.Option(False, "--markdown", help="Print docs/configuration.md instead."),
 ) -> None:
     """Print every configuration option with its default and documentation, as YAML."""
-    from kormed.config import CONFIG_SECTIONS, defaults_markdown, defaults_yaml
 
     if markdown:
         typer.echo(defaults_markdown(), nl=False)

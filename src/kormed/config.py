@@ -7,6 +7,7 @@ are generated: that is the one place where every default is documented.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -111,7 +112,6 @@ def flag_for(cls: type, dotted: str) -> str:
 
 
 def _deepcopy(value: Any) -> Any:
-    import copy
 
     return copy.deepcopy(value)
 

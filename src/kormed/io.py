@@ -14,11 +14,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+
+Log = Callable[[str], Any]  # where kormed writes its progress lines (print, a file, a test's list.append)
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
@@ -76,6 +78,32 @@ def parse_jsonl_lines(
         if not isinstance(record, dict):
             raise KormedError(f"expected a JSON object, got {type(record).__name__}", path=where, line=lineno)
         yield lineno, record
+
+
+def read_texts(path: str | Path, *, field: str = "text", limit: int | None = None, max_chars: int | None = None,
+               what: str = "text file") -> list[str]:
+    """The non-blank `field` strings of a JSONL file (`{"text": ...}` per line), in file order.
+
+    Reading stops once `limit` texts are kept or once the kept texts reach `max_chars` characters (the text that
+    crosses it is kept), so later lines are not read. A line whose `field` is missing or not a string, or a file with
+    no text at all, raises a KormedError naming the file (and line)."""
+    texts: list[str] = []
+    total = 0
+    for lineno, record in iter_jsonl(path, what=what):
+        text = record.get(field)
+        if not isinstance(text, str):
+            problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
+            raise KormedError(problem, path=path, line=lineno, field=field)
+        if not text.strip():
+            continue
+        texts.append(text)
+        total += len(text)
+        if (limit is not None and len(texts) >= limit) or (max_chars is not None and total >= max_chars):
+            break
+    if not texts:
+        raise KormedError(f"no non-empty '{field}' records in the {what}", path=path,
+                          hint=f'expected lines like {{"{field}": "..."}}')
+    return texts
 
 
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
@@ -212,6 +240,19 @@ def temp_dir(parent: str | Path, name: str, suffix: str = "") -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def replace_path(src: str | Path, dst: str | Path) -> None:
+    """Move `src` (a file or directory) over `dst` by renames (atomic per step on one filesystem): a directory
+    `dst` is first renamed aside to `.NAME.old-PID`, then removed once `src` is in its place."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir() and not dst.is_symlink():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def file_sha256(path: str | Path) -> str:

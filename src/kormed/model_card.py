@@ -12,6 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kormed.io import atomic_write
+from kormed.pipeline.report import _target_key
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 LICENCES = {  # base model family -> (front-matter licence fields, the terms' own page); linked, never paraphrased
     "medgemma": ({"license": "other", "license_name": "health-ai-developer-foundations",
                   "license_link": "https://developers.google.com/health-ai-developer-foundations/terms"},
@@ -176,7 +182,6 @@ def _eval_lines(run_dir: Path | None) -> list[str]:
     if not data.mcq and not data.ppl:
         return ["The run has no eval results (eval stage not run)."]
     rows = []
-    from kormed.pipeline.report import _target_key
 
     for target in sorted(set(data.mcq) | set(data.ppl), key=_target_key):
         m, p = data.mcq.get(target) or {}, data.ppl.get(target) or {}
@@ -262,7 +267,6 @@ def export_card(out_dir: Path, *, name: str, adapter: str | None, model_dir: Pat
 
 def write_run_cards(run_dir: str | Path) -> list[Path]:
     """README.md into the final adapter of each training stage of a run directory (cpt/, sft/step4, loop/best)."""
-    from kormed.io import atomic_write
 
     rd = Path(run_dir)
     written = []

@@ -19,6 +19,9 @@ from kormed.errors import KormedError
 from kormed.io import read_json, temp_dir, write_json
 from kormed.tokenizer.embeddings import resize_and_init_embeddings
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 EMBEDDED_MODEL_NAME = "gemma3-270m"
 EMBEDDED_ALIASES = {None, "", "default", "embedded", EMBEDDED_MODEL_NAME}
 ADAPTER_META_FILE = "kormed_adapter.json"  # written next to every adapter kormed saves (see write_adapter_meta)
@@ -208,7 +211,7 @@ def attention_for(model_cls: Any, device: str, preferred: str = "auto") -> str:
     return "sdpa" if supports_sdpa else "eager"
 
 
-def load_config(model_path: str) -> Any:
+def load_model_config(model_path: str) -> Any:
     """The model's config; a broken or unknown config.json is reported as that file, in one line."""
     from transformers import AutoConfig
 
@@ -344,7 +347,7 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
     """
     import torch
 
-    config = load_config(model_path)
+    config = load_model_config(model_path)
     local = local_path(model_path, "model directory")
     if local is not None:
         _check_weights(local)
@@ -384,7 +387,11 @@ def language_model_prefix(model: Any) -> str:
     return r".*language_model.*" if is_multimodal(model.config) else r".*"
 
 
+ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)  # the files of every finished PEFT adapter
+# what kormed saves into an adapter directory, and copies with it: the PEFT files, its metadata, the tokenizer
+SAVED_ADAPTER_ENTRIES = (*ADAPTER_FILES, ADAPTER_META_FILE, "tokenizer")
 
 
 def _adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -498,7 +505,7 @@ def load_model_and_tokenizer(
                                  path=str(adapter))
             log("[kormed] loading the base in 4-bit NF4, as the adapter was trained (kormed_adapter.json)")
     if adapter is None:
-        rows = getattr(text_config(load_config(model_path)), "vocab_size", None)
+        rows = getattr(text_config(load_model_config(model_path)), "vocab_size", None)
         # against the Gemma 3 vocabulary, not len(tokenizer): hub tokenizers of the text-only Gemma 3 models list
         # one more token (<image_soft_token>) than their 262,144 embedding rows, and text never produces it
         if isinstance(rows, int) and rows < min(len(tokenizer), GEMMA3_VOCAB):

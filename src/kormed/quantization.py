@@ -11,9 +11,13 @@ No torch / transformers / bitsandbytes import at module level (the config and CL
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kormed.errors import KormedError
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 QUANTIZE_CHOICES = ("none", "4bit")
 NF4_LABEL = "4bit-nf4"  # the value recorded in kormed_adapter.json ("quantization"); null when unquantized
@@ -25,7 +29,6 @@ SKIP_MODULES = ["lm_head", r".*vision_tower", r".*multi_modal_projector"]
 
 def require_bitsandbytes(why: str = "--quantize 4bit", *, path: str | None = None, field: str | None = None) -> None:
     """Raise one clear KormedError when bitsandbytes cannot be imported."""
-    import logging
 
     # bitsandbytes' CPU backend warns at import that it cannot fetch an optional kernel from the HF hub; that
     # kernel only serves the inference repacking that finish_quantized_load switches off, so the line is noise.

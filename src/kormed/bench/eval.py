@@ -10,19 +10,24 @@ beside it, because on a shared machine other processes slow the wall clock down.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from typing import Any
 
 import typer
 
 from kormed.errors import KormedError
+from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions
+from kormed.sample_data import sample_paths
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 BENCH_MODES = ("generate", "loglik", "chat")
 
 
 def default_questions_file() -> str:
     """The bundled sample test file (100 original questions in the KorMedMCQA schema)."""
-    from kormed.sample_data import sample_paths
 
     path = sample_paths()["mcq_test"]
     if not path.is_file():
@@ -43,11 +48,9 @@ def run_bench(
     log: Any = print,
 ) -> dict[str, Any]:
     """Time every mode on the same questions; returns the figures (questions/second per mode)."""
-    import platform
 
     import torch
 
-    from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     for mode in modes:

@@ -3,6 +3,7 @@ same run on the same synthetic corpus, plus exact-match accuracy of both on the 
 
 from __future__ import annotations
 
+import platform
 import random
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from typing import Any
 import typer
 
 from kormed.errors import KormedError
+from kormed.io import iter_jsonl
+from kormed.prepare.namumark import namumark_to_text
 
 _WORDS = [
     "고혈압",
@@ -251,7 +254,6 @@ def time_cleaners(cleaners: dict[str, Callable[[str], Any]], docs: list[str], re
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
     """Held-out cases: JSONL of {"id", "markup", "expected"}."""
-    from kormed.io import iter_jsonl
 
     cases = []
     for lineno, rec in iter_jsonl(path, what="NamuMark cases file"):
@@ -292,9 +294,7 @@ def default_cases_path() -> Path:
 
 def run_bench(docs: int, seed: int, repeats: int, cases_path: Path | None) -> dict[str, Any]:
     """Run the benchmark and return its figures as a dict."""
-    import platform
 
-    from kormed.prepare.namumark import namumark_to_text
 
     corpus = generate_corpus(docs, seed)
     n_bytes = sum(len(d.encode("utf-8")) for d in corpus)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import hashlib
 import json
 import math
@@ -64,15 +65,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from kormed.config import _deep_update, build, merge, read_yaml
 from kormed.errors import KormedError
+from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
+from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
+from kormed.io import Log, check_output_path, read_texts, write_jsonl
+from kormed.models import load_tokenizer
+from kormed.prepare.clean import FilterSpec, clean_document
+from kormed.sample_data import sample_paths
+from kormed.tokenizer.config import TokenizerConfig
+from kormed.train.config import CPTConfig
+from kormed.train.sft_config import LoopConfig, SFTConfig
 
-Log = Callable[[str], Any]
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 ARMS = ("base", "cpt", "cpt_extended", "sft", "loop")
 CPT_ARMS = ("cpt", "cpt_extended")
@@ -130,7 +141,6 @@ def _sha(text: str) -> str:
 
 
 def _write_texts(path: Path, texts: list[str]) -> Path:
-    from kormed.io import write_jsonl
 
     write_jsonl(path, ({"text": t} for t in texts))
     return path
@@ -142,8 +152,6 @@ def sample_documents() -> tuple[list[str], list[tuple[str, str]]]:
     MEDICAL_CATEGORY)."""
     from datasets import load_from_disk
 
-    from kormed.prepare.clean import FilterSpec, clean_document
-    from kormed.sample_data import sample_paths
 
     paths = sample_paths()
     general: list[str] = []
@@ -185,7 +193,6 @@ def split_medical(pages: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
 
 def read_korean_text(directory: Path) -> dict[str, list[str]]:
     """train/dev/test texts of a `scripts/fetch_korean_text.py` directory."""
-    from kormed.train.cpt import read_texts
 
     return {part: read_texts(directory / f"{part}.jsonl", what=f"general Korean {part} text")
             for part in ("train", "dev", "test")}
@@ -223,7 +230,6 @@ def budget_texts(texts: list[str], chars: int, seed: int) -> list[str]:
 
 def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: Log = print) -> dict[str, Any]:
     """Write every data file of the bench under `work/data` and return their paths and sizes."""
-    from kormed.sample_data import sample_paths
 
     data = work / "data"
     (data / "mcq").mkdir(parents=True, exist_ok=True)
@@ -294,7 +300,6 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
 def read_overrides(path: str | None, items: list[str]) -> dict[str, dict[str, Any]]:
     """The override sections of `--overrides FILE.yaml`, then `--set` items on top; unknown sections and the
     keys the bench wires itself are refused."""
-    from kormed.config import _deep_update, read_yaml
 
     merged: dict[str, dict[str, Any]] = {}
     sources = ([(read_yaml(path), path)] if path else []) + [(parse_set(items), None)]
@@ -316,10 +321,6 @@ def read_overrides(path: str | None, items: list[str]) -> dict[str, dict[str, An
 def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, work: Path,
                   overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The config dataclass of every stage: defaults, then the bench's settings, then `overrides`."""
-    from kormed.config import _deep_update, merge
-    from kormed.tokenizer.config import TokenizerConfig
-    from kormed.train.config import CPTConfig
-    from kormed.train.sft_config import LoopConfig, SFTConfig
 
     never = 10**9  # no validation or checkpoint during the run: the bench measures the final adapter
     # no warm-up in SFT and the loop: a step of a few optimizer steps would spend its first at learning rate 0
@@ -407,7 +408,6 @@ class TextMeter:
 
 def _tokenizer_of(model_dir: str, adapter: str | None) -> Any:
     """The tokenizer an adapter trains with: its own `tokenizer/` (an extended one), else the base model's."""
-    from kormed.models import load_tokenizer
 
     if adapter and (Path(adapter) / "tokenizer" / "tokenizer_config.json").is_file():
         return load_tokenizer(str(Path(adapter) / "tokenizer"))
@@ -416,7 +416,6 @@ def _tokenizer_of(model_dir: str, adapter: str | None) -> Any:
 
 def _train_arm(task: dict[str, Any], meter: TextMeter, log: Log) -> tuple[str | None, dict[str, Any]]:
     """Train the arm; returns (its final adapter directory, what the training recorded)."""
-    from kormed.config import build
     from kormed.models import load_tokenizer, resolve_model
 
     arm, cfgs = task["arm"], task["configs"]
@@ -473,10 +472,7 @@ def _train_arm(task: dict[str, Any], meter: TextMeter, log: Log) -> tuple[str | 
 
 def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[str, Any]:
     """Bits per character on the two held-out texts and KorMedMCQA loglik accuracy of the base model + `adapter`."""
-    from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
-    from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.models import load_model_and_tokenizer, pick_runtime
-    from kormed.train.cpt import read_texts
 
     ev = task["eval"]
     runtime = pick_runtime(task["budget"]["device"], task["budget"]["dtype"])
@@ -507,7 +503,6 @@ def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[st
 
 def run_arm(task: dict[str, Any]) -> dict[str, Any]:
     """Train (except `base`) and measure one arm in this process."""
-    import gc
 
     import torch
 
@@ -737,7 +732,6 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
         extended tokenizer, SFT and the loop."""
-        from kormed.io import check_output_path
 
         check_output_path(output, "file", "--output")
         if work_dir:

@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import importlib.metadata as md
+import inspect
 import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,9 +50,20 @@ from typing import Any
 
 import typer
 
+from kormed.data.chat import END_OF_TURN, chat_prompt, encode_chat_example, render_dict_entry, render_mcq
+from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
+from kormed.io import Log, check_output_path, iter_jsonl, write_json, write_jsonl
+from kormed.models import cache_root, ensure_embedded_model, load_tokenizer, pick_runtime
+from kormed.prepare.config import PrepareConfig
+from kormed.prepare.corpus import run_prepare
+from kormed.sample_data import sample_data_root, sample_paths
+from kormed.train.config import CPTConfig, LoraOptions
+from kormed.train.sft_config import SFTConfig, SFTStepConfig
+from kormed.train.stop_conditions import Tolerances
 
-Log = Callable[[str], Any]
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 MODES = ("cpt", "sft")
 ARMS = {"cpt": ("reference", "seeds", "kormed"), "sft": ("reference", "trl", "kormed")}
@@ -104,7 +118,6 @@ def tiny_config(multimodal: bool) -> Any:
 
 
 def bench_model_dir(arch: str) -> Path:
-    from kormed.models import cache_root
 
     return cache_root() / "bench-models" / f"{arch}-v{BENCH_MODEL_VERSION}"
 
@@ -114,7 +127,6 @@ def _build_random_model(arch: str, device: str, target: Path, tokenizer_dir: str
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
-    from kormed.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(SEED)
@@ -146,7 +158,6 @@ def ensure_bench_model(arch: str, device: str, log: Log = print, tokenizer: str 
 
     `tokenizer`: a directory holding the Gemma 3 tokenizer files, for a machine where the embedded model cannot
     be converted (e.g. a GPU host without the GGUF package); default: the embedded model's tokenizer."""
-    from kormed.models import ensure_embedded_model
 
     if arch not in ARCHS:
         raise KormedError(f"unknown arch '{arch}' (use {', '.join(ARCHS)})", field="arch")
@@ -173,9 +184,6 @@ def ensure_bench_model(arch: str, device: str, log: Log = print, tokenizer: str 
 
 def prepare_cpt_data(work: Path, log: Log = print) -> tuple[Path, Path]:
     """The CPT corpus (and its validation text) of the bundled sample data, made by `kormed prepare`."""
-    from kormed.prepare.config import PrepareConfig
-    from kormed.prepare.pipeline import run_prepare
-    from kormed.sample_data import sample_data_root
 
     out = work / "corpus" / "raw_text_mixed.jsonl"
     cfg = PrepareConfig(data_root=str(sample_data_root()), out=str(out), num_proc=1)
@@ -194,11 +202,7 @@ def step3_examples(n: int, *, seed: int = SEED,
     or drop over-long examples in different ways - TRL 1.16 drops them)."""
     from datasets import Dataset
 
-    from kormed.data.chat import render_dict_entry, render_mcq
-    from kormed.data.mixture import mix_datasets
     from kormed.records import read_dictionary, read_mcq_jsonl
-    from kormed.sample_data import sample_paths
-    from kormed.train.sft_config import SFTConfig
 
     paths = sample_paths()
     questions, _ = read_mcq_jsonl(paths["mcq_train"])
@@ -232,7 +236,6 @@ def training_order(examples: list[dict[str, Any]], *, seed: int = SEED) -> list[
     `mix_datasets` (a seeded shuffle); the same call on the same number of rows gives the same permutation."""
     from datasets import Dataset
 
-    from kormed.data.mixture import mix_datasets
 
     index = Dataset.from_dict({"i": list(range(len(examples)))})
     order = mix_datasets({"mix": index}, {"mix": 1.0}, seed=seed)["i"]
@@ -242,8 +245,6 @@ def training_order(examples: list[dict[str, Any]], *, seed: int = SEED) -> list[
 def write_sft_data(work: Path, n: int, tokenizer: Any, max_length: int) -> tuple[Path, Path, int]:
     """(kormed's input: user/answer in mix order, the references' prompt/completion file in training order, the
     number of mix examples passed over because their whole text with <eos> is longer than `max_length` tokens)."""
-    from kormed.data.chat import END_OF_TURN, chat_prompt
-    from kormed.io import write_jsonl
 
     def whole(e: dict[str, Any]) -> str:
         return chat_prompt(e["user"]) + f"{e['answer']}{END_OF_TURN}\n" + tokenizer.eos_token
@@ -458,7 +459,6 @@ def _loadavg() -> float | None:
 
 
 def _library_versions() -> dict[str, str]:
-    import importlib.metadata as md
 
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "peft", "trl", "accelerate", "liger-kernel", "flash-attn"):
@@ -634,7 +634,6 @@ def peak_memory_gib(device: str) -> tuple[float, str]:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, "peak RSS (ru_maxrss)"
 
@@ -788,7 +787,6 @@ def _kormed_settings(info: dict[str, Any], options: Any) -> dict[str, Any]:
 
 def _cpt_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     """kormed's CPT: run_cpt itself (packing, LoRA, engine, loss) at its defaults."""
-    from kormed.train.config import CPTConfig
     from kormed.train.cpt import run_cpt
 
     base = CPTConfig()
@@ -804,13 +802,8 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     """kormed's SFT: kormed's model preparation, chat encoding and step runner (run_sft_step) on the examples."""
     from datasets import Dataset
 
-    from kormed.data.chat import encode_chat_example
-    from kormed.io import iter_jsonl
     from kormed.train import sft
-    from kormed.train.config import LoraOptions
     from kormed.train.model_setup import prepare_model_for_training
-    from kormed.train.sft_config import SFTConfig, SFTStepConfig
-    from kormed.train.stop_conditions import Tolerances
 
     base = SFTConfig()
     options = _kormed_train_options(base.train, task)
@@ -843,9 +836,7 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
 
 def _kormed_runtime(options: Any) -> Any:
     """The runtime kormed's stages pick for these options (device, and the compute dtype where supported)."""
-    import inspect
 
-    from kormed.models import pick_runtime
 
     params = inspect.signature(pick_runtime).parameters
     if "dtype" in params and hasattr(options, "dtype"):
@@ -938,7 +929,6 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                       "models (default: the embedded model's)."),
     ) -> None:
         """Training tokens/s and peak memory, kormed vs a plain Trainer+PEFT script and TRL's SFTTrainer."""
-        from kormed.io import check_output_path, write_json
 
         if output:
             check_output_path(output, "file", "--output")

@@ -45,7 +45,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kormed.config import opt
+from kormed.data.packing import pack_documents
+from kormed.errors import KormedError
 from kormed.records import LETTERS, MCQ, DictEntry
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
@@ -83,7 +88,6 @@ class ChatTemplates:
     )
 
     def validate(self) -> None:
-        from kormed.errors import KormedError
 
         probe_mcq = {"question": "q", "options": "o", "letter": "A", "answer_text": "a", "index": 1, "cot": "c",
                      "answer": "x", **{k: k for k in LETTERS}}
@@ -231,7 +235,6 @@ def encode_chat_example(
 
 
 def _raw_examples(ids: list[int], max_length: int, bos: int, eot: int, stats: EncodeStats | None) -> list[dict]:
-    from kormed.data.packing import pack_documents
 
     blocks = pack_documents([ids], max_length=max_length, bos_id=bos, eod_id=eot)
     if stats is not None:

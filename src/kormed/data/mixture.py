@@ -33,6 +33,9 @@ import numpy as np
 
 from kormed.errors import KormedError
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 if TYPE_CHECKING:
     from datasets import Dataset
 

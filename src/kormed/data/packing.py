@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from kormed.errors import KormedError
+
 
 def pack_token_stream(
     documents: Iterable[Sequence[int]], *, max_length: int, bos_id: int, eod_id: int
@@ -56,7 +58,6 @@ def pack_documents(
 
 def resolve_eod_id(tokenizer, eod_token: str) -> int:
     """Token id of the end-of-document marker (default `<end_of_turn>` as in the seeds, or `<eos>`)."""
-    from kormed.errors import KormedError
 
     tid = tokenizer.convert_tokens_to_ids(eod_token)
     if tid is None or tid == tokenizer.unk_token_id:

@@ -34,6 +34,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 
 @dataclass
 class BatchStats:

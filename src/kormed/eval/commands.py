@@ -7,10 +7,11 @@ from typing import Any
 
 import typer
 
+from kormed.eval.kormedmcqa import format_table
+
 
 def show_kormedmcqa(result: dict[str, Any], cfg: Any) -> None:
     """The accuracy table (overall, per subset, per year) and the result file."""
-    from kormed.eval.kormedmcqa import format_table
 
     typer.echo(format_table(result))
     if cfg.output:

@@ -19,13 +19,20 @@ Every prompt starts with `<bos>` exactly once; generation is batched with left p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
+from kormed.data.chat import chat_prompt, mcq_user_prompt
 from kormed.errors import KormedError
 from kormed.eval.extract import apply_stop_sequences, extract_answer
-from kormed.records import LETTERS, MCQ
+from kormed.io import check_output_path, write_json
+from kormed.records import LETTERS, MCQ, read_mcq_jsonl
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 HARNESS_VERSION = "kormedmcqa 3.0"
 HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\n")
@@ -70,7 +77,6 @@ def generate_prompt(mcq: MCQ, fewshot: Sequence[MCQ] = (), num_fewshot: int = 0,
 
 def chat_mode_prompt(mcq: MCQ, *, template: str | None = None, bos: str = "<bos>") -> str:
     """The `chat` prompt: `<bos>` + the Gemma user turn of the SFT MCQ format + the model-turn header."""
-    from kormed.data.chat import chat_prompt, mcq_user_prompt
 
     user = mcq_user_prompt(mcq) if template is None else mcq_user_prompt(mcq, template)
     return f"{bos}{chat_prompt(user)}"
@@ -232,8 +238,6 @@ def loglik_scores(
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of an accuracy `correct / total` (the usual choice for a proportion from few
     questions: unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or at `total`)."""
-    import math
-    from statistics import NormalDist
 
     if total < 1:
         raise KormedError("an interval needs at least one question", field="total")
@@ -378,7 +382,6 @@ def load_questions(
 ) -> list[MCQ]:
     """Read and validate a KorMedMCQA JSONL; records with neither `exam_type` nor `subject` get `subset`
     (default: the file name stem, e.g. `doctor` for doctor.jsonl). Errors name the file, line and field."""
-    from kormed.records import read_mcq_jsonl
 
     p = Path(path)
     questions, _ = read_mcq_jsonl(p, default_subset=subset or p.stem)
@@ -408,7 +411,6 @@ def format_table(result: dict[str, Any]) -> str:
 def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval kormedmcqa`: load the model (+ adapter), the questions and few-shot file, evaluate,
     write `cfg.output` atomically when set, and return the result."""
-    from kormed.io import check_output_path, write_json
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:

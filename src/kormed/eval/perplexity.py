@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
+from kormed.errors import KormedError
+from kormed.io import check_output_path, read_texts, write_json
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 
 def packed_eval_blocks(
@@ -103,37 +108,15 @@ def evaluate_perplexity(
     return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
 
 
-def read_texts(path: str, *, field: str = "text", limit: int | None = None) -> list[str]:
-    """Texts of a JSONL file (`{"text": ...}` per line); a missing or non-string field names the file and line."""
-    from kormed.errors import KormedError
-    from kormed.io import iter_jsonl
-
-    texts: list[str] = []
-    for line, rec in iter_jsonl(path, what="text JSONL file"):
-        value = rec.get(field)
-        if not isinstance(value, str):
-            problem = "missing field" if value is None else f"expected a string, got {type(value).__name__}"
-            raise KormedError(problem, path=path, line=line, field=field)
-        if value.strip():
-            texts.append(value)
-        if limit and len(texts) >= limit:
-            break
-    if not texts:
-        raise KormedError("no texts in the file", path=path)
-    return texts
-
-
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
-    from kormed.errors import KormedError
-    from kormed.io import check_output_path, write_json
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
-    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit)
+    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)

@@ -91,7 +91,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         output: Path = typer.Option(None, "--output", help="Write report.html / report.md here (default: RUN_DIR)."),
     ) -> None:
         """Write the run's report: report.html (self-contained, plots inlined) and report.md (+ report_assets/)."""
-        from kormed.pipeline.report import write_report
+        from kormed.pipeline.report import write_report  # tensorboard and numpy: only when `kormed report` runs
 
         html, md = write_report(run_dir, output)
         typer.echo(f"wrote {html}")

@@ -35,6 +35,9 @@ from kormed.pipeline import results
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_TITLES, TRAINING_STAGES
 from kormed.pipeline.results import EvalResult, LoopResult, PrepareResult, TokenizerResult, TrainResult
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 ASSET_DIR = "report_assets"
 _EVENT_GLOB = "events.out.tfevents.*"
 

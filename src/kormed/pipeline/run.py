@@ -29,12 +29,12 @@ import yaml
 
 from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, read_json, write_json
+from kormed.io import Log, atomic_write, check_output_path, file_sha256, read_json, write_json
 from kormed.model_card import write_run_cards
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result
-from kormed.pipeline.spec import Log, Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
+from kormed.pipeline.spec import Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
 from kormed.pipeline.stages import default_specs
 
 __all__ = ["STAGE_ORDER", "Pipeline", "RunContext", "StageInterrupted", "StageSpec", "fingerprint", "load_pipeline",
@@ -196,14 +196,13 @@ def _plain(obj: Any) -> Any:
 
 
 def _file_digest(path: Path) -> str:
+    """sha256 of the file (:func:`kormed.io.file_sha256`); above FULL_HASH_LIMIT a cheaper stand-in."""
     st = path.stat()
+    if st.st_size <= FULL_HASH_LIMIT:
+        return file_sha256(path)
+    # huge raw inputs (e.g. 18 GB of Arrow shards): size + mtime + both ends, so a rerun does not read them all
     h = hashlib.sha256()
     with path.open("rb") as fh:
-        if st.st_size <= FULL_HASH_LIMIT:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-            return h.hexdigest()
-        # huge raw inputs (e.g. 18 GB of Arrow shards): size + mtime + both ends, so a rerun does not read them all
         h.update(fh.read(1 << 20))
         fh.seek(st.st_size - (1 << 20))
         h.update(fh.read(1 << 20))

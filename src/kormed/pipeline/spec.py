@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+from kormed.io import Log
 from kormed.pipeline.registry import STAGE_DIRS
-
-Log = Callable[[str], None]
 
 
 def stderr_log(msg: str) -> None:

@@ -1,5 +1,5 @@
 """The real stages as the runner drives them: each entry wires run-directory paths into the stage's own config and
-calls the stage's own API (`kormed.prepare.pipeline.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
+calls the stage's own API (`kormed.prepare.corpus.run_prepare`, `kormed.tokenizer.extend.extend_tokenizer`,
 `kormed.train.cpt.run_cpt`, `kormed.train.sft.run_sft`, `kormed.train.loop.run_loop`, `kormed.eval.*`).
 Nothing here re-implements a stage. (The stages' modules load torch only when they run.)
 
@@ -28,11 +28,12 @@ from kormed.config import section_class
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
 from kormed.eval.perplexity import run_perplexity
+from kormed.models import ADAPTER_FILES
 from kormed.pipeline import results
 from kormed.pipeline.registry import TRAINING_STAGES, previous_adapter, sft_step_names, stage_info
 from kormed.pipeline.spec import RunContext, StageInterrupted, StageSpec
 from kormed.prepare.config import ALL_SOURCES
-from kormed.prepare.pipeline import MissingSourceError, run_prepare
+from kormed.prepare.corpus import MissingSourceError, run_prepare
 from kormed.prepare.publish import check_prepared_set
 from kormed.sample_data import RELATIVE_PATHS, sample_data_root
 from kormed.stop_reason import StopReason
@@ -42,7 +43,6 @@ from kormed.train.loop import run_loop
 from kormed.train.sft import run_sft
 
 CORPUS_NAME = "raw_text_mixed.jsonl"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _section_class(stage: str) -> Callable[[], type]:

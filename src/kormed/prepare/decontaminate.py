@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from kormed.io import Log
 from kormed.prepare.clean import FilterSpec, clean_batch
 from kormed.records import MCQ, read_mcq_jsonl
 
@@ -219,7 +220,7 @@ class Decontaminator:
 
 
 def load_index(
-    paths: list[Path], *, n: int, min_words: int, skip_bad: bool, log: Callable[[str], None]
+    paths: list[Path], *, n: int, min_words: int, skip_bad: bool, log: Log
 ) -> tuple[EvalIndex, list[str]]:
     """The index of the evaluation files that exist, and the paths of those that do not (reported, skipped).
     Each set is named by its file name (its path when two share a name)."""

@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from kormed.errors import KormedError
+from kormed.io import atomic_write, check_output_path, iter_jsonl, parse_jsonl_lines
+from kormed.prepare.namumark import namumark_to_text
 
 
 def _read_text(path: Path | None) -> str:
@@ -33,8 +35,6 @@ def _read_text(path: Path | None) -> str:
 def convert_jsonl(path: Path | None, field: str = "text") -> Any:
     """Yield each record of the JSONL at path (stdin if None) with its `field` converted to plain text (order and
     count kept, other fields untouched)."""
-    from kormed.io import iter_jsonl, parse_jsonl_lines
-    from kormed.prepare.namumark import namumark_to_text
 
     where = "<stdin>" if path is None else path
     lines = parse_jsonl_lines(sys.stdin.buffer, where=where) if path is None else iter_jsonl(path, what="JSONL file")
@@ -58,8 +58,6 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(None, "--out", help="Write the result here (atomically) instead of stdout."),
     ) -> None:
         """Convert NamuMark to plain text (kormed's rendering policy; a redirect gives empty output)."""
-        from kormed.io import atomic_write, check_output_path
-        from kormed.prepare.namumark import namumark_to_text
 
         if out is not None:
             check_output_path(out, "file", "--out")

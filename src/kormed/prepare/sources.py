@@ -9,6 +9,7 @@ The medical sources (KorMedMCQA JSONL, dictionaries) are read with `kormed.recor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from kormed.errors import KormedError
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,6 @@ def _open_shard(path: Path) -> Any:
 
 def _saved_empty(path: Path, split: str) -> bool:
     """Whether `path` (or its `split`) is a dataset saved by save_to_disk with no data files (0 rows)."""
-    import json
 
     for state in (path / "state.json", path / split / "state.json"):
         try:

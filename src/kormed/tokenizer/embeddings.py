@@ -20,6 +20,9 @@ from typing import Any
 
 from kormed.errors import KormedError
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 SPACE = "\u2581"
 
 

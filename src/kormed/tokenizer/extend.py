@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import iter_jsonl, temp_dir
+from kormed.io import Log, check_output_path, read_texts, temp_dir, write_json
+from kormed.models import load_tokenizer
+from kormed.tokenizer.report import text_efficiency
+
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 SPACE = "\u2581"  # ▁, what the Gemma normalizer makes of " "
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -50,27 +55,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
-
-
-def read_corpus_texts(path: str | Path, max_chars: int | None = None) -> list[str]:
-    """The `text` field of every line of a prepared corpus JSONL (blank texts skipped), up to `max_chars`."""
-    texts: list[str] = []
-    total = 0
-    for line, rec in iter_jsonl(path, what="corpus file"):
-        if "text" not in rec:
-            raise KormedError("missing field", path=path, line=line, field="text")
-        text = rec["text"]
-        if not isinstance(text, str):
-            raise KormedError(f"expected a string, got {type(text).__name__}", path=path, line=line, field="text")
-        if not text.strip():
-            continue
-        texts.append(text)
-        total += len(text)
-        if max_chars is not None and total >= max_chars:
-            break
-    if not texts:
-        raise KormedError("the corpus has no text", path=path, hint="expected lines like {\"text\": \"...\"}")
-    return texts
 
 
 def _head(texts: list[str], max_chars: int) -> list[str]:
@@ -266,7 +250,7 @@ def select_bpe(
     max_new_tokens: int,
     max_dict_tokens: int,
     min_frequency: int,
-    progress: Callable[[str], None] | None = None,
+    progress: Log | None = None,
 ) -> Selection:
     """Choose new vocabulary entries and merges (phases 0-2 of the module docstring)."""
     sel = Selection(method="bpe")
@@ -499,7 +483,6 @@ def save_tokenizer_dir(base_dir: str | Path, tokenizer_json: dict[str, Any] | st
 def export_base_tokenizer(model_path: str, dest: str | Path) -> Path:
     """The base model's text tokenizer as a plain directory with tokenizer.json (files copied from a local model
     directory; a hub model's tokenizer is loaded with AutoTokenizer and saved)."""
-    from kormed.models import load_tokenizer
 
     src = Path(model_path)
     tok = load_tokenizer(model_path)  # the shared checks: a complete, loadable Gemma 3 tokenizer (cached per process)
@@ -531,21 +514,19 @@ def round_trip_failures(tokenizer: Any, texts: Iterable[str], limit: int = 5) ->
 # --------------------------------------------------------------------------------------------------- the command
 
 
-def extend_tokenizer(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
+def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     """`kormed tokenizer extend`: build the extended tokenizer in `cfg.out` and return the efficiency report."""
     from tokenizers import Tokenizer
 
-    from kormed.io import check_output_path, write_json
     from kormed.models import load_tokenizer, resolve_model
     from kormed.records import read_dictionary
-    from kormed.tokenizer.report import text_efficiency
 
     for name in ("corpus", "dict", "out"):
         if not getattr(cfg, name):
             raise KormedError("is required", field=f"tokenizer.{name}", hint=f"pass --{name} or set it in the YAML")
     check_output_path(cfg.out, "dir", "--out")
     entries, _ = read_dictionary(cfg.dict)
-    texts = read_corpus_texts(cfg.corpus, cfg.max_corpus_chars)
+    texts = read_texts(cfg.corpus, max_chars=cfg.max_corpus_chars, what="corpus file")
     select_texts, heldout = split_heldout(texts, cfg.heldout_fraction, cfg.seed)
     model_path = resolve_model(cfg.model, log=log)
     out = Path(cfg.out)

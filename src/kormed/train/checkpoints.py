@@ -12,7 +12,6 @@ import math
 import re
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ import torch
 from safetensors import safe_open
 
 from kormed.errors import KormedError
-from kormed.io import write_json
+from kormed.io import Log, write_json
 from kormed.train.processes import is_main_process
-
-Log = Callable[[str], Any]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 DATA_ORDER_FILE = "kormed_data_order.json"  # in <output>/checkpoints/: the settings the data order depends on
@@ -175,11 +172,6 @@ def latest_good_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[tuple
             return str(path), skipped
         skipped.append((str(path), problem))
     return None, skipped
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete, good Trainer checkpoint under output_dir/checkpoints, or None."""
-    return latest_good_checkpoint(Path(output_dir) / "checkpoints")[0]
 
 
 def trainer_data_order(trainer: Any) -> dict[str, Any]:

@@ -194,6 +194,8 @@ class CPTConfig:
             raise KormedError("must be at least 2", field="cpt.max_length")
         if self.max_samples is not None and self.max_samples < 1:
             raise KormedError("must be at least 1", field="cpt.max_samples")
+        if self.max_val_samples is not None and self.max_val_samples < 1:
+            raise KormedError("must be at least 1", field="cpt.max_val_samples")
         if self.embedding_warmup_steps < 0:
             raise KormedError("must be >= 0", field="cpt.embedding_warmup_steps")
         if self.embedding_warmup_lr <= 0:

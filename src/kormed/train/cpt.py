@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ from kormed.errors import KormedError
 from kormed.eval.callback import KorMedMCQACallback
 from kormed.eval.perplexity import packed_eval_blocks
 from kormed.io import (
+    Log,
     check_output_path,
     clean_stale_temps,
     file_sha256,
-    iter_jsonl,
+    read_texts,
     report_stale,
     require_file,
     temp_dir,
@@ -50,7 +51,6 @@ from kormed.train.outputs import finish_run
 from kormed.train.processes import effective_grad_accum, world_size
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
-Log = Callable[[str], Any]
 PACKING_VERSION = 1  # bump when tokenization/packing changes, to invalidate cached packed sets
 
 
@@ -58,30 +58,6 @@ def default_output(model: str | None) -> Path:
     """The seeds' layout: model/00_trained/<model-name>/."""
     name = EMBEDDED_MODEL_NAME if model in EMBEDDED_ALIASES else (Path(str(model).rstrip("/")).name or "model")
     return Path("model") / "00_trained" / name
-
-
-def iter_texts(path: str | Path, *, limit: int | None = None, what: str = "training text") -> Iterator[str]:
-    """Yield the `text` of each JSONL record (blank texts are skipped); a bad line raises file:line errors."""
-    n = 0
-    for lineno, record in iter_jsonl(path, what=what):
-        if limit is not None and n >= limit:
-            return
-        text = record.get("text")
-        if not isinstance(text, str):
-            problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
-            raise KormedError(problem, path=path, line=lineno, field="text")
-        if not text.strip():
-            continue
-        n += 1
-        yield text
-
-
-def read_texts(path: str | Path, *, limit: int | None = None, what: str = "training text") -> list[str]:
-    """All texts of a `{"text": ...}` JSONL file (see :func:`iter_texts`)."""
-    texts = list(iter_texts(path, limit=limit, what=what))
-    if not texts:
-        raise KormedError(f"no non-empty 'text' records in the {what}", path=path)
-    return texts
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -146,7 +122,7 @@ def build_packed_dataset(
         log(f"[kormed] packed training set from cache: {target} ({meta['blocks']} blocks)")
         return load_from_disk(str(target)), {**info, **meta, "cache_hit": True}
 
-    texts = read_texts(data, limit=max_samples)
+    texts = read_texts(data, limit=max_samples, what="training text")
     n_proc = num_proc or min(8, os.cpu_count() or 1)
     if len(texts) < 2000:
         n_proc = 1  # process start-up costs more than it saves on small inputs

@@ -11,7 +11,6 @@ unquantized: merging into the dequantized 4-bit weights would bake the quantizat
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from typing import Any
 import torch
 
 from kormed.errors import KormedError
-from kormed.io import make_temp_dir, write_json
+from kormed.io import make_temp_dir, replace_path, write_json
 from kormed.models import (
     EMBEDDED_MODEL_NAME,
     RuntimeSpec,
     check_adapter_dir,
-    load_config,
     load_model_and_tokenizer,
+    load_model_config,
     looks_like_hub_id,
     read_adapter_base,
     read_adapter_meta,
@@ -34,7 +33,7 @@ from kormed.models import (
 
 
 def _base_dtype(model_path: str) -> str:
-    cfg = load_config(model_path)
+    cfg = load_model_config(model_path)
     dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     if dtype is None and hasattr(cfg, "text_config"):
         dtype = getattr(cfg.text_config, "dtype", None)
@@ -118,13 +117,7 @@ def export_merged(
             "adapter_base_quantization": quantization,
         }
         write_json(stage / "kormed_export.json", report)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, trash)
-            os.replace(stage, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(stage, out)
+        replace_path(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

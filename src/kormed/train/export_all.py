@@ -6,13 +6,12 @@ Everything is written into a temporary directory beside `--out` and renamed into
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, write_json
+from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, replace_path, write_json
 from kormed.model_card import export_card
 from kormed.models import resolve_model
 from kormed.train.export import check_adapter_base, export_merged
@@ -121,13 +120,7 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         write_json(result_dir / MARKER, report)
         with atomic_write(result_dir / "README.md") as fh:
             fh.write(export_card(result_dir, name=out_p.name, adapter=adapter, model_dir=src_model, report=report))
-        if out_p.exists():
-            trash = out_p.with_name(f".{out_p.name}.old-{os.getpid()}")
-            os.replace(out_p, trash)
-            os.replace(result_dir, out_p)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(result_dir, out_p)
+        replace_path(result_dir, out_p)
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise KormedError("the disk filled up while writing the export; nothing was left under --out",

@@ -6,6 +6,9 @@ import typer
 
 from kormed.errors import KormedError
 
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
+
 
 def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     @app.command("export")

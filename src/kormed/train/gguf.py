@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForConditionalGeneration
 
 from kormed.errors import KormedError
-from kormed.io import temp_dir
-from kormed.models import cache_root, is_multimodal, load_config
+from kormed.io import Log, temp_dir
+from kormed.models import cache_root, is_multimodal, load_model_config
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
 # what the converter offers (`--outtype`) that kormed exports and verifies; Q4_K_M needs the compiled llama-quantize
@@ -50,7 +49,6 @@ _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
 # bytes per parameter of each type (Q8_0: 34 bytes per block of 32), for the free-space check
 _BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 
-Log = Callable[[str], None]
 
 
 def parse_types(value: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -268,7 +266,7 @@ def verify_gguf(model_dir: str | Path, gguf_file: str | Path, prompt: str, *, te
     gguf_file = Path(gguf_file)
     ref_tok = AutoTokenizer.from_pretrained(str(model_dir))
     g_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    cfg = load_config(str(model_dir))
+    cfg = load_model_config(str(model_dir))
     model_class = Gemma3ForConditionalGeneration if is_multimodal(cfg) else AutoModelForCausalLM
     ref = model_class.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True).eval()
     gm = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,

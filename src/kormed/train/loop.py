@@ -21,7 +21,6 @@ reported on.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from typing import Any
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
-from kormed.io import atomic_write, check_output_path, make_temp_dir, write_json
-from kormed.models import ADAPTER_META_FILE
+from kormed.io import atomic_write, check_output_path, make_temp_dir, replace_path, write_json
+from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
 from kormed.train.outputs import save_adapter
@@ -51,7 +50,6 @@ from kormed.train.sft_config import LoopConfig
 
 TABLE_JSON = "loop_table.json"
 TABLE_MD = "loop_table.md"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer")
 DEV_FILE = "dev.jsonl"  # KorMedMCQA's dev split, beside train.jsonl / test.jsonl in the seeds' layout
 
 # (questions, split name "dev" | "test") -> an evaluate_kormedmcqa-style result: accuracy, correct, total, ...
@@ -112,19 +110,13 @@ def kormedmcqa_scorer(cfg: LoopConfig, ctx: StepContext) -> Scorer:
 def _copy_adapter(src: Path, dst: Path, note: dict[str, Any]) -> None:
     """Replace `dst` with a copy of the adapter files of `src` (staged beside it, then renamed)."""
     stage = make_temp_dir(dst.parent, dst.name)  # umask-normal mode, kormed temp name (cleaned after a kill)
-    for name in ADAPTER_FILES:
+    for name in SAVED_ADAPTER_ENTRIES:
         if (src / name).is_dir():
             shutil.copytree(src / name, stage / name)
         elif (src / name).is_file():
             shutil.copy2(src / name, stage / name)
     write_json(stage / "best.json", note)
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(stage, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(stage, dst)
+    replace_path(stage, dst)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import set_seed
 
 from kormed.errors import KormedError
+from kormed.io import Log
 from kormed.models import (
     RuntimeSpec,
     is_multimodal,
@@ -34,8 +35,6 @@ from kormed.models import (
 from kormed.quantization import model_label, prepare_for_kbit_training
 from kormed.tokenizer.embeddings import resize_and_init_embeddings
 from kormed.train.config import LoraOptions, TrainOptions
-
-Log = Callable[[str], Any]
 
 
 def lora_target_regex(model: Any, modules: Sequence[str]) -> str:

@@ -7,16 +7,14 @@ import dataclasses
 import importlib.metadata
 import json
 import math
-import os
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend to set
 
-from kormed.io import atomic_write, temp_dir, write_json
-from kormed.models import ADAPTER_META_FILE, adapter_meta, write_adapter_meta
+from kormed.io import atomic_write, replace_path, temp_dir, write_json
+from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
 from kormed.stop_reason import StopReason
 from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.processes import is_main_process
@@ -77,17 +75,6 @@ def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None
     }
 
 
-def _replace_into(src: Path, dst: Path) -> None:
-    """Move `src` (file or directory) over `dst` with renames (atomic per entry on one filesystem)."""
-    if dst.is_dir() and not dst.is_symlink():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def save_adapter(
     model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
     state_dict: dict[str, Any] | None = None,
@@ -106,9 +93,9 @@ def save_adapter(
         model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
         tokenizer.save_pretrained(stage / "tokenizer")
         write_adapter_meta(stage, adapter_meta(model))
-        for name in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META_FILE, "tokenizer"):
+        for name in SAVED_ADAPTER_ENTRIES:
             if (stage / name).exists():
-                _replace_into(stage / name, out / name)
+                replace_path(stage / name, out / name)
         # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
     if info is not None:
         write_json(out / "training_info.json", info)

@@ -26,7 +26,7 @@ import dataclasses
 import gc
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from kormed.data.mixture import mix_with_report, normalise_weights, split_record
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
-from kormed.io import check_output_path, iter_jsonl, read_json, write_json
+from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.stop_reason import StopReason
@@ -58,8 +58,6 @@ from kormed.train.outputs import finish_run, summarize
 from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
-
-Log = Callable[[str], Any]
 
 BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "sft_summary.json"
@@ -85,23 +83,6 @@ class Sources:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def read_raw_texts(path: str | Path, limit: int | None = None, *, what: str = "raw text file") -> list[str]:
-    """The `text` fields of a JSONL file (first `limit`), with file:line errors for a missing/non-string field."""
-    out: list[str] = []
-    for line, rec in iter_jsonl(path, what=what):
-        text = rec.get("text")
-        if not isinstance(text, str):
-            raise KormedError("missing or non-string field" if text is None else f"expected a string, got "
-                              f"{type(text).__name__}", path=path, line=line, field="text")
-        if text.strip():
-            out.append(text)
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise KormedError("no texts in the file", path=path)
-    return out
-
-
 def load_sources(
     *, mcq: str | None, dictionary: str | None, char_dict: str | None, raw: str | None, raw_val: str | None,
     val_fraction: float, val_max: int, raw_max_texts: int, raw_val_max_texts: int, seed: int, log: Log = print,
@@ -124,10 +105,10 @@ def load_sources(
         entries += tr + va
         src.info["char_dict" if symbol else "dict"] = {"path": str(path), "records": len(items)}
     if raw is not None:
-        texts = read_raw_texts(raw, raw_max_texts + (0 if raw_val else raw_val_max_texts))
+        texts = read_texts(raw, limit=raw_max_texts + (0 if raw_val else raw_val_max_texts), what="raw text file")
         if raw_val is not None:
             src.raw_train = texts
-            src.raw_val = read_raw_texts(raw_val, raw_val_max_texts, what="raw validation file")
+            src.raw_val = read_texts(raw_val, limit=raw_val_max_texts, what="raw validation file")
         else:
             src.raw_train, src.raw_val = split_records(texts, fraction=max(val_fraction, 1e-9),
                                                        max_size=raw_val_max_texts, seed=seed)

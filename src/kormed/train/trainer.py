@@ -36,7 +36,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from kormed.errors import KormedError
-from kormed.io import write_json
+from kormed.io import Log, write_json
 from kormed.models import RuntimeSpec, pick_runtime
 from kormed.train.callbacks import (
     EarlyStopping,
@@ -45,7 +45,7 @@ from kormed.train.callbacks import (
     ResumeLogWindow,
     ThroughputCallback,
 )
-from kormed.train.checkpoints import LOG_STATE_FILE, Log, ResumePlan, plan_resume, start_from_plan, trainer_data_order
+from kormed.train.checkpoints import LOG_STATE_FILE, ResumePlan, plan_resume, start_from_plan, trainer_data_order
 from kormed.train.config import TrainOptions
 from kormed.train.loss import causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
 from kormed.train.model_setup import embedding_param_groups, is_embedding_param, use_gradient_checkpointing

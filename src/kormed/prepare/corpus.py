@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
+from kormed.io import Log, check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
 from kormed.prepare.decontaminate import (
@@ -52,9 +52,11 @@ from kormed.prepare.mix import (
     shuffle_file,
 )
 from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
+from kormed.prepare.render import render_mcq, render_medical, render_symbol
 from kormed.prepare.sources import ArrowSource, Batch
 
-Log = Callable[[str], None]
+# torch, transformers and the kormed modules that load them are imported inside the functions that use them:
+# this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 
 class MissingSourceError(KormedError):
@@ -332,7 +334,6 @@ class _Run:
     def medical(self) -> list[tuple[str, int]]:
         """Read, validate and render the medical sources (small: read before the long plain pass, so their
         errors surface at once); returns (text, copies) pairs."""
-        from kormed.prepare.render import render_mcq, render_medical, render_symbol
         from kormed.records import read_dictionary, read_mcq_jsonl
 
         cfg = self.cfg

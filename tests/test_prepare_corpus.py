@@ -16,8 +16,8 @@ from kormed.config import load_config
 from kormed.errors import KormedError
 from kormed.prepare.clean import FilterSpec, clean_document, hangul_ratio
 from kormed.prepare.config import PrepareConfig, load_preset
+from kormed.prepare.corpus import run_prepare
 from kormed.prepare.mix import allocate, format_table, shuffle_file
-from kormed.prepare.pipeline import run_prepare
 from kormed.prepare.sources import ArrowSource
 
 NAMU = "data/01_raw/00_korean/namu_wiki"
