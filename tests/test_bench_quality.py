@@ -334,3 +334,15 @@ def test_bits_per_char_recomputed_independently(bench_run, tiny_gemma3_dir):
             nll += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
     expected = nll / math.log(2) / sum(len(t) for t in texts)
     assert row["bits_per_char_general"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_run_worker_returns_the_result_and_names_the_log_on_failure(tmp_path):
+    """The one subprocess runner of both benches: a task's result comes back; a failing process is a KormedError
+    naming its log file, with the log's last lines."""
+    from kormed.bench.worker import run_worker
+
+    result, wall = run_worker("json.tool", {"a": [1, 2]}, tmp_path, "echo")  # json.tool copies task -> result
+    assert result == {"a": [1, 2]} and wall >= 0
+    with pytest.raises(KormedError, match=r"broken failed \(exit code 1\); last lines of .*broken\.log"):
+        run_worker("kormed.no_such_module", {}, tmp_path, "broken")
+    assert "No module named" in (tmp_path / "broken.log").read_text(encoding="utf-8")

@@ -61,7 +61,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +69,7 @@ from typing import Any
 
 import typer
 
+from kormed.bench.worker import run_worker
 from kormed.config import _deep_update, build, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
@@ -536,28 +536,6 @@ def _worker_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _run_process(task: dict[str, Any], work: Path, name: str, timeout: float | None) -> dict[str, Any]:
-    """Run one arm in a fresh Python process (offline); its log is `work/<name>.log`."""
-    work.mkdir(parents=True, exist_ok=True)
-    task_file, result_file, log_file = work / f"{name}.task.json", work / f"{name}.result.json", work / f"{name}.log"
-    task_file.write_text(json.dumps(task), encoding="utf-8")
-    result_file.unlink(missing_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    with log_file.open("w", encoding="utf-8") as fh:
-        try:
-            rc: int | None = subprocess.run([sys.executable, "-m", "kormed.bench.quality", str(task_file),
-                                             str(result_file)], stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                            timeout=timeout, check=False).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-    if rc != 0 or not result_file.is_file():
-        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        why = "timed out" if rc is None else f"exit code {rc}"
-        raise KormedError(f"arm {name} failed ({why}); last lines of {log_file}:\n  " + "\n  ".join(tail))
-    return json.loads(result_file.read_text(encoding="utf-8"))
-
-
 def upstream(arm: str, budget: Budget) -> str | None:
     """The arm whose adapter `arm` continues."""
     return {"sft": budget.sft_from, "loop": "sft"}.get(arm)
@@ -611,7 +589,7 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
             log(f"[kormed] bench quality: arm {arm}" + (f" (from {parent})" if parent else "") + " ...")
             shutil.rmtree(work / "arms" / arm, ignore_errors=True)  # a kept --work-dir: train afresh, never resume
             start = time.perf_counter()
-            res = _run_process(task, work / "tasks", arm, arm_timeout)
+            res, _ = run_worker("kormed.bench.quality", task, work / "tasks", arm, arm_timeout)
             res["wall_s"] = round(time.perf_counter() - start, 1)
             done[arm] = res
             rows.append(make_row(arm, res, done, budget, common, cfg_dicts))

@@ -40,7 +40,6 @@ import platform
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from typing import Any
 
 import typer
 
+from kormed.bench.worker import run_worker
 from kormed.data.chat import END_OF_TURN, chat_prompt, encode_chat_example, render_dict_entry, render_mcq
 from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
@@ -265,28 +265,9 @@ def write_sft_data(work: Path, n: int, tokenizer: Any, max_length: int) -> tuple
 
 
 def _run_task(task: dict[str, Any], work: Path, *, log: Log, name: str, timeout: float | None = None) -> dict[str, Any]:
-    """Run one task in a fresh Python process; returns its result (raises KormedError with the log tail)."""
-    work.mkdir(parents=True, exist_ok=True)
-    task_file, result_file, log_file = (work / f"{name}.task.json", work / f"{name}.result.json",
-                                        work / f"{name}.log")
-    task_file.write_text(json.dumps(task), encoding="utf-8")
-    result_file.unlink(missing_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    with log_file.open("w", encoding="utf-8") as fh:
-        try:
-            proc = subprocess.run([sys.executable, "-m", "kormed.bench.train", str(task_file), str(result_file)],
-                                  stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-    wall = time.perf_counter() - start
-    if rc != 0 or not result_file.is_file():
-        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        why = "timed out" if rc is None else f"exit code {rc}"
-        raise KormedError(f"{name} failed ({why}); last lines of {log_file}:\n  " + "\n  ".join(tail))
-    result = json.loads(result_file.read_text(encoding="utf-8"))
+    """Run one task in a fresh Python process; returns its result with `process_seconds` (raises KormedError with
+    the log tail)."""
+    result, wall = run_worker("kormed.bench.train", task, work, name, timeout)
     result["process_seconds"] = round(wall, 2)
     return result
 
