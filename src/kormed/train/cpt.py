@@ -211,7 +211,7 @@ def run_embedding_warmup(
     options = dataclasses.replace(
         cfg.train, max_steps=cfg.embedding_warmup_steps, lr=cfg.embedding_warmup_lr, scheduler="constant",
         warmup_ratio=0.0, eval_on_start=False, load_best_at_end=False, report_to=[],
-        save_steps=cfg.embedding_warmup_steps + 1, logging_steps=1,
+        save_checkpoints=False, logging_steps=1,
     )
     scratch = output / "embedding_warmup"
     with embedding_warmup_trainables(model) as trainable:
