@@ -55,6 +55,8 @@ ARMS = {
         Arm("ext100_mean", 100),
         Arm("ext100_seq", 100, init="sequence"),
         Arm("ext100_mean_warm", 100, embedding_lr=1e-3, warmup_share=0.25),
+        Arm("ext100_mean_lr10", 100, embedding_lr=2e-3),  # new rows at 10x LoRA's rate, the literature's direction
+        Arm("ext50_mean", 50),
         Arm("ext50_mean_warm", 50, embedding_lr=1e-3, warmup_share=0.25),
         Arm("ext2000_mean_step0", 2000, train=False),
         Arm("ext2000_seq_step0", 2000, init="sequence", train=False),

@@ -62,6 +62,10 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     assert prep.out_path() == corpus and prep.val_path() == val
     assert Path(tok.corpus) == corpus and Path(tok.out) == r / "tokenizer"
     assert Path(tok.dict) == sample["medical_dict"]
+    # the extension is sized to what CPT trains on: its max_steps x batch x accumulation x block length
+    assert tok.max_new_tokens is None
+    assert tok.budget_tokens == cpt.train.max_steps * cpt.train.batch_size * cpt.train.grad_accum * cpt.max_length
+    assert tok.budget_tokens == 24 * 2 * 1 * 128
     assert (Path(cpt.data), Path(cpt.val)) == (corpus, val)
     assert Path(cpt.tokenizer_path) == r / "tokenizer" and Path(cpt.output) == r / "cpt"
     assert Path(sft.from_adapter) == r / "cpt" and Path(sft.output) == r / "sft"

@@ -12,6 +12,10 @@ from kormed.config import load_config
 from kormed.errors import KormedError
 from kormed.io import read_texts
 from kormed.tokenizer.extend import (
+    CHARS_PER_NEW_TOKEN,
+    MAX_AUTO_TOKENS,
+    MIN_AUTO_TOKENS,
+    auto_extension_size,
     dictionary_words,
     extend_tokenizer,
     korean_units,
@@ -73,7 +77,7 @@ def _write_inputs(root: Path, n_docs: int = 60) -> tuple[Path, Path]:
 def _run(model_dir: Path, root: Path, out: str, **overrides) -> tuple[Path, dict]:
     corpus, dictionary = _write_inputs(root)
     values = {"model": str(model_dir), "corpus": str(corpus), "dict": str(dictionary), "out": str(root / out)}
-    values.update({"max_new_tokens": 400, "min_frequency": 2, "heldout_fraction": 0.2})
+    values.update({"max_new_tokens": 400, "max_dict_tokens": 4000, "min_frequency": 2, "heldout_fraction": 0.2})
     values.update(overrides)
     cfg = load_config("tokenizer", None, values)
     report = extend_tokenizer(cfg, log=lambda m: None)
@@ -231,6 +235,53 @@ def test_units_and_split_helpers():
     a2, b2 = split_heldout(texts, 0.3, 7)
     assert (a1, b1) == (a2, b2) and len(b1) == 3 and sorted(a1 + b1) == sorted(texts)
     assert split_heldout(texts, 0.3, 8)[1] != b1
+
+
+def test_auto_size_follows_the_budget():
+    """No entries below the smallest budget published work extends at; one per 30,000 characters above; capped."""
+    assert auto_extension_size(0) == 0
+    assert auto_extension_size(40_000) == 0  # the largest budget measured here, where 100 entries still cost
+    assert auto_extension_size(MIN_AUTO_TOKENS * CHARS_PER_NEW_TOKEN - 1) == 0
+    assert auto_extension_size(MIN_AUTO_TOKENS * CHARS_PER_NEW_TOKEN) == MIN_AUTO_TOKENS
+    assert auto_extension_size(3_000_000) == 100
+    assert auto_extension_size(10**12) == MAX_AUTO_TOKENS
+
+
+def test_null_size_on_a_small_budget_adds_nothing_and_cpt_keeps_the_base(embedded_model_dir, real_tokenizer,
+                                                                          tmp_path):
+    """The default (max_new_tokens null) on a corpus far below the threshold: no entries, the tokenizer encodes
+    exactly as the base, the report says why, and CPT then runs on the base tokenizer."""
+    from kormed.models import load_tokenizer
+    from kormed.train.config import CPTConfig
+    from kormed.train.cpt import apply_tokenizer_options
+
+    out, report = _run(embedded_model_dir, tmp_path, "tok", max_new_tokens=None, max_dict_tokens=None)
+    assert report["new_tokens"] == 0 and report["new_merges"] == 0
+    sizing = report["sizing"]
+    assert sizing["max_new_tokens"] == 0 and sizing["budget_characters"] == sizing["corpus_characters"] > 0
+    assert sizing["rule"].startswith("auto")
+    tok = load_tokenizer(str(out))
+    for text in ROUND_TRIP + SENTENCES:
+        assert tok(text)["input_ids"] == real_tokenizer(text)["input_ids"]
+    logs: list[str] = []
+    cfg = apply_tokenizer_options(CPTConfig(tokenizer_path=str(out)), None, log=logs.append)
+    assert cfg.tokenizer_path is None and cfg.lora.train_embeddings is False
+    assert "adds no tokens" in logs[0]
+
+
+def test_null_size_follows_budget_tokens(embedded_model_dir, tmp_path):
+    """`budget_tokens` (what `kormed run` wires from cpt.train.max_steps) is converted at the corpus's characters
+    per token and sizes the extension; the dictionary gets a quarter of it."""
+    budget_tokens = 4_000_000
+    out, report = _run(embedded_model_dir, tmp_path, "tok", max_new_tokens=None, max_dict_tokens=None,
+                       budget_tokens=budget_tokens)
+    sizing = report["sizing"]
+    expected = auto_extension_size(round(budget_tokens * sizing["chars_per_token"]))
+    assert 1.0 < sizing["chars_per_token"] < 4.0
+    assert sizing["max_new_tokens"] == expected >= MIN_AUTO_TOKENS
+    assert sizing["max_dict_tokens"] == expected // 4
+    assert 0 < report["new_tokens"] <= expected
+    assert report["dictionary"]["entries"] <= expected // 4
 
 
 def test_bad_input_is_a_kormed_error(embedded_model_dir, tmp_path):

@@ -101,7 +101,7 @@ DEFAULT_OUTPUT = Path("benchmarks/results/quality_cpu.json")
 class Budget:
     """The bench's budgets and shared settings (recorded in every row)."""
 
-    cpt_chars: int = 160_000  # about 68,000 Gemma tokens of the fetched Korean text (2.36 characters a token)
+    cpt_chars: int = 40_000  # about 17,000 Gemma tokens of the fetched Korean text (2.37 characters a token)
     sft_steps: int = 6
     loop_rounds: int = 2
     loop_steps: int = 6
@@ -340,8 +340,11 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     loop = {**chat, "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
             "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(work / "arms" / "loop"),
             "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
+    # a fixed extension of the published low-budget size (a null max_new_tokens would size it to the budget,
+    # which gives none at these budgets, and the arm would measure nothing)
     tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
-                 "out": str(work / "arms" / "cpt_extended" / "tokenizer")}
+                 "out": str(work / "arms" / "cpt_extended" / "tokenizer"), "max_new_tokens": 100,
+                 "max_dict_tokens": 25}
     values = {"cpt": cpt, "tokenizer": tokenizer, "sft": sft, "loop": loop}
     for section in ("cpt", "tokenizer", "sft", "loop"):
         _deep_update(values[section], overrides.get(section, {}))

@@ -20,11 +20,12 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import read_json, write_json
 from kormed.stop_reason import StopReason
+from kormed.tokenizer.report import REPORT_FILE
 
 RESULT_FILE = "kormed_result.json"
 RESULT_SCHEMA = 1
 TRAINING_INFO = "training_info.json"
-TOKENIZER_REPORT = "tokenizer_report.json"
+TOKENIZER_REPORT = REPORT_FILE
 STATS_SUFFIX = ".stats.json"
 SFT_SUMMARY = "sft_summary.json"
 LOOP_TABLE = "loop_table.json"

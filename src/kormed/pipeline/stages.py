@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kormed.config import section_class
+from kormed.config import merge, section_class
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
 from kormed.eval.perplexity import run_perplexity
@@ -161,10 +161,20 @@ def _prepare_dirs(cfg: Any, ctx: RunContext) -> list[Path]:
 # --------------------------------------------------------------------------------------------------- tokenizer
 
 
+def _cpt_budget_tokens(ctx: RunContext) -> int | None:
+    """Tokens the cpt section trains on when it stops at max_steps (one process), to size a null
+    `tokenizer.max_new_tokens`; None when it runs epochs over the corpus (the extension then reads the corpus)."""
+    cls = _section_class("cpt")()
+    source = str(ctx.pipeline.source) if ctx.pipeline.source else None
+    cpt = merge(cls(), ctx.pipeline.sections.get("cpt") or {}, path=source, prefix="cpt.")
+    train = cpt.train
+    return train.max_steps * train.batch_size * train.grad_accum * cpt.max_length if train.max_steps else None
+
+
 def _tokenizer_wire(ctx: RunContext) -> dict[str, Any]:
     corpus, _ = _corpus(ctx)
     return {"model": ctx.pipeline.model, "corpus": corpus, "dict": _source(ctx, "medical_dict"),
-            "out": str(_out(ctx, "tokenizer"))}
+            "out": str(_out(ctx, "tokenizer")), "budget_tokens": _cpt_budget_tokens(ctx)}
 
 
 def _tokenizer_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:

@@ -31,16 +31,25 @@ class TokenizerConfig:
         "costs one token with or without its leading space). added_tokens: whole words as added tokens (matched\n"
         "before the model; measured worse, see docs/commands/tokenizer-extend.md).",
     )
-    max_new_tokens: int = opt(
-        12000,
+    max_new_tokens: int | None = opt(
+        None,
         "Most new vocabulary entries in all (dictionary terms first, then the corpus's most frequent Korean\n"
-        "sub-words; fewer when the corpus runs out of pairs seen min_frequency times). Measured: 8,301 entries\n"
-        "(all a 1 M-character corpus offers) give 26% fewer tokens on held-out Korean text. Fewer tokens is not\n"
-        "better text prediction: at a ~3,500-character CPT budget 100 new entries still cost +7.4% held-out bits\n"
-        "per character (docs/commands/tokenizer-extend.md); size it to the CPT budget (50-100 at low budgets).",
+        "sub-words; fewer when the corpus runs out of pairs seen min_frequency times). null: sized to the CPT\n"
+        "budget (budget_tokens, else the corpus read): one entry per 30,000 characters, none when that gives fewer\n"
+        "than 50, at most 12,000 (kormed.tokenizer.extend.auto_extension_size). Measured on the 270M model: 100\n"
+        "entries cost held-out bits per character at every CPT budget tried (3,500 and 40,000 characters), so\n"
+        "small budgets get no extension (docs/commands/tokenizer-extend.md).",
     )
-    max_dict_tokens: int = opt(
-        4000, "Most new entries spent on dictionary terms (part of max_new_tokens; most corpus-frequent terms first)."
+    max_dict_tokens: int | None = opt(
+        None,
+        "Most new entries spent on dictionary terms (part of max_new_tokens; most corpus-frequent terms first).\n"
+        "null: a quarter of the entries.",
+    )
+    budget_tokens: int | None = opt(
+        None,
+        "Tokens (of the base tokenizer) CPT will train on, to size a null max_new_tokens; converted to characters\n"
+        "at the corpus's characters per token. null: the corpus read (one epoch). `kormed run` sets it from the\n"
+        "cpt section when that stops at max_steps (max_steps x batch_size x grad_accum x max_length).",
     )
     min_frequency: int = opt(
         3, "A corpus merge must occur at least this many times in the selection part of the corpus."
@@ -63,10 +72,10 @@ class TokenizerConfig:
     )
 
     def validate(self) -> None:
-        if self.max_new_tokens < 0:
-            raise KormedError("must be >= 0", field="tokenizer.max_new_tokens")
-        if self.max_dict_tokens < 0:
-            raise KormedError("must be >= 0", field="tokenizer.max_dict_tokens")
+        for name in ("max_new_tokens", "max_dict_tokens", "budget_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise KormedError("must be >= 0", field=f"tokenizer.{name}")
         if self.min_frequency < 1:
             raise KormedError("must be >= 1", field="tokenizer.min_frequency")
         if not 0.0 < self.heldout_fraction < 1.0:

@@ -37,7 +37,7 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import Log, check_output_path, read_texts, temp_dir, write_json
 from kormed.models import load_tokenizer
-from kormed.tokenizer.report import text_efficiency
+from kormed.tokenizer.report import REPORT_FILE, text_efficiency
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -51,6 +51,13 @@ _TERM_SPLIT = re.compile(r"[\s()\[\]{}<>.,;:!?'\"“”‘’·/\\|\-–—~…�
 
 REPORT_CHARS = 5_000_000  # held-out characters the report measures
 MAX_UNITS = 2_000_000  # distinct corpus words kept for the merge learner
+# Sizing a null `max_new_tokens` to the CPT budget (auto_extension_size). Measured here (270M model, one seed):
+# 100 new entries cost held-out bits per character against no extension after CPT on 3,500 characters (+8.9
+# points) and 40,000 characters (+6.6 points); see docs/commands/tokenizer-extend.md. Published: about 30K
+# sentences (~3 M characters) -> 50-100 entries (Yamaguchi et al. 2024); ~2 B tokens -> ~9,000 (EEVE).
+CHARS_PER_NEW_TOKEN = 30_000  # 3 M characters -> 100 entries
+MIN_AUTO_TOKENS = 50  # fewer entries than the smallest published recommendation: none at all
+MAX_AUTO_TOKENS = 12_000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -67,6 +74,38 @@ def _head(texts: list[str], max_chars: int) -> list[str]:
         out.append(text)
         total += len(text)
     return out
+
+
+def auto_extension_size(budget_chars: int) -> int:
+    """New vocabulary entries for a CPT budget of `budget_chars` characters: one per CHARS_PER_NEW_TOKEN, 0 when
+    that is under MIN_AUTO_TOKENS (no budget that small has been shown to pay back an extension), at most
+    MAX_AUTO_TOKENS."""
+    size = budget_chars // CHARS_PER_NEW_TOKEN
+    return 0 if size < MIN_AUTO_TOKENS else min(size, MAX_AUTO_TOKENS)
+
+
+def extension_budget(cfg: Any, texts: list[str], base_tok: Any) -> tuple[int, int, dict[str, Any]]:
+    """(max_new_tokens, max_dict_tokens, sizing record) for `cfg`: the configured numbers, or, where null, sized
+    to the CPT budget (`cfg.budget_tokens` at the corpus's characters per base token, else the corpus read)."""
+    corpus_chars = sum(len(t) for t in texts)
+    record: dict[str, Any] = {"corpus_characters": corpus_chars}
+    if cfg.max_new_tokens is not None:
+        size = cfg.max_new_tokens
+        record["rule"] = "max_new_tokens"
+    else:
+        budget = corpus_chars
+        if cfg.budget_tokens is not None:
+            sample = _head(texts, 1_000_000)
+            tokens = sum(len(e.ids) for e in base_tok.encode_batch(sample, add_special_tokens=False))
+            chars_per_token = sum(len(t) for t in sample) / max(1, tokens)
+            budget = round(cfg.budget_tokens * chars_per_token)
+            record.update(budget_tokens=cfg.budget_tokens, chars_per_token=round(chars_per_token, 4))
+        size = auto_extension_size(budget)
+        record.update(rule=f"auto: 1 per {CHARS_PER_NEW_TOKEN:,} characters, 0 under {MIN_AUTO_TOKENS}, "
+                           f"at most {MAX_AUTO_TOKENS:,}", budget_characters=budget)
+    dict_size = cfg.max_dict_tokens if cfg.max_dict_tokens is not None else size // 4
+    record.update(max_new_tokens=size, max_dict_tokens=dict_size)
+    return size, dict_size, record
 
 
 def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -537,6 +576,11 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
         base_tok = Tokenizer.from_str(base_text)
         del base_text
         base_vocab = base_tok.get_vocab(with_added_tokens=True)
+        max_new, max_dict, sizing = extension_budget(cfg, texts, base_tok)
+        if cfg.max_new_tokens is None:
+            log(f"[kormed] extension sized to the CPT budget: {sizing['budget_characters']:,} characters -> "
+                f"{max_new} new entries" + (" (too small a budget to pay back an extension; CPT keeps the base "
+                                            "tokenizer)" if not max_new else ""))
         counts = korean_units(select_texts)
         words = dictionary_words(e.term for e in entries)
         log(
@@ -547,9 +591,7 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
         def segment(units: list[str]) -> dict[str, list[str]]:
             return segment_units(base_tok, units)
 
-        kwargs = dict(
-            max_new_tokens=cfg.max_new_tokens, max_dict_tokens=cfg.max_dict_tokens, min_frequency=cfg.min_frequency
-        )
+        kwargs = dict(max_new_tokens=max_new, max_dict_tokens=max_dict, min_frequency=cfg.min_frequency)
         if cfg.method == "bpe":
             sel = select_bpe(base_vocab, segment, counts, words, progress=log, **kwargs)
         else:
@@ -578,9 +620,10 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
             "new_tokens": len(sel.new_tokens),
             "new_merges": len(sel.merges),
             "new_hangul_characters": len(sel.added_chars),
+            "sizing": sizing,
             "settings": {
-                "max_new_tokens": cfg.max_new_tokens,
-                "max_dict_tokens": cfg.max_dict_tokens,
+                "max_new_tokens": max_new,
+                "max_dict_tokens": max_dict,
                 "min_frequency": cfg.min_frequency,
                 "heldout_fraction": cfg.heldout_fraction,
                 "seed": cfg.seed,
@@ -606,5 +649,5 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     for text in sample:
         if hf_tok(text, add_special_tokens=False)["input_ids"] != new_tok.encode(text, add_special_tokens=False).ids:
             raise KormedError("internal error: AutoTokenizer encodes differently from tokenizer.json", path=out)
-    write_json(out / "tokenizer_report.json", report)
+    write_json(out / REPORT_FILE, report)
     return report

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
+REPORT_FILE = "tokenizer_report.json"  # written next to tokenizer.json by `kormed tokenizer extend`
+
+
+def reported_new_tokens(tokenizer_dir: str | Path) -> int | None:
+    """How many entries `kormed tokenizer extend` added to the tokenizer in `tokenizer_dir`; None without its
+    report (a tokenizer from elsewhere)."""
+    path = Path(tokenizer_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text(encoding="utf-8")).get("new_tokens", 0))
 
 
 def _count(tokenizer: Any, texts: Sequence[str], first_new_id: int | None = None) -> tuple[int, int, int]:

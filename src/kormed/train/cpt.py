@@ -44,6 +44,7 @@ from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pic
 from kormed.prepare.publish import check_prepared_set
 from kormed.records import read_mcq_jsonl
 from kormed.stop_reason import StopReason
+from kormed.tokenizer.report import reported_new_tokens
 from kormed.train.checkpoints import plan_resume
 from kormed.train.config import CPTConfig
 from kormed.train.model_setup import is_embedding_param, prepare_model_for_training
@@ -228,8 +229,11 @@ def run_embedding_warmup(
             "losses": losses}
 
 
-def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None) -> CPTConfig:
+def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None, log: Log = print) -> CPTConfig:
     """With an extended tokenizer, make sure the new embedding rows are trained.
+
+    A tokenizer that `kormed tokenizer extend` left without new entries (a null `max_new_tokens` sized to a
+    budget too small to pay back an extension) is the base tokenizer: CPT then runs without it.
 
     If the `cpt.lora` section does not train embeddings, the `tokenizer` section's CPT-side options decide:
     `train_new_rows_only` (default true: PEFT trainable_token_indices on the new rows) and `embedding_lr`.
@@ -237,6 +241,10 @@ def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None) -> CP
     """
     if cfg.tokenizer_path is None:
         return cfg
+    if reported_new_tokens(cfg.tokenizer_path) == 0:
+        log(f"[kormed] {cfg.tokenizer_path} adds no tokens (see its tokenizer_report.json): CPT uses the base "
+            "tokenizer")
+        return dataclasses.replace(cfg, tokenizer_path=None)
     lora = cfg.lora
     rows_only = getattr(tokenizer_options, "train_new_rows_only", True)
     emb_lr = lora.embedding_lr if lora.embedding_lr is not None else getattr(tokenizer_options, "embedding_lr", None)
@@ -262,7 +270,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     data_sha256 = file_sha256(cfg.data)  # read once: the prepared-set check, the data-order record, the cache key
     # a corpus and validation file from two prepare runs are refused
     check_prepared_set(cfg.data, cfg.val, corpus_sha256=data_sha256)
-    cfg = apply_tokenizer_options(cfg, tokenizer_options)
+    cfg = apply_tokenizer_options(cfg, tokenizer_options, log=log)
     output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output")
     runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     state = PartialState(cpu=runtime.device == "cpu")  # cpu=True: several CPU processes use gloo (MULTI_CPU)
