@@ -7,10 +7,11 @@ pipeline chains its stages):
 - `base`: the model as it is (no training).
 - `cpt`: :func:`kormed.train.cpt.run_cpt` from the base model, base tokenizer.
 - `cpt_extended`: :func:`kormed.tokenizer.extend.extend_tokenizer` on the CPT training text (+ the medical
-  dictionary), then `run_cpt` with that tokenizer (the new rows trained as the `tokenizer` section says).
-- `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt_extended` adapter by default, as the
-  default pipeline does (its stages include `tokenizer`, so its SFT continues the extended-tokenizer CPT);
-  `--sft-from cpt` chains from the plain CPT arm instead.
+  dictionary; 100 entries unless `--set tokenizer.max_new_tokens=N`), then `run_cpt` with that tokenizer (the new
+  rows trained as the `tokenizer` section says).
+- `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt` adapter by default, as the default
+  pipeline does at this budget (its `tokenizer` stage sizes the extension to CPT's budget: none at 40,000
+  characters); `--sft-from cpt_extended` chains from the extended-tokenizer CPT arm instead.
 - `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
   on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
 
