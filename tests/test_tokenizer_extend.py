@@ -21,6 +21,7 @@ from kormed.tokenizer.extend import (
     korean_units,
     split_heldout,
 )
+from kormed.tokenizer.report import format_report
 
 TERMS = ["당뇨병", "고혈압", "인슐린", "항문열창", "심근경색증", "갑상선기능저하증"]
 DICT = [
@@ -260,6 +261,7 @@ def test_null_size_on_a_small_budget_adds_nothing_and_cpt_keeps_the_base(embedde
     sizing = report["sizing"]
     assert sizing["max_new_tokens"] == 0 and sizing["budget_characters"] == sizing["corpus_characters"] > 0
     assert sizing["rule"].startswith("auto")
+    assert f"size: 0 entries for a CPT budget of {sizing['corpus_characters']:,} characters" in format_report(report)
     tok = load_tokenizer(str(out))
     for text in ROUND_TRIP + SENTENCES:
         assert tok(text)["input_ids"] == real_tokenizer(text)["input_ids"]

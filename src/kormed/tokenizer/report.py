@@ -79,6 +79,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"{100 * r['new_token_share_of_tokens']:.1f}% of its tokens and cover "
             f"{100 * r['new_token_share_of_chars']:.1f}% of its characters"
         )
+    sizing = report.get("sizing") or {}
+    if "budget_characters" in sizing:
+        lines.append(f"size: {sizing['max_new_tokens']} entries for a CPT budget of {sizing['budget_characters']:,} "
+                     f"characters ({sizing['rule']})" + ("; CPT will keep the base tokenizer"
+                                                         if not sizing["max_new_tokens"] else ""))
     if report.get("round_trip_failures"):
         lines.append(f"WARNING: round-trip failures: {report['round_trip_failures']}")
     return "\n".join(lines)
