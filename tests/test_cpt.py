@@ -277,7 +277,14 @@ def test_extended_tokenizer_trains_new_rows_by_default():
 
     cfg = CPTConfig(tokenizer_path="tok", train=TrainOptions(lr=1e-4))
     got = apply_tokenizer_options(cfg, None)
-    assert got.lora.train_embeddings and got.lora.embedding_rows == "new" and got.lora.embedding_lr is None
+    # new rows only: 10x the LoRA learning rate unless a rate is given
+    assert got.lora.train_embeddings and got.lora.embedding_rows == "new"
+    assert got.lora.embedding_lr == pytest.approx(1e-3)
+    # the whole (pretrained) matrix keeps the trainer's default (lr / 4): no rate is set here
+    assert apply_tokenizer_options(cfg, SimpleNamespace(train_new_rows_only=False)).lora.embedding_lr is None
+    rows_new = dataclasses.replace(cfg, lora=LoraOptions(train_embeddings=True, embedding_rows="new"))
+    assert apply_tokenizer_options(rows_new, None).lora.embedding_lr == pytest.approx(1e-3)
+    assert apply_tokenizer_options(cfg, SimpleNamespace(embedding_lr=3e-5)).lora.embedding_lr == 3e-5
     got = apply_tokenizer_options(cfg, SimpleNamespace(train_new_rows_only=False, embedding_lr=3e-5))
     assert got.lora.embedding_rows == "all" and got.lora.embedding_lr == 3e-5
     explicit = dataclasses.replace(cfg, lora=LoraOptions(train_embeddings=True, embedding_lr=1e-6))

@@ -68,7 +68,10 @@ class TokenizerConfig:
         "false: the whole embedding matrix (PEFT modules_to_save with weight tying kept).",
     )
     embedding_lr: float | None = opt(
-        None, "CPT: learning rate of the trainable embedding parameters (null: the CPT learning rate)."
+        None,
+        "CPT: learning rate of the trainable embedding parameters. null: 10x the CPT learning rate for the new\n"
+        "rows only (at 100,000 training characters it closed 2.6 of the 4.6 points the extension cost at lr/4),\n"
+        "a quarter of it for the whole matrix.",
     )
 
     def validate(self) -> None:

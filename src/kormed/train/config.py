@@ -46,7 +46,10 @@ class LoraOptions:
         "added by an extended tokenizer (PEFT trainable_token_indices; far less memory).",
     )
     embedding_lr: float | None = opt(
-        None, "Learning rate of the embedding parameters; default: a quarter of train.lr (2-10x smaller is usual)."
+        None,
+        "Learning rate of the embedding parameters. null: a quarter of train.lr for the whole (pretrained) matrix\n"
+        "(2-10x smaller is usual); with an extended tokenizer's new rows only (embedding_rows 'new'), 10x\n"
+        "train.lr (measured better: docs/commands/tokenizer-extend.md).",
     )
 
     def validate(self) -> None:
