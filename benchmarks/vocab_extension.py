@@ -135,7 +135,8 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
         steps = math.ceil(len(blocks) / 2)
         warm = round(steps * arm.warmup_share) if new_ids else 0
         cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, use_rslora=True, task_type="CAUSAL_LM",
-                         target_modules=list(GEMMA_LINEAR_MODULES), **peft_embedding_kwargs(model, new_ids))
+                         target_modules=list(GEMMA_LINEAR_MODULES),
+                         **(peft_embedding_kwargs(model, new_ids) if new_ids else {}))
         model = get_peft_model(model, cfg)
         lr, emb_lr = ctx["lr"], arm.embedding_lr if arm.embedding_lr is not None else ctx["lr"] / 4
         losses = []
