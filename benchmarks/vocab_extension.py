@@ -9,6 +9,7 @@ alpha 32, rsLoRA, the seven linear layers) at the demo's learning rate, cosine d
     python scripts/fetch_korean_text.py --out ~/.cache/kormed/korean_text
     python benchmarks/vocab_extension.py --text-dir ~/.cache/kormed/korean_text \
         --budgets 3500,20000 --seeds 0 --out benchmarks/results/vocab_extension_cpu.json
+    python benchmarks/vocab_extension.py --budgets 100000 --seeds 0,1 --arms cpt,ext100_mean_lr10
 
 The training loop is a plain optimizer loop (not `kormed train cpt`): it runs the same model preparation
 (`resize_and_init_embeddings`, `peft_embedding_kwargs`, `embedding_param_groups`) and the same embeddings-first
@@ -38,7 +39,7 @@ class Arm:
     name: str
     new_tokens: int = 0  # 0: the base tokenizer
     init: str = "mean"
-    embedding_lr: float | None = None  # None: lr / 4 (kormed's default for trained embeddings)
+    embedding_lr: float | None = None  # None: lr / 4 (kormed's new-row default until 2026-12-03; now 10x lr)
     warmup_share: float = 0.0  # share of the steps that train only the new rows (embeddings-first phase)
     warmup_lr: float = 1e-3
     train: bool = True
