@@ -37,8 +37,8 @@ class TokenizerConfig:
         "sub-words; fewer when the corpus runs out of pairs seen min_frequency times). null: sized to the CPT\n"
         "budget (budget_tokens, else the corpus read): one entry per 30,000 characters, none when that gives fewer\n"
         "than 50, at most 12,000 (kormed.tokenizer.extend.auto_extension_size). Measured on the 270M model: 100\n"
-        "entries cost held-out bits per character at every CPT budget tried (3,500 and 40,000 characters), so\n"
-        "small budgets get no extension (docs/commands/tokenizer-extend.md).",
+        "entries cost held-out bits per character at every CPT budget tried (3,500, 40,000 and 100,000\n"
+        "characters), so small budgets get no extension (docs/commands/tokenizer-extend.md).",
     )
     max_dict_tokens: int | None = opt(
         None,

@@ -51,10 +51,11 @@ _TERM_SPLIT = re.compile(r"[\s()\[\]{}<>.,;:!?'\"“”‘’·/\\|\-–—~…�
 
 REPORT_CHARS = 5_000_000  # held-out characters the report measures
 MAX_UNITS = 2_000_000  # distinct corpus words kept for the merge learner
-# Sizing a null `max_new_tokens` to the CPT budget (auto_extension_size). Measured here (270M model, one seed):
-# 100 new entries cost held-out bits per character against no extension after CPT on 3,500 characters (+8.9
-# points) and 40,000 characters (+6.6 points); see docs/commands/tokenizer-extend.md. Published: about 30K
-# sentences (~3 M characters) -> 50-100 entries (Yamaguchi et al. 2024); ~2 B tokens -> ~9,000 (EEVE).
+# Sizing a null `max_new_tokens` to the CPT budget (auto_extension_size). Measured here (270M model): 100 new
+# entries cost held-out bits per character against no extension after CPT on 3,500 characters (+8.9 points),
+# 40,000 (+3.8) and 100,000 (+2.4, two seeds), the last two with the new rows at 10x lr; break-even was not
+# reached (docs/commands/tokenizer-extend.md). Published: about 30K sentences (~3 M characters) -> 50-100
+# entries (Yamaguchi et al. 2024); ~2 B tokens -> ~9,000 (EEVE).
 CHARS_PER_NEW_TOKEN = 30_000  # 3 M characters -> 100 entries
 MIN_AUTO_TOKENS = 50  # fewer entries than the smallest published recommendation: none at all
 MAX_AUTO_TOKENS = 12_000
