@@ -172,6 +172,7 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
         train_steps(batches[warm:], opt, sched)
         row.update(steps=steps, embedding_only_steps=warm, train_tokens=sum(len(b) for b in blocks),
                    train_chars=sum(len(t) for t in texts), losses=losses)
+    row["general_split"] = ctx["general_split"]
     row["bits_per_char_general"] = round(bits_per_char(model, tok, ctx["general"], ctx["eval_length"]), 5)
     row["bits_per_char_medical"] = round(bits_per_char(model, tok, ctx["medical"], ctx["eval_length"]), 5)
     row["seconds"] = round(time.time() - t0, 1)
@@ -189,6 +190,8 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128, help="training block length (the demo's)")
     ap.add_argument("--eval-length", type=int, default=256)
     ap.add_argument("--general-chars", type=int, default=8000, help="held-out general Korean characters")
+    ap.add_argument("--general-split", default="test", choices=["dev", "test"],
+                    help="split of the general text measured: dev to choose a setting, test to report it")
     ap.add_argument("--medical-chars", type=int, default=6000, help="held-out medical characters")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "kormed" / "vocab_bench")
     args = ap.parse_args()
@@ -208,7 +211,8 @@ def main() -> int:
         "text_dir": args.text_dir, "work": args.work, "lr": args.lr, "max_length": args.max_length,
         "eval_length": args.eval_length, "train_texts": train_texts,
         "dict": str(sample_data_root() / "data" / "02_refined" / "01_medical_dict.json"),
-        "general": head_chars(read_texts(args.text_dir / "test.jsonl"), args.general_chars),
+        "general": head_chars(read_texts(args.text_dir / f"{args.general_split}.jsonl"), args.general_chars),
+        "general_split": args.general_split,
         "medical": head_chars(read_texts(args.text_dir / "medical_test.jsonl"), args.medical_chars),
     }
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": []}
