@@ -279,11 +279,11 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     data_sha256 = file_sha256(cfg.data)  # read once: the prepared-set check, the data-order record, the cache key
     # a corpus and validation file from two prepare runs are refused
     check_prepared_set(cfg.data, cfg.val, corpus_sha256=data_sha256)
-    cfg = apply_tokenizer_options(cfg, tokenizer_options, log=log)
     output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output")
     runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     state = PartialState(cpu=runtime.device == "cpu")  # cpu=True: several CPU processes use gloo (MULTI_CPU)
     quiet = (lambda m: None) if not state.is_main_process else log
+    cfg = apply_tokenizer_options(cfg, tokenizer_options, log=quiet)  # logs once, on the main process
 
     # what the data order depends on: checked against the run's record BEFORE the model loads (as is the
     # refusal to mix with an earlier run's checkpoints), recorded when a run starts
