@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -64,7 +65,7 @@ def demo_like_run(rd: Path, model: str | None = None) -> Path:
 
 def test_demo_like_run_card_fields_come_from_the_run(tmp_path):
     rd = demo_like_run(tmp_path / "demo")
-    written = write_run_cards(rd)
+    written = write_run_cards([rd / "cpt", rd / "sft" / "step4", rd / "loop" / "best"])
     assert [p.relative_to(rd).as_posix() for p in written] == ["cpt/README.md", "sft/step4/README.md",
                                                                "loop/best/README.md"]
     card = (rd / "loop" / "best" / "README.md").read_text(encoding="utf-8")
@@ -145,3 +146,26 @@ def test_run_pipeline_writes_the_card_when_a_stage_finishes(tmp_path):
     assert "| cpt | 0.4 | 10 | chat |" in card  # refreshed after the eval stage
     state = json.loads((rd / "state.json").read_text())
     assert all(s["status"] == "done" for s in state["stages"].values())
+
+
+def test_run_cards_follow_the_registry_final_adapter_of_a_three_step_sft(tmp_path):
+    """The runner asks the stage registry where each training stage leaves its final adapter: an SFT of three steps
+    gets its card in sft/step3 (a hard-coded sft/step4 left it without one)."""
+    import dataclasses
+
+    from kormed.pipeline.run import _write_model_cards
+    from kormed.pipeline.spec import Pipeline, RunContext
+    from kormed.train.config import CPTConfig
+    from kormed.train.sft_config import SFTConfig
+
+    rd = demo_like_run(tmp_path / "run")
+    shutil.rmtree(rd / "sft" / "step4")
+    info = json.loads((rd / "sft" / "step3" / "training_info.json").read_text())
+    _adapter(rd / "sft" / "step3", info)
+    sft = SFTConfig(output=str(rd / "sft"))
+    sft = dataclasses.replace(sft, steps=sft.steps[:3])
+    ctx = RunContext(pipeline=Pipeline(name="t", run_dir=rd, stages=["cpt", "sft"], sections={}),
+                     configs={"cpt": CPTConfig(output=str(rd / "cpt")), "sft": sft}, log=lambda m: None)
+    _write_model_cards(ctx)
+    assert (rd / "sft" / "step3" / "README.md").is_file() and (rd / "cpt" / "README.md").is_file()
+    assert not (rd / "loop" / "best" / "README.md").exists()  # loop is not part of this run

@@ -9,10 +9,12 @@ A field with no source file is written as "not recorded", never guessed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from kormed.io import atomic_write
+from kormed.pipeline.registry import TRAINING_STAGES
 from kormed.pipeline.report import _target_key
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
@@ -109,7 +111,7 @@ def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[st
         from kormed.pipeline.report import collect
 
         data = collect(run_dir)
-        order = ["cpt", "sft", "loop"]
+        order = list(TRAINING_STAGES)
         try:  # the stages that led to this adapter: up to and including its own
             own = Path(adapter).resolve().relative_to(run_dir.resolve()).parts[0] if adapter else "loop"
         except ValueError:
@@ -265,13 +267,12 @@ def export_card(out_dir: Path, *, name: str, adapter: str | None, model_dir: Pat
                 tags=["gguf"] if files else [])
 
 
-def write_run_cards(run_dir: str | Path) -> list[Path]:
-    """README.md into the final adapter of each training stage of a run directory (cpt/, sft/step4, loop/best)."""
+def write_run_cards(adapter_dirs: Iterable[str | Path]) -> list[Path]:
+    """README.md into each final adapter directory given (the registry's final adapter of each training stage of a
+    run: cpt/, sft/<last step>/, loop/best/); a directory that holds no adapter (a stage not run yet) is passed over."""
 
-    rd = Path(run_dir)
     written = []
-    for rel in ("cpt", "sft/step4", "loop/best"):
-        d = rd / rel
+    for d in map(Path, adapter_dirs):
         if (d / "adapter_config.json").is_file():
             with atomic_write(d / "README.md") as fh:
                 fh.write(adapter_card(d))

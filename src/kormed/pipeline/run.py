@@ -31,7 +31,7 @@ from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.io import Log, atomic_write, check_output_path, file_sha256, read_json, write_json
 from kormed.model_card import write_run_cards
-from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS
+from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS, TRAINING_STAGES, stage_info
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result
 from kormed.pipeline.spec import Pipeline, RunContext, StageInterrupted, StageSpec, stderr_log
@@ -536,6 +536,7 @@ def _write_model_cards(ctx: RunContext) -> None:
     """A model card (README.md) in each training stage's final adapter, refreshed after every stage so that the
     eval results land in it (README.md is not among any stage's hashed inputs)."""
     try:
-        write_run_cards(ctx.run_dir)
+        write_run_cards(stage_info(stage).final_adapter(cfg) for stage, cfg in ctx.configs.items()
+                        if stage in TRAINING_STAGES)
     except Exception as exc:  # noqa: BLE001 - a card must not fail the run
         ctx.log(f"model cards: could not be written ({type(exc).__name__}: {exc})")
