@@ -289,3 +289,88 @@ def test_model_vocabulary_checked_against_the_gemma_vocabulary(tmp_path: Path, r
             load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=lambda m: None)
         assert "smaller than its tokenizer" not in str(exc.value)
     assert hub_calls == []
+
+
+# -- issue 28: no network at run time -------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Every way out of the process is blocked and counted: socket connections (what any HTTP client ends in) and
+    child processes (pip). The hub libraries are put online (the test session sets HF_HUB_OFFLINE, which would hide
+    an attempt), so what the code itself does is what is counted."""
+    import socket
+    import subprocess
+
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    attempts: dict[str, list[Any]] = {"connect": [], "process": []}
+
+    def connect(_sock: Any, address: Any, *_a: Any) -> Any:
+        attempts["connect"].append(address)
+        raise OSError(101, "network blocked by the test")
+
+    def create_connection(address: Any, *_a: Any, **_k: Any) -> Any:
+        attempts["connect"].append(address)
+        raise OSError(101, "network blocked by the test")
+
+    def popen(args: Any, *_a: Any, **_k: Any) -> Any:
+        attempts["process"].append(args)
+        raise OSError(1, "child processes blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    if hasattr(transformers.utils.hub, "_is_offline_mode"):
+        monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
+    return attempts
+
+
+def test_gguf_export_never_downloads_the_converter(tiny_gemma3_dir: Path, tmp_path: Path, monkeypatch,
+                                                   no_network) -> None:
+    """`kormed export --gguf` without the converter installed is one line saying how to install it (before any
+    work), with no pip and no connection: fetching is `kormed export --fetch-converter`, run once."""
+    pytest.importorskip("sentencepiece")
+    import kormed.train.gguf as gguf
+
+    monkeypatch.delenv("KORMED_LLAMA_CPP", raising=False)
+    monkeypatch.setattr(gguf, "converter_dir", lambda: tmp_path / "cache" / "llama.cpp" / "none")
+    out = _one_error(["export", "--model", str(tiny_gemma3_dir), "--gguf", "--out", str(tmp_path / "o")])
+    assert "GGUF converter is not installed" in out and "kormed export --fetch-converter" in out
+    assert len(out.strip().splitlines()) == 1
+    assert no_network == {"connect": [], "process": []}
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_fetch_converter_is_the_one_step_that_runs_pip(tmp_path: Path, monkeypatch) -> None:
+    """`kormed export --fetch-converter` runs pip download (its failure is one line), and nothing once installed."""
+    pytest.importorskip("sentencepiece")
+    import subprocess
+
+    import kormed.train.gguf as gguf
+
+    calls: list[list[str]] = []
+
+    def pip(cmd: list[str], **_k: Any) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(gguf.subprocess, "run", pip)
+    monkeypatch.setattr(gguf, "converter_dir", lambda: tmp_path / "llama.cpp" / "v")
+    result = runner.invoke(app, ["export", "--fetch-converter"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == ("kormed: error: cannot fetch llama.cpp's GGUF converter: pip download "
+                                              "llama-cpp-python failed (ERROR: No matching distribution found); it "
+                                              "needs the package registry once, or set KORMED_LLAMA_CPP to a "
+                                              "llama.cpp checkout")
+    assert [cmd[1:4] for cmd in calls] == [["-m", "pip", "download"]]
+    installed = tmp_path / "llama.cpp" / "v"
+    installed.mkdir(parents=True)
+    (installed / "convert_hf_to_gguf.py").write_text("", encoding="utf-8")
+    result = runner.invoke(app, ["export", "--fetch-converter"])
+    assert result.exit_code == 0 and f"llama.cpp GGUF converter: {installed}" in result.output
+    assert len(calls) == 1  # already installed: nothing fetched again
