@@ -302,7 +302,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     import subprocess
 
     import huggingface_hub.constants
-    import transformers.utils.hub
 
     attempts: dict[str, list[Any]] = {"connect": [], "process": []}
 
@@ -324,9 +323,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     monkeypatch.setattr(subprocess, "Popen", popen)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    if hasattr(transformers.utils.hub, "_is_offline_mode"):
-        monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # transformers asks the same flag
     return attempts
 
 
@@ -374,3 +371,90 @@ def test_fetch_converter_is_the_one_step_that_runs_pip(tmp_path: Path, monkeypat
     result = runner.invoke(app, ["export", "--fetch-converter"])
     assert result.exit_code == 0 and f"llama.cpp GGUF converter: {installed}" in result.output
     assert len(calls) == 1  # already installed: nothing fetched again
+
+
+def _hub_cache(root: Path, repo_id: str, files: Path | None = None) -> Path:
+    """A Hugging Face cache holding `repo_id` as `hf download` leaves it (refs/main -> snapshots/<sha>/), with the
+    files of the directory `files` linked in (a config.json alone when None). Returns the snapshot directory."""
+    from conftest import tiny_text_config
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha, encoding="utf-8")
+    if files is None:
+        tiny_text_config().save_pretrained(snapshot)
+    else:
+        for f in files.iterdir():
+            (snapshot / f.name).symlink_to(f)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache of the test's own (what huggingface_hub and transformers read)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("name", ["models/typo", "google/medgemma-4b-it"])
+def test_name_that_is_nowhere_is_one_line_with_no_connection(name: str, tmp_path: Path, monkeypatch, hub_cache,
+                                                             no_network, hub_calls) -> None:
+    """`--model models/typo` with no `models/` here is shaped like a hub id: it is still one line, with no
+    connection attempted (the battery counted 38), for the model, the tokenizer and the CLI alike; the line says how
+    to fetch a hub model once (`kormed model path --download`)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KormedError, match="model directory does not exist, and no hub model") as exc:
+        resolve_model(name, log=_quiet)
+    assert exc.value.path == name and f"kormed model path --model {name} --download" in str(exc.value)
+    with pytest.raises(KormedError, match="does not exist"):
+        load_model_and_tokenizer(name, runtime=pick_runtime("cpu"), log=_quiet)
+    with pytest.raises(KormedError, match="tokenizer directory does not exist"):
+        load_tokenizer(name)
+    with pytest.raises(KormedError, match="model directory does not exist"):
+        load_model_config(name)
+    out = _one_error(["model", "path", "--model", name])
+    assert len(out.strip().splitlines()) == 1 and f"{name}: model directory does not exist" in out
+    assert no_network == {"connect": [], "process": []} and hub_calls == []
+
+
+def test_hub_model_in_the_cache_loads_with_no_connection(tiny_gemma3_dir: Path, hub_cache: Path, no_network) -> None:
+    """A hub id fetched earlier loads from the Hugging Face cache alone, with the hub libraries online: no revision
+    check, and not the agent registry huggingface_hub fetches when it builds request headers."""
+    _hub_cache(hub_cache, "kormed-test/tiny-gemma3", files=tiny_gemma3_dir)
+    assert resolve_model("kormed-test/tiny-gemma3", log=_quiet) == "kormed-test/tiny-gemma3"
+    model, tokenizer, _ = load_model_and_tokenizer("kormed-test/tiny-gemma3", runtime=pick_runtime("cpu"), log=_quiet)
+    assert model.config.hidden_size == 64 and len(tokenizer) >= 262144
+    assert no_network == {"connect": [], "process": []}
+
+
+def test_model_path_download_is_the_one_request_for_the_hub(tmp_path: Path, monkeypatch, hub_cache) -> None:
+    """`kormed model path --model OWNER/NAME --download` fetches config, tokenizer and safetensors (never pickles)
+    into the cache, once; a path that is no hub id is refused as a path, with nothing fetched."""
+    import huggingface_hub
+
+    from kormed.models import HUB_FILES
+
+    calls: list[tuple[str, Any]] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append((repo_id, kwargs.get("allow_patterns")))
+        return str(_hub_cache(hub_cache, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["model", "path", "--model", "kormed-test/tiny", "--download"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "kormed-test/tiny"
+    assert calls == [("kormed-test/tiny", HUB_FILES)] and not any(p.endswith((".bin", ".pt")) for p in HUB_FILES)
+    assert runner.invoke(app, ["model", "path", "--model", "kormed-test/tiny", "--download"]).exit_code == 0
+    assert len(calls) == 1  # in the cache now: not fetched again
+    (tmp_path / "models").mkdir()
+    out = _one_error(["model", "path", "--model", "models/typo", "--download"])
+    assert "models/typo: model directory does not exist" in out and len(calls) == 1
