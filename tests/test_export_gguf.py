@@ -23,12 +23,22 @@ REL_TOL = 2e-3
 def converter():
     pytest.importorskip("sentencepiece")
     from kormed.errors import KormedError
-    from kormed.train.gguf import ensure_converter
+    from kormed.train.gguf import fetch_converter
 
-    try:
-        return ensure_converter(log=lambda m: None)
+    try:  # the installation step (`kormed export --fetch-converter`): the only one that may use the network
+        return fetch_converter(log=lambda m: None)
     except KormedError as exc:  # no registry access and no cached converter: nothing to test against
         pytest.skip(f"llama.cpp converter unavailable: {exc}")
+
+
+@pytest.fixture
+def installed_converter(tmp_path, monkeypatch):
+    """A converter found where export looks (KORMED_LLAMA_CPP), for the checks that stop before it would run."""
+    path = tmp_path / "llama.cpp"
+    path.mkdir()
+    (path / "convert_hf_to_gguf.py").write_text("raise SystemExit('not run by these tests')\n", encoding="utf-8")
+    monkeypatch.setenv("KORMED_LLAMA_CPP", str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +142,7 @@ def test_export_bad_inputs(tiny_gemma3_dir, tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
 
 
-def test_gguf_full_disk_is_refused_before_writing(tiny_gemma3_dir, tmp_path, monkeypatch):
+def test_gguf_full_disk_is_refused_before_writing(tiny_gemma3_dir, tmp_path, monkeypatch, installed_converter):
     import shutil
     from collections import namedtuple
 
@@ -143,10 +153,10 @@ def test_gguf_full_disk_is_refused_before_writing(tiny_gemma3_dir, tmp_path, mon
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 10 << 20, 1 << 20))
     with pytest.raises(KormedError, match="not enough free disk space"):
         run_export(adapter=None, model=str(tiny_gemma3_dir), out=str(tmp_path / "o"), merge=False, gguf=True)
-    assert list(tmp_path.iterdir()) == []  # staging directory removed, nothing under the final name
+    assert list(tmp_path.iterdir()) == [installed_converter]  # staging directory removed, nothing under the name
 
 
-def test_gguf_unwritable_target(tiny_gemma3_dir, tmp_path):
+def test_gguf_unwritable_target(tiny_gemma3_dir, tmp_path, installed_converter):
     import os
 
     from kormed.errors import KormedError

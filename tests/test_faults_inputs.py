@@ -369,3 +369,25 @@ def test_report_markdown_escapes_text_from_the_data(tmp_path: Path) -> None:
     assert "``p`|.yaml``" in meta  # a code span fenced longer than the backtick inside it
     html_text = _html.read_text(encoding="utf-8")
     assert "<img src=x" not in html_text and "&lt;img src=x" in html_text
+
+
+def test_report_escapes_the_decontamination_set_names_in_both_formats(tmp_path: Path) -> None:
+    """Issue 28: a text the report builds from the data (the decontamination sentence, with the evaluation sets'
+    file names) is escaped like every other: no raw HTML in report.md, no markup made of the name in either."""
+    from kormed.pipeline.report import write_report
+
+    run = tmp_path / "run"
+    (run / "corpus").mkdir(parents=True)
+    name = "<img src=x onerror=alert(1)>**bold**`code`[l](http://x).jsonl"
+    stats = {"table": [{"source": "mcq", "base": 1, "final": 1}], "drops": {},
+             "decontamination": {"enabled": True, "ngram": 13, "documents": 1, "characters": 5,
+                                 "eval_sets": [{"name": name, "questions": 3, "matched_documents": 1}]}}
+    (run / "corpus" / "c.stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    html_path, md_path = write_report(run)
+    md = md_path.read_text(encoding="utf-8")
+    line = next(x for x in md.splitlines() if x.startswith("Decontamination"))
+    assert not re.search(r"(?<!\\)<[A-Za-z/]", md), line  # no raw HTML anywhere in report.md
+    assert "\\<img src=x onerror=alert(1)\\>\\*\\*bold\\*\\*\\`code\\`\\[l\\](http://x).jsonl" in line
+    html_text = html_path.read_text(encoding="utf-8")
+    assert "<img src=x" not in html_text and "&lt;img src=x onerror=alert(1)&gt;**bold**`code`" in html_text
+    assert "<b>bold</b>" not in html_text and "<code>code</code>" not in html_text

@@ -289,3 +289,172 @@ def test_model_vocabulary_checked_against_the_gemma_vocabulary(tmp_path: Path, r
             load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=lambda m: None)
         assert "smaller than its tokenizer" not in str(exc.value)
     assert hub_calls == []
+
+
+# -- issue 28: no network at run time -------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Every way out of the process is blocked and counted: socket connections (what any HTTP client ends in) and
+    child processes (pip). The hub libraries are put online (the test session sets HF_HUB_OFFLINE, which would hide
+    an attempt), so what the code itself does is what is counted."""
+    import socket
+    import subprocess
+
+    import huggingface_hub.constants
+
+    attempts: dict[str, list[Any]] = {"connect": [], "process": []}
+
+    def connect(_sock: Any, address: Any, *_a: Any) -> Any:
+        attempts["connect"].append(address)
+        raise OSError(101, "network blocked by the test")
+
+    def create_connection(address: Any, *_a: Any, **_k: Any) -> Any:
+        attempts["connect"].append(address)
+        raise OSError(101, "network blocked by the test")
+
+    def popen(args: Any, *_a: Any, **_k: Any) -> Any:
+        attempts["process"].append(args)
+        raise OSError(1, "child processes blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # transformers asks the same flag
+    return attempts
+
+
+def test_gguf_export_never_downloads_the_converter(tiny_gemma3_dir: Path, tmp_path: Path, monkeypatch,
+                                                   no_network) -> None:
+    """`kormed export --gguf` without the converter installed is one line saying how to install it (before any
+    work), with no pip and no connection: fetching is `kormed export --fetch-converter`, run once."""
+    pytest.importorskip("sentencepiece")
+    import kormed.train.gguf as gguf
+
+    monkeypatch.delenv("KORMED_LLAMA_CPP", raising=False)
+    monkeypatch.setattr(gguf, "converter_dir", lambda: tmp_path / "cache" / "llama.cpp" / "none")
+    out = _one_error(["export", "--model", str(tiny_gemma3_dir), "--gguf", "--out", str(tmp_path / "o")])
+    assert "GGUF converter is not installed" in out and "kormed export --fetch-converter" in out
+    assert len(out.strip().splitlines()) == 1
+    assert no_network == {"connect": [], "process": []}
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_fetch_converter_is_the_one_step_that_runs_pip(tmp_path: Path, monkeypatch) -> None:
+    """`kormed export --fetch-converter` runs pip download (its failure is one line), and nothing once installed."""
+    pytest.importorskip("sentencepiece")
+    import subprocess
+
+    import kormed.train.gguf as gguf
+
+    calls: list[list[str]] = []
+
+    def pip(cmd: list[str], **_k: Any) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(gguf.subprocess, "run", pip)
+    monkeypatch.setattr(gguf, "converter_dir", lambda: tmp_path / "llama.cpp" / "v")
+    result = runner.invoke(app, ["export", "--fetch-converter"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == ("kormed: error: cannot fetch llama.cpp's GGUF converter: pip download "
+                                              "llama-cpp-python failed (ERROR: No matching distribution found); it "
+                                              "needs the package registry once, or set KORMED_LLAMA_CPP to a "
+                                              "llama.cpp checkout")
+    assert [cmd[1:4] for cmd in calls] == [["-m", "pip", "download"]]
+    installed = tmp_path / "llama.cpp" / "v"
+    installed.mkdir(parents=True)
+    (installed / "convert_hf_to_gguf.py").write_text("", encoding="utf-8")
+    result = runner.invoke(app, ["export", "--fetch-converter"])
+    assert result.exit_code == 0 and f"llama.cpp GGUF converter: {installed}" in result.output
+    assert len(calls) == 1  # already installed: nothing fetched again
+
+
+def _hub_cache(root: Path, repo_id: str, files: Path | None = None) -> Path:
+    """A Hugging Face cache holding `repo_id` as `hf download` leaves it (refs/main -> snapshots/<sha>/), with the
+    files of the directory `files` linked in (a config.json alone when None). Returns the snapshot directory."""
+    from conftest import tiny_text_config
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha, encoding="utf-8")
+    if files is None:
+        tiny_text_config().save_pretrained(snapshot)
+    else:
+        for f in files.iterdir():
+            (snapshot / f.name).symlink_to(f)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache of the test's own (what huggingface_hub and transformers read)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("name", ["models/typo", "google/medgemma-4b-it"])
+def test_name_that_is_nowhere_is_one_line_with_no_connection(name: str, tmp_path: Path, monkeypatch, hub_cache,
+                                                             no_network, hub_calls) -> None:
+    """`--model models/typo` with no `models/` here is shaped like a hub id: it is still one line, with no
+    connection attempted (the battery counted 38), for the model, the tokenizer and the CLI alike; the line says how
+    to fetch a hub model once (`kormed model path --download`)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KormedError, match="model directory does not exist, and no hub model") as exc:
+        resolve_model(name, log=_quiet)
+    assert exc.value.path == name and f"kormed model path --model {name} --download" in str(exc.value)
+    with pytest.raises(KormedError, match="does not exist"):
+        load_model_and_tokenizer(name, runtime=pick_runtime("cpu"), log=_quiet)
+    with pytest.raises(KormedError, match="tokenizer directory does not exist"):
+        load_tokenizer(name)
+    with pytest.raises(KormedError, match="model directory does not exist"):
+        load_model_config(name)
+    out = _one_error(["model", "path", "--model", name])
+    assert len(out.strip().splitlines()) == 1 and f"{name}: model directory does not exist" in out
+    assert no_network == {"connect": [], "process": []} and hub_calls == []
+
+
+def test_hub_model_in_the_cache_loads_with_no_connection(tiny_gemma3_dir: Path, hub_cache: Path, no_network) -> None:
+    """A hub id fetched earlier loads from the Hugging Face cache alone, with the hub libraries online: no revision
+    check, and not the agent registry huggingface_hub fetches when it builds request headers."""
+    _hub_cache(hub_cache, "kormed-test/tiny-gemma3", files=tiny_gemma3_dir)
+    assert resolve_model("kormed-test/tiny-gemma3", log=_quiet) == "kormed-test/tiny-gemma3"
+    model, tokenizer, _ = load_model_and_tokenizer("kormed-test/tiny-gemma3", runtime=pick_runtime("cpu"), log=_quiet)
+    assert model.config.hidden_size == 64 and len(tokenizer) >= 262144
+    assert no_network == {"connect": [], "process": []}
+
+
+def test_model_path_download_is_the_one_request_for_the_hub(tmp_path: Path, monkeypatch, hub_cache) -> None:
+    """`kormed model path --model OWNER/NAME --download` fetches config, tokenizer and safetensors (never pickles)
+    into the cache, once; a path that is no hub id is refused as a path, with nothing fetched."""
+    import huggingface_hub
+
+    from kormed.models import HUB_FILES
+
+    calls: list[tuple[str, Any]] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append((repo_id, kwargs.get("allow_patterns")))
+        return str(_hub_cache(hub_cache, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["model", "path", "--model", "kormed-test/tiny", "--download"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "kormed-test/tiny"
+    assert calls == [("kormed-test/tiny", HUB_FILES)] and not any(p.endswith((".bin", ".pt")) for p in HUB_FILES)
+    assert runner.invoke(app, ["model", "path", "--model", "kormed-test/tiny", "--download"]).exit_code == 0
+    assert len(calls) == 1  # in the cache now: not fetched again
+    (tmp_path / "models").mkdir()
+    out = _one_error(["model", "path", "--model", "models/typo", "--download"])
+    assert "models/typo: model directory does not exist" in out and len(calls) == 1

@@ -181,6 +181,40 @@ def test_real_kill_between_renames_then_rerun(reference: tuple[Path, tuple[bytes
     assert _hidden(out.parent) == []
 
 
+@pytest.mark.parametrize("where", ["spool", "staged file"])
+def test_full_disk_over_an_earlier_output_names_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           where: str) -> None:
+    """A full disk while prepare works (the spool, whose write errors carry no file name, or a staged file in its
+    hidden work directory) is one line naming the --out the user gave, says the earlier output is kept, and leaves
+    it byte for byte, with nothing hidden behind (issue 28)."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+    from kormed.prepare import mix
+    from kormed.sample_data import sample_data_root
+
+    out = tmp_path / "corpus" / "mixed.jsonl"
+    run_prepare(_cfg(out, 1), log=None, progress=False)
+    earlier = _set(out)
+
+    def full(*_a: Any, **_k: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(*((mix.Spool, "add") if where == "spool" else (os, "fsync")), full)
+    result = CliRunner().invoke(app, ["prepare", "--data-root", str(sample_data_root()), "--out", str(out),
+                                      "--num-proc", "1", "--seed", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.output.splitlines()[-1].split("\r")[-1]
+    assert line.startswith(f"kormed: error: {out}: the disk is full"), line
+    assert ".kormed-" not in line  # not the hidden staging path, which is gone by the time the user reads it
+    if where == "spool":
+        assert "the earlier output is unchanged" in line
+    assert _set(out) == earlier
+    assert _hidden(out.parent) == []
+
+
 # -- 7. linear packing -----------------------------------------------------------------------------------------
 def _reference_pack(documents: Any, *, max_length: int, bos_id: int, eod_id: int) -> Iterator[list[int]]:
     """The packer as it was (quadratic on a long document, but the definition of the blocks)."""

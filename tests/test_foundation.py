@@ -153,7 +153,9 @@ def test_resolve_model_errors(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(KormedError, match="not a file"):
         resolve_model(str(f))
-    assert resolve_model("google/medgemma-4b-it") == "google/medgemma-4b-it"
+    # a hub id comes from the local Hugging Face cache only; one that is not there is an error, never a download
+    with pytest.raises(KormedError, match="no hub model 'kormed-test/not-cached' is in the Hugging Face cache"):
+        resolve_model("kormed-test/not-cached")
 
 
 def test_embedded_model_is_real_gemma3(embedded_model_dir, real_tokenizer):

@@ -203,11 +203,19 @@ def _register_commands() -> None:
 @subapps["model"].command("path")
 def model_path(
     model: str = typer.Option(None, "--model", help="Hub id or local directory; default: embedded Gemma 3 270M."),
+    download: bool = typer.Option(False, "--download", help="Fetch the hub model --model into the Hugging Face "
+                                                            "cache first (the one command that downloads a model)."),
 ) -> None:
     """Print the local directory of the resolved model (converting the embedded default on first use)."""
-    from kormed.models import resolve_model
+    from kormed.models import download_hub_model, in_hub_cache, looks_like_hub_id, resolve_model
 
-    typer.echo(resolve_model(model, log=lambda m: typer.echo(m, err=True)))
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    if download and model and looks_like_hub_id(model) and not Path(model).expanduser().exists() \
+            and not in_hub_cache(model):
+        download_hub_model(model, log=log)
+    typer.echo(resolve_model(model, log=log))
 
 
 @subapps["config"].command("show")

@@ -289,7 +289,19 @@ def os_error(exc: OSError, path: str | Path | None = None, *, note: str = "", te
         return None
     what, todo = known
     where = exc.filename if exc.filename is not None and str(exc.filename) != temp else path
-    return KormedError(f"{what}{note}; {todo}", path=where)
+    return KormedError(f"{what}{note}; {todo}", path=output_named(where) if where is not None else None)
+
+
+def output_named(path: str | Path) -> str:
+    """The output a path stands for: a file inside one of kormed's hidden temp names (`.NAME.kormed-...`, a staged
+    file or a work directory beside the output) is reported as `NAME` in that directory, the path the user gave;
+    any other path as it is. Errors name what the user knows, not a staging file that is removed on the way out."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        m = _TEMP_RE.match(part)
+        if m is not None:
+            return str(Path(*parts[:i], m["name"]))
+    return str(path)
 
 
 def check_output_path(path: str | Path, kind: str = "file", flag: str = "--output") -> Path:

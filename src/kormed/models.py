@@ -7,10 +7,12 @@ kormed's cache and loaded from there afterwards, by the same code path as any ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,18 +99,72 @@ def looks_like_hub_id(name: str) -> bool:
     return not Path(name.split("/", 1)[0]).exists()
 
 
-def local_path(name: str, what: str, flag: str = "--model") -> Path | None:
-    """`name` as an existing local path, or None for a hub id (:func:`looks_like_hub_id`).
+# What `kormed model path --download` fetches of a hub repository: what from_pretrained reads for a Gemma 3 model and
+# its tokenizer, never pickle weights (*.bin, *.pt) nor other formats.
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
 
-    A name that is a path by that rule and does not exist raises one line saying so; nothing is looked up on the
-    network for it."""
+
+@contextlib.contextmanager
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """huggingface_hub's offline mode (what HF_HUB_OFFLINE=1 sets, read by transformers too) for the duration.
+
+    Every load of a model, config or tokenizer runs inside it, with `local_files_only=True`: a hub id then comes
+    from the local cache with no connection at all. `local_files_only` alone is not enough: huggingface_hub still
+    fetches its agent registry over the network when it builds request headers. `offline=False` is for the one
+    download the user asks for (:func:`download_hub_model`)."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def in_hub_cache(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether the local Hugging Face cache holds `filename` of the hub repository `repo_id` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def local_path(name: str, what: str, flag: str = "--model", needs: str = "config.json") -> Path | None:
+    """`name` as an existing local path, or None for a hub id (:func:`looks_like_hub_id`) whose `needs` file is in
+    the local Hugging Face cache.
+
+    kormed opens no connection at run time: anything else - a path by that rule that does not exist, or an
+    `owner/name` that is neither here nor in the cache (`models/typo` when there is no `models/`) - raises one line
+    saying so; a hub model is fetched once, on request, by `kormed model path --model OWNER/NAME --download`."""
     path = Path(name).expanduser()
     if path.exists():
         return path
-    if looks_like_hub_id(name):
+    if not looks_like_hub_id(name):
+        raise KormedError(f"{what} does not exist ({flag} is read as a local path; a hub id is exactly owner/name)",
+                          path=path)
+    if in_hub_cache(name, needs):
         return None
-    raise KormedError(f"{what} does not exist", path=path,
-                      hint=f"{flag} is read as a local path (a hub id is exactly owner/name); check the path")
+    raise KormedError(f"{what} does not exist, and no hub model '{name}' is in the Hugging Face cache (kormed "
+                      f"downloads nothing at run time; to fetch a hub model once: kormed model path --model {name} "
+                      "--download)", path=path)
+
+
+def download_hub_model(repo_id: str, log: Any = print) -> Path:
+    """Fetch a hub model's config, tokenizer and safetensors weights into the Hugging Face cache (`kormed model path
+    --download`): the one place kormed downloads a model, on the user's request. Returns the snapshot directory."""
+    from huggingface_hub import snapshot_download
+
+    if not looks_like_hub_id(repo_id):
+        raise KormedError("--download takes a hub id (exactly owner/name, its owner not a local directory)",
+                          path=repo_id)
+    log(f"[kormed] downloading {repo_id} from the Hugging Face hub (config, tokenizer, safetensors weights)")
+    try:
+        with hub_offline(False):
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises its HTTP, offline and OS errors, one line each
+        raise KormedError(f"cannot download '{repo_id}' from the Hugging Face hub: {_first_line(exc)} (a gated "
+                          "model such as MedGemma needs its licence accepted on the hub and `hf auth login`)",
+                          path=repo_id) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -127,7 +183,7 @@ def resolve_model(model: str | None, log: Any = print) -> str:
     assert model is not None
     path = local_path(model, "model directory")
     if path is None:
-        return model  # hub id: from_pretrained resolves it (from the local HF cache when offline)
+        return model  # a hub id in the local HF cache: from_pretrained loads it from there (local_files_only)
     return str(_check_model_dir(path))
 
 
@@ -218,7 +274,8 @@ def load_model_config(model_path: str) -> Any:
     local = local_path(model_path, "model directory")
     cfg_file = _check_model_dir(local) / "config.json" if local is not None else None
     try:
-        return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
+        with hub_offline():
+            return AutoConfig.from_pretrained(model_path, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KormedError(f"cannot read the model config: {_first_line(exc)}", path=cfg_file or model_path,
                           hint="kormed needs a Gemma 3 model directory") from None
@@ -261,7 +318,7 @@ def load_tokenizer(path: str) -> Any:
     """
     from transformers import AutoTokenizer
 
-    local = local_path(path, "tokenizer directory", flag="--tokenizer-path")
+    local = local_path(path, "tokenizer directory", flag="--tokenizer-path", needs="tokenizer.json")
     if local is not None:
         if not local.is_dir():
             raise KormedError("expected a model or tokenizer directory, not a file", path=local)
@@ -274,7 +331,8 @@ def load_tokenizer(path: str) -> Any:
     if key is not None and key in _TOKENIZER_CACHE:
         return _TOKENIZER_CACHE[key]
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        with hub_offline():
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # transformers/tokenizers raise KeyError, TypeError, the Rust binding's Exception...
         raise _tokenizer_error(path, local, exc) from None
     if len(tok) < GEMMA3_VOCAB:
@@ -360,14 +418,16 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
         require_bitsandbytes()
         quant = {"quantization_config": bnb_config(), "device_map": device_map_for(runtime.device)}
     try:
-        model = cls.from_pretrained(
-            model_path,
-            dtype=getattr(torch, runtime.dtype),
-            attn_implementation=runtime.attn_implementation,
-            use_safetensors=True,
-            trust_remote_code=False,
-            **quant,
-        )
+        with hub_offline():
+            model = cls.from_pretrained(
+                model_path,
+                dtype=getattr(torch, runtime.dtype),
+                attn_implementation=runtime.attn_implementation,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=True,  # a local directory, or a hub id already in the HF cache (hub_offline)
+                **quant,
+            )
     except (OSError, ValueError) as exc:
         raise KormedError(f"cannot load model weights (safetensors only): {_first_line(exc)}",
                           path=model_path) from None
@@ -530,6 +590,7 @@ def load_model_and_tokenizer(
             from kormed.quantization import prepare_for_kbit_training
 
             net = prepare_for_kbit_training(net)
-        net = PeftModel.from_pretrained(net, str(adapter), is_trainable=trainable_adapter)
+        with hub_offline():  # a local directory (check_adapter_dir): nothing is looked up on the hub
+            net = PeftModel.from_pretrained(net, str(adapter), is_trainable=trainable_adapter)
         net.to(runtime.device)
     return net, tokenizer, runtime

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
@@ -393,22 +394,24 @@ def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, ti
 
 @dataclass(frozen=True)
 class Lit:
-    """Text taken from the data (paths, names, metric keys, reasons): shown literally, never read as markup."""
+    """Plain text, shown literally (the same as a str part)."""
 
     text: str
 
 
 @dataclass(frozen=True)
 class Code(Lit):
-    """Text from the data shown as a code span."""
+    """Text shown as a code span."""
 
 
 @dataclass(frozen=True)
 class Bold(Lit):
-    """Text from the data shown in bold."""
+    """Text shown in bold."""
 
 
-# A paragraph: str parts are kormed's own markup (the **bold** / `code` subset); Lit parts come from the data.
+# A paragraph: every part is text, kormed's own words and the data's alike (names, paths, reasons, file names of
+# the evaluation sets), and each renderer escapes all of it with its one escaping function (`_html_text`,
+# `md_escape`). Nothing is read as markup: a code span or bold is a `Code` or `Bold` part, never `**` or a backtick.
 Part = str | Lit
 
 
@@ -484,7 +487,8 @@ def _overview(data: ReportData) -> Section:
     stages = data.state.get("stages") or {}
     order = list(data.state.get("order") or []) or [s for s in STAGE_TITLES if s in stages]
     if not order:
-        sec.p("not run: no state.json in this directory (not a `kormed run` directory), so no stage timings.")
+        sec.p("not run: no state.json in this directory (not a ", Code("kormed run"),
+              " directory), so no stage timings.")
         return sec
     rows, names, walls = [], [], []
     for s in order:
@@ -777,27 +781,22 @@ nav a{margin-right:12px}code{background:#f4f4f6;padding:0 3px;border-radius:3px}
 """
 
 
-def _inline_md(text: str) -> str:
-    """The tiny Markdown subset used in paragraphs (**bold**, `code`) as escaped HTML."""
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+def _html_text(text: Any) -> str:
+    """Any text of the report as HTML: the one escaping function of report.html (quotes too, for attributes)."""
+    return html.escape(str(text), quote=True)
 
 
 def _html_parts(parts: Iterable[Part]) -> str:
-    """A paragraph as HTML: kormed's markup through `_inline_md`, data parts escaped and never parsed."""
-    parts = list(parts)
-    # data parts become placeholders (private-use characters) while the markup is parsed, then their escaped text
-    markup = "".join(p if isinstance(p, str) else f"\ue000{i}\ue001" for i, p in enumerate(parts))
-
-    def data(m: re.Match) -> str:
-        part = parts[int(m.group(1))]
-        text = html.escape(part.text)
-        if isinstance(part, Code):
-            return f"<code>{text}</code>"
-        return f"<b>{text}</b>" if isinstance(part, Bold) else text
-
-    return re.sub("\ue000(\\d+)\ue001", data, _inline_md(markup))
+    """A paragraph as HTML: every part escaped, a `Code` part in <code>, a `Bold` part in <b>."""
+    out = []
+    for p in parts:
+        text = _html_text(p if isinstance(p, str) else p.text)
+        if isinstance(p, Code):
+            text = f"<code>{text}</code>"
+        elif isinstance(p, Bold):
+            text = f"<b>{text}</b>"
+        out.append(text)
+    return "".join(out)
 
 
 # Characters that Markdown (CommonMark / GFM tables) may read as markup inside a line.
@@ -827,11 +826,11 @@ def md_code(text: str) -> str:
 
 
 def _md_parts(parts: Iterable[Part]) -> str:
-    """A paragraph as Markdown: kormed's markup as is, data parts escaped (a leading one as at a line start)."""
+    """A paragraph as Markdown: every part escaped (the first as at a line start), a `Code` part as a code span."""
     out = []
     for i, p in enumerate(parts):
         if isinstance(p, str):
-            out.append(p)
+            out.append(md_escape(p, line_start=i == 0))
         elif isinstance(p, Code):
             out.append(md_code(p.text))
         elif isinstance(p, Bold):
@@ -844,26 +843,26 @@ def _md_parts(parts: Iterable[Part]) -> str:
 def render_html(title: str, meta: Iterable[Part], sections: list[Section]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{_html_parts(meta)}</p>', "<nav>"]
-    parts += [f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections]
+             f"<title>{_html_text(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_html_text(title)}</h1>", f'<p class="meta">{_html_parts(meta)}</p>', "<nav>"]
+    parts += [f'<a href="#{s.anchor}">{_html_text(s.title)}</a>' for s in sections]
     parts.append("</nav>")
     for s in sections:
-        parts.append(f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>')
+        parts.append(f'<section id="{s.anchor}"><h2>{_html_text(s.title)}</h2>')
         for kind, payload in s.blocks:
             if kind == "p":
                 parts.append(f"<p>{_html_parts(payload)}</p>")
             elif kind == "table":
                 head, rows = payload
-                parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+                parts.append("<table><thead><tr>" + "".join(f"<th>{_html_text(h)}</th>" for h in head)
                              + "</tr></thead><tbody>")
                 for r in rows:
-                    parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+                    parts.append("<tr>" + "".join(f"<td>{_html_text(c)}</td>" for c in r) + "</tr>")
                 parts.append("</tbody></table>")
             elif kind == "img":
                 name, png, alt = payload
                 b64 = base64.b64encode(png).decode("ascii")
-                parts.append(f'<img alt="{html.escape(alt)}" data-name="{html.escape(name)}" '
+                parts.append(f'<img alt="{_html_text(alt)}" data-name="{_html_text(name)}" '
                              f'src="data:image/png;base64,{b64}">')
         parts.append("</section>")
     parts.append("</body></html>\n")
@@ -877,7 +876,7 @@ def _md_cell(value: Any) -> str:
 def render_markdown(title: str, meta: Iterable[Part], sections: list[Section]) -> str:
     lines = [f"# {md_escape(title)}", "", _md_parts(meta), ""]
     for s in sections:
-        lines += [f"## {s.title}", ""]
+        lines += [f"## {md_escape(s.title)}", ""]
         for kind, payload in s.blocks:
             if kind == "p":
                 lines += [_md_parts(payload), ""]
@@ -889,7 +888,7 @@ def render_markdown(title: str, meta: Iterable[Part], sections: list[Section]) -
                 lines.append("")
             elif kind == "img":
                 name, _png, alt = payload
-                lines += [f"![{md_escape(alt)}]({ASSET_DIR}/{name})", ""]
+                lines += [f"![{md_escape(alt)}]({ASSET_DIR}/{quote(name)})", ""]  # a link target: URL-escaped
     return "\n".join(lines).rstrip() + "\n"
 
 

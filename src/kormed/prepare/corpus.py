@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import Log, check_output_path, clean_stale_temps, make_temp_dir, report_stale, write_json, write_jsonl
+from kormed.io import (
+    Log,
+    check_output_path,
+    clean_stale_temps,
+    make_temp_dir,
+    os_error,
+    report_stale,
+    write_json,
+    write_jsonl,
+)
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
 from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
 from kormed.prepare.decontaminate import (
@@ -426,6 +435,7 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     report_stale(clean_stale_temps(out.parent, [out.name, val_out.name, stats_out.name]), run.log)
     tmpdir = make_temp_dir(out.parent, out.name, ".work")
     cleaner = _Cleaner(num_proc, run.decontam.index if run.decontam is not None else None)
+    publishing = False
     try:
         spool = Spool(tmpdir / "spool.jsonl")
         try:
@@ -481,7 +491,14 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
             MANIFEST_KEY: {"corpus": manifest_entry(staged[out]), "val": manifest_entry(staged[val_out])},
         }
         write_json(staged[stats_out], stats)
+        publishing = True
         publish([(staged[val_out], val_out), (staged[out], out), (staged[stats_out], stats_out)])
+    except OSError as exc:  # a full disk in the work directory (spool, buckets, staged files): name the output
+        kept = not publishing and out.exists()
+        err = os_error(exc, out, note=" (nothing was published; the earlier output is unchanged)" if kept else "")
+        if err is None:
+            raise
+        raise err from None
     finally:
         cleaner.close()
         shutil.rmtree(tmpdir, ignore_errors=True)

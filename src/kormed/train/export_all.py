@@ -15,7 +15,13 @@ from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json,
 from kormed.model_card import export_card
 from kormed.models import resolve_model
 from kormed.train.export import check_adapter_base, export_merged
-from kormed.train.gguf import LLAMA_CPP_PYTHON_VERSION, export_gguf_files, parse_types, verify_gguf
+from kormed.train.gguf import (
+    LLAMA_CPP_PYTHON_VERSION,
+    export_gguf_files,
+    find_converter,
+    parse_types,
+    verify_gguf,
+)
 
 MARKER = "kormed_export.json"
 # Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
@@ -85,6 +91,8 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         if not (resolved / "tokenizer.json").is_file():
             raise KormedError("the model directory has no tokenizer.json", path=resolved)
         src_model = resolved
+    if gguf:
+        find_converter()  # before any work: a missing converter is one line saying how to install it
     stage = _stage_dir(out_p)
     summary: list[str] = []
     report: dict[str, Any] = {}

@@ -1,9 +1,11 @@
 """GGUF for llama.cpp / Ollama / LM Studio, written by llama.cpp's own converter (`convert_hf_to_gguf.py`).
 
 The converter and its `gguf-py` ship inside the `llama-cpp-python` source distribution on PyPI
-(`vendor/llama.cpp/`). kormed fetches that sdist once with pip (`pip download --no-binary :all: --no-deps
-llama-cpp-python==LLAMA_CPP_PYTHON_VERSION`) and keeps only the converter's Python files in its cache
-(`kormed.models.cache_root()/llama.cpp/`); `$KORMED_LLAMA_CPP` may point at a llama.cpp checkout instead.
+(`vendor/llama.cpp/`). Fetching it is an installation step, never part of an export: `kormed export
+--fetch-converter`, run once, downloads that sdist with pip (`pip download --no-binary :all: --no-deps
+llama-cpp-python==LLAMA_CPP_PYTHON_VERSION`) and keeps only the converter's Python files in kormed's cache
+(`kormed.models.cache_root()/llama.cpp/`); `$KORMED_LLAMA_CPP` may point at a llama.cpp checkout instead. An export
+only looks the converter up (:func:`find_converter`) and opens no connection.
 
 The converter's Gemma 3 class takes its vocabulary from `tokenizer.model` (SentencePiece: tokens, scores, types,
 written as llama.cpp's "llama" tokenizer). Without that file it falls back to the byte-level "gpt2" path, which
@@ -86,8 +88,9 @@ def _check_python_deps() -> None:
                           hint="pip install 'kormed[gguf]'") from None
 
 
-def ensure_converter(log: Log = print) -> Path:
-    """The directory holding llama.cpp's `convert_hf_to_gguf.py`; fetched once from the PyPI sdist."""
+def find_converter() -> Path:
+    """The directory holding llama.cpp's `convert_hf_to_gguf.py`: `$KORMED_LLAMA_CPP`, else the one
+    `kormed export --fetch-converter` put in kormed's cache. Looks on disk only: an export never downloads."""
     _check_python_deps()
     env = os.environ.get("KORMED_LLAMA_CPP")
     if env:
@@ -97,6 +100,19 @@ def ensure_converter(log: Log = print) -> Path:
         return path
     target = converter_dir()
     if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    raise KormedError("llama.cpp's GGUF converter is not installed: run `kormed export --fetch-converter` once "
+                      f"(downloads the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source package, about 77 MB), or "
+                      "set KORMED_LLAMA_CPP to a llama.cpp checkout", path=target)
+
+
+def fetch_converter(log: Log = print) -> Path:
+    """Install llama.cpp's converter into kormed's cache from the PyPI sdist (`kormed export --fetch-converter`):
+    the one step of GGUF export that uses the network, run by the user once, like a package install."""
+    _check_python_deps()
+    target = converter_dir()
+    if (target / "convert_hf_to_gguf.py").is_file():
+        log(f"[kormed] llama.cpp's GGUF converter is already installed in {target}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log(f"[kormed] fetching llama.cpp's GGUF converter (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist, "
@@ -109,9 +125,8 @@ def ensure_converter(log: Log = print) -> Path:
         if proc.returncode != 0 or not sdists:
             last = (proc.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
             raise KormedError(
-                f"llama.cpp's GGUF converter is not available: pip download llama-cpp-python failed ({last})",
-                hint="needs the package registry once; or set KORMED_LLAMA_CPP to a llama.cpp checkout",
-            )
+                f"cannot fetch llama.cpp's GGUF converter: pip download llama-cpp-python failed ({last}); it needs "
+                "the package registry once, or set KORMED_LLAMA_CPP to a llama.cpp checkout")
         stage = Path(tmp) / "llama.cpp"
         _extract_converter(sdists[0], stage)
         if target.exists():
@@ -222,7 +237,7 @@ def check_free_space(model_dir: Path, out_dir: Path, types: list[str]) -> None:
 
 def convert(model_dir: Path, out_file: Path, gguf_type: str, *, log: Log = print) -> Path:
     """Run llama.cpp's converter on a merged HF model directory; writes `out_file` (staged by the caller)."""
-    converter = ensure_converter(log)
+    converter = find_converter()
     with temp_dir(out_file.parent, out_file.name) as src:
         for f in model_dir.iterdir():  # a view of the merged directory plus a tokenizer.model (see module doc)
             if f.is_file() and f.name != "tokenizer.model":
@@ -235,6 +250,7 @@ def convert(model_dir: Path, out_file: Path, gguf_type: str, *, log: Log = print
         log(f"[kormed] llama.cpp convert_hf_to_gguf.py --outtype {gguf_type} -> {out_file.name}")
         env = dict(os.environ)
         env.pop("NO_LOCAL_GGUF", None)  # the converter then uses its own gguf-py, not the installed gguf
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # it reads the local directory only: no hub look-up
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0 or not out_file.is_file():
         text = proc.stderr + proc.stdout
