@@ -117,18 +117,13 @@ def _deepcopy(value: Any) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors naming the file and line."""
+    """Read a YAML mapping through kormed's guarded YAML reader, with errors naming the file and line."""
+    from kormed.io import read_yaml_file
+
     p = Path(path)
     if not p.is_file():
         raise KormedError("config file does not exist", path=p)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise KormedError(f"not valid UTF-8 ({exc.reason})", path=p) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise KormedError(f"malformed YAML: {getattr(exc, 'problem', exc)}", path=p, line=line) from None
+    data = read_yaml_file(p, what="config file")  # kormed's guarded reader: depth, aliases, duplicate keys, ...
     if data is None:
         return {}
     if not isinstance(data, dict):
