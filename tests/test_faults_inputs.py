@@ -599,3 +599,63 @@ def test_chat_stdin_interactive_line_with_a_surrogate_is_skipped(monkeypatch: py
     monkeypatch.setattr("builtins.input", fake_input)
     interactive(chat, out=out)  # type: ignore[arg-type]
     assert chat.asked == ["good"] and "lone surrogate" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- NamuMark hangs
+# 1 MB of each open / unterminated construct, each converted in a subprocess under a generous timeout (60 s: a hang
+# guard, not a speed assert). Before the fix a heading line of spaces was cubic (2 s at 800 characters), repeated
+# `[math(x\)]` quadratic (12 s at 50 k characters: each opener rescanned every escaped closer after it), and so were
+# repeated `<math>` and unknown `[x(` openers with one closer at the end.
+_MB = 1_000_000
+NAMUMARK_OPEN = {
+    "heading_of_spaces": "= " + " " * _MB + "a",
+    "math_escaped_closers": "[math(x\\)]" * (_MB // 10),
+    "math_open": "[math(" + "a" * _MB,
+    "math_openers": "[math(" * (_MB // 6),
+    "math_tags": "<math>" * (_MB // 6),
+    "unknown_macros_far_close": "[foo(" * (_MB // 5) + ")]",
+    "ruby_openers": "[ruby(" * (_MB // 6),
+    "links": "[[" * (_MB // 2),
+    "link_labels": "[[a|" * (_MB // 4),
+    "footnotes": "[*" * (_MB // 2),
+    "brackets": "[" * _MB,
+    "braces": "{{{" * (_MB // 3),
+    "folding": "{{{#!folding x\n" * (_MB // 15),
+    "table_rows": "||a\n" * (_MB // 4),
+    "markers": "'''__~~--^^,,a" * (_MB // 14),
+    "html_comments": "{{{#!html " + "<!--" * (_MB // 4) + "}}}",
+}
+_CONVERT = ("import sys; from kormed.prepare.namumark import namumark_to_text; "
+            "print(len(namumark_to_text(sys.stdin.read())))")
+
+
+@pytest.mark.parametrize("name", sorted(NAMUMARK_OPEN))
+def test_namumark_is_linear_on_a_megabyte_of_each_open_construct(name: str) -> None:
+    import kormed
+
+    env = {**os.environ, "PYTHONPATH": str(Path(kormed.__file__).resolve().parents[1]), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-c", _CONVERT], input=NAMUMARK_OPEN[name].encode("utf-8"),
+                          capture_output=True, timeout=60, env=env, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip().isdigit(), proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [  # the same outputs as before the linear rewrite
+        ("= " + " " * 5 + "a", "= a"),
+        ("=     =", ""),
+        ("== 제목  ==  ", "제목"),
+        ("=#  접힘 #=\n본문", "접힘\n본문"),
+        ("[math(x\\)]" * 3, "[math(x)]" * 3),
+        ("[math(x\\)] y)]", "x\\)] y"),
+        ("<math>" * 3 + "a", "<math>" * 3 + "a"),
+        ("<math>a<math>b</MATH>", "a<math>b"),
+        ("[foo(" * 3 + ")]", "[foo(" * 3 + ")]"),
+        ("[br(x)] [ruby(a,ruby=b)] [age(2000-01-01)]끝", "[br(x)] a(b) 끝"),
+        ("[ruby([ruby(x,ruby=y)]", "[ruby(x(y)"),
+    ],
+)
+def test_namumark_small_cases_unchanged(markup: str, expected: str) -> None:
+    from kormed.prepare.namumark import namumark_to_text
+
+    assert namumark_to_text(markup) == expected

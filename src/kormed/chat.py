@@ -186,7 +186,8 @@ def run_chat(cfg: ChatConfig, *, prompt: str | None = None, log: Any = print) ->
     if one_shot is not None:
         check_text(one_shot, "--prompt")
     elif not sys.stdin.isatty():
-        one_shot = check_text(decode_utf8(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
+        raw = getattr(sys.stdin, "buffer", None)  # bytes, so that bad UTF-8 is an error naming its line
+        one_shot = check_text(decode_utf8(raw.read(), "<stdin>") if raw is not None else sys.stdin.read(), "<stdin>")
         if not one_shot.strip():
             raise KormedError("no prompt: stdin was empty", hint="pass --prompt TEXT, or run in a terminal")
     check_text(cfg.system, "--system")  # before the model loads: bad text is known now
