@@ -429,18 +429,14 @@ def test_hostile_jsonl_on_stdin_is_one_error(tmp_path: Path) -> None:
     _one_line_error(result, "<stdin>:2", "lone surrogate")
 
 
-@pytest.mark.parametrize("kind", ["deep", "long_int", "lone_surrogate", "invalid_utf8"])
+@pytest.mark.parametrize("kind", ["deep", "long_int", "lone_surrogate"])
 def test_hostile_dictionary_json_is_one_error(tmp_path: Path, kind: str) -> None:
     root = _medical_root(tmp_path, [GOOD_MCQ])
     dictionary = root / "data/02_refined/01_medical_dict.json"
     entry = '{"term": "고혈압", "definition": "혈압이 높은 상태"}'
-    payload = {"deep": DEEP_JSON, "long_int": "1" * 5000, "lone_surrogate": '"\\ud800"'}.get(kind)
-    if payload is None:
-        dictionary.write_bytes(f"[{entry},\n".encode() + b'{"term": "\xff\xfe"}]')
-        needles: tuple[str, ...] = ("UTF-8",)
-    else:
-        dictionary.write_text(f'[{entry},\n{{"term": "a", "definition": {payload}}}]', encoding="utf-8")
-        needles = HOSTILE_JSON["deep" if kind == "deep" else kind][1]
+    payload = {"deep": DEEP_JSON, "long_int": "1" * 5000, "lone_surrogate": '"\\ud800"'}[kind]
+    dictionary.write_text(f'[{entry},\n{{"term": "a", "definition": {payload}}}]', encoding="utf-8")
+    needles = HOSTILE_JSON[kind][1]
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"prepare": {n: {"optional": True} for n in
                                                     ("namu_wiki", "wikipedia_korean", "c4_korean")}}))
@@ -477,6 +473,26 @@ def test_json_reader_limits_unit() -> None:
     with pytest.raises(KormedError) as err:
         loads_json('{"a": 1,\n"b": "\\udfff"}', where="f.json")
     assert err.value.line == 2 and err.value.path == "f.json"
+
+
+def test_size_limits_refuse_before_reading_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSONL line, a JSON file or a YAML file over its limit is one error naming it (limits lowered here so the
+    test need not write gigabytes); a line is refused before it is read whole."""
+    import kormed.io as kio
+
+    monkeypatch.setattr(kio, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(kio, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(kio, "MAX_YAML_BYTES", 100)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n{"text": "' + "x" * 200 + '"}\n', encoding="utf-8")
+    _one_line_error(_cli(["eval", "ppl", "--data", str(data)]), f"{data}:2", "line longer than")
+    big = tmp_path / "d.json"
+    big.write_text(json.dumps(["x" * 200]), encoding="utf-8")
+    with pytest.raises(KormedError, match="more than the"):
+        read_dictionary(big)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("prepare:\n  out: " + "x" * 200 + "\n", encoding="utf-8")
+    _one_line_error(_cli(["prepare", "--config", str(cfg_file)]), str(cfg_file), "more than the")
 
 
 # ---------------------------------------------------------------------------------------------- YAML configs
