@@ -200,7 +200,7 @@ def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log =
         return False
     try:
         recorded = read_json(record, what="data-order record")["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, KormedError):
         raise KormedError("unreadable record of the run's data-order settings", path=record,
                           hint="delete it to resume without the check") from None
     for key, now in current.items():
