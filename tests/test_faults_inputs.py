@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -391,3 +394,306 @@ def test_report_escapes_the_decontamination_set_names_in_both_formats(tmp_path: 
     html_text = html_path.read_text(encoding="utf-8")
     assert "<img src=x" not in html_text and "&lt;img src=x onerror=alert(1)&gt;**bold**`code`" in html_text
     assert "<b>bold</b>" not in html_text and "<code>code</code>" not in html_text
+
+
+# ---------------------------------------------------------------------------------------------- guarded readers
+# Issue 26: every JSON / JSONL / YAML a user supplies or a run reads back goes through one guarded reader. Hostile
+# content by class - nesting thousands deep, a 5,000-digit integer, a lone surrogate (a `\ud800` escape), invalid
+# UTF-8 - is one `kormed: error:` line naming the file and line, never a RecursionError / ValueError / TypeError.
+
+DEEP_JSON = "[" * 5000 + "]" * 5000
+HOSTILE_JSON = {  # value put in a record's text field -> (raw JSON of the value, words the error must hold)
+    "deep": (DEEP_JSON, ("nested more than",)),
+    "long_int": ("1" * 5000, ("5000 digits",)),
+    "lone_surrogate": ('"\\ud800 text"', ("lone surrogate",)),
+    "lone_low_surrogate": ('"a \\udc80"', ("lone surrogate",)),
+}
+
+
+def _record_line(field_json: str, base: dict[str, Any] | None = None) -> str:
+    """One JSONL line: `base` with its "text"/"question" value replaced by the raw JSON `field_json`."""
+    rec = dict(base or {"text": "x"})
+    key = "question" if "question" in rec else "text"
+    rec[key] = "@@"
+    return json.dumps(rec, ensure_ascii=False).replace('"@@"', field_json)
+
+
+def _jsonl_with_bad_second_line(path: Path, field_json: str, base: dict[str, Any] | None = None) -> Path:
+    good = json.dumps(base or {"text": "정상 문장"}, ensure_ascii=False)
+    path.write_text(good + "\n" + _record_line(field_json, base) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JSON))
+@pytest.mark.parametrize("command", ["eval_kormedmcqa", "eval_ppl", "namumark_jsonl", "tokenizer_extend"])
+def test_hostile_jsonl_line_is_one_error_naming_file_and_line(tmp_path: Path, command: str, kind: str) -> None:
+    raw, needles = HOSTILE_JSON[kind]
+    base = GOOD_MCQ if command == "eval_kormedmcqa" else None
+    data = _jsonl_with_bad_second_line(tmp_path / "data.jsonl", raw, base)
+    args = {
+        "eval_kormedmcqa": ["eval", "kormedmcqa", "--data", str(data)],
+        "eval_ppl": ["eval", "ppl", "--data", str(data)],
+        "namumark_jsonl": ["namumark", "--jsonl", str(data)],
+        "tokenizer_extend": ["tokenizer", "extend", "--corpus", str(data), "--dict", str(tmp_path / "dict.json"),
+                             "--out", str(tmp_path / "tok")],
+    }[command]
+    (tmp_path / "dict.json").write_text(json.dumps(MED_DICT, ensure_ascii=False), encoding="utf-8")
+    _one_line_error(_cli(args), f"{data}:2", *needles)
+
+
+def test_hostile_jsonl_on_stdin_is_one_error(tmp_path: Path) -> None:
+    """`kormed namumark --jsonl` from stdin: a lone surrogate in any field (not only the converted one) used to
+    raise UnicodeEncodeError while writing the record out."""
+    from kormed.cli import app
+
+    line = '{"text": "a", "title": "\\ud800"}\n'
+    result = CliRunner().invoke(app, ["namumark", "--jsonl"], input='{"text": "b"}\n' + line)
+    _one_line_error(result, "<stdin>:2", "lone surrogate")
+
+
+@pytest.mark.parametrize("kind", ["deep", "long_int", "lone_surrogate"])
+def test_hostile_dictionary_json_is_one_error(tmp_path: Path, kind: str) -> None:
+    root = _medical_root(tmp_path, [GOOD_MCQ])
+    dictionary = root / "data/02_refined/01_medical_dict.json"
+    entry = '{"term": "고혈압", "definition": "혈압이 높은 상태"}'
+    payload = {"deep": DEEP_JSON, "long_int": "1" * 5000, "lone_surrogate": '"\\ud800"'}[kind]
+    dictionary.write_text(f'[{entry},\n{{"term": "a", "definition": {payload}}}]', encoding="utf-8")
+    needles = HOSTILE_JSON[kind][1]
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"prepare": {n: {"optional": True} for n in
+                                                    ("namu_wiki", "wikipedia_korean", "c4_korean")}}))
+    res = _cli(["prepare", "--config", str(cfg_file), "--data-root", str(root), "--out", str(tmp_path / "o.jsonl"),
+                "--num-proc", "1", "--quiet"])
+    line = "" if kind == "deep" else ":2"  # nesting is found after parsing, where the line is no longer known
+    _one_line_error(res, f"{dictionary}{line}", *needles)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JSON))
+def test_hostile_run_state_is_one_error(tmp_path: Path, kind: str) -> None:
+    """A run's own state.json read back by `kormed run` (damaged, or planted in the run directory)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    raw, needles = HOSTILE_JSON[kind]
+    (run / "state.json").write_text('{"version": 1,\n "stages": {}, "name": ' + raw + "}\n", encoding="utf-8")
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(yaml.safe_dump({"name": "p", "stages": ["prepare"]}), encoding="utf-8")
+    _one_line_error(_cli(["run", str(pipe), "--run-dir", str(run), "--no-report"]), str(run / "state.json"),
+                    *needles)
+
+
+def test_json_reader_limits_unit() -> None:
+    """The shared guard itself: limits hold at their edges, good JSON (surrogate pairs, long floats) still reads."""
+    from kormed.io import MAX_INT_DIGITS, MAX_NESTING, loads_json
+
+    assert loads_json("[" * MAX_NESTING + "]" * MAX_NESTING, where="x") is not None
+    with pytest.raises(KormedError, match="nested more than"):
+        loads_json("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), where="x")
+    assert loads_json("-" + "9" * MAX_INT_DIGITS, where="x") == -int("9" * MAX_INT_DIGITS)
+    with pytest.raises(KormedError, match="digits"):
+        loads_json("9" * (MAX_INT_DIGITS + 1), where="x")
+    assert loads_json('{"e": "\\ud83d\\ude00", "f": 1.' + "5" * 500 + "}", where="x")["e"] == "\U0001F600"
+    with pytest.raises(KormedError) as err:
+        loads_json('{"a": 1,\n"b": "\\udfff"}', where="f.json")
+    assert err.value.line == 2 and err.value.path == "f.json"
+
+
+def test_size_limits_refuse_before_reading_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSONL line, a JSON file or a YAML file over its limit is one error naming it (limits lowered here so the
+    test need not write gigabytes); a line is refused before it is read whole."""
+    import kormed.io as kio
+
+    monkeypatch.setattr(kio, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(kio, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(kio, "MAX_YAML_BYTES", 100)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n{"text": "' + "x" * 200 + '"}\n', encoding="utf-8")
+    _one_line_error(_cli(["eval", "ppl", "--data", str(data)]), f"{data}:2", "line longer than")
+    big = tmp_path / "d.json"
+    big.write_text(json.dumps(["x" * 200]), encoding="utf-8")
+    with pytest.raises(KormedError, match="more than the"):
+        read_dictionary(big)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("prepare:\n  out: " + "x" * 200 + "\n", encoding="utf-8")
+    _one_line_error(_cli(["prepare", "--config", str(cfg_file)]), str(cfg_file), "more than the")
+
+
+# ---------------------------------------------------------------------------------------------- YAML configs
+_LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+HOSTILE_YAML = {  # name -> (YAML text, words the error must hold, line)
+    "duplicate_key": ("prepare:\n  seed: 1\n  val_fraction: 0.1\n  seed: 2\n", ("duplicate key 'seed'", "line 2"), 4),
+    "duplicate_section": ("prepare:\n  seed: 1\nprepare:\n  seed: 2\n", ("duplicate key 'prepare'",), 3),
+    "deep": ("prepare:\n  x: " + "[" * 5000 + "]" * 5000 + "\n", ("nested more than",), 2),
+    "deep_block": ("prepare:\n  x:\n" + "   - " * 3000 + "1\n", ("nested more than",), 3),
+    "long_int": ("prepare:\n  seed: " + "1" * 5000 + "\n", ("5000 digits",), 2),
+    "lone_surrogate": ('prepare:\n  out: "\\ud800.jsonl"\n', ("lone surrogate",), 2),
+    "recursive_alias": ("prepare:\n  x: &a [1, *a]\n", ("refers to a node that contains it",), 2),
+    "billion_laughs": (_LAUGHS + "prepare:\n  x: *l9\n", ("aliases repeat more than",), None),
+}
+
+
+def _cli_subprocess(args: list[str], timeout: float, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """`kormed ARGS` in a fresh interpreter on the sources under test (a hang guard: the caller's timeout ends it)."""
+    import kormed
+
+    env = {**os.environ, "PYTHONPATH": str(Path(kormed.__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", "from kormed.cli import main; main()", *args], input=stdin,
+                          capture_output=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_YAML))
+def test_hostile_config_yaml_is_one_error(tmp_path: Path, kind: str) -> None:
+    """Each in a subprocess with a generous timeout: a billion-laughs config used to hang (no answer in 120 s),
+    duplicate keys were silently resolved (the last won), the rest gave tracebacks."""
+    text, needles, line = HOSTILE_YAML[kind]
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text(text, encoding="utf-8")
+    proc = _cli_subprocess(["prepare", "--config", str(cfg_file), "--out", str(tmp_path / "o.jsonl")], timeout=60)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kormed: error:") and "Traceback" not in err, err
+    where = f"{cfg_file}:{line}:" if line is not None else f"{cfg_file}:"
+    assert where in lines[0] and all(n in lines[0] for n in needles), err
+
+
+def test_billion_laughs_in_a_pipeline_file_is_refused(tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(_LAUGHS + "name: p\ndescription: *l9\nstages: [prepare]\n", encoding="utf-8")
+    proc = _cli_subprocess(["run", str(pipe), "--run-dir", str(tmp_path / "run"), "--no-report"], timeout=60)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2 and "aliases repeat more than" in err and str(pipe) in err, err
+    assert len([x for x in err.splitlines() if x.strip()]) == 1, err
+
+
+def test_invalid_utf8_config_names_the_line(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_bytes(b"prepare:\n  seed: 1\n  out: \xff\xfe.jsonl\n")
+    _one_line_error(_cli(["prepare", "--config", str(cfg_file)]), f"{cfg_file}:3", "UTF-8")
+
+
+def test_yaml_reader_keeps_what_yaml_allows(tmp_path: Path) -> None:
+    """Merge keys, a few aliases, underscores in integers and a surrogate pair still read as before."""
+    from kormed.io import load_yaml
+
+    text = ('base: &b {x: 1, y: [1, 2]}\nc:\n  <<: *b\n  y: 3\nd: *b\nn: 1_000\ne: "\\U0001F600"\n'
+            'f: {1: a, 2: b}\n')
+    assert load_yaml(text, where="x") == yaml.safe_load(text)
+
+
+def test_yaml_in_a_command_line_value_is_guarded() -> None:
+    """A structured flag's value is read as YAML through the same guard: aliases bounded, one error naming the
+    flag; text that is not YAML stays plain text."""
+    from kormed.flags import _is_structured, _parse_structured, field_flags
+    from kormed.train.config import CPTConfig
+
+    ff = next(f for f in field_flags(CPTConfig) if _is_structured(f.tp))
+    laughs = "{" + _LAUGHS.strip().replace("\n", ", ") + ", z: *l9}"
+    with pytest.raises(KormedError, match="aliases repeat more than") as err:
+        _parse_structured(ff, laughs)
+    assert err.value.path == ff.flag
+    assert _parse_structured(ff, "[a, b") in ("[a, b", ["[a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------- text to tokenizer
+
+
+def test_chat_prompt_with_a_lone_surrogate_is_one_error() -> None:
+    """`--prompt` with bytes that are not UTF-8 (Python keeps them as lone surrogates) reached the tokenizer as
+    TypeError; now one line, before the model loads."""
+    _one_line_error(_cli(["chat", "--prompt", "안녕 \udcff"]), "--prompt", "lone surrogate")
+
+
+def test_chat_stdin_invalid_utf8_is_one_error() -> None:
+    from kormed.cli import app
+
+    result = CliRunner().invoke(app, ["chat"], input=b"\xec\x95\x88\n\xff\xfe\n")
+    _one_line_error(result, "<stdin>:2", "UTF-8")
+
+
+def test_chat_stdin_interactive_line_with_a_surrogate_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the interactive loop a bad line gets one error line and the session goes on (the line is not sent)."""
+    import io
+
+    from kormed.chat import interactive
+
+    class NoModel:
+        asked: list[str] = []
+
+        def ask(self, text: str, out: Any = None) -> str:
+            self.asked.append(text)
+            return ""
+
+    chat = NoModel()
+    out = io.StringIO()
+    lines = iter(["bad \udc80", "good"])
+
+    def fake_input(prompt: str = "") -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    interactive(chat, out=out)  # type: ignore[arg-type]
+    assert chat.asked == ["good"] and "lone surrogate" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- NamuMark hangs
+# 1 MB of each open / unterminated construct, each converted in a subprocess under a generous timeout (60 s: a hang
+# guard, not a speed assert). Before the fix a heading line of spaces was cubic (2 s at 800 characters), repeated
+# `[math(x\)]` quadratic (12 s at 50 k characters: each opener rescanned every escaped closer after it), and so were
+# repeated `<math>` and unknown `[x(` openers with one closer at the end.
+_MB = 1_000_000
+NAMUMARK_OPEN = {
+    "heading_of_spaces": "= " + " " * _MB + "a",
+    "math_escaped_closers": "[math(x\\)]" * (_MB // 10),
+    "math_open": "[math(" + "a" * _MB,
+    "math_openers": "[math(" * (_MB // 6),
+    "math_tags": "<math>" * (_MB // 6),
+    "unknown_macros_far_close": "[foo(" * (_MB // 5) + ")]",
+    "ruby_openers": "[ruby(" * (_MB // 6),
+    "links": "[[" * (_MB // 2),
+    "link_labels": "[[a|" * (_MB // 4),
+    "footnotes": "[*" * (_MB // 2),
+    "brackets": "[" * _MB,
+    "braces": "{{{" * (_MB // 3),
+    "folding": "{{{#!folding x\n" * (_MB // 15),
+    "table_rows": "||a\n" * (_MB // 4),
+    "markers": "'''__~~--^^,,a" * (_MB // 14),
+    "html_comments": "{{{#!html " + "<!--" * (_MB // 4) + "}}}",
+}
+_CONVERT = ("import sys; from kormed.prepare.namumark import namumark_to_text; "
+            "print(len(namumark_to_text(sys.stdin.read())))")
+
+
+@pytest.mark.parametrize("name", sorted(NAMUMARK_OPEN))
+def test_namumark_is_linear_on_a_megabyte_of_each_open_construct(name: str) -> None:
+    import kormed
+
+    env = {**os.environ, "PYTHONPATH": str(Path(kormed.__file__).resolve().parents[1]), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-c", _CONVERT], input=NAMUMARK_OPEN[name].encode("utf-8"),
+                          capture_output=True, timeout=60, env=env, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip().isdigit(), proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [  # the same outputs as before the linear rewrite
+        ("= " + " " * 5 + "a", "= a"),
+        ("=     =", ""),
+        ("== 제목  ==  ", "제목"),
+        ("=#  접힘 #=\n본문", "접힘\n본문"),
+        ("[math(x\\)]" * 3, "[math(x)]" * 3),
+        ("[math(x\\)] y)]", "x\\)] y"),
+        ("<math>" * 3 + "a", "<math>" * 3 + "a"),
+        ("<math>a<math>b</MATH>", "a<math>b"),
+        ("[foo(" * 3 + ")]", "[foo(" * 3 + ")]"),
+        ("[br(x)] [ruby(a,ruby=b)] [age(2000-01-01)]끝", "[br(x)] a(b) 끝"),
+        ("[ruby([ruby(x,ruby=y)]", "[ruby(x(y)"),
+    ],
+)
+def test_namumark_small_cases_unchanged(markup: str, expected: str) -> None:
+    from kormed.prepare.namumark import namumark_to_text
+
+    assert namumark_to_text(markup) == expected

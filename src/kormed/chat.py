@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from kormed.config import opt
 from kormed.data.chat import chat_prompt
 from kormed.errors import KormedError
+from kormed.io import check_text, decode_utf8
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -77,6 +78,7 @@ class Chat:
 
         if self.turns == 0 and self.cfg.system.strip():
             user_text = f"{self.cfg.system.strip()}\n\n{user_text}"
+        check_text(user_text, "<chat input>")  # a lone surrogate would reach the tokenizer as a TypeError
         return self.ids + self._encode(chat_prompt(user_text))
 
     def ask(self, user_text: str, out: TextIO | None = None) -> str:
@@ -167,6 +169,12 @@ def interactive(chat: Chat, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -
             out.write("(new conversation)\n")
             out.flush()
             continue
+        try:
+            check_text(line, "<stdin>")
+        except KormedError as exc:  # the session goes on: say why this line was not sent
+            out.write(f"kormed: error: {exc.message}; type it again\n")
+            out.flush()
+            continue
         chat.ask(line, out=out)
         out.write("\n")
         out.flush()
@@ -175,10 +183,14 @@ def interactive(chat: Chat, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -
 def run_chat(cfg: ChatConfig, *, prompt: str | None = None, log: Any = print) -> None:
     """`kormed chat`: one-shot when given a prompt or a piped stdin, else interactive in the terminal."""
     one_shot = prompt
-    if one_shot is None and not sys.stdin.isatty():
-        one_shot = sys.stdin.read()
+    if one_shot is not None:
+        check_text(one_shot, "--prompt")
+    elif not sys.stdin.isatty():
+        raw = getattr(sys.stdin, "buffer", None)  # bytes, so that bad UTF-8 is an error naming its line
+        one_shot = check_text(decode_utf8(raw.read(), "<stdin>") if raw is not None else sys.stdin.read(), "<stdin>")
         if not one_shot.strip():
             raise KormedError("no prompt: stdin was empty", hint="pass --prompt TEXT, or run in a terminal")
+    check_text(cfg.system, "--system")  # before the model loads: bad text is known now
     session = load_chat(cfg, log=log)
     if one_shot is not None:
         session.ask(one_shot.strip("\n"), out=sys.stdout)

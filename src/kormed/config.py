@@ -117,18 +117,13 @@ def _deepcopy(value: Any) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors naming the file and line."""
+    """Read a YAML mapping through kormed's guarded YAML reader, with errors naming the file and line."""
+    from kormed.io import read_yaml_file
+
     p = Path(path)
     if not p.is_file():
         raise KormedError("config file does not exist", path=p)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise KormedError(f"not valid UTF-8 ({exc.reason})", path=p) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise KormedError(f"malformed YAML: {getattr(exc, 'problem', exc)}", path=p, line=line) from None
+    data = read_yaml_file(p, what="config file")  # kormed's guarded reader: depth, aliases, duplicate keys, ...
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -420,7 +415,9 @@ def defaults_markdown() -> str:
         "in this order, later wins: the defaults below, a preset (`--preset`), the file's section, command-line flags.",
         "A pipeline file for `kormed run` holds several sections at once. Unknown keys, wrong types, values out of",
         "range, a number that is not finite (`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are",
-        "errors naming the file and `section.key` (or, on the command line, the flag).",
+        "errors naming the file and `section.key` (or, on the command line, the flag). The YAML is read safely:",
+        "a duplicate key, aliases that repeat more than 10,000 nodes, nesting deeper than 100 levels, an integer",
+        "of more than 64 digits or text that is not UTF-8 is an error naming the file and line.",
         "",
         "Every key is also a flag of the command that reads its section (after `#` below): a top-level key as",
         "`--key`, a nested one dotted (`--lora.r`, `--train.warmup-ratio`), plus a short alias for some",

@@ -141,9 +141,11 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
 
 
 def _parse_structured(ff: FieldFlag, text: str) -> Any:
+    from kormed.io import YamlSyntaxError, load_yaml
+
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, where=ff.flag)
+    except YamlSyntaxError:
         value = text
     if typing.get_origin(ff.tp) is list and not isinstance(value, list):
         value = [v.strip() for v in str(text).split(",") if v.strip()]

@@ -56,11 +56,30 @@ def iter_jsonl(
         yield from parse_jsonl_lines(fh, where=p, start=start)
 
 
+def _bounded_lines(lines: Iterable[bytes], where: str | Path) -> Iterator[bytes]:
+    """The lines of a binary file (or any byte lines), a line longer than MAX_LINE_BYTES refused before it is read
+    whole (a file with no newline would otherwise be read into memory at once)."""
+    readline = getattr(lines, "readline", None)
+    if readline is None:
+        yield from lines
+        return
+    lineno = 0
+    while True:
+        raw = readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise KormedError(f"line longer than {MAX_LINE_BYTES >> 20} MiB", path=where, line=lineno)
+        yield raw
+
+
 def parse_jsonl_lines(
     lines: Iterable[bytes], *, where: str | Path, start: int = 1
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The JSONL parsing of :func:`iter_jsonl` over any byte lines (a file, stdin), errors naming `where`."""
-    for lineno, raw in enumerate(lines, start=1):
+    """The JSONL parsing of :func:`iter_jsonl` over any byte lines (a file, stdin), errors naming `where`; each
+    line goes through :func:`loads_json`'s guards."""
+    for lineno, raw in enumerate(_bounded_lines(lines, where), start=1):
         if lineno < start:
             continue
         try:
@@ -71,10 +90,7 @@ def parse_jsonl_lines(
             raise bom_error(where)
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=where, line=lineno) from None
+        record = loads_json(line, where=where, line=lineno)
         if not isinstance(record, dict):
             raise KormedError(f"expected a JSON object, got {type(record).__name__}", path=where, line=lineno)
         yield lineno, record
@@ -107,20 +123,262 @@ def read_texts(path: str | Path, *, field: str = "text", limit: int | None = Non
 
 
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
-    """Load a whole JSON file, with UTF-8 and syntax errors reported by file and line."""
+    """Load a whole JSON file through :func:`loads_json`'s guards, with UTF-8, syntax, size, nesting, integer and
+    surrogate errors reported by file and line."""
     p = require_file(path, what)
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise KormedError(f"not valid UTF-8 ({exc.reason})", path=p, line=line) from None
+    size = p.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise KormedError(f"{what} is {size >> 20} MiB, more than the {MAX_JSON_BYTES >> 20} MiB kormed reads", path=p)
+    text = decode_utf8(p.read_bytes(), p)
     if text.startswith(BOM):
         raise bom_error(p)
+    return loads_json(text, where=p)
+
+
+# -- the guarded readers ---------------------------------------------------------------------------------------
+# Every JSON / JSONL / YAML a user supplies or a run reads back is parsed here, with limits that turn hostile input
+# (nesting thousands deep, 5,000-digit integers, "billion laughs" aliases, lone surrogates) into one KormedError
+# naming the file and line, never a RecursionError / ValueError / hang. The limits are far above any real file.
+MAX_NESTING = 100  # arrays/objects (YAML sequences/mappings) inside each other
+MAX_INT_DIGITS = 64  # digits of one integer (Python refuses int() of 4,300+ digits with a ValueError)
+MAX_JSON_BYTES = 4 << 30  # one JSON file
+MAX_LINE_BYTES = 512 << 20  # one JSONL line
+MAX_YAML_BYTES = 16 << 20  # one YAML config / pipeline file
+YAML_ALIAS_NODES = 10_000  # nodes that YAML aliases may repeat in all (a "billion laughs" repeats 10^9)
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a decoded str, any surrogate is lone (pairs decode to one)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONG_INT = re.compile(rf"\d{{{MAX_INT_DIGITS + 1},}}")
+
+
+class YamlSyntaxError(KormedError):
+    """Text that is not YAML at all (a caller reading a command-line value may take it as a plain string)."""
+
+
+class _Refused(ValueError):
+    """A guard's refusal inside a parser's callback (carried out of json.loads, then made a KormedError)."""
+
+
+def decode_utf8(data: bytes, where: str | Path) -> str:
+    """`data` decoded as strict UTF-8, or a KormedError naming `where` and the line of the first bad byte."""
     try:
-        return json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=line) from None
+
+
+def check_text(text: str, where: str | Path, *, field: str | None = None, line: int | None = None) -> str:
+    """`text`, or a KormedError when it holds a lone surrogate (from a `\\ud800` escape, or undecodable bytes of a
+    terminal / argument that Python kept as surrogates): such a string cannot be encoded, so no tokenizer takes
+    it. The error names `where` and the line within `text` (or `line`)."""
+    m = _LONE_SURROGATE.search(text)
+    if m is None:
+        return text
+    at = line if line is not None else text.count("\n", 0, m.start()) + 1
+    raise KormedError(f"not valid Unicode text: a lone surrogate U+{ord(m.group()):04X} (invalid UTF-8, or a "
+                      "\\uD800-\\uDFFF escape without its pair)", path=where, line=at, field=field)
+
+
+def _json_int(digits: str) -> int:
+    n = len(digits) - digits.startswith("-")
+    if n > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {n} digits (at most {MAX_INT_DIGITS})")
+    return int(digits)
+
+
+def _line_at(text: str, pattern: re.Pattern[str]) -> int | None:
+    m = pattern.search(text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether containers nest more than MAX_NESTING levels (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        children = obj.values() if isinstance(obj, dict) else obj
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_NESTING:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _strings(data: Any) -> Iterator[str]:
+    stack = [data]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, str):
+            yield obj
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+
+
+def loads_json(text: str, *, where: str | Path, line: int | None = None) -> Any:
+    """`json.loads(text)` under kormed's guards: nesting at most MAX_NESTING deep, integers of at most
+    MAX_INT_DIGITS digits, no lone surrogate (`"\\ud800"`) in any string. Every failure is one KormedError naming
+    `where` and the line (`line` for one JSONL line, else the line in `text`)."""
+    try:
+        data = json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as exc:
-        raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=p, line=exc.lineno) from None
+        raise KormedError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=where,
+                          line=line if line is not None else exc.lineno) from None
+    except _Refused as exc:
+        raise KormedError(str(exc), path=where, line=line if line is not None else _line_at(text, _LONG_INT)) from None
+    except RecursionError:
+        data = None
+        deep = True
+    else:
+        deep = isinstance(data, (dict, list)) and text.count("[") + text.count("{") > MAX_NESTING and _too_deep(data)
+    if deep:
+        raise KormedError(f"JSON nested more than {MAX_NESTING} levels deep", path=where, line=line)
+    if _SURROGATE_ESCAPE.search(text) is not None:  # only an escape can make a lone surrogate in decoded JSON
+        for value in _strings(data):
+            if _LONE_SURROGATE.search(value):
+                check_text(value, where, line=line if line is not None else _line_at(text, _SURROGATE_ESCAPE))
+    return data
+
+
+def _yaml_loader() -> type:
+    """A yaml.SafeLoader that refuses, each with one KormedError naming the line: nesting deeper than MAX_NESTING,
+    aliases that repeat more than YAML_ALIAS_NODES nodes in all or refer to a node that contains them, duplicate
+    keys, integers longer than MAX_INT_DIGITS digits and lone surrogates. (PyYAML's own SafeLoader expands aliases
+    without a bound, lets the last duplicate key win, and recurses without a limit.)"""
+    import yaml
+
+    class GuardedLoader(yaml.SafeLoader):
+        def __init__(self, stream: str, where: str | Path) -> None:
+            super().__init__(stream)
+            self.where = where
+            self.depth = 0
+            self.repeated = 0
+            self.open_anchors: list[str] = []
+            self.sizes: dict[int, int] = {}
+
+        def refuse(self, message: str, mark: Any) -> KormedError:
+            return KormedError(message, path=self.where, line=mark.line + 1 if mark is not None else None)
+
+        def size(self, node: Any) -> int:
+            """Nodes under `node`, aliases counted as often as they appear (memoised: linear in the document)."""
+            known = self.sizes.get(id(node))
+            if known is None:
+                children = node.value if isinstance(node, yaml.SequenceNode) else (
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+                known = self.sizes[id(node)] = 1 + sum(self.size(c) for c in children)
+            return known
+
+        def fetch_flow_collection_start(self, token_class: Any) -> None:
+            if self.flow_level >= MAX_NESTING:  # checked while scanning: PyYAML's scanner is quadratic in depth
+                raise self.refuse(f"YAML nested more than {MAX_NESTING} levels deep", self.get_mark())
+            super().fetch_flow_collection_start(token_class)
+
+        def add_indent(self, column: int) -> bool:
+            if len(self.indents) >= MAX_NESTING:
+                raise self.refuse(f"YAML nested more than {MAX_NESTING} levels deep", self.get_mark())
+            return super().add_indent(column)
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor in self.open_anchors:
+                    raise self.refuse(f"the alias *{event.anchor} refers to a node that contains it", event.start_mark)
+                node = self.anchors.get(event.anchor)
+                if node is not None:
+                    self.repeated += self.size(node)
+                    if self.repeated > YAML_ALIAS_NODES:
+                        raise self.refuse(f"aliases repeat more than {YAML_ALIAS_NODES} nodes (at *{event.anchor}); "
+                                          "write the values out", event.start_mark)
+                return super().compose_node(parent, index)
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.refuse(f"YAML nested more than {MAX_NESTING} levels deep", event.start_mark)
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                self.open_anchors.append(anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+                if anchor is not None:
+                    self.open_anchors.pop()
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: PyYAML's own error follows
+                        continue
+                    if first is not None:
+                        raise self.refuse(f"duplicate key '{key}' (first at line {first}); keep one",
+                                          key_node.start_mark)
+                    seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_scalar(self, node: Any) -> Any:
+            value = super().construct_scalar(node)
+            if isinstance(value, str) and _LONE_SURROGATE.search(value):
+                check_text(value, self.where, line=node.start_mark.line + 1)
+            return value
+
+        def construct_yaml_int(self, node: Any) -> int:
+            digits = str(self.construct_scalar(node)).replace("_", "").lstrip("+-")
+            if len(digits) > MAX_INT_DIGITS:
+                raise self.refuse(f"an integer of {len(digits)} digits (at most {MAX_INT_DIGITS})", node.start_mark)
+            return super().construct_yaml_int(node)
+
+    GuardedLoader.add_constructor("tag:yaml.org,2002:int", GuardedLoader.construct_yaml_int)
+    return GuardedLoader
+
+
+_YAML_LOADER: type | None = None
+
+
+def load_yaml(text: str, *, where: str | Path) -> Any:
+    """`yaml.safe_load(text)` under kormed's guards (:func:`_yaml_loader`), every failure one KormedError naming
+    `where` and the line."""
+    import yaml
+
+    global _YAML_LOADER
+    if _YAML_LOADER is None:
+        _YAML_LOADER = _yaml_loader()
+    check_text(text, where)
+    loader = None
+    try:
+        loader = _YAML_LOADER(text, where)
+        return loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlSyntaxError(f"malformed YAML: character U+{exc.character:04X} is not allowed", path=where,
+                              line=line) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+        raise YamlSyntaxError(f"malformed YAML: {problem}", path=where, line=line) from None
+    except RecursionError:
+        raise KormedError(f"YAML nested more than {MAX_NESTING} levels deep", path=where) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml_file(path: str | Path, *, what: str = "YAML file") -> Any:
+    """Load a whole YAML file through :func:`load_yaml`'s guards, with size and UTF-8 errors naming the file."""
+    p = require_file(path, what)
+    size = p.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise KormedError(f"{what} is {size >> 20} MiB, more than the {MAX_YAML_BYTES >> 20} MiB kormed reads", path=p)
+    return load_yaml(decode_utf8(p.read_bytes(), p), where=p)
 
 
 # -- kormed's temporary names ----------------------------------------------------------------------------------

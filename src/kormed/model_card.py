@@ -8,11 +8,11 @@ A field with no source file is written as "not recorded", never guessed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kormed.errors import KormedError
 from kormed.io import atomic_write
 from kormed.pipeline.registry import TRAINING_STAGES
 from kormed.pipeline.report import _target_key
@@ -37,18 +37,20 @@ The benchmark numbers above measure multiple-choice exam questions, not clinical
 
 
 def _load(path: Path) -> Any:
+    from kormed.io import read_json
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path)
+    except (OSError, KormedError):
         return None
 
 
 def _resolved(run_dir: Path) -> dict[str, Any]:
-    import yaml
+    from kormed.io import read_yaml_file
 
     try:
-        data = yaml.safe_load((run_dir / "resolved_config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml_file(run_dir / "resolved_config.yaml")
+    except (OSError, KormedError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -75,7 +75,7 @@ from kormed.config import _deep_update, build, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
-from kormed.io import Log, check_output_path, read_texts, write_jsonl
+from kormed.io import Log, YamlSyntaxError, check_output_path, iter_jsonl, load_yaml, read_json, read_texts, write_jsonl
 from kormed.models import load_tokenizer
 from kormed.prepare.clean import FilterSpec, clean_document
 from kormed.sample_data import sample_paths
@@ -261,7 +261,7 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     paths["dict"], paths["char_dict"] = sample["medical_dict"], sample["char_dict"]
 
     def size(path: Path) -> dict[str, int]:
-        texts = [json.loads(ln)["text"] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        texts = [rec["text"] for _, rec in iter_jsonl(path)]
         return {"documents": len(texts), "characters": sum(len(t) for t in texts)}
 
     info = {"general_source": general_source, "medical_source": "bundled sample: medical Namu Wiki pages",
@@ -279,8 +279,6 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
 
 def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
     """`SECTION.KEY[.KEY]=VALUE` items -> {section: nested mapping}; values are read as YAML scalars/lists."""
-    import yaml
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -288,8 +286,8 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or len(parts) < 2 or not all(parts):
             raise KormedError(f"expected SECTION.KEY=VALUE, got {item!r}", field="--set")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            value = load_yaml(raw, where="--set") if raw.strip() else None
+        except YamlSyntaxError:
             value = raw
         node = out.setdefault(parts[0], {})
         for p in parts[1:-1]:
@@ -529,7 +527,7 @@ def run_arm(task: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_main(argv: list[str]) -> int:
     task_file, result_file = argv
-    task = json.loads(Path(task_file).read_text(encoding="utf-8"))
+    task = read_json(task_file, what="bench task")
     result = run_arm(task)
     Path(result_file).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0

@@ -53,7 +53,7 @@ from kormed.bench.worker import run_worker
 from kormed.data.chat import END_OF_TURN, chat_prompt, encode_chat_example, render_dict_entry, render_mcq
 from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
-from kormed.io import Log, check_output_path, iter_jsonl, write_json, write_jsonl
+from kormed.io import Log, check_output_path, iter_jsonl, read_json, write_json, write_jsonl
 from kormed.models import cache_root, ensure_embedded_model, load_tokenizer, pick_runtime
 from kormed.prepare.config import PrepareConfig
 from kormed.prepare.corpus import run_prepare
@@ -834,11 +834,11 @@ def _pad_token_id(model_dir: str) -> int:
     """The padding id (from the tokenizer's special tokens; loading the 262K tokenizer only for it takes seconds)."""
     tok_json = Path(model_dir) / "tokenizer.json"
     try:
-        pad = json.loads((Path(model_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))["pad_token"]
+        pad = read_json(Path(model_dir) / "tokenizer_config.json")["pad_token"]
         pad = pad["content"] if isinstance(pad, dict) else pad
-        added = json.loads(tok_json.read_text(encoding="utf-8"))["added_tokens"]
+        added = read_json(tok_json)["added_tokens"]
         return next(int(t["id"]) for t in added if t["content"] == pad)
-    except (OSError, KeyError, StopIteration, ValueError):
+    except (OSError, KeyError, StopIteration, ValueError, KormedError):
         from kormed.models import load_tokenizer
 
         return int(load_tokenizer(model_dir).pad_token_id)
@@ -863,7 +863,7 @@ def run_arm(task: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_main(argv: list[str]) -> int:
     task_file, result_file = argv
-    task = json.loads(Path(task_file).read_text(encoding="utf-8"))
+    task = read_json(task_file, what="bench task")
     if task["task"] == "build":
         _build_random_model(task["arch"], task["device"], Path(task["target"]), task["tokenizer"])
         result: dict[str, Any] = {"built": task["target"]}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+from kormed.io import read_json
 
 
 def run_worker(module: str, task: dict[str, Any], work: Path, name: str,
@@ -37,4 +38,4 @@ def run_worker(module: str, task: dict[str, Any], work: Path, name: str,
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         why = "timed out" if rc is None else f"exit code {rc}"
         raise KormedError(f"{name} failed ({why}); last lines of {log_file}:\n  " + "\n  ".join(tail))
-    return json.loads(result_file.read_text(encoding="utf-8")), wall
+    return read_json(result_file, what="bench result"), wall

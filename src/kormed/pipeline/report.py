@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -31,7 +30,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import wilson_interval
-from kormed.io import atomic_write, check_output_path
+from kormed.io import atomic_write, check_output_path, iter_jsonl, read_json
 from kormed.pipeline import results
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_TITLES, TRAINING_STAGES
 from kormed.pipeline.results import EvalResult, LoopResult, PrepareResult, TokenizerResult, TrainResult
@@ -49,8 +48,8 @@ _EVENT_GLOB = "events.out.tfevents.*"
 def _load_json(path: Path) -> Any | None:
     """A JSON file's content, or None when it is absent or unreadable (the report never fails on one file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path)
+    except (OSError, KormedError):
         return None
 
 
@@ -753,12 +752,10 @@ def _text_chars(path: str) -> int | None:
     if key not in _CHARS_CACHE:
         total = 0
         try:
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        text = json.loads(line).get("text")
-                        total += len(text) if isinstance(text, str) else 0
-        except (OSError, ValueError, AttributeError):
+            for _, record in iter_jsonl(path):
+                text = record.get("text")
+                total += len(text) if isinstance(text, str) else 0
+        except (OSError, KormedError):
             total = 0
         _CHARS_CACHE[key] = total or None
     return _CHARS_CACHE[key]

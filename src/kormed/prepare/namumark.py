@@ -28,6 +28,7 @@ import html
 import html.entities
 import re
 import unicodedata
+from collections.abc import Callable
 
 __all__ = [
     "html_to_text",
@@ -75,7 +76,7 @@ _SIMPLE_LINK = re.compile(r"\[\[([^\[\]\\{|\n]*)(?:\|([^\[\]\\{|\n]*))?\]\]")
 _SIMPLE_FOOTNOTE = re.compile(r"\[\*[^\[\]\\{]*\]")
 _FILE_PREFIX = re.compile(r"(?:file|image|이미지):", re.IGNORECASE)
 
-_HEADING = re.compile(r"(={1,6})(#?) +(.+?) +\2\1[ \t]*\Z")
+_HEADING_OPEN = re.compile(r"(={1,6})(#?)(?= )")
 _HR = re.compile(r"-{4,9}[ \t]*\Z")
 _LIST = re.compile(r"( +)(?:\*|[1aAiI]\.(?:#\d+)?(?![0-9]))[ \t]*")
 _QUOTE = re.compile(r">+[ \t]?")
@@ -275,7 +276,8 @@ class _Parser:
         self.bmap = _brace_map(s)
         self._noclose: dict[tuple[str, int], int] = {}
         self._bclose: set[int] | None = None
-        self._no_args_end: dict[int, int] = {}
+        self._args_close: dict[int, tuple[int, int]] = {}  # hi -> (from, next unescaped `)]` or -1)
+        self._math_close: dict[int, tuple[int, int]] = {}  # hi -> (from, next `</math>` or -1)
         self._no_row_end: dict[int, int] = {}
         self._lmap: dict[int, int] | None = None  # `[[` -> `]]`, built on first use
         self._fmap: dict[int, int] | None = None  # `[` -> `]`, built on first use
@@ -360,9 +362,9 @@ class _Parser:
                 return
             c = s[lo]
             if c == "=" and lo == start:  # headings only at the start of a line
-                m = _HEADING.match(s, lo, hi)
-                if m:
-                    out.append(self.inline(m.start(3), m.end(3), depth))
+                span = _heading_text(s, lo, hi)
+                if span is not None:
+                    out.append(self.inline(span[0], span[1], depth))
                     return
             elif c == "-":
                 if _HR.match(s, lo, hi):
@@ -651,6 +653,18 @@ class _Parser:
                 nest -= 1
             pos = m.end()
 
+    def _next_close(self, cache: dict[int, tuple[int, int]], lo: int, hi: int,
+                    find: Callable[[str, int, int], int]) -> int:
+        """`find(s, lo, hi)`, remembering per `hi` the last answer and where its search began: a later call from
+        between the two gets it again without rescanning, so a line of openers whose closer is far away (or
+        missing) costs one scan, not one per opener."""
+        known = cache.get(hi)
+        if known is not None and known[0] <= lo and (known[1] < 0 or lo <= known[1]):
+            return known[1]
+        q = find(self.s, lo, hi)
+        cache[hi] = (lo, q)
+        return q
+
     def macro(self, st: int, hi: int) -> tuple[str, int] | None:
         """Render a known macro at st; returns (text, end) or None when `[` is literal text."""
         s = self.s
@@ -664,20 +678,16 @@ class _Parser:
             if name in _DROP_MACROS:
                 return "", m.end()
             return None
+        if name not in ("math", "ruby") and name not in _DROP_MACROS:
+            return None  # an unknown macro is literal text: no need to look for its end (nor copy its arguments)
         # with arguments: they end at the first unescaped `)]`
-        pos = m.end()
-        if self._no_args_end.get(hi, hi) <= pos:
-            return None  # known: no `)]` after this point (keeps a line of unclosed `[x(` linear)
-        while True:
-            q = s.find(")]", pos, hi)
-            if q < 0:
-                self._no_args_end[hi] = min(pos, self._no_args_end.get(hi, hi))
-                return None
-            if s[q - 1] != "\\" or q - 1 < m.end():
-                break
-            pos = q + 1
-        args = s[m.end() : q]
+        q = self._next_close(self._args_close, m.end(), hi, _next_args_close)
+        if q < 0:
+            return None
         end = q + 2
+        if name in _DROP_MACROS:
+            return "", end
+        args = s[m.end() : q]
         if name == "math":
             return args, end
         if name == "ruby":
@@ -689,8 +699,6 @@ class _Parser:
                 if k.strip().lower() == "ruby":
                     reading = _UNESCAPE.sub(r"\1", v).strip()
             return (f"{base}({reading})" if reading else base), end
-        if name in _DROP_MACROS:
-            return "", end
         return None
 
     def inline(self, lo: int, hi: int, depth: int) -> str:
@@ -814,7 +822,7 @@ class _Parser:
                     append(r[0])
                     pos = r[1]
             elif kind == "math":
-                q = _find_ci(s, "</math>", m.end(), hi)
+                q = self._next_close(self._math_close, m.end(), hi, _next_math_close)
                 if q < 0:
                     append(m.group())
                     pos = m.end()
@@ -827,10 +835,43 @@ class _Parser:
 _MATH_CLOSE = re.compile(r"</math>", re.IGNORECASE)
 
 
-def _find_ci(s: str, needle: str, lo: int, hi: int) -> int:
-    """Index of `</math>` (any case) in s[lo:hi], or -1."""
+def _next_math_close(s: str, lo: int, hi: int) -> int:
+    """Index of the first `</math>` (any case) in s[lo:hi], or -1."""
     m = _MATH_CLOSE.search(s, lo, hi)
     return m.start() if m else -1
+
+
+def _next_args_close(s: str, lo: int, hi: int) -> int:
+    """Index of the first `)]` in s[lo:hi] not escaped by a backslash before it, or -1."""
+    while True:
+        q = s.find(")]", lo, hi)
+        if q < 0 or s[q - 1] != "\\":
+            return q
+        lo = q + 1
+
+
+def _heading_text(s: str, lo: int, hi: int) -> tuple[int, int] | None:
+    """The span of a heading's text in the line s[lo:hi] (`== text ==`, `=# folded #=`), or None: what the regex
+    `(={1,6})(#?) +(.+?) +\\2\\1[ \\t]*\\Z` matches, found by hand because that regex backtracks in cubic time on a
+    line of spaces."""
+    m = _HEADING_OPEN.match(s, lo, hi)
+    if m is None:
+        return None
+    close = m.group(2) + m.group(1)
+    end = hi
+    while end > m.end() and s[end - 1] in " \t":
+        end -= 1
+    end -= len(close)
+    if end < m.end() or not s.startswith(close, end) or s.find("\n", m.end(), end) >= 0:
+        return None
+    a, b = m.end(), end  # the text with its spaces: at least one before and one after it
+    while a < b and s[a] == " ":
+        a += 1
+    if a == b:  # only spaces: the regex takes one as the text when there are three or more
+        return (b - 2, b - 1) if b - m.end() >= 3 else None
+    while s[b - 1] == " ":
+        b -= 1
+    return (a, b) if a > m.end() and b < end else None
 
 
 def namumark_to_text(markup: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, iter_jsonl, parse_jsonl_lines
+from kormed.io import atomic_write, check_output_path, decode_utf8, iter_jsonl, parse_jsonl_lines
 from kormed.prepare.namumark import namumark_to_text
 
 
@@ -25,11 +25,7 @@ def _read_text(path: Path | None) -> str:
         p = require_file(path, "NamuMark file")
         data = p.read_bytes()
         where = p
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise KormedError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=where, line=line) from None
+    return decode_utf8(data, where)
 
 
 def convert_jsonl(path: Path | None, field: str = "text") -> Any:

@@ -9,7 +9,6 @@ The medical sources (KorMedMCQA JSONL, dictionaries) are read with `kormed.recor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kormed.errors import KormedError
+from kormed.io import read_json
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -53,9 +53,9 @@ def _saved_empty(path: Path, split: str) -> bool:
 
     for state in (path / "state.json", path / split / "state.json"):
         try:
-            if json.loads(state.read_text(encoding="utf-8")).get("_data_files") == []:
+            if state.is_file() and read_json(state).get("_data_files") == []:
                 return True
-        except (OSError, ValueError, AttributeError):
+        except (OSError, AttributeError, KormedError):
             continue
     return False
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import Log, check_output_path, read_texts, temp_dir, write_json
+from kormed.io import Log, check_output_path, loads_json, read_texts, temp_dir, write_json
 from kormed.models import load_tokenizer
 from kormed.tokenizer.report import REPORT_FILE, text_efficiency
 
@@ -573,7 +573,7 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kormed-tok-") as tmp:
         base_dir = export_base_tokenizer(model_path, tmp)
         base_text = (base_dir / "tokenizer.json").read_text(encoding="utf-8")
-        base_json = json.loads(base_text)
+        base_json = loads_json(base_text, where=base_dir / "tokenizer.json")
         base_tok = Tokenizer.from_str(base_text)
         del base_text
         base_vocab = base_tok.get_vocab(with_added_tokens=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from kormed.io import read_json
 
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 REPORT_FILE = "tokenizer_report.json"  # written next to tokenizer.json by `kormed tokenizer extend`
@@ -18,7 +19,7 @@ def reported_new_tokens(tokenizer_dir: str | Path) -> int | None:
     path = Path(tokenizer_dir) / REPORT_FILE
     if not path.is_file():
         return None
-    return int(json.loads(path.read_text(encoding="utf-8")).get("new_tokens", 0))
+    return int(read_json(path, what="tokenizer report").get("new_tokens", 0))
 
 
 def _count(tokenizer: Any, texts: Sequence[str], first_new_id: int | None = None) -> tuple[int, int, int]:

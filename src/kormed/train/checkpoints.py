@@ -7,7 +7,6 @@ per process `kormed_log_state_<rank>.json` inside a checkpoint (the open loss-lo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import shutil
@@ -19,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from kormed.errors import KormedError
-from kormed.io import Log, write_json
+from kormed.io import Log, loads_json, read_json, write_json
 from kormed.train.processes import is_main_process
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -61,9 +60,9 @@ def _safetensors_problem(path: Path) -> str | None:
             n = int.from_bytes(head, "little")
             if n > size - 8:
                 return "truncated header"
-            header = json.loads(fh.read(n))
+            header = loads_json(fh.read(n).decode("utf-8"), where=path)
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, KormedError):
         return "unreadable header"
     return None if size == 8 + n + end else f"{size} bytes, its header says {8 + n + end}"
 
@@ -114,11 +113,11 @@ def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | 
     m = _CHECKPOINT_RE.match(p.name)
     state_file = p / "trainer_state.json"
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state = read_json(state_file) if state_file.is_file() else None
+        if state is None:
+            return "incomplete: no trainer_state.json"
         step = int(state["global_step"])
-    except FileNotFoundError:
-        return "incomplete: no trainer_state.json"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, KormedError):
         return "incomplete: trainer_state.json unreadable"
     if m is not None and step != int(m.group(1)):
         return f"trainer_state.json says step {step}"
@@ -195,13 +194,13 @@ def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log =
     """Refuse (KormedError naming the setting) when `current` differs from the settings recorded when the run in
     `output_dir` started; settings absent from either side are not compared. False when nothing is recorded."""
     record = Path(output_dir) / "checkpoints" / DATA_ORDER_FILE
-    try:
-        recorded = json.loads(record.read_text(encoding="utf-8"))["settings"]
-    except FileNotFoundError:
+    if not record.is_file():
         log(f"[kormed] --resume: no record of the data-order settings in {record.parent} (an older kormed); "
             "they cannot be checked")
         return False
-    except (OSError, ValueError, KeyError, TypeError):
+    try:
+        recorded = read_json(record, what="data-order record")["settings"]
+    except (OSError, ValueError, KeyError, TypeError, KormedError):
         raise KormedError("unreadable record of the run's data-order settings", path=record,
                           hint="delete it to resume without the check") from None
     for key, now in current.items():

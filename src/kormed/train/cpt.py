@@ -35,6 +35,7 @@ from kormed.io import (
     check_output_path,
     clean_stale_temps,
     file_sha256,
+    read_json,
     read_texts,
     report_stale,
     require_file,
@@ -119,7 +120,7 @@ def build_packed_dataset(
     meta_path = target / "kormed_packed.json"
     report_stale(clean_stale_temps(root), log)  # half-built sets of killed runs (any key)
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(meta_path, what="packed-set record")
         log(f"[kormed] packed training set from cache: {target} ({meta['blocks']} blocks)")
         return load_from_disk(str(target)), {**info, **meta, "cache_hit": True}
 

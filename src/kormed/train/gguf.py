@@ -22,7 +22,6 @@ writes a SentencePiece model from a tokenizers BPE model.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForConditionalGeneration
 
 from kormed.errors import KormedError
-from kormed.io import Log, temp_dir
+from kormed.io import Log, read_json, temp_dir
 from kormed.models import cache_root, is_multimodal, load_model_config
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendored converter was tested with kormed
@@ -165,7 +164,7 @@ def write_sentencepiece_model(tokenizer_json: Path, dest: Path) -> int:
     # sentencepiece is optional (kormed[gguf]); _check_python_deps has said so before this runs
     from sentencepiece import sentencepiece_model_pb2 as sp
 
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    data = read_json(tokenizer_json, what="tokenizer file")
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise KormedError("GGUF export expects a Gemma tokenizer (BPE with byte fallback)", path=tokenizer_json)

@@ -23,7 +23,6 @@ Only the main process writes.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from kormed.errors import KormedError
-from kormed.io import Log, write_json
+from kormed.io import Log, read_json, write_json
 from kormed.models import RuntimeSpec, pick_runtime
 from kormed.train.callbacks import (
     EarlyStopping,
@@ -160,9 +159,9 @@ class KormedTrainer(Trainer):
         if f is None or not f.is_file():
             return
         try:
-            saved = json.loads(f.read_text(encoding="utf-8"))
+            saved = read_json(f)
             value, last = float(saved["tr_loss"]), int(saved["last_logged_step"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, KormedError):
             return  # the window restarts, as without the file: the weights are unaffected
         if last <= self.state.global_step and getattr(self, "_tr_loss", None) is not None:
             self._tr_loss.fill_(value)
