@@ -117,7 +117,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         if output:
             from kormed.io import check_output_path
 
-            check_output_path(output, "file", "--output")
+            check_output_path(output, "file", "--output", inputs={"--model": model, "--adapter": adapter,
+                                                                  "--data": data})
         wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
         res = run_bench(model=model, adapter=adapter, data=data, limit=limit, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, device=device, modes=wanted,

@@ -715,9 +715,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
         extended tokenizer, SFT and the loop."""
 
-        check_output_path(output, "file", "--output")
+        inputs = {"--korean-text": korean_text, "--model": model, "--overrides": overrides}
+        check_output_path(output, "file", "--output", inputs=inputs)
         if work_dir:
-            check_output_path(work_dir, "dir", "--work-dir")
+            check_output_path(work_dir, "dir", "--work-dir", inputs=inputs)
         budget = Budget(cpt_chars=cpt_chars, sft_steps=sft_steps, loop_rounds=loop_rounds, loop_steps=loop_steps,
                         batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
                         eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from)

@@ -912,9 +912,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Training tokens/s and peak memory, kormed vs a plain Trainer+PEFT script and TRL's SFTTrainer."""
 
         if output:
-            check_output_path(output, "file", "--output")
+            check_output_path(output, "file", "--output", inputs={"--tokenizer": tokenizer})
         if work_dir:
-            check_output_path(work_dir, "dir", "--work-dir")
+            check_output_path(work_dir, "dir", "--work-dir", inputs={"--tokenizer": tokenizer})
         rows = run_bench(arch=arch, modes=_csv(modes) or MODES, arms=_csv(arms), steps=steps,
                          warmup_steps=warmup_steps, batch_size=batch_size, seeds_batch_size=seeds_batch_size,
                          max_length=max_length, device=device, dtype=dtype, work_dir=work_dir,

@@ -11,6 +11,11 @@ DEFAULT_MAX_NEW_TOKENS = 32
 HARNESS_MAX_GEN_TOKS = 1024
 
 
+def eval_inputs(cfg: EvalConfig) -> dict[str, str | None]:
+    """Flag -> path of what `kormed eval` reads: its --output must be none of them."""
+    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter}
+
+
 @dataclass
 class EvalConfig:
     """KorMedMCQA accuracy and held-out perplexity."""

@@ -176,6 +176,14 @@ class PrepareConfig:
         p = Path(getattr(self, name).path).expanduser()
         return p if p.is_absolute() else self.root() / p
 
+    def input_paths(self) -> list[tuple[str, Path]]:
+        """(flag, path) of every file or directory `kormed prepare` reads (the sources and the evaluation sets,
+        read or not): the outputs must be none of them."""
+        root = self.root()
+        evals = [p if p.is_absolute() else root / p for p in (Path(x).expanduser() for x in self.decontam_eval_sets)]
+        return ([(f"--{name.replace('_', '-')}", self.source_path(name)) for name in ALL_SOURCES]
+                + [("--decontam-eval-sets", p) for p in evals])
+
     def out_path(self) -> Path:
         p = Path(self.out or DEFAULT_OUT).expanduser()
         return p if p.is_absolute() else self.root() / p

@@ -43,6 +43,7 @@ from kormed.train.sft import (
     context_baseline,
     prepare_recipe,
     read_recipe_sources,
+    recipe_inputs,
     require,
     run_sft_step,
 )
@@ -165,7 +166,8 @@ def table_markdown(result: dict[str, Any]) -> str:
 def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) -> dict[str, Any]:
     """Run the rounds (the recipe of :mod:`kormed.train.sft`, rounds cycled); return the table (also written to
     loop_table.json / loop_table.md). `score` replaces the KorMedMCQA scorer (a seam for tests)."""
-    out = check_output_path(require(cfg.output, "--output"), "dir", "--output")
+    out = check_output_path(require(cfg.output, "--output"), "dir", "--output",
+                            inputs=[*recipe_inputs(cfg), ("--eval-data", cfg.eval_data), ("--dev-data", cfg.dev_data)])
     require(cfg.mcq, "--mcq")
     require(cfg.dict, "--dict")
     eval_path = require(cfg.eval_data, "--eval-data")
