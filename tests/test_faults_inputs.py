@@ -369,3 +369,69 @@ def test_report_markdown_escapes_text_from_the_data(tmp_path: Path) -> None:
     assert "``p`|.yaml``" in meta  # a code span fenced longer than the backtick inside it
     html_text = _html.read_text(encoding="utf-8")
     assert "<img src=x" not in html_text and "&lt;img src=x" in html_text
+
+
+# ---------------------------------------------------------------------------------------------- silent acceptances
+# An input that is there but is not what it must be was taken for an absent one (skipped) or read in part: exit 0.
+
+
+def _sample_root() -> Path:
+    from kormed.sample_data import sample_data_root
+
+    return Path(sample_data_root())
+
+
+@pytest.mark.parametrize("layout", ["Dataset", "DatasetDict"])
+def test_an_arrow_dataset_with_a_missing_shard_is_one_error(tmp_path: Path, layout: str) -> None:
+    """save_to_disk wrote 3 shards, one is gone: the other two were read as the whole source, exit 0."""
+    from datasets import Dataset, DatasetDict
+
+    ds = Dataset.from_dict({"text": [f"한국어 문서 {i}번입니다. " * 20 for i in range(30)], "namespace": [0] * 30})
+    source = tmp_path / "namu_wiki"
+    if layout == "Dataset":
+        ds.save_to_disk(str(source), num_shards=3)
+        gone = source / "data-00001-of-00003.arrow"
+    else:
+        DatasetDict({"train": ds}).save_to_disk(str(source), num_shards={"train": 3})
+        gone = source / "train" / "data-00002-of-00003.arrow"
+    gone.unlink()
+    out = tmp_path / "out" / "corpus.jsonl"
+    line = _one_line_error(_cli(["prepare", "--data-root", str(_sample_root()), "--namu-wiki", str(source),
+                                 "--out", str(out), "--num-proc", "1", "--quiet"]), "missing", gone.name)
+    assert str(gone) in line
+    assert not out.exists()
+
+
+def test_an_evaluation_set_that_is_a_directory_is_an_error_not_a_skip(tmp_path: Path) -> None:
+    """A test set path that names a directory was reported 'not found, skipped' and prepare went on: exit 0."""
+    test_dir = tmp_path / "test.jsonl"
+    test_dir.mkdir()
+    out = tmp_path / "out" / "corpus.jsonl"
+    _one_line_error(_cli(["prepare", "--data-root", str(_sample_root()), "--decontam-eval-sets", str(test_dir),
+                          "--out", str(out), "--num-proc", "1", "--quiet"]), str(test_dir), "is a directory")
+    assert not out.exists()
+
+
+def test_a_dev_split_beside_the_test_set_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    """dev.jsonl beside --eval-data that is a directory: the loop selected on held-out training questions instead,
+    in silence."""
+    from kormed.train.loop import DEV_FILE, selection_split
+
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps(GOOD_MCQ, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / DEV_FILE).mkdir()
+    cfg = load_config("loop", overrides={"eval_data": str(test)})
+    with pytest.raises(KormedError) as err:
+        selection_split(cfg, src=None, log=lambda m: None)  # type: ignore[arg-type]
+    assert err.value.path == str(tmp_path / DEV_FILE) and "is a directory" in err.value.message
+
+
+def test_bench_quality_general_text_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    """--korean-text DIR whose train.jsonl is a directory: the bench fell back to the bundled sample, exit 0."""
+    from kormed.bench.quality import Budget, prepare_data
+
+    korean = tmp_path / "korean_text"
+    (korean / "train.jsonl").mkdir(parents=True)
+    with pytest.raises(KormedError) as err:
+        prepare_data(tmp_path / "work", korean_text=korean, budget=Budget(), log=lambda m: None)
+    assert err.value.path == str(korean / "train.jsonl") and "is a directory" in err.value.message

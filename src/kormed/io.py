@@ -33,6 +33,19 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     return p
 
 
+def optional_file(path: str | Path, what: str = "file", *, field: str | None = None) -> Path | None:
+    """An input that may be absent (reported and skipped by the caller): None when nothing is at `path`, the path
+    when it is a regular file, and a KormedError when something else is there (a directory, a FIFO): that is a
+    mistake to tell the user, never an input to skip in silence."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file"
+        raise KormedError(f"{what} is {kind}; give the file itself", path=p, field=field)
+    return p
+
+
 BOM = "\ufeff"
 
 

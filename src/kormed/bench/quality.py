@@ -75,7 +75,7 @@ from kormed.config import _deep_update, build, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
-from kormed.io import Log, check_output_path, read_texts, write_jsonl
+from kormed.io import Log, check_output_path, optional_file, read_texts, write_jsonl
 from kormed.models import load_tokenizer
 from kormed.prepare.clean import FilterSpec, clean_document
 from kormed.sample_data import sample_paths
@@ -236,7 +236,7 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     (data / "mcq").mkdir(parents=True, exist_ok=True)
     general_docs, medical_pages = sample_documents()
     medical_train, medical_test = split_medical(medical_pages)
-    if korean_text is not None and (korean_text / "train.jsonl").is_file():
+    if korean_text is not None and optional_file(korean_text / "train.jsonl", "general Korean train text"):
         general = read_korean_text(korean_text)
         general_source = str(korean_text)
     else:
