@@ -435,3 +435,32 @@ def test_bench_quality_general_text_that_is_a_directory_is_an_error(tmp_path: Pa
     with pytest.raises(KormedError) as err:
         prepare_data(tmp_path / "work", korean_text=korean, budget=Budget(), log=lambda m: None)
     assert err.value.path == str(korean / "train.jsonl") and "is a directory" in err.value.message
+
+
+# ---------------------------------------------------------------------------------------------- --device (issue 28)
+
+
+@pytest.mark.parametrize("command", [["train", "cpt"], ["train", "sft"], ["train", "loop"], ["eval", "kormedmcqa"],
+                                     ["eval", "ppl"], ["chat"], ["bench", "eval"], ["bench", "train"],
+                                     ["bench", "quality"]])
+def test_an_unknown_device_is_refused_when_the_options_are_read(command: list[str], monkeypatch) -> None:
+    """`--device tpu` was refused only when the run started (after the data was read, in a pipeline after the stages
+    before it had run); now by the option's declaration, before anything else."""
+    import kormed.models as models
+
+    def started(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(models, "pick_runtime", started)
+    _one_line_error(_cli([*command, "--device", "tpu"]), "--device", "must be auto, cpu, cuda or cuda:N", "'tpu'")
+
+
+def test_an_unknown_device_in_a_pipeline_file_is_refused_before_any_stage(tmp_path: Path) -> None:
+    from kormed.pipeline.run import pipeline_from_mapping, resolve_configs
+    from kormed.pipeline.stages import default_specs
+
+    for data in ({"stages": ["prepare", "cpt", "eval"], "device": "tpu"},
+                 {"stages": ["prepare", "eval"], "eval": {"device": "cuda:x"}}):
+        pipeline = pipeline_from_mapping(data, source=tmp_path / "pipe.yaml", run_dir=tmp_path / "run")
+        with pytest.raises(KormedError, match="must be auto, cpu, cuda or cuda:N"):
+            resolve_configs(pipeline, default_specs(), log=lambda m: None)

@@ -101,6 +101,13 @@ def opt(
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
+def check_device(value: str, flag: str = "--device") -> str:
+    """`value` when it is a device kormed runs on (DEVICE_PATTERN), for a hand-written command's `--device`."""
+    if not re.fullmatch(DEVICE_PATTERN[0], value):
+        raise KormedError(f"must be {DEVICE_PATTERN[1]}, got {value!r}", field=flag)
+    return value
+
+
 def seed_opt(default: int, help: str, *, flags: tuple[str, ...] = ()) -> Any:  # noqa: A002
     """A random-seed field: an integer in SEED_RANGE (numpy rejects a negative seed with a traceback)."""
     return opt(default, help, bounds=SEED_RANGE, flags=flags)

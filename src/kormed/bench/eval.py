@@ -114,6 +114,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         output: str = typer.Option(None, "--output", help="Also write the figures to this JSON file."),
     ) -> None:
         """KorMedMCQA questions/second for each mode (generate, loglik, chat), same model and questions."""
+        from kormed.config import check_device
+
+        check_device(device)
         if output:
             from kormed.io import check_output_path
 

@@ -71,7 +71,7 @@ from typing import Any
 import typer
 
 from kormed.bench.worker import run_worker
-from kormed.config import _deep_update, build, merge, read_yaml
+from kormed.config import _deep_update, build, check_device, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
@@ -715,6 +715,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
         extended tokenizer, SFT and the loop."""
 
+        check_device(device)
         inputs = {"--korean-text": korean_text, "--model": model, "--overrides": overrides}
         check_output_path(output, "file", "--output", inputs=inputs)
         if work_dir:

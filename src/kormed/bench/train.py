@@ -50,6 +50,7 @@ from typing import Any
 import typer
 
 from kormed.bench.worker import run_worker
+from kormed.config import check_device
 from kormed.data.chat import END_OF_TURN, chat_prompt, encode_chat_example, render_dict_entry, render_mcq
 from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
@@ -911,6 +912,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Training tokens/s and peak memory, kormed vs a plain Trainer+PEFT script and TRL's SFTTrainer."""
 
+        check_device(device)
         if output:
             check_output_path(output, "file", "--output", inputs={"--tokenizer": tokenizer})
         if work_dir:
