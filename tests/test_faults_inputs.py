@@ -464,3 +464,33 @@ def test_an_unknown_device_in_a_pipeline_file_is_refused_before_any_stage(tmp_pa
         pipeline = pipeline_from_mapping(data, source=tmp_path / "pipe.yaml", run_dir=tmp_path / "run")
         with pytest.raises(KormedError, match="must be auto, cpu, cuda or cuda:N"):
             resolve_configs(pipeline, default_specs(), log=lambda m: None)
+
+
+# The values of issue 26's battery that passed validation and failed later (or never): each one line, exit 2.
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["train", "cpt", "--train.weight-decay", "-0.1"], "--train.weight-decay"),
+        (["train", "sft", "--train.early-stopping-patience", "-1"], "--train.early-stopping-patience"),
+        (["train", "cpt", "--lora.embedding-lr", "-0.0001"], "--lora.embedding-lr"),
+        (["train", "cpt", "--train.target-perplexity", "-3"], "--train.target-perplexity"),
+        (["train", "cpt", "--train.save-total-limit", "-1"], "--train.save-total-limit"),
+        (["train", "cpt", "--train.max-grad-norm", "-1"], "--train.max-grad-norm"),
+        (["train", "cpt", "--lora.alpha", "0"], "--lora.alpha"),
+        (["train", "cpt", "--train.scheduler", "cosine_typo"], "--train.scheduler"),
+        (["train", "loop", "--train.optim", "adamw_typo"], "--train.optim"),
+        (["train", "cpt", "--train.report-to", "tensorbord"], "--train.report-to"),
+        (["train", "cpt", "--lora.target-modules", "5"], "--lora.target-modules"),
+        (["train", "cpt", "--grad-accum", "1000000000"], "--grad-accum"),
+        (["prepare", "--val-max-docs", "-1"], "--val-max-docs"),
+    ],
+)
+def test_issue_26_option_values_are_refused_when_read(args: list[str], flag: str) -> None:
+    _one_line_error(_cli(args), f"field '{flag}'", "must be")
+
+
+@pytest.mark.parametrize("value", [[1, 2], ["q_proj", 7]])
+def test_target_modules_that_are_not_module_names_are_refused_in_yaml(tmp_path: Path, value: Any) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"cpt": {"lora": {"target_modules": value}}}), encoding="utf-8")
+    _one_line_error(_cli(["train", "cpt", "--config", str(config)]), str(config), "cpt.lora.target_modules")
