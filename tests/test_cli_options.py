@@ -64,6 +64,9 @@ VALID: dict[str, Any] = {
     "stop": ["eval_qa_loss < 0.5"],
     "stable_metrics": ["eval_qa_loss"],
     "eod_token": "<eos>",
+    "scheduler": "linear",
+    "optim": "adamw_torch_fused",
+    "target_perplexity": 3.0,
 }
 
 
@@ -357,3 +360,138 @@ def test_every_command_in_the_table_resolves() -> None:
             assert callable(getattr(importlib.import_module(module), name)), spec
     for module in cli.HAND_WRITTEN:
         assert callable(importlib.import_module(module).register)
+
+
+# -- every option refuses a bad value, from YAML and from its flag ------------------------------------------------
+# The bad values are derived from each option's declaration (its opt(): bounds, choices, pattern; else its type),
+# so an option added later is walked too. A free-text string has no bad value on the command line (any text is a
+# string); from YAML it is given a list.
+
+
+@dataclasses.dataclass
+class _Option:
+    yaml_path: tuple[str | int, ...]  # ('train', 'lr') or ('steps', 0, 'max_steps') inside the section
+    field: dataclasses.Field
+    tp: Any  # the field's type, Optional removed
+    flag: FieldFlag | None  # None for a key of a list item (sft.steps[0].max_steps): YAML only
+
+
+def _options(cls: type, instance: Any = None, prefix: tuple[str | int, ...] = ()) -> list[_Option]:
+    """Every option of dataclass `cls`: nested sections and the first item of a list of sections walked."""
+    from kormed.config import field_type
+    from kormed.flags import _strip_optional
+
+    instance = cls() if instance is None else instance
+    flags = {ff.path: ff for ff in field_flags(cls)} if not prefix else {}
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(field_type(cls, f.name))
+        value = getattr(instance, f.name)
+        path = (*prefix, f.name)
+        if dataclasses.is_dataclass(value):
+            out += [dataclasses.replace(o, flag=flags.get(tuple(map(str, o.yaml_path))))
+                    for o in _options(type(value), value, path)]
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            out.append(_Option(path, f, tp, flags.get((f.name,))))  # the list itself: a wrong type
+            out += [dataclasses.replace(o, flag=None) for o in _options(type(value[0]), value[0], (*path, 0))]
+        else:
+            out.append(_Option(path, f, tp, flags.get(tuple(map(str, path)))))
+    return out
+
+
+def _bad_values(option: _Option) -> list[tuple[Any, bool]]:
+    """(value, also as a flag) pairs that the declaration of `option` refuses."""
+    meta, tp = option.field.metadata, option.tp
+    out: list[tuple[Any, bool]] = []
+    if "bounds" in meta:
+        low, high = meta["bounds"][:2]
+        left, right = meta["bounds"][2] if len(meta["bounds"]) > 2 else "[]"
+        step = 1 if tp is int else 0.5
+        if low is not None:
+            out.append((low if left == "(" else low - step, True))
+        if high is not None:
+            out.append((high if right == ")" else high + step, True))
+    if "choices" in meta or typing.get_origin(tp) is typing.Literal:
+        out.append(("not-a-choice", True))
+    if "pattern" in meta:
+        out.append(("not a name!", True))
+    if tp in (int, float):
+        out.append(("abc", True))
+    elif tp is bool:
+        out.append(("maybe", False))  # a flag is a switch: it takes no value
+    elif tp is str or typing.get_origin(tp) is typing.Literal:
+        out.append(([1, 2], False))
+    elif typing.get_origin(tp) is list:  # a flag's `5` is the list ['5'] (a list of paths may hold a file 5)
+        out.append((5, False))
+    elif typing.get_origin(tp) is dict:
+        out.append((5, True))
+    return out
+
+
+def _nest(path: tuple[str | int, ...], value: Any, item: Any = None) -> Any:
+    """The YAML mapping that sets `path` to `value` (an index: a list holding `item`'s fields, one replaced)."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(head, int):
+        return [{**dataclasses.asdict(item), **_nest(rest, value)}]
+    return {head: _nest(rest, value, item)}
+
+
+SECTION_COMMANDS = {command.section: key for key, command in reversed(cli.COMMANDS.items())}
+
+
+@pytest.mark.parametrize("section", list(CONFIG_SECTIONS))
+def test_every_option_refuses_a_bad_value_from_yaml_and_from_its_flag(captured, section, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kormed.config import flag_for
+
+    key = SECTION_COMMANDS[section]
+    cls = section_class(section)
+    words = [p for p in key if p]
+    failures = []
+
+    def check(args: list[str], needle: str) -> None:
+        captured.clear()
+        captured["run"] = cli.COMMANDS[key].run
+        result = CliRunner().invoke(cli.app, [*words, *args])
+        errors = [line for line in result.output.splitlines() if line.startswith("kormed: error:")]
+        if (result.exit_code != 2 or len(errors) != 1 or needle not in errors[0] or "cfg" in captured
+                or len(result.output.strip().splitlines()) != 1):
+            failures.append(f"{' '.join(args)}: exit {result.exit_code}: {result.output.strip()[:300]}")
+
+    options = _options(cls)
+    for n, option in enumerate(options):
+        item = _get(cls(), tuple(str(p) for p in option.yaml_path[:option.yaml_path.index(0)])) \
+            if 0 in option.yaml_path else None
+        for value, as_flag in _bad_values(option):
+            config = tmp_path / f"bad{n}.yaml"
+            config.write_text(yaml.safe_dump({section: _nest(option.yaml_path, value, item and item[0])}),
+                              encoding="utf-8")
+            dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in option.yaml_path).replace(".[", "[")
+            check(["--config", str(config)], f"{config}: field '{section}.{dotted}")
+            if as_flag and option.flag is not None:
+                flag = flag_for(cls, ".".join(option.flag.path))
+                shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+                check([option.flag.flag, shown], f"field '{flag}'")
+    assert not failures, f"{len(failures)} bad values accepted or not named in one line:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("section", list(CONFIG_SECTIONS))
+def test_every_number_option_declares_its_range_and_every_default_satisfies_its_declaration(section) -> None:
+    from kormed.config import _violation
+
+    for option in _options(section_class(section)):
+        if option.tp in (int, float):
+            assert "bounds" in option.field.metadata, f"{section}.{option.yaml_path}: no bounds declared"
+        default = _get(section_class(section)(), tuple(str(p) for p in option.yaml_path if not isinstance(p, int))) \
+            if 0 not in option.yaml_path else None
+        for value in default if isinstance(default, list) else [default]:
+            if value is not None and not dataclasses.is_dataclass(value):
+                meta = dict(option.field.metadata)
+                if isinstance(meta.get("choices"), str):  # a library's names: the default must be among them
+                    from kormed.config import allowed_choices
+
+                    assert value in allowed_choices(meta["choices"]), f"{section}.{option.yaml_path}: {value!r}"
+                assert _violation(option.field, value) is None, f"{section}.{option.yaml_path}: {value!r}"

@@ -697,3 +697,128 @@ def test_namumark_small_cases_unchanged(markup: str, expected: str) -> None:
     from kormed.prepare.namumark import namumark_to_text
 
     assert namumark_to_text(markup) == expected
+
+
+# ---------------------------------------------------------------------------------------------- silent acceptances
+# An input that is there but is not what it must be was taken for an absent one (skipped) or read in part: exit 0.
+
+
+def _sample_root() -> Path:
+    from kormed.sample_data import sample_data_root
+
+    return Path(sample_data_root())
+
+
+@pytest.mark.parametrize("layout", ["Dataset", "DatasetDict"])
+def test_an_arrow_dataset_with_a_missing_shard_is_one_error(tmp_path: Path, layout: str) -> None:
+    """save_to_disk wrote 3 shards, one is gone: the other two were read as the whole source, exit 0."""
+    from datasets import Dataset, DatasetDict
+
+    ds = Dataset.from_dict({"text": [f"한국어 문서 {i}번입니다. " * 20 for i in range(30)], "namespace": [0] * 30})
+    source = tmp_path / "namu_wiki"
+    if layout == "Dataset":
+        ds.save_to_disk(str(source), num_shards=3)
+        gone = source / "data-00001-of-00003.arrow"
+    else:
+        DatasetDict({"train": ds}).save_to_disk(str(source), num_shards={"train": 3})
+        gone = source / "train" / "data-00002-of-00003.arrow"
+    gone.unlink()
+    out = tmp_path / "out" / "corpus.jsonl"
+    line = _one_line_error(_cli(["prepare", "--data-root", str(_sample_root()), "--namu-wiki", str(source),
+                                 "--out", str(out), "--num-proc", "1", "--quiet"]), "missing", gone.name)
+    assert str(gone) in line
+    assert not out.exists()
+
+
+def test_an_evaluation_set_that_is_a_directory_is_an_error_not_a_skip(tmp_path: Path) -> None:
+    """A test set path that names a directory was reported 'not found, skipped' and prepare went on: exit 0."""
+    test_dir = tmp_path / "test.jsonl"
+    test_dir.mkdir()
+    out = tmp_path / "out" / "corpus.jsonl"
+    _one_line_error(_cli(["prepare", "--data-root", str(_sample_root()), "--decontam-eval-sets", str(test_dir),
+                          "--out", str(out), "--num-proc", "1", "--quiet"]), str(test_dir), "is a directory")
+    assert not out.exists()
+
+
+def test_a_dev_split_beside_the_test_set_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    """dev.jsonl beside --eval-data that is a directory: the loop selected on held-out training questions instead,
+    in silence."""
+    from kormed.train.loop import DEV_FILE, selection_split
+
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps(GOOD_MCQ, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / DEV_FILE).mkdir()
+    cfg = load_config("loop", overrides={"eval_data": str(test)})
+    with pytest.raises(KormedError) as err:
+        selection_split(cfg, src=None, log=lambda m: None)  # type: ignore[arg-type]
+    assert err.value.path == str(tmp_path / DEV_FILE) and "is a directory" in err.value.message
+
+
+def test_bench_quality_general_text_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    """--korean-text DIR whose train.jsonl is a directory: the bench fell back to the bundled sample, exit 0."""
+    from kormed.bench.quality import Budget, prepare_data
+
+    korean = tmp_path / "korean_text"
+    (korean / "train.jsonl").mkdir(parents=True)
+    with pytest.raises(KormedError) as err:
+        prepare_data(tmp_path / "work", korean_text=korean, budget=Budget(), log=lambda m: None)
+    assert err.value.path == str(korean / "train.jsonl") and "is a directory" in err.value.message
+
+
+# ---------------------------------------------------------------------------------------------- --device (issue 28)
+
+
+@pytest.mark.parametrize("command", [["train", "cpt"], ["train", "sft"], ["train", "loop"], ["eval", "kormedmcqa"],
+                                     ["eval", "ppl"], ["chat"], ["bench", "eval"], ["bench", "train"],
+                                     ["bench", "quality"]])
+def test_an_unknown_device_is_refused_when_the_options_are_read(command: list[str], monkeypatch) -> None:
+    """`--device tpu` was refused only when the run started (after the data was read, in a pipeline after the stages
+    before it had run); now by the option's declaration, before anything else."""
+    import kormed.models as models
+
+    def started(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(models, "pick_runtime", started)
+    _one_line_error(_cli([*command, "--device", "tpu"]), "--device", "must be auto, cpu, cuda or cuda:N", "'tpu'")
+
+
+def test_an_unknown_device_in_a_pipeline_file_is_refused_before_any_stage(tmp_path: Path) -> None:
+    from kormed.pipeline.run import pipeline_from_mapping, resolve_configs
+    from kormed.pipeline.stages import default_specs
+
+    for data in ({"stages": ["prepare", "cpt", "eval"], "device": "tpu"},
+                 {"stages": ["prepare", "eval"], "eval": {"device": "cuda:x"}}):
+        pipeline = pipeline_from_mapping(data, source=tmp_path / "pipe.yaml", run_dir=tmp_path / "run")
+        with pytest.raises(KormedError, match="must be auto, cpu, cuda or cuda:N"):
+            resolve_configs(pipeline, default_specs(), log=lambda m: None)
+
+
+# The values of issue 26's battery that passed validation and failed later (or never): each one line, exit 2.
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["train", "cpt", "--train.weight-decay", "-0.1"], "--train.weight-decay"),
+        (["train", "sft", "--train.early-stopping-patience", "-1"], "--train.early-stopping-patience"),
+        (["train", "cpt", "--lora.embedding-lr", "-0.0001"], "--lora.embedding-lr"),
+        (["train", "cpt", "--train.target-perplexity", "-3"], "--train.target-perplexity"),
+        (["train", "cpt", "--train.save-total-limit", "-1"], "--train.save-total-limit"),
+        (["train", "cpt", "--train.max-grad-norm", "-1"], "--train.max-grad-norm"),
+        (["train", "cpt", "--lora.alpha", "0"], "--lora.alpha"),
+        (["train", "cpt", "--train.scheduler", "cosine_typo"], "--train.scheduler"),
+        (["train", "loop", "--train.optim", "adamw_typo"], "--train.optim"),
+        (["train", "cpt", "--train.report-to", "tensorbord"], "--train.report-to"),
+        (["train", "cpt", "--lora.target-modules", "5"], "--lora.target-modules"),
+        (["train", "cpt", "--grad-accum", "1000000000"], "--grad-accum"),
+        (["prepare", "--val-max-docs", "-1"], "--val-max-docs"),
+    ],
+)
+def test_issue_26_option_values_are_refused_when_read(args: list[str], flag: str) -> None:
+    _one_line_error(_cli(args), f"field '{flag}'", "must be")
+
+
+@pytest.mark.parametrize("value", [[1, 2], ["q_proj", 7]])
+def test_target_modules_that_are_not_module_names_are_refused_in_yaml(tmp_path: Path, value: Any) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"cpt": {"lora": {"target_modules": value}}}), encoding="utf-8")
+    _one_line_error(_cli(["train", "cpt", "--config", str(config)]), str(config), "cpt.lora.target_modules")

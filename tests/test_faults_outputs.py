@@ -251,3 +251,99 @@ def test_cli_turns_environment_os_errors_into_one_line(code: int, words: str, tm
     monkeypatch.setattr(bench_eval, "run_bench", fail)
     line = one_error_line(["bench", "eval"])
     assert words in line and str(target) in line
+
+
+# -- outputs that are not regular files or directories (issue 28) ------------------------------------------------
+# As root, `--out /dev/null` replaced /dev/null with a regular file. The stand-ins here: a FIFO and a symlink to
+# the null device made in tmp (the real /dev/null is never named).
+
+@pytest.fixture
+def specials(tmp_path: Path) -> dict[str, Path]:
+    fifo = tmp_path / "a_fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "null_link"
+    link.symlink_to(os.devnull)
+    yield {"fifo": fifo, "link to the null device": link}
+    assert fifo.is_fifo() and link.is_symlink() and link.resolve() == Path(os.devnull).resolve()  # untouched
+
+
+@pytest.mark.parametrize("special", ["fifo", "link to the null device"])
+@pytest.mark.parametrize("command", FILE_COMMANDS + DIR_COMMANDS)
+def test_an_output_that_is_a_device_or_fifo_is_refused(command: str, special: str, specials, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    commands = {**_file_commands(tmp_path, monkeypatch), **_dir_commands(tmp_path, monkeypatch)}
+    args, flag = commands[command]
+    line = one_error_line([*args, flag, str(specials[special])])
+    assert "device, FIFO or socket" in line and str(specials[special]) in line, line
+
+
+# -- outputs that are the command's own inputs (issue 26) ----------------------------------------------------------
+# `kormed prepare --out` naming the MCQ train.jsonl, the test set or the medical dictionary overwrote the user's
+# file with the corpus, exit 0. Every command compares its outputs with its inputs (resolved, symlinks followed).
+
+KEEP = "the user's input, never to be overwritten\n"
+
+
+def _input_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[list[str], Path]]:
+    """Case -> (the whole command line, the input its output names). Expensive steps fail the test if they run."""
+    files = _file_commands(tmp_path, monkeypatch)
+    dirs = _dir_commands(tmp_path, monkeypatch)
+    data = _texts(tmp_path)
+    root = tmp_path / "root"
+    mcq = root / "data/01_raw/02_kor_med_test/train.jsonl"
+    test_set = root / "data/01_raw/02_kor_med_test/test.jsonl"
+    medical = root / "data/02_refined/01_medical_dict.json"
+    for p in (mcq, test_set, medical):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(KEEP, encoding="utf-8")
+    link = tmp_path / "link_to_train.jsonl"
+    link.symlink_to(mcq)
+    run_dir = tmp_path / "run"
+    return {
+        "eval kormedmcqa --output = --data": ([*files["eval kormedmcqa"][0], "--output", str(data)], data),
+        "eval ppl --output = --data": ([*files["eval ppl"][0], "--output", str(data)], data),
+        "prepare --out = the MCQ train.jsonl": ([*files["prepare"][0], "--out", str(mcq)], mcq),
+        "prepare --out = the test set": ([*files["prepare"][0], "--out", str(test_set)], test_set),
+        "prepare --out = the medical dictionary": ([*files["prepare"][0], "--out", str(medical)], medical),
+        "prepare --out = a symlink to train.jsonl": ([*files["prepare"][0], "--out", str(link)], mcq),
+        "namumark --out = FILE": ([*files["namumark"][0], "--out", str(data)], data),
+        "tokenizer extend --out holds --corpus": ([*dirs["tokenizer extend"][0], "--out", str(tmp_path)], data),
+        "train cpt --output holds --data": ([*dirs["train cpt"][0], "--output", str(tmp_path)], data),
+        "train sft --output holds --raw": ([*dirs["train sft"][0], "--output", str(tmp_path)], data),
+        "train loop --output = the dir of --mcq": ([*dirs["train loop"][0], "--output", str(tmp_path)], data),
+        "export --out = --model": ([*dirs["export"][0], "--out", str(run_dir)], run_dir),
+    }
+
+
+INPUT_CASES = [
+    "eval kormedmcqa --output = --data", "eval ppl --output = --data", "prepare --out = the MCQ train.jsonl",
+    "prepare --out = the test set", "prepare --out = the medical dictionary",
+    "prepare --out = a symlink to train.jsonl", "namumark --out = FILE", "tokenizer extend --out holds --corpus",
+    "train cpt --output holds --data", "train sft --output holds --raw", "train loop --output = the dir of --mcq",
+    "export --out = --model",
+]
+
+
+@pytest.mark.parametrize("case", INPUT_CASES)
+def test_an_output_that_is_an_input_is_refused_before_work(case: str, tmp_path: Path, monkeypatch) -> None:
+    args, victim = _input_cases(tmp_path, monkeypatch)[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    line = one_error_line(args)
+    assert "input" in line and "overwrite your input" in line, line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written, nothing lost
+    assert victim.exists()
+
+
+def test_the_input_check_follows_symlinks_and_skips_unset_inputs(tmp_path: Path) -> None:
+    from kormed.io import check_not_an_input
+
+    real = tmp_path / "real.jsonl"
+    real.write_text(KEEP, encoding="utf-8")
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(real)
+    with pytest.raises(KormedError, match="--out is the input --mcq"):
+        check_not_an_input(alias, "--out", {"--mcq": str(tmp_path / "." / "real.jsonl")})
+    with pytest.raises(KormedError, match="--out holds the input --mcq"):
+        check_not_an_input(tmp_path, "--out", {"--mcq": alias}, holds_inputs=True)
+    check_not_an_input(tmp_path / "other.jsonl", "--out", {"--mcq": real, "--dict": None, "--raw": ""})
+    check_not_an_input(tmp_path, "--out", {"--mcq": real})  # a file output beside its input is fine

@@ -110,13 +110,13 @@ def test_run_cpt_runs_embeddings_first_then_lora(tiny_gemma3_dir, ext_tokenizer,
 
 
 def test_embedding_warmup_options_are_validated():
+    from kormed.config import load_config
     from kormed.errors import KormedError
-    from kormed.train.config import CPTConfig
 
-    with pytest.raises(KormedError, match="embedding_warmup_steps"):
-        CPTConfig(embedding_warmup_steps=-1).validate()
-    with pytest.raises(KormedError, match="embedding_warmup_lr"):
-        CPTConfig(embedding_warmup_lr=0.0).validate()
+    with pytest.raises(KormedError, match="embedding-warmup-steps"):
+        load_config("cpt", overrides={"embedding_warmup_steps": -1})
+    with pytest.raises(KormedError, match="embedding-warmup-lr"):
+        load_config("cpt", overrides={"embedding_warmup_lr": 0.0})
 
 
 @pytest.mark.parametrize("size", [5, 20])

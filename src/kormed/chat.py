@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from kormed.config import opt
+from kormed.config import DEVICE_PATTERN, opt
 from kormed.data.chat import chat_prompt
 from kormed.errors import KormedError
 from kormed.io import check_text, decode_utf8
@@ -37,18 +37,10 @@ class ChatConfig:
                                   "the embedded Gemma 3 270M.")
     adapter: str | None = opt(None, "kormed adapter directory loaded on the base model.")
     system: str = opt("", "Text put in front of the first user turn (Gemma has no system role).")
-    max_new_tokens: int = opt(512, "Most tokens generated per answer.")
-    temperature: float = opt(0.0, "0 = greedy (deterministic); > 0 samples at this temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise KormedError(f"must be at least 1, got {self.max_new_tokens}", field="chat.max_new_tokens")
-        if self.temperature < 0:
-            raise KormedError(f"must be >= 0, got {self.temperature}", field="chat.temperature")
-        if not 0 < self.top_p <= 1:
-            raise KormedError(f"must be in (0, 1], got {self.top_p}", field="chat.top_p")
+    max_new_tokens: int = opt(512, "Most tokens generated per answer.", bounds=(1, None))
+    temperature: float = opt(0.0, "0 = greedy (deterministic); > 0 samples at this temperature.", bounds=(0, None))
+    top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.", bounds=(0, 1, "(]"))
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N.", pattern=DEVICE_PATTERN)
 
 
 class Chat:

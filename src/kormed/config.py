@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import functools
 import importlib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -58,19 +60,34 @@ def opt(
     default: Any,
     help: str,  # noqa: A002
     *,
-    bounds: tuple[float | None, float | None] | None = None,
+    bounds: tuple[Any, ...] | None = None,
+    choices: tuple[Any, ...] | str | None = None,
+    pattern: tuple[str, str] | None = None,
     flags: tuple[str, ...] = (),
     cli_path: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """A dataclass field with a documented default (mutable defaults are copied per instance). `bounds`
-    (low, high; None = open) is an inclusive range that `build` checks, naming the file and key. `flags` are
-    short command-line aliases besides the generated dotted flag (e.g. `("--lr",)` for `train.lr`; a bool's
-    alias may name its off switch too: `"--all/--sample"`); see kormed.flags. `cli_path`: a path that a flag gives
-    relative to the current directory (made absolute; the YAML value of the same key may be relative elsewhere)."""
+    """A dataclass field with a documented default (mutable defaults are copied per instance) and the constraint
+    `build` enforces on every value, from YAML and from flags alike, naming the file and key (or the flag):
+
+    * `bounds` (low, high[, brackets]): a range; None = open, brackets "[]" (inclusive, the default), "()", "[)"
+      or "(]" (e.g. `(0, None, "()")`: above 0).
+    * `choices`: the allowed values, or "module:attribute" naming an Enum, a mapping or a function returning them,
+      from the library that consumes the value (e.g. transformers' SchedulerType); imported only when a value
+      other than the default is checked.
+    * `pattern`: (regex, what it means) a string must match in full.
+
+    A list field's constraint applies to each item. `flags` are short command-line aliases besides the generated
+    dotted flag (e.g. `("--lr",)` for `train.lr`; a bool's alias may name its off switch too: `"--all/--sample"`);
+    see kormed.flags. `cli_path`: a path that a flag gives relative to the current directory (made absolute; the
+    YAML value of the same key may be relative elsewhere)."""
     metadata: dict[str, Any] = {"help": help}
     if bounds is not None:
         metadata["bounds"] = bounds
+    if choices is not None:
+        metadata["choices"] = choices
+    if pattern is not None:
+        metadata["pattern"] = pattern
     if flags:
         metadata["flags"] = tuple(flags)
     if cli_path:
@@ -78,6 +95,17 @@ def opt(
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda d=default: _deepcopy(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+# `--device`: what kormed.models.pick_runtime runs on (checked when the config is read, not when the run starts).
+DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
+
+
+def check_device(value: str, flag: str = "--device") -> str:
+    """`value` when it is a device kormed runs on (DEVICE_PATTERN), for a hand-written command's `--device`."""
+    if not re.fullmatch(DEVICE_PATTERN[0], value):
+        raise KormedError(f"must be {DEVICE_PATTERN[1]}, got {value!r}", field=flag)
+    return value
 
 
 def seed_opt(default: int, help: str, *, flags: tuple[str, ...] = ()) -> Any:  # noqa: A002
@@ -232,14 +260,85 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
 
 
 def _check_bounds(f: dataclasses.Field, value: Any, where: str, path: str | None) -> None:
-    bounds = f.metadata.get("bounds")
-    if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+    """Check `value` (each item of a list) against the constraint declared in field `f`'s `opt()`."""
+    meta = f.metadata
+    if value is None or not ({"bounds", "choices", "pattern"} & set(meta)):
         return
-    low, high = bounds
-    if (low is not None and value < low) or (high is not None and value > high):
-        text = (f"between {low} and {high}" if low is not None and high is not None
-                else f"at least {low}" if low is not None else f"at most {high}")
-        raise KormedError(f"must be {text}, got {value!r}", path=path, field=where)
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        problem = _violation(f, item)
+        if problem:
+            raise KormedError(f"{problem}, got {item!r}", path=path, field=at)
+
+
+def _violation(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for field `f` ("must be ..."), or None when it satisfies the declaration."""
+    meta = f.metadata
+    bounds = meta.get("bounds")
+    if bounds is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        low, high = bounds[0], bounds[1]
+        left, right = bounds[2] if len(bounds) > 2 else "[]"
+        if ((low is not None and (value < low or (left == "(" and value == low)))
+                or (high is not None and (value > high or (right == ")" and value == high)))):
+            return f"must be {range_text(bounds)}"
+    pattern = meta.get("pattern")
+    if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern[0], value):
+        return f"must be {pattern[1]}"
+    choices = meta.get("choices")
+    if choices is not None and not _default_item(f, value):
+        allowed = allowed_choices(choices)
+        if value not in allowed:
+            return f"must be one of {', '.join(map(str, allowed))}"
+    return None
+
+
+def _default_item(f: dataclasses.Field, value: Any) -> bool:
+    """Whether `value` is (an item of) `f`'s default: a default is known to be allowed (a test checks it), so a
+    library's list of names is imported only for a value the user chose."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return value == default or (isinstance(default, list) and value in default)
+
+
+@functools.cache
+def allowed_choices(choices: tuple[Any, ...] | str) -> tuple[Any, ...]:
+    """The values `choices` allows: the tuple itself, or the values of the Enum (the keys of the mapping, what the
+    function returns) that "module:attribute" names."""
+    if not isinstance(choices, str):
+        return tuple(choices)
+    module, _, name = choices.partition(":")
+    source = getattr(importlib.import_module(module), name)
+    if isinstance(source, type) and issubclass(source, enum.Enum):
+        return tuple(member.value for member in source)
+    return tuple(source() if callable(source) else source)
+
+
+def range_text(bounds: tuple[Any, ...]) -> str:
+    """A range as the error and the reference say it: 'at least 1', 'between 0 and 1', 'in [0, 1)', 'positive'."""
+    low, high = bounds[0], bounds[1]
+    left, right = bounds[2] if len(bounds) > 2 else "[]"
+    if low is not None and high is not None:
+        return f"between {low} and {high}" if (left, right) == ("[", "]") else f"in {left}{low}, {high}{right}"
+    if low is not None:
+        return f"at least {low}" if left == "[" else "positive" if low == 0 else f"above {low}"
+    return f"at most {high}" if right == "]" else f"below {high}"
+
+
+def constraint_text(f: dataclasses.Field) -> str:
+    """The declared constraint of field `f` in words, for `kormed config show` ('' when it has none)."""
+    meta = f.metadata
+    parts = []
+    if "bounds" in meta:
+        parts.append(range_text(meta["bounds"]))
+    if "pattern" in meta:
+        parts.append(meta["pattern"][1])
+    choices = meta.get("choices")
+    if isinstance(choices, str):
+        module, _, name = choices.partition(":")
+        parts.append(f"a name of {module}.{name}")
+    elif choices is not None:
+        parts.append("one of " + ", ".join(map(str, choices)))
+    return "; ".join(parts)
 
 
 def _located(exc: KormedError, path: str | None, prefix: str) -> KormedError:
@@ -386,10 +485,13 @@ def _document(
                 lines.append(f"{pad}  {k}:")
                 lines.extend(_document(type(v), v, indent + 2, None, comments=comments))
         elif path is None:
-            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+            rule = constraint_text(f)
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}" + (f"  # {rule}" if rule else ""))
         else:
             aliases = tuple(f.metadata.get("flags", ())) + (path_aliases if f.name == "path" else ())
-            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}")
+            rule = constraint_text(f)
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}"
+                         + (f" ({rule})" if rule else ""))
     return lines
 
 
@@ -414,10 +516,11 @@ def defaults_markdown() -> str:
         "Every command reads an optional YAML file (`--config FILE`) with one section per stage. Values are taken",
         "in this order, later wins: the defaults below, a preset (`--preset`), the file's section, command-line flags.",
         "A pipeline file for `kormed run` holds several sections at once. Unknown keys, wrong types, values out of",
-        "range, a number that is not finite (`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are",
-        "errors naming the file and `section.key` (or, on the command line, the flag). The YAML is read safely:",
-        "a duplicate key, aliases that repeat more than 10,000 nodes, nesting deeper than 100 levels, an integer",
-        "of more than 64 digits or text that is not UTF-8 is an error naming the file and line.",
+        "range or not among its choices (each key's rule is in brackets after its flags), a number that is not finite",
+        "(`nan`, `inf`: no option takes one) and a seed outside 0-4294967295 are errors naming the file and",
+        "`section.key` (or, on the command line, the flag), checked when the config is read, before any work. The",
+        "YAML is read safely: a duplicate key, aliases that repeat more than 10,000 nodes, nesting deeper than 100",
+        "levels, an integer of more than 64 digits or text that is not UTF-8 is an error naming the file and line.",
         "",
         "Every key is also a flag of the command that reads its section (after `#` below): a top-level key as",
         "`--key`, a nested one dotted (`--lora.r`, `--train.warmup-ratio`), plus a short alias for some",

@@ -111,6 +111,9 @@ def _declarations(ff: FieldFlag) -> list[str]:
     return decls
 
 
+_METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
+
+
 def _is_structured(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, dict) or tp in (list, dict) or tp is Any
 
@@ -128,12 +131,13 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
             text = text.replace("[", "\\[")
         heading = "Options" if len(ff.path) == 1 else ".".join(p.replace("_", "-") for p in ff.path[:-1])
-        option = typer.Option(
-            None, *_declarations(ff), help=text, rich_help_panel=heading,
-            metavar="YAML" if _is_structured(ff.tp) else "[" + "|".join(map(str, choices)) + "]" if choices else None,
-        )
-        # a Literal is read as text and checked by config.build: a wrong choice is the one-line kormed error
-        annotation = str if _is_structured(ff.tp) or choices else ff.tp
+        metavar = ("YAML" if _is_structured(ff.tp) else "[" + "|".join(map(str, choices)) + "]" if choices
+                   else _METAVARS.get(ff.tp))
+        option = typer.Option(None, *_declarations(ff), help=text, rich_help_panel=heading, metavar=metavar)
+        # every value but a switch is read as text and typed and checked by config.build, so that a wrong type, a
+        # wrong choice or a value out of range is the same one-line kormed error as in YAML (click's is a usage
+        # block)
+        annotation = bool if ff.tp is bool else str
         parameters.append(inspect.Parameter(
             ff.param_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None,
         ))

@@ -14,7 +14,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,19 @@ def require_file(path: str | Path, what: str = "file") -> Path:
         raise KormedError(f"{what} does not exist", path=p)
     if not p.is_file():
         raise KormedError(f"{what} is not a regular file", path=p)
+    return p
+
+
+def optional_file(path: str | Path, what: str = "file", *, field: str | None = None) -> Path | None:
+    """An input that may be absent (reported and skipped by the caller): None when nothing is at `path`, the path
+    when it is a regular file, and a KormedError when something else is there (a directory, a FIFO): that is a
+    mistake to tell the user, never an input to skip in silence."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file"
+        raise KormedError(f"{what} is {kind}; give the file itself", path=p, field=field)
     return p
 
 
@@ -562,13 +575,23 @@ def output_named(path: str | Path) -> str:
     return str(path)
 
 
-def check_output_path(path: str | Path, kind: str = "file", flag: str = "--output") -> Path:
+Inputs = Mapping[str, "str | Path | None"] | Iterable[tuple[str, "str | Path | None"]]
+
+
+def check_output_path(path: str | Path, kind: str = "file", flag: str = "--output", *, inputs: Inputs = (),
+                      holds_inputs: bool = True) -> Path:
     """Check, before any work starts, that `path` can take an output of `kind` ("file" or "dir"): an existing path
-    is of that kind, the nearest existing ancestor is a directory, and it (or an existing "dir") is writable.
+    is a regular file or directory of that kind (never a device node, FIFO or socket: outputs are regular files or
+    directories kormed creates), the nearest existing ancestor is a directory, and it (or an existing "dir") is
+    writable; and that it is none of the command's `inputs` (flag -> path; see :func:`check_not_an_input`).
     Creates nothing; raises a KormedError naming `flag` and the path."""
     if kind not in ("file", "dir"):
         raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
     p = Path(path).expanduser()
+    if p.exists() and not p.is_file() and not p.is_dir():  # exists/is_file/is_dir follow symlinks
+        raise KormedError(f"{flag} names a device, FIFO or socket, not a regular {kind}; outputs are regular files "
+                          "or directories that kormed creates, choose another path", path=p)
+    check_not_an_input(p, flag, inputs, holds_inputs=kind == "dir" and holds_inputs)
     writable = os.W_OK | os.X_OK
     if p.is_dir():
         if kind == "file":
@@ -589,6 +612,23 @@ def check_output_path(path: str | Path, kind: str = "file", flag: str = "--outpu
         raise KormedError(f"{flag}: cannot write in {ancestor} (permission denied or read-only file system); "
                           "choose a writable location", path=p)
     return p
+
+
+def check_not_an_input(output: str | Path, flag: str, inputs: Inputs, *, holds_inputs: bool = False) -> None:
+    """Refuse an output path that is one of the command's inputs (`inputs`: flag -> path, None or "" skipped),
+    compared resolved, symlinks followed: writing it would replace the user's file. With `holds_inputs` (an
+    output directory that kormed replaces or fills) an input inside it is refused too."""
+    out = Path(output).expanduser().resolve()
+    for name, value in inputs.items() if isinstance(inputs, Mapping) else inputs:
+        if value is None or str(value) == "":
+            continue
+        source = Path(value).expanduser().resolve()
+        if source == out:
+            raise KormedError(f"{flag} is the input {name} ({value}): writing it would overwrite your input; "
+                              "choose another output path", path=output)
+        if holds_inputs and source.is_relative_to(out):
+            raise KormedError(f"{flag} holds the input {name} ({value}): writing the output directory would "
+                              "overwrite your input; choose another output directory", path=output)
 
 
 @contextlib.contextmanager

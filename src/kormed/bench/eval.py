@@ -114,10 +114,14 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         output: str = typer.Option(None, "--output", help="Also write the figures to this JSON file."),
     ) -> None:
         """KorMedMCQA questions/second for each mode (generate, loglik, chat), same model and questions."""
+        from kormed.config import check_device
+
+        check_device(device)
         if output:
             from kormed.io import check_output_path
 
-            check_output_path(output, "file", "--output")
+            check_output_path(output, "file", "--output", inputs={"--model": model, "--adapter": adapter,
+                                                                  "--data": data})
         wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
         res = run_bench(model=model, adapter=adapter, data=data, limit=limit, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, device=device, modes=wanted,

@@ -351,7 +351,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         if output is not None:
             from kormed.io import check_output_path
 
-            check_output_path(output, "file", "--output")
+            check_output_path(output, "file", "--output", inputs={"--cases": cases})
         typer.echo(f"generating {docs} synthetic NamuMark documents (seed {seed}) ...", err=True)
         res = run_bench(docs, seed, repeats, cases)
         typer.echo(f"corpus: {res['docs']} documents, {res['corpus_mb']} MB (single process, best of {repeats})")

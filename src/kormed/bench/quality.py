@@ -71,11 +71,21 @@ from typing import Any
 import typer
 
 from kormed.bench.worker import run_worker
-from kormed.config import _deep_update, build, merge, read_yaml
+from kormed.config import _deep_update, build, check_device, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
-from kormed.io import Log, YamlSyntaxError, check_output_path, iter_jsonl, load_yaml, read_json, read_texts, write_jsonl
+from kormed.io import (
+    Log,
+    YamlSyntaxError,
+    check_output_path,
+    iter_jsonl,
+    load_yaml,
+    optional_file,
+    read_json,
+    read_texts,
+    write_jsonl,
+)
 from kormed.models import load_tokenizer
 from kormed.prepare.clean import FilterSpec, clean_document
 from kormed.sample_data import sample_paths
@@ -236,7 +246,7 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     (data / "mcq").mkdir(parents=True, exist_ok=True)
     general_docs, medical_pages = sample_documents()
     medical_train, medical_test = split_medical(medical_pages)
-    if korean_text is not None and (korean_text / "train.jsonl").is_file():
+    if korean_text is not None and optional_file(korean_text / "train.jsonl", "general Korean train text"):
         general = read_korean_text(korean_text)
         general_source = str(korean_text)
     else:
@@ -713,9 +723,11 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
         extended tokenizer, SFT and the loop."""
 
-        check_output_path(output, "file", "--output")
+        check_device(device)
+        inputs = {"--korean-text": korean_text, "--model": model, "--overrides": overrides}
+        check_output_path(output, "file", "--output", inputs=inputs)
         if work_dir:
-            check_output_path(work_dir, "dir", "--work-dir")
+            check_output_path(work_dir, "dir", "--work-dir", inputs=inputs)
         budget = Budget(cpt_chars=cpt_chars, sft_steps=sft_steps, loop_rounds=loop_rounds, loop_steps=loop_steps,
                         batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
                         eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from)

@@ -50,6 +50,7 @@ from typing import Any
 import typer
 
 from kormed.bench.worker import run_worker
+from kormed.config import check_device
 from kormed.data.chat import END_OF_TURN, chat_prompt, encode_chat_example, render_dict_entry, render_mcq
 from kormed.data.mixture import mix_datasets
 from kormed.errors import KormedError
@@ -911,10 +912,11 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Training tokens/s and peak memory, kormed vs a plain Trainer+PEFT script and TRL's SFTTrainer."""
 
+        check_device(device)
         if output:
-            check_output_path(output, "file", "--output")
+            check_output_path(output, "file", "--output", inputs={"--tokenizer": tokenizer})
         if work_dir:
-            check_output_path(work_dir, "dir", "--work-dir")
+            check_output_path(work_dir, "dir", "--work-dir", inputs={"--tokenizer": tokenizer})
         rows = run_bench(arch=arch, modes=_csv(modes) or MODES, arms=_csv(arms), steps=steps,
                          warmup_steps=warmup_steps, batch_size=batch_size, seeds_batch_size=seeds_batch_size,
                          max_length=max_length, device=device, dtype=dtype, work_dir=work_dir,

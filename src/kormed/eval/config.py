@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import opt
-from kormed.errors import KormedError
+from kormed.config import DEVICE_PATTERN, opt
 
 DEFAULT_MAX_NEW_TOKENS = 32
 HARNESS_MAX_GEN_TOKS = 1024
+
+
+def eval_inputs(cfg: EvalConfig) -> dict[str, str | None]:
+    """Flag -> path of what `kormed eval` reads: its --output must be none of them."""
+    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter}
 
 
 @dataclass
@@ -28,7 +32,9 @@ class EvalConfig:
         None, "JSONL of few-shot examples (the dataset's `fewshot` split). Shots are taken first-n, from the\n"
         "rows of the question's own subset when the file has any, else from the whole file.",
     )
-    num_fewshot: int = opt(0, "Number of few-shot examples before each question (harness default: 0).")
+    num_fewshot: int = opt(
+        0, "Number of few-shot examples before each question (harness default: 0).", bounds=(0, None)
+    )
     mode: Literal["generate", "loglik", "chat"] = opt(
         "generate",
         "generate: the lm-evaluation-harness kormedmcqa v3.0 protocol (prompt, greedy decoding, stop sequences,\n"
@@ -45,35 +51,29 @@ class EvalConfig:
         None, "chat mode: user-turn template of an MCQ; null = the SFT default (kormed.data.chat). Set it to the\n"
         "`sft.templates.mcq_prompt` you trained with if you changed that.",
     )
-    batch_size: int = opt(8, "Questions per forward/generate batch (left-padded).")
+    batch_size: int = opt(8, "Questions per forward/generate batch (left-padded).", bounds=(1, None))
     max_new_tokens: int = opt(
         DEFAULT_MAX_NEW_TOKENS,
         f"Greedy generation limit (generate and chat modes). The harness uses max_gen_toks={HARNESS_MAX_GEN_TOKS},\n"
         "but its '.' and blank-line stop sequences end almost every answer within a few tokens; raise it for\n"
         "models that reason before answering.",
+        bounds=(1, None),
     )
-    limit: int | None = opt(None, "Evaluate only the first N questions (null = all).")
+    limit: int | None = opt(None, "Evaluate only the first N questions (null = all).", bounds=(1, None))
     subset: str | None = opt(
         None, "Subset name for records that carry neither `exam_type` nor `subject` (default: the file name stem)."
     )
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N. On CUDA: bf16 and the fastest attention available.")
+    device: str = opt(
+        "auto", "auto, cpu, cuda or cuda:N. On CUDA: bf16 and the fastest attention available.",
+        pattern=DEVICE_PATTERN,
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto", "Compute precision, as train.dtype: auto = bf16 weights + autocast on CUDA and on a CPU with\n"
         "native bf16 matmul (AMX-BF16 / AVX512-BF16), else fp32.",
     )
     output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
-    max_length: int = opt(1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).")
+    max_length: int = opt(
+        1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).", bounds=(2, None)
+    )
     eod_token: str = opt("<end_of_turn>", "ppl: end-of-document token appended after every text, as in CPT.")
     text_field: str = opt("text", "ppl: the JSONL field that holds the raw text.")
-
-    def validate(self) -> None:
-        for name in ("num_fewshot",):
-            if getattr(self, name) < 0:
-                raise KormedError("must be 0 or more", field=name)
-        for name in ("batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise KormedError("must be at least 1", field=name)
-        if self.limit is not None and self.limit < 1:
-            raise KormedError("must be at least 1 (or null for all)", field="limit")
-        if self.max_length < 2:
-            raise KormedError("must be at least 2 (BOS plus one token)", field="max_length")

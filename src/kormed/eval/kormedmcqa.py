@@ -27,6 +27,7 @@ from typing import Any
 
 from kormed.data.chat import chat_prompt, mcq_user_prompt
 from kormed.errors import KormedError
+from kormed.eval.config import eval_inputs
 from kormed.eval.extract import apply_stop_sequences, extract_answer
 from kormed.io import check_output_path, write_json
 from kormed.records import LETTERS, MCQ, read_mcq_jsonl
@@ -414,7 +415,7 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
-        check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
+        check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
     if not cfg.data:
         raise KormedError("no test file given", field="data", hint="pass --data test.jsonl")
     questions = load_questions(cfg.data, subset=cfg.subset, limit=cfg.limit)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
+from kormed.eval.config import eval_inputs
 from kormed.io import check_output_path, read_texts, write_json
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
@@ -113,7 +114,7 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
-        check_output_path(cfg.output, "file", "--output")  # before any work: a bad path must not lose the results
+        check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
     texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")

@@ -23,8 +23,12 @@ class PlainSourceConfig:
 
     path: str = opt("", "Dataset directory; a relative path is taken under data_root.")
     optional: bool = opt(False, "If true a missing source is reported and skipped; if false it is an error.")
-    multiplier: int = opt(1, "Each kept document is written this many times (seed 001: 1, seed 000: 5).")
-    weight: float = opt(1.0, "Share of plain_docs taken from this source when plain_mix is 'weights'.")
+    multiplier: int = opt(
+        1, "Each kept document is written this many times (seed 001: 1, seed 000: 5).", bounds=(0, None)
+    )
+    weight: float = opt(
+        1.0, "Share of plain_docs taken from this source when plain_mix is 'weights'.", bounds=(0, None)
+    )
     cleaner: Literal["namumark", "wiki", "none"] = opt(
         "wiki", "namumark: NamuMark parser (redirects skipped); wiki: Wikipedia/C4 leftovers removed; none."
     )
@@ -41,7 +45,9 @@ class FileSourceConfig:
 
     path: str = opt("", "File; a relative path is taken under data_root.")
     optional: bool = opt(False, "If true a missing source is reported and skipped; if false it is an error.")
-    multiplier: int = opt(5, "Each record is written this many times (medical data x5 in both seeds).")
+    multiplier: int = opt(
+        5, "Each record is written this many times (medical data x5 in both seeds).", bounds=(0, None)
+    )
 
 
 def _plain(path: str, cleaner: str, *, namespace: bool = False, help: str, flag: str) -> Any:  # noqa: A002
@@ -93,7 +99,9 @@ class PrepareConfig:
     char_dict: FileSourceConfig = _file(
         "data/02_refined/02_char_dict.json", "Medical symbol dictionary.", "--char-dict"
     )
-    plain_docs: int = opt(100_000, "Plain-text documents sampled across the plain sources (after filtering).")
+    plain_docs: int = opt(
+        100_000, "Plain-text documents sampled across the plain sources (after filtering).", bounds=(0, None)
+    )
     all: bool = opt(
         False,
         "Use every plain document that passes the filters instead of sampling plain_docs.",
@@ -103,9 +111,10 @@ class PrepareConfig:
         "proportional",
         "How plain_docs is split across plain sources: in proportion to their row counts, or by their `weight`.",
     )
-    min_chars: int = opt(100, "Drop cleaned plain documents shorter than this many characters.")
+    min_chars: int = opt(100, "Drop cleaned plain documents shorter than this many characters.", bounds=(0, None))
     min_hangul_ratio: float = opt(
-        0.1, "Drop cleaned plain documents whose Hangul characters are below this share of non-space characters."
+        0.1, "Drop cleaned plain documents whose Hangul characters are below this share of non-space characters.",
+        bounds=(0, 1),
     )
     mcq_style: Literal["korean_only", "with_english"] = opt(
         "korean_only", "Options in `선택지:`: Korean names only (seed 001) or with their English (seed 000)."
@@ -114,17 +123,19 @@ class PrepareConfig:
         "seed", "Symbol sentences: the seeds' fixed 는/를, or particles by the documented rule."
     )
     val_fraction: float = opt(
-        0.02, "Held-out validation documents, as a share of the plain documents used (0 disables)."
+        0.02, "Held-out validation documents, as a share of the plain documents used (0 disables).",
+        bounds=(0, 1, "[)"),
     )
-    val_min_chars: int = opt(300, "Validation documents have at least this many characters.")
-    val_max_docs: int = opt(5000, "At most this many validation documents.")
+    val_min_chars: int = opt(300, "Validation documents have at least this many characters.", bounds=(0, None))
+    val_max_docs: int = opt(5000, "At most this many validation documents.", bounds=(0, None))
     seed: int = seed_opt(
         42, "Random seed for sampling, validation split and shuffle (same inputs + seed = same bytes)."
     )
-    num_proc: int = opt(0, "Worker processes for cleaning; 0 = all CPU cores.")
-    batch_size: int = opt(256, "Documents per cleaning task sent to a worker.")
+    num_proc: int = opt(0, "Worker processes for cleaning; 0 = all CPU cores.", bounds=(0, None))
+    batch_size: int = opt(256, "Documents per cleaning task sent to a worker.", bounds=(1, None))
     shuffle_bucket_mb: int = opt(
-        256, "Memory bound of the shuffle: the corpus is shuffled in random buckets of about this many MB."
+        256, "Memory bound of the shuffle: the corpus is shuffled in random buckets of about this many MB.",
+        bounds=(1, None),
     )
     skip_bad: bool = opt(False, "Skip bad records (counted and reported) instead of stopping at the first one.")
     duplicates: Literal["drop", "keep"] = opt(
@@ -153,24 +164,8 @@ class PrepareConfig:
     )
 
     def validate(self) -> None:
-        if self.plain_docs < 0:
-            raise KormedError("must be >= 0", field="prepare.plain_docs")
-        if not 0.0 <= self.min_hangul_ratio <= 1.0:
-            raise KormedError("must be between 0 and 1", field="prepare.min_hangul_ratio")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise KormedError("must be in [0, 1)", field="prepare.val_fraction")
-        if self.num_proc < 0:
-            raise KormedError("must be >= 0 (0 = all cores)", field="prepare.num_proc")
-        if self.batch_size < 1 or self.shuffle_bucket_mb < 1:
-            raise KormedError("must be >= 1", field="prepare.batch_size/shuffle_bucket_mb")
         if self.decontam_min_words > self.decontam_ngram:
             raise KormedError("must be <= decontam_ngram", field="prepare.decontam_min_words")
-        for name in ALL_SOURCES:
-            src = getattr(self, name)
-            if src.multiplier < 0:
-                raise KormedError("must be >= 0", field=f"prepare.{name}.multiplier")
-            if isinstance(src, PlainSourceConfig) and src.weight < 0:
-                raise KormedError("must be >= 0", field=f"prepare.{name}.weight")
 
     # -- resolved paths ---------------------------------------------------------------------------------------
     def root(self) -> Path:
@@ -180,6 +175,14 @@ class PrepareConfig:
         """Absolute-or-root-relative path of source `name` (relative paths are under data_root)."""
         p = Path(getattr(self, name).path).expanduser()
         return p if p.is_absolute() else self.root() / p
+
+    def input_paths(self) -> list[tuple[str, Path]]:
+        """(flag, path) of every file or directory `kormed prepare` reads (the sources and the evaluation sets,
+        read or not): the outputs must be none of them."""
+        root = self.root()
+        evals = [p if p.is_absolute() else root / p for p in (Path(x).expanduser() for x in self.decontam_eval_sets)]
+        return ([(f"--{name.replace('_', '-')}", self.source_path(name)) for name in ALL_SOURCES]
+                + [("--decontam-eval-sets", p) for p in evals])
 
     def out_path(self) -> Path:
         p = Path(self.out or DEFAULT_OUT).expanduser()

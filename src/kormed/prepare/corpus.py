@@ -422,7 +422,7 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
         raise KormedError("data root does not exist or is not a directory", path=root, field="data_root")
     out = cfg.out_path()
     for path in (out, cfg.val_path(), cfg.stats_path()):
-        check_output_path(path, "file", "--out")
+        check_output_path(path, "file", "--out", inputs=cfg.input_paths())
     run = _Run(cfg, log, progress)
     num_proc = _resolve_num_proc(cfg.num_proc)
     for name in (*PLAIN_SOURCES, *MEDICAL_SOURCES):

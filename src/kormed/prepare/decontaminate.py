@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from kormed.io import Log
+from kormed.io import Log, optional_file
 from kormed.prepare.clean import FilterSpec, clean_batch
 from kormed.records import MCQ, read_mcq_jsonl
 
@@ -227,7 +227,7 @@ def load_index(
     index = EvalIndex(n, min_words)
     missing: list[str] = []
     for path in paths:
-        if not path.is_file():
+        if optional_file(path, "evaluation set", field="prepare.decontam_eval_sets") is None:
             missing.append(str(path))
             continue
         questions, report = read_mcq_jsonl(path, skip_bad=skip_bad)

@@ -56,7 +56,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         """Convert NamuMark to plain text (kormed's rendering policy; a redirect gives empty output)."""
 
         if out is not None:
-            check_output_path(out, "file", "--out")
+            check_output_path(out, "file", "--out", inputs={"FILE": file})
         if jsonl:
             from tqdm import tqdm
 

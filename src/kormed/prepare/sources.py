@@ -74,10 +74,31 @@ def _check_text_column(ds: Any, column: str, path: Path, name: str) -> None:
         )
 
 
+def _check_listed_shards(path: Path, split: str) -> None:
+    """Every shard a save_to_disk `state.json` lists must be there: a missing one would otherwise send the reader
+    to the folder's other `.arrow` files, and the source would be read in part with no word said."""
+    for state in (path / "state.json", path / split / "state.json"):
+        if not state.is_file():
+            continue  # no state.json here: load_from_disk reports it
+        try:  # the guarded reader: a hostile state.json is one error line
+            listed = read_json(state, what="dataset state file").get("_data_files") or []
+            names = [str(entry["filename"]) for entry in listed]
+        except (AttributeError, KeyError, TypeError):
+            continue  # not one datasets wrote: load_from_disk reports it
+        missing = [name for name in names if not (state.parent / name).is_file()]
+        if missing:
+            raise KormedError(
+                f"{len(missing)} of the {len(names)} shards listed in {state.name} are missing "
+                f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); copy the dataset again, whole",
+                path=state.parent / missing[0],
+            )
+
+
 def _shard_files(path: Path, split: str) -> list[Path]:
     """The shard files of a saved Dataset / DatasetDict (or a folder of bare `.arrow` files), in order."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
+    _check_listed_shards(path, split)
     try:
         ds = load_from_disk(str(path))
     except FileNotFoundError:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kormed.config import opt, seed_opt
-from kormed.errors import KormedError
 
 
 @dataclass
@@ -39,27 +38,32 @@ class TokenizerConfig:
         "than 50, at most 12,000 (kormed.tokenizer.extend.auto_extension_size). Measured on the 270M model: 100\n"
         "entries cost held-out bits per character at every CPT budget tried (3,500, 40,000 and 100,000\n"
         "characters), so small budgets get no extension (docs/commands/tokenizer-extend.md).",
+        bounds=(0, None),
     )
     max_dict_tokens: int | None = opt(
         None,
         "Most new entries spent on dictionary terms (part of max_new_tokens; most corpus-frequent terms first).\n"
         "null: a quarter of the entries.",
+        bounds=(0, None),
     )
     budget_tokens: int | None = opt(
         None,
         "Tokens (of the base tokenizer) CPT will train on, to size a null max_new_tokens; converted to characters\n"
         "at the corpus's characters per token. null: the corpus read (one epoch). `kormed run` sets it from the\n"
         "cpt section when that stops at max_steps (max_steps x batch_size x grad_accum x max_length).",
+        bounds=(0, None),
     )
     min_frequency: int = opt(
-        3, "A corpus merge must occur at least this many times in the selection part of the corpus."
+        3, "A corpus merge must occur at least this many times in the selection part of the corpus.", bounds=(1, None)
     )
     heldout_fraction: float = opt(
-        0.1, "Share of corpus documents held out (never used to select tokens) for the efficiency report."
+        0.1, "Share of corpus documents held out (never used to select tokens) for the efficiency report.",
+        bounds=(0, 1, "()"),
     )
     seed: int = seed_opt(0, "Seed of the held-out split (the same seed and inputs give byte-identical outputs).")
     max_corpus_chars: int = opt(
-        200_000_000, "Read at most this many characters of corpus text (the first documents of the file)."
+        200_000_000, "Read at most this many characters of corpus text (the first documents of the file).",
+        bounds=(1, None),
     )
     # --- CPT-side options (read by `kormed train cpt --tokenizer-path DIR`) ---
     train_new_rows_only: bool = opt(
@@ -72,16 +76,6 @@ class TokenizerConfig:
         "CPT: learning rate of the trainable embedding parameters. null: 10x the CPT learning rate for the new\n"
         "rows only (at 100,000 training characters it closed 2.6 of the 4.6 points the extension cost at lr/4),\n"
         "a quarter of it for the whole matrix.",
+        bounds=(0, None, "()"),
     )
 
-    def validate(self) -> None:
-        for name in ("max_new_tokens", "max_dict_tokens", "budget_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise KormedError("must be >= 0", field=f"tokenizer.{name}")
-        if self.min_frequency < 1:
-            raise KormedError("must be >= 1", field="tokenizer.min_frequency")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise KormedError("must be between 0 and 1 (exclusive)", field="tokenizer.heldout_fraction")
-        if self.embedding_lr is not None and self.embedding_lr <= 0:
-            raise KormedError("must be > 0", field="tokenizer.embedding_lr")

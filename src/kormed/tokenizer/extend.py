@@ -564,7 +564,8 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
     for name in ("corpus", "dict", "out"):
         if not getattr(cfg, name):
             raise KormedError("is required", field=f"tokenizer.{name}", hint=f"pass --{name} or set it in the YAML")
-    check_output_path(cfg.out, "dir", "--out")
+    check_output_path(cfg.out, "dir", "--out",
+                      inputs={"--model": cfg.model, "--corpus": cfg.corpus, "--dict": cfg.dict})
     entries, _ = read_dictionary(cfg.dict)
     texts = read_texts(cfg.corpus, max_chars=cfg.max_corpus_chars, what="corpus file")
     select_texts, heldout = split_heldout(texts, cfg.heldout_fraction, cfg.seed)

@@ -14,25 +14,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import nested, opt, seed_opt
+from kormed.config import DEVICE_PATTERN, nested, opt, seed_opt
 from kormed.errors import KormedError
 
 # The linear layers of a Gemma 3 decoder block (attention and MLP); the vision tower is never targeted.
+# Gradient accumulation steps beyond any real run (the seeds use 16): a larger number is a typo, not a setting.
+MAX_GRAD_ACCUM = 65536
+
 GEMMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def report_to_names() -> tuple[str, ...]:
+    """What transformers' TrainingArguments accepts in report_to: its integrations' names, plus all and none."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return ("all", "none", *INTEGRATION_TO_CALLBACK)
 
 
 @dataclass
 class LoraOptions:
     """PEFT LoRA settings (rsLoRA by default) and optional embedding training."""
 
-    r: int = opt(16, "LoRA rank.")
-    alpha: int = opt(32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.")
-    dropout: float = opt(0.05, "Dropout on the LoRA input.")
+    r: int = opt(16, "LoRA rank.", bounds=(1, None))
+    alpha: int = opt(
+        32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.", bounds=(1, None)
+    )
+    dropout: float = opt(0.05, "Dropout on the LoRA input.", bounds=(0, 1, "[)"))
     use_rslora: bool = opt(True, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); stable at higher ranks.")
     target_modules: list[str] = opt(
         list(GEMMA_LINEAR_MODULES),
         "Linear layers that get LoRA adapters, by name; only layers of the language model are matched\n"
         "(a multimodal checkpoint's vision tower is left alone).",
+        pattern=(r"[A-Za-z_][A-Za-z0-9_.]*", "a module name such as q_proj"),
     )
     train_embeddings: bool = opt(
         False,
@@ -50,13 +63,10 @@ class LoraOptions:
         "Learning rate of the embedding parameters. null: a quarter of train.lr for the whole (pretrained) matrix\n"
         "(2-10x smaller is usual); with an extended tokenizer's new rows only (embedding_rows 'new'), 10x\n"
         "train.lr (measured better: docs/commands/tokenizer-extend.md).",
+        bounds=(0, None, "()"),
     )
 
     def validate(self) -> None:
-        if self.r < 1:
-            raise KormedError("must be at least 1", field="lora.r")
-        if not 0.0 <= self.dropout < 1.0:
-            raise KormedError("must be in [0, 1)", field="lora.dropout")
         if not self.target_modules:
             raise KormedError("at least one target module is needed", field="lora.target_modules")
 
@@ -65,33 +75,46 @@ class LoraOptions:
 class TrainOptions:
     """HF Trainer settings shared by every training stage (seeds' defaults: batch 2 x accumulation 16, lr 2e-5)."""
 
-    batch_size: int = opt(2, "Sequences per device per micro-batch.", flags=("--batch-size",))
+    batch_size: int = opt(2, "Sequences per device per micro-batch.", bounds=(1, None), flags=("--batch-size",))
     grad_accum: int = opt(
         16,
         "Gradient accumulation steps for ONE process. Effective batch = batch_size x grad_accum (32 sequences);\n"
         "under `accelerate launch` with N processes the accumulation is divided by N to keep it (see scale_accum).",
+        bounds=(1, MAX_GRAD_ACCUM),
         flags=("--grad-accum",),
     )
     scale_accum: bool = opt(
         True, "Keep the effective batch constant when processes are added: grad_accum / world_size per process."
     )
-    lr: float = opt(2e-5, "Peak learning rate.", flags=("--lr",))
-    warmup_ratio: float = opt(0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.")
-    scheduler: str = opt("cosine", "Decay after warmup: cosine, linear, constant_with_warmup (HF scheduler names).")
-    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases, norms or embeddings).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps is set).", flags=("--epochs",))
-    max_steps: int | None = opt(
-        None, "Stop after this many optimizer steps (overrides epochs).", flags=("--max-steps",)
+    lr: float = opt(2e-5, "Peak learning rate.", bounds=(0, None, "()"), flags=("--lr",))
+    warmup_ratio: float = opt(
+        0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.", bounds=(0, 1, "[)")
     )
-    eval_steps: int = opt(50, "Validate every N optimizer steps.", flags=("--eval-steps",))
-    save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).")
+    scheduler: str = opt(
+        "cosine", "Decay after warmup: cosine, linear, constant_with_warmup (HF scheduler names).",
+        choices="transformers.trainer_utils:SchedulerType",
+    )
+    weight_decay: float = opt(
+        0.0, "AdamW weight decay (not applied to biases, norms or embeddings).", bounds=(0, None)
+    )
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0: no clipping).", bounds=(0, None))
+    epochs: float = opt(
+        1.0, "Passes over the training data (ignored when max_steps is set).", bounds=(0, None, "()"),
+        flags=("--epochs",),
+    )
+    max_steps: int | None = opt(
+        None, "Stop after this many optimizer steps (overrides epochs).", bounds=(1, None), flags=("--max-steps",)
+    )
+    eval_steps: int = opt(50, "Validate every N optimizer steps.", bounds=(1, None), flags=("--eval-steps",))
+    save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).", bounds=(1, None))
     save_checkpoints: bool = opt(
         True, "Write periodic checkpoints (off: only the final adapter is saved; nothing to --resume from)."
     )
-    save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).")
-    logging_steps: int = opt(10, "Log the training loss every N optimizer steps.")
-    eval_batch_size: int | None = opt(None, "Sequences per device during validation (default: 2 x batch_size).")
+    save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).", bounds=(1, None))
+    logging_steps: int = opt(10, "Log the training loss every N optimizer steps.", bounds=(1, None))
+    eval_batch_size: int | None = opt(
+        None, "Sequences per device during validation (default: 2 x batch_size).", bounds=(1, None)
+    )
     gradient_checkpointing: bool | None = opt(
         None,
         "Recompute activations in the backward pass: less activation memory for about a third more compute.\n"
@@ -99,7 +122,9 @@ class TrainOptions:
         "tokens/s on the embedded model, benchmarks/README.md). true / false force it.",
     )
     seed: int = seed_opt(42, "Seed of the data order, dropout and initialisation.", flags=("--seed",))
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).", flags=("--device",))
+    device: str = opt(
+        "auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).", pattern=DEVICE_PATTERN, flags=("--device",)
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
         "Compute precision. auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX-BF16 /\n"
@@ -124,38 +149,39 @@ class TrainOptions:
         "full: the model's logits (reference). auto: liger on CUDA when installed, else chunked.",
     )
     loss_chunk_size: int = opt(
-        256, "Learned positions per chunk of the chunked loss (a chunk is this many tokens x the vocabulary of logits)."
+        256,
+        "Learned positions per chunk of the chunked loss (a chunk is this many tokens x the vocabulary of logits).",
+        bounds=(1, None),
     )
-    report_to: list[str] = opt(["tensorboard"], "Trainer loggers; TensorBoard logs go to <output>/runs/.")
+    report_to: list[str] = opt(
+        ["tensorboard"],
+        "Trainer loggers (transformers' report_to names, or none); TensorBoard logs go to <output>/runs/.",
+        choices="kormed.train.config:report_to_names",
+    )
     early_stopping_patience: int | None = opt(
-        5, "Stop after this many validations without improvement (seeds: 5-10); null: never stop on patience."
+        5, "Stop after this many validations without improvement (seeds: 5-10); null: never stop on patience.",
+        bounds=(1, None),
     )
-    early_stopping_min_delta: float = opt(0.01, "Smallest decrease of the monitored loss that counts as improvement.")
+    early_stopping_min_delta: float = opt(
+        0.01, "Smallest decrease of the monitored loss that counts as improvement.", bounds=(0, None)
+    )
     early_stopping_metric: str = opt("eval_loss", "Metric watched by early stopping and best-checkpoint selection.")
-    target_perplexity: float | None = opt(None, "Stop as soon as validation perplexity falls below this (seeds: 3.0).")
+    target_perplexity: float | None = opt(
+        None, "Stop as soon as validation perplexity falls below this (seeds: 3.0).", bounds=(1, None, "()")
+    )
     load_best_at_end: bool = opt(True, "Restore the best validated checkpoint before saving the final adapter.")
     eval_on_start: bool = opt(True, "Validate once before the first step (the 'before' number).")
-    num_workers: int = opt(0, "DataLoader worker processes.")
-    optim: str = opt("adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_8bit, ...).")
+    num_workers: int = opt(0, "DataLoader worker processes.", bounds=(0, None))
+    optim: str = opt(
+        "adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_8bit, ...).",
+        choices="transformers.training_args:OptimizerNames",
+    )
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise KormedError("must be at least 1", field=f"train.{name}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise KormedError("must be at least 1", field="train.max_steps")
-        if self.lr <= 0:
-            raise KormedError("must be positive", field="train.lr")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise KormedError("must be in [0, 1)", field="train.warmup_ratio")
-        if self.epochs <= 0:
-            raise KormedError("must be positive", field="train.epochs")
         if self.quantize == "4bit":
             from kormed.quantization import require_bitsandbytes
 
             require_bitsandbytes("--quantize 4bit", field="train.quantize")
-        if self.loss_chunk_size < 1:
-            raise KormedError("must be at least 1", field="train.loss_chunk_size")
 
 
 @dataclass
@@ -170,11 +196,11 @@ class CPTConfig:
     )
     adapter: str | None = opt(None, "Continue training this kormed adapter directory instead of a fresh LoRA.")
     output: str | None = opt(None, "Output directory; default: model/00_trained/<model-name>/.")
-    max_length: int = opt(512, "Tokens per packed block (the first is always <bos>).")
+    max_length: int = opt(512, "Tokens per packed block (the first is always <bos>).", bounds=(2, None))
     eod_token: str = opt("<end_of_turn>", "Token appended after every document (seeds: <end_of_turn>; or <eos>).")
-    max_samples: int | None = opt(None, "Use only the first N training documents.")
-    max_val_samples: int | None = opt(None, "Use only the first N validation documents.")
-    num_proc: int | None = opt(None, "Tokenization processes (default: min(8, CPU count)).")
+    max_samples: int | None = opt(None, "Use only the first N training documents.", bounds=(1, None))
+    max_val_samples: int | None = opt(None, "Use only the first N validation documents.", bounds=(1, None))
+    num_proc: int | None = opt(None, "Tokenization processes (default: min(8, CPU count)).", bounds=(1, None))
     cache_dir: str | None = opt(None, "Where the packed dataset is cached (default: <kormed cache>/packed).")
     resume: bool = opt(False, "Continue from the last checkpoint in <output>/checkpoints with the same data order.")
     embedding_warmup_steps: int = opt(
@@ -182,26 +208,18 @@ class CPTConfig:
         "Embeddings-first phase (with --tokenizer-path): this many optimizer steps on the first training batches\n"
         "train ONLY the new embedding rows (LoRA frozen, every base weight untouched) at embedding_warmup_lr,\n"
         "before the LoRA run (which then runs its own max_steps). 0: no such phase.",
+        bounds=(0, None),
     )
     embedding_warmup_lr: float = opt(
-        1e-3, "Learning rate (constant) of the embeddings-first phase; new rows want a larger step than LoRA."
+        1e-3, "Learning rate (constant) of the embeddings-first phase; new rows want a larger step than LoRA.",
+        bounds=(0, None, "()"),
     )
     kormedmcqa_data: str | None = opt(None, "KorMedMCQA JSONL for periodic accuracy checks during CPT (optional).")
-    kormedmcqa_every: int = opt(0, "Check KorMedMCQA accuracy every N optimizer steps (0: never).")
-    kormedmcqa_limit: int | None = opt(200, "Questions used by each periodic KorMedMCQA check.")
+    kormedmcqa_every: int = opt(0, "Check KorMedMCQA accuracy every N optimizer steps (0: never).", bounds=(0, None))
+    kormedmcqa_limit: int | None = opt(200, "Questions used by each periodic KorMedMCQA check.", bounds=(1, None))
     lora: LoraOptions = nested(LoraOptions, "LoRA adapter settings.")
     train: TrainOptions = nested(TrainOptions, "Trainer settings.")
 
     def validate(self) -> None:
-        if self.max_length < 2:
-            raise KormedError("must be at least 2", field="cpt.max_length")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise KormedError("must be at least 1", field="cpt.max_samples")
-        if self.max_val_samples is not None and self.max_val_samples < 1:
-            raise KormedError("must be at least 1", field="cpt.max_val_samples")
-        if self.embedding_warmup_steps < 0:
-            raise KormedError("must be >= 0", field="cpt.embedding_warmup_steps")
-        if self.embedding_warmup_lr <= 0:
-            raise KormedError("must be > 0", field="cpt.embedding_warmup_lr")
         if self.eod_token not in ("<end_of_turn>", "<eos>") and not self.eod_token.startswith("<"):
             raise KormedError("must be a special token such as <end_of_turn> or <eos>", field="cpt.eod_token")

@@ -280,7 +280,9 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     data_sha256 = file_sha256(cfg.data)  # read once: the prepared-set check, the data-order record, the cache key
     # a corpus and validation file from two prepare runs are refused
     check_prepared_set(cfg.data, cfg.val, corpus_sha256=data_sha256)
-    output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output")
+    output = check_output_path(cfg.output or default_output(cfg.model), "dir", "--output", inputs={
+        "--data": cfg.data, "--val": cfg.val, "--model": cfg.model, "--tokenizer-path": cfg.tokenizer_path,
+        "--adapter": cfg.adapter, "--kormedmcqa-data": cfg.kormedmcqa_data})
     runtime = pick_runtime(cfg.train.device, cfg.train.dtype)
     state = PartialState(cpu=runtime.device == "cpu")  # cpu=True: several CPU processes use gloo (MULTI_CPU)
     quiet = (lambda m: None) if not state.is_main_process else log

@@ -48,8 +48,8 @@ def modelfile(gguf_name: str) -> str:
             "PARAMETER temperature 0\n")
 
 
-def _check_out(out: Path) -> None:
-    check_output_path(out, "dir", "--out")
+def _check_out(out: Path, inputs: dict[str, str | None]) -> None:
+    check_output_path(out, "dir", "--out", inputs=inputs)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise KormedError("output directory exists and is not an earlier kormed export", path=out,
                           hint="choose an empty or new --out directory")
@@ -77,7 +77,7 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     """Write the export; returns {"summary": [lines], "files": [...], ...}."""
     types = parse_types(gguf_types) if gguf else []
     out_p = Path(out)
-    _check_out(out_p)
+    _check_out(out_p, {"--adapter": adapter, "--model": model})
     if merge and adapter is None:
         raise KormedError("--merge needs --adapter (the adapter to merge into its base)")
     if adapter is not None:

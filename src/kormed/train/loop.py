@@ -30,7 +30,7 @@ from typing import Any
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
-from kormed.io import atomic_write, check_output_path, make_temp_dir, replace_path, write_json
+from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_file, replace_path, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
@@ -43,6 +43,7 @@ from kormed.train.sft import (
     context_baseline,
     prepare_recipe,
     read_recipe_sources,
+    recipe_inputs,
     require,
     run_sft_step,
 )
@@ -77,7 +78,8 @@ def selection_split(cfg: LoopConfig, src: Sources, *, log: Log = print) -> Selec
     """The dev split (`dev_data`, or dev.jsonl beside `eval_data`), else `dev_holdout` questions moved out of
     `src.mcq_train` (seeded), so no round trains on what selects the best round."""
     dev_path = cfg.dev_data
-    if dev_path is None and cfg.eval_data is not None and (Path(cfg.eval_data).parent / DEV_FILE).is_file():
+    beside = Path(cfg.eval_data).parent / DEV_FILE if cfg.eval_data is not None else None
+    if dev_path is None and beside is not None and optional_file(beside, "the dev split beside --eval-data"):
         dev_path = str(Path(cfg.eval_data).parent / DEV_FILE)
     if dev_path is not None:
         questions, _ = read_mcq_jsonl(dev_path)
@@ -165,7 +167,8 @@ def table_markdown(result: dict[str, Any]) -> str:
 def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) -> dict[str, Any]:
     """Run the rounds (the recipe of :mod:`kormed.train.sft`, rounds cycled); return the table (also written to
     loop_table.json / loop_table.md). `score` replaces the KorMedMCQA scorer (a seam for tests)."""
-    out = check_output_path(require(cfg.output, "--output"), "dir", "--output")
+    out = check_output_path(require(cfg.output, "--output"), "dir", "--output",
+                            inputs=[*recipe_inputs(cfg), ("--eval-data", cfg.eval_data), ("--dev-data", cfg.dev_data)])
     require(cfg.mcq, "--mcq")
     require(cfg.dict, "--dict")
     eval_path = require(cfg.eval_data, "--eval-data")

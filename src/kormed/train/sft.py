@@ -492,6 +492,12 @@ def require(value: str | None, flag: str) -> str:
     return value
 
 
+def recipe_inputs(opts: RecipeOptions) -> list[tuple[str, str | None]]:
+    """(flag, path) of what `kormed train sft` and `train loop` read: their output directory must hold none."""
+    return [("--mcq", opts.mcq), ("--dict", opts.dict), ("--char-dict", opts.char_dict), ("--raw", opts.raw),
+            ("--raw-val", opts.raw_val), ("--model", opts.model), ("--from-adapter", opts.from_adapter)]
+
+
 def read_recipe_sources(opts: RecipeOptions, *, log: Log = print) -> Sources:
     """Step 1 of the recipe: every given source, split into train / validation (seeded by train.seed)."""
     src = load_sources(mcq=opts.mcq, dictionary=opts.dict, char_dict=opts.char_dict, raw=opts.raw,
@@ -556,7 +562,7 @@ def _sft_baseline(cfg: SFTConfig, ctx: StepContext, src: Sources, out: Path, *, 
 
 def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     """Run steps `cfg.from_step`..N (the recipe above); return the summary written to `<output>/sft_summary.json`."""
-    out = check_output_path(require(cfg.output, "--output"), "dir", "--output")
+    out = check_output_path(require(cfg.output, "--output"), "dir", "--output", inputs=recipe_inputs(cfg))
     require(cfg.mcq, "--mcq")
     require(cfg.dict, "--dict")
     require(cfg.raw, "--raw")

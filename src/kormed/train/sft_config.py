@@ -60,12 +60,16 @@ class SFTStepConfig:
         "Stop conditions, ALL must hold: 'METRIC < X', 'METRIC < F * baseline', 'METRIC ~ F * baseline'\n"
         "(no worse than about F x baseline), 'METRIC maintained' (no worse than at the start of the step).",
     )
-    stable_evals: int = opt(1, "The conditions must hold at this many consecutive evaluations (seeds' step 4: 5).")
+    stable_evals: int = opt(
+        1, "The conditions must hold at this many consecutive evaluations (seeds' step 4: 5).", bounds=(1, None)
+    )
     stable_metrics: list[str] = opt(
         [], "Metrics whose relative range over those evaluations must stay within stable_tolerance."
     )
-    max_steps: int = opt(1000, "Optimizer-step budget: the guard reported as stop_reason 'max_steps'.")
-    lr: float | None = opt(None, "Learning rate of this step (default: train.lr).")
+    max_steps: int = opt(
+        1000, "Optimizer-step budget: the guard reported as stop_reason 'max_steps'.", bounds=(1, None)
+    )
+    lr: float | None = opt(None, "Learning rate of this step (default: train.lr).", bounds=(0, None, "()"))
 
     def validate_step(self, where: str) -> None:
         if not self.name.strip():
@@ -82,10 +86,6 @@ class SFTStepConfig:
             raise KormedError("at least one stop condition is needed", field=f"{where}.stop")
         for i, text in enumerate(self.stop):
             parse_condition(text, field_name=f"{where}.stop[{i}]")
-        if self.stable_evals < 1:
-            raise KormedError("must be at least 1", field=f"{where}.stable_evals")
-        if self.max_steps < 1:
-            raise KormedError("must be at least 1", field=f"{where}.max_steps")
 
 
 def _steps(help_text: str, *steps: SFTStepConfig) -> dataclasses.Field:
@@ -164,17 +164,23 @@ class RecipeOptions:
         None, "Output directory. sft: baseline.json, step1/ ... stepN/, sft_summary.json; loop: round00_start/,\n"
         "round01_dict/ ..., best/, loop_table.json, loop_table.md.",
     )
-    max_length: int = opt(512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).")
+    max_length: int = opt(
+        512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).", bounds=(16, None)
+    )
     padding_free: bool = opt(
         True,
         "Training micro-batches without padding: the batch_size examples are flattened into one row, position\n"
         "ids restart at 0 for each and no example attends to another (same losses as padded rows, less\n"
         "compute). false: pad each micro-batch to its longest example. Validation is always padded.",
     )
-    val_fraction: float = opt(0.05, "Fraction of each source held out for validation (at least 1 record).")
-    val_max: int = opt(200, "At most this many held-out records per source.")
-    raw_max_texts: int = opt(50000, "Use the first N texts of --raw for training.")
-    raw_val_max_texts: int = opt(200, "At most this many held-out raw texts for the perplexity checks.")
+    val_fraction: float = opt(
+        0.05, "Fraction of each source held out for validation (at least 1 record).", bounds=(0, 1, "[)")
+    )
+    val_max: int = opt(200, "At most this many held-out records per source.", bounds=(1, None))
+    raw_max_texts: int = opt(50000, "Use the first N texts of --raw for training.", bounds=(1, None))
+    raw_val_max_texts: int = opt(
+        200, "At most this many held-out raw texts for the perplexity checks.", bounds=(1, None)
+    )
     eod_token: str = opt("<end_of_turn>", "End-of-document token of raw text (as in CPT).")
     stopping_strategy: Literal["all_exhausted", "first_exhausted"] = opt(
         "all_exhausted",
@@ -182,11 +188,13 @@ class RecipeOptions:
         "first_exhausted stops the mix when the first source runs out.",
     )
     maintain_tolerance: float = opt(
-        0.02, "'maintained' = at most (1 + this) x the metric at the start of the step (lower is always fine)."
+        0.02, "'maintained' = at most (1 + this) x the metric at the start of the step (lower is always fine).",
+        bounds=(0, None),
     )
-    approx_tolerance: float = opt(0.02, "'~ F * baseline' = at most F x baseline x (1 + this).")
+    approx_tolerance: float = opt(0.02, "'~ F * baseline' = at most F x baseline x (1 + this).", bounds=(0, None))
     stable_tolerance: float = opt(
-        0.05, "'stable' = (max - min) / min of each stable metric over the last stable_evals evaluations <= this."
+        0.05, "'stable' = (max - min) / min of each stable metric over the last stable_evals evaluations <= this.",
+        bounds=(0, None),
     )
     templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
@@ -201,13 +209,6 @@ class RecipeOptions:
     def tolerances(self) -> Tolerances:
         return Tolerances(maintain=self.maintain_tolerance, approx=self.approx_tolerance,
                           stable=self.stable_tolerance)
-
-    def validate_recipe(self, section: str) -> None:
-        if self.max_length < 16:
-            raise KormedError("must be at least 16", field=f"{section}.max_length")
-        for name in ("maintain_tolerance", "approx_tolerance", "stable_tolerance"):
-            if getattr(self, name) < 0:
-                raise KormedError("must be >= 0", field=f"{section}.{name}")
 
 
 _STEPS_NOW_A_LIST = ("the SFT steps are a list now: write `steps:` with one entry per step, e.g.\n"
@@ -231,16 +232,15 @@ class SFTConfig(RecipeOptions):
         "saves to <output>/stepN/. A list in a config file replaces the whole default list.",
         *SEEDS_SFT_STEPS,
     )
-    from_step: int = opt(1, "Resume at step N (1-based), starting from <output>/step{N-1}/ (its adapter).")
-    max_steps_per_step: int | None = opt(None, "Override every step's max_steps (quick runs).")
+    from_step: int = opt(
+        1, "Resume at step N (1-based), starting from <output>/step{N-1}/ (its adapter).", bounds=(1, None)
+    )
+    max_steps_per_step: int | None = opt(None, "Override every step's max_steps (quick runs).", bounds=(1, None))
 
     def validate(self) -> None:
-        self.validate_recipe("sft")
         _validate_steps(self.steps, "sft.steps")
         if not 1 <= self.from_step <= len(self.steps):
             raise KormedError(f"must be between 1 and {len(self.steps)} (the number of steps)", field="sft.from_step")
-        if self.max_steps_per_step is not None and self.max_steps_per_step < 1:
-            raise KormedError("must be at least 1", field="sft.max_steps_per_step")
 
 
 @dataclass
@@ -268,30 +268,25 @@ class LoopConfig(RecipeOptions):
     dev_holdout: int = opt(
         100, "Without dev questions: hold out this many training questions (seeded; at most half of them) as the\n"
         "selection split; the rounds never train on them.",
+        bounds=(1, None),
     )
     test_every_round: bool = opt(
         False, "Also score --eval-data after every round (labelled as not used for selection); by default only\n"
         "the rounds that became the best on dev are scored on it.",
     )
-    target: float = opt(0.9, "Stop once the dev accuracy reaches this (0-1).")
-    max_rounds: int = opt(6, "At most this many rounds.")
+    target: float = opt(0.9, "Stop once the dev accuracy reaches this (0-1).", bounds=(0, 1, "(]"))
+    max_rounds: int = opt(6, "At most this many rounds.", bounds=(1, None))
     eval_mode: Literal["chat", "generate", "loglik"] = opt("chat", "KorMedMCQA scoring mode after each round.")
-    eval_limit: int | None = opt(None, "Score only the first N questions of the dev and test sets (quick runs).")
-    eval_batch_size: int = opt(8, "Questions per generation batch.")
-    eval_max_new_tokens: int = opt(256, "Generation budget in chat mode (the reasoning comes before '정답: X').")
+    eval_limit: int | None = opt(
+        None, "Score only the first N questions of the dev and test sets (quick runs).", bounds=(1, None)
+    )
+    eval_batch_size: int = opt(8, "Questions per generation batch.", bounds=(1, None))
+    eval_max_new_tokens: int = opt(
+        256, "Generation budget in chat mode (the reasoning comes before '정답: X').", bounds=(1, None)
+    )
     eval_before: bool = opt(True, "Also measure the accuracy before the first round (round 0).")
-    max_steps_per_round: int | None = opt(None, "Override every round's max_steps (quick runs).")
+    max_steps_per_round: int | None = opt(None, "Override every round's max_steps (quick runs).", bounds=(1, None))
 
     def validate(self) -> None:
-        self.validate_recipe("loop")
         _validate_steps(self.rounds, "loop.rounds")
-        if not 0.0 < self.target <= 1.0:
-            raise KormedError("must be in (0, 1]", field="loop.target")
-        if self.max_rounds < 1:
-            raise KormedError("must be at least 1", field="loop.max_rounds")
-        if self.dev_holdout < 1:
-            raise KormedError("must be at least 1", field="loop.dev_holdout")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise KormedError("must be at least 1", field="loop.eval_limit")
-        if self.max_steps_per_round is not None and self.max_steps_per_round < 1:
-            raise KormedError("must be at least 1", field="loop.max_steps_per_round")
+
