@@ -23,10 +23,11 @@ Only the main process writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from kormed.train.model_setup import embedding_param_groups, is_embedding_param,
 from kormed.train.outputs import summarize
 from kormed.train.processes import effective_grad_accum
 from kormed.train.stopping import StopRecord, non_finite_stop
+from kormed.weights import route_safetensors_writes
 
 
 class CausalCollator:
@@ -82,6 +84,22 @@ class CausalCollator:
             lab = f.get("labels")
             labels[row, :k] = seq if lab is None else torch.as_tensor(lab, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@contextlib.contextmanager
+def _plain_tensors(checkpoint: str | None, files: str) -> Iterator[None]:
+    """A checkpoint's torch state files load with weights_only=True (plain tensors and containers only): one that
+    holds anything else is refused in one line. torch's own message suggests weights_only=False, i.e. running
+    whatever the file holds, which kormed never does and never advises."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise KormedError(
+            f"{files} holds more than plain tensors (a pickled object); kormed loads a checkpoint's state files with "
+            "weights_only=True only and never runs code from them", path=checkpoint,
+            hint="resume from another checkpoint (remove this one), or start the run again") from None
 
 
 class KormedTrainer(Trainer):
@@ -131,6 +149,23 @@ class KormedTrainer(Trainer):
     def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
         self.kormed_resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # Resumed from the checkpoint of the last step (a kill during the final adapter save): nothing is left to
+        # train. The Trainer checks max_steps only after a step, so it would train one step more than the
+        # uninterrupted run and log a different curve.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with _plain_tensors(checkpoint, "rng_state*.pth"):
+            super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with _plain_tensors(checkpoint, "optimizer.pt, scheduler.pt"):
+            super()._load_optimizer_and_scheduler(checkpoint)
 
     def trainable_finite(self) -> bool:
         """Whether every trainable weight is finite on every process (collective when distributed)."""
@@ -298,6 +333,7 @@ def build_trainer(
     perplexity), tokens/s logging. `trainer.stop_record` says why the run stopped.
     """
     runtime = runtime or pick_runtime(options.device, options.dtype)
+    route_safetensors_writes()  # checkpoints' safetensors files: umask mode, no partial file on a full disk
     output_dir = Path(output_dir)
     has_eval = bool(eval_datasets)
     save_steps = options.save_steps or options.eval_steps
