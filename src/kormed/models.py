@@ -315,12 +315,17 @@ def _tokenizer_error(path: str, local: Path | None, exc: BaseException) -> Korme
     return KormedError(f"cannot load the tokenizer: {_first_line(exc)}", path=path)
 
 
-def _check_weights(model_dir: Path) -> None:
-    """A local model directory must hold safetensors weights; pickle weights (*.bin, *.pt) are refused by name."""
+def _check_weight_headers(model_dir: Path) -> list[Path]:
+    """The directory's .safetensors files, each with a whole, truthful header (one line naming a damaged one)."""
     found = sorted(model_dir.glob("*.safetensors"))
     for f in found:
         check_safetensors(f, "model weights file")
-    if found or (model_dir / "model.safetensors.index.json").is_file():
+    return found
+
+
+def _check_weights(model_dir: Path) -> None:
+    """A local model directory must hold safetensors weights; pickle weights (*.bin, *.pt) are refused by name."""
+    if _check_weight_headers(model_dir) or (model_dir / "model.safetensors.index.json").is_file():
         return
     pickles = sorted(p.name for pat in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in model_dir.glob(pat))
     if pickles:
@@ -636,6 +641,8 @@ def load_model_and_tokenizer(
             base = None  # a path from another machine; fall back to the default
         model = base
     model_path = resolve_model(model, log=log)
+    if (local := local_path(model_path, "model directory")) is not None:
+        _check_weight_headers(local)  # damaged weights are named before the (slow) tokenizer loads
     tok_path = model_path
     meta: dict[str, Any] = {}
     if adapter is not None:

@@ -193,3 +193,29 @@ def route_safetensors_writes() -> None:
         if hasattr(module, attr):
             setattr(module, attr, save_file)
 
+
+
+@contextlib.contextmanager
+def staged_as(stage: str | Path, out: str | Path) -> Iterator[None]:
+    """Errors about a file in the hidden staging directory `stage` (a full disk while a library writes there) name
+    where that file was going, under `out`, rather than the temp name the user never sees."""
+    stage, out = Path(stage), Path(out)
+
+    def outside(where: str | None) -> str | None:
+        if where is None or not Path(where).is_relative_to(stage):
+            return where
+        return str(out / Path(where).relative_to(stage))
+
+    try:
+        yield
+    except KormedError as exc:
+        exc.path = outside(exc.path)
+        exc.args = (str(exc),)
+        raise
+    except OSError as exc:
+        err = os_error(exc, out)
+        if err is None:
+            raise
+        err.path = outside(err.path)
+        err.args = (str(err),)
+        raise err from None
