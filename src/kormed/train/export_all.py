@@ -16,6 +16,7 @@ from kormed.model_card import export_card
 from kormed.models import resolve_model
 from kormed.train.export import check_adapter_base, export_merged
 from kormed.train.gguf import LLAMA_CPP_PYTHON_VERSION, export_gguf_files, parse_types, verify_gguf
+from kormed.weights import staged_as
 
 MARKER = "kormed_export.json"
 # Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
@@ -91,7 +92,8 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     try:
         if adapter is not None:
             merged = stage / "merged"
-            report = export_merged(adapter, merged, model=model, log=log)
+            with staged_as(merged, out_p):  # a full disk names the file under --out, not the hidden stage
+                report = export_merged(adapter, merged, model=model, log=log)
             src_model = merged
         assert src_model is not None
         result_dir = stage / "merged" if merge else stage / "out"
