@@ -274,7 +274,13 @@ def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None, log: 
 def model_shape(cfg: CPTConfig, log: Log = print) -> dict[str, Any]:
     """What the checkpoints' weights depend on (base model, tokenizer, starting adapter, LoRA settings): recorded
     with the data order when a run starts, so that a --resume that changes one is refused before the model loads."""
-    shape: dict[str, Any] = {"quantize": cfg.train.quantize}
+    shape: dict[str, Any] = {}
+    if cfg.model is not None or cfg.adapter is None:
+        model_path = resolve_model(cfg.model, log=log)
+        shape["base_model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+        tokenizer = Path(str(cfg.tokenizer_path or model_path)) / "tokenizer.json"
+        shape["tokenizer_sha256"] = file_sha256(tokenizer) if tokenizer.is_file() else str(tokenizer.parent)
+    shape["quantize"] = cfg.train.quantize
     if cfg.adapter is not None:
         shape["adapter_sha256"] = file_sha256(check_adapter_dir(cfg.adapter) / ADAPTER_WEIGHTS)
     else:
@@ -282,11 +288,6 @@ def model_shape(cfg: CPTConfig, log: Log = print) -> dict[str, Any]:
         shape.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_target_modules=sorted(lora.target_modules),
                      lora_use_rslora=lora.use_rslora, lora_train_embeddings=lora.train_embeddings,
                      lora_embedding_rows=lora.embedding_rows if lora.train_embeddings else None)
-    if cfg.model is not None or cfg.adapter is None:
-        model_path = resolve_model(cfg.model, log=log)
-        shape["base_model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
-        tokenizer = Path(str(cfg.tokenizer_path or model_path)) / "tokenizer.json"
-        shape["tokenizer_sha256"] = file_sha256(tokenizer) if tokenizer.is_file() else str(tokenizer.parent)
     return shape
 
 
