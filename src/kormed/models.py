@@ -505,10 +505,9 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     return path
 
 
-# how PEFT names an adapter's tensors: base_model.model.<module>.<suffix>; what each suffix must match in <module>
+# how PEFT names an adapter's tensors: base_model.model.<module>.<the tuner's own names, or weight for a saved copy>
 _ADAPTER_PREFIX = "base_model.model."
-_LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B",
-                  "token_adapter.trainable_tokens_delta", "weight", "bias")
+_PEFT_OWN_NAMES = ("token_adapter", "modules_to_save", "original_module")
 
 
 def _module_shape(module: Any) -> tuple[int, int] | None:
@@ -545,24 +544,27 @@ def check_adapter_fits(adapter_dir: str | Path, net: Any) -> None:
     """Before PEFT sees the adapter: every tensor of adapter_model.safetensors has its layer in `net` (the base as
     loaded, embeddings resized) with matching sizes, and adapter_config.json's target_modules match a layer; else one
     KormedError naming the file and what does not match (PEFT raises RuntimeError / NoMatchingPeftModuleError)."""
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
     from peft.tuners.tuners_utils import check_target_module_exists
 
     path, cfg = _adapter_config(adapter_dir)
+    config = _peft_config(path, cfg)
+    own = (PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "lora_"), *_PEFT_OWN_NAMES)
     weights = path / ADAPTER_WEIGHTS
     modules = dict(net.named_modules())
     for key, shape in check_safetensors(weights, "adapter weights file").items():
-        name = key.removeprefix(_ADAPTER_PREFIX)
-        suffix = next((s for s in _LORA_SUFFIXES if name.endswith("." + s)), None)
-        owner = name[: -len(suffix) - 1] if suffix else name
-        module = modules.get(owner)
-        if module is None:
-            raise KormedError(f"the adapter's tensor {key} has no layer {owner!r} in the base model; the adapter "
-                              "was made for another model", path=weights, hint="pass the --model it was trained on")
-        problem = _tensor_mismatch(module, suffix or "", shape)
+        parts = key.removeprefix(_ADAPTER_PREFIX).split(".")
+        # the longest prefix that is a layer of the base; what follows must be PEFT's own names
+        n = max((i for i in range(1, len(parts)) if ".".join(parts[:i]) in modules), default=0)
+        rest = parts[n:]
+        if n == 0 or not (rest[0].startswith(own) or rest in (["weight"], ["bias"])):
+            raise KormedError(f"the adapter's tensor {key} has no layer {'.'.join(parts[: n + 1])!r} in the base "
+                              "model; the adapter was made for another model", path=weights,
+                              hint="pass the --model it was trained on")
+        problem = _tensor_mismatch(modules[".".join(parts[:n])], ".".join(rest), shape)
         if problem:
             raise KormedError(f"the adapter's tensor {key} {problem}; the adapter was made for another model",
                               path=weights, hint="pass the --model it was trained on")
-    config = _peft_config(path, cfg)
     if getattr(config, "target_modules", None) is not None and not any(
             check_target_module_exists(config, name) for name in modules):
         targets = config.target_modules
