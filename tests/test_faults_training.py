@@ -379,6 +379,29 @@ class TestResumeEndsWhereTheRunEnds:
         assert full_info["global_step"] == 2 and (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
+    def test_resume_after_a_stop_condition(self, small_model, real_tokenizer, tmp_path):
+        """The same for a run that a stop condition ended before --max-steps (here at step 2 of 4)."""
+
+        def stop(trainer, state):
+            trainer.stop_record.set(StopReason.EARLY_STOPPING, state.global_step, "no improvement")
+            trainer.control.should_training_stop = True
+
+        runs = {}
+        for name in ("full", "resumed"):
+            cb = _At(2, stop) if name == "full" else _At(99, stop)
+            if name == "resumed":
+                shutil.copytree(tmp_path / "full", tmp_path / name)
+            trainer, model = _trainer(small_model, tmp_path / name, real_tokenizer, callbacks=[cb], logging_steps=1)
+            cb.trainer = trainer
+            summary = run_training(trainer, resume=name == "resumed", log=QUIET)
+            runs[name] = (summary, _curve(trainer), _weights(model))
+        (full, curve, weights), (resumed, resumed_curve, resumed_weights) = runs["full"], runs["resumed"]
+        assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 2
+        assert (resumed["stop_reason"], resumed["stop_step"]) == (full["stop_reason"], 2) == ("early_stopping", 2)
+        assert resumed_curve == curve
+        assert all(torch.equal(resumed_weights[n], v) for n, v in weights.items())
+
+
 class _Pickled:
     """An object torch.save pickles by reference (not plain tensors); unpickled, it would write a marker file."""
 

@@ -39,6 +39,7 @@ from transformers.integrations import TensorBoardCallback
 from kormed.errors import KormedError
 from kormed.io import Log, write_json
 from kormed.models import RuntimeSpec, pick_runtime
+from kormed.stop_reason import StopReason
 from kormed.train.callbacks import (
     EarlyStopping,
     InterruptCallback,
@@ -152,9 +153,9 @@ class KormedTrainer(Trainer):
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         # Resumed from the checkpoint of the last step (a kill during the final adapter save): nothing is left to
-        # train. The Trainer checks max_steps only after a step, so it would train one step more than the
-        # uninterrupted run and log a different curve.
-        if 0 < self.state.max_steps <= self.state.global_step:
+        # train. The Trainer checks max_steps (and kormed's stop conditions) only after a step, so it would train
+        # one step more than the uninterrupted run and log a different curve.
+        if getattr(self, "kormed_finished", False) or 0 < self.state.max_steps <= self.state.global_step:
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
@@ -182,8 +183,12 @@ class KormedTrainer(Trainer):
         if window is not None:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
             # written before the Trainer's files: trainer_state.json (written last) still marks completeness
+            # a run that stops at this step on its own (early stopping, a target) says so: resumed from here after
+            # a kill during the final save, it trains no further
+            stop = self.stop_record
+            final = {"stop": stop.as_dict()} if stop.reason is not None and stop.reason.finished else {}
             write_json(folder / LOG_STATE_FILE.format(self.args.process_index), {
-                "tr_loss": float(window.item()), "last_logged_step": int(self._globalstep_last_logged),
+                "tr_loss": float(window.item()), "last_logged_step": int(self._globalstep_last_logged), **final,
             })
         super()._save_checkpoint(model, trial)
 
@@ -202,6 +207,12 @@ class KormedTrainer(Trainer):
         if last <= self.state.global_step and getattr(self, "_tr_loss", None) is not None:
             self._tr_loss.fill_(value)
             self._globalstep_last_logged = last
+        stop = saved.get("stop")
+        if isinstance(stop, dict) and stop.get("stop_step") == self.state.global_step:
+            with contextlib.suppress(ValueError, TypeError):
+                self.stop_record.set(StopReason(stop["stop_reason"]), self.state.global_step,
+                                     str(stop.get("stop_detail") or ""))
+                self.kormed_finished = True
 
     def any_process(self, value: bool) -> bool:
         """OR of a boolean over processes (collective when distributed)."""
