@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -92,8 +93,6 @@ def _plain_tensors(checkpoint: str | None, files: str) -> Iterator[None]:
     """A checkpoint's torch state files load with weights_only=True (plain tensors and containers only): one that
     holds anything else is refused in one line. torch's own message suggests weights_only=False, i.e. running
     whatever the file holds, which kormed never does and never advises."""
-    import pickle
-
     try:
         yield
     except pickle.UnpicklingError:
