@@ -458,3 +458,204 @@ def test_model_path_download_is_the_one_request_for_the_hub(tmp_path: Path, monk
     (tmp_path / "models").mkdir()
     out = _one_error(["model", "path", "--model", "models/typo", "--download"])
     assert "models/typo: model directory does not exist" in out and len(calls) == 1
+
+
+# -- issue 26: one guarded loader for weights and adapters, by class ----------------------------------------------
+
+def _save_tiny(root: Path, name: str, **config: Any) -> Path:
+    """A tiny random Gemma3ForCausalLM (safetensors, no tokenizer files: the tests hand the loader the real one)."""
+    import torch
+    from conftest import tiny_text_config
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(0)
+    out = root / name
+    Gemma3ForCausalLM(tiny_text_config(**config)).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def _save_adapter(root: Path, base: Path, name: str = "adapter", **lora: Any) -> Path:
+    """A PEFT LoRA adapter trained on `base` (as PEFT writes it)."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(Gemma3ForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, target_modules=r".*\.(q_proj|v_proj)", **lora))
+    model.save_pretrained(root / name)
+    return root / name
+
+
+def _rewrite_header(path: Path, change: Any) -> None:
+    """Rewrite a safetensors header (keeping the tensor bytes): `change(header)` edits it in place."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    change(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+@pytest.fixture
+def given_tokenizer(monkeypatch: pytest.MonkeyPatch, real_tokenizer) -> None:
+    """The loader gets the real Gemma 3 tokenizer without building it again for every tiny model directory."""
+    import kormed.models
+
+    monkeypatch.setattr(kormed.models, "load_tokenizer", lambda path: real_tokenizer)
+
+
+# the classes of a damaged safetensors file, and the words of the one line that names it
+DAMAGED = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "bytes, its header says"),
+    "cut in its header": (lambda p: p.write_bytes(p.read_bytes()[:20]), "truncated header"),
+    "empty": (lambda p: p.write_bytes(b""), "empty"),
+    "header lies about a shape": (
+        lambda p: _rewrite_header(p, lambda h: h[sorted(k for k in h if k != "__metadata__")[0]].update(
+            shape=[4, 4096])), "says shape [4, 4096]"),
+    "header lies about a dtype": (
+        lambda p: _rewrite_header(p, lambda h: h[sorted(k for k in h if k != "__metadata__")[0]].update(
+            dtype="F64")), "F64"),
+    "header claims a huge length": (lambda p: p.write_bytes((10**12).to_bytes(8, "little") + b"{}"),
+                                    "unreadable header"),
+    "header is not JSON": (lambda p: p.write_bytes((4).to_bytes(8, "little") + b"{{{{"), "unreadable header"),
+}
+
+
+class TestDamagedSafetensors:
+    """A truncated safetensors file, or one whose header lies, is one line naming the file (was SafetensorError)."""
+
+    @pytest.mark.parametrize("case", sorted(DAMAGED))
+    def test_model_weights(self, case: str, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        model_dir = _save_tiny(tmp_path, "model", vocab_size=1024)
+        damage, words = DAMAGED[case]
+        damage(model_dir / "model.safetensors")
+        with pytest.raises(KormedError, match="model weights file is damaged") as exc:
+            load_model_and_tokenizer(str(model_dir), runtime=pick_runtime("cpu"), log=_quiet)
+        assert exc.value.path == str(model_dir / "model.safetensors") and words in exc.value.message, exc.value
+        assert "\n" not in exc.value.message
+        assert hub_calls == []
+
+    @pytest.mark.parametrize("case", ["truncated", "header lies about a shape"])
+    def test_adapter_weights_through_the_cli(self, case: str, tmp_path: Path, hub_calls) -> None:
+        base = _save_tiny(tmp_path, "model", vocab_size=1024)
+        adapter = _save_adapter(tmp_path, base)
+        DAMAGED[case][0](adapter / "adapter_model.safetensors")
+        out = _one_error(["export", "--adapter", str(adapter), "--model", str(base), "--out",
+                          str(tmp_path / "merged"), "--merge"])
+        assert out.startswith(f"kormed: error: {adapter / 'adapter_model.safetensors'}: adapter weights file is "
+                              "damaged: "), out
+        assert DAMAGED[case][1] in out.splitlines()[0]
+        assert not (tmp_path / "merged").exists()
+        assert hub_calls == []
+
+
+def _edit_json(path: Path, **changes: Any) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(changes)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+class TestAdapterConfig:
+    """adapter_config.json / kormed_adapter.json checked before PEFT reads them (was KeyError / AttributeError)."""
+
+    @pytest.mark.parametrize("changes, field, words", [
+        ({"peft_type": "NOT_A_METHOD"}, "peft_type", "unknown PEFT method 'NOT_A_METHOD'"),
+        ({"peft_type": 7}, "peft_type", "must be a string"),
+        ({"r": "16"}, "r", "must be an integer"),
+        ({"r": 0}, "r", "must be at least 1"),
+        ({"lora_alpha": [32]}, "lora_alpha", "must be an integer or a number"),
+        ({"target_modules": 5}, "target_modules", "must be a string or an array or null"),
+        ({"target_modules": ["q_proj", 3]}, "target_modules", "must be"),
+        ({"modules_to_save": "embed_tokens"}, "modules_to_save", "must be an array or null"),
+        ({"use_rslora": "yes"}, "use_rslora", "must be true or false"),
+        ({"base_model_name_or_path": {"a": 1}}, "base_model_name_or_path", "must be a string or null"),
+    ])
+    def test_wrong_field(self, changes: dict, field: str, words: str, tmp_path: Path, hub_calls) -> None:
+        adapter = _save_adapter(tmp_path, _save_tiny(tmp_path, "model", vocab_size=1024))
+        _edit_json(adapter / "adapter_config.json", **changes)
+        with pytest.raises(KormedError, match=words) as exc:
+            check_adapter_dir(adapter)
+        assert exc.value.path == str(adapter / "adapter_config.json") and exc.value.field == field
+        out = _one_error(["export", "--adapter", str(adapter), "--model", str(tmp_path / "model"), "--out",
+                          str(tmp_path / "merged"), "--merge"])
+        assert f"{adapter / 'adapter_config.json'}: field '{field}': " in out.splitlines()[0]
+        assert hub_calls == []
+
+    @pytest.mark.parametrize("meta, field", [([1, 2], None), ({"embedding_rows": "1024"}, "embedding_rows"),
+                                             ({"quantization": 4}, "quantization")])
+    def test_wrong_kormed_metadata(self, meta: Any, field: str | None, tmp_path: Path, hub_calls) -> None:
+        adapter = _save_adapter(tmp_path, _save_tiny(tmp_path, "model", vocab_size=1024))
+        (adapter / "kormed_adapter.json").write_text(json.dumps(meta), encoding="utf-8")
+        with pytest.raises(KormedError) as exc:
+            load_model_and_tokenizer(str(tmp_path / "model"), adapter=adapter, runtime=pick_runtime("cpu"),
+                                     log=_quiet)
+        assert exc.value.path == str(adapter / "kormed_adapter.json") and exc.value.field == field, exc.value
+        assert hub_calls == []
+
+
+class TestAdapterForAnotherModel:
+    """An adapter whose tensors or target modules do not fit the base: one line naming the file and the mismatch
+    before PEFT loads it (was RuntimeError from load_state_dict, or NoMatchingPeftModuleError)."""
+
+    def _load(self, base: Path, adapter: Path) -> KormedError:
+        with pytest.raises(KormedError) as exc:
+            load_model_and_tokenizer(str(base), adapter=adapter, runtime=pick_runtime("cpu"), log=_quiet)
+        assert "\n" not in exc.value.message
+        return exc.value
+
+    def test_hidden_size(self, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        adapter = _save_adapter(tmp_path, _save_tiny(tmp_path, "trained-on"))
+        err = self._load(_save_tiny(tmp_path, "other", hidden_size=128), adapter)
+        assert err.path == str(adapter / "adapter_model.safetensors")
+        assert "q_proj.lora_A.weight takes 64 inputs, the base's layer 128 (hidden size)" in err.message
+        assert hub_calls == []
+
+    def test_vocabulary(self, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        adapter = _save_adapter(tmp_path, _save_tiny(tmp_path, "trained-on"), modules_to_save=["embed_tokens"])
+        err = self._load(_save_tiny(tmp_path, "other", vocab_size=262144 + 64), adapter)
+        assert err.path == str(adapter / "adapter_model.safetensors")
+        assert "embed_tokens.weight is 262144 x 64, the base's 262208 x 64 (vocabulary rows x hidden size)" \
+            in err.message
+        assert hub_calls == []
+
+    def test_layers_the_base_lacks(self, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        adapter = _save_adapter(tmp_path, _save_tiny(tmp_path, "trained-on", num_hidden_layers=3))
+        err = self._load(_save_tiny(tmp_path, "other"), adapter)  # 2 layers
+        assert err.path == str(adapter / "adapter_model.safetensors") and "has no layer 'model.layers.2" in err.message
+
+    def test_target_modules_match_nothing(self, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        base = _save_tiny(tmp_path, "model")
+        adapter = _save_adapter(tmp_path, base)
+        _edit_json(adapter / "adapter_config.json", target_modules=["query_key_value"])
+        err = self._load(base, adapter)
+        assert (err.path, err.field) == (str(adapter / "adapter_config.json"), "target_modules")
+        assert '["query_key_value"] matches no layer of the base model' in err.message
+
+    def test_a_fitting_adapter_still_loads(self, tmp_path: Path, given_tokenizer, hub_calls) -> None:
+        base = _save_tiny(tmp_path, "model")
+        adapter = _save_adapter(tmp_path, base, modules_to_save=["embed_tokens"])
+        net, _, _ = load_model_and_tokenizer(str(base), adapter=adapter, runtime=pick_runtime("cpu"), log=_quiet)
+        assert type(net).__name__ == "PeftModelForCausalLM" or hasattr(net, "peft_config")
+
+
+class TestTargetModulesAtTrainingStart:
+    """lora.target_modules naming no linear layer: one line naming the option and the layers there are (was
+    NoMatchingPeftModuleError for none matching; one bad name of several trained silently less)."""
+
+    @pytest.mark.parametrize("modules", [["qkv_proj"], ["q_proj", "v_porj"], ["mlp"]])
+    def test_refused(self, modules: list[str], tmp_path: Path, real_tokenizer, hub_calls) -> None:
+        from kormed.train.config import LoraOptions
+        from kormed.train.model_setup import prepare_model_for_training
+
+        base = _save_tiny(tmp_path, "model")
+        with pytest.raises(KormedError) as exc:
+            prepare_model_for_training(str(base), lora=LoraOptions(target_modules=modules),
+                                       runtime=pick_runtime("cpu"), log=_quiet, tokenizer=real_tokenizer)
+        assert exc.value.field == "lora.target_modules", exc.value
+        assert "matches no linear layer of the language model" in exc.value.message
+        assert "q_proj" in exc.value.message and "down_proj" in exc.value.message  # the names there are

@@ -347,3 +347,115 @@ def test_the_input_check_follows_symlinks_and_skips_unset_inputs(tmp_path: Path)
         check_not_an_input(tmp_path, "--out", {"--mcq": alias}, holds_inputs=True)
     check_not_an_input(tmp_path / "other.jsonl", "--out", {"--mcq": real, "--dict": None, "--raw": ""})
     check_not_an_input(tmp_path, "--out", {"--mcq": real})  # a file output beside its input is fine
+
+
+# -- issue 26: every safetensors write is atomic, and every file kormed writes follows the umask -----------------
+
+def _tiny_peft(root: Path, **lora):
+    """A tiny Gemma 3 (the Gemma 3 vocabulary, hidden size 64) saved to `root/model`, and a LoRA model on it."""
+    import warnings
+
+    import torch
+    from conftest import tiny_text_config
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(tiny_text_config()).save_pretrained(root / "model", safe_serialization=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(Gemma3ForCausalLM.from_pretrained(root / "model"),
+                              LoraConfig(r=4, target_modules=r".*\.(q_proj|v_proj)", **lora))
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test (restored after)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def _disk_full_in_fsync(monkeypatch) -> None:
+    monkeypatch.setattr(os, "fsync", _full_disk)
+
+
+def _disk_full_in_the_serializer(monkeypatch) -> None:
+    """What the safetensors library does on a full disk: part of the file written, then SafetensorError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def serialize_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", serialize_file)
+
+
+FULL_DISK = {"fsync": _disk_full_in_fsync, "serializer": _disk_full_in_the_serializer}
+
+
+class TestSafetensorsWrites:
+    """adapter_model.safetensors, a Trainer checkpoint's and `export --merge`'s weights go through the atomic writer:
+    the umask's mode (was 0600), nothing partial left and one line naming the output on a full disk (was
+    SafetensorError and a partial file)."""
+
+    @pytest.mark.parametrize("mask", [0o022, 0o002])
+    def test_adapter_files_follow_the_umask(self, mask: int, tmp_path: Path, umask, real_tokenizer) -> None:
+        from kormed.train.outputs import save_adapter
+
+        model = _tiny_peft(tmp_path)
+        umask(mask)
+        out = save_adapter(model, real_tokenizer, tmp_path / "adapter", {"stage": "test"})
+        modes = _modes(out)
+        assert modes["adapter_model.safetensors"] == 0o666 & ~mask
+        assert {m for name, m in modes.items() if (out / name).is_file()} == {0o666 & ~mask}, modes
+        assert {m for name, m in modes.items() if (out / name).is_dir()} == {0o777 & ~mask}, modes
+
+    @pytest.mark.parametrize("how", sorted(FULL_DISK))
+    def test_full_disk_while_saving_an_adapter(self, how: str, tmp_path: Path, monkeypatch, real_tokenizer) -> None:
+        from kormed.train.outputs import save_adapter
+
+        model = _tiny_peft(tmp_path)
+        out = tmp_path / "adapter"
+        out.mkdir()
+        (out / "adapter_model.safetensors").write_bytes(b"the previous adapter")
+        FULL_DISK[how](monkeypatch)
+        with pytest.raises(KormedError) as exc:
+            save_adapter(model, real_tokenizer, out, {"stage": "test"})
+        assert "disk is full" in exc.value.message and "partial output was removed" in exc.value.message
+        assert exc.value.path == str(out / "adapter_model.safetensors"), exc.value  # the output, not a temp name
+        assert [p.name for p in out.iterdir()] == ["adapter_model.safetensors"]  # no stage, no temp file left
+        assert (out / "adapter_model.safetensors").read_bytes() == b"the previous adapter"
+
+    def test_full_disk_during_export_merge(self, tmp_path: Path, monkeypatch, real_tokenizer) -> None:
+        import kormed.models
+
+        _tiny_peft(tmp_path).save_pretrained(tmp_path / "adapter")
+        monkeypatch.setattr(kormed.models, "load_tokenizer", lambda path: real_tokenizer)
+        _disk_full_in_the_serializer(monkeypatch)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = runner.invoke(app, ["export", "--adapter", str(tmp_path / "adapter"), "--model",
+                                     str(tmp_path / "model"), "--out", str(tmp_path / "merged"), "--merge"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+        errors = [line for line in result.output.splitlines() if line.startswith("kormed: error: ")]
+        assert len(errors) == 1 and result.output.rstrip().endswith(errors[0]), result.output  # (progress bars above)
+        line = errors[0]
+        assert "disk is full" in line and str(tmp_path / "merged" / "model.safetensors") in line
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no merged/, no hidden stage left behind
+
+    def test_export_merge_files_follow_the_umask(self, tmp_path: Path, monkeypatch, umask, real_tokenizer) -> None:
+        import kormed.models
+        from kormed.train.export import export_merged
+
+        _tiny_peft(tmp_path).save_pretrained(tmp_path / "adapter")
+        monkeypatch.setattr(kormed.models, "load_tokenizer", lambda path: real_tokenizer)
+        umask(0o022)
+        export_merged(tmp_path / "adapter", tmp_path / "merged", str(tmp_path / "model"), log=lambda m: None)
+        modes = _modes(tmp_path / "merged")
+        assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes

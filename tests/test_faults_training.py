@@ -305,3 +305,169 @@ def test_cpt_refusals_come_before_the_model_loads(cpt_run, tmp_path, monkeypatch
             run_cpt(cfg, log=QUIET)
     with pytest.raises(AssertionError, match="model was loaded"):  # the same settings pass the check
         run_cpt(resume, log=QUIET)
+
+
+# --- issue 26 / 28: checkpoints written atomically, a resume that fits the run, state files of plain tensors ----
+
+
+class TestCheckpointWrites:
+    """A Trainer checkpoint's safetensors file goes through kormed's atomic writer (was SafetensorError and a partial
+    file on a full disk; mode 0600)."""
+
+    def test_full_disk_while_checkpointing(self, small_model, real_tokenizer, tmp_path, monkeypatch):
+        import os
+
+        import safetensors.torch
+        from safetensors import SafetensorError
+
+        from kormed.io import current_umask
+
+        def full(tensors, filename, metadata=None):
+            Path(filename).write_bytes(b"\0" * 100)  # what the library leaves before it fails
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        cb = _At(2, lambda trainer, state: monkeypatch.setattr(safetensors.torch, "serialize_file", full))
+        trainer, _ = _trainer(small_model, tmp_path, real_tokenizer, callbacks=[cb])
+        cb.trainer = trainer
+        with pytest.raises(KormedError) as exc:
+            run_training(trainer, log=QUIET)
+        ckpts = tmp_path / "checkpoints"
+        assert "disk is full" in exc.value.message
+        assert exc.value.path == str(ckpts / "checkpoint-2" / "adapter_model.safetensors")
+        assert sorted(p.name for p in (ckpts / "checkpoint-2").iterdir() if p.name.startswith(".")) == []
+        assert not (ckpts / "checkpoint-2" / "adapter_model.safetensors").exists()
+        assert latest_good_checkpoint(ckpts)[0].endswith("checkpoint-1")
+        mode = os.stat(ckpts / "checkpoint-1" / "adapter_model.safetensors").st_mode & 0o777
+        assert mode == 0o666 & ~current_umask()  # the umask's mode, not the library's 0600
+
+
+def _curve(trainer) -> list[dict]:
+    """The logged entries of every step (the closing summary's train_loss averages only what this process trained,
+    which the Trainer does for any resume, so it is left out) and the step the closing summary names."""
+    history = trainer.state.log_history
+    return [e for e in history if "train_loss" not in e] + [{"end": e["step"]} for e in history if "train_loss" in e]
+
+
+@pytest.fixture(scope="module")
+def stopped_at_max_steps(small_model, real_tokenizer, tmp_path_factory):
+    """A run that ends at --max-steps 2 in the middle of its first epoch (4 batches), killed during the final
+    adapter save: its checkpoints are complete, the adapter is not written."""
+    out = tmp_path_factory.mktemp("max-steps")
+    trainer, model = _trainer(small_model, out, real_tokenizer, max_steps=2, logging_steps=1)
+    summary = run_training(trainer, log=QUIET)
+    assert summary["global_step"] == 2
+    return out, _weights(model), _curve(trainer)
+
+
+class TestResumeEndsWhereTheRunEnds:
+    """Issue 28: kill -9 during the final adapter save, then --resume: the resumed run trains no step past
+    --max-steps (it trained a 3rd step here), so its curve and weights are the uninterrupted run's."""
+
+    def test_resume_after_the_last_checkpoint(self, stopped_at_max_steps, small_model, real_tokenizer, tmp_path):
+        full, weights, history = stopped_at_max_steps
+        out = tmp_path / "crashed"
+        shutil.copytree(full, out)
+        trainer, model = _trainer(small_model, out, real_tokenizer, max_steps=2, logging_steps=1)
+        summary = run_training(trainer, resume=True, log=QUIET)
+        assert summary["resumed_from"].endswith("checkpoint-2")
+        assert summary["global_step"] == 2 and trainer.state.global_step == 2
+        assert _curve(trainer) == history  # the same logged curve (every logged step, nothing after step 2)
+        for name, value in weights.items():
+            assert torch.equal(_weights(model)[name], value), name
+        assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+        full_info = finish_run(trainer, real_tokenizer, out / "adapter", {"stage": "test"}, summary)
+        assert full_info["global_step"] == 2 and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+    def test_resume_after_a_stop_condition(self, small_model, real_tokenizer, tmp_path):
+        """The same for a run that a stop condition ended before --max-steps (here at step 2 of 4)."""
+
+        def stop(trainer, state):
+            trainer.stop_record.set(StopReason.EARLY_STOPPING, state.global_step, "no improvement")
+            trainer.control.should_training_stop = True
+
+        runs = {}
+        for name in ("full", "resumed"):
+            cb = _At(2, stop) if name == "full" else _At(99, stop)
+            if name == "resumed":
+                shutil.copytree(tmp_path / "full", tmp_path / name)
+            trainer, model = _trainer(small_model, tmp_path / name, real_tokenizer, callbacks=[cb], logging_steps=1)
+            cb.trainer = trainer
+            summary = run_training(trainer, resume=name == "resumed", log=QUIET)
+            runs[name] = (summary, _curve(trainer), _weights(model))
+        (full, curve, weights), (resumed, resumed_curve, resumed_weights) = runs["full"], runs["resumed"]
+        assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 2
+        assert (resumed["stop_reason"], resumed["stop_step"]) == (full["stop_reason"], 2) == ("early_stopping", 2)
+        assert resumed_curve == curve
+        assert all(torch.equal(resumed_weights[n], v) for n, v in weights.items())
+
+
+class _Pickled:
+    """An object torch.save pickles by reference (not plain tensors); unpickled, it would write a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+class TestCheckpointStateFiles:
+    """Issue 28: a checkpoint's rng_state.pth (or optimizer.pt) that is not plain tensors is refused in one line that
+    names the checkpoint and never suggests weights_only=False (torch's message does); nothing is unpickled."""
+
+    @pytest.mark.parametrize("name", ["rng_state.pth", "optimizer.pt"])
+    def test_not_plain_tensors(self, name, uninterrupted, small_model, real_tokenizer, tmp_path):
+        out = _crashed_copy(uninterrupted[0], tmp_path / "crashed", "empty_dir")  # resumes from checkpoint-3
+        ckpt = out / "checkpoints" / "checkpoint-3"
+        marker = tmp_path / "unpickled"
+        torch.save({"python": _Pickled(marker), "state": _Pickled(marker)}, ckpt / name)
+        assert checkpoint_problem(ckpt) is None  # a whole torch file: only loading it tells
+        trainer, _ = _trainer(small_model, out, real_tokenizer)
+        with pytest.raises(KormedError) as exc:
+            run_training(trainer, resume=True, log=QUIET)
+        text = str(exc.value)
+        assert exc.value.path == str(ckpt) and name.split(".")[0] in exc.value.message
+        assert "weights_only=False" not in text and "to `False`" not in text and "False" not in text
+        assert "\n" not in exc.value.message
+        assert not marker.exists()
+
+
+class TestResumeRefusesAChangedModel:
+    """--resume refuses a changed model shape (LoRA rank/alpha/targets, base model, tokenizer) in one line before the
+    model loads, as it refuses changed data (a changed LoRA rank was a RuntimeError from load_state_dict)."""
+
+    def test_changed_model_shape(self, cpt_run, tiny_gemma3_dir, tmp_path, monkeypatch):
+        from kormed.train import cpt
+        from kormed.train.cpt import run_cpt
+
+        def no_model(*a, **k):
+            raise AssertionError("the model was loaded before the refusal")
+
+        monkeypatch.setattr(cpt, "prepare_model_for_training", no_model)
+        other_model = tmp_path / "other-model"
+        shutil.copytree(tiny_gemma3_dir, other_model)
+        other_tok = tmp_path / "other-tokenizer"
+        other_tok.mkdir()
+        for f in tiny_gemma3_dir.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(f, other_tok / f.name)
+        (other_tok / "tokenizer.json").write_text(json.dumps(json.loads(
+            (other_tok / "tokenizer.json").read_text(encoding="utf-8")), ensure_ascii=False), encoding="utf-8")
+        resume = dataclasses.replace(cpt_run, resume=True)
+        lora = resume.lora
+        cases = [
+            (dataclasses.replace(resume, lora=dataclasses.replace(lora, r=8)), "LoRA rank"),
+            (dataclasses.replace(resume, lora=dataclasses.replace(lora, alpha=64)), "LoRA alpha"),
+            (dataclasses.replace(resume, lora=dataclasses.replace(lora, target_modules=["q_proj", "v_proj"])),
+             "LoRA target modules"),
+            (dataclasses.replace(resume, lora=dataclasses.replace(lora, use_rslora=False)), "rsLoRA"),
+            (dataclasses.replace(resume, model=str(other_model)), "base model"),
+            (dataclasses.replace(resume, tokenizer_path=str(other_tok)), "tokenizer"),
+        ]
+        for cfg, label in cases:
+            with pytest.raises(KormedError, match=label) as exc:
+                run_cpt(cfg, log=QUIET)
+            assert "weights would not fit the model" in exc.value.message and "\n" not in exc.value.message
+        with pytest.raises(AssertionError, match="model was loaded"):  # the same settings pass the check
+            run_cpt(resume, log=QUIET)

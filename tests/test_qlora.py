@@ -101,8 +101,10 @@ def test_missing_bitsandbytes_for_a_4bit_adapter(monkeypatch, tmp_path, tiny_gem
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_gemma3_dir)}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"")  # present (never read: the 4-bit check comes first)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+                                                             "base_model_name_or_path": str(tiny_gemma3_dir)}))
+    # a well-formed (empty) safetensors file: its header is checked, its weights never load (the 4-bit check is first)
+    (adapter / "adapter_model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
     write_adapter_meta(adapter, {"quantization": "4bit-nf4"})
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(KormedError, match="4-bit base.*needs bitsandbytes"):

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import read_json, temp_dir, write_json
 from kormed.tokenizer.embeddings import resize_and_init_embeddings
+from kormed.weights import check_safetensors, route_safetensors_writes
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -71,6 +73,7 @@ def ensure_embedded_model(log: Any = print) -> Path:
             model.hf_quantizer = None
         model.config.name_or_path = EMBEDDED_MODEL_NAME
         out = tmp_path / "model"
+        route_safetensors_writes()
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         (out / "kormed_source.json").write_text(
@@ -370,9 +373,17 @@ def _tokenizer_error(path: str, local: Path | None, exc: BaseException) -> Korme
     return KormedError(f"cannot load the tokenizer: {_first_line(exc)}", path=path)
 
 
+def _check_weight_headers(model_dir: Path) -> list[Path]:
+    """The directory's .safetensors files, each with a whole, truthful header (one line naming a damaged one)."""
+    found = sorted(model_dir.glob("*.safetensors"))
+    for f in found:
+        check_safetensors(f, "model weights file")
+    return found
+
+
 def _check_weights(model_dir: Path) -> None:
     """A local model directory must hold safetensors weights; pickle weights (*.bin, *.pt) are refused by name."""
-    if any(model_dir.glob("*.safetensors")) or (model_dir / "model.safetensors.index.json").is_file():
+    if _check_weight_headers(model_dir) or (model_dir / "model.safetensors.index.json").is_file():
         return
     pickles = sorted(p.name for pat in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in model_dir.glob(pat))
     if pickles:
@@ -405,6 +416,7 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
     """
     import torch
 
+    route_safetensors_writes()  # what is trained or merged from this model is saved atomically
     config = load_model_config(model_path)
     local = local_path(model_path, "model directory")
     if local is not None:
@@ -431,6 +443,10 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
     except (OSError, ValueError) as exc:
         raise KormedError(f"cannot load model weights (safetensors only): {_first_line(exc)}",
                           path=model_path) from None
+    except Exception as exc:  # the header check missed what the library found (a hub download, a shard)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise KormedError(f"cannot load model weights: {_first_line(exc)}", path=model_path) from None
     except RuntimeError as exc:
         if not quant:
             raise
@@ -463,14 +479,75 @@ def _adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:
         raise KormedError("--adapter must be an adapter directory (with adapter_config.json), not a file", path=path)
     if not (path / "adapter_config.json").is_file():
         raise KormedError("not an adapter directory (no adapter_config.json)", path=path)
-    return path, _check_json_object(path / "adapter_config.json", "adapter config")
+    cfg_file = path / "adapter_config.json"
+    cfg = _check_json_object(cfg_file, "adapter config")
+    _check_field_types(cfg_file, cfg, _ADAPTER_CONFIG_TYPES)
+    return path, cfg
+
+
+# JSON types of the adapter_config.json fields kormed and PEFT read (PEFT raises KeyError/AttributeError otherwise)
+_STR, _INT, _NUM, _BOOL, _LIST, _OBJ, _NULL = str, int, (int, float), bool, list, dict, type(None)
+_ADAPTER_CONFIG_TYPES: dict[str, tuple[Any, ...]] = {
+    "peft_type": (_STR,), "base_model_name_or_path": (_STR, _NULL), "task_type": (_STR, _NULL),
+    "r": (_INT,), "lora_alpha": _NUM, "lora_dropout": _NUM, "use_rslora": (_BOOL,), "use_dora": (_BOOL,),
+    "bias": (_STR,), "fan_in_fan_out": (_BOOL,), "inference_mode": (_BOOL,),
+    "target_modules": (_STR, _LIST, _NULL), "exclude_modules": (_STR, _LIST, _NULL),
+    "modules_to_save": (_LIST, _NULL), "trainable_token_indices": (_LIST, _OBJ, _NULL),
+    "layers_to_transform": (_INT, _LIST, _NULL), "layers_pattern": (_STR, _LIST, _NULL),
+    "rank_pattern": (_OBJ, _NULL), "alpha_pattern": (_OBJ, _NULL), "auto_mapping": (_OBJ, _NULL),
+    "revision": (_STR, _NULL),
+}
+_ADAPTER_META_TYPES: dict[str, tuple[Any, ...]] = {
+    "format": (_INT,), "model_class": (_STR, _NULL), "embedding_rows": (_INT, _NULL),
+    "new_token_init": (_STR, _NULL), "quantization": (_STR, _NULL),
+}
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def _check_field_types(path: Path, data: dict[str, Any], types: dict[str, tuple[Any, ...]]) -> None:
+    """Each known field of `data` (read from `path`) has one of its JSON types; one line naming the field if not."""
+    for field, allowed in types.items():
+        if field not in data:
+            continue
+        value = data[field]
+        ok = any(isinstance(value, t) and (t in (bool, type(None)) or not isinstance(value, bool)) for t in allowed)
+        if ok and field == "target_modules" and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            want = " or ".join(dict.fromkeys(_JSON_NAMES[t] for t in allowed))
+            raise KormedError(f"must be {want}, got {json.dumps(value)[:60]}", path=path, field=field)
+    if "r" in data and data["r"] < 1:
+        raise KormedError("must be at least 1", path=path, field="r")
+
+
+def _peft_config(path: Path, cfg: dict[str, Any]) -> Any:
+    """The adapter's PEFT config, built by PEFT from adapter_config.json once kormed has checked it: an unknown
+    `peft_type` or a config PEFT cannot build is one line naming the file."""
+    from peft import PeftConfig
+    from peft.utils import PeftType
+
+    cfg_file = path / "adapter_config.json"
+    kind = cfg.get("peft_type")
+    if kind is None:
+        raise KormedError("missing; an adapter config names its PEFT method (\"LORA\" for kormed's adapters)",
+                          path=cfg_file, field="peft_type")
+    if kind not in {t.value for t in PeftType}:
+        raise KormedError(f"unknown PEFT method {kind!r} (kormed's adapters are \"LORA\")", path=cfg_file,
+                          field="peft_type")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PEFT warns about keys of newer versions it drops
+            return PeftConfig.from_pretrained(str(path))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise KormedError(f"PEFT cannot read this adapter config: {_first_line(exc)}", path=cfg_file) from None
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     """The one check every adapter load goes through: a local directory with a readable adapter_config.json and
     safetensors weights. A pickle `adapter_model.bin` is refused by name (never unpickled), and nothing is looked up
     on the hub for a missing file (PEFT would otherwise try to download it)."""
-    path, _ = _adapter_config(adapter_dir)
+    path, cfg = _adapter_config(adapter_dir)
     if not (path / ADAPTER_WEIGHTS).is_file():
         pickles = sorted(p.name for pat in ("adapter_model.bin", "*.bin", "*.pt", "*.pth") for p in path.glob(pat))
         if pickles:
@@ -481,7 +558,80 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
                      "where you trust the file)")
         raise KormedError(f"no adapter weights: {ADAPTER_WEIGHTS} is missing", path=path,
                           hint="point --adapter at a finished kormed run (or a checkpoint-N directory)")
+    check_safetensors(path / ADAPTER_WEIGHTS, "adapter weights file")
+    _peft_config(path, cfg)
+    if (path / ADAPTER_META_FILE).is_file():
+        read_adapter_meta(path)
     return path
+
+
+# how PEFT names an adapter's tensors: base_model.model.<module>.<the tuner's own names, or weight for a saved copy>
+_ADAPTER_PREFIX = "base_model.model."
+_PEFT_OWN_NAMES = ("token_adapter", "modules_to_save", "original_module")
+
+
+def _module_shape(module: Any) -> tuple[int, int] | None:
+    """(in, out) features of a linear or embedding layer (a 4-bit layer keeps them as attributes), else None."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    if hasattr(module, "num_embeddings") and hasattr(module, "embedding_dim"):
+        return int(module.num_embeddings), int(module.embedding_dim)
+    return None
+
+
+def _tensor_mismatch(module: Any, suffix: str, shape: list[int]) -> str | None:
+    """What about `shape` (an adapter tensor for `module`) does not fit the base's layer, or None."""
+    dims = _module_shape(module)
+    if dims is None:
+        return None
+    n_in, n_out = dims
+    is_embedding = hasattr(module, "num_embeddings")
+    if suffix == "lora_A.weight" and len(shape) == 2 and shape[1] != n_in:
+        return f"takes {shape[1]} inputs, the base's layer {n_in} (hidden size)"
+    if suffix == "lora_B.weight" and len(shape) == 2 and shape[0] != n_out:
+        return f"gives {shape[0]} outputs, the base's layer {n_out}"
+    if suffix == "token_adapter.trainable_tokens_delta" and len(shape) == 2 and shape[1] != n_out:
+        return f"has rows of {shape[1]}, the base's embeddings {n_out} (hidden size)"
+    if suffix == "weight":
+        base = [n_in, n_out] if is_embedding else [n_out, n_in]
+        if shape != base:
+            what = "vocabulary rows x hidden size" if is_embedding else "out x in features"
+            return f"is {' x '.join(map(str, shape))}, the base's {' x '.join(map(str, base))} ({what})"
+    return None
+
+
+def check_adapter_fits(adapter_dir: str | Path, net: Any) -> None:
+    """Before PEFT sees the adapter: every tensor of adapter_model.safetensors has its layer in `net` (the base as
+    loaded, embeddings resized) with matching sizes, and adapter_config.json's target_modules match a layer; else one
+    KormedError naming the file and what does not match (PEFT raises RuntimeError / NoMatchingPeftModuleError)."""
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    path, cfg = _adapter_config(adapter_dir)
+    config = _peft_config(path, cfg)
+    own = (PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "lora_"), *_PEFT_OWN_NAMES)
+    weights = path / ADAPTER_WEIGHTS
+    modules = dict(net.named_modules())
+    for key, shape in check_safetensors(weights, "adapter weights file").items():
+        parts = key.removeprefix(_ADAPTER_PREFIX).split(".")
+        # the longest prefix that is a layer of the base; what follows must be PEFT's own names
+        n = max((i for i in range(1, len(parts)) if ".".join(parts[:i]) in modules), default=0)
+        rest = parts[n:]
+        if n == 0 or not (rest[0].startswith(own) or rest in (["weight"], ["bias"])):
+            raise KormedError(f"the adapter's tensor {key} has no layer {'.'.join(parts[: n + 1])!r} in the base "
+                              "model; the adapter was made for another model", path=weights,
+                              hint="pass the --model it was trained on")
+        problem = _tensor_mismatch(modules[".".join(parts[:n])], ".".join(rest), shape)
+        if problem:
+            raise KormedError(f"the adapter's tensor {key} {problem}; the adapter was made for another model",
+                              path=weights, hint="pass the --model it was trained on")
+    if getattr(config, "target_modules", None) is not None and not any(
+            check_target_module_exists(config, name) for name in modules):
+        targets = config.target_modules
+        shown = json.dumps(targets if isinstance(targets, str) else sorted(targets), ensure_ascii=False)
+        raise KormedError(f"{shown} matches no layer of the base model ({type(net).__name__}); the adapter was made "
+                          "for another model", path=path / "adapter_config.json", field="target_modules",
+                          hint="pass the --model the adapter was trained on")
 
 
 def read_adapter_base(adapter_dir: str | Path) -> str | None:
@@ -519,7 +669,11 @@ def write_adapter_meta(adapter_dir: str | Path, meta: dict[str, Any]) -> None:
 def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
     """kormed_adapter.json of an adapter directory ({} for adapters written before it existed)."""
     path = Path(adapter_dir) / ADAPTER_META_FILE
-    return read_json(path, what="adapter metadata") if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    meta = _check_json_object(path, "adapter metadata")
+    _check_field_types(path, meta, _ADAPTER_META_TYPES)
+    return meta
 
 
 def load_model_and_tokenizer(
@@ -549,6 +703,8 @@ def load_model_and_tokenizer(
             base = None  # a path from another machine; fall back to the default
         model = base
     model_path = resolve_model(model, log=log)
+    if (local := local_path(model_path, "model directory")) is not None:
+        _check_weight_headers(local)  # damaged weights are named before the (slow) tokenizer loads
     tok_path = model_path
     meta: dict[str, Any] = {}
     if adapter is not None:
@@ -590,6 +746,7 @@ def load_model_and_tokenizer(
             from kormed.quantization import prepare_for_kbit_training
 
             net = prepare_for_kbit_training(net)
+        check_adapter_fits(adapter, net)
         with hub_offline():  # a local directory (check_adapter_dir): nothing is looked up on the hub
             net = PeftModel.from_pretrained(net, str(adapter), is_trainable=trainable_adapter)
         net.to(runtime.device)

@@ -18,8 +18,9 @@ import torch
 from safetensors import safe_open
 
 from kormed.errors import KormedError
-from kormed.io import Log, loads_json, read_json, write_json
+from kormed.io import Log, read_json, write_json
 from kormed.train.processes import is_main_process
+from kormed.weights import safetensors_problem
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 DATA_ORDER_FILE = "kormed_data_order.json"  # in <output>/checkpoints/: the settings the data order depends on
@@ -37,6 +38,19 @@ _DATA_ORDER_LABELS = {
     "processes": "number of training processes",
     "train_examples": "number of training examples",
 }
+# The settings the checkpoints' weights depend on (the model's shape), recorded and checked with the data order.
+_MODEL_SHAPE_LABELS = {
+    "base_model": "base model (--model)",
+    "tokenizer_sha256": "tokenizer (--tokenizer-path, tokenizer.json contents)",
+    "adapter_sha256": "starting adapter (--adapter, file contents)",
+    "quantize": "--quantize",
+    "lora_r": "LoRA rank (--lora.r)",
+    "lora_alpha": "LoRA alpha (--lora.alpha)",
+    "lora_target_modules": "LoRA target modules (--lora.target-modules)",
+    "lora_use_rslora": "rsLoRA setting (--lora.use-rslora)",
+    "lora_train_embeddings": "embedding training (--train-embeddings)",
+    "lora_embedding_rows": "trained embedding rows (--lora.embedding-rows)",
+}
 
 
 def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -47,24 +61,6 @@ def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in entries if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
     return sorted(found)
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is not whole (header unreadable, or shorter/longer than its header says)."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                return "empty"
-            n = int.from_bytes(head, "little")
-            if n > size - 8:
-                return "truncated header"
-            header = loads_json(fh.read(n).decode("utf-8"), where=path)
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, KormedError):
-        return "unreadable header"
-    return None if size == 8 + n + end else f"{size} bytes, its header says {8 + n + end}"
 
 
 def _zip_problem(path: Path) -> str | None:
@@ -141,7 +137,7 @@ def checkpoint_problem(path: str | Path, *, check_finite: bool = True) -> str | 
         f = p / name
         if not f.is_file():
             continue
-        problem = (_safetensors_problem(f) if name.endswith(".safetensors")
+        problem = (safetensors_problem(f) if name.endswith(".safetensors")
                    else _zip_problem(f) if name.endswith((".pt", ".pth", ".bin")) else None)
         if problem:
             return f"incomplete: {name} {problem}"
@@ -192,7 +188,8 @@ def _show(key: str, value: Any) -> str:
 
 def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log = print) -> bool:
     """Refuse (KormedError naming the setting) when `current` differs from the settings recorded when the run in
-    `output_dir` started; settings absent from either side are not compared. False when nothing is recorded."""
+    `output_dir` started (what the data order and the model's shape depend on); settings absent from either side
+    are not compared. False when nothing is recorded."""
     record = Path(output_dir) / "checkpoints" / DATA_ORDER_FILE
     if not record.is_file():
         log(f"[kormed] --resume: no record of the data-order settings in {record.parent} (an older kormed); "
@@ -205,10 +202,12 @@ def check_data_order(output_dir: str | Path, current: dict[str, Any], log: Log =
                           hint="delete it to resume without the check") from None
     for key, now in current.items():
         if key in recorded and recorded[key] != now:
-            label = _DATA_ORDER_LABELS.get(key, key)
+            label = _MODEL_SHAPE_LABELS.get(key) or _DATA_ORDER_LABELS.get(key, key)
+            why = ("the checkpoints' weights would not fit the model" if key in _MODEL_SHAPE_LABELS
+                   else "the data order would not continue")
             raise KormedError(
                 f"--resume with a different {label}: {_show(key, recorded[key])} when the checkpoints were written, "
-                f"{_show(key, now)} now; the data order would not continue",
+                f"{_show(key, now)} now; {why}",
                 path=record.parent, field=key,
                 hint="resume with the run's original settings, or start a new run with another --output",
             )

@@ -41,7 +41,15 @@ from kormed.io import (
     require_file,
     temp_dir,
 )
-from kormed.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_NAME, cache_root, pick_runtime
+from kormed.models import (
+    ADAPTER_WEIGHTS,
+    EMBEDDED_ALIASES,
+    EMBEDDED_MODEL_NAME,
+    cache_root,
+    check_adapter_dir,
+    pick_runtime,
+    resolve_model,
+)
 from kormed.prepare.publish import check_prepared_set
 from kormed.records import read_mcq_jsonl
 from kormed.stop_reason import StopReason
@@ -264,6 +272,26 @@ def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None, log: 
     return dataclasses.replace(cfg, lora=lora)
 
 
+def model_shape(cfg: CPTConfig, log: Log = print) -> dict[str, Any]:
+    """What the checkpoints' weights depend on (base model, tokenizer, starting adapter, LoRA settings): recorded
+    with the data order when a run starts, so that a --resume that changes one is refused before the model loads."""
+    shape: dict[str, Any] = {}
+    if cfg.model is not None or cfg.adapter is None:
+        model_path = resolve_model(cfg.model, log=log)
+        shape["base_model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+        tokenizer = Path(str(cfg.tokenizer_path or model_path)) / "tokenizer.json"
+        shape["tokenizer_sha256"] = file_sha256(tokenizer) if tokenizer.is_file() else str(tokenizer.parent)
+    shape["quantize"] = cfg.train.quantize
+    if cfg.adapter is not None:
+        shape["adapter_sha256"] = file_sha256(check_adapter_dir(cfg.adapter) / ADAPTER_WEIGHTS)
+    else:
+        lora = cfg.lora
+        shape.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_target_modules=sorted(lora.target_modules),
+                     lora_use_rslora=lora.use_rslora, lora_train_embeddings=lora.train_embeddings,
+                     lora_embedding_rows=lora.embedding_rows if lora.train_embeddings else None)
+    return shape
+
+
 def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (), log: Log = print) -> dict[str, Any]:
     """Run continued pretraining; returns the training info written to `<output>/training_info.json`.
 
@@ -296,7 +324,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     data_order = {"data_sha256": data_sha256, "max_length": cfg.max_length,
                   "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
                   "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
-                  "processes": world_size()}
+                  "processes": world_size(), **model_shape(cfg, log=quiet)}
     plan = plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
 
     model, tokenizer, model_info = prepare_model_for_training(

@@ -30,6 +30,7 @@ from kormed.models import (
     read_adapter_meta,
     resolve_model,
 )
+from kormed.weights import staged_as
 
 
 def _base_dtype(model_path: str) -> str:
@@ -104,8 +105,9 @@ def export_merged(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = make_temp_dir(out.parent, out.name, ".export")  # umask-normal mode, kormed temp name
     try:
-        merged.save_pretrained(stage, safe_serialization=True)
-        tokenizer.save_pretrained(stage)
+        with staged_as(stage, out):  # a full disk names the output directory's file, not the hidden stage
+            merged.save_pretrained(stage, safe_serialization=True)
+            tokenizer.save_pretrained(stage)
         report = {
             "adapter": str(adapter),
             "base_model": model_path,
@@ -116,7 +118,8 @@ def export_merged(
             "tie_word_embeddings": bool(getattr(merged.config, "tie_word_embeddings", False)),
             "adapter_base_quantization": quantization,
         }
-        write_json(stage / "kormed_export.json", report)
+        with staged_as(stage, out):
+            write_json(stage / "kormed_export.json", report)
         replace_path(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -22,6 +22,7 @@ from kormed.train.gguf import (
     parse_types,
     verify_gguf,
 )
+from kormed.weights import staged_as
 
 MARKER = "kormed_export.json"
 # Ollama's own Gemma 3 template (user/system turns as <start_of_turn>user, the model turn left open).
@@ -99,7 +100,8 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     try:
         if adapter is not None:
             merged = stage / "merged"
-            report = export_merged(adapter, merged, model=model, log=log)
+            with staged_as(merged, out_p):  # a full disk names the file under --out, not the hidden stage
+                report = export_merged(adapter, merged, model=model, log=log)
             src_model = merged
         assert src_model is not None
         result_dir = stage / "merged" if merge else stage / "out"

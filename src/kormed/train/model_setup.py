@@ -26,6 +26,7 @@ from kormed.io import Log
 from kormed.models import (
     RuntimeSpec,
     is_multimodal,
+    language_model_prefix,
     load_model,
     load_model_and_tokenizer,
     load_tokenizer,
@@ -43,6 +44,20 @@ def lora_target_regex(model: Any, modules: Sequence[str]) -> str:
     if is_multimodal(model.config):
         return rf".*language_model.*\.({names})"
     return rf".*\.({names})"
+
+
+def check_target_modules(model: Any, modules: Sequence[str]) -> None:
+    """Each of `modules` (lora.target_modules) names a linear layer of the language model; a name that matches none
+    (a typo, another architecture's name) is one line listing the layers there are, before PEFT sees it (PEFT raises
+    NoMatchingPeftModuleError for none matching, and silently trains less for one name of several)."""
+    prefix = language_model_prefix(model)
+    linear = [name for name, mod in model.named_modules()
+              if isinstance(getattr(mod, "in_features", None), int) and re.fullmatch(prefix, name)]
+    for m in modules:
+        if not any(re.fullmatch(lora_target_regex(model, [m]), name) for name in linear):
+            names = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linear})) or "none"
+            raise KormedError(f"{m!r} matches no linear layer of the language model; its linear layers are: {names}",
+                              field="lora.target_modules")
 
 
 def embeddings_tied(model: Any) -> bool:
@@ -218,6 +233,7 @@ def prepare_model_for_training(
         if quantize == "4bit":
             base = prepare_for_kbit_training(base)
             log("[kormed] QLoRA: language-model linear layers in 4-bit NF4 (bf16 compute)")
+        check_target_modules(base, lora.target_modules)
         kwargs = (peft_embedding_kwargs(base, new_ids, train_new_rows_only=lora.embedding_rows == "new")
                   if lora.train_embeddings else {})
         config = LoraConfig(

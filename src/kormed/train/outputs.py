@@ -18,6 +18,7 @@ from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_met
 from kormed.stop_reason import StopReason
 from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.processes import is_main_process
+from kormed.weights import route_safetensors_writes, staged_as
 
 
 def library_versions() -> dict[str, str]:
@@ -86,7 +87,9 @@ def save_adapter(
         return None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with temp_dir(out, "save") as stage:  # kormed's temp naming: a killed run's leftover is removed next time
+    route_safetensors_writes()  # adapter_model.safetensors: umask mode, no partial file on a full disk
+    # kormed's temp naming: a killed run's leftover is removed next time; a full disk names the output, not the stage
+    with temp_dir(out, "save") as stage, staged_as(stage, out):
         # save_embedding_layers=False: the adapter stores only what was trained (LoRA, trained embedding rows or
         # a trained embedding copy); untrained resized rows are rebuilt bit-identically at load time from
         # kormed_adapter.json (see kormed.models.load_model_and_tokenizer), for every model class alike.

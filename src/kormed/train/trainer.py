@@ -23,9 +23,11 @@ Only the main process writes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import pickle
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from transformers.integrations import TensorBoardCallback
 from kormed.errors import KormedError
 from kormed.io import Log, read_json, write_json
 from kormed.models import RuntimeSpec, pick_runtime
+from kormed.stop_reason import StopReason
 from kormed.train.callbacks import (
     EarlyStopping,
     InterruptCallback,
@@ -51,6 +54,7 @@ from kormed.train.model_setup import embedding_param_groups, is_embedding_param,
 from kormed.train.outputs import summarize
 from kormed.train.processes import effective_grad_accum
 from kormed.train.stopping import StopRecord, non_finite_stop
+from kormed.weights import route_safetensors_writes
 
 
 class CausalCollator:
@@ -81,6 +85,20 @@ class CausalCollator:
             lab = f.get("labels")
             labels[row, :k] = seq if lab is None else torch.as_tensor(lab, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@contextlib.contextmanager
+def _plain_tensors(checkpoint: str | None, files: str) -> Iterator[None]:
+    """A checkpoint's torch state files load with weights_only=True (plain tensors and containers only): one that
+    holds anything else is refused in one line. torch's own message suggests weights_only=False, i.e. running
+    whatever the file holds, which kormed never does and never advises."""
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise KormedError(
+            f"{files} holds more than plain tensors (a pickled object); kormed loads a checkpoint's state files with "
+            "weights_only=True only and never runs code from them", path=checkpoint,
+            hint="resume from another checkpoint (remove this one), or start the run again") from None
 
 
 class KormedTrainer(Trainer):
@@ -131,6 +149,23 @@ class KormedTrainer(Trainer):
         self.kormed_resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # Resumed from the checkpoint of the last step (a kill during the final adapter save): nothing is left to
+        # train. The Trainer checks max_steps (and kormed's stop conditions) only after a step, so it would train
+        # one step more than the uninterrupted run and log a different curve.
+        if getattr(self, "kormed_finished", False) or 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with _plain_tensors(checkpoint, "rng_state*.pth"):
+            super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with _plain_tensors(checkpoint, "optimizer.pt, scheduler.pt"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
     def trainable_finite(self) -> bool:
         """Whether every trainable weight is finite on every process (collective when distributed)."""
         params = [p.detach() for p in self.model.parameters() if p.requires_grad]
@@ -146,8 +181,12 @@ class KormedTrainer(Trainer):
         if window is not None:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
             # written before the Trainer's files: trainer_state.json (written last) still marks completeness
+            # a run that stops at this step on its own (early stopping, a target) says so: resumed from here after
+            # a kill during the final save, it trains no further
+            stop = self.stop_record
+            final = {"stop": stop.as_dict()} if stop.reason is not None and stop.reason.finished else {}
             write_json(folder / LOG_STATE_FILE.format(self.args.process_index), {
-                "tr_loss": float(window.item()), "last_logged_step": int(self._globalstep_last_logged),
+                "tr_loss": float(window.item()), "last_logged_step": int(self._globalstep_last_logged), **final,
             })
         super()._save_checkpoint(model, trial)
 
@@ -166,6 +205,12 @@ class KormedTrainer(Trainer):
         if last <= self.state.global_step and getattr(self, "_tr_loss", None) is not None:
             self._tr_loss.fill_(value)
             self._globalstep_last_logged = last
+        stop = saved.get("stop")
+        if isinstance(stop, dict) and stop.get("stop_step") == self.state.global_step:
+            with contextlib.suppress(ValueError, TypeError):
+                self.stop_record.set(StopReason(stop["stop_reason"]), self.state.global_step,
+                                     str(stop.get("stop_detail") or ""))
+                self.kormed_finished = True
 
     def any_process(self, value: bool) -> bool:
         """OR of a boolean over processes (collective when distributed)."""
@@ -297,6 +342,7 @@ def build_trainer(
     perplexity), tokens/s logging. `trainer.stop_record` says why the run stopped.
     """
     runtime = runtime or pick_runtime(options.device, options.dtype)
+    route_safetensors_writes()  # checkpoints' safetensors files: umask mode, no partial file on a full disk
     output_dir = Path(output_dir)
     has_eval = bool(eval_datasets)
     save_steps = options.save_steps or options.eval_steps
