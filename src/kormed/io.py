@@ -550,17 +550,20 @@ _ENV_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def os_error(exc: OSError, path: str | Path | None = None, *, note: str = "", temp: str | None = None
-             ) -> KormedError | None:
+def os_error(exc: OSError, path: str | Path | None = None, *, note: str = "", temp: str | None = None,
+             as_output: bool = True) -> KormedError | None:
     """The one-line KormedError for an OSError the environment caused (disk full, permissions, read-only file system,
     a file where a directory is expected), naming `exc.filename` (`path` instead when it has none or it is the
-    hidden temp file `temp`); None for any other OSError."""
+    hidden temp file `temp`) as the output it stands for (:func:`output_named`; `as_output=False` keeps the path
+    for a caller that maps it itself); None for any other OSError."""
     known = _ENV_ERRORS.get(exc.errno or 0)
     if known is None:
         return None
     what, todo = known
     where = exc.filename if exc.filename is not None and str(exc.filename) != temp else path
-    return KormedError(f"{what}{note}; {todo}", path=output_named(where) if where is not None else None)
+    if where is not None and as_output:
+        where = output_named(where)
+    return KormedError(f"{what}{note}; {todo}", path=where)
 
 
 def output_named(path: str | Path) -> str:

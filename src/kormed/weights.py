@@ -151,7 +151,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         oserr = _as_os_error(exc, target)
-        err = os_error(oserr, target, note=" (the partial output was removed)", temp=tmp) if oserr else None
+        err = (os_error(oserr, target, note=" (the partial output was removed)", temp=tmp, as_output=False)
+               if oserr else None)  # the target as it is: staged_as names it under the output directory
         if err is not None:
             raise err from None
         raise
@@ -212,7 +213,7 @@ def staged_as(stage: str | Path, out: str | Path) -> Iterator[None]:
         exc.args = (str(exc),)
         raise
     except OSError as exc:
-        err = os_error(exc, out)
+        err = os_error(exc, out, as_output=False)
         if err is None:
             raise
         err.path = outside(err.path)
