@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from kormed.config import opt
 from kormed.data.chat import chat_prompt
@@ -40,6 +40,10 @@ class ChatConfig:
     temperature: float = opt(0.0, "0 = greedy (deterministic); > 0 samples at this temperature.")
     top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt(
+        "auto", "Weight precision, as train.dtype: auto = bf16 on CUDA and on a CPU with native bf16 matmul\n"
+        "(AMX-BF16 / AVX512-BF16), else fp32. bfloat16 halves the memory (MedGemma-4B: 8.6 GB instead of 17 GB).",
+    )
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -139,7 +143,7 @@ def load_chat(cfg: ChatConfig, log: Any = print) -> Chat:
         model = check_adapter_base(cfg.adapter, model)
     elif model is not None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
         raise KormedError("this is an adapter directory, not a model", path=model, hint="pass it with --adapter")
-    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter, runtime=pick_runtime(cfg.device),
+    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter, runtime=pick_runtime(cfg.device, cfg.dtype),
                                                  log=log)
     net.eval()
     return Chat(net, tokenizer, cfg)
