@@ -307,7 +307,7 @@ def last_val_perplexity(cpt_dir: Path) -> float:
     return float(evals[-1]["eval_perplexity"])
 
 
-def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0) -> int:
+def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0, skip_sft: bool = False) -> int:
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -318,9 +318,11 @@ def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0
     data = write_data(work)
     model, tok, cpt, sft = work / "model", work / "tokenizer", work / "cpt", work / "sft"
     merged, gguf, ppl = work / "merged", work / "gguf", work / "ppl.json"
-    for d in (tok, cpt, sft, merged, gguf)[max(0, start - 1):]:  # the outputs of the steps to run
-        shutil.rmtree(d, ignore_errors=True)
+    for i, d in ((1, tok), (2, cpt), (4, sft), (6, merged), (7, gguf)):  # the outputs of the steps to run
+        if i >= start:
+            shutil.rmtree(d, ignore_errors=True)
     dt = ["--device", "cpu", "--dtype", "bfloat16"]
+    final = cpt if skip_sft else sft / "step1"  # the adapter chat and export use
     sft_steps = json.dumps([{"name": "qa", "mix": {"qa": 1.0}, "max_steps": 1,
                              "stop": ["eval_qa_loss < 0.001"]}])  # cannot hold: one step, ended by max_steps
     steps: list[tuple[str, list[str]]] = [
@@ -341,9 +343,9 @@ def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0
                        "--raw-max-texts", "4", "--raw-val-max-texts", "1", "--steps", sft_steps,
                        "--train.batch-size", "1", "--train.grad-accum", "1", "--train.eval-steps", "1",
                        "--train.warmup-ratio", "0", "--train.report-to", "[]", *dt]),
-        ("chat", [*kormed, "chat", "--adapter", str(sft / "step1"), "--prompt", "고혈압의 정의는?",
+        ("chat", [*kormed, "chat", "--adapter", str(final), "--prompt", "고혈압의 정의는?",
                   "--max-new-tokens", "4", "--device", "cpu", "--dtype", "bfloat16"]),
-        ("export --merge", [*kormed, "export", "--adapter", str(sft / "step1"), "--merge", "--out", str(merged)]),
+        ("export --merge", [*kormed, "export", "--adapter", str(final), "--merge", "--out", str(merged)]),
         ("export --gguf f16", [*kormed, "export", "--model", str(merged), "--gguf", "--gguf-type", "f16",
                                "--out", str(gguf)]),
     ]
@@ -351,7 +353,7 @@ def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0
     result: dict[str, Any] = {"size": size, "limit_gib": limit_gib, "cpu": cpu_summary(), "steps": rows}
     ok = True
     for i, (name, cmd) in enumerate(steps):
-        if i < start:
+        if i < start or (skip_sft and name == "train sft"):
             continue
         row = measure(name, cmd, logs / f"{i:02d}-{name.split()[0]}-{name.split()[-1].strip('-')}.log", limit, env)
         rows.append(row)
@@ -375,6 +377,7 @@ def rehearse(size: str, work: Path, limit_gib: float, keep: bool, start: int = 0
                 break
         if name == "export --gguf f16":
             result["gguf_bytes"] = sum(f.stat().st_size for f in gguf.glob("*.gguf"))
+        (work / "rehearsal.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     result["ok"] = ok and all(r["peak_rss_gib"] <= limit_gib for r in rows)
     (work / "rehearsal.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print("\n| step | wall (s) | peak RSS (GiB) |\n|---|---:|---:|")
@@ -395,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-gib", type=float, default=20.0, help="kill a step whose processes pass this")
     parser.add_argument("--keep", action="store_true", help="keep the model, merged and GGUF files")
     parser.add_argument("--start", type=int, default=0, help="skip the first N steps (their outputs are reused)")
+    parser.add_argument("--skip-sft", action="store_true", help="no SFT step: chat and export use the CPT adapter")
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # the measured build step
     args = parser.parse_args(argv)
     work = args.workdir or Path(f"/tmp/kormed-rehearse-{args.size}")
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "build.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
         print(f"[rehearse] built {info['parameters']:,} parameters in {info['shards']} shards", flush=True)
         return 0
-    return rehearse(args.size, work, args.limit_gib, args.keep, args.start)
+    return rehearse(args.size, work, args.limit_gib, args.keep, args.start, args.skip_sft)
 
 
 if __name__ == "__main__":
