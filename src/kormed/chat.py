@@ -143,8 +143,8 @@ def load_chat(cfg: ChatConfig, log: Any = print) -> Chat:
         model = check_adapter_base(cfg.adapter, model)
     elif model is not None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
         raise KormedError("this is an adapter directory, not a model", path=model, hint="pass it with --adapter")
-    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter, runtime=pick_runtime(cfg.device, cfg.dtype),
-                                                 log=log)
+    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter,
+                                                 runtime=pick_runtime(cfg.device, cfg.dtype), log=log)
     net.eval()
     return Chat(net, tokenizer, cfg)
 
