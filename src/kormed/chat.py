@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from kormed.config import DEVICE_PATTERN, opt
 from kormed.data.chat import chat_prompt
@@ -41,6 +41,10 @@ class ChatConfig:
     temperature: float = opt(0.0, "0 = greedy (deterministic); > 0 samples at this temperature.", bounds=(0, None))
     top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.", bounds=(0, 1, "(]"))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.", pattern=DEVICE_PATTERN)
+    dtype: Literal["auto", "float32", "bfloat16"] = opt(
+        "auto", "Weight precision, as train.dtype: auto = bf16 on CUDA and on a CPU with native bf16 matmul\n"
+        "(AMX-BF16 / AVX512-BF16), else fp32. bfloat16 halves the memory (MedGemma-4B: 8.6 GB instead of 17 GB).",
+    )
 
 
 class Chat:
@@ -133,8 +137,8 @@ def load_chat(cfg: ChatConfig, log: Any = print) -> Chat:
         model = check_adapter_base(cfg.adapter, model)
     elif model is not None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
         raise KormedError("this is an adapter directory, not a model", path=model, hint="pass it with --adapter")
-    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter, runtime=pick_runtime(cfg.device),
-                                                 log=log)
+    net, tokenizer, _ = load_model_and_tokenizer(model, adapter=cfg.adapter,
+                                                 runtime=pick_runtime(cfg.device, cfg.dtype), log=log)
     net.eval()
     return Chat(net, tokenizer, cfg)
 
