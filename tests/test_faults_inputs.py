@@ -391,7 +391,8 @@ def test_cpt_parallel_reader_gives_read_texts_error(tmp_path: Path, real_tokeniz
     from kormed.io import read_texts
     from kormed.train.cpt import build_packed_dataset
 
-    good = [json.dumps({"text": f"한국어 문장 {i}번은 의학 용어를 담는다."}, ensure_ascii=False).encode() for i in range(400)]
+    good = [json.dumps({"text": f"한국어 문장 {i}번은 의학 용어를 담는다."}, ensure_ascii=False).encode()
+            for i in range(400)]
     data = tmp_path / "train.jsonl"
     data.write_bytes(b"\n".join([*good[:300], BAD_CPT_LINES[bad], *good[300:]]) + b"\n")
     assert len(shard_ranges(data, 2048)) > 10
