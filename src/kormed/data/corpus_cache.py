@@ -209,12 +209,20 @@ def tokenize_corpus(path: Path, tokenizer: Any, *, eod_id: int, work: Path, fiel
     return parts, {"documents": documents if limit is None else min(documents, limit), "blank_skipped": blank}
 
 
+def _record_batches(parts: list[Any]) -> Iterator[pa.RecordBatch]:
+    """The tokenized rows, in order, read batch by batch from the Arrow files: not through the memory map, whose
+    pages would stay counted in this process's RSS until the whole intermediate file had been touched."""
+    for part in parts:
+        for entry in part.cache_files:
+            with pa.OSFile(entry["filename"]) as src:
+                yield from pa.ipc.open_stream(src)
+
+
 def _stream_chunks(parts: list[Any], documents: int) -> Iterator[np.ndarray]:
-    """The token stream (ids + EOD of the first `documents` texts) as int32 arrays, one per Arrow record batch,
-    zero-copy views of the memory-mapped files."""
+    """The token stream (ids + EOD of the first `documents` texts) as int32 arrays, one per Arrow record batch."""
     left = documents
     for part in parts:
-        for batch in part.data.table.to_batches():
+        for batch in _record_batches([part]):
             if left <= 0:
                 return
             kind = batch.column("kind").to_numpy(zero_copy_only=False)
