@@ -32,13 +32,21 @@ def main() -> None:
             writes.append(str(out))
         return out
 
+    built: list[str] = []
+    original_build = cpt.build_packed
+
+    def recording_build(data, *args, **kwargs):
+        built.append(str(data))
+        return original_build(data, *args, **kwargs)
+
     cpt.CausalCollator = RecordingCollator  # the names run_cpt and finish_run call
+    cpt.build_packed = recording_build
     outputs.save_adapter = recording_save
     cfg = load_config("cpt", cfg_path)
     info = cpt.run_cpt(cfg, log=lambda m: None)
     record_dir.mkdir(parents=True, exist_ok=True)
     (record_dir / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "seen": seen, "writes": writes, "world_size": info["world_size"],
+        "rank": rank, "seen": seen, "writes": writes, "built": built, "world_size": info["world_size"],
         "grad_accum": info["gradient_accumulation_steps"], "effective_batch": info["effective_batch_size"],
     }))
 

@@ -100,6 +100,71 @@ def test_bad_training_text_names_file_and_line(real_tokenizer, tmp_path):
         read_texts(bad)
 
 
+def _mixed_corpus(path: Path) -> Path:
+    """Korean texts of all lengths (one far longer than a block), blank lines and blank texts between them."""
+    texts = _korean_texts()
+    lines = []
+    for i, t in enumerate(texts[:150]):
+        lines.append(json.dumps({"text": t * (1 + i % 4), "id": i}, ensure_ascii=False))
+        if i % 17 == 0:
+            lines.append(json.dumps({"text": "  "}))  # a blank text: skipped, as read_texts skips it
+        if i % 23 == 0:
+            lines.append("")
+        if i == 40:
+            lines.append(json.dumps({"text": " ".join(texts[:30])}, ensure_ascii=False))  # many blocks long
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("max_samples", [None, 77])
+def test_parallel_packing_gives_todays_blocks(real_tokenizer, tmp_path, max_samples):
+    """The sharded, 2-process path packs exactly the blocks of today's path (read_texts -> tokenize ->
+    pack_token_stream), in the same order, on a corpus cut into many shards."""
+    from kormed.data.corpus_cache import shard_ranges
+    from kormed.data.packing import pack_documents
+    from kormed.io import read_texts
+    from kormed.train.cpt import build_packed_dataset
+
+    data = _mixed_corpus(tmp_path / "mixed.jsonl")
+    assert len(shard_ranges(data, 4096)) > 8
+    texts = read_texts(data, limit=max_samples, what="training text")
+    eod = real_tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    docs = [real_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    today = pack_documents(docs, max_length=48, bos_id=real_tokenizer.bos_token_id, eod_id=eod)
+    logs: list[str] = []
+    ds, info = build_packed_dataset(data, real_tokenizer, max_length=48, max_samples=max_samples, num_proc=2,
+                                    cache_dir=tmp_path / "cache", log=logs.append, shard_bytes=4096)
+    assert ds["input_ids"] == today
+    assert info["documents"] == len(texts) and info["blocks"] == len(today)
+    assert info["tokens"] == sum(map(len, today)) and info["document_tokens"] == sum(map(len, docs))
+    if max_samples is None:
+        assert info["blank_skipped"] == 9 and any("skipped 9 blank texts" in m for m in logs)
+
+
+def test_packed_cache_reused_and_never_stale(real_tokenizer, tmp_path):
+    """A second build loads the cache (logged with its size); a changed corpus or tokenizer is a new cache."""
+    import copy
+
+    from kormed.train.cpt import build_packed_dataset
+
+    data = _mixed_corpus(tmp_path / "c.jsonl")
+    cache = tmp_path / "cache"
+    first, info = build_packed_dataset(data, real_tokenizer, max_length=64, cache_dir=cache, log=lambda m: None)
+    logs: list[str] = []
+    again, info2 = build_packed_dataset(data, real_tokenizer, max_length=64, cache_dir=cache, log=logs.append)
+    assert info2["cache_hit"] and again["input_ids"] == first["input_ids"]
+    assert any("from cache" in m and "not re-tokenized" in m and "KiB" in m for m in logs)
+    with data.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "새 문서가 하나 더 있다."}, ensure_ascii=False) + "\n")
+    changed, info3 = build_packed_dataset(data, real_tokenizer, max_length=64, cache_dir=cache, log=lambda m: None)
+    assert not info3["cache_hit"] and info3["documents"] == info["documents"] + 1
+    assert changed["input_ids"][-1] != first["input_ids"][-1]
+    extended = copy.deepcopy(real_tokenizer)
+    extended.add_tokens(["한국의학"])
+    _, info4 = build_packed_dataset(data, extended, max_length=64, cache_dir=cache, log=lambda m: None)
+    assert not info4["cache_hit"] and info4["cache_key"] not in (info["cache_key"], info3["cache_key"])
+
+
 def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.io import read_texts
@@ -123,8 +188,11 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     assert json.loads((out / "training_info.json").read_text())["stop_reason"] == "interrupted"
     assert latest_good_checkpoint(out / "checkpoints")[0].endswith("checkpoint-2")
 
-    info = run_cpt(dataclasses.replace(cfg, resume=True), log=lambda m: None)
+    logs: list[str] = []
+    info = run_cpt(dataclasses.replace(cfg, resume=True), log=logs.append)
     assert info["stop_reason"] == "completed" and info["global_step"] == 4
+    assert not any(m.startswith("[kormed] tokenizing") for m in logs)  # --resume reads the packed cache
+    assert sum("from cache" in m for m in logs) == 2 and info["data"]["train"]["cache_hit"]
     assert info["resumed_from"].endswith("checkpoint-2")
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer/tokenizer_config.json",
                  "training_info.json", "training_curves.png"):
@@ -218,6 +286,7 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_gemma3_dir, corpus, tmp
             cmd = [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no", "--main_process_port", "29533", str(worker), str(cfg_path),
                    str(tmp_path / f"rec-{mode}")]
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)  # each run builds its packed sets
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         runs[mode] = out
@@ -225,10 +294,13 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_gemma3_dir, corpus, tmp
     single = json.loads((tmp_path / "rec-single" / "rank0.json").read_text())
     assert [r["world_size"] for r in rec] == [2, 2] and [r["grad_accum"] for r in rec] == [1, 1]
     assert rec[0]["effective_batch"] == single["effective_batch"] == 4
-    from datasets import load_from_disk
+    # one process tokenized (the single run's cache was removed first); the other waited and read its cache
+    assert rec[0]["built"] == [str(corpus[0]), str(corpus[1])] and rec[1]["built"] == []
+    from kormed.train.cpt import load_packed
 
-    cache = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith("."))
-    train_prefixes = {tuple(b[:8]) for b in load_from_disk(str(cache))["input_ids"]}
+    key = json.loads((runs["ddp"] / "training_info.json").read_text())["data"]["train"]["cache_key"]
+    cache = tmp_path / "cache" / key
+    train_prefixes = {tuple(b[:8]) for b in load_packed(cache)["input_ids"]}
     # the data loader fetches one batch ahead: the first blocks collated are the ones trained on
     seen = [[tuple(s) for s in r["seen"] if tuple(s) in train_prefixes][:4] for r in rec]  # 2 steps x 2 per rank
     assert len(seen[0]) == len(seen[1]) == 4

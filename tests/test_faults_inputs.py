@@ -822,3 +822,49 @@ def test_target_modules_that_are_not_module_names_are_refused_in_yaml(tmp_path: 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"cpt": {"lora": {"target_modules": value}}}), encoding="utf-8")
     _one_line_error(_cli(["train", "cpt", "--config", str(config)]), str(config), "cpt.lora.target_modules")
+
+
+# ---------------------------------------------------------------------------------------------- CPT's parallel reader
+
+BAD_CPT_LINES = {
+    "malformed": b'{"text": "\xeb\x91\x98"',
+    "missing field": b'{"body": "x"}',
+    "not a string": b'{"text": 5}',
+    "not an object": b'["text"]',
+    "invalid utf-8": b'{"text": "\xff\xfe"}',
+    "bom mid-file": b'\xef\xbb\xbf{"text": "x"}',
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CPT_LINES))
+def test_cpt_parallel_reader_gives_read_texts_error(tmp_path: Path, real_tokenizer, bad: str) -> None:
+    """A bad line deep in a corpus tokenized by 2 workers over many shards is the error read_texts gives (file,
+    line, field), found before anything is cached; after a max_samples limit it is not read, as by read_texts."""
+    from kormed.data.corpus_cache import shard_ranges
+    from kormed.io import read_texts
+    from kormed.train.cpt import build_packed_dataset
+
+    good = [json.dumps({"text": f"한국어 문장 {i}번은 의학 용어를 담는다."}, ensure_ascii=False).encode()
+            for i in range(400)]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"\n".join([*good[:300], BAD_CPT_LINES[bad], *good[300:]]) + b"\n")
+    assert len(shard_ranges(data, 2048)) > 10
+    with pytest.raises(KormedError) as want:
+        read_texts(data, what="training text")
+    cache = tmp_path / "cache"
+    with pytest.raises(KormedError) as got:
+        build_packed_dataset(data, real_tokenizer, num_proc=2, cache_dir=cache, log=lambda m: None, shard_bytes=2048)
+    assert str(got.value) == str(want.value) and got.value.line == 301
+    assert not any(cache.iterdir())  # nothing half-built left behind
+    ds, info = build_packed_dataset(data, real_tokenizer, num_proc=2, max_samples=250, cache_dir=cache,
+                                    log=lambda m: None, shard_bytes=2048)
+    assert info["documents"] == 250 == len(read_texts(data, limit=250))
+
+
+def test_cpt_corpus_of_blank_texts_is_an_error(tmp_path: Path, real_tokenizer) -> None:
+    from kormed.train.cpt import build_packed_dataset
+
+    data = tmp_path / "blank.jsonl"
+    data.write_text('{"text": "  "}\n\n{"text": ""}\n', encoding="utf-8")
+    with pytest.raises(KormedError, match=r"blank.jsonl: no non-empty 'text' records in the training text"):
+        build_packed_dataset(data, real_tokenizer, cache_dir=tmp_path / "c", log=lambda m: None)

@@ -140,6 +140,7 @@ HAND_WRITTEN = (
     "kormed.bench.eval",  # kormed bench eval
     "kormed.bench.train",  # kormed bench train
     "kormed.bench.quality",  # kormed bench quality
+    "kormed.bench.data",  # kormed bench data
     "kormed.pipeline.commands",  # kormed run, demo, report
 )
 

@@ -109,6 +109,16 @@ def parse_jsonl_lines(
         yield lineno, record
 
 
+def record_text(record: dict[str, Any], field: str, path: str | Path, lineno: int) -> str:
+    """`record[field]` as a string; missing or not a string raises a KormedError naming the file, line and field
+    (the one check of :func:`read_texts` and of CPT's parallel reader, :mod:`kormed.data.corpus_cache`)."""
+    text = record.get(field)
+    if not isinstance(text, str):
+        problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
+        raise KormedError(problem, path=path, line=lineno, field=field)
+    return text
+
+
 def read_texts(path: str | Path, *, field: str = "text", limit: int | None = None, max_chars: int | None = None,
                what: str = "text file") -> list[str]:
     """The non-blank `field` strings of a JSONL file (`{"text": ...}` per line), in file order.
@@ -119,10 +129,7 @@ def read_texts(path: str | Path, *, field: str = "text", limit: int | None = Non
     texts: list[str] = []
     total = 0
     for lineno, record in iter_jsonl(path, what=what):
-        text = record.get(field)
-        if not isinstance(text, str):
-            problem = "missing" if text is None else f"must be a string, got {type(text).__name__}"
-            raise KormedError(problem, path=path, line=lineno, field=field)
+        text = record_text(record, field, path, lineno)
         if not text.strip():
             continue
         texts.append(text)

@@ -200,8 +200,14 @@ class CPTConfig:
     eod_token: str = opt("<end_of_turn>", "Token appended after every document (seeds: <end_of_turn>; or <eos>).")
     max_samples: int | None = opt(None, "Use only the first N training documents.", bounds=(1, None))
     max_val_samples: int | None = opt(None, "Use only the first N validation documents.", bounds=(1, None))
-    num_proc: int | None = opt(None, "Tokenization processes (default: min(8, CPU count)).", bounds=(1, None))
-    cache_dir: str | None = opt(None, "Where the packed dataset is cached (default: <kormed cache>/packed).")
+    num_proc: int | None = opt(
+        None, "Tokenization processes, each reading whole 4 MiB shards of the corpus (default: min(8, CPU count)).",
+        bounds=(1, None),
+    )
+    cache_dir: str | None = opt(
+        None, "Where the packed blocks are cached as memory-mapped Arrow, about 4 bytes per token (default:\n"
+        "<kormed cache>/packed); shared by all processes of an `accelerate launch` run."
+    )
     resume: bool = opt(False, "Continue from the last checkpoint in <output>/checkpoints with the same data order.")
     embedding_warmup_steps: int = opt(
         0,

@@ -23,23 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from datasets import Dataset, Features, Sequence, Value, load_from_disk
 
 from kormed.config import to_dict
-from kormed.data.packing import pack_token_stream, resolve_eod_id
+from kormed.data.corpus_cache import (
+    META_FILE,
+    SHARD_BYTES,
+    build_packed,
+    cache_key,
+    dir_bytes,
+    human_bytes,
+    load_packed,
+    wait_for_packed,
+)
+from kormed.data.packing import resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.callback import KorMedMCQACallback
-from kormed.eval.perplexity import packed_eval_blocks
 from kormed.io import (
     Log,
     check_output_path,
-    clean_stale_temps,
     file_sha256,
     read_json,
-    read_texts,
-    report_stale,
     require_file,
-    temp_dir,
 )
 from kormed.models import (
     ADAPTER_WEIGHTS,
@@ -82,17 +86,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def _tokenize_batch(batch: dict[str, list[str]], tokenizer: Any) -> dict[str, list[list[int]]]:
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    return {"ids": ids, "n": [len(x) for x in ids]}
-
-
-def _pack_generator(token_lists: Any, max_length: int, bos_id: int, eod_id: int) -> Iterator[dict[str, list[int]]]:
-    docs = (row["ids"] for row in token_lists)
-    for block in pack_token_stream(docs, max_length=max_length, bos_id=bos_id, eod_id=eod_id):
-        yield {"input_ids": block}
-
-
 def build_packed_dataset(
     data: str | Path,
     tokenizer: Any,
@@ -104,14 +97,19 @@ def build_packed_dataset(
     cache_dir: str | Path | None = None,
     log: Log = print,
     data_sha256: str | None = None,
+    what: str = "training text",
+    wait: bool = False,
+    shard_bytes: int = SHARD_BYTES,
 ) -> tuple[Any, dict[str, Any]]:
-    """Tokenize and pack `data` into a `datasets.Dataset` of `input_ids` blocks (cached); returns (dataset, info).
+    """Tokenize and pack `data` into a memory-mapped `datasets.Dataset` of `input_ids` blocks (cached); returns
+    (dataset, info). The work is :mod:`kormed.data.corpus_cache`'s: bounded memory, `num_proc` workers.
 
     info: data path, data sha256, tokenizer sha256, documents, blocks, tokens (including BOS/EOD), cache key
     and whether the cache was hit. The cache key covers the tokenizer, the data bytes, max_length, eod_token,
-    max_samples and the packing version. `data_sha256`: the data file's digest when the caller has it.
+    max_samples, the packing version and the cache format. `data_sha256`: the data file's digest when the caller
+    has it. `wait`: another process builds the set (the main process under `accelerate launch`): wait for it.
     """
-    data = require_file(data, "training text")
+    data = require_file(data, what)
     eod_id = resolve_eod_id(tokenizer, eod_token)
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
@@ -120,66 +118,42 @@ def build_packed_dataset(
     tok_hash = tokenizer_fingerprint(tokenizer)
     settings = {"max_length": max_length, "eod_token": eod_token, "eod_id": eod_id, "bos_id": int(bos_id),
                 "max_samples": max_samples, "packing_version": PACKING_VERSION}
-    key = hashlib.sha256(json.dumps([data_hash, tok_hash, settings], sort_keys=True).encode()).hexdigest()[:20]
+    key = cache_key(data_hash, tok_hash, settings)
     root = Path(cache_dir) if cache_dir else cache_root() / "packed"
     target = root / key
     info: dict[str, Any] = {"path": str(data), "sha256": data_hash, "tokenizer_sha256": tok_hash, "cache_key": key,
                             "cache_dir": str(target), **settings}
-    meta_path = target / "kormed_packed.json"
-    report_stale(clean_stale_temps(root), log)  # half-built sets of killed runs (any key)
+    meta_path = target / META_FILE
+    if wait:
+        wait_for_packed(target, log)
     if meta_path.is_file():
         meta = read_json(meta_path, what="packed-set record")
-        log(f"[kormed] packed training set from cache: {target} ({meta['blocks']} blocks)")
-        return load_from_disk(str(target)), {**info, **meta, "cache_hit": True}
+        log(f"[kormed] packed {what} from cache: {target} ({meta['blocks']} blocks, "
+            f"{human_bytes(dir_bytes(target))}; not re-tokenized)")
+        return load_packed(target), {**info, **meta, "cache_hit": True}
 
-    texts = read_texts(data, limit=max_samples, what="training text")
-    n_proc = num_proc or min(8, os.cpu_count() or 1)
-    if len(texts) < 2000:
-        n_proc = 1  # process start-up costs more than it saves on small inputs
-    log(f"[kormed] tokenizing {len(texts)} documents ({n_proc} processes) and packing into {max_length}-token blocks")
-    docs = Dataset.from_dict({"text": texts})
-    del texts
-    tokenized = docs.map(
-        _tokenize_batch, batched=True, batch_size=1000, num_proc=n_proc if n_proc > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer}, remove_columns=["text"], desc="tokenize",
-        new_fingerprint=f"kormed-tok-{key}",
-    )
-    n_doc_tokens = int(sum(tokenized["n"]))
-    root.mkdir(parents=True, exist_ok=True)
-    with temp_dir(root, key) as tmp:
-        packed = Dataset.from_generator(
-            _pack_generator,
-            gen_kwargs={"token_lists": tokenized, "max_length": max_length, "bos_id": int(bos_id), "eod_id": eod_id},
-            features=Features({"input_ids": Sequence(Value("int32"))}),
-            cache_dir=str(Path(tmp) / "gen"),
-        )
-        blocks = len(packed)
-        total = int(sum(packed.map(lambda b: {"n": [len(x) for x in b["input_ids"]]}, batched=True,
-                                   remove_columns=["input_ids"], keep_in_memory=True)["n"]))
-        meta = {"documents": len(docs), "document_tokens": n_doc_tokens, "blocks": blocks, "tokens": total}
-        # every document token + one EOD per document + one BOS per block; nothing dropped
-        if total != n_doc_tokens + len(docs) + blocks:
-            raise KormedError("internal error: packing lost tokens")
-        out = Path(tmp) / "packed"
-        packed.save_to_disk(str(out))
-        (out / "kormed_packed.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        del packed
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-    log(f"[kormed] packed {meta['documents']} documents -> {blocks} blocks, {total} tokens (cached in {target})")
-    return load_from_disk(str(target)), {**info, **meta, "cache_hit": False}
+    n_proc = max(1, num_proc or min(8, os.cpu_count() or 1))
+    log(f"[kormed] tokenizing {data} ({human_bytes(data.stat().st_size)}, {n_proc} processes) and packing into "
+        f"{max_length}-token blocks")
+    meta = build_packed(data, tokenizer, target, max_length=max_length, bos_id=int(bos_id), eod_id=eod_id,
+                        limit=max_samples, num_proc=n_proc, what=what, shard_bytes=shard_bytes, log=log)
+    if meta["blank_skipped"]:
+        log(f"[kormed] skipped {meta['blank_skipped']} blank texts in {data}")
+    log(f"[kormed] packed {meta['documents']} documents -> {meta['blocks']} blocks, {meta['tokens']} tokens in "
+        f"{meta['seconds']:.1f} s (cached in {target}, {human_bytes(dir_bytes(target))})")
+    return load_packed(target), {**info, **meta, "cache_hit": False}
 
 
 def build_val_dataset(
-    val: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, limit: int | None = None
+    val: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, limit: int | None = None,
+    cache_dir: str | Path | None = None, log: Log = print, wait: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Validation blocks exactly as `kormed eval ppl` builds them (packed_eval_blocks)."""
-    texts = read_texts(val, limit=limit, what="validation text")
-    blocks = packed_eval_blocks(tokenizer, texts, max_length=max_length, eod_token=eod_token)
-    info = {"path": str(val), "sha256": file_sha256(val), "documents": len(texts), "blocks": len(blocks),
-            "tokens": sum(len(b) for b in blocks)}
-    return Dataset.from_dict({"input_ids": blocks}), info
+    """Validation blocks exactly as `kormed eval ppl` builds them (the packing of packed_eval_blocks), built and
+    cached like the training set so that a large held-out file is never held in memory either."""
+    ds, info = build_packed_dataset(val, tokenizer, max_length=max_length, eod_token=eod_token, max_samples=limit,
+                                    num_proc=1, cache_dir=cache_dir, log=log, what="validation text", wait=wait)
+    keep = ("path", "sha256", "documents", "blocks", "tokens", "cache_key", "cache_hit")
+    return ds, {k: info[k] for k in keep}
 
 
 def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
@@ -331,13 +305,15 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
         cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet,
         seed=cfg.train.seed, quantize=cfg.train.quantize,
     )
-    with state.main_process_first():  # rank 0 tokenizes and caches, the others then load the cache
-        train_ds, data_info = build_packed_dataset(
-            cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
-            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_sha256,
-        )
+    # the main process tokenizes and caches; the others wait for the cache (a file poll) and memory-map it
+    wait = not state.is_main_process
+    train_ds, data_info = build_packed_dataset(
+        cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
+        num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_sha256, wait=wait,
+    )
     val_ds, val_info = build_val_dataset(
-        cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples
+        cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples,
+        cache_dir=cfg.cache_dir, log=quiet, wait=wait,
     )
     warmup: dict[str, Any] = {}
     if cfg.embedding_warmup_steps and model_info["tokenizer"]["new_tokens"] and plan.resume_from is None:
