@@ -25,6 +25,7 @@ instant and does not depend on how busy the machine is.
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +160,28 @@ def _linear_args(input: Any, weight: Any, bias: Any = None) -> tuple[Any, Any, A
     return input, weight, bias
 
 
-_MODE_DEPTH: dict[str, Any] = {"depth": 0, "mode": None}
+class _ModeDepth(threading.local):
+    """Per thread (torch's mode stack is per thread): how many hooked forwards are open, and the mode they share."""
+
+    depth = 0
+    mode: Fp32Compute | None = None
+
+
+_MODE = _ModeDepth()
 
 
 def _enter(module: Any, args: Any) -> None:
-    if _MODE_DEPTH["depth"] == 0:
-        _MODE_DEPTH["mode"] = Fp32Compute()
-        _MODE_DEPTH["mode"].__enter__()
-    _MODE_DEPTH["depth"] += 1
+    if _MODE.depth == 0:
+        _MODE.mode = Fp32Compute()
+        _MODE.mode.__enter__()
+    _MODE.depth += 1
 
 
 def _exit(module: Any, args: Any, output: Any) -> None:
-    _MODE_DEPTH["depth"] -= 1
-    if _MODE_DEPTH["depth"] == 0:
-        _MODE_DEPTH["mode"].__exit__(None, None, None)
-        _MODE_DEPTH["mode"] = None
+    _MODE.depth -= 1
+    if _MODE.depth == 0 and _MODE.mode is not None:
+        _MODE.mode.__exit__(None, None, None)
+        _MODE.mode = None
 
 
 def enable_fp32_compute(model: Any) -> Any:
