@@ -43,7 +43,8 @@ class ChatConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.", pattern=DEVICE_PATTERN)
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto", "Weight precision, as train.dtype: auto = bf16 on CUDA and on a CPU with native bf16 matmul\n"
-        "(AMX-BF16 / AVX512-BF16), else fp32. bfloat16 halves the memory (MedGemma-4B: 8.6 GB instead of 17 GB).",
+        "(AMX-BF16 / AVX512-BF16), else fp32. bfloat16 halves the memory (MedGemma-4B: 8.6 GB instead of 17 GB);\n"
+        "on a CPU without native bf16 the matmuls then run in fp32 over the bf16 weights.",
     )
 
 

@@ -455,7 +455,13 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
         from kormed.quantization import finish_quantized_load
 
         return finish_quantized_load(model)  # already on its device (device_map)
-    return model.to(runtime.device)
+    model = model.to(runtime.device)
+    from kormed.precision import enable_fp32_compute, is_fp32_compute
+
+    if is_fp32_compute(runtime.dtype, runtime.compute_dtype):
+        print("precision: bf16 weights, fp32 matmuls (this CPU has no native bf16 matrix instructions)")
+        enable_fp32_compute(model)
+    return model
 
 
 def language_model_prefix(model: Any) -> str:

@@ -69,7 +69,8 @@ class EvalConfig:
     )
     dtype: Literal["auto", "float32", "bfloat16"] = opt(
         "auto", "Compute precision, as train.dtype: auto = bf16 weights + autocast on CUDA and on a CPU with\n"
-        "native bf16 matmul (AMX-BF16 / AVX512-BF16), else fp32.",
+        "native bf16 matmul (AMX-BF16 / AVX512-BF16), else fp32. bfloat16 on a CPU without native bf16: bf16\n"
+        "weights, fp32 matmuls.",
     )
     output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
     max_length: int = opt(

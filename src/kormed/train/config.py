@@ -129,7 +129,8 @@ class TrainOptions:
         "auto",
         "Compute precision. auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX-BF16 /\n"
         "AVX512-BF16 flags; about 3x fp32's rate), else fp32. bf16 = frozen base weights in bf16 + bf16 autocast;\n"
-        "trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
+        "on a CPU without native bf16, bf16 weights with fp32 matmuls (each layer's weight upcast for its call).\n"
+        "Trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
         flags=("--dtype",),
     )

@@ -182,9 +182,40 @@ def _matmul_dtype(hidden: Any) -> Any:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
 
 
+# rows of a bf16 projection upcast at a time where the matmuls run in fp32 over bf16 storage
+# (kormed.precision.enable_fp32_compute): 32K x 2,560 fp32 = 335 MB, not the whole 2.7 GB head of MedGemma-4B
+UPCAST_ROWS = 32768
+
+
+def _cast_weight(weight: Any, dtype: Any) -> Any:
+    """`weight` in `dtype` once for all chunks, unless that would upcast a narrower weight (bf16 storage, fp32
+    compute): then it stays as it is and :func:`_project` / :func:`_back_project` upcast it slice by slice."""
+    if weight.dtype.itemsize < dtype.itemsize:
+        return weight
+    return weight.to(dtype)
+
+
+def _project(h: Any, w: Any, b: Any) -> Any:
+    """`F.linear(h, w, b)`, upcasting a narrower `w` UPCAST_ROWS output rows at a time."""
+    if w.dtype == h.dtype:
+        return F.linear(h, w, b)
+    out = torch.cat([F.linear(h, w[i:i + UPCAST_ROWS].to(h.dtype)) for i in range(0, w.shape[0], UPCAST_ROWS)], -1)
+    return out + b if b is not None else out
+
+
+def _back_project(grad: Any, w: Any) -> Any:
+    """`grad @ w`, upcasting a narrower `w` UPCAST_ROWS rows at a time."""
+    if w.dtype == grad.dtype:
+        return grad @ w
+    out = grad[:, :UPCAST_ROWS] @ w[:UPCAST_ROWS].to(grad.dtype)
+    for i in range(UPCAST_ROWS, w.shape[0], UPCAST_ROWS):
+        out += grad[:, i:i + UPCAST_ROWS] @ w[i:i + UPCAST_ROWS].to(grad.dtype)
+    return out
+
+
 def _chunk_log_probs(h: Any, w: Any, b: Any, softcap: float | None, acc: Any) -> tuple[Any, Any]:
     """(log-probabilities [rows, vocab] in `acc`, tanh of the capped logits or None) of one chunk's rows."""
-    logits = F.linear(h, w, b)
+    logits = _project(h, w, b)
     capped = torch.tanh(logits.to(acc) / softcap) if softcap is not None else None
     return torch.log_softmax(capped * softcap if capped is not None else logits, -1, dtype=acc), capped
 
@@ -214,7 +245,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         with torch.no_grad(), torch.autocast(device_type, enabled=False):
-            w = weight.to(dtype)  # cast once (autocast would cast it again for every chunk)
+            w = _cast_weight(weight, dtype)  # cast once (autocast would cast it again for every chunk)
             b = bias.to(dtype) if bias is not None else None
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
@@ -230,7 +261,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad.mul_(1.0 - capped.square_())  # d(cap * tanh(x / cap)) / dx
                 grad = grad.to(dtype)
                 if need_h:
-                    grad_h[rows] = grad @ w
+                    grad_h[rows] = _back_project(grad, w)
                 if need_w:
                     grad_w += grad.t() @ h
                 if need_b:
@@ -265,7 +296,7 @@ def chunked_token_nll(hidden: Any, weight: Any, bias: Any, targets: Any, *, chun
     dtype = _matmul_dtype(hidden)
     out = []
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        weight = weight.to(dtype)  # cast once, not once per chunk
+        weight = _cast_weight(weight, dtype)  # cast once, not once per chunk
         bias = bias.to(dtype) if bias is not None else None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
