@@ -269,7 +269,11 @@ def bench_run(tmp_path_factory, tiny_gemma3_dir):
 
 @pytest.mark.heavy
 def test_rows_have_every_field(bench_run):
+    from kormed.eval.kormedmcqa import load_questions
+    from kormed.sample_data import sample_paths
+
     rows, _ = bench_run
+    n_test = len(load_questions(sample_paths()["mcq_test"]))  # the bundled test split, all of it (100 today)
     assert [r["arm"] for r in rows] == list(bq.ARMS)
     by = {r["arm"]: r for r in rows}
     for r in rows:
@@ -278,12 +282,13 @@ def test_rows_have_every_field(bench_run):
             assert key in r, key
         lo, hi = r["accuracy_ci95"]
         assert 0.0 <= lo <= r["accuracy"] <= hi <= 1.0
-        assert r["accuracy"] == r["correct"] / r["questions"] and r["questions"] == 40  # every test question
+        assert r["accuracy"] == r["correct"] / r["questions"] and r["questions"] == n_test  # every test question
         assert math.isfinite(r["bits_per_char_general"]) and r["bits_per_char_general"] > 0
     assert by["base"]["training_chars"] == 0
     assert by["cpt"]["own_training_chars"] == CPT_CHARS  # one epoch over exactly the budget
     assert by["cpt_extended"]["own_training_chars"] == CPT_CHARS  # the same text, whatever the tokenizer
-    assert by["sft"]["chain"] == ["cpt_extended", "sft"] and by["loop"]["chain"] == ["cpt_extended", "sft", "loop"]
+    sft_from = bq.Budget().sft_from  # SFT continues the unextended CPT by default (--sft-from)
+    assert by["sft"]["chain"] == [sft_from, "sft"] and by["loop"]["chain"] == [sft_from, "sft", "loop"]
     assert by["sft"]["own_training_chars"] > 0
     assert by["loop"]["training_chars"] == CPT_CHARS + by["sft"]["own_training_chars"] + \
         by["loop"]["own_training_chars"]
