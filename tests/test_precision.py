@@ -221,6 +221,7 @@ def test_bf16_storage_fp32_compute_trains_lora_and_new_rows_and_reloads_exactly(
         torch.testing.assert_close(again(input_ids=torch.tensor([blocks[0]])).logits, ref, rtol=0, atol=0)
 
 
+@pytest.mark.heavy  # 30 s end to end (run_cpt + eval ppl); the reload-exactly test above stays in the default run
 def test_bf16_storage_fp32_compute_eval_ppl_equals_last_validation(tmp_path, real_tokenizer, monkeypatch):
     """`kormed train cpt` then `kormed eval ppl --adapter` on the multimodal class with new rows, both with
     `--dtype bfloat16` on a CPU without native bf16: the same perplexity, bit for bit."""
