@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import enum
 import functools
 import importlib
@@ -64,6 +65,7 @@ def opt(
     choices: tuple[Any, ...] | str | None = None,
     pattern: tuple[str, str] | None = None,
     flags: tuple[str, ...] = (),
+    aliases: tuple[str | tuple[str, dict[Any, Any]], ...] = (),
     cli_path: bool = False,
     **kwargs: Any,
 ) -> Any:
@@ -79,7 +81,11 @@ def opt(
 
     A list field's constraint applies to each item. `flags` are short command-line aliases besides the generated
     dotted flag (e.g. `("--lr",)` for `train.lr`; a bool's alias may name its off switch too: `"--all/--sample"`);
-    see kormed.flags. `cli_path`: a path that a flag gives relative to the current directory (made absolute; the
+    see kormed.flags. `aliases`: the names users of transformers' TrainingArguments, TRL and PEFT know the option
+    by (`"learning_rate"` for `train.lr`), read in YAML beside the field and, for a nested field, at the top of
+    the section (TrainingArguments are flat), and on the command line as `--learning-rate` / `--learning_rate`;
+    `(name, {alias value: value})` translates a value (`("bf16", {True: "bfloat16", False: "float32"})` for
+    `dtype`). `cli_path`: a path that a flag gives relative to the current directory (made absolute; the
     YAML value of the same key may be relative elsewhere)."""
     metadata: dict[str, Any] = {"help": help}
     if bounds is not None:
@@ -90,6 +96,8 @@ def opt(
         metadata["pattern"] = pattern
     if flags:
         metadata["flags"] = tuple(flags)
+    if aliases:
+        metadata["aliases"] = tuple((a, None) if isinstance(a, str) else (a[0], dict(a[1])) for a in aliases)
     if cli_path:
         metadata["path"] = True
     if isinstance(default, list | dict):
@@ -108,9 +116,11 @@ def check_device(value: str, flag: str = "--device") -> str:
     return value
 
 
-def seed_opt(default: int, help: str, *, flags: tuple[str, ...] = ()) -> Any:  # noqa: A002
+def seed_opt(
+    default: int, help: str, *, flags: tuple[str, ...] = (), aliases: tuple[str, ...] = ()  # noqa: A002
+) -> Any:
     """A random-seed field: an integer in SEED_RANGE (numpy rejects a negative seed with a traceback)."""
-    return opt(default, help, bounds=SEED_RANGE, flags=flags)
+    return opt(default, help, bounds=SEED_RANGE, flags=flags, aliases=aliases)
 
 
 def nested(cls: type, help: str) -> Any:  # noqa: A002
@@ -167,6 +177,170 @@ def field_type(cls: type, name: str) -> Any:
 @functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+# Options of transformers' TrainingArguments, TRL's SFTConfig/ModelConfig and PEFT's LoraConfig that kormed does not
+# take (those it does are `aliases` of its own options), with what to use instead. Written out rather than read from
+# those classes: the answer to a mistyped key must come without importing transformers (torch); a test checks that
+# each name is an option of the library named.
+FOREIGN_OPTIONS: dict[str, tuple[str, str]] = {
+    "fp16": ("transformers", "kormed never trains in fp16 (Gemma 3 overflows it); precision is `dtype`"),
+    "tf32": ("transformers", "precision is `dtype` (auto, float32, bfloat16)"),
+    "torch_dtype": ("trl", "precision is `dtype` (auto, float32, bfloat16)"),
+    "warmup_steps": ("transformers", "warmup is a fraction of the steps: `warmup_ratio`"),
+    "resume_from_checkpoint": ("transformers", "`resume: true` continues from <output>/checkpoints"),
+    "eval_strategy": ("transformers", "kormed validates every `eval_steps` optimizer steps"),
+    "evaluation_strategy": ("transformers", "kormed validates every `eval_steps` optimizer steps"),
+    "save_strategy": ("transformers", "kormed saves every `save_steps` (off: `save_checkpoints: false`)"),
+    "logging_strategy": ("transformers", "kormed logs every `logging_steps`"),
+    "logging_dir": ("transformers", "TensorBoard logs go to <output>/runs/"),
+    "overwrite_output_dir": ("transformers", "kormed writes a new output atomically; `resume` continues one"),
+    "do_train": ("transformers", "each kormed command runs one stage"),
+    "do_eval": ("transformers", "each kormed command runs one stage"),
+    "adam_beta1": ("transformers", "kormed keeps the optimizer's defaults; `optim` picks it"),
+    "adam_beta2": ("transformers", "kormed keeps the optimizer's defaults; `optim` picks it"),
+    "adam_epsilon": ("transformers", "kormed keeps the optimizer's defaults; `optim` picks it"),
+    "auto_find_batch_size": ("transformers", "set `batch_size` (kormed bench train measures memory)"),
+    "deepspeed": ("transformers", "several GPUs: `accelerate launch -m kormed.cli ...` (docs/commands/train-cpt.md)"),
+    "fsdp": ("transformers", "several GPUs: `accelerate launch -m kormed.cli ...` (docs/commands/train-cpt.md)"),
+    "torch_compile": ("transformers", "not offered"),
+    "push_to_hub": ("transformers", "kormed never uploads; push the output directory yourself"),
+    "hub_model_id": ("transformers", "kormed never uploads; push the output directory yourself"),
+    "label_smoothing_factor": ("transformers", "not offered"),
+    "neftune_noise_alpha": ("transformers", "not offered"),
+    "group_by_length": ("transformers", "not offered (CPT packs blocks; SFT packs with `padding_free`)"),
+    "packing": ("trl", "CPT always packs; SFT: `padding_free`"),
+    "dataset_text_field": ("trl", "CPT reads JSONL {\"text\": ...}; `kormed eval ppl` takes `text_field`"),
+    "use_peft": ("trl", "kormed always trains a LoRA adapter"),
+    "load_in_8bit": ("trl", "kormed quantizes to 4-bit only: `quantize: 4bit`"),
+    "trust_remote_code": ("trl", "kormed never runs a checkpoint's code"),
+    "attn_implementation": ("trl", "not offered"),
+    "bias": ("peft", "not offered (LoRA without bias training)"),
+    "lora_bias": ("peft", "not offered (LoRA without bias training)"),
+    "modules_to_save": ("peft", "embeddings: `lora.train_embeddings`"),
+    "use_dora": ("peft", "not offered"),
+    "init_lora_weights": ("peft", "not offered"),
+}
+FOREIGN_LIBRARIES = {"transformers": "transformers' TrainingArguments", "trl": "TRL's", "peft": "PEFT's LoraConfig"}
+
+
+def nested_class(cls: type, name: str) -> type | None:
+    """The config dataclass that field `name` of `cls` holds (Optional removed), or None for a leaf field."""
+    tp = field_type(cls, name)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else tp
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+@functools.cache
+def declared_aliases(cls: type) -> tuple[tuple[str, tuple[str, ...], dict[Any, Any] | None], ...]:
+    """(alias, path of its field under `cls`, value translation or None) for every alias that `opt(aliases=...)`
+    declares in `cls` and the sections nested in it."""
+    out: list[tuple[str, tuple[str, ...], dict[Any, Any] | None]] = []
+    for f in dataclasses.fields(cls):
+        out += [(name, (f.name,), values) for name, values in f.metadata.get("aliases", ())]
+        sub = nested_class(cls, f.name)
+        if sub is not None:
+            out += [(name, (f.name, *path), values) for name, path, values in declared_aliases(sub)]
+    return tuple(out)
+
+
+@functools.cache
+def alias_table(cls: type) -> dict[str, tuple[tuple[str, ...], dict[Any, Any] | None]]:
+    """The keys a mapping of `cls` may hold that name a field by an alias: alias -> (field path, translation).
+    A field's own name wins (`warmup_ratio` beside itself is the field; one level up it is the alias)."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    table: dict[str, tuple[tuple[str, ...], dict[Any, Any] | None]] = {}
+    for name, path, values in declared_aliases(cls):
+        if name not in own:
+            table.setdefault(name, (path, values))
+    return table
+
+
+def alias_value(value: Any, values: dict[Any, Any] | None, where: str, path: str | None = None) -> Any:
+    """The value of the option that alias value `value` means (`bf16: true` -> "bfloat16")."""
+    if values is None:
+        return value
+    if all(isinstance(k, bool) for k in values):
+        value = _coerce(value, bool, where, path)
+    if value not in values:
+        raise KormedError(f"must be one of {', '.join(map(str, values))}, got {value!r}", path=path, field=where)
+    return values[value]
+
+
+def resolve_aliases(cls: type, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> dict[str, Any]:
+    """`values` (a mapping of `cls`, nested sections included) with every alias key put under its field's own
+    name and place (`learning_rate: 1e-4` -> `train: {lr: 1e-4}`). One option given under two names is an error
+    naming both."""
+    return _resolve(cls, values, path, prefix)[0]
+
+
+def _resolve(
+    cls: type, values: dict[str, Any], path: str | None, prefix: str
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """(`values` with aliases resolved, field path -> the key the user wrote for it)."""
+    table = alias_table(cls)
+    own = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    given: dict[tuple[str, ...], str] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in table:
+            continue
+        sub = nested_class(cls, name) if name in own else None
+        if sub is not None and isinstance(value, dict):
+            value, inner = _resolve(sub, value, path, f"{prefix}{name}.")
+            given.update({(name, *p): where for p, where in inner.items()})
+        given.setdefault((name,), prefix + str(key))
+        out[key] = value
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in table:
+            continue
+        field_path, translation = table[name]
+        where = prefix + str(key)
+        other = given.get(field_path)
+        if other is not None:
+            raise KormedError(f"`{where}` and `{other}` name the same option ({prefix}{'.'.join(field_path)}); "
+                              "give one", path=path, field=where)
+        target = out
+        for i, part in enumerate(field_path[:-1]):
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise KormedError(f"expected a mapping, got {target!r}", path=path,
+                                  field=prefix + ".".join(field_path[: i + 1]))
+        target[field_path[-1]] = alias_value(value, translation, where, path)
+        given[field_path] = where
+    return out, given
+
+
+def foreign_option(name: str) -> str | None:
+    """'transformers' TrainingArguments option `fp16`, which kormed does not take: ...' for a known option of a
+    peer library that kormed has no equivalent of, else None."""
+    known = FOREIGN_OPTIONS.get(name.replace("-", "_"))
+    if known is None:
+        return None
+    library, instead = known
+    return f"{FOREIGN_LIBRARIES[library]} option `{name}`, which kormed does not take: {instead}"
+
+
+def unknown_option(cls: type, name: str) -> str:
+    """The message for key `name` that `cls` does not have: a peer library's option kormed lacks said as such,
+    else the closest known name (difflib), else the known names."""
+    foreign = foreign_option(name)
+    if foreign:
+        return foreign
+    candidates = {f.name: f.name for f in dataclasses.fields(cls)}
+    candidates.update({alias: alias for alias in alias_table(cls)})
+    for f in dataclasses.fields(cls):  # `lr` at the top of a section: suggest `train.lr`
+        sub = nested_class(cls, f.name)
+        for leaf in dataclasses.fields(sub) if sub is not None else ():
+            candidates.setdefault(leaf.name, f"{f.name}.{leaf.name}")
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return f"unknown option; did you mean `{candidates[close[0]]}`?"
+    return f"unknown option (known: {', '.join(sorted({f.name for f in dataclasses.fields(cls)}))})"
 
 
 def _coerce(value: Any, tp: Any, where: str, path: str | None) -> Any:
@@ -239,14 +413,13 @@ def build(cls: type[T], values: dict[str, Any], *, path: str | None = None, pref
     """Construct dataclass `cls` from a mapping, checking names and types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in resolve_aliases(cls, values, path=path, prefix=prefix).items():
         name = str(key).replace("-", "_")
         if name not in fields:
             removed = getattr(cls, "removed_options", {}).get(name)  # a ClassVar of the config class
             if removed:
                 raise KormedError(f"option removed: {removed}", path=path, field=prefix + str(key))
-            known = ", ".join(sorted(fields))
-            raise KormedError(f"unknown option (known: {known})", path=path, field=prefix + str(key))
+            raise KormedError(unknown_option(cls, name), path=path, field=prefix + str(key))
         kwargs[name] = _coerce(value, field_type(cls, name), prefix + name, path)
         _check_bounds(fields[name], kwargs[name], prefix + name, path)
     obj = cls(**kwargs)
@@ -372,7 +545,7 @@ def flag_error(exc: KormedError, cls: type) -> KormedError:
 def merge(base: Any, values: dict[str, Any], *, path: str | None = None, prefix: str = "") -> Any:
     """Return a copy of dataclass `base` with `values` (possibly nested mappings) applied."""
     current = dataclasses.asdict(base)
-    _deep_update(current, values)
+    _deep_update(current, resolve_aliases(type(base), values, path=path, prefix=prefix))
     return build(type(base), current, path=path, prefix=prefix)
 
 

@@ -20,7 +20,10 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, str | None]:
 class EvalConfig:
     """KorMedMCQA accuracy and held-out perplexity."""
 
-    model: str | None = opt(None, "Base or merged model: hub id or local directory; null = the embedded Gemma 3 270M.")
+    model: str | None = opt(
+        None, "Base or merged model: hub id or local directory; null = the embedded Gemma 3 270M.",
+        aliases=("model_name_or_path",),
+    )
     adapter: str | None = opt(
         None, "kormed adapter directory (PEFT) to load on top of `model`; with no `model`, its recorded base."
     )
@@ -51,7 +54,10 @@ class EvalConfig:
         None, "chat mode: user-turn template of an MCQ; null = the SFT default (kormed.data.chat). Set it to the\n"
         "`sft.templates.mcq_prompt` you trained with if you changed that.",
     )
-    batch_size: int = opt(8, "Questions per forward/generate batch (left-padded).", bounds=(1, None))
+    batch_size: int = opt(
+        8, "Questions per forward/generate batch (left-padded).", bounds=(1, None),
+        aliases=("per_device_eval_batch_size",),
+    )
     max_new_tokens: int = opt(
         DEFAULT_MAX_NEW_TOKENS,
         f"Greedy generation limit (generate and chat modes). The harness uses max_gen_toks={HARNESS_MAX_GEN_TOKS},\n"

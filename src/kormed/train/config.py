@@ -35,17 +35,21 @@ def report_to_names() -> tuple[str, ...]:
 class LoraOptions:
     """PEFT LoRA settings (rsLoRA by default) and optional embedding training."""
 
-    r: int = opt(16, "LoRA rank.", bounds=(1, None))
+    r: int = opt(16, "LoRA rank.", bounds=(1, None), aliases=("lora_r",))
     alpha: int = opt(
-        32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.", bounds=(1, None)
+        32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.", bounds=(1, None),
+        aliases=("lora_alpha",),
     )
-    dropout: float = opt(0.05, "Dropout on the LoRA input.", bounds=(0, 1, "[)"))
-    use_rslora: bool = opt(True, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); stable at higher ranks.")
+    dropout: float = opt(0.05, "Dropout on the LoRA input.", bounds=(0, 1, "[)"), aliases=("lora_dropout",))
+    use_rslora: bool = opt(
+        True, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); stable at higher ranks.", aliases=("use_rslora",)
+    )
     target_modules: list[str] = opt(
         list(GEMMA_LINEAR_MODULES),
         "Linear layers that get LoRA adapters, by name; only layers of the language model are matched\n"
         "(a multimodal checkpoint's vision tower is left alone).",
         pattern=(r"[A-Za-z_][A-Za-z0-9_.]*", "a module name such as q_proj"),
+        aliases=("target_modules", "lora_target_modules"),
     )
     train_embeddings: bool = opt(
         False,
@@ -75,53 +79,74 @@ class LoraOptions:
 class TrainOptions:
     """HF Trainer settings shared by every training stage (seeds' defaults: batch 2 x accumulation 16, lr 2e-5)."""
 
-    batch_size: int = opt(2, "Sequences per device per micro-batch.", bounds=(1, None), flags=("--batch-size",))
+    batch_size: int = opt(
+        2, "Sequences per device per micro-batch.", bounds=(1, None), flags=("--batch-size",),
+        aliases=("per_device_train_batch_size",),
+    )
     grad_accum: int = opt(
         16,
         "Gradient accumulation steps for ONE process. Effective batch = batch_size x grad_accum (32 sequences);\n"
         "under `accelerate launch` with N processes the accumulation is divided by N to keep it (see scale_accum).",
         bounds=(1, MAX_GRAD_ACCUM),
         flags=("--grad-accum",),
+        aliases=("gradient_accumulation_steps",),
     )
     scale_accum: bool = opt(
         True, "Keep the effective batch constant when processes are added: grad_accum / world_size per process."
     )
-    lr: float = opt(2e-5, "Peak learning rate.", bounds=(0, None, "()"), flags=("--lr",))
+    lr: float = opt(2e-5, "Peak learning rate.", bounds=(0, None, "()"), flags=("--lr",), aliases=("learning_rate",))
     warmup_ratio: float = opt(
-        0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.", bounds=(0, 1, "[)")
+        0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.", bounds=(0, 1, "[)"),
+        aliases=("warmup_ratio",),
     )
     scheduler: str = opt(
         "cosine", "Decay after warmup: cosine, linear, constant_with_warmup (HF scheduler names).",
-        choices="transformers.trainer_utils:SchedulerType",
+        choices="transformers.trainer_utils:SchedulerType", aliases=("lr_scheduler_type",),
     )
     weight_decay: float = opt(
-        0.0, "AdamW weight decay (not applied to biases, norms or embeddings).", bounds=(0, None)
+        0.0, "AdamW weight decay (not applied to biases, norms or embeddings).", bounds=(0, None),
+        aliases=("weight_decay",),
     )
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0: no clipping).", bounds=(0, None))
+    max_grad_norm: float = opt(
+        1.0, "Gradient clipping norm (0: no clipping).", bounds=(0, None), aliases=("max_grad_norm",)
+    )
     epochs: float = opt(
         1.0, "Passes over the training data (ignored when max_steps is set).", bounds=(0, None, "()"),
-        flags=("--epochs",),
+        flags=("--epochs",), aliases=("num_train_epochs",),
     )
     max_steps: int | None = opt(
-        None, "Stop after this many optimizer steps (overrides epochs).", bounds=(1, None), flags=("--max-steps",)
+        None, "Stop after this many optimizer steps (overrides epochs).", bounds=(1, None), flags=("--max-steps",),
+        aliases=("max_steps",),
     )
-    eval_steps: int = opt(50, "Validate every N optimizer steps.", bounds=(1, None), flags=("--eval-steps",))
-    save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (default: eval_steps).", bounds=(1, None))
+    eval_steps: int = opt(
+        50, "Validate every N optimizer steps.", bounds=(1, None), flags=("--eval-steps",), aliases=("eval_steps",)
+    )
+    save_steps: int | None = opt(
+        None, "Checkpoint every N optimizer steps (default: eval_steps).", bounds=(1, None), aliases=("save_steps",)
+    )
     save_checkpoints: bool = opt(
         True, "Write periodic checkpoints (off: only the final adapter is saved; nothing to --resume from)."
     )
-    save_total_limit: int = opt(2, "Checkpoints kept on disk (the best one is always kept).", bounds=(1, None))
-    logging_steps: int = opt(10, "Log the training loss every N optimizer steps.", bounds=(1, None))
+    save_total_limit: int = opt(
+        2, "Checkpoints kept on disk (the best one is always kept).", bounds=(1, None), aliases=("save_total_limit",)
+    )
+    logging_steps: int = opt(
+        10, "Log the training loss every N optimizer steps.", bounds=(1, None), aliases=("logging_steps",)
+    )
     eval_batch_size: int | None = opt(
-        None, "Sequences per device during validation (default: 2 x batch_size).", bounds=(1, None)
+        None, "Sequences per device during validation (default: 2 x batch_size).", bounds=(1, None),
+        aliases=("per_device_eval_batch_size",),
     )
     gradient_checkpointing: bool | None = opt(
         None,
         "Recompute activations in the backward pass: less activation memory for about a third more compute.\n"
         "null (auto): on for CUDA (the seeds' setting; GPU memory is the limit), off on CPU (measured 1.6x the\n"
         "tokens/s on the embedded model, benchmarks/README.md). true / false force it.",
+        aliases=("gradient_checkpointing",),
     )
-    seed: int = seed_opt(42, "Seed of the data order, dropout and initialisation.", flags=("--seed",))
+    seed: int = seed_opt(
+        42, "Seed of the data order, dropout and initialisation.", flags=("--seed",), aliases=("seed",)
+    )
     device: str = opt(
         "auto", "auto, cpu, cuda or cuda:N (auto: CUDA when available).", pattern=DEVICE_PATTERN, flags=("--device",)
     )
@@ -133,6 +158,7 @@ class TrainOptions:
         "Trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
         flags=("--dtype",),
+        aliases=(("bf16", {True: "bfloat16", False: "float32"}),),
     )
     quantize: Literal["none", "4bit"] = opt(
         "none",
@@ -141,6 +167,7 @@ class TrainOptions:
         "Needs `pip install kormed[qlora]`. The adapter records it (kormed_adapter.json): continuing it, SFT from\n"
         "it, the loop, eval and `kormed eval ppl` load its base in 4-bit without being told.",
         flags=("--quantize",),
+        aliases=(("load_in_4bit", {True: "4bit", False: "none"}),),
     )
     loss_impl: Literal["auto", "liger", "chunked", "full"] = opt(
         "auto",
@@ -157,25 +184,34 @@ class TrainOptions:
     report_to: list[str] = opt(
         ["tensorboard"],
         "Trainer loggers (transformers' report_to names, or none); TensorBoard logs go to <output>/runs/.",
-        choices="kormed.train.config:report_to_names",
+        choices="kormed.train.config:report_to_names", aliases=("report_to",),
     )
     early_stopping_patience: int | None = opt(
         5, "Stop after this many validations without improvement (seeds: 5-10); null: never stop on patience.",
-        bounds=(1, None),
+        bounds=(1, None), aliases=("early_stopping_patience",),
     )
     early_stopping_min_delta: float = opt(
-        0.01, "Smallest decrease of the monitored loss that counts as improvement.", bounds=(0, None)
+        0.01, "Smallest decrease of the monitored loss that counts as improvement.", bounds=(0, None),
+        aliases=("early_stopping_threshold",),
     )
-    early_stopping_metric: str = opt("eval_loss", "Metric watched by early stopping and best-checkpoint selection.")
+    early_stopping_metric: str = opt(
+        "eval_loss", "Metric watched by early stopping and best-checkpoint selection.",
+        aliases=("metric_for_best_model",),
+    )
     target_perplexity: float | None = opt(
         None, "Stop as soon as validation perplexity falls below this (seeds: 3.0).", bounds=(1, None, "()")
     )
-    load_best_at_end: bool = opt(True, "Restore the best validated checkpoint before saving the final adapter.")
-    eval_on_start: bool = opt(True, "Validate once before the first step (the 'before' number).")
-    num_workers: int = opt(0, "DataLoader worker processes.", bounds=(0, None))
+    load_best_at_end: bool = opt(
+        True, "Restore the best validated checkpoint before saving the final adapter.",
+        aliases=("load_best_model_at_end",),
+    )
+    eval_on_start: bool = opt(
+        True, "Validate once before the first step (the 'before' number).", aliases=("eval_on_start",)
+    )
+    num_workers: int = opt(0, "DataLoader worker processes.", bounds=(0, None), aliases=("dataloader_num_workers",))
     optim: str = opt(
         "adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_8bit, ...).",
-        choices="transformers.training_args:OptimizerNames",
+        choices="transformers.training_args:OptimizerNames", aliases=("optim",),
     )
 
     def validate(self) -> None:
@@ -191,13 +227,19 @@ class CPTConfig:
 
     data: str | None = opt(None, "Training text, JSONL with one {\"text\": ...} per line (kormed prepare output).")
     val: str | None = opt(None, "Held-out validation text, same format.")
-    model: str | None = opt(None, "Hub id or local model directory; default: the embedded Gemma 3 270M.")
+    model: str | None = opt(
+        None, "Hub id or local model directory; default: the embedded Gemma 3 270M.", aliases=("model_name_or_path",)
+    )
     tokenizer_path: str | None = opt(
         None, "Extended tokenizer directory (kormed tokenizer extend); the embeddings are resized and initialised."
     )
     adapter: str | None = opt(None, "Continue training this kormed adapter directory instead of a fresh LoRA.")
-    output: str | None = opt(None, "Output directory; default: model/00_trained/<model-name>/.")
-    max_length: int = opt(512, "Tokens per packed block (the first is always <bos>).", bounds=(2, None))
+    output: str | None = opt(
+        None, "Output directory; default: model/00_trained/<model-name>/.", aliases=("output_dir",)
+    )
+    max_length: int = opt(
+        512, "Tokens per packed block (the first is always <bos>).", bounds=(2, None), aliases=("max_seq_length",)
+    )
     eod_token: str = opt("<end_of_turn>", "Token appended after every document (seeds: <end_of_turn>; or <eos>).")
     max_samples: int | None = opt(None, "Use only the first N training documents.", bounds=(1, None))
     max_val_samples: int | None = opt(None, "Use only the first N validation documents.", bounds=(1, None))

@@ -155,7 +155,9 @@ class RecipeOptions:
     raw_val: str | None = opt(
         None, "Held-out raw Korean text for the perplexity checks (default: held out from --raw)."
     )
-    model: str | None = opt(None, "Hub id or local model directory; default: the embedded Gemma 3 270M.")
+    model: str | None = opt(
+        None, "Hub id or local model directory; default: the embedded Gemma 3 270M.", aliases=("model_name_or_path",)
+    )
     from_adapter: str | None = opt(
         None, "Start from this kormed adapter (sft: e.g. the CPT adapter; loop: SFT's last step); default: a fresh\n"
         "LoRA.",
@@ -163,9 +165,11 @@ class RecipeOptions:
     output: str | None = opt(
         None, "Output directory. sft: baseline.json, step1/ ... stepN/, sft_summary.json; loop: round00_start/,\n"
         "round01_dict/ ..., best/, loop_table.json, loop_table.md.",
+        aliases=("output_dir",),
     )
     max_length: int = opt(
-        512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).", bounds=(16, None)
+        512, "Tokens per example (chat examples: prompt truncated from the left; raw: split).", bounds=(16, None),
+        aliases=("max_seq_length",),
     )
     padding_free: bool = opt(
         True,
