@@ -8,6 +8,7 @@ modules of `HAND_WRITTEN`. User errors (KormedError) print one clear message.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import sys
@@ -19,22 +20,56 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from kormed.config import CONFIG_SECTIONS, defaults_markdown, defaults_yaml, load_config, section_class
+from kormed.config import (
+    CONFIG_SECTIONS,
+    defaults_markdown,
+    defaults_yaml,
+    foreign_option,
+    load_config,
+    section_class,
+)
 from kormed.errors import KormedError
 from kormed.flags import config_parameters, overrides_from_params
 from kormed.prepare.config import load_preset
+
+# click's "no such option" error, from the click that typer runs on (typer 0.29 vendors its own copy)
+NoSuchOption = importlib.import_module(typer.BadParameter.__module__).NoSuchOption
+
+
+def unknown_flag(exc: Any) -> str:
+    """One line for an option the command does not have: a transformers/TRL/PEFT option kormed does not take said
+    as such, else the closest option of the command (difflib; an HF name's `_` or `-` form alike)."""
+    name = exc.option_name
+    command = exc.ctx.command_path if exc.ctx is not None else "kormed"
+    foreign = foreign_option(name.lstrip("-"))
+    if foreign:
+        return f"{name}: {foreign}"
+    known = [o for p in (exc.ctx.command.params if exc.ctx is not None else [])
+             for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (see `{command} --help`)"
+    return f"no such option {name} in `{command}`{hint}"
 
 
 class KormedGroup(TyperGroup):
     """The root command group: a KormedError, or an OSError the user's environment caused (disk full, permission
     denied, read-only file system, a file where a directory is expected), ends any command with one line on stderr
-    and exit code 2 - the same in `kormed` and in-process (typer.testing.CliRunner)."""
+    and exit code 2 - the same in `kormed` and in-process (typer.testing.CliRunner). So does an unknown option."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except NoSuchOption as exc:  # `kormed --versoin`
+            typer.echo(f"kormed: error: {unknown_flag(exc)}", err=True)
+            raise typer.Exit(2) from None
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KormedError as exc:
             message = str(exc)
+        except NoSuchOption as exc:
+            message = unknown_flag(exc)
         except OSError as exc:
             from kormed.io import os_error
 
@@ -64,6 +99,22 @@ subapps: dict[str, typer.Typer] = {
 }
 for _name, _sub in subapps.items():
     app.add_typer(_sub, name=_name)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kormed.env_cli import kormed_version
+
+        typer.echo(f"kormed {kormed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print kormed's version and exit."),
+) -> None:
+    """Turn a Gemma-3-family medical model into a Korean-medicine model."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +193,7 @@ HAND_WRITTEN = (
     "kormed.bench.quality",  # kormed bench quality
     "kormed.bench.data",  # kormed bench data
     "kormed.pipeline.commands",  # kormed run, demo, report
+    "kormed.env_cli",  # kormed env
 )
 
 

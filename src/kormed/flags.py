@@ -2,8 +2,10 @@
 
 Every field of a command's section becomes a flag: top-level fields as `--name`, nested ones dotted
 (`--lora.r`, `--train.warmup-ratio`, `--step3.max-steps`), plus the short aliases in the field's `flags` metadata
-(`--lr`). The flag's help is the field's help and its default; a bool is `--x/--no-x`; a Literal lists its
-choices; a list or mapping takes YAML (`--lora.target-modules q_proj,v_proj`, `--step1.mix '{qa: 1}'`).
+(`--lr`), and the names transformers/TRL/PEFT users know from the field's `aliases` (`--learning-rate` and
+`--learning_rate` for `train.lr`: hidden flags, named in the help of the option they set). The flag's help is
+the field's help and its default; a bool is `--x/--no-x`; a Literal lists its choices; a list or mapping takes
+YAML (`--lora.target-modules q_proj,v_proj`, `--step1.mix '{qa: 1}'`).
 A flag left out is unset (None) and overrides nothing, so precedence stays dataclass < preset < YAML < flag.
 """
 
@@ -20,11 +22,13 @@ import typer
 import typer.core
 import yaml
 
-from kormed.config import field_type
+from kormed.config import alias_value, field_type
+from kormed.errors import KormedError
 
 # Parameter names of generated flags: the dotted path with this separator (click needs identifiers).
 SEPARATOR = "__"
 PREFIX = "cfg" + SEPARATOR
+ALIAS_PREFIX = "alias" + SEPARATOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,7 @@ class FieldFlag:
     default: Any
     aliases: tuple[str, ...]
     as_path: bool  # a prepare path: made absolute from the current directory (YAML paths are under data_root)
+    known_as: tuple[tuple[str, Any], ...] = ()  # the field's `aliases`: (name, value translation or None)
 
     @property
     def param_name(self) -> str:
@@ -82,7 +87,7 @@ def field_flags(cls: type, prefix: tuple[str, ...] = (), instance: Any = None) -
         out.append(FieldFlag(
             path=prefix + (f.name,), tp=_strip_optional(tp), help=f.metadata.get("help", ""),
             default=getattr(instance, f.name), aliases=tuple(f.metadata.get("flags", ())),
-            as_path=bool(f.metadata.get("path", False)),
+            as_path=bool(f.metadata.get("path", False)), known_as=tuple(f.metadata.get("aliases", ())),
         ))
     return out
 
@@ -114,6 +119,51 @@ def _declarations(ff: FieldFlag) -> list[str]:
 _METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
 
 
+def _is_switch(ff: FieldFlag, translation: Any) -> bool:
+    """Whether an alias of `ff` is an on/off switch: the field is a bool, or the alias translates true/false."""
+    return (ff.tp is bool and translation is None) or (
+        translation is not None and all(isinstance(k, bool) for k in translation))
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasFlag:
+    """The hidden flag of one alias of a field: `--learning-rate` / `--learning_rate` for `train.lr`."""
+
+    param_name: str
+    decls: tuple[str, ...]
+    switch: bool  # on/off (`--bf16/--no-bf16`)
+    translation: Any  # alias value -> field value, or None
+
+    @property
+    def flag(self) -> str:
+        return self.decls[0].split("/", 1)[0]
+
+
+def alias_flags(ff: FieldFlag, taken: set[str]) -> list[AliasFlag]:
+    """The hidden flags of `ff`'s aliases: `--learning-rate` and
+    `--learning_rate` (HfArgumentParser takes both), less any the command already declares (`--seed`)."""
+    out = []
+    for name, translation in ff.known_as:
+        forms = [f"--{name.replace('_', '-')}", f"--{name}"]
+        forms = [f for f in dict.fromkeys(forms) if f not in taken]
+        if not forms:
+            continue
+        switch = _is_switch(ff, translation)
+        decls = [f"{f}/--no{'-' if '-' in f[2:] or '_' not in f[2:] else '_'}{f[2:]}" for f in forms] if switch \
+            else forms
+        out.append(AliasFlag(ALIAS_PREFIX + name, tuple(decls), switch, translation))
+    return out
+
+
+def _taken(flags: list[FieldFlag]) -> set[str]:
+    """Every option string the generated flags of a command declare (switches' off forms included)."""
+    out: set[str] = set()
+    for ff in flags:
+        for decl in _declarations(ff):
+            out.update(d.strip() for d in decl.split("/") if d.strip())
+    return out
+
+
 def _is_structured(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, dict) or tp in (list, dict) or tp is Any
 
@@ -122,12 +172,17 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
     """Keyword parameters, one typer option each, for every field of dataclass `cls` (all unset by default).
     A command function with this signature gets every flag; `overrides_from_params` turns them into overrides."""
     parameters = []
-    for ff in field_flags(cls):
+    flags = field_flags(cls)
+    taken = _taken(flags)
+    for ff in flags:
         text = ff.help.replace("\n", " ")
         if _is_structured(ff.tp):
             text += " (YAML; a list may be comma-separated)"
         choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()  # shown as metavar
         text += f" (default: {_default_text(ff.default)})"
+        hidden = alias_flags(ff, taken)
+        if hidden:
+            text += " (also " + ", ".join(a.flag for a in hidden) + ")"
         if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
             text = text.replace("[", "\\[")
         heading = "Options" if len(ff.path) == 1 else ".".join(p.replace("_", "-") for p in ff.path[:-1])
@@ -141,6 +196,11 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         parameters.append(inspect.Parameter(
             ff.param_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None,
         ))
+        for a in hidden:  # named in the help of the option above, not on lines of their own
+            parameters.append(inspect.Parameter(
+                a.param_name, inspect.Parameter.KEYWORD_ONLY, annotation=(bool if a.switch else str) | None,
+                default=typer.Option(None, *a.decls, hidden=True, help=f"= {ff.flag}"),
+            ))
     return parameters
 
 
@@ -159,8 +219,19 @@ def _parse_structured(ff: FieldFlag, text: str) -> Any:
 def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     """The nested overrides mapping `config.load_config` takes, from parsed click params (unset flags left out)."""
     out: dict[str, Any] = {}
-    for ff in field_flags(cls):
-        value = params.get(ff.param_name)
+    flags = field_flags(cls)
+    taken = _taken(flags)
+    for ff in flags:
+        value, given = params.get(ff.param_name), None
+        if value is not None:
+            given = " / ".join(d.split("/", 1)[0].strip() or d.split("/", 1)[1] for d in _declarations(ff))
+        for a in alias_flags(ff, taken):
+            alias = params.get(a.param_name)
+            if alias is None:
+                continue
+            if given is not None:
+                raise KormedError(f"{a.flag} and {given} name the same option; give one", field=a.flag)
+            value, given = alias_value(alias, a.translation, a.flag), a.flag
         if value is None:
             continue
         if isinstance(value, str) and _is_structured(ff.tp):
