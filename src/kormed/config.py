@@ -186,15 +186,11 @@ def _type_hints(cls: type) -> dict[str, Any]:
 FOREIGN_OPTIONS: dict[str, tuple[str, str]] = {
     "fp16": ("transformers", "kormed never trains in fp16 (Gemma 3 overflows it); precision is `dtype`"),
     "tf32": ("transformers", "precision is `dtype` (auto, float32, bfloat16)"),
-    "torch_dtype": ("trl", "precision is `dtype` (auto, float32, bfloat16)"),
-    "warmup_steps": ("transformers", "warmup is a fraction of the steps: `warmup_ratio`"),
+    "warmup_steps": ("transformers", "kormed's warmup is a fraction of the steps: `warmup_ratio`"),
     "resume_from_checkpoint": ("transformers", "`resume: true` continues from <output>/checkpoints"),
     "eval_strategy": ("transformers", "kormed validates every `eval_steps` optimizer steps"),
-    "evaluation_strategy": ("transformers", "kormed validates every `eval_steps` optimizer steps"),
     "save_strategy": ("transformers", "kormed saves every `save_steps` (off: `save_checkpoints: false`)"),
     "logging_strategy": ("transformers", "kormed logs every `logging_steps`"),
-    "logging_dir": ("transformers", "TensorBoard logs go to <output>/runs/"),
-    "overwrite_output_dir": ("transformers", "kormed writes a new output atomically; `resume` continues one"),
     "do_train": ("transformers", "each kormed command runs one stage"),
     "do_eval": ("transformers", "each kormed command runs one stage"),
     "adam_beta1": ("transformers", "kormed keeps the optimizer's defaults; `optim` picks it"),
@@ -208,7 +204,6 @@ FOREIGN_OPTIONS: dict[str, tuple[str, str]] = {
     "hub_model_id": ("transformers", "kormed never uploads; push the output directory yourself"),
     "label_smoothing_factor": ("transformers", "not offered"),
     "neftune_noise_alpha": ("transformers", "not offered"),
-    "group_by_length": ("transformers", "not offered (CPT packs blocks; SFT packs with `padding_free`)"),
     "packing": ("trl", "CPT always packs; SFT: `padding_free`"),
     "dataset_text_field": ("trl", "CPT reads JSONL {\"text\": ...}; `kormed eval ppl` takes `text_field`"),
     "use_peft": ("trl", "kormed always trains a LoRA adapter"),
@@ -623,6 +618,15 @@ def _flags_text(path: tuple[str, ...], aliases: tuple[str, ...]) -> str:
     return ", ".join([dotted, *(a for a in aliases if a != dotted)])
 
 
+def _aliases_text(f: dataclasses.Field) -> str:
+    """'; also learning_rate' (the field's aliases, a translating one with its values; 'top-level': its own name at
+    the top of the section) for `kormed config show`."""
+    names = [("top-level" if name == f.name else name) if values is None else
+             f"{name} ({', '.join(f'{_yaml_scalar(k)}: {_yaml_scalar(v)}' for k, v in values.items())})"
+             for name, values in f.metadata.get("aliases", ())]
+    return f"; also {', '.join(names)}" if names else ""
+
+
 def _document(
     cls: type,
     obj: Any,
@@ -664,7 +668,7 @@ def _document(
             aliases = tuple(f.metadata.get("flags", ())) + (path_aliases if f.name == "path" else ())
             rule = constraint_text(f)
             lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}  # {_flags_text(path + (f.name,), aliases)}"
-                         + (f" ({rule})" if rule else ""))
+                         + (f" ({rule})" if rule else "") + _aliases_text(f))
     return lines
 
 
@@ -698,6 +702,11 @@ def defaults_markdown() -> str:
         "Every key is also a flag of the command that reads its section (after `#` below): a top-level key as",
         "`--key`, a nested one dotted (`--lora.r`, `--train.warmup-ratio`), plus a short alias for some",
         "(`--lr`). A bool is `--key/--no-key`; a list or mapping takes YAML (`--lora.target-modules q_proj,v_proj`).",
+        "The names transformers' TrainingArguments, TRL and PEFT give an option are accepted too (after `also`",
+        "below): as a key beside it or, for a `train`/`lora` option, at the top of the section",
+        "(`learning_rate: 1e-4`), and as a flag with `-` or `_` (`--learning-rate`, `--learning_rate`, `--bf16`).",
+        "An option given under two names is an error naming both; an unknown key or flag is answered with the",
+        "closest known name, and an option of those libraries that kormed does not take is said to be one.",
         "A flag left out changes nothing. `--config` takes a file with this section, a pipeline file or a run's",
         "`resolved_config.yaml`: each command reads only its own section.",
         "",

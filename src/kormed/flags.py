@@ -140,18 +140,18 @@ class AliasFlag:
 
 
 def alias_flags(ff: FieldFlag, taken: set[str]) -> list[AliasFlag]:
-    """The hidden flags of `ff`'s aliases: `--learning-rate` and
-    `--learning_rate` (HfArgumentParser takes both), less any the command already declares (`--seed`)."""
+    """The hidden flags of `ff`'s aliases, one per spelling so that an error names the one typed:
+    `--learning-rate` and `--learning_rate` (HfArgumentParser takes both), less any the command already declares
+    (`--seed`). A switch's off form is `--no-x-y` / `--no_x_y`."""
     out = []
     for name, translation in ff.known_as:
-        forms = [f"--{name.replace('_', '-')}", f"--{name}"]
-        forms = [f for f in dict.fromkeys(forms) if f not in taken]
-        if not forms:
-            continue
         switch = _is_switch(ff, translation)
-        decls = [f"{f}/--no{'-' if '-' in f[2:] or '_' not in f[2:] else '_'}{f[2:]}" for f in forms] if switch \
-            else forms
-        out.append(AliasFlag(ALIAS_PREFIX + name, tuple(decls), switch, translation))
+        for form, separator, param in ((name.replace("_", "-"), "-", "dash"), (name, "_", "")):
+            flag = f"--{form}"
+            if flag in taken or any(a.decls[0].split("/", 1)[0] == flag for a in out):
+                continue
+            decl = f"{flag}/--no{separator}{form}" if switch else flag
+            out.append(AliasFlag(f"{ALIAS_PREFIX}{param}{SEPARATOR}{name}", (decl,), switch, translation))
     return out
 
 
@@ -181,8 +181,9 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()  # shown as metavar
         text += f" (default: {_default_text(ff.default)})"
         hidden = alias_flags(ff, taken)
-        if hidden:
-            text += " (also " + ", ".join(a.flag for a in hidden) + ")"
+        shown = [f for f in dict.fromkeys(a.flag.replace("_", "-") for a in hidden) if f not in taken]
+        if shown:  # the `_` spellings are not listed: every HF name takes both
+            text += " (also " + ", ".join(shown) + ")"
         if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
             text = text.replace("[", "\\[")
         heading = "Options" if len(ff.path) == 1 else ".".join(p.replace("_", "-") for p in ff.path[:-1])

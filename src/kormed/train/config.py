@@ -158,7 +158,7 @@ class TrainOptions:
         "Trainable weights (LoRA, embeddings) always stay fp32 (the optimizer's master weights). Recorded in\n"
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
         flags=("--dtype",),
-        aliases=(("bf16", {True: "bfloat16", False: "float32"}),),
+        aliases=("dtype", ("bf16", {True: "bfloat16", False: "float32"})),
     )
     quantize: Literal["none", "4bit"] = opt(
         "none",
