@@ -176,7 +176,7 @@ def test_an_option_under_two_names_is_an_error_naming_both(click_app, capsys, tm
     for args, names in [
         (["--learning-rate", "1e-4", "--lr", "2e-4"], ("--learning-rate", "--lr")),
         (["--train.lr", "2e-4", "--learning_rate", "1e-4"], ("--learning_rate", "--train.lr")),
-        (["--max_steps", "3", "--max-steps", "4"], ("--max_steps", "--max-steps")),
+        (["--max_steps", "3", "--train.max-steps", "4"], ("--max_steps", "--train.max-steps")),
         (["--bf16", "--dtype", "float32"], ("--bf16", "--dtype")),
     ]:
         out = _fails(click_app, capsys, ["train", "cpt", *args])

@@ -29,7 +29,7 @@ from kormed.config import (
     section_class,
 )
 from kormed.errors import KormedError
-from kormed.flags import config_parameters, overrides_from_params
+from kormed.flags import command_class, config_parameters, overrides_from_params
 from kormed.prepare.config import load_preset
 
 # click's "no such option" error, from the click that typer runs on (typer 0.29 vendors its own copy)
@@ -243,7 +243,7 @@ def _register_stage_command(group: typer.Typer, name: str, command: StageCommand
 
     stage_command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     stage_command.__annotations__ = {p.name: p.annotation for p in parameters}
-    group.command(name, help=command.help)(stage_command)
+    group.command(name, help=command.help, cls=command_class(section_class(command.section)))(stage_command)
 
 
 def _register_commands() -> None:

@@ -2,8 +2,9 @@
 
 Every field of a command's section becomes a flag: top-level fields as `--name`, nested ones dotted
 (`--lora.r`, `--train.warmup-ratio`, `--step3.max-steps`), plus the short aliases in the field's `flags` metadata
-(`--lr`), and the names transformers/TRL/PEFT users know from the field's `aliases` (`--learning-rate` and
-`--learning_rate` for `train.lr`: hidden flags, named in the help of the option they set). The flag's help is
+(`--lr`), and the names transformers/TRL/PEFT users know from the field's `aliases` (`--learning-rate`, or
+HfArgumentParser's `--learning_rate`, for `train.lr`; one that translates a value, `--bf16` for `--dtype
+bfloat16`, is a hidden switch named in the help of the option it sets). The flag's help is
 the field's help and its default; a bool is `--x/--no-x`; a Literal lists its choices; a list or mapping takes
 YAML (`--lora.target-modules q_proj,v_proj`, `--step1.mix '{qa: 1}'`).
 A flag left out is unset (None) and overrides nothing, so precedence stays dataclass < preset < YAML < flag.
@@ -127,8 +128,10 @@ def _is_switch(ff: FieldFlag, translation: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class AliasFlag:
-    """The hidden flag of one alias of a field: `--learning-rate` / `--learning_rate` for `train.lr`."""
+    """The flags of one alias of a field: `--learning-rate` / `--learning_rate` for `train.lr`, declared on the
+    field's own option; one that translates a value (`--bf16`) is a hidden switch of its own."""
 
+    name: str
     param_name: str
     decls: tuple[str, ...]
     switch: bool  # on/off (`--bf16/--no-bf16`)
@@ -138,20 +141,23 @@ class AliasFlag:
     def flag(self) -> str:
         return self.decls[0].split("/", 1)[0]
 
+    @property
+    def spellings(self) -> str:
+        """'--learning-rate / --learning_rate': the on switches, as an error names the flag the user typed."""
+        return " / ".join(d.split("/", 1)[0] for d in self.decls)
+
 
 def alias_flags(ff: FieldFlag, taken: set[str]) -> list[AliasFlag]:
-    """The hidden flags of `ff`'s aliases, one per spelling so that an error names the one typed:
-    `--learning-rate` and `--learning_rate` (HfArgumentParser takes both), less any the command already declares
-    (`--seed`). A switch's off form is `--no-x-y` / `--no_x_y`."""
+    """The flag of each of `ff`'s aliases (`--learning-rate`; a switch `--x-y/--no-x-y`), unless the command
+    declares it already (`--seed`). HfArgumentParser's `_` spelling (`--learning_rate`) is read as this one by
+    `command_class`."""
     out = []
     for name, translation in ff.known_as:
         switch = _is_switch(ff, translation)
-        for form, separator, param in ((name.replace("_", "-"), "-", "dash"), (name, "_", "")):
-            flag = f"--{form}"
-            if flag in taken or any(a.decls[0].split("/", 1)[0] == flag for a in out):
-                continue
-            decl = f"{flag}/--no{separator}{form}" if switch else flag
-            out.append(AliasFlag(f"{ALIAS_PREFIX}{param}{SEPARATOR}{name}", (decl,), switch, translation))
+        flag = f"--{name.replace('_', '-')}"
+        if flag not in taken:
+            decl = f"{flag}/--no-{flag[2:]}" if switch else flag
+            out.append(AliasFlag(name, ALIAS_PREFIX + name, (decl,), switch, translation))
     return out
 
 
@@ -180,16 +186,17 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
             text += " (YAML; a list may be comma-separated)"
         choices = typing.get_args(ff.tp) if typing.get_origin(ff.tp) is typing.Literal else ()  # shown as metavar
         text += f" (default: {_default_text(ff.default)})"
-        hidden = alias_flags(ff, taken)
-        shown = [f for f in dict.fromkeys(a.flag.replace("_", "-") for a in hidden) if f not in taken]
-        if shown:  # the `_` spellings are not listed: every HF name takes both
-            text += " (also " + ", ".join(shown) + ")"
+        aliases = alias_flags(ff, taken)
+        own = [d for a in aliases if a.translation is None for d in a.decls]  # more names of this option
+        hidden = [a for a in aliases if a.translation is not None]  # `--bf16`: a switch of its own
+        if aliases:  # also in the text: a narrow terminal cuts the list of names short
+            text += " (also " + ", ".join(a.flag for a in aliases) + ")"
         if typer.core.DEFAULT_MARKUP_MODE == "rich":  # typer renders help as Rich markup: '[a, b]' would vanish
             text = text.replace("[", "\\[")
         heading = "Options" if len(ff.path) == 1 else ".".join(p.replace("_", "-") for p in ff.path[:-1])
         metavar = ("YAML" if _is_structured(ff.tp) else "[" + "|".join(map(str, choices)) + "]" if choices
                    else _METAVARS.get(ff.tp))
-        option = typer.Option(None, *_declarations(ff), help=text, rich_help_panel=heading, metavar=metavar)
+        option = typer.Option(None, *_declarations(ff), *own, help=text, rich_help_panel=heading, metavar=metavar)
         # every value but a switch is read as text and typed and checked by config.build, so that a wrong type, a
         # wrong choice or a value out of range is the same one-line kormed error as in YAML (click's is a usage
         # block)
@@ -197,7 +204,7 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         parameters.append(inspect.Parameter(
             ff.param_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None,
         ))
-        for a in hidden:  # named in the help of the option above, not on lines of their own
+        for a in hidden:  # named in the help of the option above, not on a line of its own
             parameters.append(inspect.Parameter(
                 a.param_name, inspect.Parameter.KEYWORD_ONLY, annotation=(bool if a.switch else str) | None,
                 default=typer.Option(None, *a.decls, hidden=True, help=f"= {ff.flag}"),
@@ -227,12 +234,12 @@ def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             given = " / ".join(d.split("/", 1)[0].strip() or d.split("/", 1)[1] for d in _declarations(ff))
         for a in alias_flags(ff, taken):
-            alias = params.get(a.param_name)
+            alias = params.get(a.param_name) if a.translation is not None else None
             if alias is None:
                 continue
             if given is not None:
-                raise KormedError(f"{a.flag} and {given} name the same option; give one", field=a.flag)
-            value, given = alias_value(alias, a.translation, a.flag), a.flag
+                raise KormedError(f"{a.spellings} and {given} name the same option; give one", field=a.flag)
+            value, given = alias_value(alias, a.translation, a.flag), a.spellings
         if value is None:
             continue
         if isinstance(value, str) and _is_structured(ff.tp):
@@ -245,3 +252,60 @@ def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
         target[ff.path[-1]] = value
     return out
 
+
+
+def hf_spellings(cls: type, params: list[Any], args: list[str]) -> list[str]:
+    """The words of a command line with HfArgumentParser's spelling of an alias made kormed's (`--learning_rate`
+    -> `--learning-rate`, `--no_x_y` -> `--no-x-y`), after refusing one option of dataclass `cls` given under two
+    names (`--learning-rate 1e-4 --lr 2e-4`), naming both as typed: an alias shares its option's parameter and
+    click would keep the last value silently. `params`: the command's click parameters (which options take a
+    value, so that a value is never read as a flag)."""
+    flags = field_flags(cls)
+    taken = _taken(flags)
+    field_of: dict[str, tuple[tuple[str, ...], str]] = {}  # option string -> (field path, the name it spells)
+    underscored: dict[str, tuple[str, str]] = {}  # `--learning_rate` -> (`--learning-rate`, its alias)
+    for ff in flags:
+        for decl in _declarations(ff):
+            field_of.update({o.strip(): (ff.path, "") for o in decl.split("/") if o.strip()})
+        for a in alias_flags(ff, taken):
+            field_of.update({o: (ff.path, a.name) for decl in a.decls for o in decl.split("/")})
+        for name, translation in ff.known_as:
+            dashed = name.replace("_", "-")
+            if "_" in name:
+                underscored[f"--{name}"] = (f"--{dashed}", name)
+            if _is_switch(ff, translation):
+                underscored[f"--no_{name}"] = (f"--no-{dashed}", name)
+    takes_value = {o for p in params if not getattr(p, "is_flag", True) for o in getattr(p, "opts", ())}
+    seen: dict[tuple[str, ...], dict[str, str]] = {}
+    out: list[str] = []
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            out += [word, *words]
+            break
+        typed, sep, value = word.partition("=")
+        option, alias = underscored.get(typed, (typed, None))
+        out.append(option + sep + value)
+        if option in takes_value and not sep:
+            out.append(next(words, ""))  # its value, whatever it looks like
+        if option not in field_of:
+            continue
+        path, name = field_of[option]
+        name = alias or name
+        names = seen.setdefault(path, {})
+        names.setdefault(name, typed)
+        if len(names) > 1:
+            first, second = names.values()
+            raise KormedError(f"{second} and {first} name the same option; give one", field=second)
+    return out
+
+
+def command_class(cls: type) -> type:
+    """The typer command class of a command whose flags are dataclass `cls`'s: it reads the words through
+    `hf_spellings` before click parses them."""
+
+    class ConfigCommand(typer.core.TyperCommand):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, hf_spellings(cls, self.params, args))
+
+    return ConfigCommand
