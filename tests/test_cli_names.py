@@ -304,3 +304,8 @@ def test_docs_quote_the_new_commands() -> None:
     assert "kormed env" in readme and "kormed --version" in readme
     assert (root / "docs" / "commands" / "env.md").is_file()
 
+
+
+def test_a_value_that_looks_like_a_flag_is_not_read_as_one(click_app, captured) -> None:
+    cfg = _run(click_app, captured, ("train", "cpt"), ["--data", "--lr", "--learning_rate", "1e-3", "--no_bf16"])
+    assert cfg.data == "--lr" and cfg.train.lr == 1e-3 and cfg.train.dtype == "float32"

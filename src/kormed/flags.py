@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import types
 import typing
 from pathlib import Path
@@ -287,7 +288,7 @@ def hf_spellings(cls: type, params: list[Any], args: list[str]) -> list[str]:
         option, alias = underscored.get(typed, (typed, None))
         out.append(option + sep + value)
         if option in takes_value and not sep:
-            out.append(next(words, ""))  # its value, whatever it looks like
+            out += list(itertools.islice(words, 1))  # its value, whatever it looks like
         if option not in field_of:
             continue
         path, name = field_of[option]
