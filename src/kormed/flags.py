@@ -129,8 +129,8 @@ def _is_switch(ff: FieldFlag, translation: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class AliasFlag:
-    """The flags of one alias of a field: `--learning-rate` / `--learning_rate` for `train.lr`, declared on the
-    field's own option; one that translates a value (`--bf16`) is a hidden switch of its own."""
+    """The flag of one alias of a field: `--learning-rate` for `train.lr`, declared on the field's own option;
+    one that translates a value (`--bf16`) is a hidden switch of its own."""
 
     name: str
     param_name: str
@@ -141,11 +141,6 @@ class AliasFlag:
     @property
     def flag(self) -> str:
         return self.decls[0].split("/", 1)[0]
-
-    @property
-    def spellings(self) -> str:
-        """'--learning-rate / --learning_rate': the on switches, as an error names the flag the user typed."""
-        return " / ".join(d.split("/", 1)[0] for d in self.decls)
 
 
 def alias_flags(ff: FieldFlag, taken: set[str]) -> list[AliasFlag]:
@@ -231,16 +226,14 @@ def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     flags = field_flags(cls)
     taken = _taken(flags)
     for ff in flags:
-        value, given = params.get(ff.param_name), None
-        if value is not None:
-            given = " / ".join(d.split("/", 1)[0].strip() or d.split("/", 1)[1] for d in _declarations(ff))
-        for a in alias_flags(ff, taken):
+        value = params.get(ff.param_name)
+        for a in alias_flags(ff, taken):  # a translating alias (`--bf16`) is a parameter of its own
             alias = params.get(a.param_name) if a.translation is not None else None
             if alias is None:
                 continue
-            if given is not None:
-                raise KormedError(f"{a.spellings} and {given} name the same option; give one", field=a.flag)
-            value, given = alias_value(alias, a.translation, a.flag), a.spellings
+            if value is not None:  # hf_spellings refuses this first when the words are parsed
+                raise KormedError(f"{a.flag} and {ff.flag} name the same option; give one", field=a.flag)
+            value = alias_value(alias, a.translation, a.flag)
         if value is None:
             continue
         if isinstance(value, str) and _is_structured(ff.tp):
@@ -252,7 +245,6 @@ def overrides_from_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
             target = target.setdefault(part, {})
         target[ff.path[-1]] = value
     return out
-
 
 
 def hf_spellings(cls: type, params: list[Any], args: list[str]) -> list[str]:
