@@ -63,10 +63,8 @@ def total_ram_bytes() -> int | None:
 
 def device_info() -> dict[str, Any]:
     """CUDA devices (name, count, CUDA version) when torch sees any, else the CPU."""
-    try:
-        import torch
-    except ImportError:
-        return {"device": "unknown (torch not installed)"}
+    import torch  # here, not at the top: `kormed --help` imports this module
+
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         names = [torch.cuda.get_device_name(i) for i in range(count)]
