@@ -31,6 +31,7 @@ BACKENDS = ("kormed", "lm-eval")
 LM_EVAL_TASK = "kormedmcqa"
 LM_EVAL_SUBSETS = ("doctor", "nurse", "pharm", "dentist")  # the group's tasks, in lm-eval's order
 LM_EVAL_INSTALL = "pip install 'kormed[harness]'"
+FEWSHOT_SEED = 1234  # simple_evaluate's default; the task's `first_n` sampler takes the first rows whatever it is
 
 
 def require_lm_eval() -> str:
@@ -164,8 +165,9 @@ def run_lm_eval(
         raise KormedError("no questions to evaluate")
     import logging
 
-    from lm_eval import simple_evaluate
+    from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     if not progress:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -176,10 +178,14 @@ def run_lm_eval(
               autocast(_device_of(model), compute_dtype or "float32")):
             tasks, doc_index = harness_task_configs(questions, fewshot, Path(tmp), max_gen_toks=max_new_tokens)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            out = simple_evaluate(
-                model=lm, tasks=tasks, num_fewshot=num_fewshot, log_samples=True, bootstrap_iters=0,
-                verbosity="WARNING" if progress else "ERROR",
-            )
+            # lm-eval's `evaluate`, with the task set-up `simple_evaluate` does (few-shot count and seed); not
+            # `simple_evaluate` itself, which also runs `git` and torch's environment report (pip, nvidia-smi) in
+            # child processes for metadata kormed does not keep. No built-in task index: the tasks are inline.
+            loaded = TaskManager(include_defaults=False).load(tasks)
+            for task in loaded["tasks"].values():
+                task.set_config(key="num_fewshot", value=num_fewshot)
+                task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            out = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True)
     finally:
         if was_training:
             model.train()
