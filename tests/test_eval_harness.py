@@ -55,10 +55,16 @@ def assert_same_answers(ours: dict, harness: dict) -> None:
         assert table[f"kormedmcqa_{subset}"]["exact_match"] == pytest.approx(row["accuracy"])
 
 
-def test_harness_answers_equal_generate_mode_on_bundled_questions(tiny_gemma3_dir, real_tokenizer):
+def test_harness_answers_equal_generate_mode_on_bundled_questions(tiny_gemma3_dir, real_tokenizer, tmp_path,
+                                                                  monkeypatch):
     """Two questions of each exam, 0-shot: the same continuation, letter and score per question, and lm-eval's own
-    exact_match (per task and for the kormedmcqa group) equal to kormed's accuracy."""
+    exact_match (per task and for the kormedmcqa group) equal to kormed's accuracy. The user's datasets cache is
+    left as it was (the run's copy of the questions is cached in its temporary directory)."""
+    import datasets.config
+
     from kormed.eval.harness import run_lm_eval
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
 
     everything = load_questions(BUNDLED / "test.jsonl")
     questions = [q for subset in ("doctor", "nurse", "pharm", "dentist")
@@ -70,6 +76,7 @@ def test_harness_answers_equal_generate_mode_on_bundled_questions(tiny_gemma3_di
     assert_same_answers(ours, harness)
     assert harness["lm_eval_version"] == version("lm_eval") and harness["harness_version"] == "kormedmcqa 3.0"
     assert harness["lm_eval"]["versions"] == {f"kormedmcqa_{s}": 3.0 for s in ("doctor", "nurse", "pharm", "dentist")}
+    assert not (tmp_path / "datasets-cache").exists()
 
 
 @pytest.mark.heavy
@@ -89,3 +96,28 @@ def test_every_bundled_question_through_the_command(num_fewshot, answering_model
     assert sum(bool(q["extracted"]) for q in harness["questions"]) >= 20
     assert_same_answers(ours, harness)
     assert f"run by lm-eval {version('lm_eval')}" in format_table(harness)
+
+
+@pytest.mark.heavy
+def test_adapter_through_both_backends_and_rerun_bytes(answering_model_dir, tmp_path):
+    """A LoRA adapter loaded by kormed and handed to lm-eval as a PeftModel: the same answers as kormed's generate
+    mode, and a rerun writes the same bytes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(answering_model_dir, dtype="float32")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # nonzero: it changes answers
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    common = dict(model=str(answering_model_dir), adapter=str(tmp_path / "adapter"), data=str(BUNDLED / "test.jsonl"),
+                  limit=12, max_new_tokens=4, device="cpu")
+    ours = run_kormedmcqa(EvalConfig(**common), progress=False, log=lambda m: None)
+    out = tmp_path / "harness.json"
+    harness = run_kormedmcqa(EvalConfig(**common, backend="lm-eval", output=str(out)), progress=False,
+                             log=lambda m: None)
+    assert harness["adapter"] == str(tmp_path / "adapter")
+    assert_same_answers(ours, harness)
+    first = out.read_bytes()
+    run_kormedmcqa(EvalConfig(**common, backend="lm-eval", output=str(out)), progress=False, log=lambda m: None)
+    assert out.read_bytes() == first

@@ -106,7 +106,9 @@ def harness_task_configs(
         else:
             cfg["fewshot_split"] = None
             cfg.pop("fewshot_config", None)
-        cfg.update(task=name, dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": files})
+        # datasets' cache of these files lives and dies with `workdir` (else every run leaves one in ~/.cache)
+        cfg.update(task=name, dataset_path="json", dataset_name=None,
+                   dataset_kwargs={"data_files": files, "cache_dir": str(workdir / "datasets-cache")})
         cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": int(max_gen_toks)}
         tasks.append(cfg)
         doc_index[name] = by_subset[subset]
@@ -169,8 +171,10 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    lm_eval_logger = logging.getLogger("lm_eval")
+    log_level = lm_eval_logger.level
     if not progress:
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        lm_eval_logger.setLevel(logging.ERROR)
     was_training = model.training
     model.eval()
     try:
@@ -187,6 +191,7 @@ def run_lm_eval(
                 task.set_fewshot_seed(seed=FEWSHOT_SEED)
             out = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True)
     finally:
+        lm_eval_logger.setLevel(log_level)
         if was_training:
             model.train()
     records: list[dict[str, Any] | None] = [None] * len(questions)
