@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -165,16 +166,16 @@ def run_lm_eval(
     version = require_lm_eval()
     if not questions:
         raise KormedError("no questions to evaluate")
-    import logging
-
+    import datasets.utils.logging as datasets_logging
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     lm_eval_logger = logging.getLogger("lm_eval")
-    log_level = lm_eval_logger.level
-    if not progress:
+    log_level, bars = lm_eval_logger.level, datasets_logging.is_progress_bar_enabled()
+    if not progress:  # lm-eval's own request bars still show: it draws them whatever it is told
         lm_eval_logger.setLevel(logging.ERROR)
+        datasets_logging.disable_progress_bar()
     was_training = model.training
     model.eval()
     try:
@@ -192,6 +193,8 @@ def run_lm_eval(
             out = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True)
     finally:
         lm_eval_logger.setLevel(log_level)
+        if bars:
+            datasets_logging.enable_progress_bar()
         if was_training:
             model.train()
     records: list[dict[str, Any] | None] = [None] * len(questions)
