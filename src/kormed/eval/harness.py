@@ -28,7 +28,6 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.records import LETTERS, MCQ
 
-BACKENDS = ("kormed", "lm-eval")
 LM_EVAL_TASK = "kormedmcqa"
 LM_EVAL_SUBSETS = ("doctor", "nurse", "pharm", "dentist")  # the group's tasks, in lm-eval's order
 LM_EVAL_INSTALL = "pip install 'kormed[harness]'"
