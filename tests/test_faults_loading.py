@@ -659,3 +659,42 @@ class TestTargetModulesAtTrainingStart:
         assert exc.value.field == "lora.target_modules", exc.value
         assert "matches no linear layer of the language model" in exc.value.message
         assert "q_proj" in exc.value.message and "down_proj" in exc.value.message  # the names there are
+
+
+def test_lm_eval_backend_without_lm_eval_is_one_line_saying_how_to_install(tmp_path: Path, monkeypatch,
+                                                                            no_network) -> None:
+    """`kormed eval kormedmcqa --backend lm-eval` where lm-eval is not installed: one line naming the extra to install,
+    before the questions or the model are read, with no pip and no connection."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # what `import lm_eval` meets where it is not installed
+    data = tmp_path / "test.jsonl"
+    data.write_text("not json\n", encoding="utf-8")  # never read: the missing backend is named first
+    out = _one_error(["eval", "kormedmcqa", "--backend", "lm-eval", "--data", str(data), "--model",
+                      str(tmp_path / "no-model"), "--output", str(tmp_path / "r.json")])
+    assert "--backend lm-eval needs lm-evaluation-harness" in out and "pip install 'kormed[harness]'" in out
+    assert len(out.strip().splitlines()) == 1
+    assert no_network == {"connect": [], "process": []}
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_lm_eval_backend_makes_no_connection(tiny_gemma3_dir: Path, real_tokenizer, no_network, hub_calls) -> None:
+    """lm-eval's kormedmcqa task reads the user's JSONL through `datasets` with the hub libraries put online by the
+    fixture: kormed's offline switch keeps every socket closed and no child process starts."""
+    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'kormed[harness]')")
+    from transformers import AutoModelForCausalLM
+
+    import kormed
+    from kormed.eval.harness import run_lm_eval
+    from kormed.eval.kormedmcqa import load_questions
+
+    bundled = Path(kormed.__file__).parent / "sample_data" / "data" / "01_raw" / "02_kor_med_test"
+    everything = load_questions(bundled / "test.jsonl")
+    questions = [next(q for q in everything if q.subset == s) for s in ("doctor", "nurse", "pharm", "dentist")]
+    fewshot = load_questions(bundled / "fewshot.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype="float32")
+    result = run_lm_eval(model, real_tokenizer, questions, fewshot=fewshot, num_fewshot=1, max_new_tokens=2,
+                         progress=False)
+    assert result["total"] == 4 and result["lm_eval"]["n-shot"] == {
+        f"kormedmcqa_{s}": 1 for s in ("doctor", "nurse", "pharm", "dentist")}
+    assert no_network == {"connect": [], "process": []} and hub_calls == []

@@ -45,6 +45,12 @@ class EvalConfig:
         "loglik: the option with the highest log-likelihood after the same prompt (fast, deterministic).\n"
         "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.",
     )
+    backend: Literal["kormed", "lm-eval"] = opt(
+        "kormed",
+        "kormedmcqa: who runs the questions. kormed: kormed's own modes (--mode). lm-eval: lm-evaluation-harness's\n"
+        "own `kormedmcqa` task (v3.0, generate mode) on the same local JSONL and the model kormed loaded (adapters,\n"
+        "QLoRA); needs `pip install 'kormed[harness]'`, records the lm-eval version, never downloads.",
+    )
     loglik_target: Literal["letter", "text"] = opt(
         "letter",
         "loglik mode: score the option letter (' A'...' E', summed log-prob) or the option text (' <text>',\n"

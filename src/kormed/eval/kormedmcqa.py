@@ -392,7 +392,9 @@ def load_questions(
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table: overall, per subset, per year, unparseable."""
     lines = [f"KorMedMCQA ({result['mode']}" + (f", {result['harness_version']}" if result.get("harness_version")
-                                                else "") + f", {result.get('num_fewshot', 0)}-shot)"]
+                                                else "")
+             + (f", run by lm-eval {result['lm_eval_version']}" if result.get("lm_eval_version") else "")
+             + f", {result.get('num_fewshot', 0)}-shot)"]
     width = max([len("overall")] + [len(k) for k in result["per_subset"]] + [len(k) for k in result["per_year"]])
     header = f"  {'':<{width}}  {'accuracy':>8}  {'correct':>7}  {'total':>6}"
     lines.append(header)
@@ -416,6 +418,13 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
+    if cfg.backend == "lm-eval":
+        from kormed.eval.harness import require_lm_eval
+
+        if cfg.mode != "generate":
+            raise KormedError(f"--backend lm-eval runs the harness's generate task; --mode {cfg.mode} is kormed's own",
+                              field="mode")
+        require_lm_eval()  # one line saying how to install it, before any work
     if not cfg.data:
         raise KormedError("no test file given", field="data", hint="pass --data test.jsonl")
     questions = load_questions(cfg.data, subset=cfg.subset, limit=cfg.limit)
@@ -428,11 +437,20 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         fewshot = load_questions(cfg.fewshot_file, subset=cfg.subset)
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
-    result = evaluate_kormedmcqa(
-        model, tokenizer, questions, mode=cfg.mode, fewshot=fewshot, num_fewshot=cfg.num_fewshot,
-        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, loglik_target=cfg.loglik_target,
-        chat_template=cfg.chat_mcq_prompt, progress=progress, compute_dtype=runtime.compute_dtype,
-    )
+    if cfg.backend == "lm-eval":
+        from kormed.eval.harness import run_lm_eval
+
+        result = run_lm_eval(
+            model, tokenizer, questions, fewshot=fewshot, num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens, progress=progress, compute_dtype=runtime.compute_dtype,
+        )
+    else:
+        result = evaluate_kormedmcqa(
+            model, tokenizer, questions, mode=cfg.mode, fewshot=fewshot, num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, loglik_target=cfg.loglik_target,
+            chat_template=cfg.chat_mcq_prompt, progress=progress, compute_dtype=runtime.compute_dtype,
+        )
+        result["backend"] = "kormed"
     result.update(
         model=cfg.model or "embedded:gemma3-270m",
         adapter=cfg.adapter,
