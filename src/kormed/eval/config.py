@@ -35,12 +35,18 @@ class EvalConfig:
     num_fewshot: int = opt(
         0, "Number of few-shot examples before each question (harness default: 0).", bounds=(0, None)
     )
-    mode: Literal["generate", "loglik", "chat"] = opt(
+    mode: Literal["generate", "loglik", "chat", "chat-loglik"] = opt(
         "generate",
         "generate: the lm-evaluation-harness kormedmcqa v3.0 protocol (prompt, greedy decoding, stop sequences,\n"
         "extraction cascade); comparable with published numbers.\n"
         "loglik: the option with the highest log-likelihood after the same prompt (fast, deterministic).\n"
-        "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.",
+        "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.\n"
+        "chat-loglik: the letters scored after the chat prompt and '정답:' in the model turn (the SFT format).",
+    )
+    permutations: Literal["none", "cyclic"] = opt(
+        "none",
+        "loglik modes: cyclic = score each question under its 5 cyclic option rotations and average each\n"
+        "option's log-prob (removes the model's letter preference; 5 forwards a question). none = the harness.",
     )
     loglik_target: Literal["letter", "text"] = opt(
         "letter",
