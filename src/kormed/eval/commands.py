@@ -27,3 +27,12 @@ def show_perplexity(result: dict[str, Any], cfg: Any) -> None:
     )
     if cfg.output:
         typer.echo(f"wrote {cfg.output}")
+
+
+def show_knowledge(result: dict[str, Any], cfg: Any) -> None:
+    """The per-form accuracy table (trained vs held-out entries) and the result file."""
+    from kormed.eval.knowledge import format_table as knowledge_table
+
+    typer.echo(knowledge_table(result))
+    if cfg.output:
+        typer.echo(f"wrote {cfg.output}")

@@ -13,7 +13,8 @@ HARNESS_MAX_GEN_TOKS = 1024
 
 def eval_inputs(cfg: EvalConfig) -> dict[str, str | None]:
     """Flag -> path of what `kormed eval` reads: its --output must be none of them."""
-    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter}
+    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter,
+            "--dict": cfg.dict, "--char-dict": cfg.char_dict, "--heldout": cfg.heldout}
 
 
 @dataclass
@@ -79,6 +80,16 @@ class EvalConfig:
         "weights, fp32 matmuls.",
     )
     output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
+    dict: str | None = opt(None, "knowledge: medical dictionary JSON ([{term, definition}]).")
+    char_dict: str | None = opt(None, "knowledge: medical symbol dictionary JSON (same format).")
+    heldout: str | None = opt(
+        None, "knowledge: the held-out dictionary record `kormed prepare` wrote (<out>.dict_heldout.json): its\n"
+        "entries are reported apart from the trained ones (the control).",
+    )
+    knowledge_split: Literal["dev", "test"] = opt(
+        "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
+    )
+    knowledge_seed: int = opt(0, "knowledge: seed of the distractors and answer positions.")
     max_length: int = opt(
         1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).", bounds=(2, None)
     )
