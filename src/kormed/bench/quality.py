@@ -15,17 +15,20 @@ pipeline chains its stages):
 - `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
   on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
 
-Data (written under the work directory; the same seed gives the same files):
+Data (written under the work directory; the same seed gives the same files; docs/commands/bench-quality.md):
 
-- General Korean: `--korean-text DIR` holding `train.jsonl`, `dev.jsonl`, `test.jsonl` (`{"text": ...}` per line,
-  as `scripts/fetch_korean_text.py` writes them). Without it (or when the directory is missing), the bundled
-  sample's general documents (Namu Wiki pages that are not medical, Wikipedia and C4 samples, cleaned by
-  `kormed prepare`'s cleaners) are split by sha256 of the text: 2 in 8 test, 1 in 8 dev, the rest train.
-  `--eval-chars` caps the general test text (whole documents, in file order). The directory's
-  `medical_test.jsonl`, if any, is not used: it holds dictionary entries and training questions SFT trains on.
-- Medical Korean: the bundled sample's medical Namu Wiki pages (main namespace, a category naming a disease,
-  infection, drug, first aid, hormone, injury or medicine), cleaned; ordered by sha256 of the title, every third
-  is held out (`medical_test.jsonl`), the others join the training text. No arm trains on the held-out pages.
+- General Korean: `--korean-text DIR` holding `train.jsonl`, `dev.jsonl`, `test.jsonl` (`{"text": ...}` per line).
+  The default is `scripts/fetch_assembly_bills.py`'s directory: National Assembly bills, train = 20th-21st
+  Assembly, held out = 22nd (decontaminated against train), general = every committee but Health & Welfare.
+  Without it (or when the directory is missing), the bundled sample's general documents (Namu Wiki pages that are
+  not medical, Wikipedia and C4 samples, cleaned by `kormed prepare`'s cleaners) are split by sha256 of the text:
+  2 in 8 test, 1 in 8 dev, the rest train. `--eval-chars` caps each held-out test text (whole documents, in file
+  order); a general training text over TRAIN_POOL_CHARS keeps its first documents by sha256.
+- Medical Korean: with the bills directory, `medical_law_test.jsonl` (22nd-Assembly bills amending medical laws;
+  `medical_law_train.jsonl` joins the training text) is `medical`, and the bundled sample's medical Namu Wiki pages
+  (main namespace, a category naming a disease, infection, drug, first aid, hormone, injury or medicine; authored
+  for kormed) are `medical_authored`; without it those pages are `medical`. Ordered by sha256 of the title, every
+  third page is held out, the others join the training text. No arm trains on a held-out text.
 - CPT training text: general train + medical train documents, in seeded passes (a new order each pass) until
   exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
   characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
@@ -35,11 +38,14 @@ Data (written under the work directory; the same seed gives the same files):
 
 Measures of each arm (its final adapter reloaded from disk, `--dtype` precision):
 
-- `bits_per_char_general` / `bits_per_char_medical`: total next-token NLL (nats) over the held-out texts packed as
-  CPT packs them (`<bos>` first in each `--eval-max-length` block, `<end_of_turn>` after each text) / ln 2 /
-  the texts' characters. Per character, not per token, so arms with different tokenizers compare.
-- `accuracy` (loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
-  (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`).
+- `bits_per_char_<set>`: total next-token NLL (nats) over the held-out texts, each scored alone (`<bos>` + its
+  tokens in `--eval-max-length` windows, no end-of-text target) / ln 2 / the texts' characters; per character,
+  not per token, so arms with different tokenizers compare. `hangul_bits_per_char_<set>`: the Hangul syllables'
+  share of it per Hangul syllable.
+- `accuracy` (harness loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
+  (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`); `accuracy_cyclic` / `accuracy_chat_loglik` and their
+  `mean_margin_*`: under the 5 cyclic option rotations, in the harness and the SFT chat format.
+- `paired_vs_base`: each arm minus the base on the same documents and questions, bootstrap 95 % intervals.
 - `training_chars` / `training_tokens`: characters (decoded, special tokens left out) and real tokens of the
   input of every training forward pass of the arm, counted by a forward hook, cumulative through its chain
   (sft includes its CPT arm; loop includes sft). SFT counts the prompts it reads, not only the answers learned.
