@@ -114,22 +114,18 @@ def test_cli_writes_the_result(tmp_path, tiny_gemma3_dir):
 
     from kormed.cli import app
 
-    med = tmp_path / "med.json"
-    med.write_text(json.dumps([{"term": e.term, "definition": e.definition} for e in MEDICAL if e.term != "빈혈"],
-                              ensure_ascii=False), encoding="utf-8")
+    symbols = tmp_path / "char.json"
+    symbols.write_text(json.dumps([{"term": e.term, "definition": e.definition} for e in SYMBOLS[1:]],
+                                  ensure_ascii=False), encoding="utf-8")
     heldout = tmp_path / "corpus.dict_heldout.json"
-    heldout.write_text(json.dumps({"medical_dict": [{"term": "빈혈", "definition": MEDICAL[2].definition}],
-                                   "char_dict": []}, ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps({"medical_dict": [], "char_dict": [{"term": "↑", "definition": "increased"}]},
+                                  ensure_ascii=False), encoding="utf-8")
     out = tmp_path / "knowledge.json"
-    res = CliRunner().invoke(app, ["eval", "knowledge", "--model", str(tiny_gemma3_dir), "--dict", str(med),
+    res = CliRunner().invoke(app, ["eval", "knowledge", "--model", str(tiny_gemma3_dir), "--char-dict", str(symbols),
                                    "--heldout", str(heldout), "--knowledge-split", "test", "--dtype", "float32",
                                    "--output", str(out)])
     assert res.exit_code == 0, res.output
+    assert "symbol:term_to_definition/held_out" in res.output
     data = json.loads(out.read_text(encoding="utf-8"))
-    assert data["split"] == "test" and data["summary"]["all/held_out"]["total"] == 3  # 빈혈 joined the pool
-    assert data["questions_total"] == 8 + 8 + 6
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"medical_dict": [{"term": 1}]}), encoding="utf-8")
-    res = CliRunner().invoke(app, ["eval", "knowledge", "--model", str(tiny_gemma3_dir), "--dict", str(med),
-                                   "--heldout", str(bad)])
-    assert res.exit_code == 2 and "medical_dict" in res.output and "Traceback" not in res.output
+    assert data["split"] == "test" and data["summary"]["all/held_out"]["total"] == 2  # '↑' joined the pool
+    assert data["questions_total"] == 6 + 6
