@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import DEVICE_PATTERN, opt
+from kormed.config import DEVICE_PATTERN, opt, seed_opt
 
 DEFAULT_MAX_NEW_TOKENS = 32
 HARNESS_MAX_GEN_TOKS = 1024
@@ -89,7 +89,7 @@ class EvalConfig:
     knowledge_split: Literal["dev", "test"] = opt(
         "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
     )
-    knowledge_seed: int = opt(0, "knowledge: seed of the distractors and answer positions.")
+    knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
     max_length: int = opt(
         1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).", bounds=(2, None)
     )
