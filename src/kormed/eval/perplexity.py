@@ -6,6 +6,10 @@ text), so a block here is byte-for-byte a block the CPT stage trains on. `evalua
 token-weighted mean next-token loss over every predicted position of every block (the sum of per-token
 negative log-likelihoods divided by the number of predicted tokens; padding never counts), and exp of it.
 The CPT trainer uses these two functions for its validation, so `kormed eval ppl` and CPT report one number.
+
+`score_documents` scores each text alone (`<bos>` + its tokens, no end-of-text target: a base model never saw
+that token end a document and CPT learns exactly that convention) for the tokenizer-independent bits per
+character and the Hangul bits per Hangul character `kormed eval ppl` and `kormed bench quality` report.
 """
 
 from __future__ import annotations
@@ -214,6 +218,12 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
     result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress,
                                                       compute_dtype=runtime.compute_dtype))
+    # per character: each text alone, no end-of-text target (the loss above counts one per text, as CPT trains)
+    docs = score_documents(model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size,
+                           progress=progress, compute_dtype=runtime.compute_dtype)
+    chars = summarise_documents(docs)
+    result.update(bits_per_char=chars["bits_per_char"], hangul_bits_per_char=chars["hangul_bits_per_char"],
+                  characters=chars["characters"], hangul_characters=chars["hangul_characters"])
     result.update(
         documents=len(texts),
         max_length=cfg.max_length,

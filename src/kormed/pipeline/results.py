@@ -302,6 +302,8 @@ class EvalTarget:
     loss: float | None = None  # mean loss in nats per token
     tokens: int | None = None
     ppl_data: str | None = None  # the text file the perplexity was measured on
+    bits_per_char: float | None = None  # each text alone, no end-of-text target (absent in older runs)
+    hangul_bits_per_char: float | None = None
 
 
 @dataclass
@@ -330,7 +332,9 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
         try:
             name = p.stem.removeprefix("ppl_")
             targets[name] = dataclasses.replace(targets.get(name, EvalTarget()), perplexity=r["perplexity"],
-                                                loss=r["loss"], tokens=r["tokens"], ppl_data=r.get("data"))
+                                                loss=r["loss"], tokens=r["tokens"], ppl_data=r.get("data"),
+                                                bits_per_char=r.get("bits_per_char"),
+                                                hangul_bits_per_char=r.get("hangul_bits_per_char"))
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed perplexity result (missing {exc})", path=p) from None
     return EvalResult(targets=targets)
