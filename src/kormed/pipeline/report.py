@@ -688,13 +688,21 @@ def _eval_section(data: ReportData) -> Section:
     if mcq:
         targets = sorted(mcq, key=_target_key)
         subsets = sorted({s for t in targets for s in mcq[t].per_subset})
+        margins = any(mcq[t].mean_margin is not None for t in targets)
         rows = []
         for t in targets:
             r = mcq[t]
-            rows.append([t, r.mode or "-", _fmt(r.total), f"{r.accuracy:.3f}", _interval(r),
+            mode = f"{r.mode} ({r.permutations} permutations)" if r.permutations not in (None, "none") else r.mode
+            rows.append([t, mode or "-", _fmt(r.total), f"{r.accuracy:.3f}", _interval(r),
                          *[f"{r.per_subset[s]:.3f}" if s in r.per_subset else "-" for s in subsets],
-                         _fmt(r.unparseable)])
-        sec.table(["model", "mode", "questions", "accuracy", "95% CI", *subsets, "unparseable"], rows)
+                         _fmt(r.unparseable),
+                         *([f"{r.mean_margin:.3f}" if r.mean_margin is not None else "-"] if margins else [])])
+        sec.table(["model", "mode", "questions", "accuracy", "95% CI", *subsets, "unparseable",
+                   *(["mean margin"] if margins else [])], rows)
+        if margins:
+            sec.p("Mean margin: log-probability of the right option minus the mean over the wrong ones, per question "
+                  "(averaged over the 5 option rotations with `eval.permutations: cyclic`); it moves where accuracy "
+                  "at chance cannot.")
         sec.p("95% CI: Wilson score interval of the accuracy over these questions; two models whose intervals "
               "overlap widely are not shown apart by this test set.")
         series: dict[str, list[float | None]] = {"overall": [mcq[t].accuracy for t in targets]}

@@ -298,6 +298,8 @@ class EvalTarget:
     unparseable: int | None = None
     mode: str | None = None
     per_subset: dict[str, float] = field(default_factory=dict)
+    mean_margin: float | None = None  # loglik modes: log P right - mean log P wrong (absent in older runs)
+    permutations: str | None = None
     perplexity: float | None = None
     loss: float | None = None  # mean loss in nats per token
     tokens: int | None = None
@@ -324,7 +326,8 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
             targets[name] = dataclasses.replace(
                 targets.get(name, EvalTarget()), accuracy=r["accuracy"], correct=r["correct"], total=r["total"],
                 unparseable=r["unparseable"], mode=r["mode"],
-                per_subset={k: v["accuracy"] for k, v in r["per_subset"].items()})
+                per_subset={k: v["accuracy"] for k, v in r["per_subset"].items()},
+                mean_margin=r.get("mean_margin"), permutations=r.get("permutations"))
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed KorMedMCQA result (missing {exc})", path=p) from None
     for p in sorted(d.glob("ppl_*.json")):
