@@ -145,7 +145,8 @@ def _prepare_inputs(cfg: Any, ctx: RunContext) -> list[Path]:
 
 
 def _prepare_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
-    return [cfg.out_path(), cfg.val_path(), cfg.stats_path()]
+    dicts = [cfg.dict_subset_path(n) for n in ("medical_dict", "char_dict") if cfg.source_path(n).exists()]
+    return [cfg.out_path(), cfg.val_path(), cfg.stats_path(), *dicts, cfg.heldout_path()]
 
 
 def _prepare_verify(cfg: Any, ctx: RunContext) -> str | None:
