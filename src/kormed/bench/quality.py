@@ -821,7 +821,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         eval_max_length: int = typer.Option(d.eval_max_length, "--eval-max-length", min=16,
                                             help="Tokens per held-out block."),
         eval_chars: int = typer.Option(d.eval_chars, "--eval-chars", min=1,
-                                       help="Characters of general held-out text measured (whole documents)."),
+                                       help="Characters of each fetched held-out test text measured (whole "
+                                       "documents; general, and the medical-law bills)."),
         sft_from: str = typer.Option(d.sft_from, "--sft-from", help="CPT arm SFT continues: cpt_extended | cpt."),
         seed: int = typer.Option(d.seed, "--seed", help="Seed of every stage and of the data order."),
         dtype: str = typer.Option(d.dtype, "--dtype", help="auto | float32 | bfloat16 (training and measuring)."),
