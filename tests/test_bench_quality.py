@@ -131,6 +131,84 @@ def test_prepare_data_same_bytes_and_korean_text_directory(sample_data, tmp_path
     assert set(_texts(got["paths"]["medical_test"])) == set(_texts(data["paths"]["medical_test"]))
 
 
+def test_prepare_data_with_assembly_bills(sample_data, tmp_path):
+    """A scripts/fetch_assembly_bills.py directory: general held-out = its test.jsonl (no software help), medical
+    held-out = the medical-law bills, the authored pages reported beside them, the training bills in the training
+    text and never a held-out one."""
+    work, data = sample_data
+    bills = tmp_path / "bills"
+    bills.mkdir()
+    for name, n in (("train", 4), ("dev", 2), ("test", 3), ("medical_law_train", 3), ("medical_law_test", 2)):
+        (bills / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{name} 의안 {i}.\n제안 이유 {i}. " * 10}, ensure_ascii=False) + "\n"
+                    for i in range(n)), encoding="utf-8")
+    got = bq.prepare_data(tmp_path / "w", korean_text=bills, budget=bq.Budget(cpt_chars=3_000), log=lambda m: None)
+    p = got["paths"]
+    assert {t.split(" ")[0] for t in _texts(p["general_test"])} == {"test"}
+    assert {t.split(" ")[0] for t in _texts(p["medical_test"])} == {"medical_law_test"}
+    assert set(_texts(p["medical_authored_test"])) == set(_texts(data["paths"]["medical_test"]))  # the pages
+    train = _texts(p["train_text"])
+    assert sum(t.startswith("medical_law_train ") for t in train) == 3
+    assert not {*_texts(p["medical_test"]), *_texts(p["medical_authored_test"])} & set(train)
+    assert "medical_law_test.jsonl" in got["info"]["medical_source"]
+    assert got["info"]["medical_authored_test"]["documents"] == 6
+
+
+def test_paired_vs_base_and_tables():
+    base = {"documents_general": {"nll": [10.0, 20.0], "hangul_nll": [5.0, 10.0], "characters": [10, 20],
+                                  "hangul_characters": [5, 10]},
+            "margins_cyclic": [0.0, 0.1, -0.2], "margins_chat_loglik": [0.5, 0.5, 0.5]}
+    arm = {"documents_general": {"nll": [9.0, 18.0], "hangul_nll": [5.0, 9.0], "characters": [10, 20],
+                                 "hangul_characters": [5, 10]},
+           "documents_medical": {"nll": [1.0], "hangul_nll": [1.0], "characters": [3], "hangul_characters": [3]},
+           "margins_cyclic": [0.2, 0.3, 0.0], "margins_chat_loglik": [0.5, 0.5, 0.5]}
+    p = bq.paired_vs_base(arm, base, seed=1)
+    assert p["bits_per_char_general"]["difference"] == pytest.approx(-3.0 / math.log(2) / 30)
+    assert p["hangul_bits_per_char_general"]["difference"] == pytest.approx(-1.0 / math.log(2) / 15)
+    assert "bits_per_char_medical" not in p  # the base has no such documents: nothing to pair
+    assert p["margin_cyclic"]["difference"] == pytest.approx(0.2) and p["margin_cyclic"]["ci95"][0] > 0
+    assert p["margin_chat_loglik"]["ci95"] == [0.0, 0.0]
+    rows = [{"arm": "base", "chain": ["base"], "bits_per_char_general": 2.0, "bits_per_char_medical": 3.0,
+             "accuracy": 0.2, "accuracy_ci95": [0.1, 0.3], "correct": 2, "questions": 10, "training_chars": 0,
+             "wall_s": 1.0, "accuracy_cyclic": 0.3},
+            {"arm": "cpt", "chain": ["cpt"], "bits_per_char_general": 1.9, "bits_per_char_medical": 3.1,
+             "accuracy": 0.2, "accuracy_ci95": [0.1, 0.3], "correct": 2, "questions": 10, "training_chars": 5,
+             "wall_s": 1.0, "paired_vs_base": p}]
+    text = bq.format_table(rows)
+    assert "minus base" in text and "+0.2000 [" in text and "0.300" in text
+    md = bq.paired_markdown_table(rows).splitlines()
+    assert len(md) == 3 and md[2].startswith("| cpt | -0.1443 [")
+
+
+@pytest.mark.heavy  # a model load and 11 scorings a question: ~24 s on the shared 2-core machine
+def test_evaluate_arm_scores_each_text_alone_and_rotations(tmp_path, tiny_gemma3_dir):
+    from kormed.eval.kormedmcqa import load_questions
+    from kormed.sample_data import sample_paths
+
+    texts = {"general": ["일반 한국어 문장입니다.\n둘째 줄.", "Another text 두 번째"], "medical": ["고혈압 환자"]}
+    ev: dict = {"max_length": 16, "batch_size": 4}
+    for name, rows in texts.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in rows), encoding="utf-8")
+        ev[f"{name}_test"] = str(path)
+    mcq = tmp_path / "mcq.jsonl"
+    mcq.write_text("".join(sample_paths()["mcq_test"].read_text(encoding="utf-8").splitlines(True)[:1]),
+                   encoding="utf-8")
+    ev["mcq_test"] = str(mcq)
+    task = {"arm": "base", "model": str(tiny_gemma3_dir), "budget": {"device": "cpu", "dtype": "float32"},
+            "eval": ev}
+    out = bq.evaluate_arm(task, None, log=lambda m: None)
+    assert out["heldout_general"]["characters"] == sum(len(t) for t in texts["general"])
+    assert out["documents_general"]["characters"] == [len(t) for t in texts["general"]]
+    assert out["bits_per_char_general"] == pytest.approx(
+        sum(out["documents_general"]["nll"]) / math.log(2) / out["heldout_general"]["characters"])
+    assert "bits_per_char_medical_authored" not in out  # no authored set given
+    assert out["hangul_bits_per_char_medical"] > 0
+    assert len(out["margins_cyclic"]) == len(out["margins_chat_loglik"]) == len(load_questions(mcq)) == 1
+    for key in ("accuracy", "accuracy_cyclic", "accuracy_chat_loglik"):
+        assert 0.0 <= out[key] <= 1.0
+
+
 # ------------------------------------------------------------------------------------------------ configs
 
 
@@ -311,7 +389,7 @@ def test_extended_arm_is_measured_per_character(bench_run):
 @pytest.mark.heavy
 def test_bits_per_char_recomputed_independently(bench_run, tiny_gemma3_dir):
     """Total NLL of the extended CPT arm's adapter over the held-out general text, with a plain full-logits forward
-    over blocks packed here ([bos] + tokens, <end_of_turn> after each text), / ln 2 / characters."""
+    over each text alone ([bos] + its tokens in windows of 64, no end-of-text target), / ln 2 / characters."""
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer, Gemma3ForCausalLM
@@ -326,17 +404,16 @@ def test_bits_per_char_recomputed_independently(bench_run, tiny_gemma3_dir):
                                            runtime=pick_runtime("cpu", "float32"))
     assert isinstance(model, PeftModel) and isinstance(model.get_base_model(), Gemma3ForCausalLM)
     texts = _texts(str(work / "data" / "general_test.jsonl"))
-    stream: list[int] = []
-    for t in texts:
-        stream += tok(t, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<end_of_turn>")]
     body = 64 - 1
     nll = 0.0
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(stream), body):
-            ids = torch.tensor([[tok.bos_token_id, *stream[i:i + body]]])
-            logits = model(input_ids=ids).logits.float()
-            nll += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+        for t in texts:
+            stream = tok(t, add_special_tokens=False)["input_ids"]
+            for i in range(0, len(stream), body):
+                ids = torch.tensor([[tok.bos_token_id, *stream[i:i + body]]])
+                logits = model(input_ids=ids).logits.float()
+                nll += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
     expected = nll / math.log(2) / sum(len(t) for t in texts)
     assert row["bits_per_char_general"] == pytest.approx(expected, rel=1e-4)
 

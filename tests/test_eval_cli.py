@@ -99,6 +99,14 @@ def test_ppl_command_matches_library_and_packing(tmp_path, tiny_gemma3_dir, real
     assert saved["blocks"] == len(blocks) and saved["tokens"] == ref["tokens"] == sum(len(b) - 1 for b in blocks)
     assert saved["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert saved["documents"] == 3 and saved["max_length"] == 16 and saved["eod_token"] == "<end_of_turn>"
+    # per character: each text alone, no end-of-text target, the texts' own characters
+    from kormed.eval.perplexity import score_documents, summarise_documents
+
+    chars = summarise_documents(score_documents(model, real_tokenizer, texts, max_length=16, progress=False))
+    assert saved["characters"] == sum(len(t) for t in texts)
+    assert saved["bits_per_char"] == pytest.approx(chars["bits_per_char"], rel=1e-5)
+    assert saved["hangul_bits_per_char"] == pytest.approx(chars["hangul_bits_per_char"], rel=1e-5)
+    assert "bits per character" in result.output
 
 
 def test_ppl_bad_input(tmp_path, tiny_gemma3_dir):

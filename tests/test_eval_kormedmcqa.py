@@ -266,3 +266,99 @@ def test_base_plus_adapter_and_output_file(tmp_path, tiny_gemma3_dir):
     first = out.read_bytes()
     run_kormedmcqa(cfg, progress=False, log=lambda m: None)
     assert out.read_bytes() == first  # reruns give the same bytes
+
+
+MARK = "표지"
+
+
+class MarkedOptionLM:
+    """A stand-in LM with a strong constant preference for '▁E' (+5) and a smaller one (+2) for the letter whose
+    option line in the prompt holds MARK: a letter-prior model that also 'knows' the marked answer."""
+
+    training = False
+
+    def __init__(self, tokenizer):
+        import torch
+
+        self.tok = tokenizer
+        self.vocab = len(tokenizer)
+        self.base = torch.zeros(self.vocab)
+        self.base[tokenizer.convert_tokens_to_ids("▁E")] = 5.0
+        self.letter_ids = {k: tokenizer.convert_tokens_to_ids(f"▁{k}") for k in "ABCDE"}
+        self.seen: list[str] = []
+
+    def parameters(self):
+        import torch
+
+        yield torch.zeros(1)
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache=False):
+        import torch
+
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            text = self.tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
+            self.seen.append(text)
+            logits = self.base.clone()
+            for line in text.split("\n"):
+                if line[:2] in {f"{k}." for k in "ABCDE"} and MARK in line:
+                    logits[self.letter_ids[line[0]]] += 2.0
+            rows.append(logits.expand(logits_to_keep, self.vocab))
+        return SimpleNamespace(logits=torch.stack(rows))
+
+
+def marked_mcqs() -> list[MCQ]:
+    rows = []
+    for i in range(5):
+        rec = row(i, answer=i + 1)
+        rec["ABCDE"[i]] += MARK
+        rows.append(rec)
+    return mcqs(rows)
+
+
+def test_cyclic_permutations_remove_the_letter_prior(real_tokenizer):
+    from kormed.eval.kormedmcqa import rotated
+
+    qs = marked_mcqs()  # answers A..E, one each; the right option carries MARK
+    plain = evaluate_kormedmcqa(MarkedOptionLM(real_tokenizer), real_tokenizer, qs, mode="loglik", progress=False)
+    assert [r["extracted"] for r in plain["questions"]] == ["E"] * 5  # the letter prior decides: 1 of 5
+    assert plain["correct"] == 1 and plain["permutations"] == "none"
+    fake = MarkedOptionLM(real_tokenizer)
+    cyc = evaluate_kormedmcqa(fake, real_tokenizer, qs, mode="loglik", permutations="cyclic", progress=False)
+    assert cyc["correct"] == 5 and cyc["permutations"] == "cyclic"
+    assert len(fake.seen) == 25  # 5 rotations a question, one forward each
+    for r in cyc["questions"]:
+        assert r["margin"] == pytest.approx(2.0, abs=1e-3)  # the content bonus, the letter prior cancelled
+    assert cyc["mean_margin"] == pytest.approx(2.0, abs=1e-3)
+    # Without permutations the margin mixes in the prior: E's question 5 + 2 above, A's 2 - 5/4 (E is wrong).
+    assert plain["questions"][4]["margin"] == pytest.approx(7.0, abs=1e-3)
+    assert plain["questions"][0]["margin"] == pytest.approx(0.75, abs=1e-3)
+    q = qs[1]  # answer B
+    views = [rotated(q, k) for k in range(5)]
+    assert sorted(v.answer_letter for v in views) == list("ABCDE")
+    assert all(v.answer_text == q.answer_text for v in views)
+    assert [v.options[0] for v in views] == list(q.options)
+
+
+def test_chat_loglik_scores_the_trained_answer_format(real_tokenizer):
+    from kormed.data.chat import encode_chat_example, mcq_answer, mcq_user_prompt
+
+    qs = marked_mcqs()
+    fake = MarkedOptionLM(real_tokenizer)
+    res = evaluate_kormedmcqa(fake, real_tokenizer, qs, mode="chat-loglik", permutations="cyclic", progress=False)
+    assert res["correct"] == 5 and res["mode"] == "chat-loglik" and res["num_fewshot"] == 0
+    assert all(s.endswith("<start_of_turn>model\n정답:") for s in fake.seen)
+    # The scored tokens (prompt + ' B') are exactly the first tokens of the SFT training example of the question.
+    q = qs[1]
+    trained = encode_chat_example(real_tokenizer, mcq_user_prompt(q), mcq_answer(q), 512)["input_ids"]
+    prompt = res["questions"][1]["prompt"]
+    scored = real_tokenizer(prompt + " B", add_special_tokens=False)["input_ids"]
+    assert trained[: len(scored)] == scored
+    with pytest.raises(KormedError, match="permutations"):
+        evaluate_kormedmcqa(fake, real_tokenizer, qs, mode="generate", permutations="cyclic", progress=False)

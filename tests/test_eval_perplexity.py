@@ -63,3 +63,60 @@ def test_restores_training_mode(real_tokenizer, tiny_model):
         assert tiny_model.training
     finally:
         tiny_model.eval()
+
+
+MIXED = ["고혈압 환자는 ACE inhibitor를 복용한다.\n둘째 줄입니다.", "Latin only text", "가나다라마바사아자차카타파하"]
+
+
+def test_documents_scored_alone_without_end_of_text_target(real_tokenizer, tiny_model):
+    """Each text: <bos> + its tokens, windows of max_length restarting after <bos>, no <end_of_turn> target; the
+    sum equals a hand full-logits computation, and the Hangul share splits it by characters."""
+    import torch
+
+    from kormed.eval.perplexity import score_documents, summarise_documents
+
+    docs = score_documents(tiny_model, real_tokenizer, MIXED, max_length=6, batch_size=2,
+                           progress=False)
+    for text, doc in zip(MIXED, docs, strict=True):
+        ids = real_tokenizer(text, add_special_tokens=False)["input_ids"]
+        nll = 0.0
+        with torch.no_grad():
+            for start in range(0, len(ids), 5):
+                window = [2, *ids[start:start + 5]]
+                logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([window])).logits[0].double(), -1)
+                nll -= sum(float(logp[t, window[t + 1]]) for t in range(len(window) - 1))
+        assert doc["tokens"] == len(ids)  # every token predicted once, nothing else (no end-of-text target)
+        assert doc["nll"] == pytest.approx(nll, rel=1e-4)
+        assert doc["characters"] == len(text)
+    assert docs[1]["hangul_characters"] == 0 and docs[1]["hangul_nll"] == 0.0
+    assert docs[2]["hangul_characters"] == len(MIXED[2])
+    assert docs[2]["hangul_nll"] == pytest.approx(docs[2]["nll"], rel=1e-9)  # all Hangul: all its loss
+    assert 0 < docs[0]["hangul_nll"] < docs[0]["nll"]
+    summary = summarise_documents(docs)
+    assert summary["bits_per_char"] == pytest.approx(sum(d["nll"] for d in docs) / math.log(2) /
+                                                     sum(len(t) for t in MIXED))
+    assert summary["hangul_bits_per_char"] == pytest.approx(
+        (docs[0]["hangul_nll"] + docs[2]["hangul_nll"]) / math.log(2) /
+        (docs[0]["hangul_characters"] + docs[2]["hangul_characters"]))
+    again = score_documents(tiny_model, real_tokenizer, MIXED, max_length=64, batch_size=3, progress=False)
+    assert [d["tokens"] for d in again] == [d["tokens"] for d in docs]
+    full = score_documents(tiny_model, real_tokenizer, MIXED, max_length=6, batch_size=2, progress=False,
+                           loss_impl="full")
+    assert [d["nll"] for d in full] == pytest.approx([d["nll"] for d in docs], rel=1e-5)
+
+
+def test_paired_bootstrap_interval():
+    from kormed.eval.paired import mean_difference, ratio_difference
+
+    base = [10.0, 20.0, 30.0, 40.0]
+    arm = [9.0, 19.0, 29.5, 38.0]
+    chars = [10, 20, 30, 40]
+    res = ratio_difference(arm, base, chars, seed=3)
+    assert res["difference"] == pytest.approx(-4.5 / 100)
+    lo, hi = res["ci95"]
+    assert lo <= res["difference"] <= hi < 0  # every document improved: the interval excludes 0
+    assert ratio_difference(arm, base, chars, seed=3) == res  # seeded: same interval
+    same = mean_difference(base, base)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        mean_difference([1.0], [1.0, 2.0])

@@ -868,3 +868,25 @@ def test_cpt_corpus_of_blank_texts_is_an_error(tmp_path: Path, real_tokenizer) -
     data.write_text('{"text": "  "}\n\n{"text": ""}\n', encoding="utf-8")
     with pytest.raises(KormedError, match=r"blank.jsonl: no non-empty 'text' records in the training text"):
         build_packed_dataset(data, real_tokenizer, cache_dir=tmp_path / "c", log=lambda m: None)
+
+
+# ---------------------------------------------------------------------------------------------- eval knowledge
+
+
+@pytest.mark.parametrize("record", [{"medical_dict": [{"term": 1, "definition": "x"}]}, ["not", "an", "object"],
+                                    {"char_dict": "x"}])
+def test_bad_heldout_record_is_one_error_before_the_model_loads(tmp_path: Path, record: Any) -> None:
+    """`kormed eval knowledge --heldout` with a record that is not prepare's: exit 2, one line naming the file (and
+    the list), no model loaded (the --model path does not exist)."""
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+
+    med = tmp_path / "med.json"
+    med.write_text(json.dumps([{"term": "고혈압", "definition": "Hypertension. 혈압이 높은 상태"}]), encoding="utf-8")
+    bad = tmp_path / "bad.dict_heldout.json"
+    bad.write_text(json.dumps(record), encoding="utf-8")
+    res = CliRunner().invoke(app, ["eval", "knowledge", "--model", str(tmp_path / "no-model"), "--dict", str(med),
+                                   "--heldout", str(bad)])
+    assert res.exit_code == 2 and "bad.dict_heldout.json" in res.output and "Traceback" not in res.output
+    assert "no-model" not in res.output

@@ -61,7 +61,9 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     val = r / "corpus" / "raw_text_mixed.val.jsonl"
     assert prep.out_path() == corpus and prep.val_path() == val
     assert Path(tok.corpus) == corpus and Path(tok.out) == r / "tokenizer"
-    assert Path(tok.dict) == sample["medical_dict"]
+    # the dictionaries' trained entries, as prepare writes them (its held-out entries reach no stage)
+    trained_dict, trained_char = (r / "corpus" / f"raw_text_mixed.{n}.json" for n in ("medical_dict", "char_dict"))
+    assert Path(tok.dict) == trained_dict == prep.dict_subset_path("medical_dict")
     # the extension is sized to what CPT trains on: its max_steps x batch x accumulation x block length
     assert tok.max_new_tokens is None
     assert tok.budget_tokens == cpt.train.max_steps * cpt.train.batch_size * cpt.train.grad_accum * cpt.max_length
@@ -69,8 +71,8 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     assert (Path(cpt.data), Path(cpt.val)) == (corpus, val)
     assert Path(cpt.tokenizer_path) == r / "tokenizer" and Path(cpt.output) == r / "cpt"
     assert Path(sft.from_adapter) == r / "cpt" and Path(sft.output) == r / "sft"
-    assert (Path(sft.mcq), Path(sft.dict), Path(sft.char_dict)) == (
-        sample["mcq_train"], sample["medical_dict"], sample["char_dict"])
+    assert (Path(sft.mcq), Path(sft.dict), Path(sft.char_dict)) == (sample["mcq_train"], trained_dict, trained_char)
+    assert Path(loop.dict) == trained_dict
     assert (Path(sft.raw), Path(sft.raw_val)) == (corpus, val)
     assert Path(loop.from_adapter) == r / "sft" / "step4" and Path(loop.output) == r / "loop"
     assert Path(loop.eval_data) == sample["mcq_test"]

@@ -18,6 +18,7 @@ from kormed.prepare.clean import FilterSpec, clean_document, hangul_ratio
 from kormed.prepare.config import PrepareConfig, load_preset
 from kormed.prepare.corpus import run_prepare
 from kormed.prepare.mix import allocate, format_table, shuffle_file
+from kormed.prepare.render import render_medical
 from kormed.prepare.sources import ArrowSource
 
 NAMU = "data/01_raw/00_korean/namu_wiki"
@@ -467,9 +468,48 @@ def test_cli_on_bundled_sample_data(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {"namu_wiki", "wikipedia_korean", "c4_korean", "mcq", "medical_dict", "char_dict"} <= set(stats["sources"])
     assert table_row(stats, "MCQ")["multiplier"] == 5 and table_row(stats, "Korean Plain")["multiplier"] == 1
     texts = read_texts(out)
-    assert "약은 medicine을 의미하는 의학 용어이다." in texts
-    assert "고혈압(Hypertension)은 혈압이 정상 범위보다 높은 상태를 의미한다." in texts
-    assert "의학 기호 ↑는 increased, elevated, or upward trend를 나타낸다." in texts
+    held = json.loads(out.with_name("sample.dict_heldout.json").read_text(encoding="utf-8"))
+    held_terms = {e["term"] for e in held["medical_dict"] + held["char_dict"]}
+    for term, sentence in (("약", "약은 medicine을 의미하는 의학 용어이다."),
+                           ("고혈압", "고혈압(Hypertension)은 혈압이 정상 범위보다 높은 상태를 의미한다."),
+                           ("↑", "의학 기호 ↑는 increased, elevated, or upward trend를 나타낸다.")):
+        assert (sentence in texts) == (term not in held_terms)  # a held-out entry is in no training text
     assert any(t.endswith(("은 의학적으로 중요한 개념이다.", "는 의학적으로 중요한 개념이다.")) for t in texts)
     assert stats["val_docs"] >= 1 and not set(read_texts(out.with_name("sample.val.jsonl"))) & set(texts)
     assert "| **Total** |" in stdout
+
+
+def test_dictionary_entries_held_out_of_training_and_recorded(tmp_path: Path) -> None:
+    """prepare.dict_holdout: a seeded share of each dictionary (rounded down) is left out of the corpus and of the
+    trained-entry files the pipeline's SFT/loop/tokenizer stages read, and recorded for `kormed eval knowledge`."""
+    from kormed.prepare.corpus import hold_out_entries
+    from kormed.records import DictEntry, read_dictionary
+    from kormed.sample_data import sample_data_root
+
+    root = sample_data_root()
+    out = tmp_path / "c.jsonl"
+    stats = run_prepare(make_cfg(root, out, plain_docs=20, dict_holdout=0.25, seed=7), log=None)["stats"]
+    record = json.loads(out.with_name("c.dict_heldout.json").read_text(encoding="utf-8"))
+    medical, _ = read_dictionary(root / MED)
+    assert record["fraction"] == 0.25 and record["seed"] == 7
+    assert len(record["medical_dict"]) == int(0.25 * len(medical)) > 0
+    trained, _ = read_dictionary(out.with_name("c.medical_dict.json"))
+    held_terms = {e["term"] for e in record["medical_dict"]}
+    assert {e.term for e in trained} | held_terms == {e.term for e in medical}
+    assert not {e.term for e in trained} & held_terms
+    assert stats["dict_holdout"]["medical_dict"] == {"trained": len(trained), "held_out": len(held_terms),
+                                                     "trained_path": str(out.with_name("c.medical_dict.json"))}
+    corpus_text = "\n".join(read_texts(out))
+    rendered = {e.term: render_medical(e) for e in medical}
+    assert not any(rendered[t] in corpus_text for t in held_terms)
+    assert all(rendered[e.term] in corpus_text for e in trained[:20])
+    char_record = {e["term"] for e in record["char_dict"]}
+    assert read_dictionary(out.with_name("c.char_dict.json"))[0] and char_record
+    # seeded and order-independent of anything but the entries: same seed, same split; another seed, another
+    entries = [DictEntry(f"용어{i}", f"정의 {i}") for i in range(50)]
+    assert hold_out_entries(entries, 0.2, 1) == hold_out_entries(entries, 0.2, 1)
+    assert hold_out_entries(entries, 0.2, 1)[1] != hold_out_entries(entries, 0.2, 2)[1]
+    assert hold_out_entries(entries, 0.0, 1) == (entries, [])
+    again = run_prepare(make_cfg(root, tmp_path / "d.jsonl", plain_docs=20, dict_holdout=0.25, seed=7), log=None)
+    assert again["stats"]["dict_holdout"]["medical_dict"]["held_out"] == len(held_terms)
+    assert tmp_path.joinpath("d.dict_heldout.json").read_bytes() == out.with_name("c.dict_heldout.json").read_bytes()

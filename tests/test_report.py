@@ -107,11 +107,13 @@ def run_dir(tmp_path: Path) -> Path:
         })
     _write(rd / "eval" / "kormedmcqa_base.json", _mcq(0.25, 0.2, 0.3))
     _write(rd / "eval" / "kormedmcqa_cpt.json", _mcq(0.3, 0.3, 0.3))
-    _write(rd / "eval" / "kormedmcqa_sft.json", _mcq(0.45, 0.4, 0.5))
+    _write(rd / "eval" / "kormedmcqa_sft.json", {**_mcq(0.45, 0.4, 0.5), "mean_margin": 0.4321,
+                                                 "permutations": "cyclic"})
     val = rd / "corpus" / "raw_text_mixed.val.jsonl"
     val.write_text(json.dumps({"text": "가" * 600}) + "\n" + json.dumps({"text": "나" * 400}) + "\n", encoding="utf-8")
     _write(rd / "eval" / "ppl_base.json", {"loss": 3.2, "perplexity": 24.5, "tokens": 5000, "data": str(val)})
-    _write(rd / "eval" / "ppl_sft.json", {"loss": 2.9, "perplexity": 18.2, "tokens": 5000})
+    _write(rd / "eval" / "ppl_sft.json", {"loss": 2.9, "perplexity": 18.2, "tokens": 5000, "bits_per_char": 1.2345,
+                                          "hangul_bits_per_char": 2.3456})
     return rd
 
 
@@ -154,6 +156,8 @@ def test_report_has_every_section_and_embedded_plots(run_dir: Path):
     assert "early_stopping" in html and "conditions_met" in html and "max_steps" in html
     assert "0.450" in html and "doctor" in html and "nurse" in html
     assert "23.083" in html  # bits per character of the base model: 3.2 nats x 5000 tokens / 1000 chars / ln 2
+    assert "1.234" in html and "2.346" in html  # sft: as eval ppl measured them (each text alone; Hangul)
+    assert "0.432" in html and "loglik (cyclic permutations)" in html and "Mean margin" in html
     assert "300 tokens/s" in html  # cpt: 120,000 tokens in 400 s
     assert "7m 01s" in html  # cpt wall time 421 s
     assert "unavailable" in html and "dictionary &lt;-&gt; exam loop: not run." in html

@@ -174,6 +174,12 @@ COMMANDS: dict[tuple[str, str], StageCommand] = {
         progress=True,
         help="Token-weighted loss and perplexity on held-out raw text, over blocks packed exactly as CPT packs them.",
     ),
+    ("eval", "knowledge"): StageCommand(
+        "eval", "kormed.eval.knowledge:run_knowledge", show="kormed.eval.commands:show_knowledge",
+        progress=True,
+        help="Dictionary knowledge: multiple choice from the medical and symbol dictionaries (forms no stage "
+             "trains on), accuracy per form, trained vs held-out entries.",
+    ),
     ("", "chat"): StageCommand(
         "chat", "kormed.chat:run_chat",
         options=(_option("prompt", str | None, None, "--prompt",

@@ -15,17 +15,20 @@ pipeline chains its stages):
 - `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
   on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
 
-Data (written under the work directory; the same seed gives the same files):
+Data (written under the work directory; the same seed gives the same files; docs/commands/bench-quality.md):
 
-- General Korean: `--korean-text DIR` holding `train.jsonl`, `dev.jsonl`, `test.jsonl` (`{"text": ...}` per line,
-  as `scripts/fetch_korean_text.py` writes them). Without it (or when the directory is missing), the bundled
-  sample's general documents (Namu Wiki pages that are not medical, Wikipedia and C4 samples, cleaned by
-  `kormed prepare`'s cleaners) are split by sha256 of the text: 2 in 8 test, 1 in 8 dev, the rest train.
-  `--eval-chars` caps the general test text (whole documents, in file order). The directory's
-  `medical_test.jsonl`, if any, is not used: it holds dictionary entries and training questions SFT trains on.
-- Medical Korean: the bundled sample's medical Namu Wiki pages (main namespace, a category naming a disease,
-  infection, drug, first aid, hormone, injury or medicine), cleaned; ordered by sha256 of the title, every third
-  is held out (`medical_test.jsonl`), the others join the training text. No arm trains on the held-out pages.
+- General Korean: `--korean-text DIR` holding `train.jsonl`, `dev.jsonl`, `test.jsonl` (`{"text": ...}` per line).
+  The default is `scripts/fetch_assembly_bills.py`'s directory: National Assembly bills, train = 20th-21st
+  Assembly, held out = 22nd (decontaminated against train), general = every committee but Health & Welfare.
+  Without it (or when the directory is missing), the bundled sample's general documents (Namu Wiki pages that are
+  not medical, Wikipedia and C4 samples, cleaned by `kormed prepare`'s cleaners) are split by sha256 of the text:
+  2 in 8 test, 1 in 8 dev, the rest train. `--eval-chars` caps each held-out test text (whole documents, in file
+  order); a general training text over TRAIN_POOL_CHARS keeps its first documents by sha256.
+- Medical Korean: with the bills directory, `medical_law_test.jsonl` (22nd-Assembly bills amending medical laws;
+  `medical_law_train.jsonl` joins the training text) is `medical`, and the bundled sample's medical Namu Wiki pages
+  (main namespace, a category naming a disease, infection, drug, first aid, hormone, injury or medicine; authored
+  for kormed) are `medical_authored`; without it those pages are `medical`. Ordered by sha256 of the title, every
+  third page is held out, the others join the training text. No arm trains on a held-out text.
 - CPT training text: general train + medical train documents, in seeded passes (a new order each pass) until
   exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
   characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
@@ -35,11 +38,14 @@ Data (written under the work directory; the same seed gives the same files):
 
 Measures of each arm (its final adapter reloaded from disk, `--dtype` precision):
 
-- `bits_per_char_general` / `bits_per_char_medical`: total next-token NLL (nats) over the held-out texts packed as
-  CPT packs them (`<bos>` first in each `--eval-max-length` block, `<end_of_turn>` after each text) / ln 2 /
-  the texts' characters. Per character, not per token, so arms with different tokenizers compare.
-- `accuracy` (loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
-  (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`).
+- `bits_per_char_<set>`: total next-token NLL (nats) over the held-out texts, each scored alone (`<bos>` + its
+  tokens in `--eval-max-length` windows, no end-of-text target) / ln 2 / the texts' characters; per character,
+  not per token, so arms with different tokenizers compare. `hangul_bits_per_char_<set>`: the Hangul syllables'
+  share of it per Hangul syllable.
+- `accuracy` (harness loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
+  (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`); `accuracy_cyclic` / `accuracy_chat_loglik` and their
+  `mean_margin_*`: under the 5 cyclic option rotations, in the harness and the SFT chat format.
+- `paired_vs_base`: each arm minus the base on the same documents and questions, bootstrap 95 % intervals.
 - `training_chars` / `training_tokens`: characters (decoded, special tokens left out) and real tokens of the
   input of every training forward pass of the arm, counted by a forward hook, cumulative through its chain
   (sft includes its CPT arm; loop includes sft). SFT counts the prompts it reads, not only the answers learned.
@@ -74,7 +80,7 @@ from kormed.bench.worker import run_worker
 from kormed.config import _deep_update, build, check_device, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
-from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
+from kormed.eval.perplexity import score_documents, summarise_documents
 from kormed.io import (
     Log,
     YamlSyntaxError,
@@ -106,6 +112,9 @@ MEDICAL_CATEGORY = re.compile(r"질환|감염병|약물|응급처치|의학|호�
 CATEGORY_LINK = re.compile(r"\[\[분류:([^\]|#]+)")
 EVAL_EOD_TOKEN = "<end_of_turn>"  # CPT's end-of-document token (cpt.eod_token's default)
 DEFAULT_OUTPUT = Path("benchmarks/results/quality_cpu.json")
+DEFAULT_KOREAN_TEXT = "~/.cache/kormed/assembly_bills"  # scripts/fetch_assembly_bills.py
+TRAIN_POOL_CHARS = 2_000_000  # general training text kept (sha256 order) when a fetched set is larger
+HELDOUT_SETS = ("general", "medical", "medical_authored")
 
 
 @dataclasses.dataclass
@@ -246,6 +255,17 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     (data / "mcq").mkdir(parents=True, exist_ok=True)
     general_docs, medical_pages = sample_documents()
     medical_train, medical_test = split_medical(medical_pages)
+    authored_test: list[str] = []
+    medical_source = "bundled sample: medical Namu Wiki pages (authored sample)"
+    if korean_text is not None and (korean_text / "medical_law_test.jsonl").is_file():
+        # scripts/fetch_assembly_bills.py: held-out medical = 22nd-Assembly bills amending medical laws; the
+        # authored pages are reported beside them (medical_authored), and the 20th-21st bills join the training text
+        authored_test = medical_test
+        medical_test = read_texts(korean_text / "medical_law_test.jsonl", what="held-out medical-law bills")
+        medical_test = cap_chars(medical_test, budget.eval_chars)
+        medical_train = medical_train + read_texts(korean_text / "medical_law_train.jsonl",
+                                                   what="medical-law bills (training)")
+        medical_source = f"{korean_text}/medical_law_test.jsonl (22nd-Assembly bills amending medical laws)"
     if korean_text is not None and optional_file(korean_text / "train.jsonl", "general Korean train text"):
         general = read_korean_text(korean_text)
         general_source = str(korean_text)
@@ -255,7 +275,10 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
                 "using the bundled sample's general text")
         general = split_general(general_docs)
         general_source = "bundled sample (general documents split by sha256)"
-    train_text = general["train"] + medical_train
+    general_train = general["train"]
+    if sum(len(t) for t in general_train) > TRAIN_POOL_CHARS:  # e.g. 23 M characters of bills: a seeded share
+        general_train = cap_chars(sorted(general_train, key=_sha), TRAIN_POOL_CHARS)
+    train_text = general_train + medical_train
     paths = {
         "train_text": _write_texts(data / "train_text.jsonl", train_text),
         "cpt_train": _write_texts(data / "cpt_train.jsonl", budget_texts(train_text, budget.cpt_chars, budget.seed)),
@@ -263,6 +286,8 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
         "general_test": _write_texts(data / "general_test.jsonl", cap_chars(general["test"], budget.eval_chars)),
         "medical_test": _write_texts(data / "medical_test.jsonl", medical_test),
     }
+    if authored_test:
+        paths["medical_authored_test"] = _write_texts(data / "medical_authored_test.jsonl", authored_test)
     sample = sample_paths()
     # KorMedMCQA-format questions: the bundled train (SFT, loop), dev (the loop's selection) and test (reported only)
     for name in ("train", "dev", "test"):
@@ -274,9 +299,9 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
         texts = [rec["text"] for _, rec in iter_jsonl(path)]
         return {"documents": len(texts), "characters": sum(len(t) for t in texts)}
 
-    info = {"general_source": general_source, "medical_source": "bundled sample: medical Namu Wiki pages",
+    info = {"general_source": general_source, "medical_source": medical_source,
             **{name: size(paths[name]) for name in ("train_text", "cpt_train", "val", "general_test",
-                                                     "medical_test")},
+                                                     "medical_test", "medical_authored_test") if name in paths},
             "mcq": {name: sum(1 for ln in paths[f"mcq_{name}"].read_text(encoding="utf-8").splitlines()
                               if ln.strip()) for name in ("train", "dev", "test")}}
     return {"paths": {k: str(v) for k, v in paths.items()}, "info": info}
@@ -483,33 +508,74 @@ def _train_arm(task: dict[str, Any], meter: TextMeter, log: Log) -> tuple[str | 
 
 
 def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[str, Any]:
-    """Bits per character on the two held-out texts and KorMedMCQA loglik accuracy of the base model + `adapter`."""
+    """Bits per character (each text alone, no end-of-text target) and Hangul bits per Hangul character on the
+    held-out texts, and KorMedMCQA: harness loglik, loglik under the 5 cyclic option rotations and chat-loglik (the
+    SFT format, rotated), of the base model + `adapter`. Per-document NLL and per-question margins are returned
+    for the paired comparison with the base arm."""
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     ev = task["eval"]
     runtime = pick_runtime(task["budget"]["device"], task["budget"]["dtype"])
     model, tokenizer, runtime = load_model_and_tokenizer(task["model"], adapter=adapter, runtime=runtime, log=log)
     out: dict[str, Any] = {}
-    for name in ("general", "medical"):
+    for name in HELDOUT_SETS:
+        if not ev.get(f"{name}_test"):
+            continue
         texts = read_texts(ev[f"{name}_test"], what=f"held-out {name} text")
-        blocks = packed_eval_blocks(tokenizer, texts, max_length=ev["max_length"], eod_token=EVAL_EOD_TOKEN)
-        res = evaluate_perplexity(model, blocks, batch_size=ev["batch_size"], progress=False,
-                                  compute_dtype=runtime.compute_dtype)
-        chars = sum(len(t) for t in texts)
-        nll = res["loss"] * res["tokens"]
-        out[f"bits_per_char_{name}"] = nll / math.log(2) / chars
-        out[f"heldout_{name}"] = {"texts": len(texts), "characters": chars, "tokens": res["tokens"],
-                                  "blocks": res["blocks"], "nll_nats": nll}
-        log(f"[kormed] {task['arm']}: {name} held-out {out[f'bits_per_char_{name}']:.4f} bits/char "
-            f"({res['tokens']} tokens, {chars} characters)")
+        docs = score_documents(model, tokenizer, texts, max_length=ev["max_length"], batch_size=ev["batch_size"],
+                               progress=False, compute_dtype=runtime.compute_dtype)
+        summary = summarise_documents(docs)
+        out[f"bits_per_char_{name}"] = summary["bits_per_char"]
+        out[f"hangul_bits_per_char_{name}"] = summary["hangul_bits_per_char"]
+        out[f"heldout_{name}"] = {"texts": len(texts), "characters": summary["characters"],
+                                  "hangul_characters": summary["hangul_characters"], "tokens": summary["tokens"],
+                                  "nll_nats": summary["nll_nats"], "hangul_nll_nats": summary["hangul_nll_nats"]}
+        out[f"documents_{name}"] = {"nll": [d["nll"] for d in docs], "hangul_nll": [d["hangul_nll"] for d in docs],
+                                    "characters": [d["characters"] for d in docs],
+                                    "hangul_characters": [d["hangul_characters"] for d in docs]}
+        log(f"[kormed] {task['arm']}: {name} held-out {summary['bits_per_char']:.4f} bits/char, Hangul "
+            f"{summary['hangul_bits_per_char']:.4f} ({summary['tokens']} tokens, {summary['characters']} characters)")
     questions = load_questions(ev["mcq_test"])
-    res = evaluate_kormedmcqa(model, tokenizer, questions, mode="loglik", batch_size=ev["batch_size"],
-                              progress=False, compute_dtype=runtime.compute_dtype)
+    kwargs = {"batch_size": ev["batch_size"], "progress": False, "compute_dtype": runtime.compute_dtype}
+    res = evaluate_kormedmcqa(model, tokenizer, questions, mode="loglik", **kwargs)
     low, high = wilson_interval(res["correct"], res["total"])
     out.update(accuracy=res["accuracy"], accuracy_ci95=[low, high], correct=res["correct"], questions=res["total"],
                vocab_size=len(tokenizer), runtime={"device": runtime.device, "compute_dtype": runtime.compute_dtype})
     log(f"[kormed] {task['arm']}: KorMedMCQA loglik {res['correct']}/{res['total']} "
         f"(95% CI {low:.3f}-{high:.3f})")
+    for key, mode in (("cyclic", "loglik"), ("chat_loglik", "chat-loglik")):
+        res = evaluate_kormedmcqa(model, tokenizer, questions, mode=mode, permutations="cyclic", **kwargs)
+        low, high = wilson_interval(res["correct"], res["total"])
+        out[f"accuracy_{key}"] = res["accuracy"]
+        out[f"accuracy_{key}_ci95"] = [low, high]
+        out[f"mean_margin_{key}"] = res["mean_margin"]
+        out[f"margins_{key}"] = [q["margin"] for q in res["questions"]]
+        log(f"[kormed] {task['arm']}: KorMedMCQA {mode} (5 rotations) {res['correct']}/{res['total']}, mean margin "
+            f"{res['mean_margin']:.4f}")
+    return out
+
+
+def paired_vs_base(res: dict[str, Any], base: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The arm minus the base on the same documents / questions, with bootstrap 95 % intervals over them:
+    bits/char and Hangul bits/char per held-out set, and the MCQ margins (cyclic loglik, chat-loglik)."""
+    from kormed.eval.paired import mean_difference, ratio_difference
+
+    out: dict[str, Any] = {}
+    ln2 = math.log(2)
+    for name in HELDOUT_SETS:
+        a, b = res.get(f"documents_{name}"), base.get(f"documents_{name}")
+        if not a or not b or a["characters"] != b["characters"]:
+            continue
+        out[f"bits_per_char_{name}"] = ratio_difference([x / ln2 for x in a["nll"]], [x / ln2 for x in b["nll"]],
+                                                        a["characters"], seed=seed)
+        if sum(a["hangul_characters"]):
+            out[f"hangul_bits_per_char_{name}"] = ratio_difference(
+                [x / ln2 for x in a["hangul_nll"]], [x / ln2 for x in b["hangul_nll"]], a["hangul_characters"],
+                seed=seed)
+    for key in ("cyclic", "chat_loglik"):
+        a, b = res.get(f"margins_{key}"), base.get(f"margins_{key}")
+        if a and b and len(a) == len(b):
+            out[f"margin_{key}"] = mean_difference(a, b, seed=seed)
     return out
 
 
@@ -596,6 +662,7 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
             task = {"arm": arm, "model": model, "budget": dataclasses.asdict(budget), "configs": cfg_dicts,
                     "from_adapter": done[parent]["adapter"] if parent else None,
                     "eval": {"general_test": p["general_test"], "medical_test": p["medical_test"],
+                             "medical_authored_test": p.get("medical_authored_test"),
                              "mcq_test": p["mcq_test"], "max_length": budget.eval_max_length,
                              "batch_size": budget.eval_batch_size}}
             log(f"[kormed] bench quality: arm {arm}" + (f" (from {parent})" if parent else "") + " ...")
@@ -605,6 +672,8 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
             res["wall_s"] = round(time.perf_counter() - start, 1)
             done[arm] = res
             rows.append(make_row(arm, res, done, budget, common, cfg_dicts))
+            if arm != "base" and "base" in done:
+                rows[-1]["paired_vs_base"] = paired_vs_base(res, done["base"], budget.seed)
             if output:
                 from kormed.io import write_json
 
@@ -644,8 +713,9 @@ def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], bud
         "own_training_chars": res["own_training_chars"],
         "own_training_tokens": res["own_training_tokens"],
         "vocab_size": res["vocab_size"],
-        "heldout_general": res["heldout_general"],
-        "heldout_medical": res["heldout_medical"],
+        **{k: v for k, v in res.items() if k.startswith(("hangul_bits_per_char_", "bits_per_char_medical_authored",
+                                                          "heldout_", "accuracy_cyclic", "accuracy_chat_loglik",
+                                                          "mean_margin_"))},
         "training": res["training"],
         "wall_s": res["wall_s"],
         "train_s": res["train_s"],
@@ -656,15 +726,42 @@ def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], bud
     }
 
 
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _delta(pair: dict[str, Any] | None) -> str:
+    """`+0.0123 [-0.0040, +0.0290]`: a paired difference and its bootstrap interval."""
+    if not pair:
+        return "-"
+    lo, hi = pair["ci95"]
+    return f"{pair['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The printed table: one line per arm."""
-    lines = [f"{'arm':<13} {'bits/char general':>17} {'bits/char medical':>17} {'accuracy':>8} {'95% CI':>13} "
+    """The printed tables: one line per arm; then each arm minus the base, paired, with bootstrap intervals."""
+    lines = [f"{'arm':<13} {'bits/char general':>17} {'bits/char medical':>17} {'Hangul gen.':>11} "
+             f"{'Hangul med.':>11} {'accuracy':>8} {'95% CI':>13} {'rotated':>7} {'chat':>6} "
              f"{'training chars':>14} {'wall s':>7}"]
     for r in rows:
         lo, hi = r["accuracy_ci95"]
         lines.append(f"{r['arm']:<13} {r['bits_per_char_general']:>17.4f} {r['bits_per_char_medical']:>17.4f} "
-                     f"{r['accuracy']:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {r['training_chars']:>14,} "
+                     f"{_fmt(r.get('hangul_bits_per_char_general')):>11} "
+                     f"{_fmt(r.get('hangul_bits_per_char_medical')):>11} "
+                     f"{r['accuracy']:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {_fmt(r.get('accuracy_cyclic'), '.3f'):>7} "
+                     f"{_fmt(r.get('accuracy_chat_loglik'), '.3f'):>6} {r['training_chars']:>14,} "
                      f"{r['wall_s']:>7.0f}")
+    paired = [r for r in rows if r.get("paired_vs_base")]
+    if paired:
+        lines.append("")
+        lines.append("minus base, same documents / questions (bootstrap 95% interval):")
+        lines.append(f"{'arm':<13} {'bits/char general':>28} {'bits/char medical':>28} "
+                     f"{'margin (rotated loglik)':>28} {'margin (chat-loglik)':>28}")
+        for r in paired:
+            p = r["paired_vs_base"]
+            lines.append(f"{r['arm']:<13} {_delta(p.get('bits_per_char_general')):>28} "
+                         f"{_delta(p.get('bits_per_char_medical')):>28} {_delta(p.get('margin_cyclic')):>28} "
+                         f"{_delta(p.get('margin_chat_loglik')):>28}")
     return "\n".join(lines)
 
 
@@ -681,6 +778,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def paired_markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Each arm minus the base (paired, bootstrap 95 % intervals) as a Markdown table."""
+    out = ["| arm | Δ bits/char general | Δ bits/char medical | Δ Hangul bits/char medical | "
+           "Δ margin (rotated loglik) | Δ margin (chat-loglik) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r.get("paired_vs_base") or {}
+        if p:
+            out.append(f"| {r['arm']} | {_delta(p.get('bits_per_char_general'))} | "
+                       f"{_delta(p.get('bits_per_char_medical'))} | {_delta(p.get('hangul_bits_per_char_medical'))} | "
+                       f"{_delta(p.get('margin_cyclic'))} | {_delta(p.get('margin_chat_loglik'))} |")
+    return "\n".join(out)
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip()) or ARMS
 
@@ -693,9 +803,12 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
     def bench_quality(
         arms: str = typer.Option(",".join(ARMS), "--arms", help="Comma-separated arms; the arms they continue "
                                  "from run too."),
-        korean_text: str = typer.Option(str(Path("~/.cache/kormed/korean_text")), "--korean-text",
+        korean_text: str = typer.Option(DEFAULT_KOREAN_TEXT, "--korean-text",
                                         help="Directory with train/dev/test.jsonl of general Korean text "
-                                        "(scripts/fetch_korean_text.py); missing: the bundled sample's."),
+                                        "(scripts/fetch_assembly_bills.py: National Assembly bills, with "
+                                        "medical_law_*.jsonl as the medical held-out set; "
+                                        "scripts/fetch_korean_text.py: software help pages); missing: the "
+                                        "bundled sample's."),
         model: str = typer.Option(None, "--model", help="Base model (default: the embedded Gemma 3 270M)."),
         cpt_chars: int = typer.Option(d.cpt_chars, "--cpt-chars", min=1, help="Characters of training text each "
                                       "CPT arm reads (one epoch over exactly this much)."),
@@ -708,7 +821,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         eval_max_length: int = typer.Option(d.eval_max_length, "--eval-max-length", min=16,
                                             help="Tokens per held-out block."),
         eval_chars: int = typer.Option(d.eval_chars, "--eval-chars", min=1,
-                                       help="Characters of general held-out text measured (whole documents)."),
+                                       help="Characters of each fetched held-out test text measured (whole "
+                                       "documents; general, and the medical-law bills)."),
         sft_from: str = typer.Option(d.sft_from, "--sft-from", help="CPT arm SFT continues: cpt_extended | cpt."),
         seed: int = typer.Option(d.seed, "--seed", help="Seed of every stage and of the data order."),
         dtype: str = typer.Option(d.dtype, "--dtype", help="auto | float32 | bfloat16 (training and measuring)."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kormed.config import DEVICE_PATTERN, opt
+from kormed.config import DEVICE_PATTERN, opt, seed_opt
 
 DEFAULT_MAX_NEW_TOKENS = 32
 HARNESS_MAX_GEN_TOKS = 1024
@@ -13,7 +13,8 @@ HARNESS_MAX_GEN_TOKS = 1024
 
 def eval_inputs(cfg: EvalConfig) -> dict[str, str | None]:
     """Flag -> path of what `kormed eval` reads: its --output must be none of them."""
-    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter}
+    return {"--data": cfg.data, "--fewshot-file": cfg.fewshot_file, "--model": cfg.model, "--adapter": cfg.adapter,
+            "--dict": cfg.dict, "--char-dict": cfg.char_dict, "--heldout": cfg.heldout}
 
 
 @dataclass
@@ -38,12 +39,18 @@ class EvalConfig:
     num_fewshot: int = opt(
         0, "Number of few-shot examples before each question (harness default: 0).", bounds=(0, None)
     )
-    mode: Literal["generate", "loglik", "chat"] = opt(
+    mode: Literal["generate", "loglik", "chat", "chat-loglik"] = opt(
         "generate",
         "generate: the lm-evaluation-harness kormedmcqa v3.0 protocol (prompt, greedy decoding, stop sequences,\n"
         "extraction cascade); comparable with published numbers.\n"
         "loglik: the option with the highest log-likelihood after the same prompt (fast, deterministic).\n"
-        "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.",
+        "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.\n"
+        "chat-loglik: the letters scored after the chat prompt and '정답:' in the model turn (the SFT format).",
+    )
+    permutations: Literal["none", "cyclic"] = opt(
+        "none",
+        "loglik modes: cyclic = score each question under its 5 cyclic option rotations and average each\n"
+        "option's log-prob (removes the model's letter preference; 5 forwards a question). none = the harness.",
     )
     backend: Literal["kormed", "lm-eval"] = opt(
         "kormed",
@@ -85,6 +92,16 @@ class EvalConfig:
         "weights, fp32 matmuls.",
     )
     output: str | None = opt(None, "Write the full result (summary + one record per question) to this JSON file.")
+    dict: str | None = opt(None, "knowledge: medical dictionary JSON ([{term, definition}]).")
+    char_dict: str | None = opt(None, "knowledge: medical symbol dictionary JSON (same format).")
+    heldout: str | None = opt(
+        None, "knowledge: the held-out dictionary record `kormed prepare` wrote (<out>.dict_heldout.json): its\n"
+        "entries are reported apart from the trained ones (the control).",
+    )
+    knowledge_split: Literal["dev", "test"] = opt(
+        "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
+    )
+    knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
     max_length: int = opt(
         1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).", bounds=(2, None)
     )

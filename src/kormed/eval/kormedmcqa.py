@@ -14,18 +14,29 @@ prompt's own tokens (so ` B` is the single token `▁B`, not `B`), as the harnes
 `chat` renders the question as the Gemma chat turn the SFT stages train on (:mod:`kormed.data.chat`),
 generates until `<end_of_turn>`, and parses the answer with the same cascade.
 
+`chat-loglik` scores the five letters in the format SFT trains: the chat prompt, the model turn opened with
+`정답:` (the answer template's cue), then ` A`...` E` (so `정답: B` is exactly the start of a trained answer).
+
+`permutations="cyclic"` (loglik modes) scores each question 5 times, its options rotated so that every option
+appears once under every letter, and averages each option's log-probability over the 5: a model's preference for
+a letter (a 0-shot base model picks E for almost everything) then adds the same amount to every option and no
+longer decides the answer. Every loglik record also carries `margin`: the (averaged) log-probability of the right
+option minus the mean of the wrong ones, a continuous score that two models can be compared on question by
+question (:mod:`kormed.eval.paired`).
+
 Every prompt starts with `<bos>` exactly once; generation is batched with left padding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from kormed.data.chat import chat_prompt, mcq_user_prompt
+from kormed.data.chat import DEFAULT_MCQ_ANSWER_TEMPLATE, chat_prompt, mcq_user_prompt
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
 from kormed.eval.extract import apply_stop_sequences, extract_answer
@@ -40,7 +51,9 @@ HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\
 HARNESS_MAX_GEN_TOKS = 1024
 FULLWIDTH_COLON = "\uff1a"
 ANSWER_CUE = f"정답{FULLWIDTH_COLON}"
-MODES = ("generate", "loglik", "chat")
+MODES = ("generate", "loglik", "chat", "chat-loglik")
+LOGLIK_MODES = ("loglik", "chat-loglik")
+PERMUTATIONS = ("none", "cyclic")
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -81,6 +94,27 @@ def chat_mode_prompt(mcq: MCQ, *, template: str | None = None, bos: str = "<bos>
 
     user = mcq_user_prompt(mcq) if template is None else mcq_user_prompt(mcq, template)
     return f"{bos}{chat_prompt(user)}"
+
+
+def chat_answer_cue(answer_template: str = DEFAULT_MCQ_ANSWER_TEMPLATE) -> str:
+    """What a trained MCQ answer says before its letter: `정답:` for `정답: {letter}. {answer_text}`."""
+    head = answer_template.split("{letter}", 1)[0].rstrip()
+    if not head or "{" in head:
+        raise KormedError(f"the MCQ answer template must start with a fixed cue before {{letter}}: {answer_template!r}",
+                          field="sft.templates.mcq_answer")
+    return head
+
+
+def chat_loglik_prompt(mcq: MCQ, *, template: str | None = None, bos: str = "<bos>") -> str:
+    """The `chat-loglik` context: the `chat` prompt and the trained answer's cue (`정답:`); a letter follows."""
+    return chat_mode_prompt(mcq, template=template, bos=bos) + chat_answer_cue()
+
+
+def rotated(mcq: MCQ, shift: int) -> MCQ:
+    """`mcq` with its options rotated by `shift`: letter j shows option (j + shift) mod 5; the answer follows."""
+    n = len(LETTERS)
+    options = tuple(mcq.options[(j + shift) % n] for j in range(n))
+    return dataclasses.replace(mcq, options=options, answer=(mcq.answer - 1 - shift) % n + 1)  # type: ignore[arg-type]
 
 
 def loglik_continuations(mcq: MCQ, target: str = "letter") -> list[str]:
@@ -281,6 +315,7 @@ def evaluate_kormedmcqa(
     max_new_tokens: int = 32,
     loglik_target: str = "letter",
     chat_template: str | None = None,
+    permutations: str = "none",
     progress: bool = True,
     compute_dtype: str | None = None,
 ) -> dict[str, Any]:
@@ -294,6 +329,12 @@ def evaluate_kormedmcqa(
     """
     if mode not in MODES:
         raise KormedError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    if permutations not in PERMUTATIONS:
+        raise KormedError(f"permutations must be one of {', '.join(PERMUTATIONS)}, got {permutations!r}",
+                          field="permutations")
+    if permutations != "none" and mode not in LOGLIK_MODES:
+        raise KormedError(f"permutations apply to the loglik modes ({', '.join(LOGLIK_MODES)}), not {mode}",
+                          field="permutations")
     if not questions:
         raise KormedError("no questions to evaluate")
     if batch_size < 1:
@@ -310,23 +351,26 @@ def evaluate_kormedmcqa(
             records = _run_mode(
                 model, tokenizer, list(questions), mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
                 batch_size=batch_size, max_new_tokens=max_new_tokens, loglik_target=loglik_target,
-                chat_template=chat_template, progress=progress, bos=bos,
+                chat_template=chat_template, permutations=permutations, progress=progress, bos=bos,
             )
     finally:
         if was_training:
             model.train()
     correct = sum(r["correct"] for r in records)
+    margins = [r["margin"] for r in records if "margin" in r]
     return {
         "accuracy": correct / len(records),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "permutations": permutations if mode in LOGLIK_MODES else None,
         "correct": correct,
         "total": len(records),
         "unparseable": sum(1 for r in records if not r["extracted"]),
         "per_subset": _summarise(records, "subset"),
         "per_year": _summarise(records, "year"),
         "mode": mode,
-        "num_fewshot": num_fewshot if mode != "chat" else 0,
-        "loglik_target": loglik_target if mode == "loglik" else None,
-        "max_new_tokens": max_new_tokens if mode != "loglik" else None,
+        "num_fewshot": num_fewshot if mode not in ("chat", "chat-loglik") else 0,
+        "loglik_target": loglik_target if mode in LOGLIK_MODES else None,
+        "max_new_tokens": max_new_tokens if mode not in LOGLIK_MODES else None,
         "harness_version": HARNESS_VERSION if mode == "generate" else None,
         "questions": records,
     }
@@ -339,9 +383,14 @@ def _base_record(mcq: MCQ, prompt: str) -> dict[str, Any]:
 
 def _run_mode(
     model: Any, tokenizer: Any, questions: list[MCQ], *, mode: str, fewshot: Sequence[MCQ], num_fewshot: int,
-    batch_size: int, max_new_tokens: int, loglik_target: str, chat_template: str | None, progress: bool, bos: str,
+    batch_size: int, max_new_tokens: int, loglik_target: str, chat_template: str | None, permutations: str,
+    progress: bool, bos: str,
 ) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
+    if mode in LOGLIK_MODES:
+        return _run_loglik(model, tokenizer, questions, mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
+                           batch_size=batch_size, loglik_target=loglik_target, chat_template=chat_template,
+                           permutations=permutations, progress=progress, bos=bos)
     if mode == "chat":
         prompts = [chat_mode_prompt(q, template=chat_template, bos=bos) for q in questions]
     else:
@@ -358,20 +407,49 @@ def _run_mode(
             rec.update(output=output, extracted=extracted, correct=extracted == q.answer_letter)
             records.append(rec)
         return records
-    requests = [(p, c) for q, p in zip(questions, prompts, strict=True) for c in loglik_continuations(q, loglik_target)]
-    raw = loglik_scores(model, tokenizer, requests, batch_size=batch_size, progress=progress, desc="kormedmcqa loglik")
-    for n, (q, prompt) in enumerate(zip(questions, prompts, strict=True)):
-        conts = loglik_continuations(q, loglik_target)
-        option_scores = raw[5 * n : 5 * n + 5]
-        if loglik_target == "text":  # the harness's acc_norm: log-likelihood per UTF-8 byte of the continuation
-            option_scores = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(option_scores, conts, strict=True)]
-        best = max(range(5), key=lambda i: (option_scores[i], -i))  # ties: the earlier letter
-        rec = _base_record(q, prompt)
+    raise AssertionError(f"unhandled mode {mode}")  # pragma: no cover - modes are checked by the caller
+
+
+def _run_loglik(
+    model: Any, tokenizer: Any, questions: list[MCQ], *, mode: str, fewshot: Sequence[MCQ], num_fewshot: int,
+    batch_size: int, loglik_target: str, chat_template: str | None, permutations: str, progress: bool, bos: str,
+) -> list[dict[str, Any]]:
+    """loglik / chat-loglik: every (question, rotation) prompt's 5 continuations scored in one batched pass; each
+    ORIGINAL option's score is its mean over the rotations (one rotation, the identity, without permutations)."""
+    n = len(LETTERS)
+    shifts = range(n) if permutations == "cyclic" else range(1)
+
+    def prompt_of(q: MCQ) -> str:
+        if mode == "chat-loglik":
+            return chat_loglik_prompt(q, template=chat_template, bos=bos)
+        return generate_prompt(q, fewshot, num_fewshot, bos=bos)
+
+    views = [[rotated(q, k) for k in shifts] for q in questions]
+    requests = [(prompt_of(v), c) for vs in views for v in vs for c in loglik_continuations(v, loglik_target)]
+    raw = loglik_scores(model, tokenizer, requests, batch_size=batch_size, progress=progress,
+                        desc=f"kormedmcqa {mode}")
+    records: list[dict[str, Any]] = []
+    for qi, (q, vs) in enumerate(zip(questions, views, strict=True)):
+        per_option: list[list[float]] = [[] for _ in range(n)]
+        for vi, (k, v) in enumerate(zip(shifts, vs, strict=True)):
+            at = (qi * len(vs) + vi) * n
+            conts = loglik_continuations(v, loglik_target)
+            for j in range(n):  # letter j shows original option (j + k) mod n
+                score = raw[at + j]
+                if loglik_target == "text":  # the harness's acc_norm: log-likelihood per UTF-8 byte
+                    score /= max(1, len(conts[j].encode("utf-8")))
+                per_option[(j + k) % n].append(score)
+        option_scores = [sum(x) / len(x) for x in per_option]
+        best = max(range(n), key=lambda i: (option_scores[i], -i))  # ties: the earlier letter
+        right = q.answer - 1
+        wrong = [option_scores[i] for i in range(n) if i != right]
+        rec = _base_record(q, prompt_of(q))
         rec.update(
-            output=conts[best].strip(),
+            output=loglik_continuations(q, loglik_target)[best].strip(),
             extracted=LETTERS[best],
             correct=LETTERS[best] == q.answer_letter,
-            scores={LETTERS[i]: round(option_scores[i], 6) for i in range(5)},
+            scores={LETTERS[i]: round(option_scores[i], 6) for i in range(n)},
+            margin=option_scores[right] - sum(wrong) / len(wrong),
         )
         records.append(rec)
     return records
@@ -408,6 +486,9 @@ def format_table(result: dict[str, Any]) -> str:
         for name, s in result[key].items():
             lines.append(row(name, s["accuracy"], s["correct"], s["total"]))
     lines.append(f"  unparseable answers: {result['unparseable']}")
+    if result.get("mean_margin") is not None:
+        lines.append(f"  mean margin (log P right - mean log P wrong, {result.get('permutations') or 'none'} "
+                     f"permutations): {result['mean_margin']:.4f}")
     return "\n".join(lines)
 
 
@@ -424,14 +505,17 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         if cfg.mode != "generate":
             raise KormedError(f"--backend lm-eval runs the harness's generate task; --mode {cfg.mode} is kormed's own",
                               field="mode")
+        if cfg.permutations != "none":
+            raise KormedError("--backend lm-eval runs the harness's task as published; --permutations is kormed's own",
+                              field="permutations")
         require_lm_eval()  # one line saying how to install it, before any work
     if not cfg.data:
         raise KormedError("no test file given", field="data", hint="pass --data test.jsonl")
     questions = load_questions(cfg.data, subset=cfg.subset, limit=cfg.limit)
     fewshot: list[MCQ] = []
     if cfg.num_fewshot > 0:
-        if cfg.mode == "chat":
-            raise KormedError("few-shot examples are not used in chat mode", field="num_fewshot")
+        if cfg.mode in ("chat", "chat-loglik"):
+            raise KormedError(f"few-shot examples are not used in {cfg.mode} mode", field="num_fewshot")
         if not cfg.fewshot_file:
             raise KormedError(f"--num-fewshot {cfg.num_fewshot} needs --fewshot-file", field="fewshot_file")
         fewshot = load_questions(cfg.fewshot_file, subset=cfg.subset)
@@ -448,7 +532,8 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         result = evaluate_kormedmcqa(
             model, tokenizer, questions, mode=cfg.mode, fewshot=fewshot, num_fewshot=cfg.num_fewshot,
             batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, loglik_target=cfg.loglik_target,
-            chat_template=cfg.chat_mcq_prompt, progress=progress, compute_dtype=runtime.compute_dtype,
+            chat_template=cfg.chat_mcq_prompt, permutations=cfg.permutations, progress=progress,
+            compute_dtype=runtime.compute_dtype,
         )
         result["backend"] = "kormed"
     result.update(

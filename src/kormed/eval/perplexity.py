@@ -6,11 +6,16 @@ text), so a block here is byte-for-byte a block the CPT stage trains on. `evalua
 token-weighted mean next-token loss over every predicted position of every block (the sum of per-token
 negative log-likelihoods divided by the number of predicted tokens; padding never counts), and exp of it.
 The CPT trainer uses these two functions for its validation, so `kormed eval ppl` and CPT report one number.
+
+`score_documents` scores each text alone (`<bos>` + its tokens, no end-of-text target: a base model never saw
+that token end a document and CPT learns exactly that convention) for the tokenizer-independent bits per
+character and the Hangul bits per Hangul character `kormed eval ppl` and `kormed bench quality` report.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +114,96 @@ def evaluate_perplexity(
     return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
 
 
+HANGUL_SYLLABLE = re.compile(r"[\uac00-\ud7a3]")
+
+
+def _hangul_weights(text: str, offsets: Sequence[tuple[int, int]]) -> list[float]:
+    """Each token's share of Hangul: Hangul syllables in its character span / the span's length (0 for an empty
+    span). Byte-fallback pieces of one character share its span, so all of them count for it."""
+    return [len(HANGUL_SYLLABLE.findall(text, s, e)) / (e - s) if e > s else 0.0 for s, e in offsets]
+
+
+def score_documents(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    progress: bool = True,
+    loss_impl: str = "chunked",
+    chunk_size: int | None = None,
+    compute_dtype: str | None = None,
+) -> list[dict[str, float | int]]:
+    """Each text scored alone: `<bos>` + its tokens, no end-of-text target (no format convention is scored), cut
+    into windows of `max_length` (each restarting after `<bos>`). Per text: `characters`, `tokens` (predicted),
+    `nll` (nats), `hangul_characters` and `hangul_nll` (each token's NLL shared over its characters; the Hangul
+    syllables' share). Tokenizer-independent: every character is predicted once through some token."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from kormed.precision import autocast
+    from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, token_nll
+
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
+    if not getattr(tokenizer, "is_fast", False):
+        raise KormedError("scoring per character needs a fast tokenizer (character offsets)")
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    docs = [{"characters": len(t), "tokens": 0, "nll": 0.0, "hangul_characters": len(HANGUL_SYLLABLE.findall(t)),
+             "hangul_nll": 0.0} for t in texts]
+    windows: list[tuple[int, list[int], list[float]]] = []  # (document, ids, Hangul weight of each target)
+    body = max_length - 1
+    for d, text in enumerate(texts):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, weights = list(enc["input_ids"]), _hangul_weights(text, enc["offset_mapping"])
+        for start in range(0, len(ids), body):
+            windows.append((d, [int(bos_id), *ids[start : start + body]], weights[start : start + body]))
+    spec = LossSpec(loss_impl, chunk_size or DEFAULT_CHUNK_SIZE)
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][1]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    try:
+        with torch.no_grad(), autocast(device, compute_dtype or "float32"):
+            for batch in tqdm(batches, desc="bits/char", unit="batch", disable=not progress):
+                width = max(len(windows[i][1]) for i in batch)
+                ids = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(windows[i][1])] = torch.tensor(windows[i][1], dtype=torch.long)
+                    mask[row, : len(windows[i][1])] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                labels = ids.masked_fill(mask == 0, -100)
+                nll, valid = token_nll(model, {"input_ids": ids, "attention_mask": mask}, labels, spec=spec)
+                nll = nll.double().cpu()
+                for row, i in enumerate(batch):
+                    d, _, weights = windows[i]
+                    values = nll[row, : len(weights)]
+                    docs[d]["nll"] += float(values.sum())
+                    docs[d]["hangul_nll"] += float((values * torch.tensor(weights, dtype=torch.float64)).sum())
+                    docs[d]["tokens"] += int(valid[row].sum())
+    finally:
+        if was_training:
+            model.train()
+    return docs
+
+
+def summarise_documents(docs: Sequence[dict[str, float | int]]) -> dict[str, float | int]:
+    """Bits per character and Hangul bits per Hangul character of the documents of `score_documents`."""
+    chars = sum(int(d["characters"]) for d in docs)
+    hangul = sum(int(d["hangul_characters"]) for d in docs)
+    nll = sum(float(d["nll"]) for d in docs)
+    hangul_nll = sum(float(d["hangul_nll"]) for d in docs)
+    return {"bits_per_char": nll / math.log(2) / chars if chars else float("nan"),
+            "hangul_bits_per_char": hangul_nll / math.log(2) / hangul if hangul else float("nan"),
+            "documents": len(docs), "characters": chars, "hangul_characters": hangul,
+            "tokens": sum(int(d["tokens"]) for d in docs), "nll_nats": nll, "hangul_nll_nats": hangul_nll}
+
+
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
     from kormed.models import load_model_and_tokenizer, pick_runtime
@@ -123,6 +218,12 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
     result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress,
                                                       compute_dtype=runtime.compute_dtype))
+    # per character: each text alone, no end-of-text target (the loss above counts one per text, as CPT trains)
+    docs = score_documents(model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size,
+                           progress=progress, compute_dtype=runtime.compute_dtype)
+    chars = summarise_documents(docs)
+    result.update(bits_per_char=chars["bits_per_char"], hangul_bits_per_char=chars["hangul_bits_per_char"],
+                  characters=chars["characters"], hangul_characters=chars["hangul_characters"])
     result.update(
         documents=len(texts),
         max_length=cfg.max_length,

@@ -688,13 +688,21 @@ def _eval_section(data: ReportData) -> Section:
     if mcq:
         targets = sorted(mcq, key=_target_key)
         subsets = sorted({s for t in targets for s in mcq[t].per_subset})
+        margins = any(mcq[t].mean_margin is not None for t in targets)
         rows = []
         for t in targets:
             r = mcq[t]
-            rows.append([t, r.mode or "-", _fmt(r.total), f"{r.accuracy:.3f}", _interval(r),
+            mode = f"{r.mode} ({r.permutations} permutations)" if r.permutations not in (None, "none") else r.mode
+            rows.append([t, mode or "-", _fmt(r.total), f"{r.accuracy:.3f}", _interval(r),
                          *[f"{r.per_subset[s]:.3f}" if s in r.per_subset else "-" for s in subsets],
-                         _fmt(r.unparseable)])
-        sec.table(["model", "mode", "questions", "accuracy", "95% CI", *subsets, "unparseable"], rows)
+                         _fmt(r.unparseable),
+                         *([f"{r.mean_margin:.3f}" if r.mean_margin is not None else "-"] if margins else [])])
+        sec.table(["model", "mode", "questions", "accuracy", "95% CI", *subsets, "unparseable",
+                   *(["mean margin"] if margins else [])], rows)
+        if margins:
+            sec.p("Mean margin: log-probability of the right option minus the mean over the wrong ones, per question "
+                  "(averaged over the 5 option rotations with `eval.permutations: cyclic`); it moves where accuracy "
+                  "at chance cannot.")
         sec.p("95% CI: Wilson score interval of the accuracy over these questions; two models whose intervals "
               "overlap widely are not shown apart by this test set.")
         series: dict[str, list[float | None]] = {"overall": [mcq[t].accuracy for t in targets]}
@@ -708,11 +716,15 @@ def _eval_section(data: ReportData) -> Section:
         targets = sorted(ppl, key=_target_key)
         vals = [ppl[t].perplexity for t in targets]
         bpc = [_bits_per_char(ppl[t]) for t in targets]
-        sec.table(["model", "perplexity", "loss", "tokens", "bits per character"],
-                  [[t, _fmt(v), _fmt(ppl[t].loss), _fmt(ppl[t].tokens), f"{b:.3f}" if b is not None else "-"]
-                   for t, v, b in zip(targets, vals, bpc, strict=True)])
+        hangul = [ppl[t].hangul_bits_per_char for t in targets]
+        sec.table(["model", "perplexity", "loss", "tokens", "bits per character", "Hangul bits per Hangul character"],
+                  [[t, _fmt(v), _fmt(ppl[t].loss), _fmt(ppl[t].tokens), f"{b:.3f}" if b is not None else "-",
+                    f"{h:.3f}" if h is not None else "-"]
+                   for t, v, b, h in zip(targets, vals, bpc, hangul, strict=True)])
         sec.p("Perplexity is per token of each model's own tokenizer: after a tokenizer extension (fewer, longer "
-              "tokens) compare the bits per character, which do not depend on the tokenizer.")
+              "tokens) compare the bits per character, which do not depend on the tokenizer. Bits per character "
+              "score each text alone, without the end-of-text target CPT learns to predict; the Hangul column "
+              "counts only the Hangul syllables' share (not newlines, spaces, punctuation or Latin letters).")
         sec.img("perplexity.png", _bar(targets, vals, title="Held-out Korean perplexity", ylabel="perplexity"),
                 "perplexity per stage")
     else:
@@ -732,7 +744,10 @@ def _interval(target: results.EvalTarget) -> str:
 
 
 def _bits_per_char(target: results.EvalTarget) -> float | None:
-    """Total loss in bits divided by the characters of the evaluated text file (tokenizer-independent)."""
+    """Bits per character, tokenizer-independent: as `kormed eval ppl` measured it (each text alone, no end-of-text
+    target); for a run made before it did, the packed loss in bits over the text file's characters."""
+    if target.bits_per_char is not None:
+        return target.bits_per_char
     if target.loss is None or not target.tokens or not target.ppl_data:
         return None
     chars = _text_chars(target.ppl_data)

@@ -298,10 +298,14 @@ class EvalTarget:
     unparseable: int | None = None
     mode: str | None = None
     per_subset: dict[str, float] = field(default_factory=dict)
+    mean_margin: float | None = None  # loglik modes: log P right - mean log P wrong (absent in older runs)
+    permutations: str | None = None
     perplexity: float | None = None
     loss: float | None = None  # mean loss in nats per token
     tokens: int | None = None
     ppl_data: str | None = None  # the text file the perplexity was measured on
+    bits_per_char: float | None = None  # each text alone, no end-of-text target (absent in older runs)
+    hangul_bits_per_char: float | None = None
 
 
 @dataclass
@@ -322,7 +326,8 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
             targets[name] = dataclasses.replace(
                 targets.get(name, EvalTarget()), accuracy=r["accuracy"], correct=r["correct"], total=r["total"],
                 unparseable=r["unparseable"], mode=r["mode"],
-                per_subset={k: v["accuracy"] for k, v in r["per_subset"].items()})
+                per_subset={k: v["accuracy"] for k, v in r["per_subset"].items()},
+                mean_margin=r.get("mean_margin"), permutations=r.get("permutations"))
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed KorMedMCQA result (missing {exc})", path=p) from None
     for p in sorted(d.glob("ppl_*.json")):
@@ -330,7 +335,9 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
         try:
             name = p.stem.removeprefix("ppl_")
             targets[name] = dataclasses.replace(targets.get(name, EvalTarget()), perplexity=r["perplexity"],
-                                                loss=r["loss"], tokens=r["tokens"], ppl_data=r.get("data"))
+                                                loss=r["loss"], tokens=r["tokens"], ppl_data=r.get("data"),
+                                                bits_per_char=r.get("bits_per_char"),
+                                                hangul_bits_per_char=r.get("hangul_bits_per_char"))
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed perplexity result (missing {exc})", path=p) from None
     return EvalResult(targets=targets)

@@ -76,7 +76,10 @@ def data_root(ctx: RunContext) -> Path | None:
 def _source(ctx: RunContext, name: str) -> str | None:
     """Path of one raw source (mcq, medical_dict, char_dict, mcq_test, mcq_fewshot) in the seeds' layout."""
     if ctx.enabled("prepare") and name in ("mcq", "medical_dict", "char_dict"):
-        return str(ctx.configs["prepare"].source_path(name))
+        cfg = ctx.configs["prepare"]
+        if name != "mcq" and cfg.source_path(name).exists():
+            return str(cfg.dict_subset_path(name))  # the trained entries: prepare holds the rest out of every stage
+        return str(cfg.source_path(name))
     root = data_root(ctx)
     if root is None and ctx.enabled("prepare"):
         root = _abs(ctx.configs["prepare"].root())
@@ -142,7 +145,8 @@ def _prepare_inputs(cfg: Any, ctx: RunContext) -> list[Path]:
 
 
 def _prepare_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
-    return [cfg.out_path(), cfg.val_path(), cfg.stats_path()]
+    dicts = [cfg.dict_subset_path(n) for n in ("medical_dict", "char_dict") if cfg.source_path(n).exists()]
+    return [cfg.out_path(), cfg.val_path(), cfg.stats_path(), *dicts, cfg.heldout_path()]
 
 
 def _prepare_verify(cfg: Any, ctx: RunContext) -> str | None:

@@ -12,6 +12,7 @@ from kormed.errors import KormedError
 
 PLAIN_SOURCES = ("namu_wiki", "wikipedia_korean", "c4_korean")
 MEDICAL_SOURCES = ("mcq", "medical_dict", "char_dict")
+DICT_SOURCES = ("medical_dict", "char_dict")
 ALL_SOURCES = PLAIN_SOURCES + MEDICAL_SOURCES
 DEFAULT_OUT = "data/01_raw/00_korean/korean/raw_text_mixed.jsonl"
 EVAL_SETS = ("data/01_raw/02_kor_med_test/test.jsonl", "data/01_raw/02_kor_med_test/dev.jsonl")
@@ -128,6 +129,14 @@ class PrepareConfig:
     )
     val_min_chars: int = opt(300, "Validation documents have at least this many characters.", bounds=(0, None))
     val_max_docs: int = opt(5000, "At most this many validation documents.", bounds=(0, None))
+    dict_holdout: float = opt(
+        0.2,
+        "Share of each dictionary's entries (medical, symbol; seeded, rounded down) held out of every training\n"
+        "stage: left out of the corpus, and of <out>.medical_dict.json / <out>.char_dict.json (the trained\n"
+        "entries the pipeline's SFT, loop and tokenizer stages read); recorded in <out>.dict_heldout.json for\n"
+        "`kormed eval knowledge --heldout` (the control). 0 holds nothing out.",
+        bounds=(0, 1, "[)"),
+    )
     seed: int = seed_opt(
         42, "Random seed for sampling, validation split and shuffle (same inputs + seed = same bytes)."
     )
@@ -195,6 +204,21 @@ class PrepareConfig:
     def stats_path(self) -> Path:
         out = self.out_path()
         return out.with_name(out.name.removesuffix(".jsonl") + ".stats.json")
+
+    def dict_subset_path(self, name: str) -> Path:
+        """The trained entries of dictionary `name` (medical_dict, char_dict): `<out>.<name>.json`."""
+        out = self.out_path()
+        return out.with_name(out.name.removesuffix(".jsonl") + f".{name}.json")
+
+    def heldout_path(self) -> Path:
+        """The record of the dictionary entries held out of training: `<out>.dict_heldout.json`."""
+        out = self.out_path()
+        return out.with_name(out.name.removesuffix(".jsonl") + ".dict_heldout.json")
+
+    def output_paths(self) -> list[Path]:
+        """Every file `kormed prepare` writes."""
+        return [self.out_path(), self.val_path(), self.stats_path(), *map(self.dict_subset_path, DICT_SOURCES),
+                self.heldout_path()]
 
 
 def presets_dir() -> Path:

@@ -38,7 +38,7 @@ from kormed.io import (
     write_jsonl,
 )
 from kormed.prepare.clean import DROP_REASONS, FilterSpec, clean_batch
-from kormed.prepare.config import MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
+from kormed.prepare.config import DICT_SOURCES, MEDICAL_SOURCES, PLAIN_SOURCES, PlainSourceConfig, PrepareConfig
 from kormed.prepare.decontaminate import (
     Decontaminator,
     EvalIndex,
@@ -158,6 +158,7 @@ class _Run:
         self.errors: dict[str, list[str]] = {}
         self.decontam: Decontaminator | None = None
         self.missing_eval_sets: list[str] = []
+        self.dictionaries: dict[str, tuple[list[Any], list[Any]]] = {}  # name -> (trained, held-out) entries
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def present(self, name: str) -> bool:
@@ -358,6 +359,11 @@ class _Run:
                 texts = [render_mcq(r, cfg.mcq_style) for r in questions]
             else:
                 entries, report = read_dictionary(path, skip_bad=cfg.skip_bad)
+                entries, held = hold_out_entries(entries, cfg.dict_holdout, cfg.seed)
+                self.dictionaries[name] = (entries, held)
+                if held:
+                    self.log(f"{name}: {len(held)} of {len(entries) + len(held)} entries held out of training "
+                             f"(prepare.dict_holdout {cfg.dict_holdout}; recorded in {cfg.heldout_path()})")
                 questions = [None] * len(entries)
                 if name == "medical_dict":
                     texts = [render_medical(e) for e in entries]
@@ -392,6 +398,19 @@ class _Run:
         return out
 
 
+def hold_out_entries(entries: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(trained, held-out) dictionary entries: the distinct terms ordered by sha256 of seed and term, the first
+    floor(fraction x terms) held out with every entry of theirs (a term listed twice is never on both sides);
+    both keep the file's order. The same entries and seed give the same split."""
+    terms = sorted({e.term for e in entries}, key=lambda t: hashlib.sha256(f"{seed}\0{t}".encode()).hexdigest())
+    held = set(terms[: int(fraction * len(terms))])
+    return [e for e in entries if e.term not in held], [e for e in entries if e.term in held]
+
+
+def _entries_json(entries: list[Any]) -> list[dict[str, str]]:
+    return [{"term": e.term, "definition": e.definition} for e in entries]
+
+
 def _unique(texts: list[str], *, drop: bool) -> tuple[list[str], int]:
     """(texts without repeats when `drop`, else unchanged; how many repeat an earlier text). A repeated medical
     record would otherwise be written `multiplier` times more, unnoticed."""
@@ -421,7 +440,7 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     if not root.is_dir():
         raise KormedError("data root does not exist or is not a directory", path=root, field="data_root")
     out = cfg.out_path()
-    for path in (out, cfg.val_path(), cfg.stats_path()):
+    for path in cfg.output_paths():
         check_output_path(path, "file", "--out", inputs=cfg.input_paths())
     run = _Run(cfg, log, progress)
     num_proc = _resolve_num_proc(cfg.num_proc)
@@ -432,7 +451,7 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
     val_out, stats_out = cfg.val_path(), cfg.stats_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     # leftovers of a killed run (its work directory, half-written temp files) go first, reported
-    report_stale(clean_stale_temps(out.parent, [out.name, val_out.name, stats_out.name]), run.log)
+    report_stale(clean_stale_temps(out.parent, [p.name for p in cfg.output_paths()]), run.log)
     tmpdir = make_temp_dir(out.parent, out.name, ".work")
     cleaner = _Cleaner(num_proc, run.decontam.index if run.decontam is not None else None)
     publishing = False
@@ -490,9 +509,25 @@ def run_prepare(cfg: PrepareConfig, *, log: Log | None = print, progress: bool =
             ),
             MANIFEST_KEY: {"corpus": manifest_entry(staged[out]), "val": manifest_entry(staged[val_out])},
         }
+        dict_moves = []
+        for name in DICT_SOURCES:
+            if name in run.dictionaries:
+                target = cfg.dict_subset_path(name)
+                write_json(tmpdir / "publish" / target.name, _entries_json(run.dictionaries[name][0]))
+                dict_moves.append((tmpdir / "publish" / target.name, target))
+        heldout = cfg.heldout_path()
+        write_json(tmpdir / "publish" / heldout.name, {
+            "fraction": cfg.dict_holdout, "seed": cfg.seed,
+            **{name: _entries_json(run.dictionaries.get(name, ([], []))[1]) for name in DICT_SOURCES}})
+        stats["dict_holdout"] = {
+            "fraction": cfg.dict_holdout, "seed": cfg.seed, "record": str(heldout),
+            **{name: {"trained": len(run.dictionaries[name][0]), "held_out": len(run.dictionaries[name][1]),
+                      "trained_path": str(cfg.dict_subset_path(name))}
+               for name in DICT_SOURCES if name in run.dictionaries}}
         write_json(staged[stats_out], stats)
         publishing = True
-        publish([(staged[val_out], val_out), (staged[out], out), (staged[stats_out], stats_out)])
+        publish([(staged[val_out], val_out), (staged[out], out), *dict_moves,
+                 (tmpdir / "publish" / heldout.name, heldout), (staged[stats_out], stats_out)])
     except OSError as exc:  # a full disk in the work directory (spool, buckets, staged files): name the output
         kept = not publishing and out.exists()
         err = os_error(exc, out, note=" (nothing was published; the earlier output is unchanged)" if kept else "")

@@ -109,6 +109,17 @@ class EvalIndex:
         self._lengths = sorted({len(span) for span in self._spans}, reverse=True)
         self._prefixes = None
 
+    def add_documents(self, named: list[tuple[str, str]]) -> None:
+        """Add whole documents, each as its own set named `name` (so `match_all` says which documents a text
+        shares a span with): held-out text checked against training text, as the bills fetch script does."""
+        for name, text in named:
+            bit = 1 << len(self.sets)
+            self.sets.append(EvalSet(name, name, 1))
+            if not self._add_sequence(words(text), bit):
+                self.sets[-1].too_short = 1
+        self._lengths = sorted({len(span) for span in self._spans}, reverse=True)
+        self._prefixes = None
+
     def _add_sequence(self, seq: list[str], bit: int) -> bool:
         if len(seq) < self.min_words:
             return False
@@ -131,8 +142,19 @@ class EvalIndex:
         """The bit mask of the evaluation sets `text` shares a span with (0: clean). One pass over the text: every
         span begins with min_words words, so only the windows of that length are hashed and looked up, and the
         few hits are checked against the spans of each length starting there."""
+        return next(self._hits(text), 0)
+
+    def match_all(self, text: str) -> int:
+        """The union of the masks of every span of `text` found (`match` stops at the first)."""
+        mask = 0
+        for hit in self._hits(text):
+            mask |= hit
+        return mask
+
+    def _hits(self, text: str) -> Iterator[int]:
+        """The masks of the spans of `text` found, by position (the longest span at each start)."""
         if not self._spans:
-            return 0
+            return
         get = self._vocab.get
         parts = []
         for chunk in _chunks(normalise(text)):
@@ -142,11 +164,11 @@ class EvalIndex:
         k = self.min_words
         windows = len(ids) - k + 1
         if windows <= 0:
-            return 0
+            return
         unknown = np.concatenate(([0], np.cumsum(ids == 0)))
         starts = np.flatnonzero(unknown[k:] == unknown[:windows])  # windows made only of evaluation words
         if not len(starts):
-            return 0
+            return
         hashes = _window_hashes(ids, k, starts)
         table = self._prefix_table()
         where = np.minimum(np.searchsorted(table, hashes), len(table) - 1)
@@ -154,8 +176,8 @@ class EvalIndex:
             for length in self._lengths:
                 mask = self._spans.get(tuple(ids[s : s + length].tolist())) if s + length <= len(ids) else None
                 if mask:  # the words themselves equal: a hash collision never matches
-                    return mask
-        return 0
+                    yield mask
+                    break
 
     def match_mcq(self, question: MCQ) -> int:
         """The mask of the evaluation sets holding this question with this correct option (a duplicate)."""

@@ -354,13 +354,26 @@ def sequence_nll(model: Any, inputs: dict[str, Any], labels: Any, *, spec: LossS
     if spec.impl == "full":
         out = model(**inputs)
         return shifted_nll(out["logits"] if isinstance(out, dict) else out.logits, labels)
+    per_token, mask = token_nll(model, inputs, labels, spec=spec)
+    return per_token.sum(dim=1), mask.sum(dim=1)
+
+
+def token_nll(model: Any, inputs: dict[str, Any], labels: Any, *, spec: LossSpec) -> tuple[Any, Any]:
+    """Next-token NLL [batch, seq-1] (fp32; 0 where not a target) and the target mask [batch, seq-1]: position t
+    holds the NLL of token t+1, for evaluations that attribute loss to characters (bits per Hangul character)."""
+    if spec.impl == "full":
+        out = model(**inputs)
+        logits = (out["logits"] if isinstance(out, dict) else out.logits)[:, :-1].float()
+        shift = labels[:, 1:].to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX,
+                              reduction="none").view(shift.shape)
+        return nll, shift.ne(IGNORE_INDEX)
     head, softcap = output_head(model)
     hidden = final_hidden_states(model, inputs, head)
     rows, targets, mask = _targets(hidden, labels)
     weight, bias = head_weight(head)
     nll = chunked_token_nll(rows, weight, bias, targets, chunk_size=spec.chunk_size, softcap=softcap)
-    per_token = nll.new_zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll)
-    return per_token.sum(dim=1), mask.sum(dim=1)
+    return nll.new_zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll), mask
 
 
 def token_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
