@@ -134,6 +134,17 @@ class TrainOptions:
         "training_info.json `runtime` (dtype = weights, compute_dtype = matmuls).",
         flags=("--dtype",),
     )
+    method: Literal["lora", "full"] = opt(
+        "lora",
+        "What trains. lora: a PEFT LoRA adapter on the frozen base (the output is an adapter directory).\n"
+        "full: every language-model weight (embeddings, decoder layers, norms; a multimodal checkpoint's vision\n"
+        "tower and projector stay frozen); the trainable weights are held in fp32 (master weights) while the\n"
+        "matmuls run in the compute dtype, and the output is a full model directory (model.safetensors, config,\n"
+        "tokenizer) that --model takes. Memory: about 16 bytes per trained parameter with AdamW (8-bit Adam:\n"
+        "optim adamw_bnb_8bit, CUDA). The lora section is ignored; an adapter to continue and --quantize 4bit\n"
+        "are refused.",
+        flags=("--method",),
+    )
     quantize: Literal["none", "4bit"] = opt(
         "none",
         "4bit: QLoRA. The base model's language-model linear layers load as bitsandbytes NF4 (double quantization,\n"
@@ -179,6 +190,10 @@ class TrainOptions:
     )
 
     def validate(self) -> None:
+        if self.method == "full" and self.quantize == "4bit":
+            raise KormedError("--quantize 4bit (QLoRA) trains a LoRA adapter on a frozen 4-bit base; it cannot be "
+                              "combined with --method full", field="train.method",
+                              hint="drop --quantize for full fine-tuning, or use --method lora")
         if self.quantize == "4bit":
             from kormed.quantization import require_bitsandbytes
 
@@ -228,5 +243,9 @@ class CPTConfig:
     train: TrainOptions = nested(TrainOptions, "Trainer settings.")
 
     def validate(self) -> None:
+        if self.train.method == "full" and self.adapter is not None:
+            raise KormedError("--adapter continues a LoRA adapter; it cannot be combined with --method full",
+                              field="cpt.adapter",
+                              hint="to fully fine-tune a model, pass it (e.g. a full model directory) as --model")
         if self.eod_token not in ("<end_of_turn>", "<eos>") and not self.eod_token.startswith("<"):
             raise KormedError("must be a special token such as <end_of_turn> or <eos>", field="cpt.eod_token")
