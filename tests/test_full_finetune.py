@@ -144,3 +144,49 @@ def test_sft_full_method_refuses_from_adapter(tmp_path):
                                  "--output", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "--from-adapter continues a LoRA adapter" in result.output
+
+
+@pytest.mark.heavy  # two SFT steps, a --from-step rerun and a one-round loop on the tiny model: about two minutes
+def test_sft_and_loop_full_method_hand_on_model_directories(tmp_path, tiny_gemma3_dir):
+    """`kormed train sft --method full`: each step saves a full model directory, --from-step starts from the previous
+    step's directory (and reproduces the uninterrupted step); `kormed train loop --method full` copies the best
+    round's model directory to best/."""
+    import yaml
+    from safetensors.torch import load_file
+    from test_sft_pipeline import TRAIN_FAST, _data_args, seeds_steps
+
+    from kormed.sample_data import sample_paths
+
+    cfg = tmp_path / "sft.yaml"
+    steps = seeds_steps({1: {"max_steps": 1}, 2: {"max_steps": 1}})[:2]
+    cfg.write_text(yaml.safe_dump({"sft": {"val_max": 2, "max_length": 96, "train": TRAIN_FAST, "steps": steps}}))
+    out = tmp_path / "sft"
+    args = ["train", "sft", "--config", str(cfg), *_data_args(tmp_path), "--model", str(tiny_gemma3_dir),
+            "--output", str(out), "--device", "cpu", "--method", "full"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for step in ("step1", "step2"):
+        assert is_full_model_dir(out / step) and not (out / step / "adapter_config.json").exists()
+        assert json.loads((out / step / "training_info.json").read_text())["method"] == "full"
+    resumed = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "step2")
+    result = runner.invoke(app, [a if a != str(out) else str(resumed) for a in args] + ["--from-step", "2"])
+    assert result.exit_code == 0, result.output
+    a, b = load_file(out / "step2" / "model.safetensors"), load_file(resumed / "step2" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max().item() < 1e-5 for k in a)
+
+    p = sample_paths()
+    loop_cfg = tmp_path / "loop.yaml"
+    loop_cfg.write_text(yaml.safe_dump({"loop": {"val_max": 2, "max_length": 96, "train": TRAIN_FAST,
+                                                 "eval_max_new_tokens": 4, "eval_batch_size": 4}}))
+    loop = tmp_path / "loop"
+    result = runner.invoke(app, ["train", "loop", "--config", str(loop_cfg), "--mcq", str(p["mcq_train"]), "--dict",
+                                 str(p["medical_dict"]), "--eval-data", str(p["mcq_test"]), "--eval-limit", "4",
+                                 "--max-rounds", "1", "--max-steps-per-round", "1", "--target", "0.99", "--model",
+                                 str(out / "step2"), "--output", str(loop), "--device", "cpu", "--method", "full"])
+    assert result.exit_code == 0, result.output
+    assert is_full_model_dir(loop / "best") and (loop / "best" / "model.safetensors").is_file()
+    assert (loop / "best" / "best.json").is_file()
