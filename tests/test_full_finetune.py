@@ -83,11 +83,11 @@ def test_multimodal_full_training_on_bf16_base_freezes_vision_and_reloads_exactl
         assert torch.equal(reloaded[key], value.float()), key  # fp32 masters saved as trained; bf16 upcasts exactly
 
 
-@pytest.mark.heavy  # about a minute on a 2-core CPU: two CPT runs, eval ppl, chat
+@pytest.mark.heavy  # about two minutes on a 2-core CPU: two CPT runs, eval ppl, chat, a GGUF export
 def test_cli_full_cpt_resume_then_eval_chat_and_export(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     """`kormed train cpt --method full` with an extended tokenizer, interrupted and resumed; the directory (grown
-    vocabulary) is --model for eval ppl (the number equals CPT's last validation) and chat; export --merge says it
-    is already a full model."""
+    vocabulary) is --model for eval ppl (the number equals CPT's last validation), chat and export --gguf (where
+    llama.cpp's converter is installed); export --merge says it is already a full model."""
     from kormed.train.cpt import run_cpt
 
     ext = tmp_path / "ext"
@@ -125,6 +125,15 @@ def test_cli_full_cpt_resume_then_eval_chat_and_export(tiny_gemma3_dir, corpus, 
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", "--model", str(out), "--merge", "--out", str(tmp_path / "merged")])
     assert result.exit_code == 2 and "already a full model" in result.output
+    from kormed.train.gguf import find_converter
+
+    try:
+        find_converter()
+    except Exception:  # noqa: BLE001 - the converter is installed once with --fetch-converter (a download)
+        return
+    result = runner.invoke(app, ["export", "--model", str(out), "--gguf", "--out", str(tmp_path / "gguf")])
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "gguf").glob("*.gguf"))
 
 
 @pytest.mark.parametrize("args, message", [
