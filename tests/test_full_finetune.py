@@ -83,6 +83,35 @@ def test_multimodal_full_training_on_bf16_base_freezes_vision_and_reloads_exactl
         assert torch.equal(reloaded[key], value.float()), key  # fp32 masters saved as trained; bf16 upcasts exactly
 
 
+def test_full_training_with_8bit_adam_on_cpu(tiny_gemma3_dir, tmp_path, real_tokenizer):
+    """`--train.optim adamw_bnb_8bit`: bitsandbytes' AdamW keeps its moments in 8 bits and every weight moves (its
+    CPU backend runs it too)."""
+    from datasets import Dataset
+
+    model, tok, info = prepare_full_model(str(tiny_gemma3_dir), FP32, tokenizer=real_tokenizer, **QUIET)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    blocks = [[2, 100 + i, 200, 300 + i, 400, 1] for i in range(2)]
+    trainer = build_trainer(model, tok, Dataset.from_dict({"input_ids": blocks}), None, CausalCollator(tok),
+                            _options(max_steps=1, save_checkpoints=False, optim="adamw_bnb_8bit"), tmp_path / "run",
+                            runtime=FP32)
+    run_training(trainer, **QUIET)
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert type(optimizer).__module__.startswith("bitsandbytes")
+    assert any(v.dtype == torch.uint8 for state in optimizer.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
+    assert all(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_8bit_adam_without_bitsandbytes_is_one_line(tmp_path, corpus, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    result = runner.invoke(app, ["train", "cpt", "--method", "full", "--train.optim", "adamw_bnb_8bit", "--data",
+                                 str(corpus[0]), "--val", str(corpus[1]), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "train.optim adamw_bnb_8bit needs bitsandbytes" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.heavy  # about two minutes on a 2-core CPU: two CPT runs, eval ppl, chat, a GGUF export
 def test_cli_full_cpt_resume_then_eval_chat_and_export(tiny_gemma3_dir, corpus, tmp_path, real_tokenizer):
     """`kormed train cpt --method full` with an extended tokenizer, interrupted and resumed; the directory (grown

@@ -149,8 +149,8 @@ class TrainOptions:
         "full: every language-model weight (embeddings, decoder layers, norms; a multimodal checkpoint's vision\n"
         "tower and projector stay frozen); the trainable weights are held in fp32 (master weights) while the\n"
         "matmuls run in the compute dtype, and the output is a full model directory (model.safetensors, config,\n"
-        "tokenizer) that --model takes. Memory: about 16 bytes per trained parameter with AdamW (8-bit Adam:\n"
-        "optim adamw_bnb_8bit, CUDA). The lora section is ignored; an adapter to continue and --quantize 4bit\n"
+        "tokenizer) that --model takes. Memory: about 16 bytes per trained parameter with AdamW (10 with 8-bit\n"
+        "Adam: optim adamw_bnb_8bit). The lora section is ignored; an adapter to continue and --quantize 4bit\n"
         "are refused.",
         flags=("--method",),
     )
