@@ -228,3 +228,12 @@ def test_sft_and_loop_full_method_hand_on_model_directories(tmp_path, tiny_gemma
     assert result.exit_code == 0, result.output
     assert is_full_model_dir(loop / "best") and (loop / "best" / "model.safetensors").is_file()
     assert (loop / "best" / "best.json").is_file()
+
+
+def test_a_model_directory_given_as_adapter_says_to_pass_it_as_model(tiny_gemma3_dir, tmp_path):
+    """A full fine-tune's output (a model directory) given to --adapter: the error says to pass it as --model."""
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps({"text": TEXTS[0]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["eval", "ppl", "--adapter", str(tiny_gemma3_dir), "--data", str(data)])
+    assert result.exit_code == 2, result.output
+    assert "it is a full model directory" in result.output and "pass it as --model" in result.output
