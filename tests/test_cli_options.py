@@ -67,6 +67,8 @@ VALID: dict[str, Any] = {
     "scheduler": "linear",
     "optim": "adamw_torch_fused",
     "target_perplexity": 3.0,
+    # full is refused beside the adapter and 4bit this test also sets; `--method full` lands: test_full_finetune.py
+    "method": "lora",
 }
 
 
