@@ -73,3 +73,16 @@ def tiny_gemma3_dir(tmp_path_factory, real_tokenizer) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     real_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_multimodal_dir(tmp_path_factory, real_tokenizer) -> Path:
+    """A tiny random MedGemma-shaped checkpoint (vision tower + language model) with the real 262K tokenizer."""
+    import torch
+    from transformers import Gemma3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-medgemma")
+    Gemma3ForConditionalGeneration(tiny_multimodal_config()).save_pretrained(out, safe_serialization=True)
+    real_tokenizer.save_pretrained(out)
+    return out

@@ -141,6 +141,23 @@ def test_bad_arguments_are_one_clear_error():
         bench.ensure_bench_model("gemma9", "cpu")
 
 
+def test_method_axis_picks_kormeds_arm_per_training_method():
+    """`--method lora,full` runs kormed's LoRA and full fine-tuning arms side by side (each its own process and peak);
+    the default stays LoRA only; an unknown method is one clear error."""
+    from kormed.errors import KormedError
+
+    assert "kormed-full" not in bench.default_arms("cpt", "cpu")
+    both = bench.default_arms("sft", "cpu", ("lora", "full"))
+    assert {"reference", "trl", "kormed", "kormed-full"} <= set(both)
+    assert "kormed" not in bench.default_arms("cpt", "cpu", ("full",))
+    with pytest.raises(KormedError, match="unknown method 'qlora'"):
+        bench.run_bench(arch="tiny", modes=("cpt",), methods=("qlora",), device="cpu")
+    row = bench.make_row("cpt", {"kormed": {"tokens_per_s": 90.0, "peak_memory_gib": 1.5},
+                                 "kormed-full": {"tokens_per_s": 18.0, "peak_memory_gib": 3.0}}, {"arch": "tiny"})
+    assert row["ratios_kormed_over"]["kormed-full"]["peak_memory"] == 0.5  # LoRA's peak over full fine-tuning's
+    assert "kormed-full" in bench.format_table([row])
+
+
 def test_targets_are_judged_from_the_ratios():
     common = {"device": "x", "device_type": "cpu", "arch": "gemma3-270m"}
     row = bench.make_row("cpt", {"reference": {"tokens_per_s": 100.0, "peak_memory_gib": 10.0},

@@ -68,10 +68,15 @@ VALID: dict[str, Any] = {
     "optim": "adamw_torch_fused",
     "target_perplexity": 3.0,
 }
+# The same by the field's whole path. train.method: full is refused beside the adapter and 4bit this test also sets
+# (`--method full` landing is test_full_finetune.py's).
+VALID_PATHS: dict[tuple[str, ...], Any] = {("train", "method"): "lora"}
 
 
 def _new_value(ff: FieldFlag) -> Any:
     """A value different from the default that the section accepts."""
+    if tuple(ff.path) in VALID_PATHS:
+        return VALID_PATHS[tuple(ff.path)]
     if ff.path[-1] in VALID:
         return VALID[ff.path[-1]]
     tp, default = ff.tp, ff.default

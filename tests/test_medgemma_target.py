@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_multimodal_config
 
 from kormed.models import RuntimeSpec, attention_for, load_model_and_tokenizer, read_adapter_meta
 from kormed.train.config import CPTConfig, LoraOptions, TrainOptions
@@ -22,18 +21,6 @@ from kormed.train.trainer import CausalCollator, build_trainer, run_training
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 NEW_TERMS = ["고혈압약", "당뇨병성", "심근경색증"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_multimodal_dir(tmp_path_factory, real_tokenizer) -> Path:
-    """A tiny random MedGemma-shaped checkpoint (vision tower + language model) with the real 262K tokenizer."""
-    from transformers import Gemma3ForConditionalGeneration
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-medgemma")
-    Gemma3ForConditionalGeneration(tiny_multimodal_config()).save_pretrained(out, safe_serialization=True)
-    real_tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -170,3 +170,13 @@ def test_previous_adapter_follows_the_registry_inputs(tmp_path):
     none = _resolve(pipeline_from_mapping({"name": "y", "run_dir": str(tmp_path / "r2"), "data_root": "sample",
                                            "stages": ["sft"]}))
     assert none.configs["sft"].from_adapter is None
+
+
+@pytest.mark.parametrize("stage", ["cpt", "sft", "loop"])
+def test_full_method_is_refused_by_the_pipeline_before_anything_runs(tmp_path, stage):
+    """The stages of a run hand each other LoRA adapters: `train.method: full` in a section is one clear line."""
+    pipeline = pipeline_from_mapping({"name": "x", "run_dir": str(tmp_path / "run"), "data_root": "sample",
+                                      "stages": ["cpt", "sft", "loop"], stage: {"train": {"method": "full"}}})
+    with pytest.raises(KormedError, match="method full is not supported by `kormed run`") as err:
+        _resolve(pipeline)
+    assert err.value.field == f"{stage}.train.method"

@@ -130,7 +130,7 @@ def _stage_rows(units: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
     for name, info in units:
         cfg = info.get("config") or {}
         train = cfg.get("train") or info.get("train_options") or {}
-        lora = info.get("lora") or cfg.get("lora") or {}
+        lora = {} if info.get("method") == "full" else info.get("lora") or cfg.get("lora") or {}
         rows.append([name, info.get("global_step"), info.get("tokens_seen"), train.get("lr"),
                      info.get("effective_batch_size"), lora.get("r"), info.get("stop_reason"),
                      (info.get("stop_detail") or "").split("\n")[0][:120] or None])

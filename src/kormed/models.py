@@ -484,7 +484,10 @@ def _adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     if not path.is_dir():
         raise KormedError("--adapter must be an adapter directory (with adapter_config.json), not a file", path=path)
     if not (path / "adapter_config.json").is_file():
-        raise KormedError("not an adapter directory (no adapter_config.json)", path=path)
+        full = (path / "config.json").is_file()  # e.g. a `--method full` fine-tune or a merged export
+        raise KormedError("not an adapter directory (no adapter_config.json)" + (
+            "; it is a full model directory" if full else ""), path=path,
+            hint="pass it as --model (no --adapter)" if full else None)
     cfg_file = path / "adapter_config.json"
     cfg = _check_json_object(cfg_file, "adapter config")
     _check_field_types(cfg_file, cfg, _ADAPTER_CONFIG_TYPES)

@@ -11,6 +11,9 @@ layers), block length and batch, each "arm" in its own Python process (so peak m
   `reference` = a plain Trainer on padded batches with answer-only labels (`DataCollatorForSeq2Seq`);
   `trl` = TRL's `SFTTrainer` at its defaults on a prompt/completion dataset (completion-only loss);
   `kormed` = :func:`kormed.train.sft.run_sft_step`, kormed's own step runner.
+- `kormed-full` (either mode, with `--method full` or `--method lora,full`): kormed's own path with
+  `train.method full` (every language-model weight trains, fp32 master weights), so LoRA's and full
+  fine-tuning's peak memory and tokens/s print side by side (the row's kormed / kormed-full ratios).
   Every SFT arm trains on the same examples in the same order: the bench writes the step-3 mix (kormed's
   `mix_datasets`, seed 42) once, in the order kormed's step runner will see it, and every Trainer draws its
   batches with the same seeded sampler, so the arms see the same examples in the same micro-batches.
@@ -67,7 +70,9 @@ from kormed.train.stop_conditions import Tolerances
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 MODES = ("cpt", "sft")
-ARMS = {"cpt": ("reference", "seeds", "kormed"), "sft": ("reference", "trl", "kormed")}
+ARMS = {"cpt": ("reference", "seeds", "kormed", "kormed-full"), "sft": ("reference", "trl", "kormed", "kormed-full")}
+# kormed's arm per training method (`--method`): LoRA (the default) and full fine-tuning (`train.method full`)
+METHOD_ARMS = {"lora": "kormed", "full": "kormed-full"}
 ARCHS = ("gemma3-270m", "medgemma-4b", "tiny", "tiny-multimodal")
 DTYPES = ("auto", "float32", "bfloat16")
 BENCH_MODEL_VERSION = 1  # bump when a random bench model's recipe changes (rebuilds the cached weights)
@@ -288,9 +293,12 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def default_arms(mode: str, device: str) -> tuple[str, ...]:
-    """Every arm of `mode`, except `seeds` on CPU (it is the GPU target's comparison)."""
-    return tuple(a for a in ARMS[mode] if a != "seeds" or device.startswith("cuda"))
+def default_arms(mode: str, device: str, methods: tuple[str, ...] = ("lora",)) -> tuple[str, ...]:
+    """Every arm of `mode`, except `seeds` on CPU (it is the GPU target's comparison), with kormed's arm of each
+    training method in `methods` (lora: `kormed`, full: `kormed-full`)."""
+    mine = {METHOD_ARMS[m] for m in methods}
+    return tuple(a for a in ARMS[mode] if (a != "seeds" or device.startswith("cuda"))
+                 and (a not in METHOD_ARMS.values() or a in mine))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -354,9 +362,11 @@ def run_bench(
     work_dir: str | Path | None = None,
     arm_timeout: float | None = None,
     tokenizer: str | None = None,
+    methods: tuple[str, ...] = ("lora",),
     log: Log = print,
 ) -> list[dict[str, Any]]:
-    """Run every (mode, arm) in its own process and return one row per mode (see :func:`make_row`)."""
+    """Run every (mode, arm) in its own process and return one row per mode (see :func:`make_row`). `methods`:
+    kormed's training methods to run (lora, full), each its own arm (so each its own peak memory)."""
     import torch
 
     for m in modes:
@@ -369,6 +379,9 @@ def run_bench(
                               field="arms")
     if dtype not in DTYPES:
         raise KormedError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})", field="dtype")
+    for m in methods:
+        if m not in METHOD_ARMS:
+            raise KormedError(f"unknown method '{m}' (use {', '.join(METHOD_ARMS)})", field="method")
     if steps < 1 or warmup_steps < 0 or batch_size < 1 or seeds_batch_size < 1 or max_length < 16:
         raise KormedError("steps and batch sizes must be at least 1, max_length at least 16, warmup at least 0")
     if device == "auto":
@@ -397,7 +410,7 @@ def run_bench(
         }
         rows = []
         for mode in modes:
-            wanted = [a for a in ARMS[mode] if (a in arms if arms else a in default_arms(mode, device))]
+            wanted = [a for a in ARMS[mode] if (a in arms if arms else a in default_arms(mode, device, methods))]
             if not wanted:
                 continue
             data: dict[str, str] = {}
@@ -417,6 +430,7 @@ def run_bench(
             for arm in wanted:
                 task = {"task": "arm", "mode": mode, "arm": arm, "model_dir": str(model_dir), "device": device,
                         "dtype": dtype, "steps": steps, "warmup_steps": warmup_steps,
+                        "method": "full" if arm == METHOD_ARMS["full"] else "lora",
                         "batch_size": seeds_batch_size if arm == "seeds" else batch_size,
                         "max_length": max_length, "work": str(work / f"{mode}-{arm}"), **data}
                 log(f"[kormed] bench train: {mode} / {arm} ({arch}, {device}) ...")
@@ -467,7 +481,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             tr = f"{ratio['tokens_per_s']:.2f}x" if ratio.get("tokens_per_s") else ""
             mr = f"{ratio['peak_memory']:.2f}x" if ratio.get("peak_memory") else ""
             s = res.get("settings", {})
-            desc = (f"{s.get('compute_dtype', '?')}, batch {s.get('batch_size')}, "
+            desc = ((f"{s['method']}, " if s.get("method") else "") + f"{s.get('compute_dtype', '?')}, "
+                    f"batch {s.get('batch_size')}, "
                     f"{'ckpt' if s.get('gradient_checkpointing') else 'no ckpt'}, {s.get('loss', '?')}"
                     + (", padding-free" if s.get("padding_free") else ""))
             cpu = res.get("tokens_per_cpu_s") or 0.0
@@ -495,7 +510,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 continue
             ratio = row["ratios_kormed_over"].get(arm, {})
             s = res.get("settings", {})
-            desc = (f"{s.get('compute_dtype')}, batch {s.get('batch_size')}, "
+            desc = ((f"{s['method']}, " if s.get("method") else "") + f"{s.get('compute_dtype')}, "
+                    f"batch {s.get('batch_size')}, "
                     f"{'checkpointing' if s.get('gradient_checkpointing') else 'no checkpointing'}, "
                     f"loss {s.get('loss')}" + (", padding-free" if s.get("padding_free") else ""))
             tr = f"{ratio['tokens_per_s']:.2f}x" if ratio.get("tokens_per_s") else ""
@@ -749,7 +765,7 @@ def _kormed_train_options(base: Any, task: dict[str, Any]) -> Any:
     over: dict[str, Any] = dict(batch_size=task["batch_size"], grad_accum=1, scale_accum=False,
                                 max_steps=task["steps"] + task["warmup_steps"], eval_steps=1_000_000,
                                 eval_on_start=False, load_best_at_end=False, report_to=[], device=task["device"],
-                                seed=SEED)
+                                seed=SEED, method=task.get("method", "lora"))
     if "dtype" in fields:
         over["dtype"] = task["dtype"]
     return dataclasses.replace(base, **{k: v for k, v in over.items() if k in fields})
@@ -764,7 +780,8 @@ def _kormed_settings(info: dict[str, Any], options: Any) -> dict[str, Any]:
             "load_dtype": runtime.get("dtype"), "runtime": runtime,
             "gradient_checkpointing": use_gradient_checkpointing(options, runtime.get("device", "cpu")),
             "loss": loss.get("impl", "?"),
-            "attention": runtime.get("attn_implementation"), "batch_size": options.batch_size}
+            "attention": runtime.get("attn_implementation"), "batch_size": options.batch_size,
+            "method": getattr(options, "method", "lora"), "trainable_params": info.get("trainable_params")}
 
 
 def _cpt_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
@@ -785,14 +802,17 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     from datasets import Dataset
 
     from kormed.train import sft
-    from kormed.train.model_setup import prepare_model_for_training
+    from kormed.train.model_setup import prepare_full_model, prepare_model_for_training
 
     base = SFTConfig()
     options = _kormed_train_options(base.train, task)
     runtime = _kormed_runtime(options)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    model, tokenizer, info = prepare_model_for_training(task["model_dir"], lora=LoraOptions(),
-                                                        runtime=runtime, log=log, seed=SEED)
+    if options.method == "full":
+        model, tokenizer, info = prepare_full_model(task["model_dir"], runtime, log=log)
+    else:
+        model, tokenizer, info = prepare_model_for_training(task["model_dir"], lora=LoraOptions(),
+                                                            runtime=runtime, log=log, seed=SEED)
     examples = [rec for _, rec in iter_jsonl(task["examples"], what="bench examples")]
     rows = [encode_chat_example(tokenizer, e["user"], e["answer"], task["max_length"]) for e in examples]
 
@@ -828,7 +848,8 @@ def _kormed_runtime(options: Any) -> Any:
 
 ARM_FUNCTIONS = {("cpt", "reference"): _cpt_reference, ("cpt", "seeds"): _cpt_reference,
                  ("cpt", "kormed"): _cpt_kormed, ("sft", "reference"): _sft_reference, ("sft", "trl"): _sft_trl,
-                 ("sft", "kormed"): _sft_kormed}
+                 ("sft", "kormed"): _sft_kormed, ("cpt", "kormed-full"): _cpt_kormed,
+                 ("sft", "kormed-full"): _sft_kormed}
 
 
 def _pad_token_id(model_dir: str) -> int:
@@ -894,8 +915,12 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         arch: str = typer.Option("gemma3-270m", "--arch",
                                  help="gemma3-270m (embedded) | medgemma-4b (random, MedGemma 4B sizes) | tiny."),
         modes: str = typer.Option("cpt,sft", "--modes", help="Comma-separated: cpt, sft."),
-        arms: str = typer.Option(None, "--arms", help="Comma-separated arms (cpt: reference, seeds, kormed; sft: "
-                                 "reference, trl, kormed). Default: all, seeds only on CUDA."),
+        arms: str = typer.Option(None, "--arms", help="Comma-separated arms (cpt: reference, seeds, kormed, "
+                                 "kormed-full; sft: reference, trl, kormed, kormed-full). Default: all, seeds only "
+                                 "on CUDA, kormed's per --method."),
+        method: str = typer.Option("lora", "--method", help="kormed's training methods, comma-separated: lora "
+                                   "(arm kormed), full (arm kormed-full: full fine-tuning), e.g. lora,full to see "
+                                   "their memory and tokens/s side by side."),
         steps: int = typer.Option(4, "--steps", min=1, help="Timed optimizer steps per arm."),
         warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Untimed steps before them."),
         batch_size: int = typer.Option(4, "--batch-size", min=1, help="Sequences (examples) per step."),
@@ -920,7 +945,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         rows = run_bench(arch=arch, modes=_csv(modes) or MODES, arms=_csv(arms), steps=steps,
                          warmup_steps=warmup_steps, batch_size=batch_size, seeds_batch_size=seeds_batch_size,
                          max_length=max_length, device=device, dtype=dtype, work_dir=work_dir,
-                         arm_timeout=arm_timeout, tokenizer=tokenizer, log=lambda m: typer.echo(m, err=True))
+                         arm_timeout=arm_timeout, tokenizer=tokenizer, methods=_csv(method) or ("lora",),
+                         log=lambda m: typer.echo(m, err=True))
         if rows:
             s = rows[0]["settings"]
             typer.echo(f"{rows[0]['arch']} on {rows[0]['device']} ({s['cpu_threads']} threads); batch "

@@ -171,10 +171,23 @@ def resolve_configs(pipeline: Pipeline, specs: dict[str, StageSpec], log: Log = 
         if wiring:
             cfg = merge(cfg, _plain(wiring), prefix=prefix)
         section = pipeline.sections.get(stage) or {}
+        _refuse_full_method(stage, section, pipeline.source)  # before the merge: its own message, not a clash
         if section:
             cfg = merge(cfg, section, path=str(pipeline.source) if pipeline.source else None, prefix=prefix)
         ctx.configs[stage] = cfg
     return ctx
+
+
+def _refuse_full_method(stage: str, section: dict[str, Any], source: Path | None) -> None:
+    """`train.method: full` is for the stage commands: the run's stages hand each other LoRA adapters (the next
+    stage's from_adapter, the eval targets, the model cards), so a pipeline refuses it before anything runs."""
+    train = section.get("train")
+    if isinstance(train, dict) and train.get("method") == "full":
+        raise KormedError(
+            "method full is not supported by `kormed run` (its stages pass LoRA adapters to each other)",
+            path=source, field=f"{STAGE_SECTIONS[stage]}.train.method",
+            hint=f"run `kormed train {stage} --method full` on its own and pass its output directory as --model "
+                 "to the next command")
 
 
 # --------------------------------------------------------------------------------------------------- hashing

@@ -24,6 +24,15 @@ MAX_GRAD_ACCUM = 65536
 GEMMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+# transformers' optimizer names (OptimizerNames) whose optimizer is bitsandbytes' (8-bit Adam and friends)
+_BNB_OPTIM_NAMES = ("adamw_8bit", "lion_8bit", "lion_32bit", "ademamix", "ademamix_8bit")
+
+
+def uses_bitsandbytes(optim: str) -> bool:
+    """Whether the Trainer builds `train.optim` from bitsandbytes (adamw_bnb_8bit, adamw_8bit, paged_*, ...)."""
+    return "bnb" in optim or optim.startswith("paged_") or optim in _BNB_OPTIM_NAMES
+
+
 def report_to_names() -> tuple[str, ...]:
     """What transformers' TrainingArguments accepts in report_to: its integrations' names, plus all and none."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
@@ -160,6 +169,17 @@ class TrainOptions:
         flags=("--dtype",),
         aliases=("dtype", ("bf16", {True: "bfloat16", False: "float32"})),
     )
+    method: Literal["lora", "full"] = opt(
+        "lora",
+        "What trains. lora: a PEFT LoRA adapter on the frozen base (the output is an adapter directory).\n"
+        "full: every language-model weight (embeddings, decoder layers, norms; a multimodal checkpoint's vision\n"
+        "tower and projector stay frozen); the trainable weights are held in fp32 (master weights) while the\n"
+        "matmuls run in the compute dtype, and the output is a full model directory (model.safetensors, config,\n"
+        "tokenizer) that --model takes. Memory: about 16 bytes per trained parameter with AdamW (10 with 8-bit\n"
+        "Adam: optim adamw_bnb_8bit). The lora section is ignored; an adapter to continue and --quantize 4bit\n"
+        "are refused.",
+        flags=("--method",),
+    )
     quantize: Literal["none", "4bit"] = opt(
         "none",
         "4bit: QLoRA. The base model's language-model linear layers load as bitsandbytes NF4 (double quantization,\n"
@@ -210,15 +230,25 @@ class TrainOptions:
     )
     num_workers: int = opt(0, "DataLoader worker processes.", bounds=(0, None), aliases=("dataloader_num_workers",))
     optim: str = opt(
-        "adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_8bit, ...).",
+        "adamw_torch", "HF optimizer name (adamw_torch, adamw_torch_fused, adamw_bnb_8bit, ...). 8-bit Adam\n"
+        "(adamw_bnb_8bit; bitsandbytes, `pip install kormed[qlora]`) keeps Adam's two moments in 8 bits: 2 instead\n"
+        "of 8 bytes per trained parameter, what full fine-tuning (method full) saves most on.",
         choices="transformers.training_args:OptimizerNames", aliases=("optim",),
     )
 
     def validate(self) -> None:
+        if self.method == "full" and self.quantize == "4bit":
+            raise KormedError("--quantize 4bit (QLoRA) trains a LoRA adapter on a frozen 4-bit base; it cannot be "
+                              "combined with --method full", field="train.method",
+                              hint="drop --quantize for full fine-tuning, or use --method lora")
         if self.quantize == "4bit":
             from kormed.quantization import require_bitsandbytes
 
             require_bitsandbytes("--quantize 4bit", field="train.quantize")
+        if uses_bitsandbytes(self.optim):  # else the Trainer fails with an ImportError when it builds the optimizer
+            from kormed.quantization import require_bitsandbytes
+
+            require_bitsandbytes(f"train.optim {self.optim}", field="train.optim")
 
 
 @dataclass
@@ -270,5 +300,9 @@ class CPTConfig:
     train: TrainOptions = nested(TrainOptions, "Trainer settings.")
 
     def validate(self) -> None:
+        if self.train.method == "full" and self.adapter is not None:
+            raise KormedError("--adapter continues a LoRA adapter; it cannot be combined with --method full",
+                              field="cpt.adapter",
+                              hint="to fully fine-tune a model, pass it (e.g. a full model directory) as --model")
         if self.eod_token not in ("<end_of_turn>", "<eos>") and not self.eod_token.startswith("<"):
             raise KormedError("must be a special token such as <end_of_turn> or <eos>", field="cpt.eod_token")

@@ -60,7 +60,7 @@ from kormed.stop_reason import StopReason
 from kormed.tokenizer.report import reported_new_tokens
 from kormed.train.checkpoints import plan_resume
 from kormed.train.config import CPTConfig
-from kormed.train.model_setup import is_embedding_param, prepare_model_for_training
+from kormed.train.model_setup import is_embedding_param, prepare_full_model, prepare_model_for_training
 from kormed.train.outputs import finish_run
 from kormed.train.processes import effective_grad_accum, world_size
 from kormed.train.trainer import CausalCollator, build_trainer, run_training
@@ -235,6 +235,8 @@ def apply_tokenizer_options(cfg: CPTConfig, tokenizer_options: Any = None, log: 
         log(f"[kormed] {cfg.tokenizer_path} adds no tokens (see its tokenizer_report.json): CPT uses the base "
             "tokenizer")
         return dataclasses.replace(cfg, tokenizer_path=None)
+    if cfg.train.method == "full":
+        return cfg  # every embedding row trains with the rest of the model
     lora = cfg.lora
     rows_only = getattr(tokenizer_options, "train_new_rows_only", True)
     emb_lr = lora.embedding_lr if lora.embedding_lr is not None else getattr(tokenizer_options, "embedding_lr", None)
@@ -256,7 +258,9 @@ def model_shape(cfg: CPTConfig, log: Log = print) -> dict[str, Any]:
         tokenizer = Path(str(cfg.tokenizer_path or model_path)) / "tokenizer.json"
         shape["tokenizer_sha256"] = file_sha256(tokenizer) if tokenizer.is_file() else str(tokenizer.parent)
     shape["quantize"] = cfg.train.quantize
-    if cfg.adapter is not None:
+    if cfg.train.method == "full":
+        shape["method"] = "full"
+    elif cfg.adapter is not None:
         shape["adapter_sha256"] = file_sha256(check_adapter_dir(cfg.adapter) / ADAPTER_WEIGHTS)
     else:
         lora = cfg.lora
@@ -264,6 +268,14 @@ def model_shape(cfg: CPTConfig, log: Log = print) -> dict[str, Any]:
                      lora_use_rslora=lora.use_rslora, lora_train_embeddings=lora.train_embeddings,
                      lora_embedding_rows=lora.embedding_rows if lora.train_embeddings else None)
     return shape
+
+
+def embedding_lr(cfg: CPTConfig) -> float | None:
+    """The embeddings' learning rate: lora.embedding_lr for LoRA (default lr / 4); one rate for the whole model
+    under full fine-tuning (train.lr; the lora section is ignored)."""
+    if cfg.train.method == "full":
+        return cfg.train.lr
+    return cfg.lora.embedding_lr
 
 
 def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (), log: Log = print) -> dict[str, Any]:
@@ -301,10 +313,14 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
                   "processes": world_size(), **model_shape(cfg, log=quiet)}
     plan = plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
 
-    model, tokenizer, model_info = prepare_model_for_training(
-        cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path, log=quiet,
-        seed=cfg.train.seed, quantize=cfg.train.quantize,
-    )
+    if cfg.train.method == "full":
+        model, tokenizer, model_info = prepare_full_model(cfg.model, runtime, tokenizer_path=cfg.tokenizer_path,
+                                                          log=quiet)
+    else:
+        model, tokenizer, model_info = prepare_model_for_training(
+            cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path,
+            log=quiet, seed=cfg.train.seed, quantize=cfg.train.quantize,
+        )
     # the main process tokenizes and caches; the others wait for the cache (a file poll) and memory-map it
     wait = not state.is_main_process
     train_ds, data_info = build_packed_dataset(
@@ -321,7 +337,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
     trainer = build_trainer(
         model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), cfg.train, output,
-        callbacks=extra, embedding_lr=cfg.lora.embedding_lr, runtime=runtime,
+        callbacks=extra, embedding_lr=embedding_lr(cfg), runtime=runtime,
     )
     for cb in extra:
         if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:

@@ -23,5 +23,6 @@ def show(info: dict[str, Any], cfg: Any) -> None:
     after = (info.get("best_eval") or {}).get("eval_perplexity", nan)
     typer.echo(
         f"cpt done ({info['stop_reason']}): {info['global_step']} steps, {info['tokens_seen']} tokens, "
-        f"val ppl {before:.3f} -> {after:.3f}; adapter in {info['output']}"
+        f"val ppl {before:.3f} -> {after:.3f}; "
+        f"{'model' if info.get('method') == 'full' else 'adapter'} in {info['output']}"
     )

@@ -80,6 +80,11 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     out_p = Path(out)
     _check_out(out_p, {"--adapter": adapter, "--model": model})
     if merge and adapter is None:
+        from kormed.train.outputs import is_full_model_dir
+
+        if model is not None and is_full_model_dir(model):
+            raise KormedError("--model is already a full model (a --method full fine-tune): there is no adapter to "
+                              "merge", path=model, hint="pass it as --model to --gguf, eval or chat as it is")
         raise KormedError("--merge needs --adapter (the adapter to merge into its base)")
     if adapter is not None:
         check_adapter_base(adapter, model)

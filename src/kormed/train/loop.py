@@ -34,7 +34,7 @@ from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_f
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
-from kormed.train.outputs import save_adapter
+from kormed.train.outputs import full_model_entries, is_full_model_dir, save_trained
 from kormed.train.sft import (
     STEP_FINISHED,
     Log,
@@ -112,7 +112,7 @@ def kormedmcqa_scorer(cfg: LoopConfig, ctx: StepContext) -> Scorer:
 def _copy_adapter(src: Path, dst: Path, note: dict[str, Any]) -> None:
     """Replace `dst` with a copy of the adapter files of `src` (staged beside it, then renamed)."""
     stage = make_temp_dir(dst.parent, dst.name)  # umask-normal mode, kormed temp name (cleaned after a kill)
-    for name in SAVED_ADAPTER_ENTRIES:
+    for name in full_model_entries(src) if is_full_model_dir(src) else SAVED_ADAPTER_ENTRIES:
         if (src / name).is_dir():
             shutil.copytree(src / name, stage / name)
         elif (src / name).is_file():
@@ -230,7 +230,7 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.eval_before:
         start_dir = out / "round00_start"
-        save_adapter(ctx.model, ctx.tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
+        save_trained(ctx.model, ctx.tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
         if measure(0, "start", start_dir, None) >= cfg.target:
             result["stop_reason"] = StopReason.TARGET_REACHED
     if result["stop_reason"] is None:

@@ -169,8 +169,13 @@ def format_count(n: int) -> str:
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
-    """Trainable and total parameters (PEFT's count) and the seeds' display form '1.59B (26.78%)'."""
-    trainable, total = model.get_nb_trainable_parameters()
+    """Trainable and total parameters (PEFT's count; a plain model's own) and the seeds' display form
+    '1.59B (26.78%)'."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:  # full fine-tuning: a tied embedding/lm_head matrix is one parameter (parameters() yields it once)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pct = 100.0 * trainable / total if total else 0.0
     return {
         "trainable_params": int(trainable),
@@ -178,6 +183,65 @@ def count_parameters(model: Any) -> dict[str, Any]:
         "trainable_percent": round(pct, 4),
         "trainable": f"{format_count(int(trainable))} ({pct:.2f}%)",
     }
+
+
+def freeze_all_but_language_model(model: Any) -> list[str]:
+    """Full fine-tuning: every parameter of the language model (embeddings, decoder layers, norms; a tied lm_head
+    is the embedding matrix) trains, anything else (a multimodal checkpoint's vision tower and multimodal
+    projector) is frozen. Returns the names of the frozen parameters."""
+    frozen = []
+    multimodal = is_multimodal(model.config)
+    for name, param in model.named_parameters():
+        language = not multimodal or "language_model" in name or name.startswith("lm_head")
+        param.requires_grad_(language)
+        if not language:
+            frozen.append(name)
+    return frozen
+
+
+def prepare_full_model(
+    model_name: str | None,
+    runtime: RuntimeSpec,
+    tokenizer_path: str | Path | None = None,
+    log: Log = print,
+    tokenizer: Any = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """`train.method full`: load the model (a base or an earlier full fine-tune's directory) for full fine-tuning.
+
+    The embeddings grow to an extended tokenizer as for LoRA (:func:`grow_embeddings`); every language-model weight
+    trains and is held in fp32 (the optimizer's master weights; the Trainer's bf16 autocast runs the matmuls in
+    bf16 on a bf16 run), a vision tower and projector stay frozen in the loaded dtype. Returns (model, tokenizer,
+    info) like :func:`prepare_model_for_training`.
+    """
+    model_path = resolve_model(model_name, log=log)
+    base_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
+    tokenizer = load_tokenizer(str(tokenizer_path)) if tokenizer_path is not None else base_tokenizer
+    model = load_model(model_path, runtime)
+    new_ids = grow_embeddings(model, base_tokenizer, tokenizer, log=log) if tokenizer_path is not None else []
+    frozen = freeze_all_but_language_model(model)
+    upcast_trainable_copies(model)
+    counts = count_parameters(model)
+    log(f"[kormed] full fine-tuning: trainable params {counts['trainable']} of {format_count(counts['total_params'])}"
+        + (f" ({len(frozen)} vision-tower/projector tensors frozen)" if frozen else ""))
+    info = {
+        "model": model_name or "embedded",
+        "model_path": model_path,
+        "method": "full",
+        "multimodal": is_multimodal(model.config),
+        "adapter_init": None,
+        "tokenizer": {
+            "path": str(tokenizer_path) if tokenizer_path is not None else model_path,
+            "vocab_size": len(tokenizer),
+            "new_tokens": len(new_ids),
+        },
+        "lora": None,
+        "embeddings_tied": embeddings_tied(model),
+        "frozen_params": len(frozen),
+        "quantization": model_label(model),
+        "runtime": dataclasses.asdict(runtime),
+        **counts,
+    }
+    return model, tokenizer, info
 
 
 def prepare_model_for_training(
@@ -257,6 +321,7 @@ def prepare_model_for_training(
     info = {
         "model": model_name or "embedded",
         "model_path": model_path,
+        "method": "lora",
         "multimodal": is_multimodal(model.base_model.model.config),
         "adapter_init": str(adapter) if adapter is not None else None,
         "tokenizer": {

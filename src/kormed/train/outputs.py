@@ -100,9 +100,77 @@ def save_adapter(
             if (stage / name).exists():
                 replace_path(stage / name, out / name)
         # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
+        if is_full_model_dir(out):  # an earlier full fine-tune in the same output directory
+            for name in full_model_entries(out):
+                if (out / name).exists() and name not in SAVED_ADAPTER_ENTRIES:
+                    _remove(out / name)
     if info is not None:
         write_json(out / "training_info.json", info)
     return out
+
+
+FULL_MODEL_META = "kormed_model.json"  # written into every full fine-tune's directory: {"method": "full", files}
+
+
+def is_full_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds a full fine-tune kormed wrote (`train.method full`) rather than an adapter."""
+    return (Path(path) / FULL_MODEL_META).is_file()
+
+
+def full_model_entries(path: str | Path) -> list[str]:
+    """The files of a full fine-tune's model directory (as :func:`save_full_model` recorded them)."""
+    from kormed.io import read_json
+
+    meta = read_json(Path(path) / FULL_MODEL_META, what="full model record")
+    return [*meta.get("files", []), FULL_MODEL_META]
+
+
+def save_full_model(
+    model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
+    state_dict: dict[str, Any] | None = None,
+) -> Path | None:
+    """Write a full fine-tune as a model directory `--model` takes: safetensors weights (as trained: fp32 master
+    weights, a frozen vision tower in its loaded dtype), config.json, the tokenizer beside them,
+    kormed_model.json and training_info.json. Staged, then renamed into place (an earlier adapter's files in
+    `output_dir` are removed, so the directory is one thing); only the main process writes."""
+    if not is_main_process():
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    route_safetensors_writes()
+    with temp_dir(out, "save") as stage, staged_as(stage, out):
+        model.save_pretrained(stage, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(stage)
+        files = sorted(p.name for p in stage.iterdir() if p.name != "README.md")
+        write_json(stage / FULL_MODEL_META, {"format": 1, "method": "full", "model_class": type(model).__name__,
+                                             "embedding_rows": int(model.get_input_embeddings().weight.shape[0]),
+                                             "files": files})
+        for name in SAVED_ADAPTER_ENTRIES:  # a LoRA run's adapter left in the same output directory
+            if (out / name).exists():
+                _remove(out / name)
+        for name in [*files, FULL_MODEL_META]:
+            replace_path(stage / name, out / name)
+    if info is not None:
+        write_json(out / "training_info.json", info)
+    return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def save_trained(model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
+                 state_dict: dict[str, Any] | None = None) -> Path | None:
+    """The trained model's output: an adapter for a PEFT model (LoRA), a full model directory otherwise."""
+    from peft import PeftModel
+
+    save = save_adapter if isinstance(model, PeftModel) else save_full_model
+    return save(model, tokenizer, output_dir, info, state_dict=state_dict)
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
@@ -173,7 +241,7 @@ def finish_run(
     state_dict = gather_state_dict(trainer) if save else None
     out = Path(output_dir)
     if save:
-        save_adapter(trainer.model, tokenizer, out, full, state_dict=state_dict)
+        save_trained(trainer.model, tokenizer, out, full, state_dict=state_dict)
     elif is_main_process():
         write_json(out / "training_info.json", full)
     plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))

@@ -53,7 +53,7 @@ from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.stop_reason import StopReason
-from kormed.train.model_setup import prepare_model_for_training
+from kormed.train.model_setup import prepare_full_model, prepare_model_for_training
 from kormed.train.outputs import finish_run, summarize
 from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
@@ -413,7 +413,8 @@ def run_sft_step(
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
     stats_cb = BatchStatsCallback(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
-                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
+                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator,
+                                   embedding_lr=options.lr if options.method == "full" else None)
     callback.trainer = trainer
     summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
@@ -515,8 +516,12 @@ def prepare_recipe(opts: RecipeOptions, src: Sources, steps: Sequence[SFTStepCon
     the context every step trains in (its baseline is set by the caller)."""
     runtime = pick_runtime(opts.train.device, opts.train.dtype)
     torch.manual_seed(opts.train.seed)
-    model, tokenizer, model_info = prepare_model_for_training(
-        opts.model, adapter=start_adapter, lora=opts.lora, runtime=runtime, log=log, quantize=opts.train.quantize)
+    if opts.train.method == "full":  # start_adapter: an earlier step's full model directory (--from-step)
+        model, tokenizer, model_info = prepare_full_model(start_adapter or opts.model, runtime, log=log)
+    else:
+        model, tokenizer, model_info = prepare_model_for_training(
+            opts.model, adapter=start_adapter, lora=opts.lora, runtime=runtime, log=log,
+            quantize=opts.train.quantize)
     needed = {k for s in steps for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=opts.max_length, templates=opts.templates, needed=needed,
                           eod_token=opts.eod_token, log=log)
@@ -570,8 +575,10 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     start_adapter = cfg.from_adapter
     if cfg.from_step > 1:
         prev = out / f"step{cfg.from_step - 1}"
-        if not (prev / "adapter_config.json").is_file():
-            raise KormedError(f"--from-step {cfg.from_step} needs the adapter of step {cfg.from_step - 1}",
+        saved = "config.json" if cfg.train.method == "full" else "adapter_config.json"
+        if not (prev / saved).is_file():
+            what = "model" if cfg.train.method == "full" else "adapter"
+            raise KormedError(f"--from-step {cfg.from_step} needs the {what} of step {cfg.from_step - 1}",
                               path=prev, hint="run the earlier steps first (without --from-step)")
         start_adapter = str(prev)
 

@@ -209,6 +209,13 @@ class RecipeOptions:
                           "last one (load_best_at_end false)."},
     )
 
+    def check_method(self, section: str) -> None:
+        """`train.method full` starts from --model (a base or a full model directory), never from an adapter."""
+        if self.train.method == "full" and self.from_adapter is not None:
+            raise KormedError("--from-adapter continues a LoRA adapter; it cannot be combined with --method full",
+                              field=f"{section}.from_adapter",
+                              hint="to fully fine-tune a model, pass it (e.g. a full model directory) as --model")
+
     @property
     def tolerances(self) -> Tolerances:
         return Tolerances(maintain=self.maintain_tolerance, approx=self.approx_tolerance,
@@ -243,6 +250,7 @@ class SFTConfig(RecipeOptions):
 
     def validate(self) -> None:
         _validate_steps(self.steps, "sft.steps")
+        self.check_method("sft")
         if not 1 <= self.from_step <= len(self.steps):
             raise KormedError(f"must be between 1 and {len(self.steps)} (the number of steps)", field="sft.from_step")
 
@@ -293,4 +301,5 @@ class LoopConfig(RecipeOptions):
 
     def validate(self) -> None:
         _validate_steps(self.rounds, "loop.rounds")
+        self.check_method("loop")
 
