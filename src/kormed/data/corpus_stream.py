@@ -15,7 +15,7 @@ split a sequential sampler gets on the cached path); `--resume` skips the batche
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +27,51 @@ from kormed.io import Log, iter_texts
 DOCS_PER_BATCH = 256  # documents tokenized per tokenizer call: the fast tokenizer's batch speed, little memory
 
 
-def iter_token_chunks(path: str | Path, tokenizer: Any, *, eod_id: int, field: str = "text", limit: int | None = None,
-                      what: str = "training text", counts: dict[str, int] | None = None) -> Iterator[np.ndarray]:
-    """The token stream of `path` (each document's ids, then `eod_id`) as int32 arrays, one per batch of documents.
-    `counts` (optional) receives documents and blank_skipped as the stream is read."""
+def token_chunks(texts: Iterable[str], tokenizer: Any, *, eod_id: int,
+                 counts: dict[str, int] | None = None) -> Iterator[np.ndarray]:
+    """The token stream of `texts` (each text's ids, then `eod_id`) as int32 arrays, one per DOCS_PER_BATCH texts.
+    `counts` (optional) counts the documents as they are tokenized."""
     counts = counts if counts is not None else {}
-    counts.update(documents=0, blank_skipped=0)
-    blank = [0]
+    counts.setdefault("documents", 0)
 
-    def encode(texts: list[str]) -> np.ndarray:
+    def encode(batch: list[str]) -> np.ndarray:
         stream: list[int] = []
-        for ids in tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
+        for ids in tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
             stream.extend(ids)
             stream.append(eod_id)
-        counts["documents"] += len(texts)
-        counts["blank_skipped"] = blank[0]
+        counts["documents"] += len(batch)
         return np.array(stream, dtype=np.int32)
 
-    texts: list[str] = []
-    for text in iter_texts(path, field=field, limit=limit, what=what, blank=blank):
-        texts.append(text)
-        if len(texts) == DOCS_PER_BATCH:
-            yield encode(texts)
-            texts = []
-    if texts:
-        yield encode(texts)
-    counts["blank_skipped"] = blank[0]
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == DOCS_PER_BATCH:
+            yield encode(batch)
+            batch = []
+    if batch:
+        yield encode(batch)
+
+
+def pack_texts(texts: Iterable[str], tokenizer: Any, *, max_length: int, bos_id: int, eod_id: int,
+               counts: dict[str, int] | None = None) -> Iterator[list[int]]:
+    """The packed blocks of `texts`, one `[bos, ...]` list at a time (those of :func:`kormed.data.packing.
+    pack_documents`), tokenized a batch at a time: memory independent of how many texts there are."""
+    chunks = token_chunks(texts, tokenizer, eod_id=eod_id, counts=counts)
+    for rows in iter_block_rows(chunks, max_length=max_length, bos_id=bos_id):
+        yield from rows.tolist()
 
 
 def stream_blocks(path: str | Path, tokenizer: Any, *, max_length: int, bos_id: int, eod_id: int,
                   field: str = "text", limit: int | None = None, what: str = "training text",
                   counts: dict[str, int] | None = None) -> Iterator[list[int]]:
-    """The packed blocks of `path`, one `[bos, ...]` list at a time: those of :func:`kormed.data.corpus_cache.
-    build_packed`, in the same order, without a cache."""
-    chunks = iter_token_chunks(path, tokenizer, eod_id=eod_id, field=field, limit=limit, what=what, counts=counts)
-    for rows in iter_block_rows(chunks, max_length=max_length, bos_id=bos_id):
-        yield from rows.tolist()
+    """The packed blocks of the JSONL file `path`: those of :func:`kormed.data.corpus_cache.build_packed`, in the same
+    order, without a cache. `counts` receives documents and blank_skipped as the file is read."""
+    counts = counts if counts is not None else {}
+    counts.update(documents=0, blank_skipped=0)
+    blank = [0]
+    texts = iter_texts(path, field=field, limit=limit, what=what, blank=blank)
+    yield from pack_texts(texts, tokenizer, max_length=max_length, bos_id=bos_id, eod_id=eod_id, counts=counts)
+    counts["blank_skipped"] = blank[0]
 
 
 def _examples(path: str, tokenizer: Any, max_length: int, bos_id: int, eod_id: int, limit: int | None, what: str,

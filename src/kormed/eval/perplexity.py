@@ -11,13 +11,13 @@ The CPT trainer uses these two functions for its validation, so `kormed eval ppl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
-from kormed.io import check_output_path, read_texts, write_json
+from kormed.io import check_output_path, iter_texts, write_json
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -46,9 +46,28 @@ def _model_device(model: Any) -> Any:
         return torch.device("cpu")
 
 
+def _batches(blocks: Iterable[Sequence[int]], batch_size: int) -> Iterator[list[Sequence[int]]]:
+    """`blocks` in batches of `batch_size`: a sequence longest first (padding minimal, the largest batch -- the memory
+    peak -- first); an iterator in arrival order, never held whole. For packed blocks (all full but the last) the two
+    orders are one: the batches, and so the numbers, are the same."""
+    if isinstance(blocks, Sequence):
+        order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
+        for i in range(0, len(order), batch_size):
+            yield [blocks[j] for j in order[i : i + batch_size]]
+        return
+    batch: list[Sequence[int]] = []
+    for block in blocks:
+        batch.append(block)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def evaluate_perplexity(
     model: Any,
-    blocks: Sequence[Sequence[int]],
+    blocks: Iterable[Sequence[int]],
     *,
     batch_size: int = 8,
     device: Any = None,
@@ -59,7 +78,9 @@ def evaluate_perplexity(
 ) -> dict[str, float | int]:
     """Token-weighted next-token loss and perplexity of `model` over `blocks`.
 
-    Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. The model is put in
+    Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. `blocks` may be an iterator
+    (`kormed eval ppl` streams its file): scored batch by batch as they come, in memory independent of their number.
+    The model is put in
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
     `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
@@ -83,18 +104,19 @@ def evaluate_perplexity(
     model.eval()
     total_nll = 0.0
     total_tokens = 0
-    # Longest first, so that padding is minimal and the largest batch (memory peak) comes first.
-    order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    n_blocks = 0
+    total = -(-len(blocks) // batch_size) if isinstance(blocks, Sequence) else None
     try:
         with torch.no_grad(), autocast(device, compute_dtype or "float32"):
-            for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
-                width = max(len(blocks[i]) for i in batch)
+            for batch in tqdm(_batches(blocks, batch_size), total=total, desc="perplexity", unit="batch",
+                              disable=not progress):
+                n_blocks += len(batch)
+                width = max(len(b) for b in batch)
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(blocks[i])] = torch.tensor(list(blocks[i]), dtype=torch.long)
-                    mask[row, : len(blocks[i])] = 1
+                for row, block in enumerate(batch):
+                    ids[row, : len(block)] = torch.tensor(list(block), dtype=torch.long)
+                    mask[row, : len(block)] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 # Position t predicts token t+1; only pairs where the target is a real (unpadded) token count.
                 labels = ids.masked_fill(mask == 0, -100)
@@ -106,25 +128,43 @@ def evaluate_perplexity(
             model.train()
     loss = total_nll / total_tokens if total_tokens else float("nan")
     perplexity = math.exp(loss) if total_tokens and loss < 700 else float("inf") if total_tokens else float("nan")
-    return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
+    return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": n_blocks}
 
 
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
+    """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`.
+
+    The file is streamed (:func:`kormed.io.iter_texts`) and scored block by block as it is packed
+    (:func:`kormed.data.corpus_stream.pack_texts`): memory does not grow with its size; the numbers are those of
+    :func:`packed_eval_blocks` + :func:`evaluate_perplexity` on the whole list (the same blocks, the same batches)."""
+    from kormed.data.corpus_stream import pack_texts
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
-    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
+    def texts() -> Iterator[str]:
+        return iter_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
+
+    # one reading pass first (no text kept): a bad line anywhere is refused before the model loads, as when the
+    # file was read whole; parsing is far faster than scoring, so the pass costs little
+    documents = sum(1 for _ in texts())
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
-    blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
+    eod_id = resolve_eod_id(tokenizer, cfg.eod_token)
+    if tokenizer.bos_token_id is None:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    counts: dict[str, int] = {}
+    blocks = pack_texts(texts(), tokenizer, max_length=cfg.max_length, bos_id=int(tokenizer.bos_token_id),
+                        eod_id=eod_id, counts=counts)
     result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress,
                                                       compute_dtype=runtime.compute_dtype))
+    if counts["documents"] != documents:
+        raise KormedError(f"the file changed while it was read ({documents} texts, then {counts['documents']})",
+                          path=cfg.data)
     result.update(
-        documents=len(texts),
+        documents=documents,
         max_length=cfg.max_length,
         eod_token=cfg.eod_token,
         model=cfg.model or "embedded:gemma3-270m",
