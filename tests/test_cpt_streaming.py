@@ -160,3 +160,58 @@ def test_each_process_takes_its_own_batches_of_the_stream(real_tokenizer, tmp_pa
     for rank in (0, 1):
         assert batches(rank, skip=skip, n=3) == [cycled[2 * k : 2 * k + 2] for k in (2 * (skip + i) + rank
                                                                                      for i in range(3))]
+
+
+@pytest.mark.heavy  # two launches of 1 and 2 CPU processes: minutes on a shared 2-core CPU
+def test_streaming_under_accelerate_launch_matches_one_process(tiny_gemma3_dir, corpus, tmp_path):
+    """`accelerate launch` with 2 CPU processes and --streaming: each process trains on its own blocks of the
+    stream, together the single process's, and the adapter equals the single-process one."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    worker = Path(__file__).with_name("cpt_ddp_worker.py")
+    runs, seen = {}, {}
+    for mode in ("single", "ddp"):
+        out = tmp_path / mode
+        cfg_path = tmp_path / f"{mode}.yaml"
+        cfg_path.write_text(
+            f"cpt:\n  data: {corpus[0]}\n  val: {corpus[1]}\n  model: {tiny_gemma3_dir}\n  output: {out}\n"
+            "  streaming: true\n  max_length: 32\n  max_samples: 12\n  max_val_samples: 2\n"
+            "  lora: {r: 4, dropout: 0.0}\n"
+            "  train: {batch_size: 2, grad_accum: 2, max_steps: 2, eval_steps: 2, lr: 0.01, warmup_ratio: 0.0,\n"
+            "          gradient_checkpointing: false, report_to: [], device: cpu, eval_on_start: false}\n",
+            encoding="utf-8",
+        )
+        path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
+        cmd = [sys.executable, str(worker), str(cfg_path), str(tmp_path / f"rec-{mode}")]
+        if mode == "ddp":
+            if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
+                pytest.skip("accelerate launcher not installed")
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29541", *cmd[1:]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[mode] = out
+        seen[mode] = [json.loads((tmp_path / f"rec-{mode}" / f"rank{r}.json").read_text())
+                      for r in ((0,) if mode == "single" else (0, 1))]
+    from kormed.data.corpus_stream import stream_blocks
+    from kormed.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_gemma3_dir))
+    blocks = [tuple(b[:8]) for b in stream_blocks(corpus[0], tok, max_length=32, bos_id=tok.bos_token_id,
+                                                  eod_id=tok.convert_tokens_to_ids("<end_of_turn>"), limit=12)]
+    train = set(blocks)
+    ddp = [[tuple(s) for s in r["seen"] if tuple(s) in train][:4] for r in seen["ddp"]]  # 2 steps x 2 per rank
+    single = [tuple(s) for s in seen["single"][0]["seen"] if tuple(s) in train][:8]
+    assert single == blocks[:8]  # file order
+    assert ddp[0] == blocks[0:2] + blocks[4:6] and ddp[1] == blocks[2:4] + blocks[6:8]  # global batch k -> rank k % 2
+    assert [r["writes"] for r in seen["ddp"]][1] == [] and not seen["ddp"][0]["built"]  # nothing cached
+    a, b = _adapter(runs["single"]), _adapter(runs["ddp"])
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
