@@ -217,7 +217,6 @@ class CPTConfig:
         "tokenizing pass over the whole corpus (hours at 40 GB). The blocks are the cache's, but trained in file\n"
         "order (a stream is not shuffled) and re-tokenized on every pass and by --resume. Needs max_steps (and\n"
         "train.num_workers 0). Validation is packed in memory from --val (bound it with max_val_samples).",
-        flags=("--streaming",),
     )
     resume: bool = opt(False, "Continue from the last checkpoint in <output>/checkpoints with the same data order.")
     embedding_warmup_steps: int = opt(
