@@ -25,35 +25,32 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("max_samples", [None, 77])
 def test_streaming_gives_the_cache_blocks_pass_after_pass(real_tokenizer, tmp_path, max_samples):
     """The stream's first pass is the cached set's blocks in order (blank texts skipped, nothing dropped); the next
-    pass starts again from the first block; the in-memory validation set equals the cached one."""
-    from kormed.train.cpt import (
-        build_packed_dataset,
-        build_streaming_dataset,
-        build_val_dataset,
-        build_val_in_memory,
-    )
+    pass starts again from the first block; the in-memory validation set is `kormed eval ppl`'s blocks."""
+    from kormed.data.corpus_stream import streaming_dataset
+    from kormed.eval.perplexity import packed_eval_blocks
+    from kormed.io import read_texts
+    from kormed.train.cpt import build_packed_dataset, build_val_in_memory
 
     data = _mixed_corpus(tmp_path / "mixed.jsonl")
     cached, info = build_packed_dataset(data, real_tokenizer, max_length=48, max_samples=max_samples, num_proc=1,
                                         cache_dir=tmp_path / "cache", log=lambda m: None, shard_bytes=4096)
     blocks = cached["input_ids"]
     logs: list[str] = []
-    stream, sinfo = build_streaming_dataset(data, real_tokenizer, max_length=48, eod_token="<end_of_turn>",
-                                            max_samples=max_samples, log=logs.append)
-    assert sinfo["streaming"] and sinfo["sha256"] == info["sha256"]
+    ids = {"bos_id": real_tokenizer.bos_token_id, "eod_id": real_tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    stream = streaming_dataset(data, real_tokenizer, max_length=48, limit=max_samples, log=logs.append, **ids)
     it = iter(stream)
     got = [next(it)["input_ids"] for _ in range(len(blocks) + 2)]
     assert got[: len(blocks)] == blocks
     assert got[len(blocks) :] == blocks[:2]  # the second pass
     ended = [m for m in logs if "pass over" in m]
     assert len(ended) == 1 and f"{info['documents']} documents, {len(blocks)} blocks" in ended[0]
+    if max_samples is None:  # with a limit the cache counts the blank texts of every shard it read
+        assert f"{info['blank_skipped']} blank texts skipped" in ended[0]
 
-    val_cached, vinfo = build_val_dataset(data, real_tokenizer, max_length=48, eod_token="<end_of_turn>", limit=30,
-                                          cache_dir=tmp_path / "cache", log=lambda m: None)
-    val_mem, minfo = build_val_in_memory(data, real_tokenizer, max_length=48, eod_token="<end_of_turn>", limit=30,
-                                         log=lambda m: None)
-    assert val_mem["input_ids"] == val_cached["input_ids"]
-    assert (minfo["documents"], minfo["blocks"], minfo["tokens"]) == (30, vinfo["blocks"], vinfo["tokens"])
+    val, vinfo = build_val_in_memory(data, real_tokenizer, max_length=48, eod_token="<end_of_turn>", limit=30,
+                                     log=lambda m: None)
+    want = packed_eval_blocks(real_tokenizer, read_texts(data, limit=30), max_length=48)
+    assert val["input_ids"] == want and (vinfo["documents"], vinfo["blocks"]) == (30, len(want))
 
 
 def test_streaming_needs_max_steps_and_no_loader_workers(tmp_path):
