@@ -120,3 +120,65 @@ def test_paired_bootstrap_interval():
     assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
     with pytest.raises(ValueError):
         mean_difference([1.0], [1.0, 2.0])
+
+
+def _write_texts(path, texts):
+    import json
+
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def test_eval_ppl_streams_the_file_with_the_same_numbers(real_tokenizer, tiny_gemma3_dir, tmp_path):
+    """`kormed eval ppl` scores the file block by block as it is read: the numbers equal those of the whole list
+    (packed_eval_blocks + evaluate_perplexity), exactly, on a file of several batches with a short last block."""
+    from kormed.eval.config import EvalConfig
+    from kormed.eval.perplexity import run_perplexity
+    from kormed.io import read_texts
+    from kormed.models import RuntimeSpec, load_model_and_tokenizer
+
+    data = _write_texts(tmp_path / "val.jsonl", [*TEXTS, "", *TEXTS[::-1], "   ", TEXTS[0] * 4])
+    cfg = EvalConfig(model=str(tiny_gemma3_dir), data=str(data), max_length=9, batch_size=3, device="cpu",
+                     dtype="float32")
+    got = run_perplexity(cfg, progress=False, log=lambda m: None)
+    model, tok, _ = load_model_and_tokenizer(str(tiny_gemma3_dir), runtime=RuntimeSpec("cpu", "float32", "sdpa"),
+                                             log=lambda m: None)
+    blocks = packed_eval_blocks(tok, read_texts(data), max_length=9)
+    assert len(blocks) > 2 * cfg.batch_size and len(blocks[-1]) < 9
+    want = evaluate_perplexity(model, blocks, batch_size=3, progress=False, compute_dtype="float32")
+    assert {k: got[k] for k in want} == want  # loss, perplexity, tokens, blocks: bit for bit
+    assert got["documents"] == 7
+
+
+def test_eval_ppl_memory_does_not_grow_with_the_file(tiny_gemma3_dir, tmp_path, monkeypatch):
+    """The first batch is scored after one tokenizer batch of texts has been read, not after the whole file (the
+    file's texts are never held at once)."""
+    from kormed.data.corpus_stream import DOCS_PER_BATCH
+    from kormed.eval import perplexity
+    from kormed.eval.config import EvalConfig
+    from kormed.train import loss
+
+    n = 3 * DOCS_PER_BATCH
+    data = _write_texts(tmp_path / "big.jsonl", [f"{TEXTS[i % 3]} {i}" for i in range(n)])
+    read = [0]
+    real_iter_texts = perplexity.iter_texts
+
+    def counting(*args, **kwargs):
+        read[0] = 0
+        for text in real_iter_texts(*args, **kwargs):
+            read[0] += 1
+            yield text
+
+    class FirstBatch(Exception):
+        pass
+
+    def first_batch(*args, **kwargs):
+        raise FirstBatch(read[0])
+
+    monkeypatch.setattr(perplexity, "iter_texts", counting)
+    monkeypatch.setattr(loss, "sequence_nll", first_batch)
+    cfg = EvalConfig(model=str(tiny_gemma3_dir), data=str(data), max_length=16, batch_size=2, device="cpu",
+                     dtype="float32")
+    with pytest.raises(FirstBatch) as first:
+        perplexity.run_perplexity(cfg, progress=False, log=lambda m: None)
+    assert first.value.args[0] <= DOCS_PER_BATCH < n

@@ -890,3 +890,42 @@ def test_bad_heldout_record_is_one_error_before_the_model_loads(tmp_path: Path, 
                                    "--heldout", str(bad)])
     assert res.exit_code == 2 and "bad.dict_heldout.json" in res.output and "Traceback" not in res.output
     assert "no-model" not in res.output
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CPT_LINES))
+def test_cpt_streaming_reader_gives_read_texts_error(tmp_path: Path, real_tokenizer, bad: str) -> None:
+    """`--streaming` reads with the same guard: a bad line is the error read_texts gives (file, line, field), raised
+    when the stream reaches it; after a max_samples limit it is never read."""
+    from kormed.data.corpus_stream import stream_blocks
+    from kormed.io import read_texts
+
+    good = [json.dumps({"text": f"한국어 문장 {i}번은 의학 용어를 담는다."}, ensure_ascii=False).encode()
+            for i in range(400)]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"\n".join([*good[:300], BAD_CPT_LINES[bad], *good[300:]]) + b"\n")
+    with pytest.raises(KormedError) as want:
+        read_texts(data, what="training text")
+    ids = {"bos_id": real_tokenizer.bos_token_id, "eod_id": real_tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    with pytest.raises(KormedError) as got:
+        list(stream_blocks(data, real_tokenizer, max_length=64, **ids))
+    assert str(got.value) == str(want.value) and got.value.line == 301
+    counts: dict[str, int] = {}
+    assert list(stream_blocks(data, real_tokenizer, max_length=64, limit=250, counts=counts, **ids))
+    assert counts["documents"] == 250
+
+
+@pytest.mark.heavy  # loads and starts training the tiny model: 10-30 s on a shared 2-core CPU
+def test_cpt_streaming_bad_line_stops_training_with_one_line(tmp_path: Path, tiny_gemma3_dir: Path) -> None:
+    """`kormed train cpt --streaming`: the bad line, met by the stream during training, is one `kormed: error:` line
+    naming file:line (no traceback through the Trainer)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "정상 문장 하나."}\n{"text": "둘째 문장."}\n{"text": "셋"\n', encoding="utf-8")
+    val = tmp_path / "val.jsonl"
+    val.write_text('{"text": "검증 문장."}\n', encoding="utf-8")
+    result = _cli(["train", "cpt", "--streaming", "--max-steps", "2", "--data", str(data), "--val", str(val),
+                   "--model", str(tiny_gemma3_dir), "--output", str(tmp_path / "out"), "--max-length", "16",
+                   "--batch-size", "1", "--grad-accum", "1", "--device", "cpu", "--no-train.eval-on-start",
+                   "--train.report-to", "none"])
+    out = result.output
+    assert result.exit_code == 2 and "Traceback" not in out, out
+    assert out.count("kormed: error:") == 1 and f"kormed: error: {data}:3: malformed JSON" in out, out  # after the bar

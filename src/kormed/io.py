@@ -119,26 +119,41 @@ def record_text(record: dict[str, Any], field: str, path: str | Path, lineno: in
     return text
 
 
+def iter_texts(path: str | Path, *, field: str = "text", limit: int | None = None, what: str = "text file",
+               blank: list[int] | None = None) -> Iterator[str]:
+    """The non-blank `field` strings of a JSONL file, one at a time in file order (memory independent of the file's
+    size); the first `limit` only. A line whose `field` is missing or not a string, or a file with no text at all,
+    raises a KormedError naming the file (and line). `blank`: a one-item counter of the blank texts skipped."""
+    kept = 0
+    for lineno, record in iter_jsonl(path, what=what):
+        text = record_text(record, field, path, lineno)
+        if not text.strip():
+            if blank is not None:
+                blank[0] += 1
+            continue
+        kept += 1
+        yield text
+        if limit is not None and kept >= limit:
+            return
+    if not kept:
+        raise KormedError(f"no non-empty '{field}' records in the {what}", path=path,
+                          hint=f'expected lines like {{"{field}": "..."}}')
+
+
 def read_texts(path: str | Path, *, field: str = "text", limit: int | None = None, max_chars: int | None = None,
                what: str = "text file") -> list[str]:
-    """The non-blank `field` strings of a JSONL file (`{"text": ...}` per line), in file order.
+    """The non-blank `field` strings of a JSONL file (`{"text": ...}` per line), in file order (:func:`iter_texts`).
 
     Reading stops once `limit` texts are kept or once the kept texts reach `max_chars` characters (the text that
     crosses it is kept), so later lines are not read. A line whose `field` is missing or not a string, or a file with
     no text at all, raises a KormedError naming the file (and line)."""
     texts: list[str] = []
     total = 0
-    for lineno, record in iter_jsonl(path, what=what):
-        text = record_text(record, field, path, lineno)
-        if not text.strip():
-            continue
+    for text in iter_texts(path, field=field, limit=limit, what=what):
         texts.append(text)
         total += len(text)
-        if (limit is not None and len(texts) >= limit) or (max_chars is not None and total >= max_chars):
+        if max_chars is not None and total >= max_chars:
             break
-    if not texts:
-        raise KormedError(f"no non-empty '{field}' records in the {what}", path=path,
-                          hint=f'expected lines like {{"{field}": "..."}}')
     return texts
 
 

@@ -13,7 +13,10 @@ length and with numbers changed, so no two documents are alike. Each arm runs in
 * `old`: the path kormed used before (all texts read into Python lists, `Dataset.from_dict`, `map`, packing
   through `Dataset.from_generator`), kept here only as the comparison, at sizes up to `--old-max-gb`;
 * `first_step`: `kormed train cpt` on the cached corpus (the embedded Gemma 3 270M, one step): seconds from the
-  process start to the end of the first optimizer step.
+  process start to the end of the first optimizer step;
+* `stream` (`--streaming`): `kormed train cpt --streaming`'s reader (:func:`kormed.data.corpus_stream.stream_blocks`,
+  one process, no cache) over the whole corpus -- MB/s, peak RSS, seconds to the first block -- and its
+  `first_step_streaming`: `kormed train cpt --streaming` from nothing (no cache) to the end of the first step.
 
 Peak RSS is the process's own (`ru_maxrss`) and the largest of its worker processes'. The host's CPU model, flags,
 core count and load average are recorded with the figures: on a shared machine the wall-clock rates are lower
@@ -178,6 +181,25 @@ def _arm_new(task: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
             "cache_hit_seconds": round(reload_s, 2), "cache_hit": again["cache_hit"], "rows": len(ds), **rss}
 
 
+def _arm_stream(task: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """One pass of `--streaming`'s reader over the corpus (what each training process does, spread over the run)."""
+    from kormed.data.corpus_stream import stream_blocks
+
+    ids = {"bos_id": int(tokenizer.bos_token_id), "eod_id": tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    counts: dict[str, int] = {}
+    blocks = tokens = 0
+    first_block = None
+    start = time.perf_counter()
+    for block in stream_blocks(task["data"], tokenizer, max_length=task["max_length"], counts=counts, **ids):
+        if first_block is None:
+            first_block = round(time.perf_counter() - start, 3)
+        blocks += 1
+        tokens += len(block)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "seconds_to_first_block": first_block, "documents": counts["documents"],
+            "blocks": blocks, "tokens": tokens, "cache_bytes": 0, **_peak_rss()}
+
+
 def _arm_old(task: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     cache = Path(task["cache"])
     shutil.rmtree(cache, ignore_errors=True)
@@ -208,7 +230,8 @@ def _arm_first_step(task: dict[str, Any]) -> dict[str, Any]:
             os._exit(0)
 
     cfg = CPTConfig(data=task["data"], val=task["val"], model=task.get("model"), output=task["output"],
-                    max_length=task["max_length"], cache_dir=task["cache"], lora=LoraOptions(),
+                    max_length=task["max_length"], cache_dir=task["cache"], streaming=task.get("streaming", False),
+                    lora=LoraOptions(),
                     train=TrainOptions(batch_size=1, grad_accum=1, max_steps=1, eval_steps=1000, report_to=[],
                                        device="cpu", eval_on_start=False, gradient_checkpointing=False,
                                        save_checkpoints=False))
@@ -226,7 +249,8 @@ def _worker_main(argv: list[str]) -> int:
         from kormed.models import load_tokenizer
 
         tokenizer = load_tokenizer(task["tokenizer"])
-        result = {"tokenizer": _arm_tokenizer, "new": _arm_new, "old": _arm_old}[task["arm"]](task, tokenizer)
+        arms = {"tokenizer": _arm_tokenizer, "new": _arm_new, "old": _arm_old, "stream": _arm_stream}
+        result = arms[task["arm"]](task, tokenizer)
     Path(argv[1]).write_text(json.dumps(result), encoding="utf-8")
     return 0
 
@@ -251,7 +275,8 @@ def host_info() -> dict[str, Any]:
 
 def run_bench(*, sizes_gb: tuple[float, ...] = DEFAULT_SIZES_GB, work: Path, num_proc: int, max_length: int = 512,
               old_max_gb: float = 1.0, source: str | None = None, tokenizer: str | None = None,
-              probe_mb: float = 8.0, first_step: bool = True, log: Any = print) -> dict[str, Any]:
+              probe_mb: float = 8.0, first_step: bool = True, streaming: bool = False,
+              log: Any = print) -> dict[str, Any]:
     """Run every arm at every size; returns the figures."""
     from kormed.bench.worker import run_worker
     from kormed.models import ensure_embedded_model
@@ -277,16 +302,29 @@ def run_bench(*, sizes_gb: tuple[float, ...] = DEFAULT_SIZES_GB, work: Path, num
         row["new"] = new
         log(f"[bench data] {tag} new: {new['seconds']} s, {new['mb_per_s']} MB/s, peak RSS {new['peak_rss_mib']} MiB "
             f"(workers {new['peak_child_rss_mib']} MiB), cache {new['cache_bytes'] / MB:.0f} MB")
+        val = work / "corpus" / "val.jsonl"
+        if (first_step or streaming) and not val.is_file():
+            with data.open(encoding="utf-8") as src, val.open("w", encoding="utf-8") as dst:
+                for _, line in zip(range(20), src, strict=False):
+                    dst.write(line)
         if first_step:
-            val = work / "corpus" / "val.jsonl"
-            if not val.is_file():
-                with data.open(encoding="utf-8") as src, val.open("w", encoding="utf-8") as dst:
-                    for _, line in zip(range(20), src, strict=False):
-                        dst.write(line)
             row["first_step"], _ = run_worker("kormed.bench.data", {
                 **base, "arm": "first_step", "cache": str(cache), "val": str(val),
                 "output": str(work / "runs" / tag), "t0": time.time()}, work / "tasks", f"{tag}-first-step")
             log(f"[bench data] {tag} first step after {row['first_step']['seconds_to_first_step']} s")
+        if streaming:
+            stream, _ = run_worker("kormed.bench.data", {**base, "arm": "stream"}, work / "tasks", f"{tag}-stream")
+            stream["mb_per_s"] = round(nbytes / MB / stream["seconds"], 3)
+            row["stream"] = stream
+            log(f"[bench data] {tag} streaming reader: {stream['seconds']} s, {stream['mb_per_s']} MB/s, peak RSS "
+                f"{stream['peak_rss_mib']} MiB, first block after {stream['seconds_to_first_block']} s")
+            shutil.rmtree(work / "runs" / f"{tag}-streaming", ignore_errors=True)
+            row["first_step_streaming"], _ = run_worker("kormed.bench.data", {
+                **base, "arm": "first_step", "streaming": True, "cache": str(work / "no-cache"), "val": str(val),
+                "output": str(work / "runs" / f"{tag}-streaming"), "t0": time.time()}, work / "tasks",
+                f"{tag}-first-step-streaming")
+            log(f"[bench data] {tag} --streaming: first step after "
+                f"{row['first_step_streaming']['seconds_to_first_step']} s")
         if size <= old_max_gb:
             old, _ = run_worker("kormed.bench.data", {**base, "arm": "old", "cache": str(work / "old-cache")},
                                 work / "tasks", f"{tag}-old")
@@ -318,6 +356,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer directory (default: embedded Gemma 3)."),
         first_step: bool = typer.Option(True, "--first-step/--no-first-step",
                                         help="Also time `kormed train cpt` to its first step on the cached corpus."),
+        streaming: bool = typer.Option(False, "--streaming/--no-streaming",
+                                       help="Also measure `kormed train cpt --streaming`: its reader over the whole "
+                                       "corpus (MB/s, peak RSS) and its first step from nothing."),
         output: str = typer.Option(None, "--output", help="Write the figures to this JSON file."),
     ) -> None:
         """Peak RSS and tokenize+pack MB/s of CPT's data path at corpus sizes, old path beside new."""
@@ -333,7 +374,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             raise KormedError("--sizes must be positive numbers in GB")
         res = run_bench(sizes_gb=wanted, work=Path(work), num_proc=num_proc, max_length=max_length,
                         old_max_gb=old_max_gb, source=source, tokenizer=tokenizer, first_step=first_step,
-                        log=lambda m: typer.echo(m, err=True))
+                        streaming=streaming, log=lambda m: typer.echo(m, err=True))
         typer.echo(format_table(res))
         if output:
             write_json(output, res)
@@ -351,6 +392,11 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"| {size} | new ({r['num_proc']} proc) | {n['seconds']} | {n['mb_per_s']} | "
                      f"{n['mb_per_s_per_proc']} | {n['peak_rss_mib']:.0f} / {n['peak_child_rss_mib']:.0f} | "
                      f"{n['cache_bytes'] / MB:.0f} | {fs} |")
+        if "stream" in r:
+            st = r["stream"]
+            sfs = r.get("first_step_streaming", {}).get("seconds_to_first_step", "")
+            lines.append(f"| {size} | streaming (1 proc, no cache) | {st['seconds']} | {st['mb_per_s']} | "
+                         f"{st['mb_per_s']} | {st['peak_rss_mib']:.0f} / - | 0 | {sfs} |")
         if "old" in r:
             o = r["old"]
             lines.append(f"| {size} | old | {o['seconds']} | {o['mb_per_s']} | | {o['peak_rss_mib']:.0f} / "

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,42 +236,50 @@ def _stream_chunks(parts: list[Any], documents: int) -> Iterator[np.ndarray]:
                 yield values.to_numpy(zero_copy_only=False)
 
 
-def pack_to_arrow(chunks: Iterator[np.ndarray], out: Path, *, max_length: int, bos_id: int) -> tuple[int, int]:
-    """Cut the token stream into blocks `[bos] + max_length - 1 tokens` (the last may be shorter) and write them as
-    an `input_ids` Arrow file; returns (blocks, tokens including BOS).
+def iter_block_rows(chunks: Iterable[np.ndarray], *, max_length: int, bos_id: int) -> Iterator[np.ndarray]:
+    """Cut the token stream into blocks `[bos] + max_length - 1 tokens` (the last may be shorter), yielded as 2-D
+    int32 arrays of whole blocks (one array per chunk that completes any; the short last block alone).
 
     The same blocks as :func:`kormed.data.packing.pack_token_stream` (which carries the unfinished block from one
-    document to the next: the stream cut into equal pieces), done with numpy on whole chunks instead of per token."""
-    from datasets import Features, Sequence, Value
-    from datasets.arrow_writer import ArrowWriter
-
+    document to the next: the stream cut into equal pieces), done with numpy on whole chunks instead of per token.
+    The one cutter of the cached path (:func:`pack_to_arrow`) and of `--streaming` (:mod:`kormed.data.corpus_stream`).
+    """
     if max_length < 2:
         raise ValueError("max_length must be at least 2 (BOS plus one token)")
     body = max_length - 1
+
+    def with_bos(rows: np.ndarray) -> np.ndarray:
+        full = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.int32)
+        full[:, 0] = bos_id
+        full[:, 1:] = rows
+        return full
+
+    carry = np.empty(0, dtype=np.int32)
+    for values in chunks:
+        stream = np.concatenate([carry, values]) if carry.size else values
+        n_full = len(stream) // body
+        if n_full:
+            yield with_bos(stream[: n_full * body].reshape(n_full, body))
+        carry = np.array(stream[n_full * body :], dtype=np.int32)  # a copy, never a view of a mapped file
+    if carry.size:
+        yield with_bos(carry.reshape(1, -1))
+
+
+def pack_to_arrow(chunks: Iterator[np.ndarray], out: Path, *, max_length: int, bos_id: int) -> tuple[int, int]:
+    """Cut the token stream into blocks (:func:`iter_block_rows`) and write them as an `input_ids` Arrow file;
+    returns (blocks, tokens including BOS)."""
+    from datasets import Features, Sequence, Value
+    from datasets.arrow_writer import ArrowWriter
+
     blocks = tokens = 0
     with ArrowWriter(features=Features({"input_ids": Sequence(Value("int32"))}), path=str(out)) as writer:
-
-        def write(rows: np.ndarray) -> None:
-            nonlocal blocks, tokens
-            full = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.int32)
-            full[:, 0] = bos_id
-            full[:, 1:] = rows
+        for full in iter_block_rows(chunks, max_length=max_length, bos_id=bos_id):
             offsets = np.arange(0, full.size + 1, full.shape[1], dtype=np.int64)
             column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(full.ravel())).cast(
                 pa.list_(pa.int32()))
             writer.write_table(pa.table({"input_ids": column}))
-            blocks += rows.shape[0]
+            blocks += full.shape[0]
             tokens += full.size
-
-        carry = np.empty(0, dtype=np.int32)
-        for values in chunks:
-            stream = np.concatenate([carry, values]) if carry.size else values
-            n_full = len(stream) // body
-            if n_full:
-                write(stream[: n_full * body].reshape(n_full, body))
-            carry = np.array(stream[n_full * body :], dtype=np.int32)  # a copy, never a view of a mapped file
-        if carry.size:
-            write(carry.reshape(1, -1))
         writer.finalize()
     return blocks, tokens
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
-from kormed.io import check_output_path, read_texts, write_json
+from kormed.io import check_output_path, iter_texts, write_json
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -51,9 +52,28 @@ def _model_device(model: Any) -> Any:
         return torch.device("cpu")
 
 
+def _batches(blocks: Iterable[Sequence[int]], batch_size: int) -> Iterator[list[Sequence[int]]]:
+    """`blocks` in batches of `batch_size`: a sequence longest first (padding minimal, the largest batch -- the memory
+    peak -- first); an iterator in arrival order, never held whole. For packed blocks (all full but the last) the two
+    orders are one: the batches, and so the numbers, are the same."""
+    if isinstance(blocks, Sequence):
+        order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
+        for i in range(0, len(order), batch_size):
+            yield [blocks[j] for j in order[i : i + batch_size]]
+        return
+    batch: list[Sequence[int]] = []
+    for block in blocks:
+        batch.append(block)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def evaluate_perplexity(
     model: Any,
-    blocks: Sequence[Sequence[int]],
+    blocks: Iterable[Sequence[int]],
     *,
     batch_size: int = 8,
     device: Any = None,
@@ -64,7 +84,9 @@ def evaluate_perplexity(
 ) -> dict[str, float | int]:
     """Token-weighted next-token loss and perplexity of `model` over `blocks`.
 
-    Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. The model is put in
+    Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. `blocks` may be an iterator
+    (`kormed eval ppl` streams its file): scored batch by batch as they come, in memory independent of their number.
+    The model is put in
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
     `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
@@ -88,18 +110,19 @@ def evaluate_perplexity(
     model.eval()
     total_nll = 0.0
     total_tokens = 0
-    # Longest first, so that padding is minimal and the largest batch (memory peak) comes first.
-    order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    n_blocks = 0
+    total = -(-len(blocks) // batch_size) if isinstance(blocks, Sequence) else None
     try:
         with torch.no_grad(), autocast(device, compute_dtype or "float32"):
-            for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
-                width = max(len(blocks[i]) for i in batch)
+            for batch in tqdm(_batches(blocks, batch_size), total=total, desc="perplexity", unit="batch",
+                              disable=not progress):
+                n_blocks += len(batch)
+                width = max(len(b) for b in batch)
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(blocks[i])] = torch.tensor(list(blocks[i]), dtype=torch.long)
-                    mask[row, : len(blocks[i])] = 1
+                for row, block in enumerate(batch):
+                    ids[row, : len(block)] = torch.tensor(list(block), dtype=torch.long)
+                    mask[row, : len(block)] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 # Position t predicts token t+1; only pairs where the target is a real (unpadded) token count.
                 labels = ids.masked_fill(mask == 0, -100)
@@ -111,9 +134,10 @@ def evaluate_perplexity(
             model.train()
     loss = total_nll / total_tokens if total_tokens else float("nan")
     perplexity = math.exp(loss) if total_tokens and loss < 700 else float("inf") if total_tokens else float("nan")
-    return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": len(blocks)}
+    return {"loss": loss, "perplexity": perplexity, "tokens": total_tokens, "blocks": n_blocks}
 
 
+SCORE_GROUP = 256  # texts scored per character at a time by `kormed eval ppl` (bounds its memory)
 HANGUL_SYLLABLE = re.compile(r"[\uac00-\ud7a3]")
 
 
@@ -205,27 +229,56 @@ def summarise_documents(docs: Sequence[dict[str, float | int]]) -> dict[str, flo
 
 
 def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`."""
+    """`kormed eval ppl`: load the model (+ adapter), pack the texts as CPT does, evaluate, write `cfg.output`.
+
+    The file is streamed (:func:`kormed.io.iter_texts`) and scored block by block as it is packed
+    (:func:`kormed.data.corpus_stream.pack_texts`): memory does not grow with its size; the numbers are those of
+    :func:`packed_eval_blocks` + :func:`evaluate_perplexity` on the whole list (the same blocks, the same batches)."""
+    from kormed.data.corpus_stream import pack_texts
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
     if not cfg.data:
         raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
-    texts = read_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
+    def texts() -> Iterator[str]:
+        return iter_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
+
+    # one reading pass first (no text kept): a bad line anywhere is refused before the model loads, as when the
+    # file was read whole; parsing is far faster than scoring, so the pass costs little
+    documents = sum(1 for _ in texts())
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
-    blocks = packed_eval_blocks(tokenizer, texts, max_length=cfg.max_length, eod_token=cfg.eod_token)
+    eod_id = resolve_eod_id(tokenizer, cfg.eod_token)
+    if tokenizer.bos_token_id is None:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    counts: dict[str, int] = {}
+    blocks = pack_texts(texts(), tokenizer, max_length=cfg.max_length, bos_id=int(tokenizer.bos_token_id),
+                        eod_id=eod_id, counts=counts)
     result: dict[str, Any] = dict(evaluate_perplexity(model, blocks, batch_size=cfg.batch_size, progress=progress,
                                                       compute_dtype=runtime.compute_dtype))
-    # per character: each text alone, no end-of-text target (the loss above counts one per text, as CPT trains)
-    docs = score_documents(model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size,
-                           progress=progress, compute_dtype=runtime.compute_dtype)
-    chars = summarise_documents(docs)
-    result.update(bits_per_char=chars["bits_per_char"], hangul_bits_per_char=chars["hangul_bits_per_char"],
-                  characters=chars["characters"], hangul_characters=chars["hangul_characters"])
+    if counts["documents"] != documents:
+        raise KormedError(f"the file changed while it was read ({documents} texts, then {counts['documents']})",
+                          path=cfg.data)
+    # per character: each text alone, no end-of-text target (the loss above counts one per text, as CPT trains);
+    # scored a bounded group of texts at a time, so memory stays independent of the file's size
+    sums: dict[str, float] = {"characters": 0, "hangul_characters": 0, "nll_nats": 0.0, "hangul_nll_nats": 0.0}
+    stream = texts()
+    while group := list(islice(stream, SCORE_GROUP)):
+        part = summarise_documents(score_documents(
+            model, tokenizer, group, max_length=cfg.max_length, batch_size=cfg.batch_size, progress=False,
+            compute_dtype=runtime.compute_dtype,
+        ))
+        for key in sums:
+            sums[key] += part[key]
     result.update(
-        documents=len(texts),
+        bits_per_char=sums["nll_nats"] / math.log(2) / sums["characters"] if sums["characters"] else float("nan"),
+        hangul_bits_per_char=(sums["hangul_nll_nats"] / math.log(2) / sums["hangul_characters"]
+                              if sums["hangul_characters"] else float("nan")),
+        characters=int(sums["characters"]), hangul_characters=int(sums["hangul_characters"]),
+    )
+    result.update(
+        documents=documents,
         max_length=cfg.max_length,
         eod_token=cfg.eod_token,
         model=cfg.model or "embedded:gemma3-270m",

@@ -37,6 +37,7 @@ _DATA_ORDER_LABELS = {
     "grad_accum": "gradient accumulation per process (--grad-accum)",
     "processes": "number of training processes",
     "train_examples": "number of training examples",
+    "streaming": "--streaming (file order instead of the cache's shuffled order)",
 }
 # The settings the checkpoints' weights depend on (the model's shape), recorded and checked with the data order.
 _MODEL_SHAPE_LABELS = {

@@ -35,6 +35,7 @@ from kormed.data.corpus_cache import (
     load_packed,
     wait_for_packed,
 )
+from kormed.data.corpus_stream import stream_blocks, streaming_dataset
 from kormed.data.packing import resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.callback import KorMedMCQACallback
@@ -154,6 +155,52 @@ def build_val_dataset(
                                     num_proc=1, cache_dir=cache_dir, log=log, what="validation text", wait=wait)
     keep = ("path", "sha256", "documents", "blocks", "tokens", "cache_key", "cache_hit")
     return ds, {k: info[k] for k in keep}
+
+
+def build_streaming_dataset(
+    data: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, max_samples: int | None = None,
+    data_sha256: str | None = None, log: Log = print,
+) -> tuple[Any, dict[str, Any]]:
+    """`--streaming`: the training blocks packed on the fly (:mod:`kormed.data.corpus_stream`), no cache; returns
+    (endless `datasets.IterableDataset`, info). The counts are not known before a pass ends (the pass logs them)."""
+    data = require_file(data, "training text")
+    eod_id = resolve_eod_id(tokenizer, eod_token)
+    bos_id = _bos_id(tokenizer)
+    info = {"path": str(data), "sha256": data_sha256 or file_sha256(data),
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "streaming": True, "max_length": max_length,
+            "eod_token": eod_token, "eod_id": eod_id, "bos_id": bos_id, "max_samples": max_samples,
+            "packing_version": PACKING_VERSION}
+    log(f"[kormed] --streaming: tokenizing and packing {data} ({human_bytes(data.stat().st_size)}) on the fly into "
+        f"{max_length}-token blocks, in file order; no cache")
+    ds = streaming_dataset(data, tokenizer, max_length=max_length, bos_id=bos_id, eod_id=eod_id, limit=max_samples,
+                           log=log)
+    return ds, info
+
+
+def build_val_in_memory(
+    val: str | Path, tokenizer: Any, *, max_length: int, eod_token: str, limit: int | None = None, log: Log = print,
+) -> tuple[Any, dict[str, Any]]:
+    """`--streaming`'s validation set: the blocks of the first `limit` documents of `val` (those of
+    :func:`build_val_dataset`), read by the streaming reader and held in memory (no cache)."""
+    from datasets import Dataset, Features, Sequence, Value
+
+    val = require_file(val, "validation text")
+    counts: dict[str, int] = {}
+    blocks = list(stream_blocks(val, tokenizer, max_length=max_length, bos_id=_bos_id(tokenizer),
+                                eod_id=resolve_eod_id(tokenizer, eod_token), limit=limit, what="validation text",
+                                counts=counts))
+    tokens = sum(map(len, blocks))
+    log(f"[kormed] validation: {counts['documents']} documents of {val} -> {len(blocks)} blocks, {tokens} tokens "
+        "(in memory)")
+    ds = Dataset.from_dict({"input_ids": blocks}, features=Features({"input_ids": Sequence(Value("int32"))}))
+    return ds, {"path": str(val), "sha256": file_sha256(val), "documents": counts["documents"],
+                "blocks": len(blocks), "tokens": tokens, "cache_key": None, "cache_hit": False}
+
+
+def _bos_id(tokenizer: Any) -> int:
+    if tokenizer.bos_token_id is None:
+        raise KormedError("the tokenizer has no <bos> token; Gemma needs one")
+    return int(tokenizer.bos_token_id)
 
 
 def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
@@ -285,6 +332,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     (SIGINT/SIGTERM) returns with `stop_reason == "interrupted"` after saving a checkpoint; rerun with
     `resume=True` to continue it.
     """
+    cfg.validate()  # --streaming needs max_steps (also checked when the config is read)
     if not cfg.data:
         raise KormedError("no training data: pass --data FILE (JSONL with a 'text' field per line)")
     if not cfg.val:
@@ -310,7 +358,8 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     data_order = {"data_sha256": data_sha256, "max_length": cfg.max_length,
                   "max_samples": cfg.max_samples, "eod_token": cfg.eod_token, "packing_version": PACKING_VERSION,
                   "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": accum,
-                  "processes": world_size(), **model_shape(cfg, log=quiet)}
+                  "processes": world_size(), "streaming": cfg.streaming,
+                  **model_shape(cfg, log=quiet)}
     plan = plan_resume(output, resume=cfg.resume, data_order=data_order, log=quiet)
 
     if cfg.train.method == "full":
@@ -321,16 +370,24 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
             cfg.model, adapter=cfg.adapter, lora=cfg.lora, runtime=runtime, tokenizer_path=cfg.tokenizer_path,
             log=quiet, seed=cfg.train.seed, quantize=cfg.train.quantize,
         )
-    # the main process tokenizes and caches; the others wait for the cache (a file poll) and memory-map it
-    wait = not state.is_main_process
-    train_ds, data_info = build_packed_dataset(
-        cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
-        num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_sha256, wait=wait,
-    )
-    val_ds, val_info = build_val_dataset(
-        cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples,
-        cache_dir=cfg.cache_dir, log=quiet, wait=wait,
-    )
+    if cfg.streaming:  # every process reads the stream and keeps its own batches (kormed.data.corpus_stream)
+        train_ds, data_info = build_streaming_dataset(
+            cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
+            data_sha256=data_sha256, log=quiet,
+        )
+        val_ds, val_info = build_val_in_memory(cfg.val, tokenizer, max_length=cfg.max_length,
+                                               eod_token=cfg.eod_token, limit=cfg.max_val_samples, log=quiet)
+    else:
+        # the main process tokenizes and caches; the others wait for the cache (a file poll) and memory-map it
+        wait = not state.is_main_process
+        train_ds, data_info = build_packed_dataset(
+            cfg.data, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, max_samples=cfg.max_samples,
+            num_proc=cfg.num_proc, cache_dir=cfg.cache_dir, log=quiet, data_sha256=data_sha256, wait=wait,
+        )
+        val_ds, val_info = build_val_dataset(
+            cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples,
+            cache_dir=cfg.cache_dir, log=quiet, wait=wait,
+        )
     warmup: dict[str, Any] = {}
     if cfg.embedding_warmup_steps and model_info["tokenizer"]["new_tokens"] and plan.resume_from is None:
         warmup = run_embedding_warmup(model, tokenizer, train_ds, cfg, output, runtime, log=quiet)

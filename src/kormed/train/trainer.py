@@ -393,6 +393,9 @@ def build_trainer(
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
         average_tokens_across_devices=True,
+        # a stream (CPT --streaming) is read by every process, each keeping its own batches (accelerate's
+        # IterableDatasetShard), rather than read on the main process and sent to the others (dispatch_batches)
+        accelerator_config={"dispatch_batches": False},
     )
     stop = StopRecord()
     extra = [
