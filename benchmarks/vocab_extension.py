@@ -114,7 +114,7 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
     from kormed.tokenizer.embeddings import resize_and_init_embeddings
     from kormed.train.config import GEMMA_LINEAR_MODULES
     from kormed.train.cpt import embedding_warmup_trainables
-    from kormed.train.model_setup import embedding_param_groups, peft_embedding_kwargs
+    from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs
 
     t0 = time.time()
     torch.manual_seed(seed)

@@ -69,7 +69,7 @@ def test_runs_in_the_trainings_precision_on_a_bf16_base(tiny_gemma3_dir, real_to
     from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
     from kormed.models import RuntimeSpec
-    from kormed.train.model_setup import upcast_trainable_copies
+    from kormed.train.engine.model_setup import upcast_trainable_copies
 
     base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))

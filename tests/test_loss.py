@@ -15,8 +15,8 @@ from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
 from kormed.train import loss as kloss
 from kormed.train.config import GEMMA_LINEAR_MODULES, LoraOptions, TrainOptions
-from kormed.train.model_setup import lora_target_regex, prepare_model_for_training
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.model_setup import lora_target_regex, prepare_model_for_training
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 VOCAB = 262144
 CHUNK = 8  # tokens per chunk: several chunks per test batch

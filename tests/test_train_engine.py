@@ -16,13 +16,13 @@ from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.models import RuntimeSpec, load_model_and_tokenizer
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.config import LoraOptions, TrainOptions
-from kormed.train.model_setup import prepare_model_for_training
-from kormed.train.outputs import finish_run
-from kormed.train.processes import effective_grad_accum
-from kormed.train.stopping import StopRecord
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.checkpoints import latest_good_checkpoint
+from kormed.train.engine.model_setup import prepare_model_for_training
+from kormed.train.engine.outputs import finish_run
+from kormed.train.engine.processes import effective_grad_accum
+from kormed.train.engine.stopping import StopRecord
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 TOK = None  # the real tokenizer, shared by every test (loading it takes seconds)
@@ -148,7 +148,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
 def test_early_stopping_logic():
     from transformers import TrainerControl, TrainerState
 
-    from kormed.train.callbacks import EarlyStopping
+    from kormed.train.engine.callbacks import EarlyStopping
 
     def run(values, **kw):
         stop = StopRecord()
@@ -260,7 +260,7 @@ def _logits(model, ids):
 def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True)
@@ -302,7 +302,7 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
     """An extended tokenizer: the embeddings grow (multiple of 64), only the new rows train, tie kept."""
     from transformers import AutoModelForCausalLM
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     ext = tmp_path / "ext-tok"
     tok = real_tokenizer.__class__.from_pretrained(tiny_gemma3_dir)
@@ -338,7 +338,7 @@ def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokeniz
     """MedGemma-4B shape: Gemma3ForConditionalGeneration with a vision tower, trained with the text tokenizer."""
     from transformers import Gemma3ForConditionalGeneration
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     cfg = tiny_multimodal_config()
     torch.manual_seed(0)

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import typer
+
 from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
@@ -136,3 +138,15 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     if cfg.output:
         write_json(cfg.output, result)
     return result
+
+
+# How `kormed eval ppl` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """Perplexity, loss and what they were measured on."""
+    typer.echo(
+        f"perplexity {result['perplexity']:.4f}  loss {result['loss']:.4f}  "
+        f"({result['tokens']} predicted tokens, {result['blocks']} blocks of <= {result['max_length']}, "
+        f"{result['documents']} texts)"
+    )
+    if cfg.output:
+        typer.echo(f"wrote {cfg.output}")

@@ -153,7 +153,7 @@ class ReportData:
     results: dict[str, Any]  # stage -> its typed result (None: not run)
     unreadable: dict[str, str]  # stage -> why its result could not be read
     training: dict[str, list[TrainingUnit]]
-    # the stages' own files as written, for the model cards (kormed.model_card)
+    # the stages' own files as written, for the model cards (kormed.export.model_card)
     stats: dict[str, Any] | None = None
     stats_path: str | None = None
     tokenizer: dict[str, Any] | None = None

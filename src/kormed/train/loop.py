@@ -17,15 +17,22 @@ The round's adapter is kept in `round{NN}_{name}/`, the best one is copied to `b
 `eval_before`) is the starting adapter, saved in `round00_start/`, so `best/` is never worse than the start on
 dev. `loop_table.json` / `loop_table.md` (rewritten after every round) name the split selected on and the one
 reported on.
+
+:func:`run_loop` has the SFT recipe's phases: **setup** (sources, the selection split, the model from
+`from_adapter`), **train** (each round: an SFT step, then selection on dev and report on test) and **save** (the
+round's adapter, `best/`, and the loop table after every round, so an interrupted loop leaves a consistent table).
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import typer
 
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
@@ -34,7 +41,7 @@ from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_f
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
 from kormed.stop_reason import StopReason
-from kormed.train.outputs import save_adapter
+from kormed.train.engine.outputs import save_adapter
 from kormed.train.sft import (
     STEP_FINISHED,
     Log,
@@ -255,3 +262,18 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
     log(f"[kormed] loop: {result['stop_reason']}; best round {result['best_round']} on {selection.name} "
         f"({result['best_dev_accuracy']:.2%}; test {_pct(result['best_test_accuracy'])}) in {out / 'best'}")
     return result
+
+
+# How `kormed train loop` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """One line per round, then the best round; exit 130 when the loop stopped before its target or last round."""
+    for row in result["rounds"]:
+        test = "" if row["test_accuracy"] is None else f", test {row['test_accuracy']:.2%}"
+        typer.echo(f"round {row['round']} ({row['kind']}): dev accuracy {row['dev_accuracy']:.2%} "
+                   f"({row['dev_correct']}/{row['dev_total']}){test}")
+    best_test = result["best_test_accuracy"]
+    typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} selected on "
+               f"{result['selected_on']}: {result['best_dev_accuracy']:.2%}; reported on {result['reported_on']}: "
+               f"{'-' if best_test is None else f'{best_test:.2%}'}; adapter in {result['best_adapter']}")
+    if result["stop_reason"] not in (StopReason.TARGET_REACHED, StopReason.MAX_ROUNDS):
+        sys.exit(130)

@@ -1,9 +1,9 @@
 """The HF Trainer kormed trains with, set up the kormed way, and the call that runs it.
 
-    model, tokenizer, info = prepare_model_for_training(...)                  # kormed.train.model_setup
+    model, tokenizer, info = prepare_model_for_training(...)                  # kormed.train.engine.model_setup
     trainer = build_trainer(model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), options, out)
     summary = run_training(trainer, resume=cfg.resume)    # handles SIGINT/SIGTERM, NaN, early stop, --resume
-    finish_run(trainer, tokenizer, out, info | {...}, summary)        # kormed.train.outputs: adapter, info, plot
+    finish_run(trainer, tokenizer, out, info | {...}, summary)        # kormed.train.engine.outputs: adapter, info, plot
 
 Datasets hold `input_ids` (lists of ints, every sequence starting with `<bos>`) and optionally `labels`
 (same length, -100 where no loss is wanted: SFT builds answer-only labels this way). `CausalCollator` pads
@@ -40,20 +40,20 @@ from kormed.errors import KormedError
 from kormed.io import Log, read_json, write_json
 from kormed.models import RuntimeSpec, pick_runtime
 from kormed.stop_reason import StopReason
-from kormed.train.callbacks import (
+from kormed.train.config import TrainOptions
+from kormed.train.engine.callbacks import (
     EarlyStopping,
     InterruptCallback,
     NonFiniteLossGuard,
     ResumeLogWindow,
     ThroughputCallback,
 )
-from kormed.train.checkpoints import LOG_STATE_FILE, ResumePlan, plan_resume, start_from_plan, trainer_data_order
-from kormed.train.config import TrainOptions
+from kormed.train.engine.checkpoints import LOG_STATE_FILE, ResumePlan, plan_resume, start_from_plan, trainer_data_order
+from kormed.train.engine.model_setup import embedding_param_groups, is_embedding_param, use_gradient_checkpointing
+from kormed.train.engine.outputs import summarize
+from kormed.train.engine.processes import effective_grad_accum
+from kormed.train.engine.stopping import StopRecord, non_finite_stop
 from kormed.train.loss import causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
-from kormed.train.model_setup import embedding_param_groups, is_embedding_param, use_gradient_checkpointing
-from kormed.train.outputs import summarize
-from kormed.train.processes import effective_grad_accum
-from kormed.train.stopping import StopRecord, non_finite_stop
 from kormed.weights import route_safetensors_writes
 
 

@@ -1,5 +1,5 @@
 """The TrainerCallbacks every kormed training run has: non-finite loss guard, interrupt-and-checkpoint, early
-stopping, tokens/s, resumed loss-logging window. They share a :class:`kormed.train.stopping.StopRecord` that says
+stopping, tokens/s, resumed loss-logging window. They share a :class:`kormed.train.engine.stopping.StopRecord` that says
 why a run stopped."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import non_finite_eval
-from kormed.train.stopping import SignalFlag, StopRecord, non_finite_stop
+from kormed.train.engine.checkpoints import non_finite_eval
+from kormed.train.engine.stopping import SignalFlag, StopRecord, non_finite_stop
 
 
 class NonFiniteLossGuard(TrainerCallback):
     """Stop at the first NaN/inf loss BEFORE the optimizer applies it (gradients are dropped), or at a NaN/inf
     validation loss (that step's checkpoint is not saved); the trainer also refuses to save a checkpoint with
     non-finite weights. The stop names the last GOOD checkpoint: complete, with finite validation losses and
-    weights (:func:`kormed.train.checkpoints.checkpoint_problem`)."""
+    weights (:func:`kormed.train.engine.checkpoints.checkpoint_problem`)."""
 
     def __init__(self, stop: StopRecord) -> None:
         self.stop = stop

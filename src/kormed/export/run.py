@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, replace_path, write_json
-from kormed.model_card import export_card
-from kormed.models import resolve_model
-from kormed.train.export import check_adapter_base, export_merged
-from kormed.train.gguf import (
+from kormed.export.gguf import (
     LLAMA_CPP_PYTHON_VERSION,
     export_gguf_files,
     find_converter,
     parse_types,
     verify_gguf,
 )
+from kormed.export.merge import check_adapter_base, export_merged
+from kormed.export.model_card import export_card
+from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, replace_path, write_json
+from kormed.models import resolve_model
 from kormed.weights import staged_as
 
 MARKER = "kormed_export.json"

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no process-wi
 from kormed.io import atomic_write, replace_path, temp_dir, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import latest_good_checkpoint
-from kormed.train.processes import is_main_process
+from kormed.train.engine.checkpoints import latest_good_checkpoint
+from kormed.train.engine.processes import is_main_process
 from kormed.weights import route_safetensors_writes, staged_as
 
 
