@@ -111,7 +111,7 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
     from kormed.data.packing import pack_documents
     from kormed.models import load_model, load_tokenizer
     from kormed.precision import autocast
-    from kormed.tokenizer.embeddings import resize_and_init_embeddings
+    from kormed.embeddings import resize_and_init_embeddings
     from kormed.train.config import GEMMA_LINEAR_MODULES
     from kormed.train.cpt import embedding_warmup_trainables
     from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from kormed.tokenizer.embeddings import new_token_ids, resize_and_init_embeddings, token_pieces
+from kormed.embeddings import new_token_ids, resize_and_init_embeddings, token_pieces
 from kormed.tokenizer.extend import build_extended_json, save_tokenizer_dir, segment_units, select_bpe
 from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_tokenizer_embeddings import KOREAN, ext_tokenizer, tiny_causal  # noqa: F401  (fixture reused)
 
-from kormed.tokenizer.embeddings import piece_sequence_stats, resize_and_init_embeddings, token_pieces
+from kormed.embeddings import piece_sequence_stats, resize_and_init_embeddings, token_pieces
 
 
 def test_sequence_init_gives_new_token_the_piece_sequence_logit(real_tokenizer, ext_tokenizer):  # noqa: F811

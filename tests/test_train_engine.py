@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
                 return output * float("nan")
         return output
 
-    # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.train.loss)
+    # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.loss)
     model.base_model.model.model.norm.register_forward_hook(poison)
     opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
     trainer = build_trainer(model, tok, _dataset(_blocks(16)), None, CausalCollator(tok), opts,

@@ -64,7 +64,7 @@ def evaluate_perplexity(
     Returns {"loss", "perplexity", "tokens" (predicted positions counted), "blocks"}. The model is put in
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
-    `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
+    `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.loss`); "full"
     computes the same numbers from the model's logits. `compute_dtype` "bfloat16" runs under bf16 autocast;
     "float32" or None (a library call) runs in the model's own dtype. `kormed eval ppl` and SFT's baseline pass
     the runtime's compute dtype (`--dtype`, :mod:`kormed.precision`).
@@ -72,8 +72,8 @@ def evaluate_perplexity(
     import torch
     from tqdm.auto import tqdm
 
+    from kormed.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
     from kormed.precision import autocast
-    from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")

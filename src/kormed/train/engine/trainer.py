@@ -38,6 +38,7 @@ from transformers.integrations import TensorBoardCallback
 
 from kormed.errors import KormedError
 from kormed.io import Log, read_json, write_json
+from kormed.loss import causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
 from kormed.models import RuntimeSpec, pick_runtime
 from kormed.stop_reason import StopReason
 from kormed.train.config import TrainOptions
@@ -53,7 +54,6 @@ from kormed.train.engine.model_setup import embedding_param_groups, is_embedding
 from kormed.train.engine.outputs import summarize
 from kormed.train.engine.processes import effective_grad_accum
 from kormed.train.engine.stopping import StopRecord, non_finite_stop
-from kormed.train.loss import causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
 from kormed.weights import route_safetensors_writes
 
 
@@ -219,8 +219,8 @@ class KormedTrainer(Trainer):
         t = torch.tensor([1.0 if value else 0.0], device=self.args.device)
         return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
 
-    # the loss: token-weighted, without full-vocabulary logits (kormed.train.loss) ----------------------
-    loss_spec: Any = None  # a kormed.train.loss.LossSpec, set by build_trainer from train.loss_impl
+    # the loss: token-weighted, without full-vocabulary logits (kormed.loss) ----------------------
+    loss_spec: Any = None  # a kormed.loss.LossSpec, set by build_trainer from train.loss_impl
 
     def kormed_loss_spec(self) -> Any:
         if self.loss_spec is None:
@@ -247,7 +247,7 @@ class KormedTrainer(Trainer):
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
         # The Trainer leaves autocast to accelerate, which wraps only model.forward; kormed's loss projects
-        # the hidden states to the vocabulary AFTER forward (kormed.train.loss), so the whole loss (and
+        # the hidden states to the vocabulary AFTER forward (kormed.loss), so the whole loss (and
         # validation) runs under accelerate's autocast too: on bf16 runs that projection is the largest matmul.
         return self.accelerator.autocast()
 
