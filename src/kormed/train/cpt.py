@@ -168,13 +168,13 @@ def build_val_dataset(
     return ds, {k: info[k] for k in keep}
 
 
-def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
+def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, runtime: Any, log: Log) -> list[Any]:
     if not cfg.kormedmcqa_data or cfg.kormedmcqa_every <= 0:
         return []
     questions, _ = read_mcq_jsonl(cfg.kormedmcqa_data)
     every_evals = max(1, round(cfg.kormedmcqa_every / cfg.train.eval_steps))
     return [KorMedMCQACallback(questions, every_n_evals=every_evals, sample=cfg.kormedmcqa_limit,
-                               seed=cfg.train.seed, tokenizer=tokenizer)]
+                               seed=cfg.train.seed, tokenizer=tokenizer, compute_dtype=runtime.compute_dtype)]
 
 
 @contextmanager
@@ -332,14 +332,11 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     warmup: dict[str, Any] = {}
     if cfg.embedding_warmup_steps and model_info["tokenizer"]["new_tokens"] and plan.resume_from is None:
         warmup = run_embedding_warmup(model, tokenizer, train_ds, cfg, output, runtime, log=quiet)
-    extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
+    extra = [*_kormedmcqa_callback(cfg, tokenizer, runtime, quiet), *callbacks]
     trainer = build_trainer(
         model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), cfg.train, output,
         callbacks=extra, embedding_lr=cfg.lora.embedding_lr, runtime=runtime,
     )
-    for cb in extra:
-        if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:
-            cb.attach(trainer)
     summary = run_training(trainer, resume=cfg.resume, log=quiet, data_order=data_order, plan=plan)
     # --- save: adapter and training_info.json ---
     info = {

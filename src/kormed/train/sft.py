@@ -58,6 +58,7 @@ from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
 from kormed.stop_reason import StopReason
+from kormed.train.engine.callbacks import TrainerAware
 from kormed.train.engine.model_setup import prepare_model_for_training
 from kormed.train.engine.outputs import finish_run, summarize
 from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
@@ -289,14 +290,13 @@ def batch_report(collator: Any, stats_cb: BatchStatsCallback, trainer: Any) -> d
 # --------------------------------------------------------------------------------------------------------------
 
 
-class StopConditionCallback(TrainerCallback):
+class StopConditionCallback(TrainerAware):
     """After each evaluation: the step-0 evaluation becomes the step's start reference; every later one is
     checked against the stop conditions (logged), and training stops when they hold."""
 
     def __init__(self, tracker: StopTracker, log: Log = print) -> None:
         self.tracker = tracker
         self.log = log
-        self.trainer: Any = None
         self.start_metrics: dict[str, float] | None = None
         self.last_eval_step: int | None = None
 
@@ -419,7 +419,6 @@ def run_sft_step(
     stats_cb = BatchStatsCallback(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
                                    callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator)
-    callback.trainer = trainer
     summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
     engine_reason = trainer.stop_record.reason

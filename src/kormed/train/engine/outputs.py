@@ -152,12 +152,8 @@ def finish_run(
     Returns the full training info dict.
     """
     full = {**info, **summary}
-    runtime = getattr(trainer, "kormed_runtime", None)
-    if runtime is not None:
-        full["runtime"] = dataclasses.asdict(runtime)
-    spec = getattr(trainer, "loss_spec", None)
-    if spec is not None:
-        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 256}
+    full["runtime"] = dataclasses.asdict(trainer.runtime)
+    full["loss"] = dataclasses.asdict(trainer.loss_spec)  # {"impl": "chunked", "chunk_size": 256}
     full["library_versions"] = library_versions()
     full = json.loads(json.dumps(full, default=str))  # plain JSON types only
     if save and hasattr(trainer, "trainable_finite") and not trainer.trainable_finite():
