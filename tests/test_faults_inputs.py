@@ -868,3 +868,17 @@ def test_cpt_corpus_of_blank_texts_is_an_error(tmp_path: Path, real_tokenizer) -
     data.write_text('{"text": "  "}\n\n{"text": ""}\n', encoding="utf-8")
     with pytest.raises(KormedError, match=r"blank.jsonl: no non-empty 'text' records in the training text"):
         build_packed_dataset(data, real_tokenizer, cache_dir=tmp_path / "c", log=lambda m: None)
+
+
+def test_an_sft_summary_with_a_broken_step_row_is_one_error_not_a_dropped_row(tmp_path: Path) -> None:
+    """A row of sft_summary.json without its step number was read as step 99 (dropped by `--from-step`) or not
+    read at all (the runner and report): now the one typed reader names the file."""
+    from kormed.pipeline.results import sft_result
+
+    row = {"name": "qa", "description": "", "stop_reason": "conditions_met", "global_step": 3,
+           "metrics_at_stop": {}, "adapter": str(tmp_path / "step1")}  # no "step"
+    (tmp_path / "sft_summary.json").write_text(json.dumps({
+        "baseline": {"raw_perplexity": 2.0}, "steps": [row], "finished": True, "final_adapter": row["adapter"],
+    }), encoding="utf-8")
+    with pytest.raises(KormedError, match=r"sft_summary.json.*not a kormed SFT summary.*'step'"):
+        sft_result(tmp_path)

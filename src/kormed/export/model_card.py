@@ -16,6 +16,7 @@ from kormed.errors import KormedError
 from kormed.io import atomic_write
 from kormed.pipeline.registry import TRAINING_STAGES
 from kormed.pipeline.rundir import collect, rows_of_stats, target_key
+from kormed.run_files import TRAINING_INFO
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -118,8 +119,8 @@ def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[st
             own = "loop"
         for stage in order[: order.index(own) + 1] if own in order else order:
             units += [(u.name, u.info) for u in data.training.get(stage, []) if u.info]
-    elif adapter is not None and isinstance(_load(adapter / "training_info.json"), dict):
-        units.append((adapter.name, _load(adapter / "training_info.json")))
+    elif adapter is not None and isinstance(_load(adapter / TRAINING_INFO), dict):
+        units.append((adapter.name, _load(adapter / TRAINING_INFO)))
     return units
 
 

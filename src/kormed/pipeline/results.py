@@ -19,17 +19,15 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import read_json, write_json
+from kormed.run_files import LOOP_TABLE, SFT_SUMMARY, TRAINING_INFO, SFTSummary
+from kormed.run_files import STEP_DIR as _STEP_DIR
 from kormed.stop_reason import StopReason
 from kormed.tokenizer.report import REPORT_FILE
 
 RESULT_FILE = "kormed_result.json"
 RESULT_SCHEMA = 1
-TRAINING_INFO = "training_info.json"
 TOKENIZER_REPORT = REPORT_FILE
 STATS_SUFFIX = ".stats.json"
-SFT_SUMMARY = "sft_summary.json"
-LOOP_TABLE = "loop_table.json"
-_STEP_DIR = re.compile(r"^step(\d+)$")
 _ROUND_DIR = re.compile(r"^round(\d+)(_\w+)?$")
 
 
@@ -212,11 +210,11 @@ def sft_result(output: str | Path) -> SFTResult:
     """Read the SFT output directory: `sft_summary.json` (when written) and each `stepN/training_info.json`."""
     out = Path(output)
     steps = _units(out, _STEP_DIR)
-    summary = read_json(out / SFT_SUMMARY, what="SFT summary") if (out / SFT_SUMMARY).is_file() else None
+    summary = SFTSummary.read(out / SFT_SUMMARY) if (out / SFT_SUMMARY).is_file() else None
     baseline = None
     if summary is not None:
-        finished, final = bool(summary["finished"]), summary["final_adapter"]
-        baseline = (summary.get("baseline") or {}).get("raw_perplexity")
+        finished, final = summary.finished, summary.final_adapter
+        baseline = summary.baseline.get("raw_perplexity")
     else:  # a run that stopped before writing its summary
         finished = False
         final = steps[-1].adapter if steps else None

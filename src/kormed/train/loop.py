@@ -40,6 +40,7 @@ from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_file, replace_path, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
+from kormed.run_files import LOOP_TABLE
 from kormed.stop_reason import StopReason
 from kormed.train.engine.outputs import save_adapter
 from kormed.train.sft import (
@@ -56,7 +57,7 @@ from kormed.train.sft import (
 )
 from kormed.train.sft_config import LoopConfig
 
-TABLE_JSON = "loop_table.json"
+TABLE_JSON = LOOP_TABLE
 TABLE_MD = "loop_table.md"
 DEV_FILE = "dev.jsonl"  # KorMedMCQA's dev split, beside train.jsonl / test.jsonl in the seeds' layout
 

@@ -57,6 +57,7 @@ from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
+from kormed.run_files import SFT_SUMMARY, SFTStepRow, SFTSummary, step_dir_name
 from kormed.stop_reason import StopReason
 from kormed.train.engine.callbacks import TrainerAware
 from kormed.train.engine.model_setup import prepare_model_for_training
@@ -66,7 +67,7 @@ from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
 
 BASELINE_FILE = "baseline.json"
-SUMMARY_FILE = "sft_summary.json"
+SUMMARY_FILE = SFT_SUMMARY
 # A step (or round) that ended on its own: the recipe goes on to the next one.
 STEP_FINISHED = (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS)
 
@@ -574,7 +575,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     numbered = list(enumerate(cfg.steps, start=1))[cfg.from_step - 1:]
     start_adapter = cfg.from_adapter
     if cfg.from_step > 1:
-        prev = out / f"step{cfg.from_step - 1}"
+        prev = out / step_dir_name(cfg.from_step - 1)
         if not (prev / "adapter_config.json").is_file():
             raise KormedError(f"--from-step {cfg.from_step} needs the adapter of step {cfg.from_step - 1}",
                               path=prev, hint="run the earlier steps first (without --from-step)")
@@ -586,26 +587,26 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     ctx.baseline = float(baseline["raw_perplexity"])
 
     summary_path = out / SUMMARY_FILE
-    previous = read_json(summary_path) if summary_path.is_file() and cfg.from_step > 1 else {}
-    rows = [r for r in previous.get("steps", []) if r.get("step", 99) < cfg.from_step]
+    earlier = SFTSummary.read(summary_path).steps if summary_path.is_file() and cfg.from_step > 1 else []
+    rows = [r for r in earlier if r.step < cfg.from_step]  # the steps before --from-step, as they ran
     # --- train: each step trained, checked against its stop conditions and saved in step{N}/ ---
     finished = True
     for n, step in numbered:
-        step_dir = out / f"step{n}"
-        info = run_sft_step(ctx, step, name=f"step{n}", out_dir=step_dir, max_steps=cfg.max_steps_per_step,
+        step_dir = out / step_dir_name(n)
+        info = run_sft_step(ctx, step, name=step_dir.name, out_dir=step_dir, max_steps=cfg.max_steps_per_step,
                             extra_info={"step_number": n})
         ctx.info["started_from"] = str(step_dir)
-        rows.append({"step": n, "name": step.name, "description": step.description,
-                     "stop_reason": info["stop_reason"], "global_step": info["global_step"],
-                     "metrics_at_stop": info.get("metrics_at_stop"), "adapter": str(step_dir)})
+        rows.append(SFTStepRow(step=n, name=step.name, description=step.description,
+                               stop_reason=info["stop_reason"], global_step=info["global_step"],
+                               metrics_at_stop=info.get("metrics_at_stop"), adapter=str(step_dir)))
         if info["stop_reason"] not in STEP_FINISHED:
             log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
                 f"(continue with --from-step {n})")
             finished = False
             break
     # --- save: the summary of every step so far ---
-    summary = {"baseline": baseline, "steps": rows, "finished": finished,
-               "final_adapter": rows[-1]["adapter"] if rows else None}
+    summary = SFTSummary(baseline=baseline, steps=rows, finished=finished,
+                         final_adapter=rows[-1].adapter if rows else None).to_json()
     write_json(summary_path, summary)
     return summary
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no process-wi
 
 from kormed.io import atomic_write, replace_path, temp_dir, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
+from kormed.run_files import TRAINING_INFO
 from kormed.stop_reason import StopReason
 from kormed.train.engine.checkpoints import latest_good_checkpoint
 from kormed.train.engine.processes import is_main_process
@@ -101,7 +102,7 @@ def save_adapter(
                 replace_path(stage / name, out / name)
         # README.md written by PEFT is not part of the layout; leave it in the stage to be removed
     if info is not None:
-        write_json(out / "training_info.json", info)
+        write_json(out / TRAINING_INFO, info)
     return out
 
 
@@ -171,7 +172,7 @@ def finish_run(
     if save:
         save_adapter(trainer.model, tokenizer, out, full, state_dict=state_dict)
     elif is_main_process():
-        write_json(out / "training_info.json", full)
+        write_json(out / TRAINING_INFO, full)
     plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))
     if trainer.args.world_size > 1:
         trainer.accelerator.wait_for_everyone()
