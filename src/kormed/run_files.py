@@ -1,6 +1,7 @@
 """The files one stage writes and another reads, each spelled once: their names, the `step{n}` directory names,
-and the typed schema of the SFT summary (its step rows), written by the SFT recipe and read back by the recipe
-itself (`--from-step`) and by the pipeline's results (runner, report, model cards) through the same type.
+and the typed, versioned schemas of the SFT summary (its step rows) and the loop table (its round rows), written by
+their recipe and read back by the recipe itself (`--from-step`) and by the pipeline's results (runner, report,
+model cards) through the same type. (training_info.json is written by kormed.train.engine.outputs.finish_run.)
 
 This module imports nothing heavy, so every layer may read it.
 """
@@ -68,3 +69,64 @@ class SFTSummary:
                        final_adapter=data["final_adapter"], version=int(data.get("version", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise KormedError(f"not a kormed SFT summary (missing or bad field: {exc})", path=path) from None
+
+
+LOOP_TABLE_VERSION = 1  # loop_table.json written before the version field existed reads as version 0
+
+
+@dataclass(kw_only=True)
+class LoopTableRow:
+    """One round of the loop table: its adapter, dev accuracy (selection) and test accuracy when measured, and
+    where its SFT step stopped (round 0, the starting adapter, has no step)."""
+
+    round: int
+    kind: str
+    adapter: str | None = None
+    dev_accuracy: float
+    dev_correct: int | None = None
+    dev_total: int | None = None
+    dev_unparseable: int | None = None
+    test_accuracy: float | None = None
+    test_correct: int | None = None
+    test_total: int | None = None
+    global_step: int | None = None
+    stop_reason: str | None = None  # a kormed.stop_reason.StopReason value
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(kw_only=True)
+class LoopTable:
+    """loop_table.json: the target, the split selected on and the one reported on, one row per round, and the
+    round chosen on dev (rewritten after every round; `stop_reason` is None while the loop runs)."""
+
+    target: float | None = None
+    eval_mode: str | None = None
+    selected_on: str | None = None
+    reported_on: str | None = None
+    selection: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    baseline_raw_perplexity: float | None = None
+    rounds: list[LoopTableRow]
+    stop_reason: str | None = None
+    best_round: int | None = None
+    best_dev_accuracy: float | None = None
+    best_test_accuracy: float | None = None
+    best_adapter: str | None = None
+    version: int = LOOP_TABLE_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls, path: str | Path) -> LoopTable:
+        """Read and check a loop table (each round's round, kind and dev_accuracy are required); a missing or
+        mistyped field is a KormedError naming the file."""
+        data = read_json(path, what="loop table")
+        try:
+            names = {f.name for f in dataclasses.fields(LoopTableRow)}
+            rows = [LoopTableRow(**{k: v for k, v in row.items() if k in names}) for row in data["rounds"]]
+            fields = {f.name for f in dataclasses.fields(cls)} - {"rounds", "version"}
+            return cls(rounds=rows, version=int(data.get("version", 0)),
+                       **{k: v for k, v in data.items() if k in fields})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KormedError(f"not a kormed loop table (missing or bad field: {exc})", path=path) from None
