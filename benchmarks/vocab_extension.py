@@ -109,9 +109,9 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
     from transformers import get_cosine_schedule_with_warmup
 
     from kormed.data.packing import pack_documents
+    from kormed.embeddings import resize_and_init_embeddings
     from kormed.models import load_model, load_tokenizer
     from kormed.precision import autocast
-    from kormed.embeddings import resize_and_init_embeddings
     from kormed.train.config import GEMMA_LINEAR_MODULES
     from kormed.train.cpt import embedding_warmup_trainables
     from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs
