@@ -109,12 +109,12 @@ def run_arm(arm: Arm, budget: int, seed: int, ctx: dict[str, Any]) -> dict[str, 
     from transformers import get_cosine_schedule_with_warmup
 
     from kormed.data.packing import pack_documents
+    from kormed.embeddings import resize_and_init_embeddings
     from kormed.models import load_model, load_tokenizer
     from kormed.precision import autocast
-    from kormed.tokenizer.embeddings import resize_and_init_embeddings
     from kormed.train.config import GEMMA_LINEAR_MODULES
     from kormed.train.cpt import embedding_warmup_trainables
-    from kormed.train.model_setup import embedding_param_groups, peft_embedding_kwargs
+    from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs
 
     t0 = time.time()
     torch.manual_seed(seed)

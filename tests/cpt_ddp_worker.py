@@ -12,7 +12,8 @@ from pathlib import Path
 def main() -> None:
     cfg_path, record_dir = sys.argv[1], Path(sys.argv[2])
     from kormed.config import load_config
-    from kormed.train import cpt, outputs
+    from kormed.train import cpt
+    from kormed.train.engine import outputs
 
     rank = int(os.environ.get("RANK", "0"))
     seen: list[list[int]] = []

@@ -169,8 +169,8 @@ def test_run_cpt_layout_validation_interrupt_and_resume(tiny_gemma3_dir, corpus,
     from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
     from kormed.io import read_texts
     from kormed.models import RuntimeSpec, load_model_and_tokenizer
-    from kormed.train.checkpoints import latest_good_checkpoint
     from kormed.train.cpt import run_cpt
+    from kormed.train.engine.checkpoints import latest_good_checkpoint
 
     out = tmp_path / "cpt"
     cfg = _tiny_cfg(tiny_gemma3_dir, corpus, out, max_steps=4)

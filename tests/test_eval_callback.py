@@ -41,7 +41,9 @@ def test_logs_accuracy_every_n_evals_to_the_run(tmp_path, tiny_gemma3_dir, real_
         use_cpu=True, disable_tqdm=True, learning_rate=1e-3,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=real_tokenizer)
-    callback = KorMedMCQACallback.add_to(trainer, _questions(6), every_n_evals=2, sample=3, mode="loglik")
+    callback = KorMedMCQACallback(_questions(6), every_n_evals=2, sample=3, mode="loglik")
+    trainer.add_callback(callback)
+    callback.attach(trainer)
     trainer.train()
     logged = [e for e in trainer.state.log_history if METRIC in e]
     assert [e["step"] for e in logged] == [2, 4]  # evaluations 2 and 4 of 4
@@ -69,15 +71,17 @@ def test_runs_in_the_trainings_precision_on_a_bf16_base(tiny_gemma3_dir, real_to
     from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
     from kormed.models import RuntimeSpec
-    from kormed.train.model_setup import upcast_trainable_copies
+    from kormed.train.engine.model_setup import upcast_trainable_copies
 
     base = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))
     assert upcast_trainable_copies(model) > 0
     logged: list[dict] = []
-    trainer = SimpleNamespace(kormed_runtime=RuntimeSpec("cpu", "bfloat16", "sdpa"), model=model,
+    trainer = SimpleNamespace(model=model,
                               processing_class=real_tokenizer, log=logged.append)
-    callback = KorMedMCQACallback(_questions(2), trainer=trainer, mode="loglik", sample=None, progress=False)
+    callback = KorMedMCQACallback(_questions(2), mode="loglik", sample=None, progress=False,
+                                  compute_dtype=RuntimeSpec("cpu", "bfloat16", "sdpa").compute_dtype)
+    callback.attach(trainer)
     metrics: dict = {}
     callback.on_evaluate(TrainingArguments(output_dir="unused", use_cpu=True), TrainerState(), TrainerControl(),
                          metrics=metrics, model=model)

@@ -153,10 +153,10 @@ def test_eval_ppl_streams_the_file_with_the_same_numbers(real_tokenizer, tiny_ge
 def test_eval_ppl_memory_does_not_grow_with_the_file(tiny_gemma3_dir, tmp_path, monkeypatch):
     """The first batch is scored after one tokenizer batch of texts has been read, not after the whole file (the
     file's texts are never held at once)."""
+    from kormed import loss
     from kormed.data.corpus_stream import DOCS_PER_BATCH
     from kormed.eval import perplexity
     from kormed.eval.config import EvalConfig
-    from kormed.train import loss
 
     n = 3 * DOCS_PER_BATCH
     data = _write_texts(tmp_path / "big.jsonl", [f"{TEXTS[i % 3]} {i}" for i in range(n)])

@@ -23,7 +23,7 @@ REL_TOL = 2e-3
 def converter():
     pytest.importorskip("sentencepiece")
     from kormed.errors import KormedError
-    from kormed.train.gguf import fetch_converter
+    from kormed.export.gguf import fetch_converter
 
     try:  # the installation step (`kormed export --fetch-converter`): the only one that may use the network
         return fetch_converter(log=lambda m: None)
@@ -74,8 +74,8 @@ def exported(converter, extended_model, tmp_path_factory):
 
 @pytest.mark.heavy
 def test_gguf_round_trip_through_transformers(exported, extended_model):
+    from kormed.export.run import VERIFY_PROMPT
     from kormed.models import load_tokenizer
-    from kormed.train.export_all import VERIFY_PROMPT
 
     assert 262145 in load_tokenizer(str(extended_model)).encode(VERIFY_PROMPT)
     out, output = exported
@@ -119,7 +119,7 @@ def test_gguf_bad_type_is_one_line(gguf_type, message, tiny_gemma3_dir, tmp_path
 
 def test_export_bad_inputs(tiny_gemma3_dir, tmp_path):
     from kormed.errors import KormedError
-    from kormed.train.export_all import run_export
+    from kormed.export.run import run_export
 
     not_model = tmp_path / "notmodel"
     not_model.mkdir()
@@ -147,7 +147,7 @@ def test_gguf_full_disk_is_refused_before_writing(tiny_gemma3_dir, tmp_path, mon
     from collections import namedtuple
 
     from kormed.errors import KormedError
-    from kormed.train.export_all import run_export
+    from kormed.export.run import run_export
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 10 << 20, 1 << 20))
@@ -160,7 +160,7 @@ def test_gguf_unwritable_target(tiny_gemma3_dir, tmp_path, installed_converter):
     import os
 
     from kormed.errors import KormedError
-    from kormed.train.export_all import run_export
+    from kormed.export.run import run_export
 
     if os.geteuid() == 0:
         target = Path("/proc/kormed-cannot-write/out")  # root ignores mode bits; /proc refuses new entries

@@ -929,3 +929,17 @@ def test_cpt_streaming_bad_line_stops_training_with_one_line(tmp_path: Path, tin
     out = result.output
     assert result.exit_code == 2 and "Traceback" not in out, out
     assert out.count("kormed: error:") == 1 and f"kormed: error: {data}:3: malformed JSON" in out, out  # after the bar
+
+
+def test_an_sft_summary_with_a_broken_step_row_is_one_error_not_a_dropped_row(tmp_path: Path) -> None:
+    """A row of sft_summary.json without its step number was read as step 99 (dropped by `--from-step`) or not
+    read at all (the runner and report): now the one typed reader names the file."""
+    from kormed.pipeline.results import sft_result
+
+    row = {"name": "qa", "description": "", "stop_reason": "conditions_met", "global_step": 3,
+           "metrics_at_stop": {}, "adapter": str(tmp_path / "step1")}  # no "step"
+    (tmp_path / "sft_summary.json").write_text(json.dumps({
+        "baseline": {"raw_perplexity": 2.0}, "steps": [row], "finished": True, "final_adapter": row["adapter"],
+    }), encoding="utf-8")
+    with pytest.raises(KormedError, match=r"sft_summary.json.*not a kormed SFT summary.*'step'"):
+        sft_result(tmp_path)

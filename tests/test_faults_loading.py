@@ -332,7 +332,7 @@ def test_gguf_export_never_downloads_the_converter(tiny_gemma3_dir: Path, tmp_pa
     """`kormed export --gguf` without the converter installed is one line saying how to install it (before any
     work), with no pip and no connection: fetching is `kormed export --fetch-converter`, run once."""
     pytest.importorskip("sentencepiece")
-    import kormed.train.gguf as gguf
+    import kormed.export.gguf as gguf
 
     monkeypatch.delenv("KORMED_LLAMA_CPP", raising=False)
     monkeypatch.setattr(gguf, "converter_dir", lambda: tmp_path / "cache" / "llama.cpp" / "none")
@@ -348,7 +348,7 @@ def test_fetch_converter_is_the_one_step_that_runs_pip(tmp_path: Path, monkeypat
     pytest.importorskip("sentencepiece")
     import subprocess
 
-    import kormed.train.gguf as gguf
+    import kormed.export.gguf as gguf
 
     calls: list[list[str]] = []
 
@@ -650,7 +650,7 @@ class TestTargetModulesAtTrainingStart:
     @pytest.mark.parametrize("modules", [["qkv_proj"], ["q_proj", "v_porj"], ["mlp"]])
     def test_refused(self, modules: list[str], tmp_path: Path, real_tokenizer, hub_calls) -> None:
         from kormed.train.config import LoraOptions
-        from kormed.train.model_setup import prepare_model_for_training
+        from kormed.train.engine.model_setup import prepare_model_for_training
 
         base = _save_tiny(tmp_path, "model")
         with pytest.raises(KormedError) as exc:

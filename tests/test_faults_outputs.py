@@ -143,13 +143,13 @@ def test_file_outputs_checked_before_work(command: str, cls: str, paths, tmp_pat
 # -- directory outputs, through the CLI --------------------------------------------------------------------------
 
 def _dir_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[list[str], str]]:
+    import kormed.export.run as export_all
     import kormed.models as models
     import kormed.pipeline.report as report
     import kormed.pipeline.run as run
     import kormed.records as records
     import kormed.tokenizer.extend as extend
     import kormed.train.cpt as cpt
-    import kormed.train.export_all as export_all
     import kormed.train.sft as sft
 
     # the loop loads its model through the SFT recipe (sft.prepare_recipe): forbidding sft's covers both
@@ -407,7 +407,7 @@ class TestSafetensorsWrites:
 
     @pytest.mark.parametrize("mask", [0o022, 0o002])
     def test_adapter_files_follow_the_umask(self, mask: int, tmp_path: Path, umask, real_tokenizer) -> None:
-        from kormed.train.outputs import save_adapter
+        from kormed.train.engine.outputs import save_adapter
 
         model = _tiny_peft(tmp_path)
         umask(mask)
@@ -419,7 +419,7 @@ class TestSafetensorsWrites:
 
     @pytest.mark.parametrize("how", sorted(FULL_DISK))
     def test_full_disk_while_saving_an_adapter(self, how: str, tmp_path: Path, monkeypatch, real_tokenizer) -> None:
-        from kormed.train.outputs import save_adapter
+        from kormed.train.engine.outputs import save_adapter
 
         model = _tiny_peft(tmp_path)
         out = tmp_path / "adapter"
@@ -451,7 +451,7 @@ class TestSafetensorsWrites:
 
     def test_export_merge_files_follow_the_umask(self, tmp_path: Path, monkeypatch, umask, real_tokenizer) -> None:
         import kormed.models
-        from kormed.train.export import export_merged
+        from kormed.export.merge import export_merged
 
         _tiny_peft(tmp_path).save_pretrained(tmp_path / "adapter")
         monkeypatch.setattr(kormed.models, "load_tokenizer", lambda path: real_tokenizer)

@@ -17,12 +17,12 @@ from conftest import tiny_text_config
 from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import checkpoint_problem, latest_good_checkpoint, non_finite_eval, plan_resume
 from kormed.train.config import CPTConfig, LoraOptions, TrainOptions
-from kormed.train.model_setup import prepare_model_for_training
-from kormed.train.outputs import finish_run
-from kormed.train.stopping import StopRecord, non_finite_stop
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.checkpoints import checkpoint_problem, latest_good_checkpoint, non_finite_eval, plan_resume
+from kormed.train.engine.model_setup import prepare_model_for_training
+from kormed.train.engine.outputs import finish_run
+from kormed.train.engine.stopping import StopRecord, non_finite_stop
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 QUIET = lambda m: None  # noqa: E731

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from kormed.cli import app
 from kormed.models import RuntimeSpec, load_model
 from kormed.train.config import CPTConfig, TrainOptions
-from kormed.train.model_setup import prepare_full_model
-from kormed.train.outputs import finish_run, is_full_model_dir
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.model_setup import prepare_full_model
+from kormed.train.engine.outputs import finish_run, is_full_model_dir
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 FP32 = RuntimeSpec("cpu", "float32", "sdpa")
 runner = CliRunner()
@@ -154,7 +154,7 @@ def test_cli_full_cpt_resume_then_eval_chat_and_export(tiny_gemma3_dir, corpus, 
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", "--model", str(out), "--merge", "--out", str(tmp_path / "merged")])
     assert result.exit_code == 2 and "already a full model" in result.output
-    from kormed.train.gguf import find_converter
+    from kormed.export.gguf import find_converter
 
     try:
         find_converter()

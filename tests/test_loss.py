@@ -1,4 +1,4 @@
-"""The loss without full-vocabulary logits (kormed.train.loss): same values and gradients as the model's own
+"""The loss without full-vocabulary logits (kormed.loss): same values and gradients as the model's own
 logits for text-only and multimodal Gemma 3, LoRA and trained embeddings (a full copy or new rows only), SFT
 labels, padding-free rows, gradient checkpointing and softcapping; no [*, vocab] tensor is ever created; the
 trainer step, validation and `kormed eval ppl` give the numbers of the full-logits path."""
@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import tiny_multimodal_config, tiny_text_config
 
+from kormed import loss as kloss
 from kormed.errors import KormedError
 from kormed.models import RuntimeSpec
-from kormed.train import loss as kloss
 from kormed.train.config import GEMMA_LINEAR_MODULES, LoraOptions, TrainOptions
-from kormed.train.model_setup import lora_target_regex, prepare_model_for_training
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.model_setup import lora_target_regex, prepare_model_for_training
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 VOCAB = 262144
 CHUNK = 8  # tokens per chunk: several chunks per test batch

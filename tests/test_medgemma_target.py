@@ -14,9 +14,9 @@ import torch
 
 from kormed.models import RuntimeSpec, attention_for, load_model_and_tokenizer, read_adapter_meta
 from kormed.train.config import CPTConfig, LoraOptions, TrainOptions
-from kormed.train.model_setup import prepare_model_for_training
-from kormed.train.outputs import finish_run
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.model_setup import prepare_model_for_training
+from kormed.train.engine.outputs import finish_run
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 NEW_TERMS = ["고혈압약", "당뇨병성", "심근경색증"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kormed.model_card import adapter_card, write_run_cards
+from kormed.export.model_card import adapter_card, write_run_cards
 
 
 def _w(path: Path, obj) -> None:

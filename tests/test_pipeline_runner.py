@@ -393,7 +393,7 @@ def test_launcher_runs_the_stage_command_with_its_resolved_config(setup):
 def test_tensorboard_gathered_and_report_written_at_the_end(setup):
     from torch.utils.tensorboard import SummaryWriter
 
-    from kormed.pipeline.report import read_scalars
+    from kormed.pipeline.rundir import read_scalars
 
     tmp_path, _source, fakes = setup
     specs = fakes.specs()

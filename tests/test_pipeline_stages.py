@@ -130,14 +130,29 @@ def test_the_registry_is_the_one_list_of_stages():
         assert default_specs()[info.name].config_cls() is section_class(info.section)
         assert ctx.stage_dir(info.name) == Path("r") / info.output_dir
         assert set(info.inputs) <= set(names[: names.index(info.name)])  # earlier stages only
-    # no other pipeline module spells out its own list of stage names or a fixed SFT step
+    # no other pipeline or export module spells out its own list of stage names or a fixed SFT step
     src = Path(registry.__file__).parent
-    for path in src.glob("*.py"):
+    for path in [*src.glob("*.py"), *(src.parent / "export").glob("*.py")]:
         if path.name != "registry.py":
             text = path.read_text(encoding="utf-8")
             assert '"cpt", "sft", "loop"' not in text and "step4" not in text, path.name
     with pytest.raises(KormedError, match="unknown stage 'train'"):
         registry.stage_info("train")
+
+
+def test_every_table_keyed_by_stage_follows_the_registry():
+    """The one stage record: the tables that other modules key by stage (config sections, commands, stage wiring,
+    result types) have exactly the registry's stages, so a stage added to or renamed in registry.STAGES without
+    them fails here, not in a run."""
+    from kormed import cli
+    from kormed.pipeline.results import RESULT_TYPES
+
+    assert list(RESULT_TYPES) == list(STAGE_ORDER) == list(default_specs())
+    stage_sections = {info.section for info in registry.STAGES}
+    assert stage_sections <= set(CONFIG_SECTIONS)
+    assert set(CONFIG_SECTIONS) - stage_sections == {"chat"}  # the one command section outside the pipeline
+    command_sections = {command.section for command in cli.COMMANDS.values()}
+    assert command_sections == set(CONFIG_SECTIONS)  # every section is one command's flags, no command is orphaned
 
 
 def test_sft_final_adapter_follows_the_configured_steps():

@@ -68,8 +68,8 @@ def _train_two_steps(model_dir: Path, dtype: str, tmp_path: Path) -> tuple[objec
     from datasets import Dataset
 
     from kormed.train.config import LoraOptions, TrainOptions
-    from kormed.train.model_setup import prepare_model_for_training
-    from kormed.train.trainer import CausalCollator, build_trainer
+    from kormed.train.engine.model_setup import prepare_model_for_training
+    from kormed.train.engine.trainer import CausalCollator, build_trainer
 
     runtime = pick_runtime("cpu", dtype)
     model, tok, info = prepare_model_for_training(str(model_dir), lora=LoraOptions(dropout=0.0),
@@ -177,9 +177,9 @@ def test_bf16_storage_fp32_compute_trains_lora_and_new_rows_and_reloads_exactly(
 
     from kormed.models import load_model_and_tokenizer
     from kormed.train.config import LoraOptions, TrainOptions
-    from kormed.train.model_setup import prepare_model_for_training
-    from kormed.train.outputs import finish_run
-    from kormed.train.trainer import CausalCollator, build_trainer, run_training
+    from kormed.train.engine.model_setup import prepare_model_for_training
+    from kormed.train.engine.outputs import finish_run
+    from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     runtime = pick_runtime("cpu", "bfloat16")

@@ -183,7 +183,7 @@ def test_qlora_trains_and_a_validation_pass_keeps_the_gradients(tiny_gemma3_dir)
     gradient through the quantized layers (bitsandbytes' CPU inference repacking has no backward)."""
     import torch
 
-    from kormed.train.model_setup import prepare_model_for_training
+    from kormed.train.engine.model_setup import prepare_model_for_training
 
     def fresh():
         model, tok, info = prepare_model_for_training(

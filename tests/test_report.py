@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from kormed.errors import KormedError
-from kormed.pipeline.report import collect, read_scalars, scalars_from_log_history, write_report
+from kormed.pipeline.report import write_report
+from kormed.pipeline.rundir import collect, read_scalars, scalars_from_log_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,8 @@ from kormed.data.chat import IGNORE_INDEX, encode_chat_example, encode_raw_text,
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator
 from kormed.records import read_dictionary, read_mcq_jsonl
 from kormed.sample_data import sample_paths
+from kormed.train.engine.trainer import CausalCollator
 from kormed.train.sft_config import SFTConfig
-from kormed.train.trainer import CausalCollator
 from tests.conftest import tiny_text_config
 from tests.test_sft_data import RAW_SENTENCES, write_raw
 from tests.test_sft_pipeline import _cli

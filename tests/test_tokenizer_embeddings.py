@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from kormed.tokenizer.embeddings import new_token_ids, resize_and_init_embeddings, token_pieces
+from kormed.embeddings import new_token_ids, resize_and_init_embeddings, token_pieces
 from kormed.tokenizer.extend import build_extended_json, save_tokenizer_dir, segment_units, select_bpe
-from kormed.train.model_setup import embedding_param_groups, peft_embedding_kwargs
+from kormed.train.engine.model_setup import embedding_param_groups, peft_embedding_kwargs
 
 KOREAN = (
     "당뇨병은 혈당 조절 장애로 인한 대사 질환이다. 인슐린 분비나 작용의 이상으로 발생한다. "

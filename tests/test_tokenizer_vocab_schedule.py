@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_tokenizer_embeddings import KOREAN, ext_tokenizer, tiny_causal  # noqa: F401  (fixture reused)
 
-from kormed.tokenizer.embeddings import piece_sequence_stats, resize_and_init_embeddings, token_pieces
+from kormed.embeddings import piece_sequence_stats, resize_and_init_embeddings, token_pieces
 
 
 def test_sequence_init_gives_new_token_the_piece_sequence_logit(real_tokenizer, ext_tokenizer):  # noqa: F811
@@ -75,7 +75,7 @@ def test_embedding_warmup_moves_only_the_new_rows(tiny_gemma3_dir, ext_tokenizer
     is trainable again afterwards."""
     from kormed.models import pick_runtime
     from kormed.train.cpt import apply_tokenizer_options, build_packed_dataset, run_embedding_warmup
-    from kormed.train.model_setup import prepare_model_for_training
+    from kormed.train.engine.model_setup import prepare_model_for_training
 
     cfg = apply_tokenizer_options(_cfg(tiny_gemma3_dir, ext_tokenizer.name_or_path, tmp_path,
                                        embedding_warmup_steps=3, embedding_warmup_lr=1e-2))

@@ -16,13 +16,13 @@ from conftest import tiny_multimodal_config, tiny_text_config
 
 from kormed.models import RuntimeSpec, load_model_and_tokenizer
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import latest_good_checkpoint
 from kormed.train.config import LoraOptions, TrainOptions
-from kormed.train.model_setup import prepare_model_for_training
-from kormed.train.outputs import finish_run
-from kormed.train.processes import effective_grad_accum
-from kormed.train.stopping import StopRecord
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.checkpoints import latest_good_checkpoint
+from kormed.train.engine.model_setup import prepare_model_for_training
+from kormed.train.engine.outputs import finish_run
+from kormed.train.engine.processes import effective_grad_accum
+from kormed.train.engine.stopping import StopRecord
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training, training_arguments
 
 CPU = RuntimeSpec("cpu", "float32", "sdpa")
 TOK = None  # the real tokenizer, shared by every test (loading it takes seconds)
@@ -66,6 +66,40 @@ def _opts(**kw) -> TrainOptions:
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_training_arguments_take_the_warmup_ratio_as_a_fraction_of_the_steps(tmp_path):
+    # transformers 5: warmup_steps below 1 is a ratio of the total steps (warmup_ratio is deprecated)
+    args = training_arguments(_opts(warmup_ratio=0.1, max_steps=50), CPU, tmp_path, has_eval=False)
+    assert args.get_warmup_steps(50) == 5 and args.get_warmup_steps(200) == 20
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.eval_strategy == "no"
+    assert training_arguments(_opts(max_steps=0), CPU, tmp_path, has_eval=True).max_steps == -1  # 0: no limit
+
+
+def test_the_trainer_gets_its_runtime_and_loss_at_construction_and_hands_itself_to_callbacks(small_vocab_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from kormed.train.engine.callbacks import TrainerAware
+
+    class Own(TrainerAware):
+        pass
+
+    class Plain(TrainerCallback):  # no attach: never given the trainer
+        pass
+
+    model, tok, _ = prepare_model_for_training(str(small_vocab_dir), lora=LoraOptions(), runtime=CPU,
+                                               log=lambda m: None, tokenizer=TOK)
+    own, plain = Own(), Plain()
+    trainer = build_trainer(model, tok, _dataset(_blocks(4)), None, CausalCollator(tok),
+                            _opts(loss_impl="chunked", loss_chunk_size=64), tmp_path, callbacks=[own, plain],
+                            runtime=CPU)
+    assert trainer.runtime is CPU
+    assert (trainer.loss_spec.impl, trainer.loss_spec.chunk_size) == ("chunked", 64)
+    assert own.trainer is trainer and not hasattr(plain, "trainer")
+    attached = [c for c in trainer.callback_handler.callbacks if isinstance(c, TrainerAware)]
+    assert len(attached) >= 4 and all(c.trainer is trainer for c in attached)  # the engine's own guards too
+    with pytest.raises(TypeError, match="runtime"):
+        type(trainer)(model=model, args=trainer.args, loss_spec=trainer.loss_spec)
 
 
 def test_collator_masks_only_padding(real_tokenizer):
@@ -130,7 +164,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
                 return output * float("nan")
         return output
 
-    # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.train.loss)
+    # the final norm, not the logits: kormed's loss projects the hidden states itself (kormed.loss)
     model.base_model.model.model.norm.register_forward_hook(poison)
     opts = _opts(max_steps=5, save_steps=2, save_total_limit=5)
     trainer = build_trainer(model, tok, _dataset(_blocks(16)), None, CausalCollator(tok), opts,
@@ -148,7 +182,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_vocab_dir, t
 def test_early_stopping_logic():
     from transformers import TrainerControl, TrainerState
 
-    from kormed.train.callbacks import EarlyStopping
+    from kormed.train.engine.callbacks import EarlyStopping
 
     def run(values, **kw):
         stop = StopRecord()
@@ -260,7 +294,7 @@ def _logits(model, ids):
 def test_tied_embeddings_train_save_reload_merge(tiny_gemma3_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     torch.manual_seed(0)
     lora = LoraOptions(dropout=0.0, train_embeddings=True)
@@ -302,7 +336,7 @@ def test_new_token_rows_only(tiny_gemma3_dir, tmp_path, real_tokenizer):
     """An extended tokenizer: the embeddings grow (multiple of 64), only the new rows train, tie kept."""
     from transformers import AutoModelForCausalLM
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     ext = tmp_path / "ext-tok"
     tok = real_tokenizer.__class__.from_pretrained(tiny_gemma3_dir)
@@ -338,7 +372,7 @@ def test_multimodal_checkpoint_trains_language_model_only(tmp_path, real_tokeniz
     """MedGemma-4B shape: Gemma3ForConditionalGeneration with a vision tower, trained with the text tokenizer."""
     from transformers import Gemma3ForConditionalGeneration
 
-    from kormed.train.export import export_merged
+    from kormed.export.merge import export_merged
 
     cfg = tiny_multimodal_config()
     torch.manual_seed(0)

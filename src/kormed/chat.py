@@ -130,8 +130,8 @@ class Chat:
 
 def load_chat(cfg: ChatConfig, log: Any = print) -> Chat:
     """Load the model (base / base + adapter / merged directory) and its tokenizer for chatting."""
+    from kormed.export.merge import check_adapter_base
     from kormed.models import load_model_and_tokenizer, pick_runtime
-    from kormed.train.export import check_adapter_base
 
     model = cfg.model
     if cfg.adapter is not None:

@@ -148,34 +148,34 @@ COMMANDS: dict[tuple[str, str], StageCommand] = {
              "the data root.",
     ),
     ("tokenizer", "extend"): StageCommand(
-        "tokenizer", "kormed.tokenizer.extend:extend_tokenizer", show="kormed.tokenizer.commands:show",
+        "tokenizer", "kormed.tokenizer.extend:extend_tokenizer", show="kormed.tokenizer.extend:show",
         help="Extend the base tokenizer with Korean medical terms and frequent Korean words; print the report.",
     ),
     ("train", "cpt"): StageCommand(
-        "cpt", "kormed.train.cpt:run_cpt", show="kormed.train.cpt_cli:show",
+        "cpt", "kormed.train.cpt:run_cpt", show="kormed.train.cpt:show",
         sections={"tokenizer_options": "tokenizer"},
         help="Continued pretraining with LoRA on packed raw text (validation perplexity, early stopping).",
     ),
     ("train", "sft"): StageCommand(
-        "sft", "kormed.train.sft:run_sft", show="kormed.train.sft_cli:show",
+        "sft", "kormed.train.sft:run_sft", show="kormed.train.sft:show",
         help="Staged chat-format SFT (4 steps): answer-only loss, ratio mixes, per-step stop conditions.",
     ),
     ("train", "loop"): StageCommand(
-        "loop", "kormed.train.loop:run_loop", show="kormed.train.loop_cli:show",
+        "loop", "kormed.train.loop:run_loop", show="kormed.train.loop:show",
         help="Alternate dictionary and MCQ-with-reasoning SFT rounds until the KorMedMCQA target accuracy.",
     ),
     ("eval", "kormedmcqa"): StageCommand(
-        "eval", "kormed.eval.kormedmcqa:run_kormedmcqa", show="kormed.eval.commands:show_kormedmcqa",
+        "eval", "kormed.eval.kormedmcqa:run_kormedmcqa", show="kormed.eval.kormedmcqa:show",
         progress=True,
         help="KorMedMCQA accuracy: overall, per subset, per year, unparseable answers; a table and a JSON file.",
     ),
     ("eval", "ppl"): StageCommand(
-        "eval", "kormed.eval.perplexity:run_perplexity", show="kormed.eval.commands:show_perplexity",
+        "eval", "kormed.eval.perplexity:run_perplexity", show="kormed.eval.perplexity:show",
         progress=True,
         help="Token-weighted loss and perplexity on held-out raw text, over blocks packed exactly as CPT packs them.",
     ),
     ("eval", "knowledge"): StageCommand(
-        "eval", "kormed.eval.knowledge:run_knowledge", show="kormed.eval.commands:show_knowledge",
+        "eval", "kormed.eval.knowledge:run_knowledge", show="kormed.eval.knowledge:show",
         progress=True,
         help="Dictionary knowledge: multiple choice from the medical and symbol dictionaries (forms no stage "
              "trains on), accuracy per form, trained vs held-out entries.",
@@ -192,7 +192,7 @@ COMMANDS: dict[tuple[str, str], StageCommand] = {
 # import error, not a command that quietly disappears. They must not import torch at module level.
 HAND_WRITTEN = (
     "kormed.prepare.namumark_cli",  # kormed namumark
-    "kormed.train.export_cli",  # kormed export (--merge, --gguf)
+    "kormed.export.command",  # kormed export (--merge, --gguf)
     "kormed.bench.prepare",  # kormed bench prepare
     "kormed.bench.eval",  # kormed bench eval
     "kormed.bench.train",  # kormed bench train

@@ -1,12 +1,12 @@
 """Command-line flags generated from the config dataclasses, so that each option is declared once (its `opt()`).
 
 Every field of a command's section becomes a flag: top-level fields as `--name`, nested ones dotted
-(`--lora.r`, `--train.warmup-ratio`, `--step3.max-steps`), plus the short aliases in the field's `flags` metadata
-(`--lr`), and the names transformers/TRL/PEFT users know from the field's `aliases` (`--learning-rate`, or
-HfArgumentParser's `--learning_rate`, for `train.lr`; one that translates a value, `--bf16` for `--dtype
-bfloat16`, is a hidden switch named in the help of the option it sets). The flag's help is
-the field's help and its default; a bool is `--x/--no-x`; a Literal lists its choices; a list or mapping takes
-YAML (`--lora.target-modules q_proj,v_proj`, `--step1.mix '{qa: 1}'`).
+(`--lora.r`, `--train.warmup-ratio`), plus the short aliases in the field's `flags` metadata (`--lr`), and the
+names transformers/TRL/PEFT users know from the field's `aliases` (`--learning-rate`, or HfArgumentParser's
+`--learning_rate`, for `train.lr`; one that translates a value, `--bf16` for `--dtype bfloat16`, is a hidden switch
+named in the help of the option it sets). The flag's help is the field's help and its default; a bool is
+`--x/--no-x`; a Literal lists its choices; a list or mapping takes YAML (`--lora.target-modules q_proj,v_proj`,
+sft's `--steps` list).
 A flag left out is unset (None) and overrides nothing, so precedence stays dataclass < preset < YAML < flag.
 """
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kormed.embeddings import resize_and_init_embeddings
 from kormed.errors import KormedError
 from kormed.io import read_json, temp_dir, write_json
-from kormed.tokenizer.embeddings import resize_and_init_embeddings
 from kormed.weights import check_safetensors, route_safetensors_writes
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
@@ -657,7 +657,7 @@ def adapter_meta(model: Any) -> dict[str, Any]:
 
     PEFT's adapter files hold only the trained weights; the base's embedding rows added for an extended tokenizer
     (new tokens and the padding to a multiple of 64) are rebuilt at load time by the same deterministic
-    initialisation (:func:`kormed.tokenizer.embeddings.resize_and_init_embeddings`), and a 4-bit base is
+    initialisation (:func:`kormed.embeddings.resize_and_init_embeddings`), and a 4-bit base is
     loaded 4-bit again.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -14,7 +14,7 @@
   (about 3x faster than fp32 there), else fp32.
 
 On either device the weights the optimizer updates (LoRA, a trained embedding copy or new rows) are kept in fp32
-(`kormed.train.model_setup.upcast_trainable_copies`): autocast runs their matmuls in bf16 while Adam updates fp32
+(`kormed.train.engine.model_setup.upcast_trainable_copies`): autocast runs their matmuls in bf16 while Adam updates fp32
 masters. Loading the frozen base in bf16 rather than fp32 changes no trained value (the matmuls were bf16 under
 autocast already) and halves its memory (measured by `kormed bench train`: benchmarks/README.md).
 

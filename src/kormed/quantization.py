@@ -128,7 +128,7 @@ def finish_quantized_load(model: Any) -> Any:
 def prepare_for_kbit_training(model: Any) -> Any:
     """PEFT's `prepare_model_for_kbit_training` before LoRA: freeze the base, upcast its unquantized bf16/fp16
     weights (embeddings, norms, vision tower) to fp32. Gradient checkpointing is left to the Trainer
-    (`train.gradient_checkpointing`, non-reentrant, set in kormed.train.trainer.build_trainer), so PEFT does not
+    (`train.gradient_checkpointing`, non-reentrant, set in kormed.train.engine.trainer.build_trainer), so PEFT does not
     switch it on."""
     from peft import prepare_model_for_kbit_training
 

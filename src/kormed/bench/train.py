@@ -772,7 +772,7 @@ def _kormed_train_options(base: Any, task: dict[str, Any]) -> Any:
 
 
 def _kormed_settings(info: dict[str, Any], options: Any) -> dict[str, Any]:
-    from kormed.train.model_setup import use_gradient_checkpointing
+    from kormed.train.engine.model_setup import use_gradient_checkpointing
 
     runtime = info.get("runtime") or {}
     loss = info.get("loss") or {}
@@ -802,7 +802,7 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     from datasets import Dataset
 
     from kormed.train import sft
-    from kormed.train.model_setup import prepare_full_model, prepare_model_for_training
+    from kormed.train.engine.model_setup import prepare_full_model, prepare_model_for_training
 
     base = SFTConfig()
     options = _kormed_train_options(base.train, task)

@@ -5,7 +5,7 @@ each time, so the numbers are comparable across steps) and
 
 * adds `eval_kormedmcqa_accuracy` (and `eval_kormedmcqa_unparseable`) to the evaluation's metrics dict, so
   `metric_for_best_model="eval_kormedmcqa_accuracy"` and stop conditions that read the metrics see it;
-* when attached to its trainer (`KorMedMCQACallback.add_to(trainer, ...)` or `callback.attach(trainer)`),
+* when attached to its trainer (`callback.attach(trainer)`, which kormed's build_trainer does for its callbacks),
   logs it with `trainer.log`, i.e. into the same TensorBoard run (shown as `eval/kormedmcqa_accuracy`) and
   into `trainer.state.log_history`. Without a trainer it appends the record to `state.log_history` itself.
 
@@ -45,7 +45,7 @@ class KorMedMCQACallback(TrainerCallback):
         num_fewshot: int = 0,
         chat_template: str | None = None,
         progress: bool = False,
-        trainer: Any = None,
+        compute_dtype: str | None = None,
     ) -> None:
         if every_n_evals < 1:
             raise ValueError("every_n_evals must be at least 1")
@@ -66,7 +66,10 @@ class KorMedMCQACallback(TrainerCallback):
         self.num_fewshot = num_fewshot
         self.chat_template = chat_template
         self.progress = progress
-        self.trainer = trainer
+        # the run's precision (bf16 autocast over a bf16 base with fp32 trained copies): without autocast an
+        # fp32 embedding copy would feed fp32 activations into the bf16 layers
+        self.compute_dtype = compute_dtype
+        self.trainer: Any = None
         self.evaluations = 0
         self.history: list[dict[str, Any]] = []
 
@@ -74,13 +77,6 @@ class KorMedMCQACallback(TrainerCallback):
         """Log through `trainer.log` (same TensorBoard run, same log history)."""
         self.trainer = trainer
         return self
-
-    @classmethod
-    def add_to(cls, trainer: Any, questions: Sequence[MCQ], **kwargs: Any) -> KorMedMCQACallback:
-        """Create the callback, attach it to `trainer` and register it there; returns it."""
-        callback = cls(questions, trainer=trainer, **kwargs)
-        trainer.add_callback(callback)
-        return callback
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
@@ -96,10 +92,7 @@ class KorMedMCQACallback(TrainerCallback):
         result = evaluate_kormedmcqa(
             model, tokenizer, self.questions, mode=self.mode, fewshot=self.fewshot, num_fewshot=self.num_fewshot,
             batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, chat_template=self.chat_template,
-            progress=self.progress,
-            # the run's precision (bf16 autocast over a bf16 base with fp32 trained copies): without autocast an
-            # fp32 embedding copy would feed fp32 activations into the bf16 layers
-            compute_dtype=getattr(getattr(self.trainer, "kormed_runtime", None), "compute_dtype", None),
+            progress=self.progress, compute_dtype=self.compute_dtype,
         )
         logs = {METRIC: result["accuracy"], "eval_kormedmcqa_unparseable": float(result["unparseable"])}
         self.history.append({"step": state.global_step, "accuracy": result["accuracy"], "total": result["total"],

@@ -191,3 +191,12 @@ def run_knowledge(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[
     if cfg.output:
         write_json(cfg.output, result)
     return result
+
+
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """The per-form accuracy table (trained vs held-out entries) and the result file."""
+    import typer
+
+    typer.echo(format_table(result))
+    if cfg.output:
+        typer.echo(f"wrote {cfg.output}")

@@ -36,6 +36,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+import typer
+
 from kormed.data.chat import DEFAULT_MCQ_ANSWER_TEMPLATE, chat_prompt, mcq_user_prompt
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
@@ -547,3 +549,12 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     if cfg.output:
         write_json(cfg.output, result)
     return result
+
+
+# How `kormed eval kormedmcqa` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """The accuracy table (overall, per subset, per year) and the result file."""
+
+    typer.echo(format_table(result))
+    if cfg.output:
+        typer.echo(f"wrote {cfg.output}")

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
+import typer
+
 from kormed.data.packing import pack_documents, resolve_eod_id
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
@@ -89,7 +91,7 @@ def evaluate_perplexity(
     The model is put in
     eval mode and restored to its previous mode afterwards; no gradients are computed. Blocks of different
     lengths are right-padded within a batch and the padding is masked out of attention and of the loss.
-    `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.train.loss`); "full"
+    `loss_impl`: "chunked" (default) never builds full-vocabulary logits (:mod:`kormed.loss`); "full"
     computes the same numbers from the model's logits. `compute_dtype` "bfloat16" runs under bf16 autocast;
     "float32" or None (a library call) runs in the model's own dtype. `kormed eval ppl` and SFT's baseline pass
     the runtime's compute dtype (`--dtype`, :mod:`kormed.precision`).
@@ -97,8 +99,8 @@ def evaluate_perplexity(
     import torch
     from tqdm.auto import tqdm
 
+    from kormed.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
     from kormed.precision import autocast
-    from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, sequence_nll
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -166,8 +168,8 @@ def score_documents(
     import torch
     from tqdm.auto import tqdm
 
+    from kormed.loss import DEFAULT_CHUNK_SIZE, LossSpec, token_nll
     from kormed.precision import autocast
-    from kormed.train.loss import DEFAULT_CHUNK_SIZE, LossSpec, token_nll
 
     if max_length < 2:
         raise ValueError("max_length must be at least 2")
@@ -290,3 +292,19 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     if cfg.output:
         write_json(cfg.output, result)
     return result
+
+
+# How `kormed eval ppl` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """Perplexity, loss and what they were measured on."""
+    typer.echo(
+        f"perplexity {result['perplexity']:.4f}  loss {result['loss']:.4f}  "
+        f"({result['tokens']} predicted tokens, {result['blocks']} blocks of <= {result['max_length']}, "
+        f"{result['documents']} texts)"
+    )
+    if result.get("bits_per_char") is not None:
+        typer.echo(f"bits per character {result['bits_per_char']:.4f}  Hangul bits per Hangul character "
+                   f"{result['hangul_bits_per_char']:.4f}  (each text alone, no end-of-text target; "
+                   f"{result['characters']:,} characters)")
+    if cfg.output:
+        typer.echo(f"wrote {cfg.output}")

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
+from kormed.run_files import step_dir_name
 
 
 def sft_step_names(cfg: Any) -> list[str]:
     """The directory names of the SFT steps a config runs (step1, step2, ...), in order: however many it holds."""
     steps = cfg.steps() if callable(getattr(cfg, "steps", None)) else cfg.steps
-    return [f"step{i}" for i in range(1, len(steps) + 1)]
+    return [step_dir_name(i) for i in range(1, len(steps) + 1)]
 
 
 def _output(cfg: Any) -> Path:

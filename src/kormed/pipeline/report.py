@@ -26,209 +26,18 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
 
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import wilson_interval
-from kormed.io import atomic_write, check_output_path, iter_jsonl, read_json
+from kormed.io import atomic_write, check_output_path, iter_jsonl
 from kormed.pipeline import results
-from kormed.pipeline.registry import STAGE_DIRS, STAGE_TITLES, TRAINING_STAGES
-from kormed.pipeline.results import EvalResult, LoopResult, PrepareResult, TokenizerResult, TrainResult
+from kormed.pipeline.registry import STAGE_TITLES, TRAINING_STAGES
+from kormed.pipeline.rundir import ReportData, TrainingUnit, collect, target_key
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 ASSET_DIR = "report_assets"
-_EVENT_GLOB = "events.out.tfevents.*"
-
-
-# --------------------------------------------------------------------------------------------------- reading
-
-
-def _load_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is absent or unreadable (the report never fails on one file)."""
-    try:
-        return read_json(path)
-    except (OSError, KormedError):
-        return None
-
-
-def read_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under `root` (recursively), merged by tag and step."""
-    series: dict[str, dict[int, float]] = {}
-    dirs = sorted({p.parent for p in root.rglob(_EVENT_GLOB)}) if root.is_dir() else []
-    for d in dirs:
-        acc = event_accumulator.EventAccumulator(str(d), size_guidance={event_accumulator.SCALARS: 0})
-        try:
-            acc.Reload()
-        except Exception:  # noqa: BLE001 - a truncated event file (killed run) must not break the report
-            continue
-        for tag in acc.Tags().get("scalars", []):
-            if tag.startswith("kormed/"):  # the runner's per-stage summary scalars, not a curve
-                continue
-            for ev in acc.Scalars(tag):
-                series.setdefault(tag, {})[int(ev.step)] = float(ev.value)
-    return {tag: sorted(points.items()) for tag, points in sorted(series.items())}
-
-
-def scalars_from_log_history(log_history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """The same series from a Trainer's trainer_state.json `log_history` (loss -> train/loss, eval_x -> eval/x)."""
-    series: dict[str, dict[int, float]] = {}
-    for entry in log_history:
-        step = entry.get("step")
-        if not isinstance(step, int | float):
-            continue
-        for key, value in entry.items():
-            if key in ("step", "epoch") or not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
-            series.setdefault(tag, {})[int(step)] = float(value)
-    return {tag: sorted(points.items()) for tag, points in sorted(series.items())}
-
-
-def _find_trainer_state(unit_dir: Path) -> Path | None:
-    direct = unit_dir / "trainer_state.json"
-    if direct.is_file():
-        return direct
-    candidates = []
-    for p in unit_dir.rglob("trainer_state.json"):
-        m = re.search(r"checkpoint-(\d+)", str(p))
-        candidates.append((int(m.group(1)) if m else -1, p))
-    return max(candidates)[1] if candidates else None
-
-
-@dataclass
-class TrainingUnit:
-    """One trainer run (CPT, one SFT step or one loop round): its typed result and its curves."""
-
-    stage: str
-    name: str  # "cpt", "sft/step1", "loop/round02_mcq"
-    result: TrainResult
-    info: dict[str, Any] = field(default_factory=dict)  # its training_info.json as written (for the model cards)
-    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    source: str = ""  # where the curves came from
-
-
-def _curves(run_dir: Path, stage: str, name: str, unit_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str]:
-    """A trainer run's logged series: the run's TensorBoard copy, else its own TensorBoard logs, else the Trainer's
-    trainer_state.json; with where they came from."""
-    rel = Path(name).relative_to(stage) if "/" in name else Path()
-    tb_root = run_dir / "tensorboard" / stage / rel
-    scalars = read_scalars(tb_root) if tb_root.is_dir() else {}
-    if scalars:
-        return scalars, f"tensorboard/{stage}/{rel}".rstrip("/.")
-    scalars = read_scalars(unit_dir)
-    if scalars:
-        return scalars, f"{name}/runs"
-    ts = _find_trainer_state(unit_dir)
-    if ts is not None:
-        history = (_load_json(ts) or {}).get("log_history") or []
-        return scalars_from_log_history(history), str(ts.relative_to(run_dir))
-    return {}, ""
-
-
-def training_units(run_dir: Path, stage: str, stage_dir: Path, result: Any) -> list[TrainingUnit]:
-    """The trainer runs of a training stage's typed result, in order, with their curves."""
-    if isinstance(result, TrainResult):
-        runs = [("cpt", stage_dir, result)]
-    elif isinstance(result, results.SFTResult):
-        runs = [(f"sft/{r.name}", stage_dir / r.name, r) for r in result.steps]
-    elif isinstance(result, LoopResult):
-        runs = [(f"loop/{r.name}", stage_dir / r.name, r) for r in result.trained]
-    else:
-        return []
-    units = []
-    for name, unit_dir, r in runs:
-        info = _load_json(unit_dir / results.TRAINING_INFO)
-        scalars, source = _curves(run_dir, stage, name, unit_dir)
-        units.append(TrainingUnit(stage=stage, name=name, result=r, info=info if isinstance(info, dict) else {},
-                                  scalars=scalars, source=source))
-    return units
-
-
-@dataclass
-class ReportData:
-    run_dir: Path
-    state: dict[str, Any]
-    results: dict[str, Any]  # stage -> its typed result (None: not run)
-    unreadable: dict[str, str]  # stage -> why its result could not be read
-    training: dict[str, list[TrainingUnit]]
-    # the stages' own files as written, for the model cards (kormed.model_card)
-    stats: dict[str, Any] | None = None
-    stats_path: str | None = None
-    tokenizer: dict[str, Any] | None = None
-    mcq: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> kormedmcqa_<target>.json
-    ppl: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> ppl_<target>.json
-
-    @property
-    def prepare(self) -> PrepareResult | None:
-        return self.results.get("prepare")
-
-    @property
-    def tokenizer_result(self) -> TokenizerResult | None:
-        return self.results.get("tokenizer")
-
-    @property
-    def loop(self) -> LoopResult | None:
-        return self.results.get("loop")
-
-    @property
-    def eval(self) -> EvalResult | None:
-        return self.results.get("eval")
-
-
-def _stage_dir(run_dir: Path, state: dict[str, Any], stage: str) -> Path:
-    entry = (state.get("stages") or {}).get(stage) or {}
-    return run_dir / str(entry.get("output_dir") or STAGE_DIRS[stage])
-
-
-def stage_result(stage: str, stage_dir: Path) -> Any | None:
-    """The stage's typed result: its kormed_result.json, else rebuilt from its own files (older run directories,
-    or a stage still running); None when it has produced nothing yet."""
-    found = results.read_result(stage_dir, stage)
-    return found if found is not None else results.stage_result_from_files(stage, stage_dir)
-
-
-def _raw_files(data: ReportData) -> None:
-    """The stages' files as written (by their one name each), which the model cards quote."""
-    prep = data.prepare
-    if prep is not None:
-        stats = _load_json(Path(prep.stats_file))
-        if isinstance(stats, dict):
-            data.stats = stats
-            path = Path(prep.stats_file)
-            data.stats_path = str(path.relative_to(data.run_dir)) if path.is_relative_to(data.run_dir) else str(path)
-    tok = _load_json(_stage_dir(data.run_dir, data.state, "tokenizer") / results.TOKENIZER_REPORT)
-    data.tokenizer = tok if isinstance(tok, dict) else None
-    eval_dir = _stage_dir(data.run_dir, data.state, "eval")
-    for prefix, into in (("kormedmcqa_", data.mcq), ("ppl_", data.ppl)):
-        for p in sorted(eval_dir.glob(f"{prefix}*.json")) if eval_dir.is_dir() else []:
-            loaded = _load_json(p)
-            if isinstance(loaded, dict):
-                into[p.stem.removeprefix(prefix)] = loaded
-
-
-def collect(run_dir: str | Path) -> ReportData:
-    """Read everything the report shows from a run directory."""
-    rd = Path(run_dir)
-    if not rd.is_dir():
-        raise KormedError("run directory does not exist", path=rd)
-    state = _load_json(rd / "state.json")
-    state = state if isinstance(state, dict) else {"stages": {}}
-    if not isinstance(state.get("stages"), dict):
-        state["stages"] = {}
-    found: dict[str, Any] = {}
-    unreadable: dict[str, str] = {}
-    for stage in STAGE_DIRS:
-        try:
-            found[stage] = stage_result(stage, _stage_dir(rd, state, stage))
-        except KormedError as exc:  # one broken file: that section says so, the rest of the report is written
-            found[stage] = None
-            unreadable[stage] = str(exc)
-    training = {s: training_units(rd, s, _stage_dir(rd, state, s), found[s]) for s in TRAINING_STAGES}
-    data = ReportData(rd, state, found, unreadable, training)
-    _raw_files(data)
-    return data
 
 
 # --------------------------------------------------------------------------------------------------- plots
@@ -513,12 +322,6 @@ def _overview(data: ReportData) -> Section:
     return sec
 
 
-def _rows_of_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-source distribution rows of prepare's stats file (its `table`)."""
-    rows = stats.get("table")
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-
-
 def _data_section(data: ReportData) -> Section:
     sec = Section("Data distribution", "data")
     prep = data.prepare
@@ -667,14 +470,6 @@ def _training_section(data: ReportData) -> Section:
     return sec
 
 
-TARGET_ORDER = ("base", *TRAINING_STAGES)
-
-
-def _target_key(name: str) -> tuple[int, str]:
-    head = name.split("_")[0].split("-")[0]
-    return (TARGET_ORDER.index(head) if head in TARGET_ORDER else len(TARGET_ORDER), name)
-
-
 def _eval_section(data: ReportData) -> Section:
     sec = Section("KorMedMCQA accuracy and perplexity", "eval")
     ev = data.eval
@@ -686,7 +481,7 @@ def _eval_section(data: ReportData) -> Section:
         sec.p("not run: no eval/kormedmcqa_*.json or eval/ppl_*.json in this run.")
         return sec
     if mcq:
-        targets = sorted(mcq, key=_target_key)
+        targets = sorted(mcq, key=target_key)
         subsets = sorted({s for t in targets for s in mcq[t].per_subset})
         margins = any(mcq[t].mean_margin is not None for t in targets)
         rows = []
@@ -713,7 +508,7 @@ def _eval_section(data: ReportData) -> Section:
     else:
         sec.p("KorMedMCQA: not run.")
     if ppl:
-        targets = sorted(ppl, key=_target_key)
+        targets = sorted(ppl, key=target_key)
         vals = [ppl[t].perplexity for t in targets]
         bpc = [_bits_per_char(ppl[t]) for t in targets]
         hangul = [ppl[t].hangul_bits_per_char for t in targets]

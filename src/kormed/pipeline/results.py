@@ -19,17 +19,15 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import read_json, write_json
+from kormed.run_files import LOOP_TABLE, SFT_SUMMARY, TRAINING_INFO, LoopTable, SFTSummary
+from kormed.run_files import STEP_DIR as _STEP_DIR
 from kormed.stop_reason import StopReason
 from kormed.tokenizer.report import REPORT_FILE
 
 RESULT_FILE = "kormed_result.json"
 RESULT_SCHEMA = 1
-TRAINING_INFO = "training_info.json"
 TOKENIZER_REPORT = REPORT_FILE
 STATS_SUFFIX = ".stats.json"
-SFT_SUMMARY = "sft_summary.json"
-LOOP_TABLE = "loop_table.json"
-_STEP_DIR = re.compile(r"^step(\d+)$")
 _ROUND_DIR = re.compile(r"^round(\d+)(_\w+)?$")
 
 
@@ -212,11 +210,11 @@ def sft_result(output: str | Path) -> SFTResult:
     """Read the SFT output directory: `sft_summary.json` (when written) and each `stepN/training_info.json`."""
     out = Path(output)
     steps = _units(out, _STEP_DIR)
-    summary = read_json(out / SFT_SUMMARY, what="SFT summary") if (out / SFT_SUMMARY).is_file() else None
+    summary = SFTSummary.read(out / SFT_SUMMARY) if (out / SFT_SUMMARY).is_file() else None
     baseline = None
     if summary is not None:
-        finished, final = bool(summary["finished"]), summary["final_adapter"]
-        baseline = (summary.get("baseline") or {}).get("raw_perplexity")
+        finished, final = summary.finished, summary.final_adapter
+        baseline = summary.baseline.get("raw_perplexity")
     else:  # a run that stopped before writing its summary
         finished = False
         final = steps[-1].adapter if steps else None
@@ -266,23 +264,17 @@ def loop_result(output: str | Path) -> LoopResult:
     and each `roundNN_kind/training_info.json`."""
     out = Path(output)
     path = out / LOOP_TABLE
-    table = read_json(path, what="loop table")
-    try:
-        rounds = [LoopRound(round=r["round"], kind=r["kind"], dev_accuracy=r["dev_accuracy"],
-                            dev_correct=r.get("dev_correct"), dev_total=r.get("dev_total"),
-                            test_accuracy=r.get("test_accuracy"), test_correct=r.get("test_correct"),
-                            test_total=r.get("test_total"), adapter=r.get("adapter"),
-                            global_step=r.get("global_step"),
-                            stop_reason=_reason(r["stop_reason"], path) if r.get("stop_reason") else None)
-                  for r in table["rounds"]]
-        reason = table.get("stop_reason")
-        return LoopResult(rounds=rounds, trained=_units(out, _ROUND_DIR),
-                          stop_reason=_reason(reason, path) if reason else None, best_round=table.get("best_round"),
-                          best_dev_accuracy=table.get("best_dev_accuracy"),
-                          best_test_accuracy=table.get("best_test_accuracy"), best_adapter=table.get("best_adapter"),
-                          selected_on=table.get("selected_on"), reported_on=table.get("reported_on"))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise KormedError(f"not a kormed loop table (missing {exc})", path=path) from None
+    table = LoopTable.read(path)  # the type the loop writes
+    rounds = [LoopRound(round=r.round, kind=r.kind, dev_accuracy=r.dev_accuracy, dev_correct=r.dev_correct,
+                        dev_total=r.dev_total, test_accuracy=r.test_accuracy, test_correct=r.test_correct,
+                        test_total=r.test_total, adapter=r.adapter, global_step=r.global_step,
+                        stop_reason=_reason(r.stop_reason, path) if r.stop_reason else None)
+              for r in table.rounds]
+    return LoopResult(rounds=rounds, trained=_units(out, _ROUND_DIR),
+                      stop_reason=_reason(table.stop_reason, path) if table.stop_reason else None,
+                      best_round=table.best_round, best_dev_accuracy=table.best_dev_accuracy,
+                      best_test_accuracy=table.best_test_accuracy, best_adapter=table.best_adapter,
+                      selected_on=table.selected_on, reported_on=table.reported_on)
 
 
 # --------------------------------------------------------------------------------------------------- eval

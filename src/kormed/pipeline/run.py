@@ -29,8 +29,8 @@ import yaml
 
 from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
+from kormed.export.model_card import write_run_cards
 from kormed.io import Log, atomic_write, check_output_path, file_sha256, read_json, write_json
-from kormed.model_card import write_run_cards
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS, TRAINING_STAGES, stage_info
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result

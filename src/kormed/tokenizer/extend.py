@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from kormed.errors import KormedError
 from kormed.io import Log, check_output_path, loads_json, read_texts, temp_dir, write_json
 from kormed.models import load_tokenizer
-from kormed.tokenizer.report import REPORT_FILE, text_efficiency
+from kormed.tokenizer.report import REPORT_FILE, format_report, text_efficiency
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -653,3 +655,11 @@ def extend_tokenizer(cfg: Any, log: Log = print) -> dict[str, Any]:
             raise KormedError("internal error: AutoTokenizer encodes differently from tokenizer.json", path=out)
     write_json(out / REPORT_FILE, report)
     return report
+
+
+# How `kormed tokenizer extend` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(report: dict[str, Any], cfg: Any) -> None:
+    """The efficiency report table and where the tokenizer went."""
+
+    typer.echo(format_report(report))
+    typer.echo(f"extended tokenizer and tokenizer_report.json written to {cfg.out}")

@@ -6,7 +6,17 @@ with `<bos>`, every document ends with the end-of-document token, nothing is tru
 cached on disk keyed by the tokenizer, the data file and the packing settings. Validation uses the held-out
 file packed by :func:`kormed.eval.perplexity.packed_eval_blocks` -- the very blocks `kormed eval ppl` scores --
 with the same token-weighted loss, so both report one number. The trainer is the shared one
-(:mod:`kormed.train.trainer`).
+(:mod:`kormed.train.engine.trainer`).
+
+:func:`run_cpt` goes through three phases, named in its body:
+
+1. **setup**: check the inputs (a corpus and validation file from one `kormed prepare` run), record what the data
+   order depends on and plan a `--resume` *before* the model loads (a mismatch is refused cheaply), load the model
+   with its LoRA (and grown embeddings), tokenize and pack the data (cached);
+2. **train**: an optional embedding warm-up (new token rows only, so LoRA does not chase random rows), then the
+   shared trainer with validation perplexity, early stopping and the NaN/interrupt guards;
+3. **save**: the adapter and `training_info.json` (only when the run finished; an interrupted run keeps its
+   checkpoint for `--resume`), and the result printed by :func:`show`.
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import typer
 from accelerate import PartialState
 
 from kormed.config import to_dict
@@ -59,12 +71,12 @@ from kormed.prepare.publish import check_prepared_set
 from kormed.records import read_mcq_jsonl
 from kormed.stop_reason import StopReason
 from kormed.tokenizer.report import reported_new_tokens
-from kormed.train.checkpoints import plan_resume
 from kormed.train.config import CPTConfig
-from kormed.train.model_setup import is_embedding_param, prepare_full_model, prepare_model_for_training
-from kormed.train.outputs import finish_run
-from kormed.train.processes import effective_grad_accum, world_size
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
+from kormed.train.engine.checkpoints import plan_resume
+from kormed.train.engine.model_setup import is_embedding_param, prepare_full_model, prepare_model_for_training
+from kormed.train.engine.outputs import finish_run
+from kormed.train.engine.processes import effective_grad_accum, world_size
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 
 PACKING_VERSION = 1  # bump when tokenization/packing changes, to invalidate cached packed sets
 
@@ -203,13 +215,13 @@ def _bos_id(tokenizer: Any) -> int:
     return int(tokenizer.bos_token_id)
 
 
-def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, log: Log) -> list[Any]:
+def _kormedmcqa_callback(cfg: CPTConfig, tokenizer: Any, runtime: Any, log: Log) -> list[Any]:
     if not cfg.kormedmcqa_data or cfg.kormedmcqa_every <= 0:
         return []
     questions, _ = read_mcq_jsonl(cfg.kormedmcqa_data)
     every_evals = max(1, round(cfg.kormedmcqa_every / cfg.train.eval_steps))
     return [KorMedMCQACallback(questions, every_n_evals=every_evals, sample=cfg.kormedmcqa_limit,
-                               seed=cfg.train.seed, tokenizer=tokenizer)]
+                               seed=cfg.train.seed, tokenizer=tokenizer, compute_dtype=runtime.compute_dtype)]
 
 
 @contextmanager
@@ -332,6 +344,7 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     (SIGINT/SIGTERM) returns with `stop_reason == "interrupted"` after saving a checkpoint; rerun with
     `resume=True` to continue it.
     """
+    # --- setup: inputs, data-order record, resume plan, model, packed data ---
     cfg.validate()  # --streaming needs max_steps (also checked when the config is read)
     if not cfg.data:
         raise KormedError("no training data: pass --data FILE (JSONL with a 'text' field per line)")
@@ -388,18 +401,17 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
             cfg.val, tokenizer, max_length=cfg.max_length, eod_token=cfg.eod_token, limit=cfg.max_val_samples,
             cache_dir=cfg.cache_dir, log=quiet, wait=wait,
         )
+    # --- train: embedding warm-up, then the shared trainer ---
     warmup: dict[str, Any] = {}
     if cfg.embedding_warmup_steps and model_info["tokenizer"]["new_tokens"] and plan.resume_from is None:
         warmup = run_embedding_warmup(model, tokenizer, train_ds, cfg, output, runtime, log=quiet)
-    extra = [*_kormedmcqa_callback(cfg, tokenizer, quiet), *callbacks]
+    extra = [*_kormedmcqa_callback(cfg, tokenizer, runtime, quiet), *callbacks]
     trainer = build_trainer(
         model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), cfg.train, output,
         callbacks=extra, embedding_lr=embedding_lr(cfg), runtime=runtime,
     )
-    for cb in extra:
-        if hasattr(cb, "attach") and getattr(cb, "trainer", None) is None:
-            cb.attach(trainer)
     summary = run_training(trainer, resume=cfg.resume, log=quiet, data_order=data_order, plan=plan)
+    # --- save: adapter and training_info.json ---
     info = {
         "stage": "cpt",
         "config": to_dict(cfg),
@@ -416,3 +428,22 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
             hint="lower --lr, check the data, or --resume from the last good checkpoint with other settings",
         )
     return full
+
+
+# How `kormed train cpt` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(info: dict[str, Any], cfg: Any) -> None:
+    """Steps, tokens and validation perplexity before -> after; exit 130 (and how to resume) when interrupted."""
+    if info.get("stop_reason") == StopReason.INTERRUPTED:
+        typer.echo(
+            f"kormed: interrupted at step {info.get('stop_step')}; checkpoint saved under "
+            f"{info['output']}/checkpoints. Continue with the same command plus --resume.", err=True,
+        )
+        sys.exit(130)
+    nan = float("nan")
+    before = (info.get("first_eval") or {}).get("eval_perplexity", nan)
+    after = (info.get("best_eval") or {}).get("eval_perplexity", nan)
+    typer.echo(
+        f"cpt done ({info['stop_reason']}): {info['global_step']} steps, {info['tokens_seen']} tokens, "
+        f"val ppl {before:.3f} -> {after:.3f}; "
+        f"{'model' if info.get('method') == 'full' else 'adapter'} in {info['output']}"
+    )

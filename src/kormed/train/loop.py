@@ -17,15 +17,22 @@ The round's adapter is kept in `round{NN}_{name}/`, the best one is copied to `b
 `eval_before`) is the starting adapter, saved in `round00_start/`, so `best/` is never worse than the start on
 dev. `loop_table.json` / `loop_table.md` (rewritten after every round) name the split selected on and the one
 reported on.
+
+:func:`run_loop` has the SFT recipe's phases: **setup** (sources, the selection split, the model from
+`from_adapter`), **train** (each round: an SFT step, then selection on dev and report on test) and **save** (the
+round's adapter, `best/`, and the loop table after every round, so an interrupted loop leaves a consistent table).
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import typer
 
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
@@ -33,8 +40,9 @@ from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_file, replace_path, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
+from kormed.run_files import LOOP_TABLE, LoopTable, LoopTableRow
 from kormed.stop_reason import StopReason
-from kormed.train.outputs import full_model_entries, is_full_model_dir, save_trained
+from kormed.train.engine.outputs import full_model_entries, is_full_model_dir, save_trained
 from kormed.train.sft import (
     STEP_FINISHED,
     Log,
@@ -49,7 +57,7 @@ from kormed.train.sft import (
 )
 from kormed.train.sft_config import LoopConfig
 
-TABLE_JSON = "loop_table.json"
+TABLE_JSON = LOOP_TABLE
 TABLE_MD = "loop_table.md"
 DEV_FILE = "dev.jsonl"  # KorMedMCQA's dev split, beside train.jsonl / test.jsonl in the seeds' layout
 
@@ -181,48 +189,47 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
         ctx.baseline = context_baseline(ctx, log=log)["perplexity"]
     score = score or kormedmcqa_scorer(cfg, ctx)
 
-    result: dict[str, Any] = {
-        "target": cfg.target, "eval_mode": cfg.eval_mode,
-        "selected_on": selection.label, "reported_on": f"test ({eval_path}, {len(test_questions)} q)",
-        "selection": {"split": selection.name, "source": selection.source, "questions": len(selection.questions)},
-        "test": {"path": str(eval_path), "questions": len(test_questions), "every_round": cfg.test_every_round},
-        "baseline_raw_perplexity": ctx.baseline, "rounds": [], "stop_reason": None, "best_round": None,
-        "best_dev_accuracy": None, "best_test_accuracy": None, "best_adapter": str(out / "best"),
-    }
-    split_note = {"selected_on": result["selected_on"], "reported_on": result["reported_on"]}
+    table = LoopTable(
+        target=cfg.target, eval_mode=cfg.eval_mode,
+        selected_on=selection.label, reported_on=f"test ({eval_path}, {len(test_questions)} q)",
+        selection={"split": selection.name, "source": selection.source, "questions": len(selection.questions)},
+        test={"path": str(eval_path), "questions": len(test_questions), "every_round": cfg.test_every_round},
+        baseline_raw_perplexity=ctx.baseline, rounds=[], best_adapter=str(out / "best"),
+    )
+    split_note = {"selected_on": table.selected_on, "reported_on": table.reported_on}
 
     def write_table(final: bool) -> None:
-        write_json(out / TABLE_JSON, result)
+        data = table.to_json()
+        write_json(out / TABLE_JSON, data)
         with atomic_write(out / TABLE_MD) as fh:
-            fh.write(table_markdown(result if final else {**result, "stop_reason": result["stop_reason"] or
-                                                          "running"}))
+            fh.write(table_markdown(data if final else {**data, "stop_reason": data["stop_reason"] or "running"}))
 
     def measure(round_no: int, kind: str, round_dir: Path, info: dict[str, Any] | None) -> float:
         """Dev accuracy (selection, target); test accuracy when the round becomes the best (or every round)."""
         dev = score(selection.questions, "dev")
         write_json(round_dir / "kormedmcqa_dev.json", {**dev, "split": selection.label})
-        is_best = result["best_dev_accuracy"] is None or dev["accuracy"] > result["best_dev_accuracy"]
+        is_best = table.best_dev_accuracy is None or dev["accuracy"] > table.best_dev_accuracy
         test = score(test_questions, "test") if is_best or cfg.test_every_round else None
         if test is not None:
-            write_json(round_dir / "kormedmcqa_test.json", {**test, "split": result["reported_on"],
+            write_json(round_dir / "kormedmcqa_test.json", {**test, "split": table.reported_on,
                                                             "used_for_selection": False})
-        result["rounds"].append({
-            "round": round_no, "kind": kind, "adapter": str(round_dir),
-            "dev_accuracy": dev["accuracy"], "dev_correct": dev["correct"], "dev_total": dev["total"],
-            "dev_unparseable": dev.get("unparseable"),
-            "test_accuracy": test["accuracy"] if test else None, "test_correct": test["correct"] if test else None,
-            "test_total": test["total"] if test else None,
-            "global_step": info.get("global_step") if info else None,
-            "stop_reason": info.get("stop_reason") if info else None,
-            "metrics": info.get("metrics_at_stop") if info else None,
-        })
+        table.rounds.append(LoopTableRow(
+            round=round_no, kind=kind, adapter=str(round_dir),
+            dev_accuracy=dev["accuracy"], dev_correct=dev["correct"], dev_total=dev["total"],
+            dev_unparseable=dev.get("unparseable"),
+            test_accuracy=test["accuracy"] if test else None, test_correct=test["correct"] if test else None,
+            test_total=test["total"] if test else None,
+            global_step=info.get("global_step") if info else None,
+            stop_reason=info.get("stop_reason") if info else None,
+            metrics=info.get("metrics_at_stop") if info else None,
+        ))
         log(f"[kormed] round {round_no} ({kind}): dev accuracy {dev['accuracy']:.2%} ({dev['correct']}/"
             f"{dev['total']})" + (f"; test {test['accuracy']:.2%} (reported, not used to choose)" if test else ""))
         if is_best:
-            result["best_round"], result["best_dev_accuracy"] = round_no, dev["accuracy"]
-            result["best_test_accuracy"] = test["accuracy"] if test else None
+            table.best_round, table.best_dev_accuracy = round_no, dev["accuracy"]
+            table.best_test_accuracy = test["accuracy"] if test else None
             _copy_adapter(round_dir, out / "best", {"round": round_no, "kind": kind, "dev_accuracy": dev["accuracy"],
-                                                    "test_accuracy": result["best_test_accuracy"],
+                                                    "test_accuracy": table.best_test_accuracy,
                                                     "source": str(round_dir), **split_note})
         write_table(final=False)
         return float(dev["accuracy"])
@@ -232,8 +239,8 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
         start_dir = out / "round00_start"
         save_trained(ctx.model, ctx.tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
         if measure(0, "start", start_dir, None) >= cfg.target:
-            result["stop_reason"] = StopReason.TARGET_REACHED
-    if result["stop_reason"] is None:
+            table.stop_reason = StopReason.TARGET_REACHED
+    if table.stop_reason is None:
         for i in range(1, cfg.max_rounds + 1):
             step = cfg.rounds[(i - 1) % len(cfg.rounds)]
             round_dir = out / f"round{i:02d}_{step.name}"
@@ -243,15 +250,30 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
             ctx.info["started_from"] = str(round_dir)
             accuracy = measure(i, step.name, round_dir, info)
             if info["stop_reason"] not in STEP_FINISHED:
-                result["stop_reason"] = info["stop_reason"]
+                table.stop_reason = info["stop_reason"]
                 break
             if accuracy >= cfg.target:
-                result["stop_reason"] = StopReason.TARGET_REACHED
+                table.stop_reason = StopReason.TARGET_REACHED
                 break
-        result["stop_reason"] = result["stop_reason"] or StopReason.MAX_ROUNDS
-    if result["best_round"] is None:  # pragma: no cover - every path scores at least once
+        table.stop_reason = table.stop_reason or StopReason.MAX_ROUNDS
+    if table.best_round is None:  # pragma: no cover - every path scores at least once
         raise KormedError("no round was scored")
     write_table(final=True)
-    log(f"[kormed] loop: {result['stop_reason']}; best round {result['best_round']} on {selection.name} "
-        f"({result['best_dev_accuracy']:.2%}; test {_pct(result['best_test_accuracy'])}) in {out / 'best'}")
-    return result
+    log(f"[kormed] loop: {table.stop_reason}; best round {table.best_round} on {selection.name} "
+        f"({table.best_dev_accuracy:.2%}; test {_pct(table.best_test_accuracy)}) in {out / 'best'}")
+    return table.to_json()
+
+
+# How `kormed train loop` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(result: dict[str, Any], cfg: Any) -> None:
+    """One line per round, then the best round; exit 130 when the loop stopped before its target or last round."""
+    for row in result["rounds"]:
+        test = "" if row["test_accuracy"] is None else f", test {row['test_accuracy']:.2%}"
+        typer.echo(f"round {row['round']} ({row['kind']}): dev accuracy {row['dev_accuracy']:.2%} "
+                   f"({row['dev_correct']}/{row['dev_total']}){test}")
+    best_test = result["best_test_accuracy"]
+    typer.echo(f"loop done ({result['stop_reason']}): best round {result['best_round']} selected on "
+               f"{result['selected_on']}: {result['best_dev_accuracy']:.2%}; reported on {result['reported_on']}: "
+               f"{'-' if best_test is None else f'{best_test:.2%}'}; adapter in {result['best_adapter']}")
+    if result["stop_reason"] not in (StopReason.TARGET_REACHED, StopReason.MAX_ROUNDS):
+        sys.exit(130)

@@ -1,6 +1,6 @@
 """`kormed train sft` and `kormed train loop` as one recipe that reads top to bottom:
 
-1. **Prepare the data** (:func:`read_sources`): KorMedMCQA questions, medical + symbol dictionaries, raw Korean
+1. **Prepare the data** (:func:`read_recipe_sources`): KorMedMCQA questions, medical + symbol dictionaries, raw Korean
    text, each split into train / validation at the record level (:func:`kormed.data.mixture.split_records`).
 2. **Prepare the model and encode** (:func:`prepare_recipe`): the starting adapter (`from_adapter`, the previous
    step's adapter on `--from-step N`, or a fresh LoRA), chat examples with answer-only loss
@@ -9,15 +9,18 @@
    (:func:`measure_baseline`; `<output>/baseline.json`), the reference of `F * baseline` conditions.
 4. **For each step** (:func:`run_sft_step`, the loop's rounds use the same function): mix its sources
    (`mix_by` examples or learned tokens; the shares are recorded as `mix_report`), train with the shared engine
-   (:mod:`kormed.train.trainer`), evaluate every `train.eval_steps` steps each validation set separately
+   (:mod:`kormed.train.engine.trainer`), evaluate every `train.eval_steps` steps each validation set separately
    (`eval_qa_loss`, `eval_dict_loss`, ..., `eval_raw_perplexity`), **check the step's stop conditions** after
    each evaluation, stop when they hold or at max_steps, and **save** the adapter and `training_info.json`
    (`stop_reason`, the metrics at that point, every condition check) in `<output>/step{N}/`. The reference of
    'maintained' is the metrics at the start of the step: the previous step's final evaluation when it ran in
    this process (the model is unchanged since), else an evaluation at step 0. The next step continues from it.
 
-:func:`run_sft` is that recipe for the configured steps; :func:`kormed.train.loop.run_loop` is the same recipe
-with rounds cycled and a KorMedMCQA score after each.
+:func:`run_sft` is that recipe for the configured steps, in three phases named in its body: **setup** (1-3: the
+starting adapter, with `--from-step N` the adapter of step N-1; sources; model; baseline), **train** (4: each
+step trained and saved in turn, stopping at the first that does not finish) and **save** (`sft_summary.json`,
+earlier rows kept on `--from-step`; the result printed by :func:`show`). :func:`kormed.train.loop.run_loop` is the
+same recipe with rounds cycled and a KorMedMCQA score after each.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import typer
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -52,15 +57,17 @@ from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
+from kormed.run_files import SFT_SUMMARY, SFTStepRow, SFTSummary, step_dir_name
 from kormed.stop_reason import StopReason
-from kormed.train.model_setup import prepare_full_model, prepare_model_for_training
-from kormed.train.outputs import finish_run, summarize
+from kormed.train.engine.callbacks import TrainerAware
+from kormed.train.engine.model_setup import prepare_full_model, prepare_model_for_training
+from kormed.train.engine.outputs import finish_run, summarize
+from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
 from kormed.train.stop_conditions import StopTracker, Tolerances
-from kormed.train.trainer import CausalCollator, build_trainer, run_training
 
 BASELINE_FILE = "baseline.json"
-SUMMARY_FILE = "sft_summary.json"
+SUMMARY_FILE = SFT_SUMMARY
 # A step (or round) that ended on its own: the recipe goes on to the next one.
 STEP_FINISHED = (StopReason.CONDITIONS_MET, StopReason.MAX_STEPS)
 
@@ -284,14 +291,13 @@ def batch_report(collator: Any, stats_cb: BatchStatsCallback, trainer: Any) -> d
 # --------------------------------------------------------------------------------------------------------------
 
 
-class StopConditionCallback(TrainerCallback):
+class StopConditionCallback(TrainerAware):
     """After each evaluation: the step-0 evaluation becomes the step's start reference; every later one is
     checked against the stop conditions (logged), and training stops when they hold."""
 
     def __init__(self, tracker: StopTracker, log: Log = print) -> None:
         self.tracker = tracker
         self.log = log
-        self.trainer: Any = None
         self.start_metrics: dict[str, float] | None = None
         self.last_eval_step: int | None = None
 
@@ -415,7 +421,6 @@ def run_sft_step(
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
                                    callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator,
                                    embedding_lr=options.lr if options.method == "full" else None)
-    callback.trainer = trainer
     summary = run_training(trainer, log=ctx.log)
     batches = batch_report(collator, stats_cb, trainer)
     engine_reason = trainer.stop_record.reason
@@ -567,6 +572,7 @@ def _sft_baseline(cfg: SFTConfig, ctx: StepContext, src: Sources, out: Path, *, 
 
 def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     """Run steps `cfg.from_step`..N (the recipe above); return the summary written to `<output>/sft_summary.json`."""
+    # --- setup: inputs, starting adapter, sources, model, baseline ---
     out = check_output_path(require(cfg.output, "--output"), "dir", "--output", inputs=recipe_inputs(cfg))
     require(cfg.mcq, "--mcq")
     require(cfg.dict, "--dict")
@@ -574,7 +580,7 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     numbered = list(enumerate(cfg.steps, start=1))[cfg.from_step - 1:]
     start_adapter = cfg.from_adapter
     if cfg.from_step > 1:
-        prev = out / f"step{cfg.from_step - 1}"
+        prev = out / step_dir_name(cfg.from_step - 1)
         saved = "config.json" if cfg.train.method == "full" else "adapter_config.json"
         if not (prev / saved).is_file():
             what = "model" if cfg.train.method == "full" else "adapter"
@@ -588,23 +594,43 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
     ctx.baseline = float(baseline["raw_perplexity"])
 
     summary_path = out / SUMMARY_FILE
-    previous = read_json(summary_path) if summary_path.is_file() and cfg.from_step > 1 else {}
-    rows = [r for r in previous.get("steps", []) if r.get("step", 99) < cfg.from_step]
+    earlier = SFTSummary.read(summary_path).steps if summary_path.is_file() and cfg.from_step > 1 else []
+    rows = [r for r in earlier if r.step < cfg.from_step]  # the steps before --from-step, as they ran
+    # --- train: each step trained, checked against its stop conditions and saved in step{N}/ ---
     finished = True
     for n, step in numbered:
-        step_dir = out / f"step{n}"
-        info = run_sft_step(ctx, step, name=f"step{n}", out_dir=step_dir, max_steps=cfg.max_steps_per_step,
+        step_dir = out / step_dir_name(n)
+        info = run_sft_step(ctx, step, name=step_dir.name, out_dir=step_dir, max_steps=cfg.max_steps_per_step,
                             extra_info={"step_number": n})
         ctx.info["started_from"] = str(step_dir)
-        rows.append({"step": n, "name": step.name, "description": step.description,
-                     "stop_reason": info["stop_reason"], "global_step": info["global_step"],
-                     "metrics_at_stop": info.get("metrics_at_stop"), "adapter": str(step_dir)})
+        rows.append(SFTStepRow(step=n, name=step.name, description=step.description,
+                               stop_reason=info["stop_reason"], global_step=info["global_step"],
+                               metrics_at_stop=info.get("metrics_at_stop"), adapter=str(step_dir)))
         if info["stop_reason"] not in STEP_FINISHED:
             log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
                 f"(continue with --from-step {n})")
             finished = False
             break
-    summary = {"baseline": baseline, "steps": rows, "finished": finished,
-               "final_adapter": rows[-1]["adapter"] if rows else None}
+    # --- save: the summary of every step so far ---
+    summary = SFTSummary(baseline=baseline, steps=rows, finished=finished,
+                         final_adapter=rows[-1].adapter if rows else None).to_json()
     write_json(summary_path, summary)
     return summary
+
+
+# How `kormed train sft` prints its result (the command is a row of kormed.cli.COMMANDS).
+def show(summary: dict[str, Any], cfg: Any) -> None:
+    """One line per step (stop reason, QA loss, raw perplexity against the baseline); exit 130 if unfinished."""
+    base = summary["baseline"]["raw_perplexity"]
+    for row in summary["steps"]:
+        m = row.get("metrics_at_stop") or {}
+        qa = m.get("eval_qa_loss", float("nan"))
+        ppl = m.get("eval_raw_perplexity", float("nan"))
+        typer.echo(f"step{row['step']}: {row['stop_reason']} at step {row['global_step']}, qa loss {qa:.4f}, "
+                   f"raw ppl {ppl:.4f} ({ppl / base:.3f} x baseline {base:.4f})")
+    if not summary["finished"]:
+        last = summary["steps"][-1]["step"]
+        typer.echo(f"kormed: step{last} did not finish; continue with the same command plus --from-step {last}",
+                   err=True)
+        sys.exit(130)
+    typer.echo(f"sft done; final adapter in {summary['final_adapter']}")

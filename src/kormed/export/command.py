@@ -30,7 +30,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             typer.echo(message, err=True)
 
         if fetch_converter:
-            from kormed.train.gguf import fetch_converter as fetch
+            from kormed.export.gguf import fetch_converter as fetch
 
             typer.echo(f"llama.cpp GGUF converter: {fetch(log=log)}")
             if not merge and not gguf:
@@ -41,7 +41,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
             raise KormedError("--out is required: the directory to write the export to")
         if adapter is None and model is None:
             raise KormedError("pass --adapter (and optionally --model), or --model with a model directory")
-        from kormed.train.export_all import run_export
+        from kormed.export.run import run_export
 
         report = run_export(adapter=adapter, out=out, model=model, merge=merge, gguf=gguf, gguf_types=gguf_type,
                             verify=verify, log=log)

@@ -2,7 +2,7 @@
 
 Every field comes from files the run wrote: the adapter's `adapter_config.json` and `training_info.json`, and,
 when the adapter sits in a `kormed run` directory, that run's prepare statistics, tokenizer report, each training
-stage's `training_info.json` and the eval results (read with the report's own reader, `kormed.pipeline.report`).
+stage's `training_info.json` and the eval results (read with the report's own reader, `kormed.pipeline.rundir`).
 A field with no source file is written as "not recorded", never guessed.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import atomic_write
 from kormed.pipeline.registry import TRAINING_STAGES
-from kormed.pipeline.report import _target_key
+from kormed.pipeline.rundir import collect, rows_of_stats, target_key
+from kormed.run_files import TRAINING_INFO
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -110,9 +111,7 @@ def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[st
     """(name, training_info) of each trainer run that led to the adapter (the run's, or the adapter's alone)."""
     units: list[tuple[str, dict[str, Any]]] = []
     if run_dir is not None:
-        from kormed.pipeline.report import collect
-
-        data = collect(run_dir)
+        data = collect(run_dir, curves=False)
         order = list(TRAINING_STAGES)
         try:  # the stages that led to this adapter: up to and including its own
             own = Path(adapter).resolve().relative_to(run_dir.resolve()).parts[0] if adapter else "loop"
@@ -120,8 +119,8 @@ def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[st
             own = "loop"
         for stage in order[: order.index(own) + 1] if own in order else order:
             units += [(u.name, u.info) for u in data.training.get(stage, []) if u.info]
-    elif adapter is not None and isinstance(_load(adapter / "training_info.json"), dict):
-        units.append((adapter.name, _load(adapter / "training_info.json")))
+    elif adapter is not None and isinstance(_load(adapter / TRAINING_INFO), dict):
+        units.append((adapter.name, _load(adapter / TRAINING_INFO)))
     return units
 
 
@@ -140,12 +139,10 @@ def _stage_rows(units: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
 def _data_lines(run_dir: Path | None) -> list[str]:
     if run_dir is None:
         return ["Training data: not recorded (the adapter is not inside a `kormed run` directory)."]
-    from kormed.pipeline.report import _rows_of_stats, collect
-
-    data = collect(run_dir)
+    data = collect(run_dir, curves=False)
     if not data.stats:
         return ["Training data: no prepare statistics in the run directory (prepare was not part of the run)."]
-    rows = _rows_of_stats(data.stats)
+    rows = rows_of_stats(data.stats)
     cols = [c for c in ("source", "base", "multiplier", "final", "ratio", "characters") if any(c in r for r in rows)]
     out = [f"CPT corpus by source, from `{data.stats_path}` (records per source before and after the mix):", ""]
     out += _table(cols, [[r.get(c) for c in cols] for r in rows])
@@ -158,9 +155,7 @@ def _data_lines(run_dir: Path | None) -> list[str]:
 def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, dict[str, Any]]]) -> list[str]:
     tok = None
     if run_dir is not None:
-        from kormed.pipeline.report import collect
-
-        tok = collect(run_dir).tokenizer
+        tok = collect(run_dir, curves=False).tokenizer
     if tok:
         keep = {k: tok[k] for k in ("method", "base_vocab_size", "vocab_size", "new_tokens") if k in tok}
         lines = ["Extended Gemma 3 tokenizer (`kormed tokenizer extend`; existing ids unchanged): " +
@@ -180,14 +175,12 @@ def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, dict[str, Any]
 def _eval_lines(run_dir: Path | None) -> list[str]:
     if run_dir is None:
         return ["Not recorded (no `kormed run` eval results next to this adapter)."]
-    from kormed.pipeline.report import collect
-
-    data = collect(run_dir)
+    data = collect(run_dir, curves=False)
     if not data.mcq and not data.ppl:
         return ["The run has no eval results (eval stage not run)."]
     rows = []
 
-    for target in sorted(set(data.mcq) | set(data.ppl), key=_target_key):
+    for target in sorted(set(data.mcq) | set(data.ppl), key=target_key):
         m, p = data.mcq.get(target) or {}, data.ppl.get(target) or {}
         rows.append([target, m.get("accuracy"), m.get("total"), m.get("mode"), p.get("perplexity")])
     first = next(iter(data.mcq.values()), {})

@@ -5,7 +5,7 @@ keep trainable copies in fp32, and count parameters.
 Embedding training is PEFT's: the new rows only (`trainable_token_indices`) or one whole trainable copy
 (`modules_to_save`), with `ensure_weight_tying` on Gemma's tied embed_tokens/lm_head, so a saved adapter
 reloads and merges to the same model; the optimizer gives those parameters their own learning rate
-(:func:`embedding_param_groups`). The initialisation of new rows is :mod:`kormed.tokenizer.embeddings`'s.
+(:func:`embedding_param_groups`). The initialisation of new rows is :mod:`kormed.embeddings`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import set_seed
 
+from kormed.embeddings import resize_and_init_embeddings
 from kormed.errors import KormedError
 from kormed.io import Log
 from kormed.models import (
@@ -34,7 +35,6 @@ from kormed.models import (
     resolve_model,
 )
 from kormed.quantization import model_label, prepare_for_kbit_training
-from kormed.tokenizer.embeddings import resize_and_init_embeddings
 from kormed.train.config import LoraOptions, TrainOptions
 
 
@@ -68,7 +68,7 @@ def embeddings_tied(model: Any) -> bool:
 
 def grow_embeddings(model: Any, base_tokenizer: Any, tokenizer: Any, log: Log = print) -> list[int]:
     """Resize the embeddings to an extended tokenizer (mean-of-pieces rows, padded to a multiple of 64,
-    :func:`kormed.tokenizer.embeddings.resize_and_init_embeddings`); return the ids of the new tokens."""
+    :func:`kormed.embeddings.resize_and_init_embeddings`); return the ids of the new tokens."""
     base_n, new_n = len(base_tokenizer), len(tokenizer)
     if new_n < base_n:
         raise KormedError(f"the tokenizer has fewer tokens ({new_n}) than the model's base tokenizer ({base_n})")

@@ -10,7 +10,7 @@
   logit, far below the log-partition, so they take (almost) no probability mass at step 0.
 
 How the rows then train (PEFT `trainable_token_indices` on the new rows or a `modules_to_save` copy of the whole
-matrix, with their own learning rate) is :mod:`kormed.train.model_setup`'s.
+matrix, with their own learning rate) is :mod:`kormed.train.engine.model_setup`'s.
 """
 
 from __future__ import annotations

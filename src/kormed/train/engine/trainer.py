@@ -1,9 +1,9 @@
 """The HF Trainer kormed trains with, set up the kormed way, and the call that runs it.
 
-    model, tokenizer, info = prepare_model_for_training(...)                  # kormed.train.model_setup
+    model, tokenizer, info = prepare_model_for_training(...)                  # kormed.train.engine.model_setup
     trainer = build_trainer(model, tokenizer, train_ds, {"val": val_ds}, CausalCollator(tokenizer), options, out)
     summary = run_training(trainer, resume=cfg.resume)    # handles SIGINT/SIGTERM, NaN, early stop, --resume
-    finish_run(trainer, tokenizer, out, info | {...}, summary)        # kormed.train.outputs: adapter, info, plot
+    finish_run(trainer, tokenizer, out, info | {...}, summary)        # kormed.train.engine.outputs: adapter, info, plot
 
 Datasets hold `input_ids` (lists of ints, every sequence starting with `<bos>`) and optionally `labels`
 (same length, -100 where no loss is wanted: SFT builds answer-only labels this way). `CausalCollator` pads
@@ -38,22 +38,22 @@ from transformers.integrations import TensorBoardCallback
 
 from kormed.errors import KormedError
 from kormed.io import Log, read_json, write_json
+from kormed.loss import LossSpec, causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
 from kormed.models import RuntimeSpec, pick_runtime
 from kormed.stop_reason import StopReason
-from kormed.train.callbacks import (
+from kormed.train.config import TrainOptions
+from kormed.train.engine.callbacks import (
     EarlyStopping,
     InterruptCallback,
     NonFiniteLossGuard,
     ResumeLogWindow,
     ThroughputCallback,
 )
-from kormed.train.checkpoints import LOG_STATE_FILE, ResumePlan, plan_resume, start_from_plan, trainer_data_order
-from kormed.train.config import TrainOptions
-from kormed.train.loss import causal_lm_loss, loss_spec, sequence_nll, token_weighted_loss
-from kormed.train.model_setup import embedding_param_groups, is_embedding_param, use_gradient_checkpointing
-from kormed.train.outputs import summarize
-from kormed.train.processes import effective_grad_accum
-from kormed.train.stopping import StopRecord, non_finite_stop
+from kormed.train.engine.checkpoints import LOG_STATE_FILE, ResumePlan, plan_resume, start_from_plan, trainer_data_order
+from kormed.train.engine.model_setup import embedding_param_groups, is_embedding_param, use_gradient_checkpointing
+from kormed.train.engine.outputs import summarize
+from kormed.train.engine.processes import effective_grad_accum
+from kormed.train.engine.stopping import StopRecord, non_finite_stop
 from kormed.weights import route_safetensors_writes
 
 
@@ -104,9 +104,11 @@ def _plain_tensors(checkpoint: str | None, files: str) -> Iterator[None]:
 class KormedTrainer(Trainer):
     """HF Trainer + embedding LR group, non-finite loss detection and token-weighted validation."""
 
-    def __init__(self, *args: Any, embedding_lr: float | None = None, stop_record: StopRecord | None = None,
-                 eval_collator: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, runtime: RuntimeSpec, loss_spec: LossSpec, embedding_lr: float | None = None,
+                 stop_record: StopRecord | None = None, eval_collator: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.runtime = runtime  # device, storage and compute dtypes: recorded in training_info.json, used by callbacks
+        self.loss_spec = loss_spec  # how the loss is computed (kormed.loss): the same in training and validation
         self.embedding_lr = embedding_lr
         self.eval_collator = eval_collator
         self.stop_record = stop_record or StopRecord()
@@ -219,17 +221,10 @@ class KormedTrainer(Trainer):
         t = torch.tensor([1.0 if value else 0.0], device=self.args.device)
         return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
 
-    # the loss: token-weighted, without full-vocabulary logits (kormed.train.loss) ----------------------
-    loss_spec: Any = None  # a kormed.train.loss.LossSpec, set by build_trainer from train.loss_impl
-
-    def kormed_loss_spec(self) -> Any:
-        if self.loss_spec is None:
-            self.loss_spec = loss_spec("auto", str(self.args.device))
-        return self.loss_spec
-
+    # the loss: token-weighted, without full-vocabulary logits (kormed.loss) ----------------------
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        spec = self.kormed_loss_spec()
+        spec = self.loss_spec
         if spec.impl == "full" or return_outputs:  # the model's logits + token_weighted_loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -247,7 +242,7 @@ class KormedTrainer(Trainer):
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
         # The Trainer leaves autocast to accelerate, which wraps only model.forward; kormed's loss projects
-        # the hidden states to the vocabulary AFTER forward (kormed.train.loss), so the whole loss (and
+        # the hidden states to the vocabulary AFTER forward (kormed.loss), so the whole loss (and
         # validation) runs under accelerate's autocast too: on bf16 runs that projection is the largest matmul.
         return self.accelerator.autocast()
 
@@ -305,7 +300,7 @@ class KormedTrainer(Trainer):
                     labels = batch.pop("labels")
                     with self.compute_loss_context_manager():
                         # per-sequence sums without full-vocabulary logits (unless loss_impl is full)
-                        nll, n = sequence_nll(model, batch, labels, spec=self.kormed_loss_spec())
+                        nll, n = sequence_nll(model, batch, labels, spec=self.loss_spec)
                     # gather_for_metrics drops the samples duplicated to even out the last batch
                     nll, n = self.accelerator.gather_for_metrics((nll.double(), n))
                     total += nll.sum()
@@ -315,6 +310,70 @@ class KormedTrainer(Trainer):
                 model.train()
         tokens = int(count.item())
         return (float(total.item()) / tokens if tokens else float("nan")), tokens
+
+
+def training_arguments(options: TrainOptions, runtime: RuntimeSpec, output_dir: Path, *,
+                       has_eval: bool) -> TrainingArguments:
+    """kormed's TrainOptions as the HF TrainingArguments of one run (checkpoints under `output_dir/checkpoints`).
+
+    Every setting the Trainer reads comes from here; the ones whose value is not a plain copy say why.
+    """
+    save_steps = options.save_steps or options.eval_steps
+    # the best checkpoint can be restored only when checkpoints fall on evaluation steps
+    load_best = (options.load_best_at_end and options.save_checkpoints and has_eval
+                 and save_steps % options.eval_steps == 0)
+    # TensorBoard is kormed's own callback (build_trainer: logs under output_dir/runs), never the Trainer's
+    report_to = [r for r in options.report_to if r != "tensorboard"] or "none"
+    grad_accum = effective_grad_accum(options)
+    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
+    ckpt_name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
+    recompute = use_gradient_checkpointing(options, runtime.device)
+    checkpointing = {ckpt_name: recompute, f"{ckpt_name}_kwargs": {"use_reentrant": False} if recompute else None}
+    return TrainingArguments(
+        **checkpointing,
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.eval_batch_size or 2 * options.batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=options.lr,
+        # not a slip: transformers 5 deprecates warmup_ratio, and warmup_steps takes a float in [0, 1) as the
+        # fraction of the total steps (TrainingArguments.get_warmup_steps; transformers#41326); warmup_ratio < 1
+        warmup_steps=options.warmup_ratio,
+        lr_scheduler_type=options.scheduler,
+        weight_decay=options.weight_decay,
+        max_grad_norm=options.max_grad_norm,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,  # 0 = "no limit" in kormed, -1 in transformers
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=options.eval_steps,
+        eval_on_start=options.eval_on_start and has_eval,
+        save_strategy="steps" if options.save_checkpoints else "no",
+        save_steps=save_steps,
+        save_total_limit=options.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model=options.early_stopping_metric if has_eval else None,
+        greater_is_better=False if has_eval else None,  # the metrics are losses / perplexities
+        logging_steps=options.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the guard stops on it), not hidden
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=runtime.compute_dtype == "bfloat16",  # bf16 autocast (on CPU over fp32 master weights)
+        fp16=False,  # never: Gemma 3 activations overflow float16
+        use_cpu=runtime.device == "cpu",
+        report_to=report_to,
+        include_num_input_tokens_seen="non_padding",  # tokens_seen counts real tokens, not padding
+        remove_unused_columns=False,  # kormed's collators read their own columns
+        dataloader_num_workers=options.num_workers,
+        optim=options.optim,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,  # LoRA: every trained parameter takes part in every step
+        average_tokens_across_devices=True,  # the loss is a mean over every process's target tokens
+        # a stream (CPT --streaming) is read by every process, each keeping its own batches (accelerate's
+        # IterableDatasetShard), rather than read on the main process and sent to the others (dispatch_batches)
+        accelerator_config={"dispatch_batches": False},
+    )
 
 
 def build_trainer(
@@ -345,58 +404,8 @@ def build_trainer(
     route_safetensors_writes()  # checkpoints' safetensors files: umask mode, no partial file on a full disk
     output_dir = Path(output_dir)
     has_eval = bool(eval_datasets)
-    save_steps = options.save_steps or options.eval_steps
-    load_best = (options.load_best_at_end and options.save_checkpoints and has_eval
-                 and save_steps % options.eval_steps == 0)
-    report_to = [r for r in options.report_to if r != "tensorboard"] or "none"
-    grad_accum = effective_grad_accum(options)
-    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
-    ckpt_name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                 else "gradient_checkpointing")
+    args = training_arguments(options, runtime, output_dir, has_eval=has_eval)
     recompute = use_gradient_checkpointing(options, runtime.device)
-    checkpointing = {ckpt_name: recompute, f"{ckpt_name}_kwargs": {"use_reentrant": False} if recompute else None}
-    args = TrainingArguments(
-        **checkpointing,
-        output_dir=str(output_dir / "checkpoints"),
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=options.eval_batch_size or 2 * options.batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=options.lr,
-        warmup_steps=options.warmup_ratio,
-        lr_scheduler_type=options.scheduler,
-        weight_decay=options.weight_decay,
-        max_grad_norm=options.max_grad_norm,
-        num_train_epochs=options.epochs,
-        max_steps=options.max_steps or -1,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=options.eval_steps,
-        eval_on_start=options.eval_on_start and has_eval,
-        save_strategy="steps" if options.save_checkpoints else "no",
-        save_steps=save_steps,
-        save_total_limit=options.save_total_limit,
-        load_best_model_at_end=load_best,
-        metric_for_best_model=options.early_stopping_metric if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        logging_steps=options.logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,
-        seed=options.seed,
-        data_seed=options.seed,
-        bf16=runtime.compute_dtype == "bfloat16",  # bf16 autocast (on CPU over fp32 master weights)
-        fp16=False,  # never: Gemma 3 activations overflow float16
-        use_cpu=runtime.device == "cpu",
-        report_to=report_to,
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        dataloader_num_workers=options.num_workers,
-        optim=options.optim,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False,
-        average_tokens_across_devices=True,
-        # a stream (CPT --streaming) is read by every process, each keeping its own batches (accelerate's
-        # IterableDatasetShard), rather than read on the main process and sent to the others (dispatch_batches)
-        accelerator_config={"dispatch_batches": False},
-    )
     stop = StopRecord()
     extra = [
         NonFiniteLossGuard(stop),
@@ -426,17 +435,15 @@ def build_trainer(
         processing_class=tokenizer,
         compute_loss_func=token_weighted_loss,
         callbacks=[*extra, *callbacks],
+        runtime=runtime,
+        loss_spec=loss_spec(options.loss_impl, runtime.device, options.loss_chunk_size),
         embedding_lr=embedding_lr,
         stop_record=stop,
         eval_collator=eval_collator,
     )
-    for c in trainer.callback_handler.callbacks:
+    for c in trainer.callback_handler.callbacks:  # the one way a callback gets its trainer (TrainerAware)
         if hasattr(c, "attach"):
             c.attach(trainer)  # e.g. KorMedMCQACallback logs through trainer.log (same TensorBoard run)
-        elif hasattr(c, "trainer"):
-            c.trainer = trainer
-    trainer.kormed_runtime = runtime
-    trainer.loss_spec = loss_spec(options.loss_impl, runtime.device, options.loss_chunk_size)
     return trainer
 
 

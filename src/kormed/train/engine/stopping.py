@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import latest_good_checkpoint
-from kormed.train.processes import is_main_process
+from kormed.train.engine.checkpoints import latest_good_checkpoint
+from kormed.train.engine.processes import is_main_process
 
 
 class StopRecord:

@@ -1,5 +1,5 @@
 """The TrainerCallbacks every kormed training run has: non-finite loss guard, interrupt-and-checkpoint, early
-stopping, tokens/s, resumed loss-logging window. They share a :class:`kormed.train.stopping.StopRecord` that says
+stopping, tokens/s, resumed loss-logging window. They share a :class:`kormed.train.engine.stopping.StopRecord` that says
 why a run stopped."""
 
 from __future__ import annotations
@@ -11,19 +11,28 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import non_finite_eval
-from kormed.train.stopping import SignalFlag, StopRecord, non_finite_stop
+from kormed.train.engine.checkpoints import non_finite_eval
+from kormed.train.engine.stopping import SignalFlag, StopRecord, non_finite_stop
 
 
-class NonFiniteLossGuard(TrainerCallback):
+class TrainerAware(TrainerCallback):
+    """A callback that needs its trainer: :func:`kormed.train.engine.trainer.build_trainer` hands it over once,
+    through `attach`, the one way in for every callback (kormed's, a recipe's, KorMedMCQACallback)."""
+
+    trainer: Any = None
+
+    def attach(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+
+class NonFiniteLossGuard(TrainerAware):
     """Stop at the first NaN/inf loss BEFORE the optimizer applies it (gradients are dropped), or at a NaN/inf
     validation loss (that step's checkpoint is not saved); the trainer also refuses to save a checkpoint with
     non-finite weights. The stop names the last GOOD checkpoint: complete, with finite validation losses and
-    weights (:func:`kormed.train.checkpoints.checkpoint_problem`)."""
+    weights (:func:`kormed.train.engine.checkpoints.checkpoint_problem`)."""
 
     def __init__(self, stop: StopRecord) -> None:
         self.stop = stop
-        self.trainer: Any = None
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.trainer is None or not self.trainer.pop_nonfinite():
@@ -47,11 +56,8 @@ class NonFiniteLossGuard(TrainerCallback):
         return control
 
 
-class ResumeLogWindow(TrainerCallback):
+class ResumeLogWindow(TrainerAware):
     """On resume, continue the loss-logging window of the checkpoint (KormedTrainer.restore_log_window)."""
-
-    def __init__(self) -> None:
-        self.trainer: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer is not None and hasattr(self.trainer, "restore_log_window"):
@@ -59,13 +65,12 @@ class ResumeLogWindow(TrainerCallback):
         return control
 
 
-class InterruptCallback(TrainerCallback):
+class InterruptCallback(TrainerAware):
     """On SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop (resume with --resume)."""
 
     def __init__(self, stop: StopRecord) -> None:
         self.stop = stop
         self.flag = SignalFlag()
-        self.trainer: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.flag.install()

@@ -15,9 +15,10 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no process-wi
 
 from kormed.io import atomic_write, replace_path, temp_dir, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
+from kormed.run_files import TRAINING_INFO
 from kormed.stop_reason import StopReason
-from kormed.train.checkpoints import latest_good_checkpoint
-from kormed.train.processes import is_main_process
+from kormed.train.engine.checkpoints import latest_good_checkpoint
+from kormed.train.engine.processes import is_main_process
 from kormed.weights import route_safetensors_writes, staged_as
 
 
@@ -105,7 +106,7 @@ def save_adapter(
                 if (out / name).exists() and name not in SAVED_ADAPTER_ENTRIES:
                     _remove(out / name)
     if info is not None:
-        write_json(out / "training_info.json", info)
+        write_json(out / TRAINING_INFO, info)
     return out
 
 
@@ -220,12 +221,8 @@ def finish_run(
     Returns the full training info dict.
     """
     full = {**info, **summary}
-    runtime = getattr(trainer, "kormed_runtime", None)
-    if runtime is not None:
-        full["runtime"] = dataclasses.asdict(runtime)
-    spec = getattr(trainer, "loss_spec", None)
-    if spec is not None:
-        full["loss"] = dataclasses.asdict(spec)  # {"impl": "chunked", "chunk_size": 256}
+    full["runtime"] = dataclasses.asdict(trainer.runtime)
+    full["loss"] = dataclasses.asdict(trainer.loss_spec)  # {"impl": "chunked", "chunk_size": 256}
     full["library_versions"] = library_versions()
     full = json.loads(json.dumps(full, default=str))  # plain JSON types only
     if save and hasattr(trainer, "trainable_finite") and not trainer.trainable_finite():
@@ -243,7 +240,7 @@ def finish_run(
     if save:
         save_trained(trainer.model, tokenizer, out, full, state_dict=state_dict)
     elif is_main_process():
-        write_json(out / "training_info.json", full)
+        write_json(out / TRAINING_INFO, full)
     plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))
     if trainer.args.world_size > 1:
         trainer.accelerator.wait_for_everyone()

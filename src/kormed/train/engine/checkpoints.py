@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from kormed.errors import KormedError
 from kormed.io import Log, read_json, write_json
-from kormed.train.processes import is_main_process
+from kormed.train.engine.processes import is_main_process
 from kormed.weights import safetensors_problem
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, replace_path, write_json
-from kormed.model_card import export_card
-from kormed.models import resolve_model
-from kormed.train.export import check_adapter_base, export_merged
-from kormed.train.gguf import (
+from kormed.export.gguf import (
     LLAMA_CPP_PYTHON_VERSION,
     export_gguf_files,
     find_converter,
     parse_types,
     verify_gguf,
 )
+from kormed.export.merge import check_adapter_base, export_merged
+from kormed.export.model_card import export_card
+from kormed.io import atomic_write, check_output_path, make_temp_dir, read_json, replace_path, write_json
+from kormed.models import resolve_model
 from kormed.weights import staged_as
 
 MARKER = "kormed_export.json"
@@ -80,7 +80,7 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
     out_p = Path(out)
     _check_out(out_p, {"--adapter": adapter, "--model": model})
     if merge and adapter is None:
-        from kormed.train.outputs import is_full_model_dir
+        from kormed.train.engine.outputs import is_full_model_dir
 
         if model is not None and is_full_model_dir(model):
             raise KormedError("--model is already a full model (a --method full fine-tune): there is no adapter to "
