@@ -68,9 +68,10 @@ VALID: dict[str, Any] = {
     "optim": "adamw_torch_fused",
     "target_perplexity": 3.0,
 }
-# The same by the field's whole path. train.method: full is refused beside the adapter and 4bit this test also sets
-# (`--method full` landing is test_full_finetune.py's).
-VALID_PATHS: dict[tuple[str, ...], Any] = {("train", "method"): "lora"}
+# The same by the field's whole path, kept at their defaults: train.method full is refused beside the adapter and
+# 4bit this test also sets (`--method full` landing is test_full_finetune.py's), `--streaming` beside num_workers > 0
+# (its landing is test_cpt_streaming.py's).
+VALID_PATHS: dict[tuple[str, ...], Any] = {("train", "method"): "lora", ("streaming",): False}
 
 
 def _new_value(ff: FieldFlag) -> Any:

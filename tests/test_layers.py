@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("recipes", ("kormed.train.cpt", "kormed.train.sft", "kormed.train.loop")),
     ("run directory", ("kormed.pipeline.results", "kormed.pipeline.rundir")),
     ("export", ("kormed.export",)),
-    ("commands", ("kormed.pipeline", "kormed.chat", "kormed.bench")),
+    ("commands", ("kormed.pipeline", "kormed.chat", "kormed.bench", "kormed.env_cli")),
     ("command line", ("kormed.cli",)),
 )
 # (importer, imported) -> why an import may point up. Empty: every import points down or sideways.

@@ -159,7 +159,7 @@ def run_lm_eval(
     :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`'s (one record per question, in `questions` order, taken from
     lm-eval's logged samples) plus `backend`, `lm_eval_version` and `lm_eval` (the harness's own results table).
     `compute_dtype` as in `evaluate_kormedmcqa` (the same autocast, so both backends compute alike)."""
-    from kormed.eval.kormedmcqa import HARNESS_VERSION, _base_record, _device_of, _summarise
+    from kormed.eval.mcq_records import HARNESS_VERSION, base_record, device_of, summarise
     from kormed.precision import autocast
 
     version = require_lm_eval()
@@ -179,7 +179,7 @@ def run_lm_eval(
     model.eval()
     try:
         with (tempfile.TemporaryDirectory(prefix="kormed-lm-eval-") as tmp, _offline(),
-              autocast(_device_of(model), compute_dtype or "float32")):
+              autocast(device_of(model), compute_dtype or "float32")):
             tasks, doc_index = harness_task_configs(questions, fewshot, Path(tmp), max_gen_toks=max_new_tokens)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             # lm-eval's `evaluate`, with the task set-up `simple_evaluate` does (few-shot count and seed); not
@@ -200,7 +200,7 @@ def run_lm_eval(
     for task, indices in doc_index.items():
         for sample in out["samples"][task]:
             i = indices[int(sample["doc_id"])]
-            rec = _base_record(questions[i], sample["arguments"][0][0])
+            rec = base_record(questions[i], sample["arguments"][0][0])
             extracted = sample["filtered_resps"][0]
             rec.update(output=sample["resps"][0][0], extracted=extracted, correct=float(sample["exact_match"]) == 1.0)
             records[i] = rec
@@ -213,8 +213,8 @@ def run_lm_eval(
         "correct": correct,
         "total": len(done),
         "unparseable": sum(1 for r in done if not r["extracted"]),
-        "per_subset": _summarise(done, "subset"),
-        "per_year": _summarise(done, "year"),
+        "per_subset": summarise(done, "subset"),
+        "per_year": summarise(done, "year"),
         "mode": "generate",
         "backend": "lm-eval",
         "num_fewshot": num_fewshot,

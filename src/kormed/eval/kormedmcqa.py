@@ -42,13 +42,16 @@ from kormed.data.chat import DEFAULT_MCQ_ANSWER_TEMPLATE, chat_prompt, mcq_user_
 from kormed.errors import KormedError
 from kormed.eval.config import eval_inputs
 from kormed.eval.extract import apply_stop_sequences, extract_answer
+from kormed.eval.mcq_records import HARNESS_VERSION
+from kormed.eval.mcq_records import base_record as _base_record
+from kormed.eval.mcq_records import device_of as _device_of
+from kormed.eval.mcq_records import summarise as _summarise
 from kormed.io import check_output_path, write_json
 from kormed.records import LETTERS, MCQ, read_mcq_jsonl
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
-HARNESS_VERSION = "kormedmcqa 3.0"
 HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\n")
 HARNESS_MAX_GEN_TOKS = 1024
 FULLWIDTH_COLON = "\uff1a"
@@ -129,10 +132,6 @@ def loglik_continuations(mcq: MCQ, target: str = "letter") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- model plumbing
-def _device_of(model: Any) -> Any:
-    return next(model.parameters()).device
-
-
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -292,19 +291,6 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     return low, high
 
 
-def _year_key(mcq: MCQ) -> str:
-    return str(mcq.year) if mcq.year is not None else "unknown"
-
-
-def _summarise(records: list[dict[str, Any]], key: str) -> dict[str, dict[str, float | int]]:
-    groups: dict[str, list[bool]] = {}
-    for rec in records:
-        groups.setdefault(rec[key], []).append(rec["correct"])
-    return {
-        name: {"accuracy": sum(v) / len(v), "correct": sum(v), "total": len(v)} for name, v in sorted(groups.items())
-    }
-
-
 def evaluate_kormedmcqa(
     model: Any,
     tokenizer: Any,
@@ -376,11 +362,6 @@ def evaluate_kormedmcqa(
         "harness_version": HARNESS_VERSION if mode == "generate" else None,
         "questions": records,
     }
-
-
-def _base_record(mcq: MCQ, prompt: str) -> dict[str, Any]:
-    return {"prompt": prompt, "answer": mcq.answer_letter, "subset": mcq.subset or "unknown",
-            "year": _year_key(mcq), "source": mcq.source}
 
 
 def _run_mode(

@@ -8,12 +8,14 @@ import importlib.metadata
 import json
 import math
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend to set
+from peft import PeftModel
 
-from kormed.io import atomic_write, replace_path, temp_dir, write_json
+from kormed.io import atomic_write, read_json, replace_path, temp_dir, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
 from kormed.run_files import TRAINING_INFO
 from kormed.stop_reason import StopReason
@@ -120,7 +122,6 @@ def is_full_model_dir(path: str | Path) -> bool:
 
 def full_model_entries(path: str | Path) -> list[str]:
     """The files of a full fine-tune's model directory (as :func:`save_full_model` recorded them)."""
-    from kormed.io import read_json
 
     meta = read_json(Path(path) / FULL_MODEL_META, what="full model record")
     return [*meta.get("files", []), FULL_MODEL_META]
@@ -157,7 +158,6 @@ def save_full_model(
 
 
 def _remove(path: Path) -> None:
-    import shutil
 
     if path.is_dir():
         shutil.rmtree(path)
@@ -168,7 +168,6 @@ def _remove(path: Path) -> None:
 def save_trained(model: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any] | None = None, *,
                  state_dict: dict[str, Any] | None = None) -> Path | None:
     """The trained model's output: an adapter for a PEFT model (LoRA), a full model directory otherwise."""
-    from peft import PeftModel
 
     save = save_adapter if isinstance(model, PeftModel) else save_full_model
     return save(model, tokenizer, output_dir, info, state_dict=state_dict)
