@@ -107,7 +107,7 @@ def test_gguf_export_writes_modelfile_and_card(exported):
 
 
 @pytest.mark.parametrize("gguf_type, message", [
-    ("q4_k_m", "not offered"),
+    ("q3_k_s", "unknown GGUF type 'q3_k_s'"),
     ("f8", "unknown GGUF type 'f8'"),
 ])
 def test_gguf_bad_type_is_one_line(gguf_type, message, tiny_gemma3_dir, tmp_path):
