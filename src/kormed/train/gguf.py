@@ -326,11 +326,14 @@ def _ensure_preprocessor_config(model_dir: Path, view: Path, *, log: Log = print
     at the vision config's image size and the config's `mm_tokens_per_image`."""
     if (model_dir / "preprocessor_config.json").is_file() or (model_dir / "processor_config.json").is_file():
         return
-    from transformers import Gemma3ImageProcessor
+    try:  # transformers 5: the PIL backend by name (the default one wants torchvision, and warns without it)
+        from transformers import Gemma3ImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import Gemma3ImageProcessor as ImageProcessor
 
     cfg = read_json(model_dir / "config.json", what="model config")
     size = int(cfg["vision_config"]["image_size"])
-    data = Gemma3ImageProcessor(size={"height": size, "width": size}).to_dict()
+    data = ImageProcessor(size={"height": size, "width": size}).to_dict()
     data["image_seq_length"] = int(cfg.get("mm_tokens_per_image", 256))
     log("[kormed] note: no preprocessor_config.json beside the model: the projector uses Gemma 3's image "
         f"processor defaults ({size} px, {data['image_seq_length']} tokens per image)")
