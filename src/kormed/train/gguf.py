@@ -252,7 +252,11 @@ def convert(model_dir: Path, out_file: Path, gguf_type: str, *, mmproj: bool = F
     """Run llama.cpp's converter on a merged HF model directory; writes `out_file` (staged by the caller). With
     `mmproj`, the converter's `--mmproj` mode: the vision tower and projector of a Gemma3ForConditionalGeneration."""
     converter = find_converter()
-    with temp_dir(out_file.parent, out_file.name) as src:
+    with temp_dir(out_file.parent, out_file.name) as tmp:
+        # the view is named like the model directory: the converter writes general.name/finetune from the name,
+        # and a temporary name would make every rerun's bytes differ
+        src = tmp / model_dir.resolve().name
+        src.mkdir()
         for f in model_dir.iterdir():  # a view of the merged directory plus a tokenizer.model (see module doc)
             if f.is_file() and f.name != "tokenizer.model":
                 os.symlink(f.resolve(), src / f.name)
