@@ -57,7 +57,9 @@ def extended_model(tmp_path_factory, embedded_model_dir):
     tok = load_tokenizer(str(out))
     assert tok.encode("고혈압", add_special_tokens=False) == [262145]  # the extension is live
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(tiny_text_config())
+    # head_dim = query_pre_attn_scalar (256), as in every Gemma 3 but 27B: llama.cpp scales attention by
+    # 1/sqrt(head_dim) and ignores query_pre_attn_scalar (transformers' default 256), so a tiny model must agree
+    model = Gemma3ForCausalLM(tiny_text_config(head_dim=256))
     model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=False)
     model.save_pretrained(out, safe_serialization=True)
     return out
@@ -229,7 +231,7 @@ def extended_model_256(tmp_path_factory, extended_model):
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
             shutil.copy2(f, out / f.name)
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(tiny_text_config(hidden_size=256, intermediate_size=512, head_dim=64))
+    model = Gemma3ForCausalLM(tiny_text_config(hidden_size=256, intermediate_size=512, head_dim=256))
     model.resize_token_embeddings(262144 + 64, mean_resizing=False)
     model.save_pretrained(out, safe_serialization=True)
     return out
@@ -309,7 +311,7 @@ def hub_layout_multimodal(tmp_path_factory, embedded_model_dir):
 
     out = tmp_path_factory.mktemp("tiny-mm-hub")
     torch.manual_seed(0)
-    cfg = tiny_multimodal_config()
+    cfg = tiny_multimodal_config(head_dim=256)  # = query_pre_attn_scalar, as llama.cpp assumes (see extended_model)
     model = Gemma3ForConditionalGeneration(cfg)
     hub = {"model.vision_tower.": "vision_tower.vision_model.", "model.language_model.": "language_model.model.",
            "model.multi_modal_projector.": "multi_modal_projector."}
