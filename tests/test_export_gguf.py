@@ -57,7 +57,9 @@ def extended_model(tmp_path_factory, embedded_model_dir):
     tok = load_tokenizer(str(out))
     assert tok.encode("고혈압", add_special_tokens=False) == [262145]  # the extension is live
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(tiny_text_config())
+    # head_dim = query_pre_attn_scalar (256), as in every Gemma 3 but 27B: llama.cpp scales attention by
+    # 1/sqrt(head_dim) and ignores query_pre_attn_scalar (transformers' default 256), so a tiny model must agree
+    model = Gemma3ForCausalLM(tiny_text_config(head_dim=256))
     model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=False)
     model.save_pretrained(out, safe_serialization=True)
     return out
@@ -107,7 +109,7 @@ def test_gguf_export_writes_modelfile_and_card(exported):
 
 
 @pytest.mark.parametrize("gguf_type, message", [
-    ("q4_k_m", "not offered"),
+    ("q3_k_s", "unknown GGUF type 'q3_k_s'"),
     ("f8", "unknown GGUF type 'f8'"),
 ])
 def test_gguf_bad_type_is_one_line(gguf_type, message, tiny_gemma3_dir, tmp_path):
@@ -201,3 +203,154 @@ def test_adapter_merge_and_gguf_in_one_directory(converter, tiny_gemma3_dir, tmp
     assert not torch.equal(merged[key], orig[key])  # LoRA merged in
     report = json.loads((out / "kormed_export.json").read_text())
     assert report["gguf"]["files"] == ["exp-f16.gguf"] and report["source_adapter"] == str(adapter)
+
+
+# ------------------------------------------------------------------------- llama.cpp itself (kormed[gguf-quant])
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    """llama-cpp-python: its quantizer and its Llama; PyPI has only its source (a C++ compile), so CI has none."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install 'kormed[gguf-quant]' compiles llama.cpp)")
+    return llama_cpp
+
+
+@pytest.fixture(scope="module")
+def extended_model_256(tmp_path_factory, extended_model):
+    """extended_model's tokenizer on a Gemma3ForCausalLM 256 wide: rows of 256, so Q4_K blocks are really used."""
+    import shutil
+
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-ext-256")
+    for f in extended_model.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy2(f, out / f.name)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(tiny_text_config(hidden_size=256, intermediate_size=512, head_dim=256))
+    model.resize_token_embeddings(262144 + 64, mean_resizing=False)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def _gguf_fields(path: Path) -> tuple[dict, set[str]]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    fields = {}
+    for name in ("general.architecture", "general.file_type", "clip.projector_type", "clip.has_vision_encoder"):
+        if name in reader.fields:
+            field = reader.fields[name]
+            value = field.parts[field.data[0]]
+            fields[name] = bytes(value).decode() if field.types[0].name == "STRING" else value.tolist()[0]
+    return fields, {t.tensor_type.name for t in reader.tensors}
+
+
+@pytest.mark.heavy
+def test_q4_k_m_export_checked_by_llama_cpp(llama_cpp, converter, extended_model_256, tmp_path):
+    """`--gguf-type q4_k_m --verify`: the f16 intermediate is quantized by llama.cpp's own quantizer and removed;
+    llama.cpp tokenizes the prompt (with the extension's new token) to the merged model's ids and its greedy tokens
+    agree with the merged model's; a rerun writes the same bytes."""
+    import hashlib
+
+    from kormed.export.run import VERIFY_PROMPT
+
+    from kormed.models import load_tokenizer
+
+    assert 262145 in load_tokenizer(str(extended_model_256)).encode(VERIFY_PROMPT)
+    out = tmp_path / "tiny-ko"
+    result = runner.invoke(app, ["export", "--model", str(extended_model_256), "--gguf", "--gguf-type", "q4_k_m",
+                                 "--verify", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "kormed_export.json",
+                                                     "tiny-ko-q4_k_m.gguf"]  # no f16 intermediate left
+    assert (out / "Modelfile").read_text().startswith("FROM ./tiny-ko-q4_k_m.gguf\n")
+    fields, tensor_types = _gguf_fields(out / "tiny-ko-q4_k_m.gguf")
+    assert fields["general.architecture"] == "gemma3"
+    assert fields["general.file_type"] == int(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M) and "Q4_K" in tensor_types
+    report = json.loads((out / "kormed_export.json").read_text())
+    v = report["verification_llama_cpp"]["tiny-ko-q4_k_m.gguf"]
+    assert v["prompt_ids_equal"] and len(v["greedy_merged"]) == 16
+    assert v["max_greedy_margin"] <= v["margin_limit"]
+    assert "verify tiny-ko-q4_k_m.gguf with llama.cpp" in result.output
+    assert "verified `tiny-ko-q4_k_m.gguf` with llama.cpp" in (out / "README.md").read_text()
+    again = tmp_path / "again" / "tiny-ko"
+    result = runner.invoke(app, ["export", "--model", str(extended_model_256), "--gguf", "--gguf-type", "q4_k_m",
+                                 "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    digest = [hashlib.sha256((d / "tiny-ko-q4_k_m.gguf").read_bytes()).hexdigest() for d in (out, again)]
+    assert digest[0] == digest[1]
+
+
+@pytest.mark.heavy
+def test_llama_cpp_verify_refuses_a_tokenizer_mismatch(llama_cpp, converter, extended_model, tiny_gemma3_dir,
+                                                       tmp_path):
+    """The check compares token ids: the extended model's GGUF against the base tokenizer's model is one error."""
+    from kormed.export.run import VERIFY_PROMPT
+    from kormed.export.gguf import convert, verify_llama_cpp
+
+    from kormed.errors import KormedError
+
+    gguf_file = convert(extended_model, tmp_path / "ext-f16.gguf", "f16", log=lambda m: None)
+    with pytest.raises(KormedError, match="llama.cpp tokenizes the check prompt differently"):
+        verify_llama_cpp(tiny_gemma3_dir, gguf_file, "f16", VERIFY_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def hub_layout_multimodal(tmp_path_factory, embedded_model_dir):
+    """A tiny Gemma3ForConditionalGeneration saved in the Hub's key layout (vision_tower.vision_model.*,
+    language_model.model.*, multi_modal_projector.*), as MedGemma's checkpoint is; no preprocessor_config.json."""
+    import shutil
+
+    import torch
+    from conftest import tiny_multimodal_config
+    from safetensors.torch import save_file
+    from transformers import Gemma3ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-mm-hub")
+    torch.manual_seed(0)
+    cfg = tiny_multimodal_config(head_dim=256)  # = query_pre_attn_scalar, as llama.cpp assumes (see extended_model)
+    model = Gemma3ForConditionalGeneration(cfg)
+    hub = {"model.vision_tower.": "vision_tower.vision_model.", "model.language_model.": "language_model.model.",
+           "model.multi_modal_projector.": "multi_modal_projector."}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied, as on the Hub
+        prefix = next(p for p in hub if name.startswith(p))
+        tensors[hub[prefix] + name[len(prefix):]] = tensor.contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg.architectures = ["Gemma3ForConditionalGeneration"]
+    cfg.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (embedded_model_dir / name).is_file():
+            shutil.copy2(embedded_model_dir / name, out / name)
+    return out
+
+
+@pytest.mark.heavy
+def test_multimodal_export_writes_the_mmproj_that_llama_cpp_loads(llama_cpp, converter, hub_layout_multimodal,
+                                                                  tmp_path):
+    """A Gemma3ForConditionalGeneration gets the text GGUF and `mmproj-<name>-f16.gguf` (the converter's --mmproj);
+    llama.cpp's multimodal library loads the projector on the text model; the Modelfile and usage name both."""
+    out = tmp_path / "mm"
+    result = runner.invoke(app, ["export", "--model", str(hub_layout_multimodal), "--gguf", "--gguf-type",
+                                 "q4_k_m", "--verify", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["mm-q4_k_m.gguf", "mmproj-mm-f16.gguf"]
+    assert (out / "Modelfile").read_text().startswith("FROM ./mm-q4_k_m.gguf\nFROM ./mmproj-mm-f16.gguf\n")
+    assert "--mmproj" in result.output and "mmproj-mm-f16.gguf" in result.output
+    fields, tensor_types = _gguf_fields(out / "mmproj-mm-f16.gguf")
+    assert fields["general.architecture"] == "clip" and fields["clip.projector_type"] == "gemma3"
+    assert fields["clip.has_vision_encoder"] is True or fields["clip.has_vision_encoder"] == 1
+    text_fields, _ = _gguf_fields(out / "mm-q4_k_m.gguf")
+    assert text_fields["general.architecture"] == "gemma3"
+    report = json.loads((out / "kormed_export.json").read_text())
+    assert report["gguf"]["mmproj"] == "mmproj-mm-f16.gguf"
+    v = report["verification_llama_cpp"]["mm-q4_k_m.gguf"]
+    assert v["prompt_ids_equal"] and v["mmproj"] == {"file": "mmproj-mm-f16.gguf", "vision": True}
+    assert "mmproj-mm-f16.gguf" in (out / "README.md").read_text()

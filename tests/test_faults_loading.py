@@ -343,6 +343,67 @@ def test_gguf_export_never_downloads_the_converter(tiny_gemma3_dir: Path, tmp_pa
     assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def _hide_module(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make `import name` fail as if the package were not installed (an import finder that refuses it)."""
+    import importlib.abc
+    import sys
+
+    class Absent(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+            if fullname == name or fullname.startswith(name + "."):
+                raise ModuleNotFoundError(f"No module named '{fullname}'", name=fullname)
+            return None
+
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.setattr(sys, "meta_path", [Absent(), *sys.meta_path])
+
+
+@pytest.mark.parametrize("gguf_type", ["q4_k_m", "f16,q6_k"])
+def test_quantized_gguf_without_llama_cpp_is_one_line_before_any_work(gguf_type: str, tiny_gemma3_dir: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """`--gguf-type q4_k_m` (llama.cpp's quantizer, the optional kormed[gguf-quant]) without llama-cpp-python is one
+    line saying how to install it, before the converter runs or anything is written."""
+    pytest.importorskip("sentencepiece")
+    converter = tmp_path / "llama.cpp"
+    converter.mkdir()
+    marker = tmp_path / "converter-ran"
+    (converter / "convert_hf_to_gguf.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    monkeypatch.setenv("KORMED_LLAMA_CPP", str(converter))
+    _hide_module(monkeypatch, "llama_cpp")
+    out = _one_error(["export", "--model", str(tiny_gemma3_dir), "--gguf", "--gguf-type", gguf_type,
+                      "--out", str(tmp_path / "o")])
+    assert "needs llama-cpp-python, which is not installed" in out and "pip install 'kormed[gguf-quant]'" in out
+    assert len(out.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "o").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
+
+
+def test_mmproj_export_refuses_vision_keys_outside_the_hub_layout(tmp_path: Path, monkeypatch) -> None:
+    """A multimodal checkpoint whose vision keys are not the Hub's `vision_tower.vision_model.*` (what llama.cpp's
+    --mmproj converter maps) is one line naming the file and the key, before converting anything."""
+    pytest.importorskip("sentencepiece")
+    import torch
+    from safetensors.torch import save_file
+
+    model = tmp_path / "mm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["Gemma3ForConditionalGeneration"],
+                                                   "model_type": "gemma3", "text_config": {},
+                                                   "vision_config": {"image_size": 28}}), encoding="utf-8")
+    (model / "tokenizer.json").write_text("{}", encoding="utf-8")
+    save_file({"language_model.model.norm.weight": torch.zeros(4),
+               "vision_tower.encoder.layers.0.layer_norm1.weight": torch.zeros(4)}, str(model / "model.safetensors"))
+    converter = tmp_path / "llama.cpp"
+    converter.mkdir()
+    (converter / "convert_hf_to_gguf.py").write_text("raise SystemExit(1)\n", encoding="utf-8")
+    monkeypatch.setenv("KORMED_LLAMA_CPP", str(converter))
+    out = _one_error(["export", "--model", str(model), "--gguf", "--out", str(tmp_path / "o")])
+    assert "model.safetensors" in out and "'vision_tower.encoder.layers.0.layer_norm1.weight'" in out
+    assert "vision_tower.vision_model.*" in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_fetch_converter_is_the_one_step_that_runs_pip(tmp_path: Path, monkeypatch) -> None:
     """`kormed export --fetch-converter` runs pip download (its failure is one line), and nothing once installed."""
     pytest.importorskip("sentencepiece")

@@ -17,10 +17,13 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         out: str = typer.Option(None, "--out", help="Output directory (staged, then renamed into place)."),
         merge: bool = typer.Option(False, "--merge", help="Write the merged full HF model directory to --out."),
         gguf: bool = typer.Option(False, "--gguf", help="Write GGUF files (llama.cpp's converter) to --out."),
-        gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF types, comma-separated: f16, bf16, q8_0."),
+        gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF types, comma-separated: f16, bf16, q8_0 (the "
+                                                               "converter); q4_k_m, q4_0, q5_k_m, q6_k (llama.cpp's "
+                                                               "quantizer: pip install 'kormed[gguf-quant]')."),
         model: str = typer.Option(None, "--model", help="Base model (default: the adapter's); without --adapter: "
                                                          "the (merged) model to convert."),
-        verify: bool = typer.Option(False, "--verify", help="Load each GGUF back with transformers and compare."),
+        verify: bool = typer.Option(False, "--verify", help="Load each GGUF with llama.cpp (and transformers) and "
+                                                         "compare tokens with the merged model."),
         fetch_converter: bool = typer.Option(
             False, "--fetch-converter", help="Install llama.cpp's GGUF converter once (pip downloads the "
                                              "llama-cpp-python sdist); exports themselves never download."),

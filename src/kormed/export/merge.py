@@ -32,6 +32,8 @@ from kormed.models import (
 )
 from kormed.weights import staged_as
 
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
 
 def _base_dtype(model_path: str) -> str:
     cfg = load_model_config(model_path)
@@ -108,6 +110,9 @@ def export_merged(
         with staged_as(stage, out):  # a full disk names the output directory's file, not the hidden stage
             merged.save_pretrained(stage, safe_serialization=True)
             tokenizer.save_pretrained(stage)
+            for name in _PROCESSOR_FILES:  # a multimodal model's image processor (llama.cpp's --mmproj reads it)
+                if (Path(model_path) / name).is_file():
+                    shutil.copyfile(Path(model_path) / name, stage / name)
         report = {
             "adapter": str(adapter),
             "base_model": model_path,

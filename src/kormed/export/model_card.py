@@ -250,12 +250,20 @@ def export_card(out_dir: Path, *, name: str, adapter: str | None, model_dir: Pat
     extra += [f"- `{k}`: {v}" for k, v in report.items() if k in ("class", "dtype", "vocab_size", "tokenizer_size",
                                                                  "tie_word_embeddings")]
     if files:
-        extra += [f"- GGUF: {', '.join(f'`{f}`' for f in files)} ({gguf.get('converter')})",
+        extra += [f"- GGUF: {', '.join(f'`{f}`' for f in files)} ({gguf.get('converter')}"
+                  + (f"; quantized by {gguf['quantizer']}" if gguf.get("quantizer") else "") + ")",
                   "- `Modelfile`: `ollama create NAME -f Modelfile` (Gemma template, stops at `<end_of_turn>`)"]
+    if gguf.get("mmproj"):
+        extra.append(f"- vision projector: `{gguf['mmproj']}` (llama.cpp: `llama-mtmd-cli -m {files[0]} --mmproj "
+                     f"{gguf['mmproj']} --image IMAGE`; a second `FROM` line of the Modelfile)")
     for name, v in (report.get("verification") or {}).items():
         extra.append(f"- verified `{name}` with transformers (`gguf_file=`): max |Δlogit| "
                      f"{v['max_abs_logit_diff']:.2e}, greedy generations equal: "
                      f"{v['greedy_merged'] == v['greedy_gguf']}")
+    for name, v in (report.get("verification_llama_cpp") or {}).items():
+        if isinstance(v, dict):
+            extra.append(f"- verified `{name}` with llama.cpp (llama-cpp-python): prompt token ids equal, greedy "
+                         f"generations equal: {v['greedy_equal']}, max |Δlogit| {v['max_abs_logit_diff']:.2e}")
     a = Path(adapter) if adapter else None
     return card(title=f"kormed export: {name}", kind=kind, adapter=a, model_dir=model_dir, extra=extra,
                 library="transformers" if (out_dir / "config.json").is_file() else "gguf",

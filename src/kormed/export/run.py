@@ -12,11 +12,20 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.export.gguf import (
+    CONVERTER_TYPES,
     LLAMA_CPP_PYTHON_VERSION,
+    QUANT_INSTALL,
+    QUANT_TYPES,
+    check_vision_layout,
     export_gguf_files,
+    export_mmproj,
     find_converter,
+    has_vision_tower,
+    merged_reference,
     parse_types,
+    require_llama_cpp,
     verify_gguf,
+    verify_llama_cpp,
 )
 from kormed.export.merge import check_adapter_base, export_merged
 from kormed.export.model_card import export_card
@@ -41,9 +50,10 @@ VERIFY_PROMPT = ("<start_of_turn>user\n고혈압 환자에게 처음 권하는 �
                  "<start_of_turn>model\n")
 
 
-def modelfile(gguf_name: str) -> str:
-    """An Ollama Modelfile for one GGUF file in the same directory (greedy, `<end_of_turn>` stops)."""
-    return (f"FROM ./{gguf_name}\n"
+def modelfile(gguf_name: str, mmproj_name: str | None = None) -> str:
+    """An Ollama Modelfile for one GGUF file in the same directory (greedy, `<end_of_turn>` stops); a vision
+    projector is a second FROM line (Ollama's way to attach a projector GGUF)."""
+    return (f"FROM ./{gguf_name}\n" + (f"FROM ./{mmproj_name}\n" if mmproj_name else "") +
             f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
             'PARAMETER stop "<end_of_turn>"\n'
             "PARAMETER temperature 0\n")
@@ -73,6 +83,35 @@ def _new_tokens(model_dir: Path, limit: int = 8) -> list[str]:
     return [t.replace("\u2581", " ").strip() for _, t in new[:limit] if t.strip("\u2581")]
 
 
+def _llama_cpp_version() -> str:
+    import llama_cpp
+
+    return str(getattr(llama_cpp, "__version__", "?"))
+
+
+def _verify_llama_cpp(model_dir: Path, types: list[str], files: list[Path], mmproj: Path | None, available: bool,
+                      summary: list[str], log: Any) -> dict[str, Any]:
+    """--verify with llama.cpp itself (every file, the projector loaded on the first); without llama-cpp-python
+    installed, a reported skip (the quantized types have refused to start without it)."""
+    if not available:
+        line = f"verify with llama.cpp: skipped, llama-cpp-python is not installed ({QUANT_INSTALL})"
+        log(f"[kormed] {line}")
+        summary.append(line)
+        return {"skipped": f"llama-cpp-python not installed ({QUANT_INSTALL})"}
+    reference = merged_reference(model_dir, VERIFY_PROMPT, 16)
+    results: dict[str, Any] = {"llama_cpp_python": _llama_cpp_version()}
+    for i, (t, f) in enumerate(zip(types, files, strict=True)):
+        log(f"[kormed] verifying {f.name}: llama.cpp (llama-cpp-python) loads it and generates")
+        v = verify_llama_cpp(model_dir, f, t, VERIFY_PROMPT, reference=reference,
+                             mmproj=mmproj if i == 0 else None)
+        results[f.name] = v
+        summary.append(f"verify {f.name} with llama.cpp: prompt ids equal, {len(v['greedy_merged'])} greedy tokens "
+                       f"equal {v['greedy_equal']} (largest near-tie {v['max_greedy_margin']:.2e} <= "
+                       f"{v['margin_limit']:.2e}), max |Δlogit| {v['max_abs_logit_diff']:.2e}"
+                       + (f"; {mmproj.name} loads on it" if "mmproj" in v and mmproj else ""))
+    return results
+
+
 def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool, gguf: bool,
                gguf_types: str = "f16", verify: bool = False, log: Any = print) -> dict[str, Any]:
     """Write the export; returns {"summary": [lines], "files": [...], ...}."""
@@ -97,8 +136,19 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         if not (resolved / "tokenizer.json").is_file():
             raise KormedError("the model directory has no tokenizer.json", path=resolved)
         src_model = resolved
+    llama_cpp_available = True
     if gguf:
         find_converter()  # before any work: a missing converter is one line saying how to install it
+        quant = [t for t in types if t in QUANT_TYPES]
+        if quant:  # before any work too: the quantizer is the optional llama-cpp-python
+            require_llama_cpp(f"GGUF type {', '.join(quant)}")
+        if verify:
+            try:
+                require_llama_cpp("--verify with llama.cpp")
+            except KormedError:
+                llama_cpp_available = False
+        if src_model is not None and has_vision_tower(src_model):
+            check_vision_layout(src_model)
     stage = _stage_dir(out_p)
     summary: list[str] = []
     report: dict[str, Any] = {}
@@ -112,15 +162,25 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         result_dir = stage / "merged" if merge else stage / "out"
         result_dir.mkdir(exist_ok=True)
         files: list[Path] = []
+        mmproj: Path | None = None
         verification: dict[str, Any] = {}
         if gguf:
             files = export_gguf_files(src_model, result_dir, types, out_p.name, log=log)
+            if has_vision_tower(src_model):
+                mmproj = export_mmproj(src_model, result_dir, out_p.name, log=log)
             report["gguf"] = {"files": [f.name for f in files], "converter": "llama.cpp convert_hf_to_gguf.py "
                               f"(llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist)"}
+            if any(t in QUANT_TYPES for t in types):
+                report["gguf"]["quantizer"] = ("llama.cpp llama_model_quantize (llama-cpp-python "
+                                               f"{_llama_cpp_version()})")
+            if mmproj is not None:
+                report["gguf"]["mmproj"] = mmproj.name
             with atomic_write(result_dir / "Modelfile") as fh:
-                fh.write(modelfile(files[0].name))
+                fh.write(modelfile(files[0].name, mmproj.name if mmproj else None))
             if verify:
-                for f in files:
+                for t, f in zip(types, files, strict=True):
+                    if t not in CONVERTER_TYPES:
+                        continue  # transformers' reader checks the converter's own types; llama.cpp checks all
                     log(f"[kormed] verifying {f.name}: transformers loads it back with gguf_file=")
                     v = verify_gguf(src_model, f, VERIFY_PROMPT, terms=_new_tokens(src_model))
                     verification[f.name] = v
@@ -128,6 +188,8 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
                                    f"{v['max_abs_logit']:.2f}), argmax equal {v['argmax_equal']}, greedy equal "
                                    f"{v['greedy_merged'] == v['greedy_gguf']}")
                 report["verification"] = verification
+                report["verification_llama_cpp"] = _verify_llama_cpp(src_model, types, files, mmproj,
+                                                                     llama_cpp_available, summary, log)
         if not merge:
             report.setdefault("base_model", str(src_model))
             report.setdefault("class", read_json(src_model / "config.json").get("architectures", ["?"])[0])
@@ -145,9 +207,12 @@ def run_export(*, adapter: str | None, out: str, model: str | None, merge: bool,
         shutil.rmtree(stage, ignore_errors=True)
     if merge:
         summary.insert(0, f"merged model ({report.get('class')}, {report.get('dtype')}) in {out_p}")
-    for f in files:
+    for f in files + ([mmproj] if mmproj else []):
         summary.append(f"GGUF {out_p / f.name} ({(out_p / f.name).stat().st_size / 2**20:.1f} MiB)")
     if gguf:
         summary.append(f"Ollama: cd {out_p} && ollama create NAME -f Modelfile")
+        if mmproj is not None:
+            summary.append(f"llama.cpp with images: llama-mtmd-cli -m {out_p / files[0].name} --mmproj "
+                           f"{out_p / mmproj.name} --image IMAGE -p PROMPT")
     summary.append(f"model card: {out_p / 'README.md'}")
     return {"summary": summary, "files": [str(out_p / f.name) for f in files], "report": report}
