@@ -258,7 +258,6 @@ def test_q4_k_m_export_checked_by_llama_cpp(llama_cpp, converter, extended_model
     import hashlib
 
     from kormed.export.run import VERIFY_PROMPT
-
     from kormed.models import load_tokenizer
 
     assert 262145 in load_tokenizer(str(extended_model_256)).encode(VERIFY_PROMPT)
@@ -290,10 +289,9 @@ def test_q4_k_m_export_checked_by_llama_cpp(llama_cpp, converter, extended_model
 def test_llama_cpp_verify_refuses_a_tokenizer_mismatch(llama_cpp, converter, extended_model, tiny_gemma3_dir,
                                                        tmp_path):
     """The check compares token ids: the extended model's GGUF against the base tokenizer's model is one error."""
-    from kormed.export.run import VERIFY_PROMPT
-    from kormed.export.gguf import convert, verify_llama_cpp
-
     from kormed.errors import KormedError
+    from kormed.export.gguf import convert, verify_llama_cpp
+    from kormed.export.run import VERIFY_PROMPT
 
     gguf_file = convert(extended_model, tmp_path / "ext-f16.gguf", "f16", log=lambda m: None)
     with pytest.raises(KormedError, match="llama.cpp tokenizes the check prompt differently"):
