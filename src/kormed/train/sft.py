@@ -406,6 +406,20 @@ def _stop_verdict(record: SFTStepRecord, summary: dict[str, Any], tracker: StopT
     return {**summary, "stop_reason": reason, "stop_detail": detail}
 
 
+def _start_reference(ctx: StepContext, tracker: StopTracker, callback: StopConditionCallback,
+                     options: Any) -> tuple[Any, str | None]:
+    """'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it ran in
+    this process (same model, same validation sets), else an evaluation at step 0. Returns the options and where
+    the reference comes from (None: no condition needs one)."""
+    if not any(c.op == "maintained" for c in tracker.conditions):
+        return options, None
+    if ctx.last_metrics is not None:
+        callback.start_metrics = dict(ctx.last_metrics)
+        tracker.reference = dict(ctx.last_metrics)
+        return options, "final evaluation of the previous step"
+    return dataclasses.replace(options, eval_on_start=True), "evaluation at step 0"
+
+
 def _log_batches(ctx: StepContext, name: str, batches: dict[str, Any]) -> None:
     pad = batches["padding_fraction"]
     ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
@@ -436,17 +450,7 @@ def run_sft_step(
         save_checkpoints=False, seed=ctx.seed, eval_on_start=False,
     )
     callback = StopConditionCallback(tracker, log=ctx.log)
-    start_source = None
-    if any(c.op == "maintained" for c in tracker.conditions):
-        # 'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it
-        # ran in this process (same model, same validation sets), else an evaluation at step 0.
-        if ctx.last_metrics is not None:
-            callback.start_metrics = dict(ctx.last_metrics)
-            tracker.reference = dict(ctx.last_metrics)
-            start_source = "final evaluation of the previous step"
-        else:
-            options = dataclasses.replace(options, eval_on_start=True)
-            start_source = "evaluation at step 0"
+    options, start_source = _start_reference(ctx, tracker, callback, options)
     ctx.log(f"[kormed] {name}: {step.name}: {step.description} mix {normalise_weights(step.mix)} ({step.mode}), "
             f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
