@@ -142,6 +142,8 @@ def test_training_info_written_before_the_version_field_reads_as_version_0(tmp_p
     # written back, its keys and values are those it was read from (its version added)
     again = info.to_json()
     assert again.pop("version") == 0 and again == _OLD_STEP_INFO
+    full = {**_OLD_STEP_INFO, "method": "full", "lora": None}  # a full fine-tune's step
+    assert TrainingInfo.from_json(full).to_json() == {**full, "version": 0}
     # the loop's starting adapter: a saved model with no trainer run
     start = TrainingInfo.from_json({"stage": "loop", "round": 0, "model": "embedded"})
     assert start.summary is None and start.sft is None and start.version == 0

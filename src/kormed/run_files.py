@@ -198,17 +198,17 @@ class SFTStepRecord:
     batches: dict[str, Any] | None = None
 
 
-# the model as prepared (train.engine.model_setup), the stage's config and data, and where and how it ran: written
-# when set (a full fine-tune's `lora: null` is left out)
-_INFO_SECTIONS = ("model", "model_path", "method", "tokenizer", "lora", "config", "data", "runtime", "loss",
-                  "library_versions")
+# the model as prepared (train.engine.model_setup; written whole, a full fine-tune's `lora: null` included), then
+# the stage's config and data and where and how it ran (written when set)
+_MODEL_RECORD = ("model", "model_path", "method", "tokenizer", "lora")
+_INFO_SECTIONS = (*_MODEL_RECORD, "config", "data", "runtime", "loss", "library_versions")
 
 
 @dataclass(kw_only=True)
 class TrainingInfo:
     """training_info.json: one trainer run (CPT, an SFT step, a loop round), or a saved adapter that no trainer
-    run made (the loop's round00_start: no summary). Written flat, one JSON object: the recipe's record, the
-    typed sections, the SFT step's record and the engine's summary, in that order of precedence."""
+    run made (the loop's round00_start: no summary). Written flat, one JSON object with the keys its readers have
+    always read (the sections' fields side by side with the recipe's record), and its version."""
 
     stage: str | None = None  # "cpt", "sft" (an SFT step or a loop round), "loop" (the loop's starting adapter)
     summary: TrainingSummary | None = None  # None: a saved adapter, not a trainer run
@@ -235,7 +235,9 @@ class TrainingInfo:
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.record)
-        out.update({k: getattr(self, k) for k in _INFO_SECTIONS if getattr(self, k) is not None})
+        whole = self.method is not None  # a model record
+        out.update({k: getattr(self, k) for k in _INFO_SECTIONS
+                    if getattr(self, k) is not None or (whole and k in _MODEL_RECORD)})
         if self.sft is not None:
             out.update(dataclasses.asdict(self.sft))
         if self.summary is not None:
