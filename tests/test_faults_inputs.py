@@ -943,3 +943,25 @@ def test_an_sft_summary_with_a_broken_step_row_is_one_error_not_a_dropped_row(tm
     }), encoding="utf-8")
     with pytest.raises(KormedError, match=r"sft_summary.json.*not a kormed SFT summary.*'step'"):
         sft_result(tmp_path)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"global_step": "three"}, "global_step"),  # mistyped: was read as a step count of "three"
+    ({"last_eval": [0.5]}, "last_eval"),  # was read as "no metrics"
+    ({"conditions_at_stop": "eval_qa_loss < 0.3"}, "conditions_at_stop"),  # an SFT step's record, mistyped
+    ({"lora": 8}, "lora"),
+])
+def test_a_malformed_training_info_is_one_error_naming_the_file_and_field(tmp_path: Path, change: dict[str, Any],
+                                                                           field: str) -> None:
+    """training_info.json is read by one typed reader (the runner, the report, the model cards and the recipes):
+    a mistyped field is one line naming the file and the field, not a silently wrong number or a traceback."""
+    from kormed.pipeline.results import train_result
+
+    info = {"stage": "sft", "stop_reason": "conditions_met", "stop_step": 3, "global_step": 3,
+            "last_eval": {"step": 3, "eval_qa_loss": 0.25}, "conditions_at_stop": [], "lora": {"r": 8}}
+    (tmp_path / "training_info.json").write_text(json.dumps({**info, **change}), encoding="utf-8")
+    with pytest.raises(KormedError) as err:
+        train_result(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and f"{tmp_path / 'training_info.json'}" in message and f"'{field}'" in message
+

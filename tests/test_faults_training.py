@@ -236,7 +236,7 @@ def test_nan_weights_are_never_checkpointed(small_model, real_tokenizer, tmp_pat
     # the final adapter is not published either (SFT saves its step's adapter after any stop)
     full = finish_run(trainer, real_tokenizer, tmp_path / "adapter", {"stage": "test"},
                       {**summary, "stop_reason": "max_steps"})
-    assert full["stop_reason"] == StopReason.NON_FINITE_LOSS and "no adapter saved" in full["stop_detail"]
+    assert full.summary.stop_reason == StopReason.NON_FINITE_LOSS and "no adapter saved" in full.summary.stop_detail
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "adapter" / "training_info.json").read_text())["stop_reason"] == "non_finite_loss"
 
@@ -376,7 +376,7 @@ class TestResumeEndsWhereTheRunEnds:
             assert torch.equal(_weights(model)[name], value), name
         assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
         full_info = finish_run(trainer, real_tokenizer, out / "adapter", {"stage": "test"}, summary)
-        assert full_info["global_step"] == 2 and (out / "adapter" / "adapter_model.safetensors").is_file()
+        assert full_info.summary.global_step == 2 and (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
     def test_resume_after_a_stop_condition(self, small_model, real_tokenizer, tmp_path):

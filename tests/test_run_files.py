@@ -1,5 +1,5 @@
-"""The files one stage writes and another reads: the SFT summary's one typed schema (written, read back equal,
-versioned) and the `step{n}` directory names from one function."""
+"""The files one stage writes and another reads: the typed schemas of the SFT summary, the loop table and
+training_info.json (written, read back equal, versioned) and the `step{n}` directory names from one function."""
 
 from __future__ import annotations
 
@@ -8,8 +8,20 @@ from pathlib import Path
 
 from kormed.io import write_json
 from kormed.pipeline.registry import sft_step_names
-from kormed.pipeline.results import sft_result
-from kormed.run_files import SFT_SUMMARY, SFT_SUMMARY_VERSION, STEP_DIR, SFTStepRow, SFTSummary, step_dir_name
+from kormed.pipeline.results import sft_result, train_result
+from kormed.run_files import (
+    SFT_SUMMARY,
+    SFT_SUMMARY_VERSION,
+    STEP_DIR,
+    TRAINING_INFO,
+    TRAINING_INFO_VERSION,
+    SFTStepRecord,
+    SFTStepRow,
+    SFTSummary,
+    TrainingInfo,
+    TrainingSummary,
+    step_dir_name,
+)
 
 
 def _summary(out: Path) -> SFTSummary:
@@ -66,3 +78,72 @@ def test_the_loop_table_is_written_and_read_back_through_one_type(tmp_path: Path
     del data["version"]
     write_json(tmp_path / LOOP_TABLE, data)
     assert LoopTable.read(tmp_path / LOOP_TABLE).version == 0
+
+
+# ------------------------------------------------------------------------------------------- training_info.json
+
+# one SFT step's training_info.json as kormed wrote it before the version field (keys as the engine and
+# run_sft_step spelled them inline): the typed reader must read it, and write the same keys back
+_OLD_STEP_INFO = {
+    "stage": "sft", "step": "step1", "step_name": "qa", "description": "qa first", "step_number": 1,
+    "model": "embedded", "model_path": "/models/tiny", "method": "lora", "multimodal": False,
+    "adapter_init": None, "tokenizer": {"path": "/models/tiny", "vocab_size": 512, "new_tokens": 0},
+    "lora": {"r": 8, "alpha": 16}, "embeddings_tied": True, "quantization": "none", "trainable_params": 1024,
+    "sources": {"mcq": {"records": 10}}, "started_from": None, "data": {"qa": {"train": 8}},
+    "mix": {"qa": 1.0}, "mix_mode": "interleave", "mix_by": None, "mix_report": {"sources": {}, "mix_by": None},
+    "stopping_strategy": "all_exhausted", "train_examples": 8, "stop_conditions": ["eval_qa_loss < 0.3"],
+    "stable_evals": 1, "stable_metrics": [], "tolerances": {"loss": 0.0}, "baseline_raw_perplexity": 9.5,
+    "start_metrics": None, "start_metrics_source": None, "max_steps": 4,
+    "train_options": {"lr": 0.001, "batch_size": 2},
+    "stop_reason": "conditions_met", "stop_step": 3, "stop_detail": "", "global_step": 3, "epochs": 0.5,
+    "tokens_seen": 480, "wall_time_s": 1.25, "resumed_from": None, "best_metric": None, "best_step": None,
+    "best_checkpoint": None, "first_eval": None,
+    "best_eval": None, "last_eval": {"step": 3, "epoch": 0.5, "eval_qa_loss": 0.25},
+    "eval_history": [{"step": 3, "epoch": 0.5, "eval_qa_loss": 0.25}], "kormedmcqa_history": [],
+    "train_loss_last": 0.5, "train_loss_first": 1.5, "gradient_accumulation_steps": 1, "world_size": 1,
+    "effective_batch_size": 2, "engine_stop_reason": "conditions_met", "conditions_met": True,
+    "metrics_at_stop": {"step": 3, "epoch": 0.5, "eval_qa_loss": 0.25},
+    "conditions_at_stop": [{"condition": "eval_qa_loss < 0.3", "metric": "eval_qa_loss", "value": 0.25,
+                            "threshold": 0.3, "holds": True}],
+    "stop_checks": [], "batches": {"padding_free": True, "real_tokens": 480},
+    "runtime": {"device": "cpu", "dtype": "float32"}, "loss": {"impl": "chunked", "chunk_size": 256},
+    "library_versions": {"python": "3.11"},
+}
+
+
+def test_training_info_is_written_and_read_back_through_one_type(tmp_path: Path) -> None:
+    info = TrainingInfo(
+        stage="sft", model="embedded", method="lora", lora={"r": 4}, data={"qa": {"train": 3}},
+        runtime={"device": "cpu"}, record={"sources": {"mcq": {"records": 3}}, "round": 2},
+        summary=TrainingSummary(stop_reason="max_steps", stop_step=5, global_step=5, tokens_seen=100,
+                                last_eval={"step": 5, "eval_qa_loss": 0.75, "eval_runtime": 0.1}),
+        sft=SFTStepRecord(step="round02", step_name="dict", train_options={"lr": 0.002},
+                          conditions_at_stop=[{"condition": "eval_qa_loss < 0.5", "metric": "eval_qa_loss",
+                                               "value": 0.75, "threshold": 0.5, "holds": False}],
+                          metrics_at_stop={"eval_qa_loss": 0.75}))
+    write_json(tmp_path / TRAINING_INFO, info.to_json())
+    data = json.loads((tmp_path / TRAINING_INFO).read_text())
+    # one flat object, as its readers always read it: no nesting added by the types
+    assert data["version"] == TRAINING_INFO_VERSION and data["stop_reason"] == "max_steps"
+    assert data["round"] == 2 and data["step_name"] == "dict" and data["lora"] == {"r": 4}
+    back = TrainingInfo.read(tmp_path / TRAINING_INFO)
+    assert back == info and back.train_options == {"lr": 0.002}
+    result = train_result(tmp_path)  # the runner's, the report's and the model cards' reader
+    assert (result.global_step, result.final_metrics, [t.value for t in result.thresholds]) == (
+        5, {"eval_qa_loss": 0.75}, [0.5])
+
+
+def test_training_info_written_before_the_version_field_reads_as_version_0(tmp_path: Path) -> None:
+    write_json(tmp_path / TRAINING_INFO, _OLD_STEP_INFO)
+    info = TrainingInfo.read(tmp_path / TRAINING_INFO)
+    assert info.version == 0 and info.summary.stop_reason == "conditions_met" and info.summary.global_step == 3
+    assert info.sft.metrics_at_stop["eval_qa_loss"] == 0.25 and info.record["step_number"] == 1
+    assert info.train_options["lr"] == 0.001 and info.tokenizer["vocab_size"] == 512
+    # written back, its keys and values are those it was read from (its version added)
+    again = info.to_json()
+    assert again.pop("version") == 0 and again == _OLD_STEP_INFO
+    full = {**_OLD_STEP_INFO, "method": "full", "lora": None}  # a full fine-tune's step
+    assert TrainingInfo.from_json(full).to_json() == {**full, "version": 0}
+    # the loop's starting adapter: a saved model with no trainer run
+    start = TrainingInfo.from_json({"stage": "loop", "round": 0, "model": "embedded"})
+    assert start.summary is None and start.sft is None and start.version == 0

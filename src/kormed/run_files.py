@@ -1,7 +1,9 @@
 """The files one stage writes and another reads, each spelled once: their names, the `step{n}` directory names,
 and the typed, versioned schemas of the SFT summary (its step rows) and the loop table (its round rows), written by
 their recipe and read back by the recipe itself (`--from-step`) and by the pipeline's results (runner, report,
-model cards) through the same type. (training_info.json is written by kormed.train.engine.outputs.finish_run.)
+model cards) through the same type; and training_info.json, one trainer run's record (TrainingInfo: the engine's
+summary, an SFT step's own record, the model and the recipe's record), written by
+kormed.train.engine.outputs.finish_run and read by the recipes, the pipeline's results and the model cards.
 
 This module imports nothing heavy, so every layer may read it.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +134,170 @@ class LoopTable:
                        **{k: v for k, v in data.items() if k in fields})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KormedError(f"not a kormed loop table (missing or bad field: {exc})", path=path) from None
+
+
+TRAINING_INFO_VERSION = 1  # training_info.json written before the version field existed reads as version 0
+
+
+@dataclass(kw_only=True)
+class TrainingSummary:
+    """How one trainer run went and why it stopped: the engine's summary (train.engine.outputs.summarize). An SFT
+    step replaces stop_reason and stop_detail with its stop conditions' verdict (the engine's is in SFTStepRecord)."""
+
+    stop_reason: str  # a kormed.stop_reason.StopReason value
+    stop_step: int | None = None
+    stop_detail: str | None = None
+    global_step: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    tokens_seen: int | None = None
+    wall_time_s: float | None = None
+    resumed_from: str | None = None
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_checkpoint: str | None = None
+    first_eval: dict[str, Any] | None = None  # eval_* metrics with their step and epoch
+    best_eval: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    kormedmcqa_history: list[dict[str, Any]] = field(default_factory=list)
+    train_loss_last: float | None = None
+    train_loss_first: float | None = None
+    gradient_accumulation_steps: int | None = None
+    world_size: int | None = None
+    effective_batch_size: int | None = None
+
+
+@dataclass(kw_only=True)
+class SFTStepRecord:
+    """What one SFT step (or loop round) trained on, and how its stop conditions decided (sft.run_sft_step)."""
+
+    step: str | None = None  # its name in the logs: step1, round02
+    step_name: str | None = None
+    description: str | None = None
+    mix: dict[str, float] | None = None  # normalised weights per source
+    mix_mode: str | None = None
+    mix_by: str | None = None
+    mix_report: dict[str, Any] | None = None
+    stopping_strategy: str | None = None
+    train_examples: int | None = None
+    stop_conditions: list[str] = field(default_factory=list)
+    stable_evals: int | None = None
+    stable_metrics: list[str] = field(default_factory=list)
+    tolerances: dict[str, Any] | None = None
+    baseline_raw_perplexity: float | None = None
+    start_metrics: dict[str, float] | None = None
+    start_metrics_source: str | None = None
+    train_options: dict[str, Any] | None = None
+    # the stop record
+    engine_stop_reason: str | None = None  # the engine's own reason (None: the stop conditions ended the step)
+    conditions_met: bool | None = None
+    metrics_at_stop: dict[str, float] | None = None
+    conditions_at_stop: list[dict[str, Any]] = field(default_factory=list)
+    stop_checks: list[dict[str, Any]] = field(default_factory=list)
+    batches: dict[str, Any] | None = None
+
+
+# the model as prepared (train.engine.model_setup; written whole, a full fine-tune's `lora: null` included), then
+# the stage's config and data and where and how it ran (written when set)
+_MODEL_RECORD = ("model", "model_path", "method", "tokenizer", "lora")
+_INFO_SECTIONS = (*_MODEL_RECORD, "config", "data", "runtime", "loss", "library_versions")
+
+
+@dataclass(kw_only=True)
+class TrainingInfo:
+    """training_info.json: one trainer run (CPT, an SFT step, a loop round), or a saved adapter that no trainer
+    run made (the loop's round00_start: no summary). Written flat, one JSON object with the keys its readers have
+    always read (the sections' fields side by side with the recipe's record), and its version."""
+
+    stage: str | None = None  # "cpt", "sft" (an SFT step or a loop round), "loop" (the loop's starting adapter)
+    summary: TrainingSummary | None = None  # None: a saved adapter, not a trainer run
+    sft: SFTStepRecord | None = None  # an SFT step's or loop round's own record
+    model: str | None = None
+    model_path: str | None = None
+    method: str | None = None  # "lora" or "full"
+    tokenizer: dict[str, Any] | None = None
+    lora: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # CPT: its whole config
+    data: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    loss: dict[str, Any] | None = None
+    library_versions: dict[str, str] | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # the rest the recipe recorded (sources, counts, round...)
+    version: int = TRAINING_INFO_VERSION
+
+    @property
+    def train_options(self) -> dict[str, Any]:
+        """The training options the run used: an SFT step's own, else the stage config's `train` section."""
+        if self.sft is not None and self.sft.train_options:
+            return self.sft.train_options
+        return dict((self.config or {}).get("train") or {})
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.record)
+        whole = self.method is not None  # a model record
+        out.update({k: getattr(self, k) for k in _INFO_SECTIONS
+                    if getattr(self, k) is not None or (whole and k in _MODEL_RECORD)})
+        if self.sft is not None:
+            out.update(dataclasses.asdict(self.sft))
+        if self.summary is not None:
+            out.update(dataclasses.asdict(self.summary))
+        if self.stage is not None:
+            out["stage"] = self.stage
+        out["version"] = self.version
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, path: str | Path = TRAINING_INFO) -> TrainingInfo:
+        """Check and type a parsed training_info.json; anything malformed is a KormedError naming `path` and the
+        field."""
+        if not isinstance(data, dict):
+            raise KormedError("not a kormed training info (not a JSON object)", path=path)
+        rest = dict(data)
+        summary = _typed(TrainingSummary, rest, path) if "stop_reason" in rest else None
+        sft_keys = {f.name for f in dataclasses.fields(SFTStepRecord)}
+        sft = _typed(SFTStepRecord, rest, path) if sft_keys & set(rest) else None
+        sections = {k: rest.pop(k) for k in (*_INFO_SECTIONS, "stage", "version") if k in rest}
+        info = cls(summary=summary, sft=sft, record=rest, **{"version": 0, **sections})
+        _check_types(info, path, skip=("summary", "sft", "record"))
+        return info
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainingInfo:
+        """Read and check one training_info.json (a file written before the version field reads as version 0)."""
+        return cls.from_json(read_json(path, what="training info"), path)
+
+
+def _typed(cls: Any, data: dict[str, Any], path: str | Path) -> Any:
+    """Pop `cls`'s fields out of `data` and build it, each value checked against its annotation."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = cls(**{k: data.pop(k) for k in names if k in data})
+    _check_types(obj, path)
+    return obj
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a JSON value fits a field annotation (None, bool, int, float, str, dict, list, unions of them)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (dict, list):
+        return isinstance(value, origin)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(obj: Any, path: str | Path, skip: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name not in skip and not _accepts(hints[f.name], value):
+            raise KormedError(f"not a kormed training info (expected {hints[f.name]}, found {value!r:.60})",
+                              path=path, field=f.name)

@@ -830,7 +830,7 @@ def _sft_kormed(task: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
                           baseline=None, tolerances=Tolerances(), seed=SEED, stopping_strategy=base.stopping_strategy,
                           info=info, log=log, **extra)
     meter.watch(model)
-    full = sft.run_sft_step(ctx, step, name="bench", out_dir=Path(task["work"]) / "out")
+    full = sft.run_sft_step(ctx, step, name="bench", out_dir=Path(task["work"]) / "out").to_json()
     batches = full.get("batches") or {}
     return {**_kormed_settings(full, options), "padding_free": batches.get("padding_free"),
             "examples": len(rows)}

@@ -16,7 +16,7 @@ from kormed.errors import KormedError
 from kormed.io import atomic_write
 from kormed.pipeline.registry import TRAINING_STAGES
 from kormed.pipeline.rundir import collect, rows_of_stats, target_key
-from kormed.run_files import TRAINING_INFO
+from kormed.run_files import TRAINING_INFO, TrainingInfo, TrainingSummary
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -64,12 +64,12 @@ def find_run_dir(path: Path) -> Path | None:
     return None
 
 
-def _base_name(adapter: Path | None, info: dict[str, Any], model_dir: Path | None) -> str:
-    if info.get("model") and info.get("model") != "embedded":
-        return str(info["model"])
+def _base_name(adapter: Path | None, info: TrainingInfo, model_dir: Path | None) -> str:
+    if info.model and info.model != "embedded":
+        return info.model
     cfg = _load(adapter / "adapter_config.json") if adapter else None
-    base = (cfg or {}).get("base_model_name_or_path") or info.get("model_path")
-    if info.get("model") == "embedded" or (base and Path(str(base)).name.startswith("gemma3-270m")):
+    base = (cfg or {}).get("base_model_name_or_path") or info.model_path
+    if info.model == "embedded" or (base and Path(str(base)).name.startswith("gemma3-270m")):
         return "google/gemma-3-270m"
     if base:
         return str(base)
@@ -107,9 +107,9 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[str, dict[str, Any]]]:
+def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[str, TrainingInfo]]:
     """(name, training_info) of each trainer run that led to the adapter (the run's, or the adapter's alone)."""
-    units: list[tuple[str, dict[str, Any]]] = []
+    units: list[tuple[str, TrainingInfo]] = []
     if run_dir is not None:
         data = collect(run_dir, curves=False)
         order = list(TRAINING_STAGES)
@@ -118,21 +118,20 @@ def _training_units(run_dir: Path | None, adapter: Path | None) -> list[tuple[st
         except ValueError:
             own = "loop"
         for stage in order[: order.index(own) + 1] if own in order else order:
-            units += [(u.name, u.info) for u in data.training.get(stage, []) if u.info]
-    elif adapter is not None and isinstance(_load(adapter / TRAINING_INFO), dict):
-        units.append((adapter.name, _load(adapter / TRAINING_INFO)))
+            units += [(u.name, u.info) for u in data.training.get(stage, []) if u.info is not None]
+    elif adapter is not None and (adapter / TRAINING_INFO).is_file():
+        units.append((adapter.name, TrainingInfo.read(adapter / TRAINING_INFO)))
     return units
 
 
-def _stage_rows(units: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+def _stage_rows(units: list[tuple[str, TrainingInfo]]) -> list[list[Any]]:
     rows = []
     for name, info in units:
-        cfg = info.get("config") or {}
-        train = cfg.get("train") or info.get("train_options") or {}
-        lora = {} if info.get("method") == "full" else info.get("lora") or cfg.get("lora") or {}
-        rows.append([name, info.get("global_step"), info.get("tokens_seen"), train.get("lr"),
-                     info.get("effective_batch_size"), lora.get("r"), info.get("stop_reason"),
-                     (info.get("stop_detail") or "").split("\n")[0][:120] or None])
+        lora = {} if info.method == "full" else info.lora or (info.config or {}).get("lora") or {}
+        run = info.summary or TrainingSummary(stop_reason="")  # a saved adapter: no trainer run recorded
+        rows.append([name, run.global_step, run.tokens_seen, info.train_options.get("lr"),
+                     run.effective_batch_size, lora.get("r"), run.stop_reason or None,
+                     (run.stop_detail or "").split("\n")[0][:120] or None])
     return rows
 
 
@@ -152,7 +151,7 @@ def _data_lines(run_dir: Path | None) -> list[str]:
     return out
 
 
-def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, TrainingInfo]]) -> list[str]:
     tok = None
     if run_dir is not None:
         tok = collect(run_dir, curves=False).tokenizer
@@ -166,7 +165,7 @@ def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, dict[str, Any]
                 f"{k} {_fmt(v)}" for k, v in held.items() if not isinstance(v, dict | list)) + ".")
         return lines
     for _, info in units:
-        t = info.get("tokenizer") or {}
+        t = info.tokenizer or {}
         if t.get("new_tokens"):
             return [f"Extended tokenizer: {t['new_tokens']} new tokens, vocabulary {t.get('vocab_size')}."]
     return ["Tokenizer: the base model's Gemma 3 tokenizer, unchanged."]
@@ -203,7 +202,7 @@ def card(*, title: str, kind: str, adapter: Path | None = None, model_dir: Path 
     """The card text. `kind` says what the directory holds (one sentence)."""
     run_dir = find_run_dir(adapter) if adapter is not None else None
     units = _training_units(run_dir, adapter)
-    info = units[0][1] if units else {}
+    info = units[0][1] if units else TrainingInfo()
     base = _base_name(adapter, info, model_dir)
     _, terms = licence_for(base)
     lic = licence_for(base)[0]["license_link"]

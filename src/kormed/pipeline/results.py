@@ -19,7 +19,7 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import read_json, write_json
-from kormed.run_files import LOOP_TABLE, SFT_SUMMARY, TRAINING_INFO, LoopTable, SFTSummary
+from kormed.run_files import LOOP_TABLE, SFT_SUMMARY, TRAINING_INFO, LoopTable, SFTSummary, TrainingInfo
 from kormed.run_files import STEP_DIR as _STEP_DIR
 from kormed.stop_reason import StopReason
 from kormed.tokenizer.report import REPORT_FILE
@@ -155,11 +155,12 @@ class TrainResult:
         return self.stop_reason.finished
 
 
-def _thresholds(info: dict[str, Any]) -> list[Threshold]:
+def _thresholds(info: TrainingInfo) -> list[Threshold]:
     """SFT/loop: the conditions as evaluated at the stop (baseline resolved); CPT: its target perplexity."""
+    at_stop = info.sft.conditions_at_stop if info.sft is not None else []
     out = [Threshold(c["metric"], float(c["threshold"]), c["condition"])
-           for c in info.get("conditions_at_stop") or [] if c.get("threshold") is not None]
-    target = ((info.get("config") or {}).get("train") or {}).get("target_perplexity")
+           for c in at_stop if c.get("threshold") is not None]
+    target = ((info.config or {}).get("train") or {}).get("target_perplexity")
     if target:
         out.append(Threshold("eval/perplexity", float(target), f"target ppl < {target:g}"))
     return out
@@ -168,15 +169,15 @@ def _thresholds(info: dict[str, Any]) -> list[Threshold]:
 def train_result(unit_dir: str | Path, name: str | None = None) -> TrainResult:
     """Read one trainer run's `training_info.json` (engine summary + the SFT step's stop record)."""
     path = Path(unit_dir) / TRAINING_INFO
-    info = read_json(path, what="training info")
-    if not isinstance(info, dict) or "stop_reason" not in info:
+    info = TrainingInfo.read(path)
+    run = info.summary
+    if run is None:
         raise KormedError("not a kormed training_info.json (no stop_reason)", path=path)
     try:
         return TrainResult(
-            name=name or Path(unit_dir).name, adapter=str(unit_dir), stop_reason=_reason(info["stop_reason"], path),
-            stop_step=info.get("stop_step"), global_step=info.get("global_step"),
-            tokens_seen=info.get("tokens_seen"), wall_time_s=info.get("wall_time_s"),
-            final_metrics=_metrics(info.get("last_eval")), best_metrics=_metrics(info.get("best_eval")),
+            name=name or Path(unit_dir).name, adapter=str(unit_dir), stop_reason=_reason(run.stop_reason, path),
+            stop_step=run.stop_step, global_step=run.global_step, tokens_seen=run.tokens_seen,
+            wall_time_s=run.wall_time_s, final_metrics=_metrics(run.last_eval), best_metrics=_metrics(run.best_eval),
             thresholds=_thresholds(info))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise KormedError(f"not a kormed training_info.json ({exc})", path=path) from None
@@ -191,7 +192,7 @@ def _units(stage_dir: Path, pattern: re.Pattern[str]) -> list[TrainResult]:
         for d in stage_dir.iterdir():
             m = pattern.match(d.name)
             info_file = d / TRAINING_INFO
-            if m and info_file.is_file() and "stop_reason" in read_json(info_file, what="training info"):
+            if m and info_file.is_file() and TrainingInfo.read(info_file).summary is not None:
                 found.append((int(m.group(1)), d.name, train_result(d)))
     return [r for _, _, r in sorted(found, key=lambda t: (t[0], t[1]))]
 

@@ -20,6 +20,7 @@ from kormed.io import read_json
 from kormed.pipeline import results
 from kormed.pipeline.registry import STAGE_DIRS, TRAINING_STAGES
 from kormed.pipeline.results import EvalResult, LoopResult, PrepareResult, TokenizerResult, TrainResult
+from kormed.run_files import TRAINING_INFO, TrainingInfo
 
 _EVENT_GLOB = "events.out.tfevents.*"
 
@@ -85,7 +86,7 @@ class TrainingUnit:
     stage: str
     name: str  # "cpt", "sft/step1", "loop/round02_mcq"
     result: TrainResult
-    info: dict[str, Any] = field(default_factory=dict)  # its training_info.json as written (for the model cards)
+    info: TrainingInfo | None = None  # its training_info.json (for the model cards)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     source: str = ""  # where the curves came from
 
@@ -108,6 +109,15 @@ def _curves(run_dir: Path, stage: str, name: str, unit_dir: Path) -> tuple[dict[
     return {}, ""
 
 
+def _training_info(unit_dir: Path) -> TrainingInfo | None:
+    """A trainer run's training_info.json, or None when it is absent or unreadable (the report never fails on one
+    file; its typed result, read from the same file, already says why)."""
+    try:
+        return TrainingInfo.read(unit_dir / TRAINING_INFO)
+    except (OSError, KormedError):
+        return None
+
+
 def training_units(run_dir: Path, stage: str, stage_dir: Path, result: Any, *,
                    curves: bool = True) -> list[TrainingUnit]:
     """The trainer runs of a training stage's typed result, in order, with their curves (unless `curves=False`)."""
@@ -121,9 +131,8 @@ def training_units(run_dir: Path, stage: str, stage_dir: Path, result: Any, *,
         return []
     units = []
     for name, unit_dir, r in runs:
-        info = load_json(unit_dir / results.TRAINING_INFO)
         scalars, source = _curves(run_dir, stage, name, unit_dir) if curves else ({}, "")
-        units.append(TrainingUnit(stage=stage, name=name, result=r, info=info if isinstance(info, dict) else {},
+        units.append(TrainingUnit(stage=stage, name=name, result=r, info=_training_info(unit_dir),
                                   scalars=scalars, source=source))
     return units
 

@@ -421,13 +421,13 @@ def run_cpt(cfg: CPTConfig, *, tokenizer_options: Any = None, callbacks: Any = (
     }
     ok = StopReason(summary["stop_reason"]).finished
     full = finish_run(trainer, tokenizer, output, info, summary, save=ok)
-    full["output"] = str(output)
-    if full["stop_reason"] == StopReason.NON_FINITE_LOSS:  # also weights found non-finite when saving the adapter
+    done = full.summary
+    if done.stop_reason == StopReason.NON_FINITE_LOSS:  # also weights found non-finite when saving the adapter
         raise KormedError(
-            full["stop_detail"], path=output,
+            done.stop_detail or StopReason.NON_FINITE_LOSS, path=output,
             hint="lower --lr, check the data, or --resume from the last good checkpoint with other settings",
         )
-    return full
+    return {**full.to_json(), "output": str(output)}
 
 
 # How `kormed train cpt` prints its result (the command is a row of kormed.cli.COMMANDS).

@@ -40,7 +40,7 @@ from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import atomic_write, check_output_path, make_temp_dir, optional_file, replace_path, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES
 from kormed.records import MCQ, read_mcq_jsonl
-from kormed.run_files import LOOP_TABLE, LoopTable, LoopTableRow
+from kormed.run_files import LOOP_TABLE, TRAINING_INFO_VERSION, LoopTable, LoopTableRow, TrainingInfo
 from kormed.stop_reason import StopReason
 from kormed.train.engine.outputs import full_model_entries, is_full_model_dir, save_trained
 from kormed.train.sft import (
@@ -204,7 +204,7 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
         with atomic_write(out / TABLE_MD) as fh:
             fh.write(table_markdown(data if final else {**data, "stop_reason": data["stop_reason"] or "running"}))
 
-    def measure(round_no: int, kind: str, round_dir: Path, info: dict[str, Any] | None) -> float:
+    def measure(round_no: int, kind: str, round_dir: Path, info: TrainingInfo | None) -> float:
         """Dev accuracy (selection, target); test accuracy when the round becomes the best (or every round)."""
         dev = score(selection.questions, "dev")
         write_json(round_dir / "kormedmcqa_dev.json", {**dev, "split": selection.label})
@@ -219,9 +219,9 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
             dev_unparseable=dev.get("unparseable"),
             test_accuracy=test["accuracy"] if test else None, test_correct=test["correct"] if test else None,
             test_total=test["total"] if test else None,
-            global_step=info.get("global_step") if info else None,
-            stop_reason=info.get("stop_reason") if info else None,
-            metrics=info.get("metrics_at_stop") if info else None,
+            global_step=info.summary.global_step if info else None,
+            stop_reason=info.summary.stop_reason if info else None,
+            metrics=info.sft.metrics_at_stop if info else None,
         ))
         log(f"[kormed] round {round_no} ({kind}): dev accuracy {dev['accuracy']:.2%} ({dev['correct']}/"
             f"{dev['total']})" + (f"; test {test['accuracy']:.2%} (reported, not used to choose)" if test else ""))
@@ -237,7 +237,8 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.eval_before:
         start_dir = out / "round00_start"
-        save_trained(ctx.model, ctx.tokenizer, start_dir, {**ctx.info, "stage": "loop", "round": 0})
+        start = TrainingInfo.from_json({**ctx.info, "stage": "loop", "round": 0, "version": TRAINING_INFO_VERSION})
+        save_trained(ctx.model, ctx.tokenizer, start_dir, start.to_json())
         if measure(0, "start", start_dir, None) >= cfg.target:
             table.stop_reason = StopReason.TARGET_REACHED
     if table.stop_reason is None:
@@ -249,8 +250,8 @@ def run_loop(cfg: LoopConfig, *, log: Log = print, score: Scorer | None = None) 
                                             **split_note})
             ctx.info["started_from"] = str(round_dir)
             accuracy = measure(i, step.name, round_dir, info)
-            if info["stop_reason"] not in STEP_FINISHED:
-                table.stop_reason = info["stop_reason"]
+            if info.summary.stop_reason not in STEP_FINISHED:
+                table.stop_reason = info.summary.stop_reason
                 break
             if accuracy >= cfg.target:
                 table.stop_reason = StopReason.TARGET_REACHED

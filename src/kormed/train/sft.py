@@ -57,7 +57,7 @@ from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
 from kormed.records import MCQ, DictEntry, read_dictionary, read_mcq_jsonl
-from kormed.run_files import SFT_SUMMARY, SFTStepRow, SFTSummary, step_dir_name
+from kormed.run_files import SFT_SUMMARY, SFTStepRecord, SFTStepRow, SFTSummary, TrainingInfo, step_dir_name
 from kormed.stop_reason import StopReason
 from kormed.train.engine.callbacks import TrainerAware
 from kormed.train.engine.model_setup import prepare_full_model, prepare_model_for_training
@@ -379,10 +379,59 @@ def _log_mix(ctx: StepContext, name: str, report: dict[str, Any]) -> None:
     ctx.log(f"[kormed] {name}: mix {by}: {shares}")
 
 
+def _step_record(ctx: StepContext, step: SFTStepConfig, name: str, options: Any, train_ds: Any,
+                 mix: dict[str, Any]) -> SFTStepRecord:
+    """What the step trains on, as training_info.json records it (its stop record is filled in after training)."""
+    return SFTStepRecord(
+        step=name, step_name=step.name, description=step.description, mix=normalise_weights(step.mix),
+        mix_mode=step.mode, mix_by=step.mix_by, mix_report=mix, stopping_strategy=ctx.stopping_strategy,
+        train_examples=len(train_ds), stop_conditions=list(step.stop), stable_evals=step.stable_evals,
+        stable_metrics=list(step.stable_metrics), tolerances=dataclasses.asdict(ctx.tolerances),
+        baseline_raw_perplexity=ctx.baseline, train_options=dataclasses.asdict(options))
+
+
+def _stop_verdict(record: SFTStepRecord, summary: dict[str, Any], tracker: StopTracker, engine_reason: Any,
+                  global_step: int, budget: int) -> dict[str, Any]:
+    """Fill in the step's stop record; return the engine's summary with the stop conditions' verdict."""
+    other = engine_reason if engine_reason not in (None, StopReason.CONDITIONS_MET) else None
+    reason = tracker.final_reason(global_step, budget, other=other)
+    last = tracker.history[-1] if tracker.history else None
+    record.engine_stop_reason = engine_reason
+    record.conditions_met = tracker.met
+    record.metrics_at_stop = summary.get("last_eval")
+    record.conditions_at_stop = [dataclasses.asdict(r) for r in last.results] if last else []
+    record.stop_checks = [d.to_dict() for d in tracker.history]
+    detail = (summary.get("stop_detail") or "") if reason != StopReason.MAX_STEPS else \
+        f"max_steps {budget} reached before the stop conditions held"
+    return {**summary, "stop_reason": reason, "stop_detail": detail}
+
+
+def _start_reference(ctx: StepContext, tracker: StopTracker, callback: StopConditionCallback,
+                     options: Any) -> tuple[Any, str | None]:
+    """'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it ran in
+    this process (same model, same validation sets), else an evaluation at step 0. Returns the options and where
+    the reference comes from (None: no condition needs one)."""
+    if not any(c.op == "maintained" for c in tracker.conditions):
+        return options, None
+    if ctx.last_metrics is not None:
+        callback.start_metrics = dict(ctx.last_metrics)
+        tracker.reference = dict(ctx.last_metrics)
+        return options, "final evaluation of the previous step"
+    return dataclasses.replace(options, eval_on_start=True), "evaluation at step 0"
+
+
+def _log_batches(ctx: StepContext, name: str, batches: dict[str, Any]) -> None:
+    pad = batches["padding_fraction"]
+    ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
+            f"{batches['real_tokens']} real tokens in {batches['micro_batches']} micro-batches"
+            + (f", padding {pad:.1%}" if pad is not None else "")
+            + (f", {batches['real_tokens_per_s']:.0f} real tokens/s" if batches["real_tokens_per_s"] else ""))
+
+
 def run_sft_step(
     ctx: StepContext, step: SFTStepConfig, *, name: str, out_dir: str | Path, max_steps: int | None = None,
     extra_info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> TrainingInfo:
     """Train one step/round on `ctx.model` in place and save it to `out_dir`; return its training info."""
     out = Path(out_dir)
     budget = max_steps or step.max_steps
@@ -401,84 +450,35 @@ def run_sft_step(
         save_checkpoints=False, seed=ctx.seed, eval_on_start=False,
     )
     callback = StopConditionCallback(tracker, log=ctx.log)
-    start_source = None
-    if any(c.op == "maintained" for c in tracker.conditions):
-        # 'maintained' needs the metrics at the start of the step: the previous step's final evaluation when it
-        # ran in this process (same model, same validation sets), else an evaluation at step 0.
-        if ctx.last_metrics is not None:
-            callback.start_metrics = dict(ctx.last_metrics)
-            tracker.reference = dict(ctx.last_metrics)
-            start_source = "final evaluation of the previous step"
-        else:
-            options = dataclasses.replace(options, eval_on_start=True)
-            start_source = "evaluation at step 0"
+    options, start_source = _start_reference(ctx, tracker, callback, options)
     ctx.log(f"[kormed] {name}: {step.name}: {step.description} mix {normalise_weights(step.mix)} ({step.mode}), "
             f"{len(train_ds)} examples, max {budget} steps; stop when: {' AND '.join(step.stop)}"
             + (f", stable for {step.stable_evals} evaluations" if step.stable_evals > 1 else ""))
     _log_mix(ctx, name, mix)
+    record = _step_record(ctx, step, name, options, train_ds, mix)
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
     stats_cb = BatchStatsCallback(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
                                    callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator,
                                    embedding_lr=options.lr if options.method == "full" else None)
     summary = run_training(trainer, log=ctx.log)
-    batches = batch_report(collator, stats_cb, trainer)
+    record.batches = batch_report(collator, stats_cb, trainer)
     engine_reason = trainer.stop_record.reason
     global_step = trainer.state.global_step
     if not tracker.met and engine_reason is None and callback.last_eval_step != global_step:
         trainer.evaluate()  # a last check at the final step, so the recorded metrics are those of the adapter
         summary = summarize(trainer, wall_time=summary["wall_time_s"])
-    other = engine_reason if engine_reason not in (None, StopReason.CONDITIONS_MET) else None
-    reason = tracker.final_reason(global_step, budget, other=other)
-    last = tracker.history[-1] if tracker.history else None
-    info = {
-        **ctx.info,
-        **(extra_info or {}),
-        "stage": "sft",
-        "step": name,
-        "step_name": step.name,
-        "description": step.description,
-        "mix": normalise_weights(step.mix),
-        "mix_mode": step.mode,
-        "mix_by": step.mix_by,
-        "mix_report": mix,
-        "stopping_strategy": ctx.stopping_strategy,
-        "train_examples": len(train_ds),
-        "data": ctx.data.stats,
-        "stop_conditions": list(step.stop),
-        "stable_evals": step.stable_evals,
-        "stable_metrics": list(step.stable_metrics),
-        "tolerances": dataclasses.asdict(ctx.tolerances),
-        "baseline_raw_perplexity": ctx.baseline,
-        "start_metrics": callback.start_metrics,
-        "start_metrics_source": start_source,
-        "max_steps": budget,
-        "train_options": dataclasses.asdict(options),
-    }
-    summary = {
-        **summary,
-        "stop_reason": reason,
-        "engine_stop_reason": engine_reason,
-        "stop_detail": (summary.get("stop_detail") or "") if reason != StopReason.MAX_STEPS else
-        f"max_steps {budget} reached before the stop conditions held",
-        "conditions_met": tracker.met,
-        "metrics_at_stop": summary.get("last_eval"),
-        "conditions_at_stop": [dataclasses.asdict(r) for r in last.results] if last else [],
-        "stop_checks": [d.to_dict() for d in tracker.history],
-        "batches": batches,
-    }
-    full = finish_run(trainer, ctx.tokenizer, out, info, summary)
+    record.start_metrics, record.start_metrics_source = callback.start_metrics, start_source
+    summary = _stop_verdict(record, summary, tracker, engine_reason, global_step, budget)
+    full = finish_run(trainer, ctx.tokenizer, out, {**ctx.info, **(extra_info or {}), "stage": "sft",
+                                                     "data": ctx.data.stats}, summary, sft=record)
     last_eval = summary.get("last_eval") or {}
     ctx.last_metrics = ({k: v for k, v in last_eval.items() if k.startswith("eval_")}
                         if last_eval.get("step") == global_step else None)
-    if (out / "checkpoints").is_dir() and reason in STEP_FINISHED:
+    if (out / "checkpoints").is_dir() and summary["stop_reason"] in STEP_FINISHED:
         shutil.rmtree(out / "checkpoints")  # the adapter is saved; checkpoints only serve an interrupted run
-    pad = batches["padding_fraction"]
-    ctx.log(f"[kormed] {name}: {'padding-free' if batches['padding_free'] else 'padded'} batches, "
-            f"{batches['real_tokens']} real tokens in {batches['micro_batches']} micro-batches"
-            + (f", padding {pad:.1%}" if pad is not None else "")
-            + (f", {batches['real_tokens_per_s']:.0f} real tokens/s" if batches["real_tokens_per_s"] else ""))
-    ctx.log(f"[kormed] {name}: stop_reason {reason} at step {global_step}; adapter in {out}")
+    _log_batches(ctx, name, record.batches)
+    ctx.log(f"[kormed] {name}: stop_reason {summary['stop_reason']} at step {global_step}; adapter in {out}")
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -603,11 +603,12 @@ def run_sft(cfg: SFTConfig, *, log: Log = print) -> dict[str, Any]:
         info = run_sft_step(ctx, step, name=step_dir.name, out_dir=step_dir, max_steps=cfg.max_steps_per_step,
                             extra_info={"step_number": n})
         ctx.info["started_from"] = str(step_dir)
+        done = info.summary
         rows.append(SFTStepRow(step=n, name=step.name, description=step.description,
-                               stop_reason=info["stop_reason"], global_step=info["global_step"],
-                               metrics_at_stop=info.get("metrics_at_stop"), adapter=str(step_dir)))
-        if info["stop_reason"] not in STEP_FINISHED:
-            log(f"[kormed] step{n} ended with '{info['stop_reason']}'; later steps not run "
+                               stop_reason=done.stop_reason, global_step=done.global_step,
+                               metrics_at_stop=info.sft.metrics_at_stop, adapter=str(step_dir)))
+        if done.stop_reason not in STEP_FINISHED:
+            log(f"[kormed] step{n} ended with '{done.stop_reason}'; later steps not run "
                 f"(continue with --from-step {n})")
             finished = False
             break

@@ -17,7 +17,7 @@ from peft import PeftModel
 
 from kormed.io import atomic_write, read_json, replace_path, temp_dir, write_json
 from kormed.models import SAVED_ADAPTER_ENTRIES, adapter_meta, write_adapter_meta
-from kormed.run_files import TRAINING_INFO
+from kormed.run_files import TRAINING_INFO, TRAINING_INFO_VERSION, SFTStepRecord, TrainingInfo, TrainingSummary
 from kormed.stop_reason import StopReason
 from kormed.train.engine.checkpoints import latest_good_checkpoint
 from kormed.train.engine.processes import is_main_process
@@ -36,7 +36,7 @@ def library_versions() -> dict[str, str]:
 
 
 def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None) -> dict[str, Any]:
-    """The run summary recorded in training_info.json (see :func:`run_training`)."""
+    """The run summary recorded in training_info.json (a TrainingSummary, as its JSON; see :func:`run_training`)."""
     state = trainer.state
     evals = [
         {k: v for k, v in e.items() if k.startswith("eval_") or k in ("step", "epoch")}
@@ -49,34 +49,34 @@ def summarize(trainer: Any, *, wall_time: float, resumed_from: str | None = None
         best_eval = next((e for e in evals if e.get("step") == state.best_global_step), None)
     elif evals:
         best_eval = min(evals, key=lambda e: e["eval_loss"])
-    return {
+    return dataclasses.asdict(TrainingSummary(
         **trainer.stop_record.as_dict(),
-        "global_step": state.global_step,
-        "max_steps": state.max_steps,
-        "epochs": state.epoch,
-        "tokens_seen": int(state.num_input_tokens_seen),
-        "wall_time_s": round(wall_time, 3),
-        "resumed_from": resumed_from,
-        "best_metric": state.best_metric,
-        "best_step": getattr(state, "best_global_step", None),
-        "best_checkpoint": state.best_model_checkpoint,
-        "first_eval": evals[0] if evals else None,
-        "best_eval": best_eval,
-        "last_eval": evals[-1] if evals else None,
-        "eval_history": evals,
-        "kormedmcqa_history": [
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        epochs=state.epoch,
+        tokens_seen=int(state.num_input_tokens_seen),
+        wall_time_s=round(wall_time, 3),
+        resumed_from=resumed_from,
+        best_metric=state.best_metric,
+        best_step=getattr(state, "best_global_step", None),
+        best_checkpoint=state.best_model_checkpoint,
+        first_eval=evals[0] if evals else None,
+        best_eval=best_eval,
+        last_eval=evals[-1] if evals else None,
+        eval_history=evals,
+        kormedmcqa_history=[
             {"step": e.get("step"), "accuracy": e["eval_kormedmcqa_accuracy"]}
             for e in state.log_history
             if "eval_kormedmcqa_accuracy" in e
         ],
-        "train_loss_last": train_losses[-1] if train_losses else None,
-        "train_loss_first": train_losses[0] if train_losses else None,
-        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-        "world_size": trainer.args.world_size,
-        "effective_batch_size": trainer.args.per_device_train_batch_size
+        train_loss_last=train_losses[-1] if train_losses else None,
+        train_loss_first=train_losses[0] if train_losses else None,
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
+        world_size=trainer.args.world_size,
+        effective_batch_size=trainer.args.per_device_train_batch_size
         * trainer.args.gradient_accumulation_steps
         * trainer.args.world_size,
-    }
+    ))
 
 
 def save_adapter(
@@ -153,7 +153,7 @@ def save_full_model(
         for name in [*files, FULL_MODEL_META]:
             replace_path(stage / name, out / name)
     if info is not None:
-        write_json(out / "training_info.json", info)
+        write_json(out / TRAINING_INFO, info)
     return out
 
 
@@ -212,34 +212,37 @@ def gather_state_dict(trainer: Any) -> dict[str, Any] | None:
 
 def finish_run(
     trainer: Any, tokenizer: Any, output_dir: str | Path, info: dict[str, Any], summary: dict[str, Any],
-    *, save: bool = True,
-) -> dict[str, Any]:
-    """Write the final adapter (when `save`), training_info.json (info + summary) and training_curves.png.
+    *, save: bool = True, sft: SFTStepRecord | None = None,
+) -> TrainingInfo:
+    """Write the final adapter (when `save`), training_info.json and training_curves.png.
 
-    Call on every process (FSDP gathers the weights collectively); only the main process writes.
-    Returns the full training info dict.
+    `info` is the recipe's record (stage, config, data, the model as prepared ...), `summary` the engine's (or an
+    SFT step's verdict over it), `sft` an SFT step's own record. Call on every process (FSDP gathers the weights
+    collectively); only the main process writes. Returns the training info as written.
     """
-    full = {**info, **summary}
-    full["runtime"] = dataclasses.asdict(trainer.runtime)
-    full["loss"] = dataclasses.asdict(trainer.loss_spec)  # {"impl": "chunked", "chunk_size": 256}
-    full["library_versions"] = library_versions()
-    full = json.loads(json.dumps(full, default=str))  # plain JSON types only
+    full = TrainingInfo.from_json(json.loads(json.dumps({  # plain JSON types only
+        **info, **(dataclasses.asdict(sft) if sft is not None else {}), **summary,
+        "runtime": dataclasses.asdict(trainer.runtime),
+        "loss": dataclasses.asdict(trainer.loss_spec),  # {"impl": "chunked", "chunk_size": 256}
+        "library_versions": library_versions(), "version": TRAINING_INFO_VERSION,
+    }, default=str)))
+    done = full.summary
     if save and hasattr(trainer, "trainable_finite") and not trainer.trainable_finite():
         # e.g. the last optimizer step of a run with an absurd learning rate: never publish NaN/inf weights
         save = False
         step = trainer.state.global_step
         last = latest_good_checkpoint(trainer.args.output_dir)[0]
-        full.update(stop_reason=StopReason.NON_FINITE_LOSS, stop_step=step,
-                    stop_detail=f"non-finite (NaN/inf) trainable weights after step {step}, no adapter saved; "
-                    f"last good checkpoint: {last or 'none'}")
+        done.stop_reason, done.stop_step = StopReason.NON_FINITE_LOSS.value, step
+        done.stop_detail = (f"non-finite (NaN/inf) trainable weights after step {step}, no adapter saved; "
+                            f"last good checkpoint: {last or 'none'}")
         if is_main_process():
-            print(f"\n[kormed] {full['stop_detail']}. Lower the learning rate or check the data.", flush=True)
+            print(f"\n[kormed] {done.stop_detail}. Lower the learning rate or check the data.", flush=True)
     state_dict = gather_state_dict(trainer) if save else None
     out = Path(output_dir)
     if save:
-        save_trained(trainer.model, tokenizer, out, full, state_dict=state_dict)
+        save_trained(trainer.model, tokenizer, out, full.to_json(), state_dict=state_dict)
     elif is_main_process():
-        write_json(out / TRAINING_INFO, full)
+        write_json(out / TRAINING_INFO, full.to_json())
     plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=str(info.get("stage", "")))
     if trainer.args.world_size > 1:
         trainer.accelerator.wait_for_everyone()
