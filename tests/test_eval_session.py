@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,23 +37,21 @@ def _lora(base_dir: Path, out: Path, seed: int, targets: list[str], tokenizer_di
     if tokenizer_dir is not None:
         resize_and_init_embeddings(net, load_tokenizer(str(base_dir)), load_tokenizer(str(tokenizer_dir)))
     peft = get_peft_model(net, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
-    peft.save_pretrained(out)
+    peft.save_pretrained(out, save_embedding_layers=False)  # the LoRA weights: rows are rebuilt at load
     if tokenizer_dir is not None:
         load_tokenizer(str(tokenizer_dir)).save_pretrained(out / "tokenizer")
         write_adapter_meta(out, adapter_meta(peft))
     return out
 
 
-@pytest.fixture
-def eval_run(tmp_path, tiny_gemma3_dir, real_tokenizer, monkeypatch):
-    """A run whose eval stage scores the base, two plain adapters and one extended-tokenizer adapter."""
-    monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
+def _run(tmp_path: Path, model_dir: Path, targets: list[str]) -> tuple[Any, list[str], Path]:
+    """A run (prepare, cpt, sft, eval) whose eval stage scores `targets`: (context, its log lines, held-out text)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "test.jsonl").write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in QUESTIONS), "utf-8")
     pipeline = pipeline_from_mapping({
-        "name": "x", "run_dir": str(tmp_path / "run"), "model": str(tiny_gemma3_dir),
-        "stages": ["prepare", "cpt", "sft", "eval"], "eval_targets": ["cpt", "sft/step1", "base", "sft/step2"],
+        "name": "x", "run_dir": str(tmp_path / "run"), "model": str(model_dir),
+        "stages": ["prepare", "cpt", "sft", "eval"], "eval_targets": targets,
         "eval": {"data": str(data / "test.jsonl"), "mode": "loglik", "permutations": "cyclic", "device": "cpu",
                  "max_length": 32, "batch_size": 4},
     })
@@ -61,27 +61,15 @@ def eval_run(tmp_path, tiny_gemma3_dir, real_tokenizer, monkeypatch):
     val = Path(ctx.configs["prepare"].val_path())
     val.parent.mkdir(parents=True, exist_ok=True)
     val.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS), "utf-8")
-    ext = tmp_path / "ext-tokenizer"
-    tok = real_tokenizer.__class__.from_pretrained(tiny_gemma3_dir)
-    tok.add_tokens(["고혈압", "당뇨병"])
-    tok.save_pretrained(ext)
-    targets = eval_targets(ctx)
-    _lora(tiny_gemma3_dir, Path(targets["cpt"]), 1, ["q_proj", "v_proj"])
-    _lora(tiny_gemma3_dir, Path(targets["sft-step1"]), 2, ["q_proj", "o_proj"], tokenizer_dir=ext)
-    _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
     return ctx, logs, val
 
 
-def test_swapped_adapters_give_the_files_of_separate_loads(eval_run, tmp_path):
+def _same_files_as_separate_runs(ctx: Any, val: Path, tmp_path: Path) -> None:
+    """Each target's eval files are byte for byte those of its own `kormed eval kormedmcqa` / `eval ppl` run."""
     from kormed.eval.kormedmcqa import run_kormedmcqa
     from kormed.eval.perplexity import run_perplexity
 
-    ctx, logs, val = eval_run
     cfg = ctx.configs["eval"]
-    summary = _eval_run(cfg, ctx)
-    assert list(summary) == ["cpt", "sft-step1", "base", "sft-step2"]
-    # one load for the base and both plain adapters, one for the adapter with new embedding rows
-    assert "[eval] 4 model(s) scored with 2 model load(s)" in logs
     eval_dir = Path(ctx.run_dir).absolute() / "eval"
     separate = tmp_path / "separate"
     for name, adapter in eval_targets(ctx).items():
@@ -91,14 +79,48 @@ def test_swapped_adapters_give_the_files_of_separate_loads(eval_run, tmp_path):
                        progress=False, log=lambda m: None)
         for kind in ("kormedmcqa", "ppl"):
             assert (eval_dir / f"{kind}_{name}.json").read_bytes() == (separate / f"{kind}_{name}.json").read_bytes()
-    margins = {json.loads((eval_dir / f"kormedmcqa_{n}.json").read_text("utf-8"))["mean_margin"] for n in summary}
-    assert len(margins) == 4  # four different models were scored, not one four times
+    margins = {json.loads((eval_dir / f"kormedmcqa_{n}.json").read_text("utf-8"))["mean_margin"]
+               for n in eval_targets(ctx)}
+    assert len(margins) == len(eval_targets(ctx))  # different models were scored, not one again and again
 
 
-def test_base_results_are_cached_by_key(eval_run):
-    ctx, logs, val = eval_run
+def test_swapped_adapters_give_the_files_of_separate_loads(tmp_path, tiny_gemma3_dir, monkeypatch):
+    monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
+    ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["cpt", "base", "sft/step2"])
+    targets = eval_targets(ctx)
+    _lora(tiny_gemma3_dir, Path(targets["cpt"]), 1, ["q_proj", "v_proj"])
+    _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
+    summary = _eval_run(ctx.configs["eval"], ctx)
+    assert list(summary) == ["cpt", "base", "sft-step2"]  # the pipeline's order, whatever order they ran in
+    assert "[eval] 3 model(s) scored with 1 model load(s)" in logs  # the base loaded once, both adapters swapped
+    _same_files_as_separate_runs(ctx, val, tmp_path)
+
+
+@pytest.mark.heavy
+def test_an_adapter_with_new_embedding_rows_gets_its_own_load(tmp_path, tiny_gemma3_dir, real_tokenizer,
+                                                               monkeypatch):
+    """Rows added for an extended tokenizer change the base: that adapter is loaded fresh, the plain ones (before
+    and after it in the pipeline's order) still share the base's load. (Heavy: the 262K tokenizer loads twice.)"""
+    monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
+    ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["cpt", "sft/step1", "base", "sft/step2"])
+    ext = tmp_path / "ext-tokenizer"
+    tok = copy.deepcopy(real_tokenizer)
+    tok.add_tokens(["고혈압", "당뇨병"])
+    tok.save_pretrained(ext)
+    targets = eval_targets(ctx)
+    _lora(tiny_gemma3_dir, Path(targets["cpt"]), 1, ["q_proj", "v_proj"])
+    _lora(tiny_gemma3_dir, Path(targets["sft-step1"]), 2, ["q_proj", "o_proj"], tokenizer_dir=ext)
+    _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
+    summary = _eval_run(ctx.configs["eval"], ctx)
+    assert list(summary) == ["cpt", "sft-step1", "base", "sft-step2"]
+    assert "[eval] 4 model(s) scored with 2 model load(s)" in logs
+    _same_files_as_separate_runs(ctx, val, tmp_path)
+
+
+def test_base_results_are_cached_by_key(tmp_path, tiny_gemma3_dir, monkeypatch):
+    monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
+    ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["base"])
     cfg = dataclasses.replace(ctx.configs["eval"])
-    ctx.pipeline.eval_targets = ["base"]
     _eval_run(cfg, ctx)
     eval_dir = Path(ctx.run_dir).absolute() / "eval"
     first = {p.name: p.read_bytes() for p in eval_dir.glob("*.json")}
