@@ -90,9 +90,17 @@ def test_swapped_adapters_give_the_files_of_separate_loads(tmp_path, tiny_gemma3
     targets = eval_targets(ctx)
     _lora(tiny_gemma3_dir, Path(targets["cpt"]), 1, ["q_proj", "v_proj"])
     _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
+    import kormed.models
+
+    loads: list[object] = []
+    real_load = kormed.models.load_model_and_tokenizer
+    monkeypatch.setattr(kormed.models, "load_model_and_tokenizer",
+                        lambda model, **kw: loads.append(kw.get("adapter")) or real_load(model, **kw))
     summary = _eval_run(ctx.configs["eval"], ctx)
     assert list(summary) == ["cpt", "base", "sft-step2"]  # the pipeline's order, whatever order they ran in
-    assert "[eval] 3 model(s) scored with 1 model load(s)" in logs  # the base loaded once, both adapters swapped
+    assert loads == [None]  # the base loaded once, both adapters swapped onto it
+    assert "[eval] 3 model(s) scored with 1 model load(s)" in logs
+    monkeypatch.undo()
     _same_files_as_separate_runs(ctx, val, tmp_path)
 
 
