@@ -11,6 +11,7 @@ Run directory (R = the pipeline's run_dir, made absolute):
     R/sft/step1../ (adapter, training_info.json)                   sft      <- cpt adapter, sample/seed data
     R/loop/round01.../, best/, loop_table.json                     loop     <- sft's last step adapter
     R/eval/kormedmcqa_<target>.json, ppl_<target>.json             eval     <- base model and every adapter
+                                        (one load of the base, adapters swapped: kormed.eval.session)
 
 Which stage reads which is `kormed.pipeline.registry`; each stage's typed result (`kormed.pipeline.results`) is
 read from the files above and written beside them as kormed_result.json.
