@@ -108,7 +108,8 @@ def test_swapped_adapters_give_the_files_of_separate_loads(tmp_path, tiny_gemma3
 def test_an_adapter_with_new_embedding_rows_gets_its_own_load(tmp_path, tiny_gemma3_dir, real_tokenizer,
                                                                monkeypatch):
     """Rows added for an extended tokenizer change the base: that adapter is loaded fresh, the plain ones (before
-    and after it in the pipeline's order) still share the base's load. (Heavy: the 262K tokenizer loads twice.)"""
+    and after it in the pipeline's order, one with its own copy of the base's tokenizer) still share the base's
+    load. (Heavy: the 262K tokenizer loads three times.)"""
     monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
     ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["cpt", "sft/step1", "base", "sft/step2"])
     ext = tmp_path / "ext-tokenizer"
@@ -117,6 +118,8 @@ def test_an_adapter_with_new_embedding_rows_gets_its_own_load(tmp_path, tiny_gem
     tok.save_pretrained(ext)
     targets = eval_targets(ctx)
     _lora(tiny_gemma3_dir, Path(targets["cpt"]), 1, ["q_proj", "v_proj"])
+    # as every adapter kormed saves: its own copy of the (here unextended) tokenizer, which still shares the base
+    real_tokenizer.save_pretrained(Path(targets["cpt"]) / "tokenizer")
     _lora(tiny_gemma3_dir, Path(targets["sft-step1"]), 2, ["q_proj", "o_proj"], tokenizer_dir=ext)
     _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
     summary = _eval_run(ctx.configs["eval"], ctx)

@@ -6,6 +6,8 @@ Adapters whose base is built differently -- an extended tokenizer (embedding row
 time), a different embedding row count, a 4-bit base, another base model -- get a fresh load through
 :func:`kormed.models.load_model_and_tokenizer` (one per distinct build, in the order they come): resizing a shared
 base in place under loaded adapters would be weight surgery, and the fresh load is what a per-adapter run does.
+An adapter's own copy of the base's tokenizer (every adapter kormed saves has one) is the same build: tokenizers
+are compared by what they do (:func:`tokenizer_key`), not by their files.
 
 :class:`BaseCache` keeps the base model's results keyed by the model's files, the data files, the eval options and
 the runtime, so a rerun (or another run on the same base and data) does not score the base again.
@@ -50,6 +52,21 @@ def tree_key(path: str | Path) -> str:
     return "dir:" + h.hexdigest()
 
 
+# tokenizer_config.json entries that say how a tokenizer was loaded or where from, not how it tokenizes: every
+# adapter kormed saves carries its own copy of the tokenizer (tokenizer/), differing from the base's in these only
+_TOKENIZER_LOAD_KEYS = ("name_or_path", "local_files_only", "is_local", "tokenizer_file", "vocab_file",
+                        "_commit_hash")
+
+
+def tokenizer_key(tokenizer: Any) -> str:
+    """sha256 of what a tokenizer does: its whole fast-tokenizer definition (vocabulary, merges, normalizer, added
+    tokens) and its settings (special tokens, chat template), without where it was loaded from."""
+    settings = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _TOKENIZER_LOAD_KEYS}
+    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 class AdapterSwap:
     """A base model loaded once per distinct build, with each adapter swapped onto it in turn."""
 
@@ -62,6 +79,7 @@ class AdapterSwap:
         self.active: str | None = None  # PEFT name of the adapter in use; None = the plain base
         self.loads = 0
         self._swaps = 0
+        self._tokenizer_keys: dict[int, tuple[Any, str]] = {}
 
     def key_of(self, adapter: str | Path | None) -> tuple[str, ...]:
         """What the base an adapter needs is built from, as :func:`kormed.models.load_model_and_tokenizer` builds
@@ -77,17 +95,23 @@ class AdapterSwap:
         )
 
         if adapter is None:
-            return (resolve_model(self.model, log=self.log), "", "", "")
+            model_path = resolve_model(self.model, log=self.log)
+            return (model_path, self._tokenizer_key(load_tokenizer(model_path)), "", "")
         adapter = check_adapter_dir(adapter)
         model_path = resolve_model(adapter_base(self.model, adapter), log=self.log)
         meta = read_adapter_meta(adapter)
         tok_dir = Path(adapter) / "tokenizer"
-        own_tokenizer = (tok_dir / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(str(tok_dir) if (tok_dir / "tokenizer_config.json").is_file() else model_path)
         rows = getattr(text_config(load_model_config(model_path)), "vocab_size", None)
-        tokens = len(load_tokenizer(str(tok_dir) if own_tokenizer else model_path))
-        resized = isinstance(rows, int) and (tokens > rows or (meta.get("embedding_rows") or rows) != rows)
-        return (model_path, tree_key(tok_dir) if own_tokenizer else "",
-                str(meta.get("embedding_rows")) if resized else "", str(meta.get("quantization") or ""))
+        resized = isinstance(rows, int) and (len(tokenizer) > rows or (meta.get("embedding_rows") or rows) != rows)
+        return (model_path, self._tokenizer_key(tokenizer), str(meta.get("embedding_rows")) if resized else "",
+                str(meta.get("quantization") or ""))
+
+    def _tokenizer_key(self, tokenizer: Any) -> str:
+        """:func:`tokenizer_key`, once per tokenizer object (load_tokenizer hands out one object per directory)."""
+        if id(tokenizer) not in self._tokenizer_keys:  # the object is kept beside its key, so its id stays its own
+            self._tokenizer_keys[id(tokenizer)] = (tokenizer, tokenizer_key(tokenizer))
+        return self._tokenizer_keys[id(tokenizer)][1]
 
     def use(self, adapter: str | Path | None) -> tuple[Any, Any, Any]:
         """(model, tokenizer, runtime) with `adapter` (None = the base alone) active: swapped onto the loaded base
