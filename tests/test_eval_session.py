@@ -151,3 +151,19 @@ def test_base_results_are_cached_by_key(tmp_path, tiny_gemma3_dir, monkeypatch):
             cfg = dataclasses.replace(cfg, permutations="none")
         _eval_run(cfg, ctx)
         assert not any("reused" in m for m in logs) and "[eval] 1 model(s) scored with 1 model load(s)" in logs
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a result"])
+def test_a_damaged_cache_entry_is_reported_and_scored_again(damage, tmp_path, tiny_gemma3_dir, monkeypatch):
+    monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
+    ctx, logs, _ = _run(tmp_path, tiny_gemma3_dir, ["base"])
+    _eval_run(ctx.configs["eval"], ctx)
+    eval_dir = Path(ctx.run_dir).absolute() / "eval"
+    first = {p.name: p.read_bytes() for p in eval_dir.glob("*.json")}
+    (entry,) = (tmp_path / "cache" / "eval-base").glob("*.json")
+    entry.write_text('{"kormedmcqa": {"accura' if damage == "truncated" else '{"kormedmcqa": [1, 2]}', "utf-8")
+    logs.clear()
+    _eval_run(ctx.configs["eval"], ctx)
+    assert any(m.startswith("[eval] ignoring") and "scoring the base again" in m for m in logs)
+    assert {p.name: p.read_bytes() for p in eval_dir.glob("*.json")} == first
+    assert json.loads(entry.read_text("utf-8"))["kormedmcqa"]["total"] == len(QUESTIONS)  # rewritten whole

@@ -195,11 +195,15 @@ class BaseCache:
         if not self.path.is_file():
             return None
         try:
-            data = read_json(self.path)
+            data = read_json(self.path, what="cached base result")
         except (KormedError, OSError) as exc:
             log(f"[eval] ignoring an unreadable cached base result ({exc}); scoring the base again")
             return None
-        return data if isinstance(data, dict) else None
+        if not (isinstance(data, dict) and isinstance(data.get("kormedmcqa"), dict)
+                and isinstance(data.get("ppl"), dict | None)):
+            log(f"[eval] ignoring a cached base result that is not one ({self.path}); scoring the base again")
+            return None
+        return data
 
     def write(self, results: dict[str, Any]) -> None:
         write_json(self.path, results)
