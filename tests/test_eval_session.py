@@ -107,11 +107,11 @@ def test_swapped_adapters_give_the_files_of_separate_loads(tmp_path, tiny_gemma3
 @pytest.mark.heavy
 def test_an_adapter_with_new_embedding_rows_gets_its_own_load(tmp_path, tiny_gemma3_dir, real_tokenizer,
                                                                monkeypatch):
-    """Rows added for an extended tokenizer change the base: that adapter is loaded fresh, the plain ones (before
-    and after it in the pipeline's order, one with its own copy of the base's tokenizer) still share the base's
-    load. (Heavy: the 262K tokenizer loads three times.)"""
+    """Rows added for an extended tokenizer change the base: that adapter is loaded fresh, after the plain ones
+    (one with its own copy of the base's tokenizer), which share the base's load whatever the pipeline's order.
+    (Heavy: the 262K tokenizer loads three times.)"""
     monkeypatch.setenv("KORMED_CACHE", str(tmp_path / "cache"))
-    ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["cpt", "sft/step1", "base", "sft/step2"])
+    ctx, logs, val = _run(tmp_path, tiny_gemma3_dir, ["sft/step1", "cpt", "base", "sft/step2"])
     ext = tmp_path / "ext-tokenizer"
     tok = copy.deepcopy(real_tokenizer)
     tok.add_tokens(["고혈압", "당뇨병"])
@@ -123,7 +123,7 @@ def test_an_adapter_with_new_embedding_rows_gets_its_own_load(tmp_path, tiny_gem
     _lora(tiny_gemma3_dir, Path(targets["sft-step1"]), 2, ["q_proj", "o_proj"], tokenizer_dir=ext)
     _lora(tiny_gemma3_dir, Path(targets["sft-step2"]), 3, ["o_proj", "down_proj"])
     summary = _eval_run(ctx.configs["eval"], ctx)
-    assert list(summary) == ["cpt", "sft-step1", "base", "sft-step2"]
+    assert list(summary) == ["sft-step1", "cpt", "base", "sft-step2"]
     assert "[eval] 4 model(s) scored with 2 model load(s)" in logs
     _same_files_as_separate_runs(ctx, val, tmp_path)
 

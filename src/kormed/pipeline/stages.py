@@ -380,8 +380,9 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     swap = AdapterSwap(cfg.model, device=cfg.device, dtype=cfg.dtype, log=ctx.log)
     keys = {name: swap.key_of(adapter) for name, adapter in targets.items()}
     firsts = list(dict.fromkeys(keys.values()))
-    # the base first, then the adapters grouped by the base build they need (each group is one load)
-    order = sorted(targets, key=lambda n: (targets[n] is not None, firsts.index(keys[n])))
+    # the base first, then the adapters that share its load, then the others grouped by the base build they need
+    base_key = swap.key_of(None)
+    order = sorted(targets, key=lambda n: (targets[n] is not None, keys[n] != base_key, firsts.index(keys[n])))
     summary: dict[str, Any] = {}
     for name in order:
         adapter = targets[name]
