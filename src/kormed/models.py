@@ -685,6 +685,17 @@ def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def adapter_base(model: str | None, adapter: str | Path) -> str | None:
+    """The model an adapter loads on: `model`, else the base its adapter_config.json records (None = the embedded
+    default when it records none, or a path from another machine)."""
+    if model is not None:
+        return model
+    base = read_adapter_base(adapter)
+    if base and not Path(base).expanduser().exists() and not looks_like_hub_id(base):
+        base = None  # a path from another machine; fall back to the default
+    return base
+
+
 def load_model_and_tokenizer(
     model: str | None,
     *,
@@ -706,11 +717,8 @@ def load_model_and_tokenizer(
     runtime = runtime or pick_runtime("auto")
     if adapter is not None:
         adapter = check_adapter_dir(adapter)
-    if adapter is not None and model is None:
-        base = read_adapter_base(adapter)
-        if base and not Path(base).expanduser().exists() and not looks_like_hub_id(base):
-            base = None  # a path from another machine; fall back to the default
-        model = base
+    if adapter is not None:
+        model = adapter_base(model, adapter)
     model_path = resolve_model(model, log=log)
     if (local := local_path(model_path, "model directory")) is not None:
         _check_weight_headers(local)  # damaged weights are named before the (slow) tokenizer loads

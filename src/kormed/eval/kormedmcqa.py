@@ -475,13 +475,8 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """`kormed eval kormedmcqa`: load the model (+ adapter), the questions and few-shot file, evaluate,
-    write `cfg.output` atomically when set, and return the result."""
-    from kormed.models import load_model_and_tokenizer, pick_runtime
-
-    if cfg.output:
-        check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
+def read_inputs(cfg: Any) -> tuple[list[MCQ], list[MCQ]]:
+    """Check `cfg` and read its questions and few-shot examples (before any model loads): (questions, fewshot)."""
     if cfg.backend == "lm-eval":
         from kormed.eval.harness import require_lm_eval
 
@@ -502,8 +497,26 @@ def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
         if not cfg.fewshot_file:
             raise KormedError(f"--num-fewshot {cfg.num_fewshot} needs --fewshot-file", field="fewshot_file")
         fewshot = load_questions(cfg.fewshot_file, subset=cfg.subset)
+    return questions, fewshot
+
+
+def run_kormedmcqa(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """`kormed eval kormedmcqa`: load the model (+ adapter), the questions and few-shot file, evaluate,
+    write `cfg.output` atomically when set, and return the result."""
+    from kormed.models import load_model_and_tokenizer, pick_runtime
+
+    if cfg.output:
+        check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
+    questions, fewshot = read_inputs(cfg)
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
+    return score_loaded(cfg, model, tokenizer, runtime, questions, fewshot, progress=progress)
+
+
+def score_loaded(cfg: Any, model: Any, tokenizer: Any, runtime: Any, questions: list[MCQ], fewshot: list[MCQ], *,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score `questions` with an already loaded model (the eval stage swaps adapters on one load), record what ran
+    and write `cfg.output` when set: the numbers and bytes of :func:`run_kormedmcqa`."""
     if cfg.backend == "lm-eval":
         from kormed.eval.harness import run_lm_eval
 

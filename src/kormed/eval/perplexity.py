@@ -236,21 +236,37 @@ def run_perplexity(cfg: Any, *, progress: bool = True, log: Any = print) -> dict
     The file is streamed (:func:`kormed.io.iter_texts`) and scored block by block as it is packed
     (:func:`kormed.data.corpus_stream.pack_texts`): memory does not grow with its size; the numbers are those of
     :func:`packed_eval_blocks` + :func:`evaluate_perplexity` on the whole list (the same blocks, the same batches)."""
-    from kormed.data.corpus_stream import pack_texts
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
-    if not cfg.data:
-        raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
-    def texts() -> Iterator[str]:
-        return iter_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
-
-    # one reading pass first (no text kept): a bad line anywhere is refused before the model loads, as when the
-    # file was read whole; parsing is far faster than scoring, so the pass costs little
-    documents = sum(1 for _ in texts())
+    documents = count_texts(cfg)
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
+    return score_loaded(cfg, model, tokenizer, runtime, documents, progress=progress)
+
+
+def _texts(cfg: Any) -> Iterator[str]:
+    return iter_texts(cfg.data, field=cfg.text_field, limit=cfg.limit, what="text JSONL file")
+
+
+def count_texts(cfg: Any) -> int:
+    """The number of texts in `cfg.data`, in one reading pass that keeps none: a bad line anywhere is refused
+    before the model loads, as when the file was read whole (parsing is far faster than scoring)."""
+    if not cfg.data:
+        raise KormedError("no text file given", field="data", hint="pass --data held_out.jsonl")
+    return sum(1 for _ in _texts(cfg))
+
+
+def score_loaded(cfg: Any, model: Any, tokenizer: Any, runtime: Any, documents: int, *,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score `cfg.data` (of `documents` texts, :func:`count_texts`) with an already loaded model and write
+    `cfg.output` when set: the numbers and bytes of :func:`run_perplexity`."""
+    from kormed.data.corpus_stream import pack_texts
+
+    def texts() -> Iterator[str]:
+        return _texts(cfg)
+
     eod_id = resolve_eod_id(tokenizer, cfg.eod_token)
     if tokenizer.bos_token_id is None:
         raise KormedError("the tokenizer has no <bos> token; Gemma needs one")

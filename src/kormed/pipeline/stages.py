@@ -11,6 +11,7 @@ Run directory (R = the pipeline's run_dir, made absolute):
     R/sft/step1../ (adapter, training_info.json)                   sft      <- cpt adapter, sample/seed data
     R/loop/round01.../, best/, loop_table.json                     loop     <- sft's last step adapter
     R/eval/kormedmcqa_<target>.json, ppl_<target>.json             eval     <- base model and every adapter
+                                        (one load of the base, adapters swapped: kormed.eval.session)
 
 Which stage reads which is `kormed.pipeline.registry`; each stage's typed result (`kormed.pipeline.results`) is
 read from the files above and written beside them as kormed_result.json.
@@ -26,8 +27,7 @@ from typing import Any
 
 from kormed.config import merge, section_class
 from kormed.errors import KormedError
-from kormed.eval.kormedmcqa import format_table, run_kormedmcqa
-from kormed.eval.perplexity import run_perplexity
+from kormed.eval.kormedmcqa import format_table
 from kormed.models import ADAPTER_FILES
 from kormed.pipeline import results
 from kormed.pipeline.registry import TRAINING_STAGES, previous_adapter, sft_step_names, stage_info
@@ -363,24 +363,60 @@ def _eval_wire(ctx: RunContext) -> dict[str, Any]:
 
 
 def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    """Score every target with one load per base build (adapters swapped on it, :class:`AdapterSwap`): MCQ and
+    perplexity on the same load; the base's results come from :class:`BaseCache` when nothing they depend on
+    changed. Each target's files and numbers are those of a separate `kormed eval` run."""
+    from kormed.eval import kormedmcqa, perplexity
+    from kormed.eval.session import AdapterSwap, BaseCache
+    from kormed.io import write_json
+    from kormed.models import pick_runtime
+
     out_dir = _out(ctx, "eval")
+    targets = eval_targets(ctx)
     ppl_data = _ppl_data(ctx)
+    ppl_cfg = dataclasses.replace(cfg, data=ppl_data) if ppl_data else None
+    questions, fewshot = kormedmcqa.read_inputs(cfg)  # bad input is refused before any model loads
+    documents = perplexity.count_texts(ppl_cfg) if ppl_cfg else 0
+    swap = AdapterSwap(cfg.model, device=cfg.device, dtype=cfg.dtype, log=ctx.log)
+    keys = {name: swap.key_of(adapter) for name, adapter in targets.items()}
+    firsts = list(dict.fromkeys(keys.values()))
+    # the base first, then the adapters that share its load, then the others grouped by the base build they need
+    base_key = swap.key_of(None)
+    order = sorted(targets, key=lambda n: (targets[n] is not None, keys[n] != base_key, firsts.index(keys[n])))
     summary: dict[str, Any] = {}
-    for name, adapter in eval_targets(ctx).items():
-        ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
+    for name in order:
+        adapter = targets[name]
         mcq_cfg = dataclasses.replace(cfg, adapter=adapter, output=str(out_dir / f"kormedmcqa_{name}.json"))
-        result = run_kormedmcqa(mcq_cfg, log=ctx.log)
+        ppl_one = (dataclasses.replace(ppl_cfg, adapter=adapter, output=str(out_dir / f"ppl_{name}.json"))
+                   if ppl_cfg else None)
+        cache = (BaseCache(cfg, keys[name][0], [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, ppl_data],
+                           pick_runtime(cfg.device, cfg.dtype)) if adapter is None else None)
+        cached = cache.read(log=ctx.log) if cache else None
+        if cached is not None and (ppl_one is None) == (cached.get("ppl") is None):
+            ctx.log(f"[eval] {name}: results reused from {cache.path} (same model files, data, options)")
+            result, ppl = cached["kormedmcqa"], cached.get("ppl")
+            write_json(mcq_cfg.output, result)
+            if ppl_one is not None:
+                write_json(ppl_one.output, ppl)
+        else:
+            net, tokenizer, runtime = swap.use(adapter)
+            ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
+            result = kormedmcqa.score_loaded(mcq_cfg, net, tokenizer, runtime, questions, fewshot)
+            ppl = (perplexity.score_loaded(ppl_one, net, tokenizer, runtime, documents)
+                   if ppl_one is not None else None)
+            if cache is not None:
+                cache.write({"kormedmcqa": result, "ppl": ppl})
+                ctx.log(f"[eval] {name}: results cached in {cache.path}")
         ctx.log(format_table(result))
         entry = {"accuracy": result["accuracy"], "total": result["total"],
                  "per_subset": {k: v["accuracy"] for k, v in result["per_subset"].items()}}
-        if ppl_data:
-            ppl_cfg = dataclasses.replace(cfg, adapter=adapter, data=ppl_data,
-                                          output=str(out_dir / f"ppl_{name}.json"))
-            ppl = run_perplexity(ppl_cfg, log=ctx.log)
+        if ppl is not None:
             ctx.log(f"[eval] {name}: perplexity {ppl['perplexity']:.3f} on {ppl['tokens']:,} tokens")
             entry["perplexity"] = ppl["perplexity"]
         summary[name] = entry
-    return summary
+    swap.close()
+    ctx.log(f"[eval] {len(targets)} model(s) scored with {swap.loads} model load(s)")
+    return {name: summary[name] for name in targets}
 
 
 def _eval_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
