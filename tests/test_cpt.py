@@ -318,6 +318,7 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_gemma3_dir, corpus, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 2+ minutes on 2 cores: with the heavy checks, so CI stays within its budget
 def test_real_model_cpt_lowers_validation_perplexity(embedded_model_dir, tmp_path):
     """A few steps of `kormed train cpt` on the real embedded Gemma 3 270M lower validation perplexity."""
     from typer.testing import CliRunner

@@ -174,6 +174,7 @@ def test_gguf_unwritable_target(tiny_gemma3_dir, tmp_path, installed_converter):
         run_export(adapter=None, model=str(tiny_gemma3_dir), out=str(target), merge=False, gguf=True)
 
 
+@pytest.mark.heavy  # ~1 minute (two converter runs): with the heavy checks, so CI stays within its budget
 def test_adapter_merge_and_gguf_in_one_directory(converter, tiny_gemma3_dir, tmp_path):
     """--adapter --merge --gguf: the merged HF model, its GGUF and the card side by side; the card is an export
     card (library transformers) naming the GGUF file, and the merged weights carry the adapter's LoRA update."""

@@ -110,7 +110,7 @@ def _file_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     import kormed.models as models
 
     for module, name in [(kormedmcqa, "load_questions"), (kormedmcqa, "evaluate_kormedmcqa"),
-                         (perplexity, "read_texts"), (perplexity, "evaluate_perplexity"),
+                         (perplexity, "iter_texts"), (perplexity, "evaluate_perplexity"),
                          (models, "load_model_and_tokenizer"), (bench_eval, "run_bench"),
                          (bench_prepare, "run_bench"), (bench_train, "run_bench")]:
         monkeypatch.setattr(module, name, _forbid)

@@ -310,6 +310,7 @@ def test_loop_without_dev_holds_out_training_questions(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~1.5 minutes on 2 cores: with the heavy checks, so CI stays within its budget
 def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_model_dir):
     """The real Gemma 3 270M, the bundled sample data, the default steps and conditions, one step each."""
     import math
