@@ -201,3 +201,25 @@ def test_drop_unset_removes_unset_flags_and_empty_sections():
         "seed": 0,
         "flag": False,
     }
+
+
+def test_file_key_is_the_sha256_below_the_limit_and_sees_both_ends_above(tmp_path):
+    """The one reuse key of the run fingerprints and the eval cache: the full sha256 of a small file; for a file
+    above the limit, a key that changes when its first or last MiB (or its size) changes."""
+    import hashlib
+
+    from kormed.io import file_key
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"abc" * 1000)
+    assert file_key(small, 1 << 20) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    big = tmp_path / "big.bin"
+    data = bytearray(3 << 20)
+    big.write_bytes(bytes(data))
+    first = file_key(big, 1 << 20)
+    assert first != hashlib.sha256(bytes(data)).hexdigest() and first.endswith(f":{3 << 20}:{big.stat().st_mtime_ns}")
+    for where in (0, len(data) - 1):
+        changed = bytearray(data)
+        changed[where] = 1
+        big.write_bytes(bytes(changed))
+        assert file_key(big, 1 << 20).split(":")[0] != first.split(":")[0]

@@ -557,6 +557,22 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def file_key(path: str | Path, full_hash_limit: int) -> str:
+    """A file's content key for reuse decisions: its sha256 (:func:`file_sha256`), or, above `full_hash_limit`
+    bytes, the sha256 of its first and last MiB plus its size and mtime (so a rerun does not read 8 GB of weights or
+    18 GB of Arrow shards to decide that nothing changed)."""
+    path = Path(path)
+    st = path.stat()
+    if st.st_size <= full_hash_limit:
+        return file_sha256(path)
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(st.st_size - (1 << 20))
+        h.update(fh.read(1 << 20))
+    return f"{h.hexdigest()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 # -- output paths and the environment's write errors -----------------------------------------------------------
 # OSErrors the user's environment causes while writing, as (what happened, what to do).
 _ENV_ERRORS: dict[int, tuple[str, str]] = {

@@ -22,33 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.io import file_sha256, read_json, write_json
+from kormed.io import file_key, read_json, write_json
 
 EVAL_CACHE_VERSION = 1  # bump when what an eval result holds or how it is scored changes
 FULL_HASH_LIMIT = 64 << 20  # model files above this are keyed by size, mtime and both ends (a 4B model is 8 GB)
 
 
-def file_key(path: Path) -> str:
+def model_file_key(path: Path) -> str:
     """sha256 of a file; above FULL_HASH_LIMIT, of its first and last MiB plus its size and mtime."""
-    st = path.stat()
-    if st.st_size <= FULL_HASH_LIMIT:
-        return file_sha256(path)
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        h.update(fh.read(1 << 20))
-        fh.seek(st.st_size - (1 << 20))
-        h.update(fh.read(1 << 20))
-    return f"{h.hexdigest()}:{st.st_size}:{st.st_mtime_ns}"
+    return file_key(path, FULL_HASH_LIMIT)
 
 
 def tree_key(path: str | Path) -> str:
     """The key of a file, or of every file in a directory (relative names included)."""
     p = Path(path)
     if p.is_file():
-        return file_key(p)
+        return model_file_key(p)
     h = hashlib.sha256()
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        h.update(f.relative_to(p).as_posix().encode() + b"\0" + file_key(f).encode() + b"\n")
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + model_file_key(f).encode() + b"\n")
     return "dir:" + h.hexdigest()
 
 

@@ -30,7 +30,7 @@ import yaml
 from kormed.config import PIPELINE_KEYS, merge, read_yaml
 from kormed.errors import KormedError
 from kormed.export.model_card import write_run_cards
-from kormed.io import Log, atomic_write, check_output_path, file_sha256, read_json, write_json
+from kormed.io import Log, atomic_write, check_output_path, file_key, read_json, write_json
 from kormed.pipeline.registry import STAGE_DIRS, STAGE_ORDER, STAGE_SECTIONS, TRAINING_STAGES, stage_info
 from kormed.pipeline.report import write_report
 from kormed.pipeline.results import RESULT_FILE, to_json, write_result
@@ -209,17 +209,8 @@ def _plain(obj: Any) -> Any:
 
 
 def _file_digest(path: Path) -> str:
-    """sha256 of the file (:func:`kormed.io.file_sha256`); above FULL_HASH_LIMIT a cheaper stand-in."""
-    st = path.stat()
-    if st.st_size <= FULL_HASH_LIMIT:
-        return file_sha256(path)
-    # huge raw inputs (e.g. 18 GB of Arrow shards): size + mtime + both ends, so a rerun does not read them all
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        h.update(fh.read(1 << 20))
-        fh.seek(st.st_size - (1 << 20))
-        h.update(fh.read(1 << 20))
-    return f"{h.hexdigest()}:{st.st_size}:{st.st_mtime_ns}"
+    """sha256 of the file; above FULL_HASH_LIMIT a cheaper stand-in (:func:`kormed.io.file_key`)."""
+    return file_key(path, FULL_HASH_LIMIT)
 
 
 def fingerprint(path: str | Path) -> str:
