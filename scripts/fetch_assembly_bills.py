@@ -197,14 +197,6 @@ def build(bills: list[dict[str, Any]], reasons: dict[str, str], *, heldout_docs:
     return files, manifest
 
 
-def write_jsonl(path: Path, docs: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for text in docs:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "kormed" / "assembly_bills")
@@ -218,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     bills, reasons = read_sdist(sdist)
     files, manifest = build(bills, reasons, heldout_docs=args.heldout_docs)
     manifest["source"]["sdist"] = {"file": sdist.name, "sha256": hashlib.sha256(sdist.read_bytes()).hexdigest()}
+    from kormed.io import write_jsonl  # kormed's atomic JSONL writer (temp file + rename)
+
     for name, docs in files.items():
-        write_jsonl(args.out / name, docs)
+        write_jsonl(args.out / name, ({"text": text} for text in docs))
     tmp = args.out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(args.out / "manifest.json")
