@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kormed.eval.knowledge import WORDING, build_questions, evaluate_knowledge, format_table
+from kormed.eval.knowledge import WORDING, build_questions, evaluate_knowledge, format_table, sample_per_group
 from kormed.records import DictEntry
 
 MEDICAL = [DictEntry(t, d) for t, d in [
@@ -46,6 +46,20 @@ def test_questions_forms_options_and_splits():
         assert not set(WORDING[kind]["dev"].values()) & set(WORDING[kind]["test"].values())
     few, skipped = build_questions(MEDICAL[:4], "medical", "dev")
     assert few == [] and skipped == 4 + 4 + 4  # 3 other options: no question, each counted
+
+
+def test_sample_per_group_keeps_every_form_and_group_seeded():
+    questions, _ = build_questions(MEDICAL, "medical", "dev", seed=1, held_out={"빈혈", "폐렴"})
+    picked = sample_per_group(questions, 2, seed=3)
+    counts: dict[tuple[str, str], int] = {}
+    for q in picked:
+        counts[q["form"], q["group"]] = counts.get((q["form"], q["group"]), 0) + 1
+    groups = {(q["form"], q["group"]) for q in questions}
+    assert set(counts) == groups and all(n == 2 for n in counts.values())  # every form and group, 2 each
+    assert picked == sample_per_group(questions, 2, seed=3)  # seeded
+    assert [q["term"] for q in picked] != [q["term"] for q in sample_per_group(questions, 2, seed=4)]
+    assert [q for q in questions if q in picked] == picked  # the questions' own order
+    assert sample_per_group(questions, None, seed=3) == questions
 
 
 class KnowsTrainedLM:

@@ -102,6 +102,11 @@ class EvalConfig:
         "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
     )
     knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
+    knowledge_per_group: int | None = opt(
+        None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
+        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).",
+        bounds=(1, None),
+    )
     max_length: int = opt(
         1024, "ppl: block length in tokens, as in CPT training (`cpt.max_length`).", bounds=(2, None)
     )

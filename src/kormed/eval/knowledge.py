@@ -94,6 +94,23 @@ def build_questions(entries: list[DictEntry], kind: str, split: str, *, seed: in
     return questions, skipped
 
 
+def sample_per_group(questions: list[dict[str, Any]], per_group: int | None, seed: int) -> list[dict[str, Any]]:
+    """At most `per_group` questions of each (form, group), a seeded choice by term (None: all), in their order.
+
+    A full dictionary gives ~5 questions an entry, each scored under 5 rotations: a sample keeps a per-round
+    check (the loop) or an eval stage within minutes while every form and group stays measured."""
+    if per_group is None:
+        return questions
+    by_group: dict[tuple[str, str], list[int]] = {}
+    for i, q in enumerate(questions):
+        by_group.setdefault((q["form"], q["group"]), []).append(i)
+    keep: set[int] = set()
+    for (form, group), idx in by_group.items():
+        rand = random.Random(f"kormed-knowledge-sample:{seed}:{form}:{group}")
+        keep.update(idx if len(idx) <= per_group else rand.sample(idx, per_group))
+    return [q for i, q in enumerate(questions) if i in keep]
+
+
 def read_heldout(path: str | Path) -> dict[str, list[DictEntry]]:
     """The held-out record of `kormed prepare` (`{"medical_dict": [...], "char_dict": [...], ...}`)."""
     data = read_json(Path(path), what="held-out dictionary record")
@@ -128,8 +145,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[DictEntry]], *, split: str,
                        seed: int = 0, held_out: dict[str, set[str]] | None = None, batch_size: int = 8,
-                       progress: bool = True, compute_dtype: str | None = None) -> dict[str, Any]:
-    """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together)."""
+                       per_group: int | None = None, progress: bool = True,
+                       compute_dtype: str | None = None) -> dict[str, Any]:
+    """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together);
+    `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`)."""
     from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 
     questions: list[dict[str, Any]] = []
@@ -141,6 +160,7 @@ def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[
             questions += qs
     if not questions:
         raise KormedError("no knowledge question could be built (each form needs 5 entries with distinct options)")
+    questions = sample_per_group(questions, per_group, seed)
     res = evaluate_kormedmcqa(model, tokenizer, [q["mcq"] for q in questions], mode="loglik",
                               permutations="cyclic", batch_size=batch_size, progress=progress,
                               compute_dtype=compute_dtype)
@@ -148,7 +168,8 @@ def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[
                 "options": list(q["mcq"].options), "answer": q["mcq"].answer_letter, "extracted": r["extracted"],
                 "correct": r["correct"], "margin": r["margin"]}
                for q, r in zip(questions, res["questions"], strict=True)]
-    return {"split": split, "seed": seed, "permutations": "cyclic", "questions_total": len(records),
+    return {"split": split, "seed": seed, "permutations": "cyclic", "per_group": per_group,
+            "questions_total": len(records),
             "skipped": skipped, "summary": summarise(records), "questions": records}
 
 
@@ -184,7 +205,8 @@ def run_knowledge(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     result = evaluate_knowledge(model, tokenizer, dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
-                                held_out=held, batch_size=cfg.batch_size, progress=progress,
+                                held_out=held, batch_size=cfg.batch_size, per_group=cfg.knowledge_per_group,
+                                progress=progress,
                                 compute_dtype=runtime.compute_dtype)
     result.update(model=cfg.model or "embedded:gemma3-270m", adapter=cfg.adapter, dict=cfg.dict,
                   char_dict=cfg.char_dict, heldout=cfg.heldout)
