@@ -16,6 +16,7 @@ from kormed.data.chat import (
     mcq_user_prompt,
     render_chat_text,
     render_dict_entry,
+    render_dict_forms,
     render_mcq,
 )
 from kormed.errors import KormedError
@@ -63,6 +64,26 @@ def test_templates_configurable_and_validated():
     assert render_dict_entry(DictEntry("약", "medicine"), t)[0] == "뜻: 약"
     with pytest.raises(KormedError, match="templates.mcq_answer"):
         ChatTemplates(mcq_answer="{nope}").validate()
+
+
+def test_dictionary_surface_forms():
+    entry = DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태")
+    assert render_dict_forms(entry) == [render_dict_entry(entry)]  # the default: the seeds' one form
+    t = ChatTemplates(dict_forms=["meaning", "term", "english"])
+    assert render_dict_forms(entry, t) == [
+        ("Meaning of word 고혈압:", "Hypertension. 혈압이 정상 범위보다 높은 상태"),
+        ("Term meaning: 혈압이 정상 범위보다 높은 상태", "고혈압"),
+        ("Korean term for Hypertension:", "고혈압"),
+    ]
+    # no Korean part: the English definition is the meaning, and there is no separate English name to ask
+    assert render_dict_forms(DictEntry("약", "medicine"), t) == [("Meaning of word 약:", "medicine"),
+                                                               ("Term meaning: medicine", "약")]
+    assert render_dict_forms(DictEntry("↑", "increased."), t, symbol=True) == [
+        ("Meaning of medical symbol ↑:", "increased."), ("Term meaning: increased", "↑")]
+    for bad, message in ((["meaning", "cloze"], "unknown form 'cloze'"), ([], "at least one form"),
+                         (["term", "term"], "listed twice")):
+        with pytest.raises(KormedError, match=message):
+            ChatTemplates(dict_forms=bad).validate()
 
 
 @pytest.mark.parametrize("kind", ["dict", "mcq", "cot"])

@@ -7,6 +7,7 @@ counted with its reason in the returned `SkipReport` so nothing is lost silently
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from kormed.errors import KormedError
 from kormed.io import iter_jsonl, read_json
 
 LETTERS = ("A", "B", "C", "D", "E")
+HANGUL_SYLLABLE = re.compile("[\uac00-\ud7a3]")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,29 @@ class DictEntry:
     term: str
     definition: str
     source: str = ""
+
+
+def strip_final_period(text: str) -> str:
+    return text.strip().rstrip(".。").rstrip()
+
+
+def split_definition(definition: str) -> tuple[str, str]:
+    """Split 'Hypertension. 혈압이 정상 범위보다 높은 상태' into ('Hypertension', '혈압이 정상 범위보다 높은 상태').
+
+    The English name is the longest prefix without Hangul that ends at a '. ' after which Hangul follows;
+    a definition without such a prefix gives ('', definition) when it contains Hangul, else (definition, '').
+    """
+    d = definition.strip()
+    if not HANGUL_SYLLABLE.search(d):
+        return strip_final_period(d), ""
+    english, korean = "", d
+    for m in re.finditer(r"\.\s+", d):
+        left, right = d[: m.start()].strip(), d[m.end() :].strip()
+        if HANGUL_SYLLABLE.search(left):
+            break
+        if re.search("[A-Za-z]", left) and HANGUL_SYLLABLE.search(right):
+            english, korean = left, right
+    return english, strip_final_period(korean)
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Any
 from kormed.config import opt
 from kormed.data.packing import pack_documents
 from kormed.errors import KormedError
-from kormed.records import LETTERS, MCQ, DictEntry
+from kormed.records import LETTERS, MCQ, DictEntry, split_definition, strip_final_period
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
@@ -62,6 +62,16 @@ DEFAULT_MCQ_COT_TEMPLATE = "{cot}\n{answer}"
 DEFAULT_DICT_PROMPT = "Meaning of word {term}:"
 DEFAULT_SYMBOL_PROMPT = "Meaning of medical symbol {term}:"
 DEFAULT_DICT_ANSWER = "{definition}"
+# The surface forms a dictionary entry is trained in (`templates.dict_forms`). `meaning` is the seeds' form, written
+# by the three templates above; the others ask for the same fact another way (knowledge-extraction research: a fact
+# seen in one form is memorised but not retrieved in another). None is a choice among options, so none is a form
+# `kormed eval knowledge` asks in. Fields: {term}, {definition} (as written), {korean} (its Korean part, or the whole
+# definition when it has none), {english} (the English name of a definition that also has Korean).
+DICT_FORMS: dict[str, tuple[str, str]] = {
+    "meaning": ("", ""),  # dict_prompt / symbol_prompt -> dict_answer
+    "term": ("Term meaning: {korean}", "{term}"),
+    "english": ("Korean term for {english}:", "{term}"),
+}
 
 
 @dataclass
@@ -71,6 +81,13 @@ class ChatTemplates:
     dict_prompt: str = opt(DEFAULT_DICT_PROMPT, "User turn for a medical-dictionary entry. Fields: {term}.")
     symbol_prompt: str = opt(DEFAULT_SYMBOL_PROMPT, "User turn for a symbol-dictionary entry. Fields: {term}.")
     dict_answer: str = opt(DEFAULT_DICT_ANSWER, "Model turn for a dictionary entry. Fields: {term}, {definition}.")
+    dict_forms: list[str] = opt(
+        ["meaning"],
+        "Surface forms each dictionary entry is trained in, one example per form (an entry without the form's\n"
+        "field, e.g. `english` for a definition with no Korean part, skips it): meaning = the two templates\n"
+        "above; term = `Term meaning: <Korean definition>` -> term; english = `Korean term for <English name>:`\n"
+        "-> term. None is a multiple-choice form, so `kormed eval knowledge` asks in forms no stage trains on.",
+    )
     mcq_prompt: str = opt(
         DEFAULT_MCQ_TEMPLATE,
         "User turn for a KorMedMCQA question (also used by `kormed eval kormedmcqa --mode chat`).\n"
@@ -88,7 +105,14 @@ class ChatTemplates:
     )
 
     def validate(self) -> None:
-
+        if not self.dict_forms:
+            raise KormedError("at least one form is needed", field="templates.dict_forms")
+        for form in self.dict_forms:
+            if form not in DICT_FORMS:
+                raise KormedError(f"unknown form '{form}' (known: {', '.join(DICT_FORMS)})",
+                                  field="templates.dict_forms")
+        if len(set(self.dict_forms)) != len(self.dict_forms):
+            raise KormedError("a form is listed twice", field="templates.dict_forms")
         probe_mcq = {"question": "q", "options": "o", "letter": "A", "answer_text": "a", "index": 1, "cot": "c",
                      "answer": "x", **{k: k for k in LETTERS}}
         for name, fields in (
@@ -145,6 +169,23 @@ def render_dict_entry(entry: DictEntry, templates: ChatTemplates | None = None, 
     prompt = t.symbol_prompt if symbol else t.dict_prompt
     return (prompt.format(term=entry.term, definition=entry.definition),
             t.dict_answer.format(term=entry.term, definition=entry.definition))
+
+
+def render_dict_forms(entry: DictEntry, templates: ChatTemplates | None = None, *,
+                      symbol: bool = False) -> list[tuple[str, str]]:
+    """(user text, answer text) of the entry in each of `templates.dict_forms` that it has the fields for."""
+    t = templates or ChatTemplates()
+    english, korean = ("", "") if symbol else split_definition(entry.definition)
+    fields = {"term": entry.term, "definition": entry.definition, "korean": korean or strip_final_period(
+        entry.definition), "english": english if korean else ""}
+    out = []
+    for form in t.dict_forms:
+        if form == "meaning":
+            out.append(render_dict_entry(entry, t, symbol=symbol))
+        elif form != "english" or fields["english"]:
+            user, answer = DICT_FORMS[form]
+            out.append((user.format(**fields), answer.format(**fields)))
+    return out
 
 
 def render_chat_text(user_text: str, answer_text: str) -> str:

@@ -45,7 +45,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from kormed.records import MCQ, DictEntry
+from kormed.records import HANGUL_SYLLABLE, MCQ, DictEntry, split_definition  # split_definition: re-exported
+from kormed.records import strip_final_period as _strip_final_period
 
 MCQStyle = Literal["korean_only", "with_english"]
 CharParticles = Literal["seed", "rule"]
@@ -57,7 +58,7 @@ PARTICLES: dict[str, tuple[str, str]] = {
     "을/를": ("을", "를"),
 }
 
-_HANGUL = re.compile("[\uac00-\ud7a3]")
+_HANGUL = HANGUL_SYLLABLE
 _TRAILING_PUNCT = "\"'`”’」』》〉.,;:!?·…"
 _OPEN = {")": "(", "）": "（", "]": "["}
 _DIGIT_CONSONANT = {"0": True, "1": True, "2": False, "3": True, "4": False, "5": False, "6": True, "7": True,
@@ -186,29 +187,6 @@ def render_mcq(mcq: MCQ, style: MCQStyle = "korean_only") -> str:
         f"{mcq.question.strip()}\n선택지: {', '.join(shown)}\n정답: {korean_part(answer)}\n\n"
         f"{with_josa(_strip_final_period(answer), '은/는')} 의학적으로 중요한 개념이다."
     )
-
-
-def _strip_final_period(text: str) -> str:
-    return text.strip().rstrip(".。").rstrip()
-
-
-def split_definition(definition: str) -> tuple[str, str]:
-    """Split 'Hypertension. 혈압이 정상 범위보다 높은 상태' into ('Hypertension', '혈압이 정상 범위보다 높은 상태').
-
-    The English name is the longest prefix without Hangul that ends at a '. ' after which Hangul follows;
-    a definition without such a prefix gives ('', definition) when it contains Hangul, else (definition, '').
-    """
-    d = definition.strip()
-    if not _HANGUL.search(d):
-        return _strip_final_period(d), ""
-    english, korean = "", d
-    for m in re.finditer(r"\.\s+", d):
-        left, right = d[: m.start()].strip(), d[m.end() :].strip()
-        if _HANGUL.search(left):
-            break
-        if re.search("[A-Za-z]", left) and _HANGUL.search(right):
-            english, korean = left, right
-    return english, _strip_final_period(korean)
 
 
 def render_medical(entry: DictEntry) -> str:

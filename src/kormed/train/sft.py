@@ -47,7 +47,7 @@ from kormed.data.chat import (
     ExampleTooLong,
     encode_chat_example,
     encode_raw_texts,
-    render_dict_entry,
+    render_dict_forms,
     render_mcq,
 )
 from kormed.data.mixture import mix_with_report, normalise_weights, split_records
@@ -170,7 +170,7 @@ def encode_sources(
     def pairs(kind: str, mcqs: Sequence[MCQ] = (), entries: Sequence[tuple[DictEntry, bool]] = ()) -> list:
         if kind in ("qa", "qa_cot"):
             return [render_mcq(q, templates, reasoning=kind == "qa_cot") for q in mcqs]
-        return [render_dict_entry(e, templates, symbol=sym) for e, sym in entries]
+        return [pair for e, sym in entries for pair in render_dict_forms(e, templates, symbol=sym)]
 
     for kind in ("qa", "qa_cot", "dict"):
         has_train = bool(src.dict_train if kind == "dict" else src.mcq_train)
