@@ -67,6 +67,7 @@ VALID: dict[str, Any] = {
     "scheduler": "linear",
     "optim": "adamw_torch_fused",
     "target_perplexity": 3.0,
+    "dict_forms": ["meaning", "term"],
 }
 # The same by the field's whole path, kept at their defaults: train.method full is refused beside the adapter and
 # 4bit this test also sets (`--method full` landing is test_full_finetune.py's), `--streaming` beside num_workers > 0
