@@ -307,8 +307,9 @@ class LoopConfig(RecipeOptions):
     knowledge_per_group: int | None = opt(
         20, "Dictionary knowledge after each round: at most N questions per form and entry group, a seeded sample\n"
         "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions x 5\n"
-        "rotations, about a minute on 2 CPU cores for the embedded 270M and the bundled 217+89-entry\n"
-        "dictionaries (all of them: ~8 minutes); a reported test check scores trained and held-out entries.",
+        "rotations (5 forms of the bundled 217+89-entry dictionaries), about a minute on 2 idle CPU cores for\n"
+        "the embedded 270M (all 811 questions: ~8 minutes); a reported test check also scores the held-out\n"
+        "entries (twice the questions), only for the rounds that become the best.",
         bounds=(1, None),
     )
     knowledge_seed: int = seed_opt(
