@@ -105,6 +105,8 @@ def test_four_steps_with_stop_conditions_and_guard(tiny_run, capsys):
     assert infos[2]["start_metrics_source"] == "final evaluation of the previous step"
     assert infos[1]["start_metrics"] is None  # no 'maintained' condition: no start reference needed
     assert infos[4]["conditions_at_stop"][1]["threshold"] == pytest.approx(baseline["raw_perplexity"] * 1.1 * 1.02)
+    # no condition names eval_dev_knowledge: dictionary knowledge is never scored
+    assert not any("eval_dev_knowledge" in e for info in infos.values() for e in info["eval_history"])
     # per-set validation losses, each logged
     assert {"eval_qa_loss", "eval_dict_loss", "eval_raw_perplexity"} <= set(infos[3]["metrics_at_stop"])
     val_sets = [k[4:] for k in infos[3]["data"]["sizes"] if k.startswith("val_")]
@@ -484,3 +486,23 @@ def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_mode
         assert info["data"]["sizes"]["train_raw"] >= 14
     assert _info(out, "step4")["mix"] == {"qa_cot": 0.4, "dict": 0.2, "raw": 0.4}
     assert "sft done" in stdout
+
+
+def test_sft_stop_condition_on_dev_knowledge(tmp_path, capsys, tiny_gemma3_dir):
+    """`eval_dev_knowledge` in a step's conditions: dictionary knowledge (dev forms of the trained entries) is
+    scored at each evaluation of that step, read by the conditions and recorded (a step that does not name it never
+    scores it: test_four_steps_with_stop_conditions_and_guard)."""
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({"sft": {
+        "val_max": 2, "max_length": 96, "train": TRAIN_FAST, "knowledge_per_group": 1,
+        "steps": [{"name": "knows", "mix": {"dict": 1.0}, "stop": ["eval_dev_knowledge >= 0"], "max_steps": 2}]}}))
+    out = tmp_path / "out"
+    code, _, err = _cli(["train", "sft", "--config", str(cfg), *_data_args(tmp_path), "--model",
+                         str(tiny_gemma3_dir), "--output", str(out), "--device", "cpu"], capsys)
+    assert code == 0, err
+    knows = _info(out, "step1")
+    assert knows["stop_reason"] == "conditions_met" and knows["global_step"] == 1  # an accuracy is always >= 0
+    value = knows["stop_checks"][0]["results"][0]["value"]
+    assert 0 <= value <= 1 and knows["metrics_at_stop"]["eval_dev_knowledge"] == value
+    # 1 question per form: 3 medical + 2 symbol forms, so the accuracy is a multiple of 1/5
+    assert round(value * 5, 6) == round(value * 5)

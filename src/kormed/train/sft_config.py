@@ -200,6 +200,19 @@ class RecipeOptions:
         0.05, "'stable' = (max - min) / min of each stable metric over the last stable_evals evaluations <= this.",
         bounds=(0, None),
     )
+    knowledge_per_group: int | None = opt(
+        20, "Dictionary knowledge (the loop after each round; SFT steps and rounds whose stop conditions name\n"
+        "eval_dev_knowledge, at each evaluation): at most N questions per form and entry group, a seeded sample\n"
+        "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions x 5\n"
+        "rotations (5 forms of the bundled 217+89-entry dictionaries), about a minute on 2 idle CPU cores for\n"
+        "the embedded 270M (all 811 questions: ~8 minutes); the loop's reported test check also scores the\n"
+        "held-out entries (twice the questions), only for the rounds that become the best.",
+        bounds=(1, None),
+    )
+    knowledge_seed: int = seed_opt(
+        0, "Seed of the knowledge questions' distractors, answer positions and sample (as `eval.knowledge_seed`:\n"
+        "the same seed and per_group give the numbers `kormed eval knowledge` gives).",
+    )
     templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
     train: TrainOptions = dataclasses.field(
@@ -303,18 +316,6 @@ class LoopConfig(RecipeOptions):
     knowledge_target: float = opt(
         0.9, "select_on knowledge or both: stop once the dev knowledge (trained entries, dev forms) reaches this\n"
         "(0-1; the seeds' 90 %).", bounds=(0, 1, "(]"),
-    )
-    knowledge_per_group: int | None = opt(
-        20, "Dictionary knowledge after each round: at most N questions per form and entry group, a seeded sample\n"
-        "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions x 5\n"
-        "rotations (5 forms of the bundled 217+89-entry dictionaries), about a minute on 2 idle CPU cores for\n"
-        "the embedded 270M (all 811 questions: ~8 minutes); a reported test check also scores the held-out\n"
-        "entries (twice the questions), only for the rounds that become the best.",
-        bounds=(1, None),
-    )
-    knowledge_seed: int = seed_opt(
-        0, "Seed of the knowledge questions' distractors, answer positions and sample (as `eval.knowledge_seed`:\n"
-        "the same seed and per_group give the numbers `kormed eval knowledge` gives).",
     )
     stop_after_no_improvement: int | None = opt(
         2, "Stop once this many rounds in a row have not improved the selection metric on dev (strictly); the\n"
