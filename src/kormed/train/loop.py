@@ -259,6 +259,9 @@ def table_markdown(result: dict[str, Any]) -> str:
         f"**{result['reported_on']}**, and the test forms of the trained entries"
         + (f" and of the held-out entries ({heldout})" if heldout else "") + ".",
         "",
+        f"Knowledge questions: seed {test_k.get('seed')}, at most {test_k.get('per_group') or 'all'} per form and "
+        "entry group, each scored under its 5 cyclic option rotations (chance 20 %).",
+        "",
         "| round | kind | steps | stop reason | eval_qa_loss | eval_dict_loss | raw ppl | dev knowledge "
         "| dev accuracy | dev correct | test knowledge | held-out knowledge | test accuracy |",
         "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
