@@ -206,7 +206,7 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     out = tmp_path / "loop"
     trained, record = _dict_subset(tmp_path, held=10)
     code, stdout, err = _cli(["train", "loop", "--config", str(cfg), "--mcq", str(p["mcq_train"]), "--dict",
-                              str(trained), "--dict-heldout", str(record), "--knowledge-per-group", "4",
+                              str(trained), "--dict-heldout", str(record), "--knowledge-per-group", "2",
                               "--eval-data", str(p["mcq_test"]), "--eval-limit", "4",
                               "--max-rounds", "2", "--max-steps-per-round", "1", "--target", "0.99",
                               "--model", str(tiny_gemma3_dir), "--output", str(out), "--device", "cpu"], capsys)
@@ -214,17 +214,17 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     table = json.loads((out / "loop_table.json").read_text())
     assert [(r["round"], r["kind"]) for r in table["rounds"]] == [(0, "start"), (1, "dict"), (2, "mcq")]
     assert table["stop_reason"] in ("max_rounds", "target_reached", "no_improvement")
-    # dictionary knowledge, really scored: the dev forms of the trained entries every round (3 forms x 4), the test
+    # dictionary knowledge, really scored: the dev forms of the trained entries every round (3 forms x 2), the test
     # forms of trained and held-out entries for the rounds reported
-    assert all(r["dev_knowledge_total"] == 12 for r in table["rounds"]) and table["select_on"] == "knowledge"
+    assert all(r["dev_knowledge_total"] == 6 for r in table["rounds"]) and table["select_on"] == "knowledge"
     best_row = table["rounds"][table["best_round"]]
-    assert best_row["test_knowledge_total"] == best_row["heldout_knowledge_total"] == 12
+    assert best_row["test_knowledge_total"] == best_row["heldout_knowledge_total"] == 6
     assert table["best_dev_knowledge"] == best_row["dev_knowledge_accuracy"]
     assert (out / "round01_dict" / "knowledge_dev.json").is_file() and "dev knowledge" in stdout
     # the same settings give the numbers `kormed eval knowledge` gives for that adapter (the eval stage may reuse)
     start = json.loads((out / "round00_start" / "knowledge_test.json").read_text())
     code, _, err = _cli(["eval", "knowledge", "--adapter", str(out / "round00_start"), "--dict", str(trained),
-                         "--heldout", str(record), "--knowledge-split", "test", "--knowledge-per-group", "4",
+                         "--heldout", str(record), "--knowledge-split", "test", "--knowledge-per-group", "2",
                          "--output", str(tmp_path / "k.json"), "--device", "cpu"], capsys)
     assert code == 0, err
     again = json.loads((tmp_path / "k.json").read_text())
