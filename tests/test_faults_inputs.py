@@ -965,3 +965,39 @@ def test_a_malformed_training_info_is_one_error_naming_the_file_and_field(tmp_pa
     message = str(err.value)
     assert "\n" not in message and f"{tmp_path / 'training_info.json'}" in message and f"'{field}'" in message
 
+
+
+# ---------------------------------------------------------------------------------------------- loop knowledge
+# The loop's held-out dictionary record (`--dict-heldout`, prepare's control): a record whose entries the loop would
+# train on, or one of the wrong shape, is one error naming the file and field, before any model loads.
+
+
+def _loop_args(tmp_path: Path, dictionary: Path, record: Path) -> list[str]:
+    from kormed.sample_data import sample_paths
+
+    p = sample_paths()
+    return ["train", "loop", "--mcq", str(p["mcq_train"]), "--dict", str(dictionary), "--dict-heldout", str(record),
+            "--eval-data", str(p["mcq_test"]), "--model", str(tmp_path / "no-model"),
+            "--output", str(tmp_path / "loop")]
+
+
+def test_loop_refuses_a_held_out_record_it_would_train_on(tmp_path: Path) -> None:
+    from kormed.sample_data import sample_paths
+
+    dictionary = Path(sample_paths()["medical_dict"])  # the whole dictionary, not prepare's trained subset
+    entries = json.loads(dictionary.read_text(encoding="utf-8"))
+    record = tmp_path / "corpus.dict_heldout.json"
+    record.write_text(json.dumps({"medical_dict": entries[:3], "char_dict": []}, ensure_ascii=False), "utf-8")
+    line = _one_line_error(_cli(_loop_args(tmp_path, dictionary, record)), "loop.dict_heldout", str(dictionary),
+                           "3 held-out entries")
+    assert "train on its control" in line
+    assert not (tmp_path / "loop").exists()
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"medical_dict": [{"term": "x"}]}, {"char_dict": "x"}])
+def test_loop_bad_held_out_record_is_one_error(tmp_path: Path, content: Any) -> None:
+    from kormed.sample_data import sample_paths
+
+    record = tmp_path / "corpus.dict_heldout.json"
+    record.write_text(json.dumps(content), encoding="utf-8")
+    _one_line_error(_cli(_loop_args(tmp_path, Path(sample_paths()["medical_dict"]), record)), str(record))

@@ -73,6 +73,7 @@ def test_demo_wiring_connects_every_stage(tmp_path):
     assert Path(sft.from_adapter) == r / "cpt" and Path(sft.output) == r / "sft"
     assert (Path(sft.mcq), Path(sft.dict), Path(sft.char_dict)) == (sample["mcq_train"], trained_dict, trained_char)
     assert Path(loop.dict) == trained_dict
+    assert Path(loop.dict_heldout) == prep.heldout_path()  # the loop reports its control's knowledge
     assert (Path(sft.raw), Path(sft.raw_val)) == (corpus, val)
     assert Path(loop.from_adapter) == r / "sft" / "step4" and Path(loop.output) == r / "loop"
     assert Path(loop.eval_data) == sample["mcq_test"]
@@ -182,6 +183,7 @@ def test_previous_adapter_follows_the_registry_inputs(tmp_path):
     ctx = _resolve(pipeline)
     # sft is not part of the run: the loop starts from the nearest training stage among its inputs, cpt
     assert Path(ctx.configs["loop"].from_adapter) == (tmp_path / "run" / "cpt").absolute()
+    assert ctx.configs["loop"].dict_heldout is None  # no prepare in the run: no held-out record
     none = _resolve(pipeline_from_mapping({"name": "y", "run_dir": str(tmp_path / "r2"), "data_root": "sample",
                                            "stages": ["sft"]}))
     assert none.configs["sft"].from_adapter is None

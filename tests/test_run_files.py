@@ -80,6 +80,36 @@ def test_the_loop_table_is_written_and_read_back_through_one_type(tmp_path: Path
     assert LoopTable.read(tmp_path / LOOP_TABLE).version == 0
 
 
+def test_the_loop_table_carries_the_knowledge_curve_and_reads_version_1(tmp_path: Path) -> None:
+    """Version 2: per round dev knowledge (selection) and the reported test-form knowledge of trained and held-out
+    entries, with the settings used; a version-1 table (no knowledge) still reads."""
+    from kormed.run_files import LOOP_TABLE, LOOP_TABLE_VERSION, LoopTable, LoopTableRow
+
+    assert LOOP_TABLE_VERSION == 2
+    rows = [LoopTableRow(round=0, kind="start", dev_accuracy=0.2, dev_knowledge_accuracy=0.25,
+                         dev_knowledge_correct=25, dev_knowledge_total=100, test_knowledge_accuracy=0.3,
+                         test_knowledge_correct=30, test_knowledge_total=100, heldout_knowledge_accuracy=0.2,
+                         heldout_knowledge_correct=20, heldout_knowledge_total=100),
+            LoopTableRow(round=1, kind="dict", dev_accuracy=0.2, dev_knowledge_accuracy=0.5)]
+    settings = {"dev": {"split": "dev", "seed": 0, "per_group": 20, "used_for_selection": True,
+                        "dictionaries": {"dict": {"path": "d.json", "sha256": "ab"}}},
+                "test": {"split": "test", "seed": 0, "per_group": 20, "used_for_selection": False,
+                         "heldout": {"path": "h.json", "sha256": "cd"}}}
+    table = LoopTable(select_on="knowledge", knowledge_target=0.9, stop_after_no_improvement=2, knowledge=settings,
+                      rounds=rows, best_round=1, best_dev_knowledge=0.5, best_test_knowledge=0.4,
+                      best_heldout_knowledge=0.2, stop_reason="no_improvement")
+    write_json(tmp_path / LOOP_TABLE, table.to_json())
+    back = LoopTable.read(tmp_path / LOOP_TABLE)
+    assert back == table and back.rounds[0].heldout_knowledge_total == 100 and back.knowledge == settings
+    v1 = {"version": 1, "target": 0.9, "eval_mode": "chat", "selected_on": "dev", "reported_on": "test",
+          "rounds": [{"round": 0, "kind": "start", "dev_accuracy": 0.2, "test_accuracy": 0.1}],
+          "stop_reason": "max_rounds", "best_round": 0, "best_dev_accuracy": 0.2}
+    write_json(tmp_path / LOOP_TABLE, v1)
+    old = LoopTable.read(tmp_path / LOOP_TABLE)
+    assert old.version == 1 and old.rounds[0].dev_knowledge_accuracy is None and old.select_on is None
+    assert old.best_dev_accuracy == 0.2 and old.knowledge is None
+
+
 # ------------------------------------------------------------------------------------------- training_info.json
 
 # one SFT step's training_info.json as kormed wrote it before the version field (keys as the engine and

@@ -105,6 +105,8 @@ def test_four_steps_with_stop_conditions_and_guard(tiny_run, capsys):
     assert infos[2]["start_metrics_source"] == "final evaluation of the previous step"
     assert infos[1]["start_metrics"] is None  # no 'maintained' condition: no start reference needed
     assert infos[4]["conditions_at_stop"][1]["threshold"] == pytest.approx(baseline["raw_perplexity"] * 1.1 * 1.02)
+    # no condition names eval_dev_knowledge: dictionary knowledge is never scored
+    assert not any("eval_dev_knowledge" in e for info in infos.values() for e in info["eval_history"])
     # per-set validation losses, each logged
     assert {"eval_qa_loss", "eval_dict_loss", "eval_raw_perplexity"} <= set(infos[3]["metrics_at_stop"])
     val_sets = [k[4:] for k in infos[3]["data"]["sizes"] if k.startswith("val_")]
@@ -202,14 +204,32 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     cfg.write_text(yaml.safe_dump({"loop": {"val_max": 2, "max_length": 96, "train": TRAIN_FAST,
                                             "eval_max_new_tokens": 4, "eval_batch_size": 4}}))
     out = tmp_path / "loop"
+    trained, record = _dict_subset(tmp_path, held=10)
     code, stdout, err = _cli(["train", "loop", "--config", str(cfg), "--mcq", str(p["mcq_train"]), "--dict",
-                              str(p["medical_dict"]), "--eval-data", str(p["mcq_test"]), "--eval-limit", "4",
+                              str(trained), "--dict-heldout", str(record), "--knowledge-per-group", "2",
+                              "--eval-data", str(p["mcq_test"]), "--eval-limit", "4",
                               "--max-rounds", "2", "--max-steps-per-round", "1", "--target", "0.99",
                               "--model", str(tiny_gemma3_dir), "--output", str(out), "--device", "cpu"], capsys)
     assert code == 0, err
     table = json.loads((out / "loop_table.json").read_text())
     assert [(r["round"], r["kind"]) for r in table["rounds"]] == [(0, "start"), (1, "dict"), (2, "mcq")]
-    assert table["stop_reason"] in ("max_rounds", "target_reached")
+    assert table["stop_reason"] in ("max_rounds", "target_reached", "no_improvement")
+    # dictionary knowledge, really scored: the dev forms of the trained entries every round (3 forms x 2), the test
+    # forms of trained and held-out entries for the rounds reported
+    assert all(r["dev_knowledge_total"] == 6 for r in table["rounds"]) and table["select_on"] == "knowledge"
+    best_row = table["rounds"][table["best_round"]]
+    assert best_row["test_knowledge_total"] == best_row["heldout_knowledge_total"] == 6
+    assert table["best_dev_knowledge"] == best_row["dev_knowledge_accuracy"]
+    assert (out / "round01_dict" / "knowledge_dev.json").is_file() and "dev knowledge" in stdout
+    # the same settings give the numbers `kormed eval knowledge` gives for that adapter (the eval stage may reuse)
+    start = json.loads((out / "round00_start" / "knowledge_test.json").read_text())
+    code, _, err = _cli(["eval", "knowledge", "--adapter", str(out / "round00_start"), "--dict", str(trained),
+                         "--heldout", str(record), "--knowledge-split", "test", "--knowledge-per-group", "2",
+                         "--output", str(tmp_path / "k.json"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "k.json").read_text())
+    assert [(q["term"], q["form"], q["extracted"]) for q in again["questions"]] == [
+        (q["term"], q["form"], q["extracted"]) for q in start["questions"]]
     assert all(r["test_total"] in (4, None) and r["dev_total"] >= 1 for r in table["rounds"])
     assert _info(out, "round01_dict")["mix"] == {"dict": 1.0}
     assert _info(out, "round02_mcq")["mix"] == {"qa_cot": 1.0}
@@ -223,7 +243,7 @@ def test_loop_runs_two_rounds_and_keeps_the_best(tmp_path, capsys, tiny_gemma3_d
     assert best["selected_on"] == table["selected_on"] and table["selected_on"].startswith(("dev ", "train_holdout "))
     assert (out / "best" / "adapter_model.safetensors").is_file()
     md = (out / "loop_table.md").read_text()
-    assert md.count("\n| ") == 1 + 3 and "Best: round" in md
+    assert md.count("\n| ") == 1 + 3 and "Best on dev: round" in md and "| dev knowledge |" in md
     assert f"Stop: **{table['stop_reason']}**" in md
     assert (out / "round01_dict" / "kormedmcqa_dev.json").is_file()
     assert f"Selected on: **{table['selected_on']}**" in md
@@ -255,9 +275,12 @@ def test_loop_selects_on_dev_and_reports_test(tmp_path, tiny_gemma3_dir):
         acc = next(dev_scores if split == "dev" else test_scores)
         return {"accuracy": acc, "correct": round(acc * len(questions)), "total": len(questions), "unparseable": 0}
 
+    def knowledge(dictionaries, split, held_out):  # the same every round: exam accuracy decides
+        return {"summary": {"all/trained": {"accuracy": 0.5, "correct": 1, "total": 2}}}
+
     cfg = _loop_config(tmp_path, tiny_gemma3_dir, data / "test.jsonl", max_rounds=2, max_steps_per_round=1,
-                       target=0.99, test_every_round=True)
-    table = run_loop(cfg, log=lambda m: None, score=score)
+                       target=0.99, test_every_round=True, select_on="exam")
+    table = run_loop(cfg, log=lambda m: None, score=score, score_knowledge=knowledge)
     out = tmp_path / "loop"
     assert [r["test_accuracy"] for r in table["rounds"]] == [0.3, 0.1, 0.9]  # every round, only reported
     assert table["best_round"] == 1 and table["best_dev_accuracy"] == 0.6 and table["best_test_accuracy"] == 0.1
@@ -272,9 +295,128 @@ def test_loop_selects_on_dev_and_reports_test(tmp_path, tiny_gemma3_dir):
     # the target is judged on dev: 0.6 on dev ends the loop at round 1, whatever the test set says
     dev_scores, test_scores = iter([0.2, 0.6]), iter([0.95, 0.1])
     shutil.rmtree(out)
-    table = run_loop(dataclasses.replace(cfg, target=0.5), log=lambda m: None, score=score)
+    table = run_loop(dataclasses.replace(cfg, target=0.5), log=lambda m: None, score=score,
+                     score_knowledge=knowledge)
     assert table["stop_reason"] == "target_reached" and [r["round"] for r in table["rounds"]] == [0, 1]
     assert [r["test_accuracy"] for r in table["rounds"]] == [0.95, 0.1]
+
+
+def _dict_subset(tmp: Path, held: int) -> tuple[Path, Path]:
+    """The bundled medical dictionary split as `kormed prepare` splits it: the trained subset and the held-out
+    record (its last `held` entries)."""
+    entries = json.loads(Path(sample_paths()["medical_dict"]).read_text(encoding="utf-8"))
+    trained, record = tmp / "medical_dict.trained.json", tmp / "corpus.dict_heldout.json"
+    trained.write_text(json.dumps(entries[:-held], ensure_ascii=False), encoding="utf-8")
+    record.write_text(json.dumps({"fraction": 0.2, "seed": 0, "medical_dict": entries[-held:], "char_dict": []},
+                                 ensure_ascii=False), encoding="utf-8")
+    return trained, record
+
+
+def test_loop_never_selects_on_a_test_split(tmp_path, tiny_gemma3_dir):
+    """Real rounds on the tiny model, scores injected: dev knowledge favours round 1, while the test forms, the
+    held-out entries and the test questions favour round 2 (and the dev exam split ties). The loop keeps round 1,
+    whatever the test numbers are, and scores a test split only after the round's selection is decided."""
+    from kormed.train.loop import run_loop
+
+    trained, record = _dict_subset(tmp_path, held=10)
+    held_terms = {e["term"] for e in json.loads(record.read_text())["medical_dict"]}
+    calls: list[tuple[str, str]] = []
+    dev_known = [0.3, 0.7, 0.5]
+    test_known: dict[str, list[float]] = {}  # the reported numbers favour round 2
+
+    def score(questions, split):
+        calls.append(("exam", split))
+        n = calls.count(("exam", split)) - 1
+        acc = 0.4 if split == "dev" else test_known["exam"][n]
+        return {"accuracy": acc, "correct": round(acc * len(questions)), "total": len(questions), "unparseable": 0}
+
+    def knowledge(dictionaries, split, held_out):
+        calls.append(("knowledge", split))
+        n = calls.count(("knowledge", split)) - 1
+        terms = {e.term for e in dictionaries["medical"]}
+        if split == "dev":  # the trained entries only: the held-out control is not even in the pool
+            assert held_out == {} and not terms & held_terms
+            return {"summary": {"all/trained": {"accuracy": dev_known[n], "correct": n, "total": 60}}}
+        assert held_out["medical"] == held_terms and held_terms <= terms
+        return {"summary": {"all/trained": {"accuracy": test_known["trained"][n], "correct": n, "total": 60},
+                            "all/held_out": {"accuracy": test_known["held_out"][n], "correct": n, "total": 30}}}
+
+    test_known.update(trained=[0.9, 0.2, 0.95], held_out=[0.5, 0.1, 0.6], exam=[0.2, 0.1, 0.9])
+    cfg = _loop_config(tmp_path, tiny_gemma3_dir, Path(sample_paths()["mcq_test"]), dict=str(trained),
+                       dict_heldout=str(record), dev_data=str(sample_paths()["mcq_dev"]), max_rounds=3,
+                       stop_after_no_improvement=1, max_steps_per_round=1, test_every_round=True, eval_limit=3)
+    table = run_loop(cfg, log=lambda m: None, score=score, score_knowledge=knowledge)
+    rows = table["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]  # round 2 does not beat round 1 on dev: stop
+    assert table["stop_reason"] == "no_improvement" and table["stop_after_no_improvement"] == 1
+    assert [r["dev_knowledge_accuracy"] for r in rows] == dev_known
+    assert [r["test_knowledge_accuracy"] for r in rows] == [0.9, 0.2, 0.95]  # recorded, only reported
+    assert [r["heldout_knowledge_accuracy"] for r in rows] == [0.5, 0.1, 0.6]
+    assert table["best_round"] == 1 and table["best_dev_knowledge"] == 0.7
+    assert (table["best_test_knowledge"], table["best_heldout_knowledge"], table["best_test_accuracy"]) == (
+        0.2, 0.1, 0.1)  # the chosen round's own reported numbers, however poor
+    dev, test = [("exam", "dev"), ("knowledge", "dev")], [("exam", "test"), ("knowledge", "test")]
+    assert calls == (dev + test) * 3  # each round: its dev scores, then (selection decided) its reported ones
+    best = json.loads((tmp_path / "loop" / "best" / "best.json").read_text())
+    assert best["round"] == 1 and best["select_on"] == "knowledge"
+    assert table["knowledge"]["dev"]["used_for_selection"] is True
+    assert table["knowledge"]["test"]["used_for_selection"] is False
+    assert table["knowledge"]["test"]["heldout"]["path"] == str(record)
+    saved = json.loads((tmp_path / "loop" / "round02_mcq" / "knowledge_test.json").read_text())
+    assert saved["used_for_selection"] is False and saved["note"] == "reported, not used for selection"
+    md = (tmp_path / "loop" / "loop_table.md").read_text()
+    assert "Reported, not used for selection" in md and "| held-out knowledge |" in md
+
+
+def test_loop_knowledge_target_judged_on_dev(tmp_path, tiny_gemma3_dir):
+    """The starting adapter already at the dev knowledge target ends the loop before any round trains, while
+    its dev exam accuracy is far below `target`; select_on exam ignores the knowledge target. By default the test
+    splits are scored only for a round that became the best on dev, after its dev scores."""
+    from kormed.train.loop import run_loop
+
+    calls: list[tuple[str, str]] = []
+
+    def score(questions, split):
+        calls.append(("exam", split))
+        return {"accuracy": 0.1, "correct": 0, "total": len(questions), "unparseable": 0}
+
+    def knowledge(dictionaries, split, held_out):
+        calls.append(("knowledge", split))
+        return {"summary": {"all/trained": {"accuracy": 0.95 if split == "dev" else 0.1, "correct": 1,
+                                            "total": 1}}}
+
+    cfg = _loop_config(tmp_path, tiny_gemma3_dir, Path(sample_paths()["mcq_test"]), max_rounds=1,
+                       max_steps_per_round=1, eval_limit=2, dev_data=str(sample_paths()["mcq_dev"]))
+    table = run_loop(cfg, log=lambda m: None, score=score, score_knowledge=knowledge)
+    assert table["stop_reason"] == "target_reached" and [r["round"] for r in table["rounds"]] == [0]
+    shutil.rmtree(tmp_path / "loop")
+    table = run_loop(dataclasses.replace(cfg, select_on="exam"), log=lambda m: None, score=score,
+                     score_knowledge=knowledge)
+    assert table["stop_reason"] == "max_rounds" and [r["round"] for r in table["rounds"]] == [0, 1]
+    dev, test = [("exam", "dev"), ("knowledge", "dev")], [("exam", "test"), ("knowledge", "test")]
+    assert calls[-6:] == dev + test + dev  # round 1 ties round 0 on dev: not the best, not reported
+    assert [r["test_knowledge_accuracy"] for r in table["rounds"]] == [0.1, None] and table["best_round"] == 0
+
+
+def test_selection_key_and_dev_targets():
+    """Which dev numbers choose a round and end the loop, per select_on (ties as documented)."""
+    from kormed.train.loop import dev_target_reached, selection_key
+    from kormed.train.sft_config import LoopConfig
+
+    assert selection_key("knowledge", 0.2, 0.6) > selection_key("knowledge", 0.9, 0.5)
+    assert selection_key("knowledge", 0.3, 0.6) > selection_key("knowledge", 0.2, 0.6)  # tie: the exam decides
+    assert selection_key("exam", 0.3, 0.1) > selection_key("exam", 0.2, 0.9)
+    assert selection_key("exam", 0.3, 0.2) > selection_key("exam", 0.3, 0.1)  # tie: knowledge decides
+    assert selection_key("both", 0.4, 0.6) == selection_key("both", 0.6, 0.4)  # a full tie: the earlier round
+    assert not selection_key("knowledge", 0.3, 0.6) > selection_key("knowledge", 0.3, 0.6)
+    cfg = LoopConfig(target=0.5, knowledge_target=0.8)
+    assert dev_target_reached(cfg, exam=0.1, knowledge=0.8) and not dev_target_reached(cfg, exam=0.9, knowledge=0.7)
+    cfg.select_on = "exam"
+    assert dev_target_reached(cfg, exam=0.5, knowledge=0.0) and not dev_target_reached(cfg, exam=0.4, knowledge=1.0)
+    cfg.select_on = "both"
+    assert dev_target_reached(cfg, exam=0.5, knowledge=0.8)
+    assert not dev_target_reached(cfg, exam=0.5, knowledge=0.7) and not dev_target_reached(cfg, exam=0.4,
+                                                                                          knowledge=0.9)
 
 
 def test_loop_without_dev_holds_out_training_questions(tmp_path):
@@ -344,3 +486,23 @@ def test_embedded_model_short_run_on_sample_data(tmp_path, capsys, embedded_mode
         assert info["data"]["sizes"]["train_raw"] >= 14
     assert _info(out, "step4")["mix"] == {"qa_cot": 0.4, "dict": 0.2, "raw": 0.4}
     assert "sft done" in stdout
+
+
+def test_sft_stop_condition_on_dev_knowledge(tmp_path, capsys, tiny_gemma3_dir):
+    """`eval_dev_knowledge` in a step's conditions: dictionary knowledge (dev forms of the trained entries) is
+    scored at each evaluation of that step, read by the conditions and recorded (a step that does not name it never
+    scores it: test_four_steps_with_stop_conditions_and_guard)."""
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({"sft": {
+        "val_max": 2, "max_length": 96, "train": TRAIN_FAST, "knowledge_per_group": 1,
+        "steps": [{"name": "knows", "mix": {"dict": 1.0}, "stop": ["eval_dev_knowledge >= 0"], "max_steps": 2}]}}))
+    out = tmp_path / "out"
+    code, _, err = _cli(["train", "sft", "--config", str(cfg), *_data_args(tmp_path), "--model",
+                         str(tiny_gemma3_dir), "--output", str(out), "--device", "cpu"], capsys)
+    assert code == 0, err
+    knows = _info(out, "step1")
+    assert knows["stop_reason"] == "conditions_met" and knows["global_step"] == 1  # an accuracy is always >= 0
+    value = knows["stop_checks"][0]["results"][0]["value"]
+    assert 0 <= value <= 1 and knows["metrics_at_stop"]["eval_dev_knowledge"] == value
+    # 1 question per form: 3 medical + 2 symbol forms, so the accuracy is a multiple of 1/5
+    assert round(value * 5, 6) == round(value * 5)

@@ -107,3 +107,16 @@ def test_unknown_baseline_never_holds():
     t = StopTracker(["eval_raw_ppl < 1.03 * baseline"])
     d = t.update({"eval_raw_ppl": 1.0}, 1)
     assert d.results[0].threshold is None and not d.should_stop
+
+
+def test_dev_knowledge_compares_with_a_number_only():
+    """eval_dev_knowledge is an accuracy (higher is better): 'maintained', '~' and '* baseline' would read lower as
+    better or compare it with a perplexity, so they are refused when the config is read."""
+    assert parse_condition("eval_dev_knowledge >= 0.9").op == ">="
+    tracker = StopTracker(["eval_dev_knowledge >= 0.9"])
+    assert not tracker.update({"eval_dev_knowledge": 0.85}, 1).should_stop
+    assert tracker.update({"eval_dev_knowledge": 0.9}, 2).should_stop
+    for text in ("eval_dev_knowledge maintained", "eval_dev_knowledge ~ 0.9", "eval_dev_knowledge > 1.1 * baseline"):
+        with pytest.raises(KormedError, match="eval_dev_knowledge") as err:
+            parse_condition(text, field_name="sft.steps[0].stop[0]")
+        assert err.value.field == "sft.steps[0].stop[0]"

@@ -75,13 +75,16 @@ class SFTSummary:
             raise KormedError(f"not a kormed SFT summary (missing or bad field: {exc})", path=path) from None
 
 
-LOOP_TABLE_VERSION = 1  # loop_table.json written before the version field existed reads as version 0
+# loop_table.json written before the version field existed reads as version 0; version 2 adds dictionary knowledge
+# (per round: dev forms of the trained entries; test forms of trained and held-out entries where reported)
+LOOP_TABLE_VERSION = 2
 
 
 @dataclass(kw_only=True)
 class LoopTableRow:
-    """One round of the loop table: its adapter, dev accuracy (selection) and test accuracy when measured, and
-    where its SFT step stopped (round 0, the starting adapter, has no step)."""
+    """One round of the loop table: its adapter, dev exam accuracy and dev knowledge (selection), test accuracy
+    and test-form knowledge (trained and held-out entries) when measured (reported, never used to choose), and
+    where its SFT step stopped (round 0, the starting adapter, has no step). A version-1 table has no knowledge."""
 
     round: int
     kind: str
@@ -93,6 +96,15 @@ class LoopTableRow:
     test_accuracy: float | None = None
     test_correct: int | None = None
     test_total: int | None = None
+    dev_knowledge_accuracy: float | None = None  # trained entries, dev forms (selection)
+    dev_knowledge_correct: int | None = None
+    dev_knowledge_total: int | None = None
+    test_knowledge_accuracy: float | None = None  # trained entries, test forms (reported)
+    test_knowledge_correct: int | None = None
+    test_knowledge_total: int | None = None
+    heldout_knowledge_accuracy: float | None = None  # held-out entries (prepare.dict_holdout), test forms (reported)
+    heldout_knowledge_correct: int | None = None
+    heldout_knowledge_total: int | None = None
     global_step: int | None = None
     stop_reason: str | None = None  # a kormed.stop_reason.StopReason value
     metrics: dict[str, float] | None = None
@@ -100,10 +112,16 @@ class LoopTableRow:
 
 @dataclass(kw_only=True)
 class LoopTable:
-    """loop_table.json: the target, the split selected on and the one reported on, one row per round, and the
-    round chosen on dev (rewritten after every round; `stop_reason` is None while the loop runs)."""
+    """loop_table.json: the targets, what rounds are selected on (`select_on`, always dev) and what is reported,
+    the knowledge questions' settings (`knowledge`: per split its forms, seed, per_group and the dictionary files
+    with their content keys), one row per round, and the round chosen on dev (rewritten after every round;
+    `stop_reason` is None while the loop runs)."""
 
     target: float | None = None
+    select_on: str | None = None  # knowledge | exam | both (version 1: exam)
+    knowledge_target: float | None = None
+    stop_after_no_improvement: int | None = None
+    knowledge: dict[str, Any] | None = None
     eval_mode: str | None = None
     selected_on: str | None = None
     reported_on: str | None = None
@@ -115,6 +133,9 @@ class LoopTable:
     best_round: int | None = None
     best_dev_accuracy: float | None = None
     best_test_accuracy: float | None = None
+    best_dev_knowledge: float | None = None
+    best_test_knowledge: float | None = None
+    best_heldout_knowledge: float | None = None
     best_adapter: str | None = None
     version: int = LOOP_TABLE_VERSION
 

@@ -21,6 +21,7 @@ class StopReason(StrEnum):
     ENDED = "ended"  # an SFT step's data/epochs ran out before its conditions held and before its budget
     TARGET_REACHED = "target_reached"  # the loop reached its target accuracy
     MAX_ROUNDS = "max_rounds"  # the loop ran all its rounds
+    NO_IMPROVEMENT = "no_improvement"  # the loop's dev selection metric stopped improving (stop_after_no_improvement)
 
     @property
     def finished(self) -> bool:

@@ -103,3 +103,51 @@ class KorMedMCQACallback(TrainerCallback):
             self.trainer.log(dict(logs))
         else:
             state.log_history.append({**logs, "step": state.global_step})
+
+
+class KnowledgeCallback(TrainerCallback):
+    """Dictionary knowledge (:func:`kormed.eval.knowledge.evaluate_knowledge`, the dev forms of the trained entries)
+    at every evaluation: adds `eval_dev_knowledge` to the evaluation's metrics (so stop conditions read it) and logs
+    it through the trainer (TensorBoard `eval/dev_knowledge`, the log history). Only the main process scores."""
+
+    def __init__(self, dictionaries: dict[str, Any], *, tokenizer: Any = None, seed: int = 0,
+                 per_group: int | None = None, batch_size: int = 8, compute_dtype: str | None = None) -> None:
+        self.dictionaries, self.tokenizer = dictionaries, tokenizer
+        self.seed, self.per_group, self.batch_size, self.compute_dtype = seed, per_group, batch_size, compute_dtype
+        self.trainer: Any = None
+        self.history: list[dict[str, Any]] = []
+
+    def attach(self, trainer: Any) -> KnowledgeCallback:
+        self.trainer = trainer
+        return self
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        from kormed.eval.knowledge import evaluate_knowledge
+        from kormed.train.stop_conditions import DEV_KNOWLEDGE
+
+        if not state.is_world_process_zero:
+            return
+        model = kwargs.get("model")
+        if self.trainer is not None and hasattr(self.trainer, "accelerator"):
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        tokenizer = self.tokenizer or kwargs.get("processing_class") or getattr(self.trainer, "processing_class",
+                                                                                None)
+        result = evaluate_knowledge(model, tokenizer, self.dictionaries, split="dev", seed=self.seed,
+                                    per_group=self.per_group, batch_size=self.batch_size, progress=False,
+                                    compute_dtype=self.compute_dtype)
+        trained = result["summary"]["all/trained"]
+        self.history.append({"step": state.global_step, "accuracy": trained["accuracy"], "total": trained["total"]})
+        logs = {DEV_KNOWLEDGE: trained["accuracy"]}
+        if metrics is not None:
+            metrics.update(logs)
+        # the evaluation's own record was logged before the callbacks ran: add the metric to it, so the run's
+        # eval_history and metrics_at_stop (training_info.json, the loop table) carry it beside the losses
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry and entry.get("step") == state.global_step:
+                entry.update(logs)
+                break
+        if self.trainer is not None:
+            self.trainer.log(dict(logs))
+        else:
+            state.log_history.append({**logs, "step": state.global_step})

@@ -126,6 +126,24 @@ def read_heldout(path: str | Path) -> dict[str, list[DictEntry]]:
     return out
 
 
+def knowledge_dictionaries(dict_path: str | None, char_dict: str | None, heldout: str | None = None
+                           ) -> tuple[dict[str, list[DictEntry]], dict[str, set[str]]]:
+    """(dictionaries, held-out terms) as `kormed eval knowledge` scores them: the entries of the medical and symbol
+    dictionaries (`medical`, `symbol`), plus, with `heldout` (prepare's record), its entries added to the pool of
+    a dictionary that is given and named as held out (every other entry is a trained one)."""
+    dictionaries = {"medical": read_dictionary(dict_path)[0] if dict_path else [],
+                    "symbol": read_dictionary(char_dict)[0] if char_dict else []}
+    held: dict[str, set[str]] = {}
+    if heldout:
+        record = read_heldout(heldout)
+        for kind, name in (("medical", "medical_dict"), ("symbol", "char_dict")):
+            held[kind] = {e.term for e in record[name]}
+            known = {e.term for e in dictionaries[kind]}
+            # the trained subset prepare wrote does not hold the held-out entries: add them (same question pool)
+            dictionaries[kind] += [e for e in record[name] if e.term not in known] if dictionaries[kind] else []
+    return dictionaries, held
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Accuracy, Wilson 95 % interval and mean margin per form and group (and per group over all forms)."""
     from kormed.eval.kormedmcqa import wilson_interval
@@ -192,16 +210,7 @@ def run_knowledge(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
     if not cfg.dict and not cfg.char_dict:
         raise KormedError("no dictionary given", field="dict", hint="pass --dict medical_dict.json")
-    dictionaries = {"medical": read_dictionary(cfg.dict)[0] if cfg.dict else [],
-                    "symbol": read_dictionary(cfg.char_dict)[0] if cfg.char_dict else []}
-    held: dict[str, set[str]] = {}
-    if cfg.heldout:
-        record = read_heldout(cfg.heldout)
-        for kind, name in (("medical", "medical_dict"), ("symbol", "char_dict")):
-            held[kind] = {e.term for e in record[name]}
-            known = {e.term for e in dictionaries[kind]}
-            # the trained subset prepare wrote does not hold the held-out entries: add them (same question pool)
-            dictionaries[kind] += [e for e in record[name] if e.term not in known] if dictionaries[kind] else []
+    dictionaries, held = knowledge_dictionaries(cfg.dict, cfg.char_dict, cfg.heldout)
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
     result = evaluate_knowledge(model, tokenizer, dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,

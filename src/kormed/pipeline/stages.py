@@ -303,6 +303,7 @@ def _loop_wire(ctx: RunContext) -> dict[str, Any]:
     return {
         **_chat_data(ctx),
         "eval_data": _source(ctx, "mcq_test"),
+        "dict_heldout": str(ctx.configs["prepare"].heldout_path()) if ctx.enabled("prepare") else None,
         "model": ctx.pipeline.model,
         "from_adapter": _previous_adapter(ctx, "loop"),
         "output": str(_out(ctx, "loop")),
@@ -501,7 +502,7 @@ def default_specs() -> dict[str, StageSpec]:
             config_cls=_section_class("loop"),
             wire=_loop_wire,
             run=_loop_run,
-            inputs=lambda cfg, ctx: [*_data_inputs(cfg), cfg.eval_data],
+            inputs=lambda cfg, ctx: [*_data_inputs(cfg), cfg.eval_data, cfg.dict_heldout],
             outputs=lambda cfg, ctx: [Path(final_adapter("loop", cfg)) / f for f in ADAPTER_FILES],
             output_dirs=lambda cfg, ctx: [cfg.output],
             volatile=train_volatile,

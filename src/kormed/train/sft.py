@@ -53,6 +53,7 @@ from kormed.data.chat import (
 from kormed.data.mixture import mix_with_report, normalise_weights, split_records
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
+from kormed.eval.knowledge import knowledge_dictionaries
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import Log, check_output_path, read_json, read_texts, write_json
 from kormed.models import pick_runtime
@@ -64,7 +65,7 @@ from kormed.train.engine.model_setup import prepare_full_model, prepare_model_fo
 from kormed.train.engine.outputs import finish_run, summarize
 from kormed.train.engine.trainer import CausalCollator, build_trainer, run_training
 from kormed.train.sft_config import RecipeOptions, SFTConfig, SFTStepConfig
-from kormed.train.stop_conditions import StopTracker, Tolerances
+from kormed.train.stop_conditions import DEV_KNOWLEDGE, StopTracker, Tolerances
 
 BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = SFT_SUMMARY
@@ -350,6 +351,23 @@ class StepContext:
     # The final evaluation of the previous step/round run in this process: the model has not changed since, so
     # it IS the next step's start (used as the 'maintained' reference instead of evaluating again).
     last_metrics: dict[str, float] | None = None
+    # The trained dictionaries (medical, symbol) and the sample of their dev-form knowledge questions: what
+    # `eval_dev_knowledge` scores when a stop condition names it (None: no dictionary given)
+    knowledge: dict[str, list[DictEntry]] | None = None
+    knowledge_seed: int = 0
+    knowledge_per_group: int | None = None
+
+
+def _knowledge_callbacks(ctx: StepContext, tracker: StopTracker) -> list[Any]:
+    """The dictionary-knowledge callback when a condition reads `eval_dev_knowledge` (scored only then)."""
+    from kormed.eval.callback import KnowledgeCallback
+
+    if DEV_KNOWLEDGE not in tracker.metrics_needed or ctx.knowledge is None:
+        return []
+    return [KnowledgeCallback(ctx.knowledge, tokenizer=ctx.tokenizer, seed=ctx.knowledge_seed,
+                              per_group=ctx.knowledge_per_group,
+                              batch_size=ctx.train_options.eval_batch_size or ctx.train_options.batch_size,
+                              compute_dtype=ctx.runtime.compute_dtype)]
 
 
 def known_metrics(eval_sets: Sequence[str]) -> set[str]:
@@ -360,13 +378,13 @@ def known_metrics(eval_sets: Sequence[str]) -> set[str]:
 
 
 def _check_measurable(ctx: StepContext, tracker: StopTracker, name: str) -> None:
-    available = known_metrics(list(ctx.data.eval))
+    available = known_metrics(list(ctx.data.eval)) | ({DEV_KNOWLEDGE} if ctx.knowledge else set())
     unknown = [m for m in tracker.metrics_needed if m not in available]
     if unknown:
         raise KormedError(
             f"{name}: stop condition metric '{unknown[0]}' is not measured (measured: {', '.join(sorted(available))})",
             hint="a metric of a validation set exists only when its data was given (e.g. --raw for "
-            "eval_raw_perplexity)",
+            f"eval_raw_perplexity, --dict or --char-dict for {DEV_KNOWLEDGE})",
         )
     if any(c.relative_to_baseline for c in tracker.conditions) and ctx.baseline is None:
         raise KormedError(f"{name}: a stop condition uses the baseline perplexity, which needs --raw")
@@ -459,7 +477,8 @@ def run_sft_step(
     collator, eval_collator = make_collators(ctx.tokenizer, ctx.model, padding_free=ctx.padding_free)
     stats_cb = BatchStatsCallback(collator)
     trainer = build_trainer(ctx.model, ctx.tokenizer, train_ds, ctx.data.eval, collator, options, out,
-                                   callbacks=[callback, stats_cb], runtime=ctx.runtime, eval_collator=eval_collator,
+                                   callbacks=[*_knowledge_callbacks(ctx, tracker), callback, stats_cb],
+                                   runtime=ctx.runtime, eval_collator=eval_collator,
                                    embedding_lr=options.lr if options.method == "full" else None)
     summary = run_training(trainer, log=ctx.log)
     record.batches = batch_report(collator, stats_cb, trainer)
@@ -530,10 +549,13 @@ def prepare_recipe(opts: RecipeOptions, src: Sources, steps: Sequence[SFTStepCon
     needed = {k for s in steps for k, w in s.mix.items() if w > 0}
     data = encode_sources(tokenizer, src, max_length=opts.max_length, templates=opts.templates, needed=needed,
                           eod_token=opts.eod_token, log=log)
+    knowledge = (knowledge_dictionaries(opts.dict, opts.char_dict)[0] if opts.dict or opts.char_dict else None)
     return StepContext(model=model, tokenizer=tokenizer, runtime=runtime, data=data, train_options=opts.train,
                        baseline=None, tolerances=opts.tolerances, seed=opts.train.seed,
                        stopping_strategy=opts.stopping_strategy, padding_free=opts.padding_free,
-                       info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log)
+                       info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log,
+                       knowledge=knowledge, knowledge_seed=opts.knowledge_seed,
+                       knowledge_per_group=opts.knowledge_per_group)
 
 
 def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print,

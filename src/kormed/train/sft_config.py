@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from kormed.config import nested, opt
+from kormed.config import nested, opt, seed_opt
 from kormed.data.chat import ChatTemplates
 from kormed.data.mixture import normalise_weights
 from kormed.errors import KormedError
@@ -200,6 +200,19 @@ class RecipeOptions:
         0.05, "'stable' = (max - min) / min of each stable metric over the last stable_evals evaluations <= this.",
         bounds=(0, None),
     )
+    knowledge_per_group: int | None = opt(
+        20, "Dictionary knowledge (the loop after each round; SFT steps and rounds whose stop conditions name\n"
+        "eval_dev_knowledge, at each evaluation): at most N questions per form and entry group, a seeded sample\n"
+        "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions x 5\n"
+        "rotations (5 forms of the bundled 217+89-entry dictionaries), about a minute on 2 idle CPU cores for\n"
+        "the embedded 270M (all 811 questions: ~8 minutes); the loop's reported test check also scores the\n"
+        "held-out entries (twice the questions), only for the rounds that become the best.",
+        bounds=(1, None),
+    )
+    knowledge_seed: int = seed_opt(
+        0, "Seed of the knowledge questions' distractors, answer positions and sample (as `eval.knowledge_seed`:\n"
+        "the same seed and per_group give the numbers `kormed eval knowledge` gives).",
+    )
     templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
     train: TrainOptions = dataclasses.field(
@@ -258,8 +271,9 @@ class SFTConfig(RecipeOptions):
 @dataclass
 class LoopConfig(RecipeOptions):
     """`kormed train loop`: cycle through the rounds (default: dictionary SFT train_01, then MCQ-with-reasoning
-    SFT train_02), measuring KorMedMCQA accuracy after each, until the target accuracy or max_rounds. The best
-    round is chosen on a validation split (dev), never on the test set it reports."""
+    SFT train_02), measuring dictionary knowledge and KorMedMCQA accuracy after each, until the target (on the
+    `select_on` metric), no improvement for `stop_after_no_improvement` rounds, or max_rounds. The best round is
+    chosen on dev, never on the test forms, held-out entries or test questions it reports."""
 
     removed_options: ClassVar[dict[str, str]] = {k: _ROUNDS_NOW_A_LIST
                                                  for k in ("dict_round", "mcq_round", "first_round")}
@@ -286,7 +300,32 @@ class LoopConfig(RecipeOptions):
         False, "Also score --eval-data after every round (labelled as not used for selection); by default only\n"
         "the rounds that became the best on dev are scored on it.",
     )
-    target: float = opt(0.9, "Stop once the dev accuracy reaches this (0-1).", bounds=(0, 1, "(]"))
+    dict_heldout: str | None = opt(
+        None, "The dictionary entries `kormed prepare` held out of every stage (<out>.dict_heldout.json): their\n"
+        "test-form knowledge is reported beside the trained entries' as the control; never used to choose.",
+    )
+    select_on: Literal["knowledge", "exam", "both"] = opt(
+        "knowledge",
+        "What the best round is chosen on and the target judged on, always on dev (the loop's counterpart of\n"
+        "metric_for_best_model): knowledge = dictionary knowledge, the dev forms of the trained entries (--dict,\n"
+        "--char-dict), a tie going to the higher dev exam accuracy, then to the earlier round; target:\n"
+        "knowledge_target. exam = dev exam accuracy, a tie going to the higher dev knowledge, then the earlier\n"
+        "round; target: `target`. both = the mean of the two, a tie going to the earlier round; target: both\n"
+        "targets reached. Test forms, held-out entries and the test questions are reported, never used.",
+    )
+    knowledge_target: float = opt(
+        0.9, "select_on knowledge or both: stop once the dev knowledge (trained entries, dev forms) reaches this\n"
+        "(0-1; the seeds' 90 %).", bounds=(0, 1, "(]"),
+    )
+    stop_after_no_improvement: int | None = opt(
+        2, "Stop once this many rounds in a row have not improved the selection metric on dev (strictly); the\n"
+        "loop's counterpart of early_stopping_patience. 2 lets one dictionary + exam cycle try; null = off.",
+        bounds=(1, None),
+    )
+    target: float = opt(
+        0.9, "select_on exam or both: stop once the dev exam accuracy (KorMedMCQA) reaches this (0-1).",
+        bounds=(0, 1, "(]"),
+    )
     max_rounds: int = opt(6, "At most this many rounds.", bounds=(1, None))
     eval_mode: Literal["chat", "generate", "loglik"] = opt("chat", "KorMedMCQA scoring mode after each round.")
     eval_limit: int | None = opt(

@@ -8,6 +8,10 @@ A condition is a short text, as written in the `sft.stepN.stop` config lists:
   the reference is the same metric measured at the START of the step (i.e. with the previous step's adapter,
   before any training of this step). Default maintain_tolerance 0.02, i.e. at most 2 % worse than where the
   step started. Lower (better) always satisfies it.
+* `eval_dev_knowledge >= 0.9` -- dictionary knowledge of the trained entries (dev forms of
+  :mod:`kormed.eval.knowledge`, a seeded sample of `knowledge_per_group` questions per form), an accuracy computed
+  at an evaluation only when a condition names it (about a minute each with the defaults on 2 CPU cores); compared
+  with a number only (higher is better).
 * `eval_raw_ppl ~ 1.1 * baseline` -- *approximately* F x baseline, read as "no worse than about F x baseline":
   value <= F x baseline x (1 + approx_tolerance) (default 0.02). A lower perplexity also satisfies it: being
   better than the target is never a reason to keep training.
@@ -38,6 +42,10 @@ _COMPARE = re.compile(
     r"\s*(?:(?P<times>[*x×])\s*(?P<ref>baseline))?\s*$"
 )
 _MAINTAINED = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s+maintained\s*$")
+# Dictionary knowledge of the trained entries, dev forms (kormed.eval.knowledge), an accuracy: computed at an
+# evaluation only when a condition names it. Higher is better, so only <, <=, >, >= compare it.
+DEV_KNOWLEDGE = "eval_dev_knowledge"
+HIGHER_IS_BETTER = (DEV_KNOWLEDGE,)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,9 @@ class Condition:
 def parse_condition(text: str, *, field_name: str | None = None) -> Condition:
     """Parse `metric OP number [* baseline]`, `metric ~ F * baseline` or `metric maintained`."""
     m = _MAINTAINED.match(text)
+    if m and m["metric"] in HIGHER_IS_BETTER:
+        raise KormedError(f"{m['metric']} is higher-is-better: 'maintained' reads lower as better",
+                          field=field_name, hint=f"write '{m['metric']} >= 0.9'")
     if m:
         return Condition(text=text.strip(), metric=m["metric"], op="maintained")
     m = _COMPARE.match(text)
@@ -99,6 +110,9 @@ def parse_condition(text: str, *, field_name: str | None = None) -> Condition:
             "or 'eval_raw_ppl maintained'",
         )
     op = "~" if m["op"] in ("~", "≈") else m["op"]
+    if m["metric"] in HIGHER_IS_BETTER and (op == "~" or m["ref"] is not None):
+        raise KormedError(f"{m['metric']} is an accuracy: compare it with a number ('<', '<=', '>', '>=')",
+                          field=field_name, hint=f"write '{m['metric']} >= 0.9'")
     return Condition(text=text.strip(), metric=m["metric"], op=op, value=float(m["value"]),
                      relative_to_baseline=m["ref"] is not None)
 
