@@ -81,8 +81,11 @@ def test_splits_are_disjoint_and_deterministic():
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
     work = tmp_path_factory.mktemp("bq-data")
-    return work, bq.prepare_data(work, korean_text=None, budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000),
-                                 log=lambda m: None)
+    return work, bq.prepare_data(work, korean_text=None, budget=SAMPLE_BUDGET, log=lambda m: None)
+
+
+# medical share 0.4 of 150,000 characters: room for every trained dictionary render x5 (~50,000 characters)
+SAMPLE_BUDGET = bq.Budget(cpt_chars=150_000, medical_share=0.4, eval_chars=5_000)
 
 
 def test_prepare_data_never_trains_on_held_out_text(sample_data):
@@ -91,8 +94,9 @@ def test_prepare_data_never_trains_on_held_out_text(sample_data):
     medical_test, general_test = set(_texts(p["medical_test"])), set(_texts(p["general_test"]))
     assert len(medical_test) == 6 and medical_test.isdisjoint(_texts(p["train_text"]))
     assert general_test.isdisjoint(_texts(p["train_text"])) and general_test.isdisjoint(_texts(p["val"]))
-    assert all(any(piece in t for t in _texts(p["train_text"])) for piece in _texts(p["cpt_train"]))
-    assert sum(map(len, _texts(p["cpt_train"]))) == 50_000 == data["info"]["cpt_train"]["characters"]
+    renders = set(data["pools"]["renders"])
+    assert all(piece in renders or any(piece in t for t in _texts(p["train_text"])) for piece in _texts(p["cpt_train"]))
+    assert sum(map(len, _texts(p["cpt_train"]))) == 150_000 == data["info"]["cpt_train"]["characters"]
     assert any("당뇨" in t or "고혈압" in t or "결핵" in t for t in medical_test)  # medical pages, cleaned
     assert not any("[[" in t or "분류:" in t for t in medical_test)
     # KorMedMCQA: the bundled train, dev and test files, dev and test disjoint from train
@@ -112,8 +116,7 @@ def test_prepare_data_never_trains_on_held_out_text(sample_data):
 
 def test_prepare_data_same_bytes_and_korean_text_directory(sample_data, tmp_path):
     work, data = sample_data
-    again = bq.prepare_data(tmp_path / "again", korean_text=None,
-                            budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000), log=lambda m: None)
+    again = bq.prepare_data(tmp_path / "again", korean_text=None, budget=SAMPLE_BUDGET, log=lambda m: None)
     for name, path in data["paths"].items():
         assert Path(again["paths"][name]).read_bytes() == Path(path).read_bytes(), name
     text_dir = tmp_path / "korean_text"
@@ -142,7 +145,8 @@ def test_prepare_data_with_assembly_bills(sample_data, tmp_path):
         (bills / f"{name}.jsonl").write_text(
             "".join(json.dumps({"text": f"{name} 의안 {i}.\n제안 이유 {i}. " * 10}, ensure_ascii=False) + "\n"
                     for i in range(n)), encoding="utf-8")
-    got = bq.prepare_data(tmp_path / "w", korean_text=bills, budget=bq.Budget(cpt_chars=3_000), log=lambda m: None)
+    got = bq.prepare_data(tmp_path / "w", korean_text=bills, budget=bq.Budget(cpt_chars=200_000, medical_share=0.5),
+                          log=lambda m: None)
     p = got["paths"]
     assert {t.split(" ")[0] for t in _texts(p["general_test"])} == {"test"}
     assert {t.split(" ")[0] for t in _texts(p["medical_test"])} == {"medical_law_test"}
@@ -152,6 +156,54 @@ def test_prepare_data_with_assembly_bills(sample_data, tmp_path):
     assert not {*_texts(p["medical_test"]), *_texts(p["medical_authored_test"])} & set(train)
     assert "medical_law_test.jsonl" in got["info"]["medical_source"]
     assert got["info"]["medical_authored_test"]["documents"] == 6
+    cpt = _texts(p["cpt_train"])  # general bills, medical-law training bills, pages, renders: never a held-out bill
+    assert any(t.startswith("medical_law_train ") for t in cpt) and any(t.startswith("train ") for t in cpt)
+    assert not any(t.startswith(("test ", "medical_law_test ", "dev ")) for t in cpt)
+    assert sum(map(len, cpt)) == 200_000 and got["info"]["cpt_corpus"]["medical_characters"] == 100_000
+
+
+def test_cpt_corpus_renders_trained_entries_x5_and_never_a_held_out_one(sample_data):
+    """The CPT text holds each trained dictionary entry's sentence (as `kormed prepare` renders it) exactly 5 times
+    and no held-out entry's; the trained files SFT, the loop and the tokenizer read hold no held-out entry, and
+    the held-out record is a seeded 20 % of the terms."""
+    from kormed.eval.knowledge import read_heldout
+    from kormed.prepare.render import render_dictionary
+    from kormed.records import read_dictionary
+    from kormed.sample_data import sample_paths
+
+    work, data = sample_data
+    p, info = data["paths"], data["info"]
+    cpt = _texts(p["cpt_train"])
+    held = read_heldout(p["dict_heldout"])
+    for source, key in (("medical_dict", "dict"), ("char_dict", "char_dict")):
+        full, _ = read_dictionary(sample_paths()[source])
+        trained, _ = read_dictionary(p[key])
+        held_terms = {e.term for e in held[source]}
+        assert held_terms and not held_terms & {e.term for e in trained}
+        assert len(trained) + len(held[source]) == len(full)
+        assert len(held_terms) == int(0.2 * len({e.term for e in full}))
+        for text in dict.fromkeys(render_dictionary(source, trained)):
+            assert cpt.count(text) == 5, text
+        for text in render_dictionary(source, held[source]):
+            assert not any(text in t for t in cpt), text
+    corpus = info["cpt_corpus"]
+    assert corpus["medical_characters"] == 60_000 and corpus["dictionary_render_copies_complete"] == 5
+    assert corpus["dictionary_render_characters"] == 5 * sum(map(len, data["pools"]["renders"]))
+    assert info["dictionaries"]["entries"]["medical_dict"]["held_out"] == len(held["medical_dict"])
+
+
+def test_cpt_corpus_medical_share():
+    pools = {"general": ["일반 문서 " * 20], "medical": ["의료법 개정 " * 20], "renders": ["가는 A를 의미한다."] * 1}
+    texts, info = bq.cpt_corpus(pools, chars=1_000, medical_share=0.25, seed=1, copies=5)
+    assert sum(map(len, texts)) == 1_000 and info["medical_characters"] == 250
+    assert texts.count("가는 A를 의미한다.") == 5
+    assert sum(len(t) for t in texts if t.startswith("의료법")) == 250 - 5 * len("가는 A를 의미한다.")
+    none, _ = bq.cpt_corpus(pools, chars=1_000, medical_share=0.0, seed=1, copies=5)
+    assert all(t.startswith("일반") for t in none)
+    small, info = bq.cpt_corpus(pools, chars=100, medical_share=0.25, seed=1, copies=5)
+    assert info["dictionary_render_copies_complete"] == 2 and not any(t.startswith("의료법") for t in small)
+    with pytest.raises(KormedError, match="medical"):
+        bq.cpt_corpus({**pools, "medical": []}, chars=1_000, medical_share=0.5, seed=1, copies=5)
 
 
 def test_paired_vs_base_and_tables():
@@ -281,8 +333,17 @@ def test_tables_show_each_arm():
            "bits_per_char_medical": 2.5, "accuracy": 0.25, "accuracy_ci95": [0.1419, 0.4019], "correct": 10,
            "questions": 40, "training_chars": 123456, "wall_s": 61.0}
     md = bq.markdown_table([row]).splitlines()
-    assert md[2] == "| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 123,456 | 61 |"
+    assert md[2] == ("| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | - | - | - | 123,456 | "
+                     "- | 61 | - |")  # a row written before the knowledge columns
     assert "0.142-0.402" in bq.format_table([row]) and "123,456" in bq.format_table([row])
+    variant = {**row, "arm": "sft@lr_low", "chain": ["cpt_extended@lr_low", "sft@lr_low"], "training_tokens": 5000,
+               "knowledge_trained": 0.6, "knowledge_trained_ci95": [0.4, 0.77], "knowledge_held_out": 0.2,
+               "knowledge_held_out_ci95": [0.08, 0.41], "reused_from": "sft", "accuracy_cyclic": 0.21}
+    md = bq.markdown_table([row, variant]).splitlines()
+    assert md[3] == ("| sft@lr_low | cpt_extended@lr_low | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 0.210 | "
+                     "0.600 (0.400-0.770) | 0.200 (0.080-0.410) | 123,456 | 5,000 | 61 | sft |")
+    line = bq.format_table([row, variant]).splitlines()[2].split()
+    assert line[0] == "sft@lr_low" and line[-1] == "sft" and "0.600" in line and "0.200" in line
 
 
 # ------------------------------------------------------------------------------------------------ text meter
