@@ -12,8 +12,12 @@ pipeline chains its stages):
 - `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt` adapter by default, as the default
   pipeline does at this budget (its `tokenizer` stage sizes the extension to CPT's budget: none at 40,000
   characters); `--sft-from cpt_extended` chains from the extended-tokenizer CPT arm instead.
-- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
-  on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
+- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter (`--loop-from cpt`: from
+  the CPT arm SFT would continue); its best round is chosen on the DEV questions; the row measures the chosen
+  adapter on the test questions like every other arm.
+- variants (`--variant NAME:SECTION.KEY=VALUE,...`, `--variants FILE.yaml`): the arms again with overrides on top,
+  rows `<arm>@NAME`; every arm is keyed by its settings (data files by content) and its upstream arm's key
+  (:func:`arm_key`), and an arm whose key was already run is reused (`reused_from`), not run again.
 
 Data (written under the work directory; the same seed gives the same files; docs/commands/bench-quality.md):
 
@@ -29,10 +33,15 @@ Data (written under the work directory; the same seed gives the same files; docs
   (main namespace, a category naming a disease, infection, drug, first aid, hormone, injury or medicine; authored
   for kormed) are `medical_authored`; without it those pages are `medical`. Ordered by sha256 of the title, every
   third page is held out, the others join the training text. No arm trains on a held-out text.
-- CPT training text: general train + medical train documents, in seeded passes (a new order each pass) until
-  exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
-  characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
-  once (`train_text.jsonl`); CPT validation and SFT's raw-perplexity checks use the general dev split.
+- Dictionaries: a seeded `--dict-holdout` (20 %) of the bundled medical and symbol dictionaries' entries is held
+  out of every arm (`kormed prepare`'s rule, :func:`kormed.prepare.corpus.hold_out_entries`; `dict_heldout.json`);
+  SFT, the loop and the tokenizer read the trained entries (`medical_dict.json`, `char_dict.json`).
+- CPT training text (:func:`cpt_corpus`): exactly `--cpt-chars` characters, `--medical-share` of them medical (the
+  trained entries rendered as `kormed prepare` renders them, x5, then medical train documents in seeded passes),
+  the rest general train documents in seeded passes (a new order each pass, the last document cut), in a seeded
+  order, trained for one epoch: both CPT arms read the same characters whatever their tokenizer. SFT's raw source
+  and the tokenizer extension use the training documents once (`train_text.jsonl`); CPT validation and SFT's
+  raw-perplexity checks use the general dev split.
 - KorMedMCQA: the bundled questions. Train trains SFT and the loop, the bundled DEV split is what the loop chooses
   its best round on, and the bundled TEST questions (all of them) are only ever measured, never selected on.
 
@@ -45,7 +54,11 @@ Measures of each arm (its final adapter reloaded from disk, `--dtype` precision)
 - `accuracy` (harness loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
   (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`); `accuracy_cyclic` / `accuracy_chat_loglik` and their
   `mean_margin_*`: under the 5 cyclic option rotations, in the harness and the SFT chat format.
-- `paired_vs_base`: each arm minus the base on the same documents and questions, bootstrap 95 % intervals.
+- `knowledge_trained` / `knowledge_held_out` (+ `_ci95`, `_mean_margin`): `kormed eval knowledge` on the TEST
+  forms for the trained and the held-out entries (the control), `--knowledge-per-group` questions per form and
+  group (:func:`evaluate_arm_knowledge`).
+- `paired_vs_base`: each arm minus the base on the same documents and questions (and knowledge questions),
+  bootstrap 95 % intervals.
 - `training_chars` / `training_tokens`: characters (decoded, special tokens left out) and real tokens of the
   input of every training forward pass of the arm, counted by a forward hook, cumulative through its chain
   (sft includes its CPT arm; loop includes sft). SFT counts the prompts it reads, not only the answers learned.
