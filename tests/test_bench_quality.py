@@ -81,8 +81,11 @@ def test_splits_are_disjoint_and_deterministic():
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
     work = tmp_path_factory.mktemp("bq-data")
-    return work, bq.prepare_data(work, korean_text=None, budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000),
-                                 log=lambda m: None)
+    return work, bq.prepare_data(work, korean_text=None, budget=SAMPLE_BUDGET, log=lambda m: None)
+
+
+# medical share 0.4 of 150,000 characters: room for every trained dictionary render x5 (~50,000 characters)
+SAMPLE_BUDGET = bq.Budget(cpt_chars=150_000, medical_share=0.4, eval_chars=5_000)
 
 
 def test_prepare_data_never_trains_on_held_out_text(sample_data):
@@ -91,8 +94,9 @@ def test_prepare_data_never_trains_on_held_out_text(sample_data):
     medical_test, general_test = set(_texts(p["medical_test"])), set(_texts(p["general_test"]))
     assert len(medical_test) == 6 and medical_test.isdisjoint(_texts(p["train_text"]))
     assert general_test.isdisjoint(_texts(p["train_text"])) and general_test.isdisjoint(_texts(p["val"]))
-    assert all(any(piece in t for t in _texts(p["train_text"])) for piece in _texts(p["cpt_train"]))
-    assert sum(map(len, _texts(p["cpt_train"]))) == 50_000 == data["info"]["cpt_train"]["characters"]
+    renders = set(data["pools"]["renders"])
+    assert all(piece in renders or any(piece in t for t in _texts(p["train_text"])) for piece in _texts(p["cpt_train"]))
+    assert sum(map(len, _texts(p["cpt_train"]))) == 150_000 == data["info"]["cpt_train"]["characters"]
     assert any("당뇨" in t or "고혈압" in t or "결핵" in t for t in medical_test)  # medical pages, cleaned
     assert not any("[[" in t or "분류:" in t for t in medical_test)
     # KorMedMCQA: the bundled train, dev and test files, dev and test disjoint from train
@@ -112,8 +116,7 @@ def test_prepare_data_never_trains_on_held_out_text(sample_data):
 
 def test_prepare_data_same_bytes_and_korean_text_directory(sample_data, tmp_path):
     work, data = sample_data
-    again = bq.prepare_data(tmp_path / "again", korean_text=None,
-                            budget=bq.Budget(cpt_chars=50_000, eval_chars=5_000), log=lambda m: None)
+    again = bq.prepare_data(tmp_path / "again", korean_text=None, budget=SAMPLE_BUDGET, log=lambda m: None)
     for name, path in data["paths"].items():
         assert Path(again["paths"][name]).read_bytes() == Path(path).read_bytes(), name
     text_dir = tmp_path / "korean_text"
@@ -142,7 +145,8 @@ def test_prepare_data_with_assembly_bills(sample_data, tmp_path):
         (bills / f"{name}.jsonl").write_text(
             "".join(json.dumps({"text": f"{name} 의안 {i}.\n제안 이유 {i}. " * 10}, ensure_ascii=False) + "\n"
                     for i in range(n)), encoding="utf-8")
-    got = bq.prepare_data(tmp_path / "w", korean_text=bills, budget=bq.Budget(cpt_chars=3_000), log=lambda m: None)
+    got = bq.prepare_data(tmp_path / "w", korean_text=bills, budget=bq.Budget(cpt_chars=200_000, medical_share=0.5),
+                          log=lambda m: None)
     p = got["paths"]
     assert {t.split(" ")[0] for t in _texts(p["general_test"])} == {"test"}
     assert {t.split(" ")[0] for t in _texts(p["medical_test"])} == {"medical_law_test"}
@@ -152,6 +156,54 @@ def test_prepare_data_with_assembly_bills(sample_data, tmp_path):
     assert not {*_texts(p["medical_test"]), *_texts(p["medical_authored_test"])} & set(train)
     assert "medical_law_test.jsonl" in got["info"]["medical_source"]
     assert got["info"]["medical_authored_test"]["documents"] == 6
+    cpt = _texts(p["cpt_train"])  # general bills, medical-law training bills, pages, renders: never a held-out bill
+    assert any(t.startswith("medical_law_train ") for t in cpt) and any(t.startswith("train ") for t in cpt)
+    assert not any(t.startswith(("test ", "medical_law_test ", "dev ")) for t in cpt)
+    assert sum(map(len, cpt)) == 200_000 and got["info"]["cpt_corpus"]["medical_characters"] == 100_000
+
+
+def test_cpt_corpus_renders_trained_entries_x5_and_never_a_held_out_one(sample_data):
+    """The CPT text holds each trained dictionary entry's sentence (as `kormed prepare` renders it) exactly 5 times
+    and no held-out entry's; the trained files SFT, the loop and the tokenizer read hold no held-out entry, and
+    the held-out record is a seeded 20 % of the terms."""
+    from kormed.eval.knowledge import read_heldout
+    from kormed.prepare.render import render_dictionary
+    from kormed.records import read_dictionary
+    from kormed.sample_data import sample_paths
+
+    work, data = sample_data
+    p, info = data["paths"], data["info"]
+    cpt = _texts(p["cpt_train"])
+    held = read_heldout(p["dict_heldout"])
+    for source, key in (("medical_dict", "dict"), ("char_dict", "char_dict")):
+        full, _ = read_dictionary(sample_paths()[source])
+        trained, _ = read_dictionary(p[key])
+        held_terms = {e.term for e in held[source]}
+        assert held_terms and not held_terms & {e.term for e in trained}
+        assert len(trained) + len(held[source]) == len(full)
+        assert len(held_terms) == int(0.2 * len({e.term for e in full}))
+        for text in dict.fromkeys(render_dictionary(source, trained)):
+            assert cpt.count(text) == 5, text
+        for text in render_dictionary(source, held[source]):
+            assert not any(text in t for t in cpt), text
+    corpus = info["cpt_corpus"]
+    assert corpus["medical_characters"] == 60_000 and corpus["dictionary_render_copies_complete"] == 5
+    assert corpus["dictionary_render_characters"] == 5 * sum(map(len, data["pools"]["renders"]))
+    assert info["dictionaries"]["entries"]["medical_dict"]["held_out"] == len(held["medical_dict"])
+
+
+def test_cpt_corpus_medical_share():
+    pools = {"general": ["일반 문서 " * 20], "medical": ["의료법 개정 " * 20], "renders": ["가는 A를 의미한다."] * 1}
+    texts, info = bq.cpt_corpus(pools, chars=1_000, medical_share=0.25, seed=1, copies=5)
+    assert sum(map(len, texts)) == 1_000 and info["medical_characters"] == 250
+    assert texts.count("가는 A를 의미한다.") == 5
+    assert sum(len(t) for t in texts if t.startswith("의료법")) == 250 - 5 * len("가는 A를 의미한다.")
+    none, _ = bq.cpt_corpus(pools, chars=1_000, medical_share=0.0, seed=1, copies=5)
+    assert all(t.startswith("일반") for t in none)
+    small, info = bq.cpt_corpus(pools, chars=100, medical_share=0.25, seed=1, copies=5)
+    assert info["dictionary_render_copies_complete"] == 2 and not any(t.startswith("의료법") for t in small)
+    with pytest.raises(KormedError, match="medical"):
+        bq.cpt_corpus({**pools, "medical": []}, chars=1_000, medical_share=0.5, seed=1, copies=5)
 
 
 def test_paired_vs_base_and_tables():
@@ -281,8 +333,17 @@ def test_tables_show_each_arm():
            "bits_per_char_medical": 2.5, "accuracy": 0.25, "accuracy_ci95": [0.1419, 0.4019], "correct": 10,
            "questions": 40, "training_chars": 123456, "wall_s": 61.0}
     md = bq.markdown_table([row]).splitlines()
-    assert md[2] == "| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 123,456 | 61 |"
+    assert md[2] == ("| sft | cpt_extended | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | - | - | - | 123,456 | "
+                     "- | 61 | - |")  # a row written before the knowledge columns
     assert "0.142-0.402" in bq.format_table([row]) and "123,456" in bq.format_table([row])
+    variant = {**row, "arm": "sft@lr_low", "chain": ["cpt_extended@lr_low", "sft@lr_low"], "training_tokens": 5000,
+               "knowledge_trained": 0.6, "knowledge_trained_ci95": [0.4, 0.77], "knowledge_held_out": 0.2,
+               "knowledge_held_out_ci95": [0.08, 0.41], "reused_from": "sft", "accuracy_cyclic": 0.21}
+    md = bq.markdown_table([row, variant]).splitlines()
+    assert md[3] == ("| sft@lr_low | cpt_extended@lr_low | 2.9123 | 2.5000 | 0.250 (10 / 40) | 0.142-0.402 | 0.210 | "
+                     "0.600 (0.400-0.770) | 0.200 (0.080-0.410) | 123,456 | 5,000 | 61 | sft |")
+    line = bq.format_table([row, variant]).splitlines()[2].split()
+    assert line[0] == "sft@lr_low" and line[-1] == "sft" and "0.600" in line and "0.200" in line
 
 
 # ------------------------------------------------------------------------------------------------ text meter
@@ -339,7 +400,8 @@ def bench_run(tmp_path_factory, tiny_gemma3_dir):
         "--cpt-chars", str(CPT_CHARS), "--sft-steps", "1", "--loop-rounds", "1", "--loop-steps", "1",
         "--batch-size", "2", "--max-length", "64", "--eval-max-length", "64", "--eval-chars", "800",
         "--dtype", "float32", "--set", "tokenizer.max_new_tokens=40", "--set", "tokenizer.max_dict_tokens=10",
-        "--set", "tokenizer.min_frequency=2", "--output", str(out), "--work-dir", str(work)])
+        "--set", "tokenizer.min_frequency=2", "--knowledge-per-group", "1", "--variant", "lr_low:loop.train.lr=5e-5",
+        "--output", str(out), "--work-dir", str(work)])
     assert res.exit_code == 0, res.output
     assert "bits/char general" in res.output
     return json.loads(out.read_text(encoding="utf-8")), work
@@ -352,8 +414,18 @@ def test_rows_have_every_field(bench_run):
 
     rows, _ = bench_run
     n_test = len(load_questions(sample_paths()["mcq_test"]))  # the bundled test split, all of it (100 today)
-    assert [r["arm"] for r in rows] == list(bq.ARMS)
+    variant = [f"{a}@lr_low" for a in bq.ARMS[1:]]  # the variant's chain: only its loop trains again
+    assert [r["arm"] for r in rows] == [*bq.ARMS, *variant]
     by = {r["arm"]: r for r in rows}
+    assert [by[a]["reused_from"] for a in variant] == ["cpt", "cpt_extended", "sft", None]
+    assert by["loop@lr_low"]["settings"]["loop"]["train"]["lr"] == 5e-5 != by["loop"]["settings"]["loop"]["train"]["lr"]
+    assert by["loop@lr_low"]["training_chars"] == by["sft"]["training_chars"] + by["loop@lr_low"]["own_training_chars"]
+    for r in rows:
+        assert r["knowledge_per_group"] == 1 and r["knowledge"]["all/trained"]["total"] == 5
+        assert 0.0 <= r["knowledge_trained"] <= 1.0 and 0.0 <= r["knowledge_held_out"] <= 1.0
+        if r["arm"] != "base":
+            assert "knowledge_margin_trained" in r["paired_vs_base"]
+    rows = rows[:len(bq.ARMS)]
     for r in rows:
         for key in ("bits_per_char_general", "bits_per_char_medical", "accuracy", "accuracy_ci95",
                     "training_chars", "seed", "wall_s", "budget"):
@@ -428,3 +500,130 @@ def test_run_worker_returns_the_result_and_names_the_log_on_failure(tmp_path):
     with pytest.raises(KormedError, match=r"broken failed \(exit code 1\); last lines of .*broken\.log"):
         run_worker("kormed.no_such_module", {}, tmp_path, "broken")
     assert "No module named" in (tmp_path / "broken.log").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def test_variant_items_parse():
+    v = bq.parse_variant("forms3:sft.templates.dict_forms=[meaning,term,english],loop.templates.dict_forms=[term]")
+    assert v.name == "forms3" and v.budget == {}
+    assert v.overrides == {"sft": {"templates": {"dict_forms": ["meaning", "term", "english"]}},
+                           "loop": {"templates": {"dict_forms": ["term"]}}}
+    v = bq.parse_variant("lr_low:cpt.train.lr=5e-5, loop.train.lr=5e-5,--loop-steps=12")
+    assert v.overrides == {"cpt": {"train": {"lr": "5e-5"}}, "loop": {"train": {"lr": "5e-5"}}}
+    assert v.budget == {"loop_steps": 12}
+    assert bq.parse_variant("med50:--medical-share=0.5").budget == {"medical_share": 0.5}
+    assert bq.parse_variant("no_sft:--loop-from=cpt").budget == {"loop_from": "cpt"}
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["lr_low"], "expected NAME:SECTION.KEY=VALUE"),
+    (["bad name:cpt.lora.r=8"], "expected NAME:SECTION.KEY=VALUE"),
+    (["empty:"], "--variant empty: sets nothing"),
+    (["ev:eval.limit=3"], "--variant ev: unknown section 'eval'"),
+    (["wired:cpt.data=/x.jsonl"], "--variant wired: is set by the bench"),
+    (["novalue:cpt.lora.r"], "--variant novalue: expected SECTION.KEY=VALUE"),
+    (["seed:--seed=3"], "--variant seed: 'seed' is not a budget a variant may change"),
+    (["share:--medical-share=half"], "--variant share: medical_share expects a float"),
+    (["steps:--sft-steps=1.5"], "--variant steps: sft_steps expects a int"),
+    (["a:--lr=1e-4", "a:--lr=2e-4"], "variant 'a' is given twice"),
+])
+def test_variant_errors_are_one_line_naming_the_item(items, message):
+    with pytest.raises(KormedError) as err:
+        bq.read_variants(items)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_variants_yaml_file(tmp_path):
+    path = tmp_path / "variants.yaml"
+    path.write_text("rank32:\n  cpt: {lora: {r: 32}}\nmed50:\n  budget: {medical-share: 0.5}\n", encoding="utf-8")
+    got = bq.read_variants(["lr:--lr=1e-4"], str(path))
+    assert [(v.name, v.overrides, v.budget) for v in got] == [
+        ("lr", {}, {"lr": 1e-4}), ("rank32", {"cpt": {"lora": {"r": 32}}}, {}), ("med50", {}, {"medical_share": 0.5})]
+    path.write_text("bad:\n  eval: {limit: 3}\n", encoding="utf-8")
+    with pytest.raises(KormedError, match="variant bad: unknown section 'eval'"):
+        bq.read_variants([], str(path))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--variant", "x:eval.limit=3"], "--variant x: unknown section 'eval'"),
+    (["--variant", "x:--loop-from=base"], "--variant x: must be one of sft, cpt"),
+    (["--variant", "x:cpt.lora.r=0"], "--variant x:"),
+])
+def test_cli_refuses_a_bad_variant_before_any_arm(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from kormed.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "quality", "--work-dir", str(tmp_path / "w"), "--cpt-chars", "2000",
+                                   "--output", str(tmp_path / "q.json"), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "w" / "tasks").exists() and not (tmp_path / "q.json").exists()
+
+
+def test_a_variant_reuses_the_arms_its_settings_do_not_change(tmp_path, monkeypatch):
+    """Arms keyed by their settings and upstream key: a loop-only variant trains the loop alone, from the main SFT
+    adapter; a CPT-data variant (medical share) re-runs its whole chain on its own corpus; the loop without SFT
+    runs the loop alone, from the CPT adapter. Counted at the arm-process runner."""
+    runs: list[tuple[str, str | None, dict]] = []
+
+    def worker(module, task, directory, name, timeout):
+        runs.append((name, task["from_adapter"], task["configs"]))
+        return {"adapter": f"/adapters/{name}", "bits_per_char_general": 1.0, "bits_per_char_medical": 1.0,
+                "accuracy": 0.2, "accuracy_ci95": [0.0, 1.0], "correct": 1, "questions": 5, "vocab_size": 10,
+                "own_training_chars": 0 if task["arm"] == "base" else 100, "own_training_tokens": 40,
+                "training": {}, "train_s": 0.0, "eval_s": 0.0, "runtime": {}}, 0.0
+
+    monkeypatch.setattr(bq, "run_worker", worker)
+    variants = bq.read_variants(["lr_low:loop.train.lr=5e-5", "med50:--medical-share=0.5", "no_sft:--loop-from=cpt"])
+    rows = bq.run_bench(budget=bq.Budget(cpt_chars=20_000, medical_share=0.25), arms=("base", "cpt", "sft", "loop"),
+                        korean_text=None, variants=variants, work_dir=tmp_path / "w", log=lambda m: None)
+    assert [r[0] for r in runs] == ["base", "cpt", "sft", "loop", "loop@lr_low", "cpt@med50", "sft@med50",
+                                    "loop@med50", "loop@no_sft"]
+    by = {r["arm"]: r for r in rows}
+    assert [r["arm"] for r in rows][4:] == ["cpt@lr_low", "sft@lr_low", "loop@lr_low", "cpt@med50", "sft@med50",
+                                            "loop@med50", "cpt@no_sft", "sft@no_sft", "loop@no_sft"]
+    assert by["cpt@lr_low"]["reused_from"] == "cpt" and by["sft@lr_low"]["reused_from"] == "sft"
+    assert by["loop@lr_low"]["reused_from"] is None and by["loop@lr_low"]["key"] != by["loop"]["key"]
+    froms = {name: adapter for name, adapter, _ in runs}
+    assert froms["loop@lr_low"] == "/adapters/sft" and froms["loop@no_sft"] == "/adapters/cpt"
+    assert by["loop@no_sft"]["chain"] == ["cpt@no_sft", "loop@no_sft"] and by["loop@no_sft"]["training_chars"] == 200
+    assert by["loop@lr_low"]["training_chars"] == 300  # cpt + sft (reused) + its own loop
+    med50 = next(c for name, _, c in runs if name == "cpt@med50")["cpt"]["data"]
+    assert Path(med50).name != "cpt_train.jsonl" and Path(med50).is_file()
+    assert by["cpt@med50"]["medical_share"] == 0.5 and by["cpt"]["medical_share"] == 0.25
+    assert by["loop@lr_low"]["variant"]["name"] == "lr_low" and by["loop@lr_low"]["budget"]["loop_from"] == "sft"
+    assert all("paired_vs_base" in r for r in rows if r["arm"] != "base")
+
+
+# ------------------------------------------------------------------------------------------------ knowledge
+
+
+def test_knowledge_columns_trained_and_held_out(sample_data, tiny_gemma3_dir, real_tokenizer):
+    """Each arm's dictionary knowledge on the TEST forms: trained entries and held-out ones (the control), a seeded
+    `knowledge_per_group` a form and group; paired with the base question by question."""
+    from transformers import Gemma3ForCausalLM
+
+    from kormed.eval.knowledge import read_heldout
+
+    work, data = sample_data
+    p = data["paths"]
+    model, tok = Gemma3ForCausalLM.from_pretrained(tiny_gemma3_dir).eval(), real_tokenizer
+    ev = {"dict": p["dict"], "char_dict": p["char_dict"], "dict_heldout": p["dict_heldout"],
+          "knowledge_per_group": 1, "knowledge_seed": 3, "batch_size": 8}
+    out = bq.evaluate_arm_knowledge(model, tok, ev, "float32", "base", log=lambda m: None)
+    forms = 5  # medical: term -> definition, definition -> term, English -> Korean; symbols: the first two
+    held = {e.term for entries in read_heldout(p["dict_heldout"]).values() if isinstance(entries, list)
+            for e in entries}
+    for group in ("trained", "held_out"):
+        s = out["knowledge"][f"all/{group}"]
+        assert s["total"] == forms and out[f"knowledge_{group}"] == s["accuracy"]
+        assert out[f"knowledge_{group}_ci95"] == s["ci95"] and len(out[f"knowledge_margins_{group}"]) == forms
+        terms = {item.split(":", 2)[2] for item in out[f"knowledge_items_{group}"]}
+        assert terms <= held if group == "held_out" else not terms & held
+    assert out["knowledge"]["medical:english_to_korean/held_out"]["total"] == 1
+    paired = bq.paired_vs_base(out, out, seed=1)
+    assert paired["knowledge_margin_trained"]["difference"] == 0.0 and "knowledge_margin_held_out" in paired
+    other = {**out, "knowledge_items_trained": list(reversed(out["knowledge_items_trained"]))}
+    assert "knowledge_margin_trained" not in bq.paired_vs_base(other, out, seed=1)  # other questions: no pairing

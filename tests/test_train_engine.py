@@ -76,6 +76,28 @@ def test_training_arguments_take_the_warmup_ratio_as_a_fraction_of_the_steps(tmp
     assert training_arguments(_opts(max_steps=0), CPU, tmp_path, has_eval=True).max_steps == -1  # 0: no limit
 
 
+def test_a_warm_up_under_two_steps_is_dropped_so_the_first_step_learns(small_vocab_dir, tmp_path):
+    """warmup_ratio 0.05 of a 1-step run rounds up to 1 warm-up step, which would run that step at learning rate 0
+    (the LoRA weights would not move); it is dropped and the log says so. A warm-up of 2 steps or more stays."""
+    torch.manual_seed(0)
+    model, tok, _ = prepare_model_for_training(str(small_vocab_dir), lora=LoraOptions(dropout=0.0), runtime=CPU,
+                                               log=lambda m: None, tokenizer=TOK)
+    before = _lora_state(model)
+    trainer = build_trainer(model, tok, _dataset(_blocks(4)), None, CausalCollator(tok),
+                            _opts(max_steps=1, warmup_ratio=0.05, optim="sgd", lr=0.5), tmp_path / "short",
+                            runtime=CPU)
+    lines: list[str] = []
+    run_training(trainer, log=lines.append)
+    after = _lora_state(model)
+    assert any(not torch.equal(after[n], before[n]) for n in before if "lora_B" in n)  # the one step learned
+    assert any("warm-up of 1 optimizer step of 1 dropped" in line for line in lines)
+    kept = build_trainer(model, tok, _dataset(_blocks(4)), None, CausalCollator(tok),
+                         _opts(max_steps=40, warmup_ratio=0.05), tmp_path / "long", runtime=CPU)
+    kept.create_optimizer()
+    kept.create_scheduler(num_training_steps=40)
+    assert kept.args.get_warmup_steps(40) == 2 and kept.lr_scheduler.get_last_lr()[0] == 0.0  # a real warm-up
+
+
 def test_the_trainer_gets_its_runtime_and_loss_at_construction_and_hands_itself_to_callbacks(small_vocab_dir, tmp_path):
     from transformers import TrainerCallback
 

@@ -12,8 +12,12 @@ pipeline chains its stages):
 - `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt` adapter by default, as the default
   pipeline does at this budget (its `tokenizer` stage sizes the extension to CPT's budget: none at 40,000
   characters); `--sft-from cpt_extended` chains from the extended-tokenizer CPT arm instead.
-- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter; its best round is chosen
-  on the DEV questions; the row measures the chosen adapter on the test questions like every other arm.
+- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter (`--loop-from cpt`: from
+  the CPT arm SFT would continue); its best round is chosen on the DEV questions; the row measures the chosen
+  adapter on the test questions like every other arm.
+- variants (`--variant NAME:SECTION.KEY=VALUE,...`, `--variants FILE.yaml`): the arms again with overrides on top,
+  rows `<arm>@NAME`; every arm is keyed by its settings (data files by content) and its upstream arm's key
+  (:func:`arm_key`), and an arm whose key was already run is reused (`reused_from`), not run again.
 
 Data (written under the work directory; the same seed gives the same files; docs/commands/bench-quality.md):
 
@@ -29,10 +33,15 @@ Data (written under the work directory; the same seed gives the same files; docs
   (main namespace, a category naming a disease, infection, drug, first aid, hormone, injury or medicine; authored
   for kormed) are `medical_authored`; without it those pages are `medical`. Ordered by sha256 of the title, every
   third page is held out, the others join the training text. No arm trains on a held-out text.
-- CPT training text: general train + medical train documents, in seeded passes (a new order each pass) until
-  exactly `--cpt-chars` characters (the last document cut), trained for one epoch: both CPT arms read the same
-  characters whatever their tokenizer. SFT's raw source and the tokenizer extension use the same documents
-  once (`train_text.jsonl`); CPT validation and SFT's raw-perplexity checks use the general dev split.
+- Dictionaries: a seeded `--dict-holdout` (20 %) of the bundled medical and symbol dictionaries' entries is held
+  out of every arm (`kormed prepare`'s rule, :func:`kormed.prepare.corpus.hold_out_entries`; `dict_heldout.json`);
+  SFT, the loop and the tokenizer read the trained entries (`medical_dict.json`, `char_dict.json`).
+- CPT training text (:func:`cpt_corpus`): exactly `--cpt-chars` characters, `--medical-share` of them medical (the
+  trained entries rendered as `kormed prepare` renders them, x5, then medical train documents in seeded passes),
+  the rest general train documents in seeded passes (a new order each pass, the last document cut), in a seeded
+  order, trained for one epoch: both CPT arms read the same characters whatever their tokenizer. SFT's raw source
+  and the tokenizer extension use the training documents once (`train_text.jsonl`); CPT validation and SFT's
+  raw-perplexity checks use the general dev split.
 - KorMedMCQA: the bundled questions. Train trains SFT and the loop, the bundled DEV split is what the loop chooses
   its best round on, and the bundled TEST questions (all of them) are only ever measured, never selected on.
 
@@ -45,7 +54,11 @@ Measures of each arm (its final adapter reloaded from disk, `--dtype` precision)
 - `accuracy` (harness loglik, 0-shot, :func:`kormed.eval.kormedmcqa.evaluate_kormedmcqa`) with `accuracy_ci95`
   (Wilson, :func:`kormed.eval.kormedmcqa.wilson_interval`); `accuracy_cyclic` / `accuracy_chat_loglik` and their
   `mean_margin_*`: under the 5 cyclic option rotations, in the harness and the SFT chat format.
-- `paired_vs_base`: each arm minus the base on the same documents and questions, bootstrap 95 % intervals.
+- `knowledge_trained` / `knowledge_held_out` (+ `_ci95`, `_mean_margin`): `kormed eval knowledge` on the TEST
+  forms for the trained and the held-out entries (the control), `--knowledge-per-group` questions per form and
+  group (:func:`evaluate_arm_knowledge`).
+- `paired_vs_base`: each arm minus the base on the same documents and questions (and knowledge questions),
+  bootstrap 95 % intervals.
 - `training_chars` / `training_tokens`: characters (decoded, special tokens left out) and real tokens of the
   input of every training forward pass of the arm, counted by a forward hook, cumulative through its chain
   (sft includes its CPT arm; loop includes sft). SFT counts the prompts it reads, not only the answers learned.
@@ -115,13 +128,16 @@ DEFAULT_OUTPUT = Path("benchmarks/results/quality_cpu.json")
 DEFAULT_KOREAN_TEXT = "~/.cache/kormed/assembly_bills"  # scripts/fetch_assembly_bills.py
 TRAIN_POOL_CHARS = 2_000_000  # general training text kept (sha256 order) when a fetched set is larger
 HELDOUT_SETS = ("general", "medical", "medical_authored")
+LOOP_FROM = ("sft", "cpt")
+KNOWLEDGE_GROUPS = ("trained", "held_out")
 
 
 @dataclasses.dataclass
 class Budget:
     """The bench's budgets and shared settings (recorded in every row)."""
 
-    cpt_chars: int = 40_000  # about 17,000 Gemma tokens of the fetched Korean text (2.37 characters a token)
+    cpt_chars: int = 500_000  # about 210,000 Gemma tokens of the bills (2.37 characters a token), ~30 min here
+    medical_share: float = 0.3  # of cpt_chars: medical-law bills + medical pages + dictionary renders x5
     sft_steps: int = 6
     loop_rounds: int = 2
     loop_steps: int = 6
@@ -135,6 +151,9 @@ class Budget:
     dtype: str = "auto"
     device: str = "auto"
     sft_from: str = "cpt"
+    loop_from: str = "sft"  # sft | cpt (the CPT arm SFT continues: the loop without the SFT steps)
+    dict_holdout: float = 0.2  # of each dictionary's entries, seeded: never trained, the knowledge control
+    knowledge_per_group: int = 10  # knowledge questions per form and entry group (seeded), ~1 min an arm here
 
     def validate(self) -> None:
         for name in ("cpt_chars", "sft_steps", "loop_rounds", "loop_steps", "batch_size", "eval_chars",
@@ -147,6 +166,14 @@ class Budget:
             raise KormedError("must be positive", field="lr")
         if self.sft_from not in CPT_ARMS:
             raise KormedError(f"must be one of {', '.join(CPT_ARMS)}", field="sft_from")
+        if self.loop_from not in LOOP_FROM:
+            raise KormedError(f"must be one of {', '.join(LOOP_FROM)}", field="loop_from")
+        if not 0.0 <= self.medical_share <= 1.0:
+            raise KormedError("must be between 0 and 1", field="medical_share")
+        if not 0.0 <= self.dict_holdout < 1.0:
+            raise KormedError("must be at least 0 and below 1", field="dict_holdout")
+        if self.knowledge_per_group < 1:
+            raise KormedError("must be at least 1", field="knowledge_per_group")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise KormedError("must be auto, float32 or bfloat16", field="dtype")
 
@@ -279,9 +306,12 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     if sum(len(t) for t in general_train) > TRAIN_POOL_CHARS:  # e.g. 23 M characters of bills: a seeded share
         general_train = cap_chars(sorted(general_train, key=_sha), TRAIN_POOL_CHARS)
     train_text = general_train + medical_train
+    dictionaries = hold_out_dictionaries(data, budget, log)
+    pools = {"general": general_train, "medical": medical_train, "renders": dictionaries.pop("renders")}
+    cpt_path, cpt_info = write_cpt_corpus(data, pools, budget, log)
     paths = {
         "train_text": _write_texts(data / "train_text.jsonl", train_text),
-        "cpt_train": _write_texts(data / "cpt_train.jsonl", budget_texts(train_text, budget.cpt_chars, budget.seed)),
+        "cpt_train": cpt_path,
         "val": _write_texts(data / "val.jsonl", general["dev"]),
         "general_test": _write_texts(data / "general_test.jsonl", cap_chars(general["test"], budget.eval_chars)),
         "medical_test": _write_texts(data / "medical_test.jsonl", medical_test),
@@ -293,7 +323,7 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
     for name in ("train", "dev", "test"):
         shutil.copyfile(sample[f"mcq_{name}"], data / "mcq" / f"{name}.jsonl")
         paths[f"mcq_{name}"] = data / "mcq" / f"{name}.jsonl"
-    paths["dict"], paths["char_dict"] = sample["medical_dict"], sample["char_dict"]
+    paths.update(dictionaries.pop("paths"))  # the trained entries (SFT, the loop, the tokenizer) and the held-out
 
     def size(path: Path) -> dict[str, int]:
         texts = [rec["text"] for _, rec in iter_jsonl(path)]
@@ -303,8 +333,86 @@ def prepare_data(work: Path, *, korean_text: Path | None, budget: Budget, log: L
             **{name: size(paths[name]) for name in ("train_text", "cpt_train", "val", "general_test",
                                                      "medical_test", "medical_authored_test") if name in paths},
             "mcq": {name: sum(1 for ln in paths[f"mcq_{name}"].read_text(encoding="utf-8").splitlines()
-                              if ln.strip()) for name in ("train", "dev", "test")}}
-    return {"paths": {k: str(v) for k, v in paths.items()}, "info": info}
+                              if ln.strip()) for name in ("train", "dev", "test")},
+            "cpt_corpus": cpt_info, "dictionaries": dictionaries}
+    return {"paths": {k: str(v) for k, v in paths.items()}, "info": info, "pools": pools}
+
+
+def hold_out_dictionaries(data: Path, budget: Budget, log: Log = print) -> dict[str, Any]:
+    """Hold out a seeded `budget.dict_holdout` of the bundled medical and symbol dictionaries' entries with
+    `kormed prepare`'s rule (:func:`kormed.prepare.corpus.hold_out_entries`), write the trained entries
+    (`medical_dict.json`, `char_dict.json`: what SFT, the loop and the tokenizer read) and the held-out record
+    (`dict_heldout.json`, `kormed prepare`'s format: never trained, the knowledge control), and render the trained
+    entries as `kormed prepare` does (:func:`kormed.prepare.render.render_dictionary`, distinct sentences)."""
+    from kormed.io import write_json
+    from kormed.prepare.config import PrepareConfig
+    from kormed.prepare.corpus import hold_out_entries
+    from kormed.prepare.render import render_dictionary
+    from kormed.records import read_dictionary
+
+    sample = sample_paths()
+    particles = PrepareConfig().char_particles
+    record: dict[str, Any] = {"fraction": budget.dict_holdout, "seed": budget.seed}
+    paths: dict[str, Path] = {}
+    renders: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    for source, key in (("medical_dict", "dict"), ("char_dict", "char_dict")):
+        entries, _ = read_dictionary(sample[source])
+        trained, held = hold_out_entries(entries, budget.dict_holdout, budget.seed)
+        paths[key] = data / f"{source}.json"
+        write_json(paths[key], [{"term": e.term, "definition": e.definition} for e in trained])
+        record[source] = [{"term": e.term, "definition": e.definition} for e in held]
+        renders += render_dictionary(source, trained, particles)
+        counts[source] = {"trained": len(trained), "held_out": len(held)}
+        log(f"[kormed] bench quality: {source}: {len(held)} of {len(entries)} entries held out of every arm")
+    paths["dict_heldout"] = data / "dict_heldout.json"
+    write_json(paths["dict_heldout"], record)
+    return {"paths": paths, "renders": list(dict.fromkeys(renders)), "fraction": budget.dict_holdout,
+            "entries": counts}
+
+
+def cpt_corpus(pools: dict[str, list[str]], *, chars: int, medical_share: float, seed: int,
+               copies: int) -> tuple[list[str], dict[str, Any]]:
+    """Exactly `chars` characters of CPT text in a seeded order: `medical_share` of them medical (the dictionary
+    renders `copies` times each, as `kormed prepare` writes them, then the medical texts in seeded passes), the
+    rest general text in seeded passes. A medical share too small for every render copy keeps the first copies."""
+    medical_chars = round(chars * medical_share)
+    render_total = copies * sum(len(t) for t in pools["renders"])
+    render_chars = min(medical_chars, render_total)
+    medical = budget_texts(pools["renders"], render_chars, seed) if render_chars else []
+    if medical_chars > render_chars:
+        if not pools["medical"]:
+            raise KormedError("no medical training text for the medical share of CPT", field="medical_share")
+        medical += budget_texts(pools["medical"], medical_chars - render_chars, seed)
+    general = budget_texts(pools["general"], chars - medical_chars, seed) if chars > medical_chars else []
+    texts = general + medical
+    order = sorted(range(len(texts)), key=lambda i: _sha(f"{seed}:cpt-mix:{i}:{texts[i]}"))
+    info = {"characters": chars, "medical_share": medical_share, "general_characters": chars - medical_chars,
+            "medical_characters": medical_chars, "dictionary_render_characters": render_chars,
+            "dictionary_renders": len(pools["renders"]), "dictionary_render_copies": copies,
+            "dictionary_render_copies_complete": render_chars // max(1, sum(len(t) for t in pools["renders"]))}
+    return [texts[i] for i in order], info
+
+
+def cpt_corpus_name(budget: Budget, main: Budget) -> str:
+    """The CPT corpus file of a budget: `cpt_train.jsonl` for the main one, else named by what makes it."""
+    if (budget.cpt_chars, budget.medical_share) == (main.cpt_chars, main.medical_share):
+        return "cpt_train.jsonl"
+    return f"cpt_train-{budget.cpt_chars}-{budget.medical_share:g}.jsonl"
+
+
+def write_cpt_corpus(data: Path, pools: dict[str, list[str]], budget: Budget, log: Log = print,
+                     name: str = "cpt_train.jsonl") -> tuple[Path, dict[str, Any]]:
+    """Write :func:`cpt_corpus` of `budget` as `data/name`; returns (path, its composition)."""
+    from kormed.prepare.config import FileSourceConfig
+
+    copies = FileSourceConfig().multiplier  # `kormed prepare`'s medical x5 (the seeds' figure)
+    texts, info = cpt_corpus(pools, chars=budget.cpt_chars, medical_share=budget.medical_share, seed=budget.seed,
+                             copies=copies)
+    if info["dictionary_render_characters"] < copies * sum(len(t) for t in pools["renders"]):
+        log(f"[kormed] bench quality: the medical share of CPT ({info['medical_characters']:,} characters) holds "
+            f"only {info['dictionary_render_characters']:,} characters of the dictionary renders x{copies}")
+    return _write_texts(data / name, texts), info
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -338,46 +446,198 @@ def read_overrides(path: str | None, items: list[str]) -> dict[str, dict[str, An
     merged: dict[str, dict[str, Any]] = {}
     sources = ([(read_yaml(path), path)] if path else []) + [(parse_set(items), None)]
     for values, where in sources:
+        check_sections(values, where)
         for section, body in values.items():
-            if section not in OVERRIDE_SECTIONS:
-                raise KormedError(f"unknown section '{section}' (known: {', '.join(OVERRIDE_SECTIONS)})",
-                                  path=where, field=str(section))
-            if not isinstance(body, dict):
-                raise KormedError("expected a mapping of options", path=where, field=str(section))
-            for key in body:
-                if str(key).replace("-", "_") in WIRED_KEYS:
-                    raise KormedError("is set by the bench (its data and chain); it cannot be overridden",
-                                      path=where, field=f"{section}.{key}")
             _deep_update(merged.setdefault(section, {}), body)
     return merged
 
 
-def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, work: Path,
-                  overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The config dataclass of every stage: defaults, then the bench's settings, then `overrides`."""
+def check_sections(values: dict[str, Any], where: str | None, prefix: str = "") -> None:
+    """Refuse unknown override sections, a section that is not a mapping, and the keys the bench wires itself."""
+    for section, body in values.items():
+        if section not in OVERRIDE_SECTIONS:
+            raise KormedError(f"{prefix}unknown section '{section}' (known: {', '.join(OVERRIDE_SECTIONS)})",
+                              path=where, field=str(section))
+        if not isinstance(body, dict):
+            raise KormedError(f"{prefix}expected a mapping of options", path=where, field=str(section))
+        for key in body:
+            if str(key).replace("-", "_") in WIRED_KEYS:
+                raise KormedError(f"{prefix}is set by the bench (its data and chain); it cannot be overridden",
+                                  path=where, field=f"{section}.{key}")
 
+
+# --------------------------------------------------------------------------------------------------------------
+# variants: extra chains with overrides on top of the main ones
+# --------------------------------------------------------------------------------------------------------------
+
+# the bench budgets a variant may change (training only: every arm is measured on the same held-out data)
+VARIANT_BUDGET_KEYS = ("cpt_chars", "medical_share", "sft_steps", "loop_rounds", "loop_steps", "batch_size",
+                       "max_length", "lr", "sft_from", "loop_from")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclasses.dataclass
+class Variant:
+    """A named variant: stage overrides (sections as `--set`) and bench budgets, on top of the main run's."""
+
+    name: str
+    overrides: dict[str, dict[str, Any]]
+    budget: dict[str, Any]
+
+
+def _split_top(body: str) -> list[str]:
+    """`body` split at the commas outside brackets (`a=[x,y],b=1` -> `a=[x,y]`, `b=1`)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _budget_value(name: str, key: str, raw: Any) -> Any:
+    """A variant's budget value as its Budget field's type."""
+    if key not in VARIANT_BUDGET_KEYS:
+        raise KormedError(f"--variant {name}: '{key}' is not a budget a variant may change (known: "
+                          f"{', '.join(VARIANT_BUDGET_KEYS)})", field="--variant")
+    kind = type(getattr(Budget(), key))
+    try:
+        if kind is int and (isinstance(raw, bool) or float(raw) != int(float(raw))):
+            raise ValueError
+        return int(float(raw)) if kind is int else float(raw) if kind is float else str(raw)
+    except (TypeError, ValueError):
+        raise KormedError(f"--variant {name}: {key} expects a {kind.__name__}, got {raw!r}",
+                          field="--variant") from None
+
+
+def parse_variant(item: str) -> Variant:
+    """`NAME:SECTION.KEY=VALUE[,SECTION.KEY=VALUE...]` (a value may be a bracketed list; `--BUDGET=VALUE` items
+    change a bench budget, e.g. `--medical-share=0.5`) -> a Variant; each error one line naming the item."""
+    name, sep, body = item.partition(":")
+    name = name.strip()
+    if not sep or not VARIANT_NAME.fullmatch(name):
+        raise KormedError(f"expected NAME:SECTION.KEY=VALUE[,...] (NAME of letters, digits, _ . -), got {item!r}",
+                          field="--variant")
+    pieces = _split_top(body)
+    if not pieces:
+        raise KormedError(f"--variant {name}: sets nothing (give SECTION.KEY=VALUE or --BUDGET=VALUE items)",
+                          field="--variant")
+    budget: dict[str, Any] = {}
+    stage: list[str] = []
+    for piece in pieces:
+        if piece.startswith("--"):
+            key, eq, raw = piece[2:].partition("=")
+            if not eq or not raw.strip():
+                raise KormedError(f"--variant {name}: expected --BUDGET=VALUE, got {piece!r}", field="--variant")
+            budget[key.strip().replace("-", "_")] = _budget_value(name, key.strip().replace("-", "_"), raw.strip())
+        else:
+            stage.append(piece)
+    try:
+        overrides = read_overrides(None, stage)
+    except KormedError as err:
+        raise KormedError(f"--variant {name}: {err.message}", field=err.field) from None
+    return Variant(name, overrides, budget)
+
+
+def read_variants(items: list[str], path: str | None = None) -> list[Variant]:
+    """The `--variant` items, then the variants of `--variants FILE.yaml` (`NAME: {budget: {...}, SECTION:
+    {...}}`); names must be distinct."""
+    variants = [parse_variant(i) for i in items]
+    if path:
+        values = read_yaml(path)
+        for name, body in values.items():
+            name = str(name)
+            if not VARIANT_NAME.fullmatch(name) or not isinstance(body, dict) or not body:
+                raise KormedError("expected a variant name of letters, digits, _ . - mapping to its sections",
+                                  path=path, field=name)
+            body = dict(body)
+            raw_budget = body.pop("budget", None) or {}
+            if not isinstance(raw_budget, dict):
+                raise KormedError("expected a mapping of budgets", path=path, field=f"{name}.budget")
+            check_sections(body, path, prefix=f"variant {name}: ")
+            try:
+                budget = {str(k).replace("-", "_"): _budget_value(name, str(k).replace("-", "_"), v)
+                          for k, v in raw_budget.items()}
+            except KormedError as err:
+                raise KormedError(err.message, path=path, field=f"{name}.budget") from None
+            variants.append(Variant(name, body, budget))
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen:
+            raise KormedError(f"variant '{v.name}' is given twice", field="--variant")
+        seen.add(v.name)
+    return variants
+
+
+ARM_KEY_IGNORED = {"output", "out", "tokenizer_path", "cache_dir"}  # where an arm writes, not what it trains
+
+
+def _content(value: Any) -> Any:
+    """`value` with its output locations left out and each data file replaced by its content's sha256."""
+    from kormed.io import file_sha256
+
+    if isinstance(value, dict):
+        return {k: _content(v) for k, v in value.items() if k not in ARM_KEY_IGNORED}
+    if isinstance(value, list):
+        return [_content(v) for v in value]
+    if isinstance(value, str) and value and Path(value).is_file():
+        return f"sha256:{file_sha256(value)}"
+    return value
+
+
+def arm_settings(arm: str, cfgs: dict[str, Any]) -> dict[str, Any]:
+    """The stage settings an arm trains with (as in its row)."""
+    if arm in CPT_ARMS:
+        return {"cpt": cfgs[arm]} | ({"tokenizer": cfgs["tokenizer"]} if arm == "cpt_extended" else {})
+    return {arm: cfgs[arm]} if arm in ("sft", "loop") else {}
+
+
+def arm_key(arm: str, cfgs: dict[str, Any], budget: Budget, parent_key: str | None) -> str:
+    """What an arm's adapter depends on: its stage settings (data files by content), the seed and precision, and
+    its upstream arm's key. Two arms with one key train the same adapter: the second is not run."""
+    payload = {"arm": arm, "settings": _content(arm_settings(arm, cfgs)), "seed": budget.seed,
+               "dtype": budget.dtype, "device": budget.device, "from": parent_key}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, work: Path,
+                  overrides: dict[str, dict[str, Any]], tag: str = "") -> dict[str, Any]:
+    """The config dataclass of every stage: defaults, then the bench's settings, then `overrides`; each arm's
+    outputs under `work/arms/<arm><tag>` (a variant's tag: `@NAME`)."""
+
+    arms = work / "arms"
     never = 10**9  # no validation or checkpoint during the run: the bench measures the final adapter
-    # no warm-up in SFT and the loop: a step of a few optimizer steps would spend its first at learning rate 0
+    # no warm-up in any stage: at the bench's budgets (CPT ~100 optimizer steps, SFT and the loop a few) a linear
+    # warm-up spends its first step at learning rate 0 and a share of the run below the learning rate measured
     train = {"batch_size": budget.batch_size, "grad_accum": 1, "lr": budget.lr, "warmup_ratio": 0.0,
              "seed": budget.seed, "device": budget.device, "dtype": budget.dtype, "report_to": [],
              "logging_steps": 5}
     cpt = {"data": paths["cpt_train"], "val": paths["val"], "model": model, "max_length": budget.max_length,
            "max_val_samples": 8, "cache_dir": str(work / "packed"),
-           "train": {**train, "warmup_ratio": 0.05, "epochs": 1.0, "max_steps": None, "eval_steps": never,
+           "train": {**train, "epochs": 1.0, "max_steps": None, "eval_steps": never,
                      "save_steps": never,
                      "eval_on_start": False, "load_best_at_end": False}}
     chat = {"mcq": paths["mcq_train"], "dict": paths["dict"], "char_dict": paths["char_dict"], "model": model,
             "max_length": budget.max_length, "val_max": 8, "raw_val_max_texts": 4}
     sft = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "max_steps_per_step": budget.sft_steps,
-           "output": str(work / "arms" / "sft"),
+           "output": str(arms / f"sft{tag}"),
            "train": {**train, "eval_steps": budget.sft_steps, "save_steps": budget.sft_steps}}
     loop = {**chat, "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
-            "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(work / "arms" / "loop"),
+            "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(arms / f"loop{tag}"),
             "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
+    # The loop's knowledge target (issue 24 part 2) is wired here once LoopConfig has it: its dev-knowledge inputs
+    # are the TRAINED dictionaries (paths["dict"], paths["char_dict"]); paths["dict_heldout"] (never trained) is
+    # only ever measured, by evaluate_arm. Add those option names to WIRED_KEYS so no override can point them
+    # elsewhere.
     # a fixed extension of the published low-budget size (a null max_new_tokens would size it to the budget,
     # which gives none at these budgets, and the arm would measure nothing)
     tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
-                 "out": str(work / "arms" / "cpt_extended" / "tokenizer"), "max_new_tokens": 100,
+                 "out": str(arms / f"cpt_extended{tag}" / "tokenizer"), "max_new_tokens": 100,
                  "max_dict_tokens": 25}
     values = {"cpt": cpt, "tokenizer": tokenizer, "sft": sft, "loop": loop}
     for section in ("cpt", "tokenizer", "sft", "loop"):
@@ -386,9 +646,9 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     configs = {s: merge(cls(), values[s], prefix=f"{s}.") for s, cls in classes.items()}
     ext = json.loads(json.dumps(values["cpt"]))
     _deep_update(ext, overrides.get("cpt_extended", {}))
-    configs["cpt"] = dataclasses.replace(configs["cpt"], output=str(work / "arms" / "cpt" / "adapter"))
+    configs["cpt"] = dataclasses.replace(configs["cpt"], output=str(arms / f"cpt{tag}" / "adapter"))
     configs["cpt_extended"] = dataclasses.replace(
-        merge(CPTConfig(), ext, prefix="cpt_extended."), output=str(work / "arms" / "cpt_extended" / "adapter"),
+        merge(CPTConfig(), ext, prefix="cpt_extended."), output=str(arms / f"cpt_extended{tag}" / "adapter"),
         tokenizer_path=configs["tokenizer"].out)
     return configs
 
@@ -552,6 +812,39 @@ def evaluate_arm(task: dict[str, Any], adapter: str | None, log: Log) -> dict[st
         out[f"margins_{key}"] = [q["margin"] for q in res["questions"]]
         log(f"[kormed] {task['arm']}: KorMedMCQA {mode} (5 rotations) {res['correct']}/{res['total']}, mean margin "
             f"{res['mean_margin']:.4f}")
+    if ev.get("dict_heldout"):
+        out.update(evaluate_arm_knowledge(model, tokenizer, ev, runtime.compute_dtype, task["arm"], log))
+    return out
+
+
+def evaluate_arm_knowledge(model: Any, tokenizer: Any, ev: dict[str, Any], compute_dtype: str, arm: str,
+                           log: Log) -> dict[str, Any]:
+    """`kormed eval knowledge` on the TEST forms (:func:`kormed.eval.knowledge.evaluate_knowledge`): the trained
+    entries and the held-out ones (the control), a seeded `knowledge_per_group` questions per form and group;
+    per-question margins and keys are returned for the paired comparison with the base."""
+    from kormed.eval.knowledge import evaluate_knowledge, read_heldout
+    from kormed.records import read_dictionary
+
+    held = read_heldout(ev["dict_heldout"])
+    dictionaries = {"medical": read_dictionary(ev["dict"])[0] + held["medical_dict"],
+                    "symbol": read_dictionary(ev["char_dict"])[0] + held["char_dict"]}
+    held_terms = {"medical": {e.term for e in held["medical_dict"]}, "symbol": {e.term for e in held["char_dict"]}}
+    res = evaluate_knowledge(model, tokenizer, dictionaries, split="test", seed=ev["knowledge_seed"],
+                             held_out=held_terms, batch_size=ev["batch_size"], per_group=ev["knowledge_per_group"],
+                             progress=False, compute_dtype=compute_dtype)
+    out: dict[str, Any] = {"knowledge": res["summary"], "knowledge_questions": res["questions_total"]}
+    for group in KNOWLEDGE_GROUPS:
+        s = res["summary"].get(f"all/{group}")
+        if s is None:
+            continue
+        out[f"knowledge_{group}"] = s["accuracy"]
+        out[f"knowledge_{group}_ci95"] = s["ci95"]
+        out[f"knowledge_{group}_mean_margin"] = s["mean_margin"]
+        records = [r for r in res["questions"] if r["group"] == group]
+        out[f"knowledge_margins_{group}"] = [r["margin"] for r in records]
+        out[f"knowledge_items_{group}"] = [f"{r['form']}:{r['term']}" for r in records]
+        log(f"[kormed] {arm}: knowledge ({group} entries, test forms) {s['correct']}/{s['total']}, mean margin "
+            f"{s['mean_margin']:.4f}")
     return out
 
 
@@ -576,6 +869,10 @@ def paired_vs_base(res: dict[str, Any], base: dict[str, Any], seed: int) -> dict
         a, b = res.get(f"margins_{key}"), base.get(f"margins_{key}")
         if a and b and len(a) == len(b):
             out[f"margin_{key}"] = mean_difference(a, b, seed=seed)
+    for group in KNOWLEDGE_GROUPS:  # the same knowledge questions (form and term) of both, else nothing to pair
+        a, b = res.get(f"knowledge_margins_{group}"), base.get(f"knowledge_margins_{group}")
+        if a and b and res.get(f"knowledge_items_{group}") == base.get(f"knowledge_items_{group}"):
+            out[f"knowledge_margin_{group}"] = mean_difference(a, b, seed=seed)
     return out
 
 
@@ -615,8 +912,9 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def upstream(arm: str, budget: Budget) -> str | None:
-    """The arm whose adapter `arm` continues."""
-    return {"sft": budget.sft_from, "loop": "sft"}.get(arm)
+    """The arm whose adapter `arm` continues (the loop: SFT's, or with `loop_from` cpt the CPT arm SFT would
+    continue)."""
+    return {"sft": budget.sft_from, "loop": "sft" if budget.loop_from == "sft" else budget.sft_from}.get(arm)
 
 
 def arms_to_run(wanted: tuple[str, ...], budget: Budget) -> list[str]:
@@ -633,54 +931,96 @@ def arms_to_run(wanted: tuple[str, ...], budget: Budget) -> list[str]:
 
 def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None = None,
               korean_text: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
-              work_dir: str | Path | None = None, arm_timeout: float | None = None,
-              output: str | Path | None = None, log: Log = print) -> list[dict[str, Any]]:
-    """Run the arms (each in its own process, chained) and return one row per arm; `output` (a JSON file) is
-    rewritten after every arm, so an interrupted run keeps the rows it finished."""
+              variants: list[Variant] | None = None, work_dir: str | Path | None = None,
+              arm_timeout: float | None = None, output: str | Path | None = None,
+              log: Log = print) -> list[dict[str, Any]]:
+    """Run the arms (each in its own process, chained), then each variant's chain (`<arm>@<variant>`), and return
+    one row per arm; an arm whose key (:func:`arm_key`) equals an arm already run is not run again (its row says
+    `reused_from`). `output` (a JSON file) is rewritten after every arm, so an interrupted run keeps its rows."""
+    from kormed.config import to_dict
+
     budget.validate()
-    order = arms_to_run(arms, budget)
+    overrides = overrides or {}
+    chains: list[tuple[Variant | None, Budget, dict[str, dict[str, Any]], list[str]]] = [
+        (None, budget, overrides, arms_to_run(arms, budget))]
+    for v in variants or []:  # every variant checked before any work
+        try:
+            vb = dataclasses.replace(budget, **v.budget)
+            vb.validate()
+        except KormedError as err:
+            raise KormedError(f"--variant {v.name}: {err.message}", field=err.field) from None
+        merged = json.loads(json.dumps(overrides))
+        for section, body in v.overrides.items():
+            _deep_update(merged.setdefault(section, {}), body)
+        chains.append((v, vb, merged, [a for a in arms_to_run(arms, vb) if a != "base"]))
     own_work = work_dir is None
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kormed-bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         data = prepare_data(work, korean_text=Path(korean_text).expanduser() if korean_text else None,
                             budget=budget, log=log)
-        configs = stage_configs(data["paths"], budget, model=model, work=work, overrides=overrides or {})
-        from kormed.config import to_dict
-
-        cfg_dicts = {k: to_dict(v) for k, v in configs.items()}
         p = data["paths"]
+        plans = []
+        for v, vb, over, order in chains:
+            paths = dict(p)
+            name = cpt_corpus_name(vb, budget)
+            if name != "cpt_train.jsonl":
+                paths["cpt_train"] = str(write_cpt_corpus(work / "data", data["pools"], vb, log, name)[0])
+            try:
+                configs = stage_configs(paths, vb, model=model, work=work, overrides=over,
+                                        tag=f"@{v.name}" if v else "")
+            except KormedError as err:
+                if v is None:
+                    raise
+                raise KormedError(f"--variant {v.name}: {err.message}", path=err.path, field=err.field) from None
+            plans.append((v, vb, over, order, {k: to_dict(c) for k, c in configs.items()}))
         common = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "model": model or "embedded:gemma3-270m", "seed": budget.seed,
-                  "budget": dataclasses.asdict(budget), "overrides": overrides or {}, "data": data["info"],
+                  "model": model or "embedded:gemma3-270m", "seed": budget.seed, "data": data["info"],
                   "host": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
                            "python": platform.python_version()}}
+        evaluation = {"general_test": p["general_test"], "medical_test": p["medical_test"],
+                      "medical_authored_test": p.get("medical_authored_test"), "mcq_test": p["mcq_test"],
+                      "max_length": budget.eval_max_length, "batch_size": budget.eval_batch_size,
+                      "dict": p["dict"], "char_dict": p["char_dict"], "dict_heldout": p["dict_heldout"],
+                      "knowledge_per_group": budget.knowledge_per_group, "knowledge_seed": budget.seed}
         rows: list[dict[str, Any]] = []
-        done: dict[str, dict[str, Any]] = {}
-        for arm in order:
-            parent = upstream(arm, budget)
-            task = {"arm": arm, "model": model, "budget": dataclasses.asdict(budget), "configs": cfg_dicts,
-                    "from_adapter": done[parent]["adapter"] if parent else None,
-                    "eval": {"general_test": p["general_test"], "medical_test": p["medical_test"],
-                             "medical_authored_test": p.get("medical_authored_test"),
-                             "mcq_test": p["mcq_test"], "max_length": budget.eval_max_length,
-                             "batch_size": budget.eval_batch_size}}
-            log(f"[kormed] bench quality: arm {arm}" + (f" (from {parent})" if parent else "") + " ...")
-            shutil.rmtree(work / "arms" / arm, ignore_errors=True)  # a kept --work-dir: train afresh, never resume
-            start = time.perf_counter()
-            res, _ = run_worker("kormed.bench.quality", task, work / "tasks", arm, arm_timeout)
-            res["wall_s"] = round(time.perf_counter() - start, 1)
-            done[arm] = res
-            rows.append(make_row(arm, res, done, budget, common, cfg_dicts))
-            if arm != "base" and "base" in done:
-                rows[-1]["paired_vs_base"] = paired_vs_base(res, done["base"], budget.seed)
-            if output:
-                from kormed.io import write_json
+        done: dict[str, dict[str, Any]] = {}  # label -> the result of the run that trained it
+        keys: dict[str, str] = {}  # label -> arm key
+        ran: dict[str, str] = {}  # arm key -> the label that ran it
+        for v, vb, over, order, cfg_dicts in plans:
+            tag = f"@{v.name}" if v else ""
+            for arm in order:
+                label, parent = arm + tag, upstream(arm, vb)
+                keys[label] = arm_key(arm, cfg_dicts, vb, keys[parent + tag] if parent else None)
+                reused = ran.get(keys[label])
+                if reused:
+                    log(f"[kormed] bench quality: arm {label}: the same settings and upstream as {reused}, not run "
+                        "again")
+                    done[label] = done[reused]
+                else:
+                    log(f"[kormed] bench quality: arm {label}" + (f" (from {parent + tag})" if parent else "") +
+                        " ...")
+                    shutil.rmtree(work / "arms" / label, ignore_errors=True)  # a kept --work-dir: never resume
+                    task = {"arm": arm, "model": model, "budget": dataclasses.asdict(vb), "configs": cfg_dicts,
+                            "from_adapter": done[parent + tag]["adapter"] if parent else None, "eval": evaluation}
+                    start = time.perf_counter()
+                    res, _ = run_worker("kormed.bench.quality", task, work / "tasks", label, arm_timeout)
+                    res["wall_s"] = round(time.perf_counter() - start, 1)
+                    done[label], ran[keys[label]] = res, label
+                row = make_row(arm, done[label], done, vb, common, cfg_dicts, tag=tag)
+                row.update(key=keys[label], reused_from=reused, budget=dataclasses.asdict(vb), overrides=over,
+                           variant=dataclasses.asdict(v) if v else None)
+                if arm != "base" and "base" in done:
+                    row["paired_vs_base"] = paired_vs_base(done[label], done["base"], budget.seed)
+                rows.append(row)
+                if output:
+                    from kormed.io import write_json
 
-                write_json(output, rows)
-            r = rows[-1]
-            log(f"[kormed]   {arm}: general {r['bits_per_char_general']:.4f}, medical "
-                f"{r['bits_per_char_medical']:.4f} bits/char, accuracy {r['accuracy']:.3f}, {r['wall_s']:.0f} s")
+                    write_json(output, rows)
+                log(f"[kormed]   {label}: general {row['bits_per_char_general']:.4f}, medical "
+                    f"{row['bits_per_char_medical']:.4f} bits/char, accuracy {row['accuracy']:.3f}, knowledge "
+                    f"trained {_fmt(row.get('knowledge_trained'), '.3f')} / held-out "
+                    f"{_fmt(row.get('knowledge_held_out'), '.3f')}, {row['wall_s']:.0f} s")
         return rows
     finally:
         if own_work:
@@ -688,19 +1028,16 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
 
 
 def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], budget: Budget,
-             common: dict[str, Any], cfgs: dict[str, Any]) -> dict[str, Any]:
-    """One JSON row: the arm's measures, its chain and cumulative training text, and the settings it ran with."""
+             common: dict[str, Any], cfgs: dict[str, Any], tag: str = "") -> dict[str, Any]:
+    """One JSON row: the arm's measures, its chain and cumulative training text, and the settings it ran with
+    (`tag`: a variant's `@NAME`, on the arm and its chain)."""
     chain = [arm]
     while upstream(chain[-1], budget):
         chain.append(upstream(chain[-1], budget))
-    chain.reverse()
-    settings: dict[str, Any] = {}
-    if arm in CPT_ARMS:
-        settings = {"cpt": cfgs[arm]} | ({"tokenizer": cfgs["tokenizer"]} if arm == "cpt_extended" else {})
-    elif arm in ("sft", "loop"):
-        settings = {arm: cfgs[arm]}
+    chain = [a + tag for a in reversed(chain)]
     return {
-        "arm": arm,
+        "arm": arm + tag,
+        "stage": arm,
         "chain": chain,
         "bits_per_char_general": res["bits_per_char_general"],
         "bits_per_char_medical": res["bits_per_char_medical"],
@@ -713,16 +1050,20 @@ def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], bud
         "own_training_chars": res["own_training_chars"],
         "own_training_tokens": res["own_training_tokens"],
         "vocab_size": res["vocab_size"],
+        "medical_share": budget.medical_share if arm != "base" else None,
         **{k: v for k, v in res.items() if k.startswith(("hangul_bits_per_char_", "bits_per_char_medical_authored",
                                                           "heldout_", "accuracy_cyclic", "accuracy_chat_loglik",
                                                           "mean_margin_"))},
+        **{k: v for k, v in res.items() if k == "knowledge" or k == "knowledge_questions" or any(
+            k.startswith(f"knowledge_{g}") for g in KNOWLEDGE_GROUPS)},
+        "knowledge_per_group": budget.knowledge_per_group,
         "training": res["training"],
         "wall_s": res["wall_s"],
         "train_s": res["train_s"],
         "eval_s": res["eval_s"],
         "runtime": res["runtime"],
         **common,
-        "settings": settings,
+        "settings": arm_settings(arm, cfgs),
     }
 
 
@@ -740,54 +1081,74 @@ def _delta(pair: dict[str, Any] | None) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The printed tables: one line per arm; then each arm minus the base, paired, with bootstrap intervals."""
-    lines = [f"{'arm':<13} {'bits/char general':>17} {'bits/char medical':>17} {'Hangul gen.':>11} "
+    w = max([13, *(len(r["arm"]) for r in rows)])
+    lines = [f"{'arm':<{w}} {'bits/char general':>17} {'bits/char medical':>17} {'Hangul gen.':>11} "
              f"{'Hangul med.':>11} {'accuracy':>8} {'95% CI':>13} {'rotated':>7} {'chat':>6} "
-             f"{'training chars':>14} {'wall s':>7}"]
+             f"{'know. trained':>13} {'know. held-out':>14} {'training chars':>14} {'wall s':>7} reused from"]
     for r in rows:
         lo, hi = r["accuracy_ci95"]
-        lines.append(f"{r['arm']:<13} {r['bits_per_char_general']:>17.4f} {r['bits_per_char_medical']:>17.4f} "
+        lines.append(f"{r['arm']:<{w}} {r['bits_per_char_general']:>17.4f} {r['bits_per_char_medical']:>17.4f} "
                      f"{_fmt(r.get('hangul_bits_per_char_general')):>11} "
                      f"{_fmt(r.get('hangul_bits_per_char_medical')):>11} "
                      f"{r['accuracy']:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {_fmt(r.get('accuracy_cyclic'), '.3f'):>7} "
-                     f"{_fmt(r.get('accuracy_chat_loglik'), '.3f'):>6} {r['training_chars']:>14,} "
-                     f"{r['wall_s']:>7.0f}")
+                     f"{_fmt(r.get('accuracy_chat_loglik'), '.3f'):>6} "
+                     f"{_fmt(r.get('knowledge_trained'), '.3f'):>13} {_fmt(r.get('knowledge_held_out'), '.3f'):>14} "
+                     f"{r['training_chars']:>14,} {r['wall_s']:>7.0f} {r.get('reused_from') or '-'}")
     paired = [r for r in rows if r.get("paired_vs_base")]
     if paired:
         lines.append("")
         lines.append("minus base, same documents / questions (bootstrap 95% interval):")
-        lines.append(f"{'arm':<13} {'bits/char general':>28} {'bits/char medical':>28} "
-                     f"{'margin (rotated loglik)':>28} {'margin (chat-loglik)':>28}")
+        lines.append(f"{'arm':<{w}} {'bits/char general':>28} {'bits/char medical':>28} "
+                     f"{'margin (rotated loglik)':>28} {'margin (chat-loglik)':>28} "
+                     f"{'knowledge margin trained':>28} {'knowledge margin held-out':>28}")
         for r in paired:
             p = r["paired_vs_base"]
-            lines.append(f"{r['arm']:<13} {_delta(p.get('bits_per_char_general')):>28} "
+            lines.append(f"{r['arm']:<{w}} {_delta(p.get('bits_per_char_general')):>28} "
                          f"{_delta(p.get('bits_per_char_medical')):>28} {_delta(p.get('margin_cyclic')):>28} "
-                         f"{_delta(p.get('margin_chat_loglik')):>28}")
+                         f"{_delta(p.get('margin_chat_loglik')):>28} "
+                         f"{_delta(p.get('knowledge_margin_trained')):>28} "
+                         f"{_delta(p.get('knowledge_margin_held_out')):>28}")
     return "\n".join(lines)
+
+
+def _acc(r: dict[str, Any], key: str) -> str:
+    """`0.450 (0.310-0.600)`: an accuracy with its Wilson interval, `-` when not measured."""
+    if r.get(key) is None:
+        return "-"
+    lo, hi = r[f"{key}_ci95"]
+    return f"{r[key]:.3f} ({lo:.3f}-{hi:.3f})"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as the Markdown table of benchmarks/README.md."""
     out = ["| arm | continues | bits/char general | bits/char medical | accuracy (correct / questions) | 95% CI | "
-           "training characters | wall s |", "|---|---|---|---|---|---|---|---|"]
+           "rotated accuracy | knowledge, trained entries (test forms) | knowledge, held-out entries | "
+           "training characters | training tokens | wall s | reused from |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["accuracy_ci95"]
         prev = r["chain"][-2] if len(r["chain"]) > 1 else "-"
+        tokens = r.get("training_tokens")
         out.append(f"| {r['arm']} | {prev} | {r['bits_per_char_general']:.4f} | {r['bits_per_char_medical']:.4f} | "
                    f"{r['accuracy']:.3f} ({r['correct']} / {r['questions']}) | {lo:.3f}-{hi:.3f} | "
-                   f"{r['training_chars']:,} | {r['wall_s']:.0f} |")
+                   f"{_fmt(r.get('accuracy_cyclic'), '.3f')} | {_acc(r, 'knowledge_trained')} | "
+                   f"{_acc(r, 'knowledge_held_out')} | {r['training_chars']:,} | "
+                   f"{'-' if tokens is None else f'{tokens:,}'} | {r['wall_s']:.0f} | {r.get('reused_from') or '-'} |")
     return "\n".join(out)
 
 
 def paired_markdown_table(rows: list[dict[str, Any]]) -> str:
     """Each arm minus the base (paired, bootstrap 95 % intervals) as a Markdown table."""
     out = ["| arm | Δ bits/char general | Δ bits/char medical | Δ Hangul bits/char medical | "
-           "Δ margin (rotated loglik) | Δ margin (chat-loglik) |", "|---|---|---|---|---|---|"]
+           "Δ margin (rotated loglik) | Δ margin (chat-loglik) | Δ knowledge margin, trained | "
+           "Δ knowledge margin, held-out |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.get("paired_vs_base") or {}
         if p:
             out.append(f"| {r['arm']} | {_delta(p.get('bits_per_char_general'))} | "
                        f"{_delta(p.get('bits_per_char_medical'))} | {_delta(p.get('hangul_bits_per_char_medical'))} | "
-                       f"{_delta(p.get('margin_cyclic'))} | {_delta(p.get('margin_chat_loglik'))} |")
+                       f"{_delta(p.get('margin_cyclic'))} | {_delta(p.get('margin_chat_loglik'))} | "
+                       f"{_delta(p.get('knowledge_margin_trained'))} | {_delta(p.get('knowledge_margin_held_out'))} |")
     return "\n".join(out)
 
 
@@ -812,6 +1173,17 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         model: str = typer.Option(None, "--model", help="Base model (default: the embedded Gemma 3 270M)."),
         cpt_chars: int = typer.Option(d.cpt_chars, "--cpt-chars", min=1, help="Characters of training text each "
                                       "CPT arm reads (one epoch over exactly this much)."),
+        medical_share: float = typer.Option(d.medical_share, "--medical-share", min=0.0, max=1.0,
+                                            help="Share of --cpt-chars that is medical: the trained dictionary "
+                                            "entries rendered as sentences x5 (as kormed prepare writes them), "
+                                            "then medical-law bills and medical pages; the rest general bills."),
+        dict_holdout: float = typer.Option(d.dict_holdout, "--dict-holdout", min=0.0, max=0.99,
+                                           help="Share of the medical and symbol dictionary entries (seeded) no "
+                                           "arm trains on: the knowledge columns' control."),
+        knowledge_per_group: int = typer.Option(d.knowledge_per_group, "--knowledge-per-group", min=1,
+                                                help="Dictionary-knowledge questions per form and entry group "
+                                                "(trained, held-out; a seeded sample, test forms): ~1 minute an "
+                                                "arm on 2 cores at 10."),
         sft_steps: int = typer.Option(d.sft_steps, "--sft-steps", min=1, help="Optimizer steps per SFT step."),
         loop_rounds: int = typer.Option(d.loop_rounds, "--loop-rounds", min=1, help="Loop rounds."),
         loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round."),
@@ -824,29 +1196,41 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                        help="Characters of each fetched held-out test text measured (whole "
                                        "documents; general, and the medical-law bills)."),
         sft_from: str = typer.Option(d.sft_from, "--sft-from", help="CPT arm SFT continues: cpt_extended | cpt."),
+        loop_from: str = typer.Option(d.loop_from, "--loop-from", help="What the loop continues: sft | cpt (the "
+                                      "CPT arm SFT would continue: the loop without the SFT steps)."),
         seed: int = typer.Option(d.seed, "--seed", help="Seed of every stage and of the data order."),
         dtype: str = typer.Option(d.dtype, "--dtype", help="auto | float32 | bfloat16 (training and measuring)."),
         device: str = typer.Option(d.device, "--device", help="auto | cpu | cuda."),
         set_: list[str] = typer.Option(None, "--set", help="SECTION.KEY=VALUE stage option (sections: cpt, "
                                        "cpt_extended, tokenizer, sft, loop); repeatable."),
         overrides: str = typer.Option(None, "--overrides", help="YAML file of those sections."),
+        variant: list[str] = typer.Option(None, "--variant", help="NAME:SECTION.KEY=VALUE[,...] extra chains "
+                                          "on top of the main settings, rows labelled ARM@NAME (a value may be a "
+                                          "[list]; --BUDGET=VALUE items change a bench budget, e.g. "
+                                          "med50:--medical-share=0.5); an arm whose settings and upstream equal an "
+                                          "arm already run is reused, not run again; repeatable."),
+        variants: str = typer.Option(None, "--variants", help="YAML file of named variants: NAME: {budget: "
+                                     "{KEY: VALUE}, SECTION: {KEY: VALUE}}."),
         output: str = typer.Option(str(DEFAULT_OUTPUT), "--output", help="JSON file of the rows."),
         work_dir: str = typer.Option(None, "--work-dir", help="Keep the data, adapters and logs here."),
         arm_timeout: float = typer.Option(None, "--arm-timeout", help="Seconds before an arm is stopped."),
     ) -> None:
-        """Held-out bits per character (general, medical) and KorMedMCQA accuracy of base, CPT, CPT with the
-        extended tokenizer, SFT and the loop."""
+        """Held-out bits per character (general, medical), KorMedMCQA accuracy and dictionary knowledge (trained
+        and held-out entries) of base, CPT, CPT with the extended tokenizer, SFT and the loop, and of variants."""
 
         check_device(device)
-        inputs = {"--korean-text": korean_text, "--model": model, "--overrides": overrides}
+        inputs = {"--korean-text": korean_text, "--model": model, "--overrides": overrides, "--variants": variants}
         check_output_path(output, "file", "--output", inputs=inputs)
         if work_dir:
             check_output_path(work_dir, "dir", "--work-dir", inputs=inputs)
         budget = Budget(cpt_chars=cpt_chars, sft_steps=sft_steps, loop_rounds=loop_rounds, loop_steps=loop_steps,
                         batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
-                        eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from)
+                        eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from,
+                        loop_from=loop_from, medical_share=medical_share, dict_holdout=dict_holdout,
+                        knowledge_per_group=knowledge_per_group)
         rows = run_bench(budget=budget, arms=_csv(arms), model=model, korean_text=korean_text,
-                         overrides=read_overrides(overrides, set_ or []), work_dir=work_dir,
+                         overrides=read_overrides(overrides, set_ or []),
+                         variants=read_variants(variant or [], variants), work_dir=work_dir,
                          arm_timeout=arm_timeout, output=output, log=lambda m: typer.echo(m, err=True))
         typer.echo(format_table(rows))
         typer.echo(f"wrote {output}", err=True)

@@ -61,7 +61,7 @@ from kormed.prepare.mix import (
     shuffle_file,
 )
 from kormed.prepare.publish import MANIFEST_KEY, manifest_entry, publish
-from kormed.prepare.render import render_mcq, render_medical, render_symbol
+from kormed.prepare.render import render_dictionary, render_mcq
 from kormed.prepare.sources import ArrowSource, Batch
 
 # torch, transformers and the kormed modules that load them are imported inside the functions that use them:
@@ -365,10 +365,7 @@ class _Run:
                     self.log(f"{name}: {len(held)} of {len(entries) + len(held)} entries held out of training "
                              f"(prepare.dict_holdout {cfg.dict_holdout}; recorded in {cfg.heldout_path()})")
                 questions = [None] * len(entries)
-                if name == "medical_dict":
-                    texts = [render_medical(e) for e in entries]
-                else:
-                    texts = [render_symbol(e, cfg.char_particles) for e in entries]
+                texts = render_dictionary(name, entries, cfg.char_particles)
             if report.total:
                 self.skipped[name] = report.to_dict()
                 self.log(f"{name}: skipped {report.total} bad record(s): {dict(report.reasons)} ({path})")

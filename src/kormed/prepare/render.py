@@ -208,3 +208,11 @@ def render_symbol(entry: DictEntry, particles: CharParticles = "seed") -> str:
     if particles != "rule":
         raise ValueError(f"unknown char_particles {particles!r}")
     return f"의학 기호 {with_josa(term, '은/는')} {with_josa(definition, '을/를')} 나타낸다."
+
+
+def render_dictionary(source: str, entries: list[DictEntry], particles: CharParticles = "seed") -> list[str]:
+    """The corpus sentences of one dictionary source (`medical_dict`: :func:`render_medical`, `char_dict`:
+    :func:`render_symbol`), one per entry in order: what `kormed prepare` writes (each `multiplier` times)."""
+    if source == "medical_dict":
+        return [render_medical(e) for e in entries]
+    return [render_symbol(e, particles) for e in entries]

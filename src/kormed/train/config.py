@@ -105,7 +105,9 @@ class TrainOptions:
     )
     lr: float = opt(2e-5, "Peak learning rate.", bounds=(0, None, "()"), flags=("--lr",), aliases=("learning_rate",))
     warmup_ratio: float = opt(
-        0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly.", bounds=(0, 1, "[)"),
+        0.03, "Fraction of the optimizer steps spent warming the learning rate up linearly (a warm-up under 2\n"
+        "steps is dropped, and the log says so: it would only run the first step at learning rate 0).",
+        bounds=(0, 1, "[)"),
         aliases=("warmup_ratio",),
     )
     scheduler: str = opt(

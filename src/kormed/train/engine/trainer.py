@@ -56,6 +56,10 @@ from kormed.train.engine.processes import effective_grad_accum
 from kormed.train.engine.stopping import StopRecord, non_finite_stop
 from kormed.weights import route_safetensors_writes
 
+# HF's linear warm-up runs step k at lr x k / warmup (step 0 at 0): a warm-up this short (e.g. warmup_ratio 0.05 of
+# 9 steps, rounded up to 1) only spends the run's first optimizer step at learning rate 0, so it is dropped
+MIN_WARMUP_STEPS = 2
+
 
 class CausalCollator:
     """Right-pad `input_ids` (and `labels`, if present) to the longest sequence in the batch.
@@ -113,6 +117,7 @@ class KormedTrainer(Trainer):
         self.eval_collator = eval_collator
         self.stop_record = stop_record or StopRecord()
         self._nonfinite: Any = None
+        self.note: Log | None = None  # run_training's log: says when a too-short warm-up is dropped
         # Our loss always shifts labels: count targets over labels[..., 1:] whatever the model class says.
         if hasattr(self, "_loss_shifts_labels"):
             self._loss_shifts_labels = True
@@ -129,6 +134,17 @@ class KormedTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    # no warm-up shorter than MIN_WARMUP_STEPS ---------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if self.lr_scheduler is None and 0 < warmup < MIN_WARMUP_STEPS:
+            self.args.warmup_steps = 0  # this run's own arguments (training_arguments builds them per run)
+            if self.note is not None and self.is_world_process_zero():
+                self.note(f"[kormed] warm-up of {warmup} optimizer step of {num_training_steps} dropped: it would "
+                          f"only run the first step at learning rate 0 (a warm-up needs at least "
+                          f"{MIN_WARMUP_STEPS} steps)")
+        return super().create_scheduler(num_training_steps, optimizer)
 
     # non-finite loss detection (no host sync here; the guard callback syncs once per step) ------------
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
@@ -467,6 +483,7 @@ def run_training(trainer: Any, *, resume: bool = False, log: Log = print, data_o
     resume_from = start_from_plan(out, plan, order, log=log)
     if resume_from is not None:
         trainer.args.eval_on_start = False  # the "before" validation is already in the restored history
+    trainer.note = log
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
     wall = time.time() - start
