@@ -120,7 +120,7 @@ CPT_ARMS = ("cpt", "cpt_extended")
 OVERRIDE_SECTIONS = ("cpt", "cpt_extended", "tokenizer", "sft", "loop")
 # options the bench sets from its own data and chain: overriding them would measure something else
 WIRED_KEYS = {"data", "val", "model", "output", "tokenizer_path", "adapter", "from_adapter", "mcq", "dict",
-              "char_dict", "raw", "raw_val", "eval_data", "dev_data", "corpus", "out"}
+              "char_dict", "raw", "raw_val", "eval_data", "dev_data", "corpus", "out", "dict_heldout"}
 MEDICAL_CATEGORY = re.compile(r"질환|감염병|약물|응급처치|의학|호르몬|외상")
 CATEGORY_LINK = re.compile(r"\[\[분류:([^\]|#]+)")
 EVAL_EOD_TOKEN = "<end_of_turn>"  # CPT's end-of-document token (cpt.eod_token's default)
@@ -630,10 +630,9 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     loop = {**chat, "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
             "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(arms / f"loop{tag}"),
             "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
-    # The loop's knowledge target (issue 24 part 2) is wired here once LoopConfig has it: its dev-knowledge inputs
-    # are the TRAINED dictionaries (paths["dict"], paths["char_dict"]); paths["dict_heldout"] (never trained) is
-    # only ever measured, by evaluate_arm. Add those option names to WIRED_KEYS so no override can point them
-    # elsewhere.
+    # The loop selects on dev knowledge of the TRAINED dictionaries (paths["dict"], paths["char_dict"]); the
+    # held-out record is only reported by it (and measured by evaluate_arm), never trained or selected on.
+    loop["dict_heldout"] = paths["dict_heldout"]
     # a fixed extension of the published low-budget size (a null max_new_tokens would size it to the budget,
     # which gives none at these budgets, and the arm would measure nothing)
     tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
