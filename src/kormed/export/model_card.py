@@ -183,10 +183,10 @@ def _eval_lines(run_dir: Path | None) -> list[str]:
     if not data.mcq and not data.ppl:
         return ["The run has no eval results (eval stage not run)."]
     rows = []
-    typed = data.eval.targets if data.eval else {}
     for target in sorted(set(data.mcq) | set(data.ppl), key=target_key):
         m, p = data.mcq.get(target) or {}, data.ppl.get(target) or {}
-        k = typed[target].knowledge if target in typed else {}
+        k = (data.knowledge.get(target) or {}).get("summary")
+        k = k if isinstance(k, dict) else {}
         rows.append([target, m.get("accuracy"), m.get("total"), m.get("mode"), p.get("perplexity"),
                      p.get("bits_per_char"), _knowledge_cell(k.get("all/trained")),
                      _knowledge_cell(k.get("all/held_out"))])
@@ -213,10 +213,11 @@ def _eval_lines(run_dir: Path | None) -> list[str]:
 
 def _knowledge_cell(s: dict[str, Any] | None) -> str:
     """`accuracy (low–high, n=N)` of one knowledge group; "–" when not measured."""
-    if not s:
+    try:
+        low, high = s["ci95"]  # type: ignore[index]
+        return f"{s['accuracy']:.3f} ({low:.3f}–{high:.3f}, n={s['total']})"  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):  # absent, or not a kormed summary: the card never fails on one file
         return "–"
-    low, high = s["ci95"]
-    return f"{s['accuracy']:.3f} ({low:.3f}–{high:.3f}, n={s['total']})"
 
 
 def card(*, title: str, kind: str, adapter: Path | None = None, model_dir: Path | None = None,
