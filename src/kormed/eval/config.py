@@ -104,7 +104,9 @@ class EvalConfig:
     knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
     knowledge_per_group: int | None = opt(
         None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
-        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).",
+        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).\n"
+        "`kormed run`'s eval stage wires 4 (40 questions a model: about the cost of 100 KorMedMCQA questions, so\n"
+        "scoring every model stays short); set it in the pipeline file's eval section.",
         bounds=(1, None),
     )
     max_length: int = opt(
