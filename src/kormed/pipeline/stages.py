@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -469,6 +470,7 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
                 write_json(know_cfg.output, known)
         else:
             loaded: list[tuple[Any, Any, Any]] = []
+            seconds: dict[str, float] = {}
 
             def model(adapter: str | None = adapter, loaded: list[tuple[Any, Any, Any]] = loaded) -> Any:
                 """The target's model, loaded (or swapped in) the first time something must be scored."""
@@ -503,12 +505,19 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
             else:
                 ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
                 net, tokenizer, runtime = model()
+                started = time.perf_counter()
                 result = kormedmcqa.score_loaded(dataclasses.replace(mcq_cfg, output=None), net, tokenizer, runtime,
                                                  questions, fewshot)
+                seconds["KorMedMCQA"] = time.perf_counter() - started
             if note is not None:
                 result["reuse"] = note
             write_json(mcq_cfg.output, result)
-            ppl = (perplexity.score_loaded(ppl_one, *model(), documents) if ppl_one is not None else None)
+            ppl = None
+            if ppl_one is not None:
+                net, tokenizer, runtime = model()
+                started = time.perf_counter()
+                ppl = perplexity.score_loaded(ppl_one, net, tokenizer, runtime, documents)
+                seconds["perplexity"] = time.perf_counter() - started
             known = None
             if know_cfg is not None:
                 found, note = reused.get("knowledge", (None, None))
@@ -516,14 +525,19 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
                     known = {**found, "model": cfg.model or "embedded:gemma3-270m", "adapter": adapter,
                              "dict": cfg.dict, "char_dict": cfg.char_dict, "heldout": cfg.heldout}
                 else:
-                    known = knowledge.score_loaded(dataclasses.replace(know_cfg, output=None), *model(), dictionaries,
-                                                   held, progress=False)
+                    net, tokenizer, runtime = model()
+                    started = time.perf_counter()
+                    known = knowledge.score_loaded(dataclasses.replace(know_cfg, output=None), net, tokenizer, runtime,
+                                                   dictionaries, held, progress=False)
+                    seconds["knowledge"] = time.perf_counter() - started
                 if note is not None:
                     known["reuse"] = note
                 write_json(know_cfg.output, known)
             if cache is not None:
                 cache.write({"kormedmcqa": result, "ppl": ppl, "knowledge": known})
                 ctx.log(f"[eval] {name}: results cached in {cache.path}")
+            if seconds:  # what the stage's time goes to (compute, model loads not included)
+                ctx.log(f"[eval] {name}: scored in " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         ctx.log(format_table(result))
         entry = {"accuracy": result["accuracy"], "total": result["total"],
                  "per_subset": {k: v["accuracy"] for k, v in result["per_subset"].items()}}
