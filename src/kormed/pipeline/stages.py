@@ -352,8 +352,8 @@ def _ppl_data(ctx: RunContext) -> str | None:
 
 # Questions per knowledge form and entry group the eval stage scores by default (`eval.knowledge_per_group`): the
 # bundled dictionaries give 10 groups (5 forms x trained / held out), so 4 a group is 40 questions, each scored
-# under 5 rotations -- about the cost of the 100 KorMedMCQA questions per model on a CPU. Set it in the pipeline
-# file (null = every question, ~8 minutes a model on 2 CPU cores) for narrower intervals.
+# under 5 rotations: 11,735 prompt tokens, about 1.2x the 100 bundled KorMedMCQA questions (9,874) per model.
+# Set it in the pipeline file (null = all 811 questions, ~8 minutes a model on 2 CPU cores) for narrower intervals.
 STAGE_KNOWLEDGE_PER_GROUP = 4
 
 
