@@ -1001,3 +1001,36 @@ def test_loop_bad_held_out_record_is_one_error(tmp_path: Path, content: Any) -> 
     record = tmp_path / "corpus.dict_heldout.json"
     record.write_text(json.dumps(content), encoding="utf-8")
     _one_line_error(_cli(_loop_args(tmp_path, Path(sample_paths()["medical_dict"]), record)), str(record))
+
+
+def test_model_card_escapes_text_from_the_run(tmp_path: Path) -> None:
+    """A model card quotes the run's files (sources, stop details, the eval file and run directory names): each is
+    literal Markdown text, never raw HTML, a link, emphasis, a new heading or an extra table column."""
+    from kormed.export.model_card import adapter_card
+
+    hostile = "a|b <img src=x onerror=alert(1)> **bold** [l](http://x) `c`"
+    run = tmp_path / "run `x` <b>"
+    (run / "corpus").mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"name": "x", "stages": {}}), encoding="utf-8")
+    (run / "resolved_config.yaml").write_text(json.dumps({"eval": {"data": f"/d/{hostile}.jsonl"}}), encoding="utf-8")
+    (run / "corpus" / "c.stats.json").write_text(json.dumps({"table": [
+        {"source": hostile, "base": 1, "multiplier": 1, "final": 1, "ratio": 1.0, "characters": 3}]}), "utf-8")
+    adapter = run / "cpt"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "m", "r": 8}), "utf-8")
+    (adapter / "training_info.json").write_text(json.dumps({
+        "stage": "cpt", "model": "embedded", "global_step": 2, "stop_reason": "max_steps",
+        "stop_detail": hostile + "\n# not a heading"}), "utf-8")
+    (run / "eval").mkdir()
+    (run / "eval" / "kormedmcqa_base.json").write_text(json.dumps({"accuracy": 0.2, "total": 5, "mode": hostile}),
+                                                        "utf-8")
+    card = adapter_card(adapter)
+    outside_code = re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", card)  # a code span shows its text literally
+    assert not re.search(r"(?<!\\)<[A-Za-z/]", outside_code)  # no raw HTML
+    assert "**bold**" not in card and "](http://x)" not in card.replace("\\](http://x)", "")
+    assert "\n# not a heading" not in card
+    for line in card.splitlines():
+        if line.startswith("| ") and "\\|" in line:
+            header = card.splitlines()[card.splitlines().index(line) - 2]
+            assert len(_table_cells(line)) == len(_table_cells(header)), line  # the | in the text adds no column
+    assert "`` run `x` <b> ``" in card or "``run `x` <b>``" in card  # the run directory's name as a code span

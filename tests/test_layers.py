@@ -18,7 +18,7 @@ PACKAGE = Path(kormed.__file__).parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("kormed", "kormed.errors", "kormed.stop_reason", "kormed.io", "kormed.precision",
                     "kormed.quantization", "kormed.weights", "kormed.records", "kormed.config", "kormed.flags",
-                    "kormed.loss", "kormed.embeddings", "kormed.sample_data", "kormed.run_files",
+                    "kormed.loss", "kormed.embeddings", "kormed.sample_data", "kormed.run_files", "kormed.markdown",
                     "kormed.pipeline.registry")),
     ("models and data", ("kormed.models", "kormed.data")),
     ("corpus and tokenizer", ("kormed.prepare", "kormed.tokenizer")),

@@ -169,3 +169,24 @@ def test_run_cards_follow_the_registry_final_adapter_of_a_three_step_sft(tmp_pat
     _write_model_cards(ctx)
     assert (rd / "sft" / "step3" / "README.md").is_file() and (rd / "cpt" / "README.md").is_file()
     assert not (rd / "loop" / "best" / "README.md").exists()  # loop is not part of this run
+
+
+def test_card_shows_bits_per_char_and_knowledge_columns(tmp_path):
+    from kormed.eval.knowledge import summarise
+
+    rd = demo_like_run(tmp_path / "demo")
+    for target, right in (("base", 2), ("loop", 6)):
+        records = [{"form": "medical:definition_to_term", "term": f"t{g}{i}", "group": g, "question": f"q{g}{i}",
+                    "correct": i < right - (g == "held_out"), "margin": 0.1 * i} for g in ("trained", "held_out")
+                   for i in range(10)]
+        _w(rd / "eval" / f"knowledge_{target}.json", {"split": "test", "summary": summarise(records),
+                                                       "questions": records})
+        _w(rd / "eval" / f"ppl_{target}.json", {"perplexity": 25.0, "loss": 3.2, "tokens": 5000,
+                                                "bits_per_char": 3.125 if target == "base" else 3.0})
+    card = adapter_card(rd / "loop" / "best")
+    assert ("| model | KorMedMCQA accuracy | questions | mode | perplexity | bits per character | knowledge, trained "
+            "entries (95% CI) | knowledge, held-out entries (95% CI) |") in card
+    # loop: 6/10 trained (Wilson 0.313-0.832), 5/10 held out (0.237-0.763)
+    assert "| loop | 0.32 | 50 | generate | 25 | 3 | 0.600 (0.313–0.832, n=10) | 0.500 (0.237–0.763, n=10) |" in card
+    assert "| cpt | 0.22 | 50 | generate | 28.9 | – | – | – |" in card
+    assert "held-out entries were set aside by `kormed prepare`" in card

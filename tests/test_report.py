@@ -333,3 +333,42 @@ def test_report_reads_the_typed_results(run_dir: Path):
     (run_dir / "eval" / results.RESULT_FILE).write_text("{broken", encoding="utf-8")
     md = write_report(run_dir)[1].read_text(encoding="utf-8")
     assert "evaluation: its result could not be read" in md and "Data distribution" in md
+
+
+def _knowledge_file(path: Path, right: dict[str, int], margin: float, reuse: dict | None = None) -> None:
+    """A `kormed eval knowledge` result: 10 questions per group (trained, held_out), `right[group]` of them right,
+    each question's margin `margin` (+0.1 for a right one)."""
+    from kormed.eval.knowledge import summarise
+
+    records = [{"form": "medical:term_to_definition", "term": f"{g}{i}", "group": g, "question": f"q {g}{i}",
+                "options": list("abcde"), "answer": "A", "extracted": "A" if i < right[g] else "B",
+                "correct": i < right[g], "margin": margin + (0.1 if i < right[g] else 0.0)}
+               for g in ("trained", "held_out") for i in range(10)]
+    _write(path, {"split": "test", "seed": 0, "permutations": "cyclic", "per_group": None,
+                  "questions_total": len(records), "skipped": {}, "summary": summarise(records),
+                  "questions": records, **({"reuse": reuse} if reuse else {})})
+
+
+def test_report_shows_knowledge_columns_and_the_loop_reuse(run_dir: Path):
+    """Trained vs held-out accuracy with Wilson intervals, margins and the paired difference from the base; where a
+    target's scores came from the loop (or why not); the mean-margin sentence without escaped backticks."""
+    _knowledge_file(run_dir / "eval" / "knowledge_base.json", {"trained": 2, "held_out": 2}, -0.5)
+    _knowledge_file(run_dir / "eval" / "knowledge_sft.json", {"trained": 7, "held_out": 3}, 0.25,
+                    reuse={"why_not": "kormedmcqa_test.json: 20 recorded items, 100 to score"})
+    mcq = json.loads((run_dir / "eval" / "kormedmcqa_sft.json").read_text("utf-8"))
+    mcq["reuse"] = {"reused_from": "loop_table.json (round 1: round01_dict/kormedmcqa_test.json)"}
+    _write(run_dir / "eval" / "kormedmcqa_sft.json", mcq)
+    _html, md_path = write_report(run_dir)
+    md = md_path.read_text(encoding="utf-8")
+    assert ("| model | trained accuracy (95% CI, n) | held-out accuracy (95% CI, n) | trained margin | held-out margin "
+            "| trained margin vs base | held-out margin vs base |") in md
+    # sft: 7/10 trained (Wilson 0.397-0.892), 3/10 held out; margins 0.25 + 0.1 x share right; vs base: paired
+    row = next(line for line in md.splitlines() if line.startswith("| sft | 0.700"))
+    assert "0.700 (0.397–0.892, n=10)" in row and "0.300 (0.108–0.603, n=10)" in row
+    assert "| 0.320 | 0.280 | +0.800 (" in row and "| +0.760 (" in row  # 0.32 - (-0.48), 0.28 - (-0.48)
+    assert "| model | medical:term_to_definition (trained) | medical:term_to_definition (held out) |" in md
+    assert "sft: KorMedMCQA reused from `loop_table.json (round 1: round01_dict/kormedmcqa_test.json)`" in md
+    assert "sft: dictionary knowledge scored again, not reused from the loop: kormedmcqa_test.json: 20 recorded" in md
+    assert "held-out entries were set aside by prepare" in md
+    margin = next(line for line in md.splitlines() if line.startswith("Mean margin"))
+    assert "\\`" not in margin and "`eval.permutations: cyclic`" in margin

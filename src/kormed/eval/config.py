@@ -104,7 +104,10 @@ class EvalConfig:
     knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
     knowledge_per_group: int | None = opt(
         None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
-        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).",
+        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).\n"
+        "`kormed run`'s eval stage wires 4 (40 questions a model, 11,735 prompt tokens with the rotations: about\n"
+        "1.2x the 100 bundled KorMedMCQA questions, so scoring 4 models stays within minutes); set it in the\n"
+        "pipeline file's eval section.",
         bounds=(1, None),
     )
     max_length: int = opt(

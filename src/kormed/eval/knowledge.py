@@ -161,14 +161,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[DictEntry]], *, split: str,
-                       seed: int = 0, held_out: dict[str, set[str]] | None = None, batch_size: int = 8,
-                       per_group: int | None = None, progress: bool = True,
-                       compute_dtype: str | None = None) -> dict[str, Any]:
-    """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together);
-    `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`)."""
-    from kormed.eval.kormedmcqa import evaluate_kormedmcqa
-
+def plan_questions(dictionaries: dict[str, list[DictEntry]], *, split: str, seed: int = 0,
+                   held_out: dict[str, set[str]] | None = None,
+                   per_group: int | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(questions, skipped per dictionary): what :func:`evaluate_knowledge` scores, built without a model."""
     questions: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
     for kind, entries in dictionaries.items():
@@ -178,7 +174,18 @@ def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[
             questions += qs
     if not questions:
         raise KormedError("no knowledge question could be built (each form needs 5 entries with distinct options)")
-    questions = sample_per_group(questions, per_group, seed)
+    return sample_per_group(questions, per_group, seed), skipped
+
+
+def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[DictEntry]], *, split: str,
+                       seed: int = 0, held_out: dict[str, set[str]] | None = None, batch_size: int = 8,
+                       per_group: int | None = None, progress: bool = True,
+                       compute_dtype: str | None = None) -> dict[str, Any]:
+    """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together);
+    `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`)."""
+    from kormed.eval.kormedmcqa import evaluate_kormedmcqa
+
+    questions, skipped = plan_questions(dictionaries, split=split, seed=seed, held_out=held_out, per_group=per_group)
     res = evaluate_kormedmcqa(model, tokenizer, [q["mcq"] for q in questions], mode="loglik",
                               permutations="cyclic", batch_size=batch_size, progress=progress,
                               compute_dtype=compute_dtype)
@@ -202,17 +209,31 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def read_inputs(cfg: Any) -> tuple[dict[str, list[DictEntry]], dict[str, set[str]]]:
+    """(dictionaries, held-out terms) of `cfg` (`dict`, `char_dict`, `heldout`), read and checked before any model
+    loads: the held-out entries join the question pool (the trained subset prepare wrote does not hold them)."""
+    if not cfg.dict and not cfg.char_dict:
+        raise KormedError("no dictionary given", field="dict", hint="pass --dict medical_dict.json")
+    dictionaries, held = knowledge_dictionaries(cfg.dict, cfg.char_dict, cfg.heldout)
+    return dictionaries, held
+
+
 def run_knowledge(cfg: Any, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """`kormed eval knowledge`: load the model (+ adapter) and the dictionaries, score, write `cfg.output`."""
     from kormed.models import load_model_and_tokenizer, pick_runtime
 
     if cfg.output:
         check_output_path(cfg.output, "file", "--output", inputs=eval_inputs(cfg))  # before any work
-    if not cfg.dict and not cfg.char_dict:
-        raise KormedError("no dictionary given", field="dict", hint="pass --dict medical_dict.json")
-    dictionaries, held = knowledge_dictionaries(cfg.dict, cfg.char_dict, cfg.heldout)
+    dictionaries, held = read_inputs(cfg)
     runtime = pick_runtime(cfg.device, cfg.dtype)
     model, tokenizer, runtime = load_model_and_tokenizer(cfg.model, adapter=cfg.adapter, runtime=runtime, log=log)
+    return score_loaded(cfg, model, tokenizer, runtime, dictionaries, held, progress=progress)
+
+
+def score_loaded(cfg: Any, model: Any, tokenizer: Any, runtime: Any, dictionaries: dict[str, list[DictEntry]],
+                 held: dict[str, set[str]], *, progress: bool = True) -> dict[str, Any]:
+    """Score with an already loaded model (the eval stage swaps adapters on one load) and write `cfg.output` when
+    set: the numbers and bytes of :func:`run_knowledge`."""
     result = evaluate_knowledge(model, tokenizer, dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
                                 held_out=held, batch_size=cfg.batch_size, per_group=cfg.knowledge_per_group,
                                 progress=progress,

@@ -349,19 +349,39 @@ def evaluate_kormedmcqa(
     return {
         "accuracy": correct / len(records),
         "mean_margin": sum(margins) / len(margins) if margins else None,
-        "permutations": permutations if mode in LOGLIK_MODES else None,
         "correct": correct,
         "total": len(records),
         "unparseable": sum(1 for r in records if not r["extracted"]),
         "per_subset": _summarise(records, "subset"),
         "per_year": _summarise(records, "year"),
+        **recorded_settings(mode, permutations=permutations, num_fewshot=num_fewshot, loglik_target=loglik_target,
+                            max_new_tokens=max_new_tokens),
+        "questions": records,
+    }
+
+
+def recorded_settings(mode: str, *, permutations: str = "none", num_fewshot: int = 0, loglik_target: str = "letter",
+                      max_new_tokens: int = 32) -> dict[str, Any]:
+    """The scoring settings a result records (each only where the mode uses it): with the prompts, what decides
+    its numbers (:mod:`kormed.eval.reuse` compares them before reusing a recorded result)."""
+    return {
         "mode": mode,
+        "permutations": permutations if mode in LOGLIK_MODES else None,
         "num_fewshot": num_fewshot if mode not in ("chat", "chat-loglik") else 0,
         "loglik_target": loglik_target if mode in LOGLIK_MODES else None,
         "max_new_tokens": max_new_tokens if mode not in LOGLIK_MODES else None,
         "harness_version": HARNESS_VERSION if mode == "generate" else None,
-        "questions": records,
     }
+
+
+def prompt_for(mcq: MCQ, *, mode: str, fewshot: Sequence[MCQ] = (), num_fewshot: int = 0,
+               chat_template: str | None = None, bos: str = "<bos>") -> str:
+    """The prompt a question is scored after in `mode` (as each record's `prompt`)."""
+    if mode == "chat-loglik":
+        return chat_loglik_prompt(mcq, template=chat_template, bos=bos)
+    if mode == "chat":
+        return chat_mode_prompt(mcq, template=chat_template, bos=bos)
+    return generate_prompt(mcq, fewshot, num_fewshot, bos=bos)
 
 
 def _run_mode(
@@ -374,10 +394,8 @@ def _run_mode(
         return _run_loglik(model, tokenizer, questions, mode=mode, fewshot=fewshot, num_fewshot=num_fewshot,
                            batch_size=batch_size, loglik_target=loglik_target, chat_template=chat_template,
                            permutations=permutations, progress=progress, bos=bos)
-    if mode == "chat":
-        prompts = [chat_mode_prompt(q, template=chat_template, bos=bos) for q in questions]
-    else:
-        prompts = [generate_prompt(q, fewshot, num_fewshot, bos=bos) for q in questions]
+    prompts = [prompt_for(q, mode=mode, fewshot=fewshot, num_fewshot=num_fewshot, chat_template=chat_template,
+                          bos=bos) for q in questions]
     if mode in ("generate", "chat"):
         stops = HARNESS_STOP_SEQUENCES if mode == "generate" else ()
         outputs = generate_texts(
@@ -403,9 +421,7 @@ def _run_loglik(
     shifts = range(n) if permutations == "cyclic" else range(1)
 
     def prompt_of(q: MCQ) -> str:
-        if mode == "chat-loglik":
-            return chat_loglik_prompt(q, template=chat_template, bos=bos)
-        return generate_prompt(q, fewshot, num_fewshot, bos=bos)
+        return prompt_for(q, mode=mode, fewshot=fewshot, num_fewshot=num_fewshot, chat_template=chat_template, bos=bos)
 
     views = [[rotated(q, k) for k in shifts] for q in questions]
     requests = [(prompt_of(v), c) for vs in views for v in vs for c in loglik_continuations(v, loglik_target)]

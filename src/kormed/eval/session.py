@@ -24,7 +24,7 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import file_key, read_json, write_json
 
-EVAL_CACHE_VERSION = 1  # bump when what an eval result holds or how it is scored changes
+EVAL_CACHE_VERSION = 2  # bump when what an eval result holds or how it is scored changes (2: knowledge)
 FULL_HASH_LIMIT = 64 << 20  # model files above this are keyed by size, mtime and both ends (a 4B model is 8 GB)
 
 
@@ -59,6 +59,12 @@ def tokenizer_key(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+def _real(model_path: str) -> str:
+    """A local model directory by its real path (a symlinked cache and its target are one base); a hub id as is."""
+    p = Path(model_path)
+    return str(p.resolve()) if p.exists() else model_path
+
+
 class AdapterSwap:
     """A base model loaded once per distinct build, with each adapter swapped onto it in turn."""
 
@@ -87,17 +93,26 @@ class AdapterSwap:
         )
 
         if adapter is None:
-            model_path = resolve_model(self.model, log=self.log)
+            model_path = _real(resolve_model(self.model, log=self.log))
             return (model_path, self._tokenizer_key(load_tokenizer(model_path)), "", "")
         adapter = check_adapter_dir(adapter)
-        model_path = resolve_model(adapter_base(self.model, adapter), log=self.log)
+        model_path = _real(resolve_model(adapter_base(self.model, adapter), log=self.log))
         meta = read_adapter_meta(adapter)
-        tok_dir = Path(adapter) / "tokenizer"
-        tokenizer = load_tokenizer(str(tok_dir) if (tok_dir / "tokenizer_config.json").is_file() else model_path)
+        tokenizer = self.tokenizer_of(adapter)
         rows = getattr(text_config(load_model_config(model_path)), "vocab_size", None)
         resized = isinstance(rows, int) and (len(tokenizer) > rows or (meta.get("embedding_rows") or rows) != rows)
         return (model_path, self._tokenizer_key(tokenizer), str(meta.get("embedding_rows")) if resized else "",
                 str(meta.get("quantization") or ""))
+
+    def tokenizer_of(self, adapter: str | Path | None) -> Any:
+        """The tokenizer the model built for `adapter` uses (its own copy when it has one), without loading weights."""
+        from kormed.models import adapter_base, load_tokenizer, resolve_model
+
+        model_path = resolve_model(adapter_base(self.model, adapter) if adapter is not None else self.model,
+                                   log=self.log)
+        tok_dir = Path(adapter) / "tokenizer" if adapter is not None else None
+        use_own = tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file()
+        return load_tokenizer(str(tok_dir) if use_own else model_path)
 
     def _tokenizer_key(self, tokenizer: Any) -> str:
         """:func:`tokenizer_key`, once per tokenizer object (load_tokenizer hands out one object per directory)."""
@@ -192,7 +207,7 @@ class BaseCache:
             log(f"[eval] ignoring an unreadable cached base result ({exc}); scoring the base again")
             return None
         if not (isinstance(data, dict) and isinstance(data.get("kormedmcqa"), dict)
-                and isinstance(data.get("ppl"), dict | None)):
+                and isinstance(data.get("ppl"), dict | None) and isinstance(data.get("knowledge"), dict | None)):
             log(f"[eval] ignoring a cached base result that is not one ({self.path}); scoring the base again")
             return None
         return data

@@ -14,6 +14,7 @@ from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import atomic_write
+from kormed.markdown import md_code, md_escape
 from kormed.pipeline.registry import TRAINING_STAGES
 from kormed.pipeline.rundir import collect, rows_of_stats, target_key
 from kormed.run_files import TRAINING_INFO, TrainingInfo, TrainingSummary
@@ -102,8 +103,9 @@ def _fmt(v: Any) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(_fmt(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    """A Markdown table; every cell (names, sources, stop details from the run's files) escaped as literal text."""
+    out = ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(md_escape(_fmt(c)) for c in r) + " |" for r in rows]
     return out
 
 
@@ -143,11 +145,12 @@ def _data_lines(run_dir: Path | None) -> list[str]:
         return ["Training data: no prepare statistics in the run directory (prepare was not part of the run)."]
     rows = rows_of_stats(data.stats)
     cols = [c for c in ("source", "base", "multiplier", "final", "ratio", "characters") if any(c in r for r in rows)]
-    out = [f"CPT corpus by source, from `{data.stats_path}` (records per source before and after the mix):", ""]
+    out = [f"CPT corpus by source, from {md_code(str(data.stats_path))} (records per source before and after the mix):",
+           ""]
     out += _table(cols, [[r.get(c) for c in cols] for r in rows])
     for key in ("validation", "val", "dropped", "drops"):
         if key in data.stats and not isinstance(data.stats[key], list | dict):
-            out.append(f"\n{key}: {data.stats[key]}")
+            out.append(f"\n{key}: {md_escape(str(data.stats[key]))}")
     return out
 
 
@@ -158,16 +161,18 @@ def _tokenizer_lines(run_dir: Path | None, units: list[tuple[str, TrainingInfo]]
     if tok:
         keep = {k: tok[k] for k in ("method", "base_vocab_size", "vocab_size", "new_tokens") if k in tok}
         lines = ["Extended Gemma 3 tokenizer (`kormed tokenizer extend`; existing ids unchanged): " +
-                 ", ".join(f"{k} {v}" for k, v in keep.items()) + "."]
+                 ", ".join(f"{k} {md_escape(str(v))}" for k, v in keep.items()) + "."]
         held = tok.get("heldout")
         if isinstance(held, dict):
             lines.append("Held-out Korean text, tokens per 1,000 characters: " + ", ".join(
-                f"{k} {_fmt(v)}" for k, v in held.items() if not isinstance(v, dict | list)) + ".")
+                f"{md_escape(str(k))} {md_escape(_fmt(v))}" for k, v in held.items()
+                if not isinstance(v, dict | list)) + ".")
         return lines
     for _, info in units:
         t = info.tokenizer or {}
         if t.get("new_tokens"):
-            return [f"Extended tokenizer: {t['new_tokens']} new tokens, vocabulary {t.get('vocab_size')}."]
+            return [f"Extended tokenizer: {md_escape(str(t['new_tokens']))} new tokens, vocabulary "
+                    f"{md_escape(str(t.get('vocab_size')))}."]
     return ["Tokenizer: the base model's Gemma 3 tokenizer, unchanged."]
 
 
@@ -178,10 +183,13 @@ def _eval_lines(run_dir: Path | None) -> list[str]:
     if not data.mcq and not data.ppl:
         return ["The run has no eval results (eval stage not run)."]
     rows = []
-
     for target in sorted(set(data.mcq) | set(data.ppl), key=target_key):
         m, p = data.mcq.get(target) or {}, data.ppl.get(target) or {}
-        rows.append([target, m.get("accuracy"), m.get("total"), m.get("mode"), p.get("perplexity")])
+        k = (data.knowledge.get(target) or {}).get("summary")
+        k = k if isinstance(k, dict) else {}
+        rows.append([target, m.get("accuracy"), m.get("total"), m.get("mode"), p.get("perplexity"),
+                     p.get("bits_per_char"), _knowledge_cell(k.get("all/trained")),
+                     _knowledge_cell(k.get("all/held_out"))])
     first = next(iter(data.mcq.values()), {})
     resolved = _resolved(run_dir).get("eval") or {}
     split = Path(str(resolved.get("data") or "")).name or "not recorded"
@@ -190,11 +198,26 @@ def _eval_lines(run_dir: Path | None) -> list[str]:
                 "loglik": f"loglik ({first.get('loglik_target')})",
                 "chat": "chat (Gemma chat format, SFT MCQ template)"}.get(first.get("mode"), "not recorded")
     fewshot = first.get("num_fewshot")
-    out = [f"KorMedMCQA accuracy on `{split}` (protocol: {protocol}"
-           + (f", {fewshot}-shot" if fewshot is not None else "") + "); perplexity on the corpus's held-out "
-           "validation split. From the run's `eval/` files:", ""]
-    out += _table(["model", "KorMedMCQA accuracy", "questions", "mode", "perplexity"], rows)
+    out = [f"KorMedMCQA accuracy on {md_code(split)} (protocol: {md_escape(protocol)}"
+           + (f", {md_escape(str(fewshot))}-shot" if fewshot is not None else "") + "); perplexity and bits per "
+           "character on the corpus's held-out validation split. From the run's `eval/` files:", ""]
+    out += _table(["model", "KorMedMCQA accuracy", "questions", "mode", "perplexity", "bits per character",
+                   "knowledge, trained entries (95% CI)", "knowledge, held-out entries (95% CI)"], rows)
+    if any(row[-1] != "–" or row[-2] != "–" for row in rows):
+        out += ["", "Knowledge: multiple choice on the run's dictionaries in forms no stage trains on "
+                "(`kormed eval knowledge`, test forms, 5 option rotations a question, chance 0.2); trained entries "
+                "are those the SFT and loop stages read, held-out entries were set aside by `kormed prepare` "
+                "(`prepare.dict_holdout`) and never trained on: the control. Wilson 95% intervals."]
     return out
+
+
+def _knowledge_cell(s: dict[str, Any] | None) -> str:
+    """`accuracy (low–high, n=N)` of one knowledge group; "–" when not measured."""
+    try:
+        low, high = s["ci95"]  # type: ignore[index]
+        return f"{s['accuracy']:.3f} ({low:.3f}–{high:.3f}, n={s['total']})"  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):  # absent, or not a kormed summary: the card never fails on one file
+        return "–"
 
 
 def card(*, title: str, kind: str, adapter: Path | None = None, model_dir: Path | None = None,
@@ -206,9 +229,9 @@ def card(*, title: str, kind: str, adapter: Path | None = None, model_dir: Path 
     base = _base_name(adapter, info, model_dir)
     _, terms = licence_for(base)
     lic = licence_for(base)[0]["license_link"]
-    parts = [_front_matter(base, library, tags or []), "", f"# {title}", "", kind, "",
+    parts = [_front_matter(base, library, tags or []), "", f"# {md_escape(title)}", "", kind, "",
              "Trained with kormed (Korean medical adaptation of Gemma 3 / MedGemma).", ""]
-    parts += ["## Base model and licence", "", f"Base model: `{base}`.", "",
+    parts += ["## Base model and licence", "", f"Base model: {md_code(base)}.", "",
               f"Use of this model is governed by the base model's terms: the [{terms}]({lic}).", ""]
     parts += ["## Tokenizer", "", *_tokenizer_lines(run_dir, units), ""]
     parts += ["## Training data", "", *_data_lines(run_dir), ""]
@@ -223,7 +246,7 @@ def card(*, title: str, kind: str, adapter: Path | None = None, model_dir: Path 
     if extra:
         parts += extra
     if run_dir is not None:
-        parts += ["", f"Source run directory: `{run_dir.name}` (its `report.html` has the curves)."]
+        parts += ["", f"Source run directory: {md_code(run_dir.name)} (its `report.html` has the curves)."]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -243,26 +266,28 @@ def export_card(out_dir: Path, *, name: str, adapter: str | None, model_dir: Pat
     gguf = report.get("gguf") or {}
     files = gguf.get("files") or []
     kind = ("A merged Hugging Face model (safetensors; no PEFT needed)" if (out_dir / "config.json").is_file()
-            else "GGUF files") + (f" with GGUF files for llama.cpp / Ollama: {', '.join(files)}" if files and (
-                out_dir / "config.json").is_file() else "") + "."
+            else "GGUF files") + (f" with GGUF files for llama.cpp / Ollama: {', '.join(map(md_code, files))}"
+                                  if files and (out_dir / "config.json").is_file() else "") + "."
     extra = ["## Files", ""]
-    extra += [f"- `{k}`: {v}" for k, v in report.items() if k in ("class", "dtype", "vocab_size", "tokenizer_size",
-                                                                 "tie_word_embeddings")]
+    extra += [f"- `{k}`: {md_escape(str(v))}" for k, v in report.items()
+              if k in ("class", "dtype", "vocab_size", "tokenizer_size", "tie_word_embeddings")]
     if files:
-        extra += [f"- GGUF: {', '.join(f'`{f}`' for f in files)} ({gguf.get('converter')}"
-                  + (f"; quantized by {gguf['quantizer']}" if gguf.get("quantizer") else "") + ")",
+        extra += [f"- GGUF: {', '.join(map(md_code, files))} ({md_escape(str(gguf.get('converter')))}"
+                  + (f"; quantized by {md_escape(str(gguf['quantizer']))}" if gguf.get("quantizer") else "") + ")",
                   "- `Modelfile`: `ollama create NAME -f Modelfile` (Gemma template, stops at `<end_of_turn>`)"]
     if gguf.get("mmproj"):
-        extra.append(f"- vision projector: `{gguf['mmproj']}` (llama.cpp: `llama-mtmd-cli -m {files[0]} --mmproj "
-                     f"{gguf['mmproj']} --image IMAGE`; a second `FROM` line of the Modelfile)")
-    for name, v in (report.get("verification") or {}).items():
-        extra.append(f"- verified `{name}` with transformers (`gguf_file=`): max |Δlogit| "
+        mmproj = gguf["mmproj"]
+        command = md_code(f"llama-mtmd-cli -m {files[0]} --mmproj {mmproj} --image IMAGE")
+        extra.append(f"- vision projector: {md_code(mmproj)} (llama.cpp: {command}; a second `FROM` line of the "
+                     "Modelfile)")
+    for file, v in (report.get("verification") or {}).items():
+        extra.append(f"- verified {md_code(file)} with transformers (`gguf_file=`): max |Δlogit| "
                      f"{v['max_abs_logit_diff']:.2e}, greedy generations equal: "
                      f"{v['greedy_merged'] == v['greedy_gguf']}")
-    for name, v in (report.get("verification_llama_cpp") or {}).items():
+    for file, v in (report.get("verification_llama_cpp") or {}).items():
         if isinstance(v, dict):
-            extra.append(f"- verified `{name}` with llama.cpp (llama-cpp-python): prompt token ids equal, greedy "
-                         f"generations equal: {v['greedy_equal']}, max |Δlogit| {v['max_abs_logit_diff']:.2e}")
+            extra.append(f"- verified {md_code(file)} with llama.cpp (llama-cpp-python): prompt token ids equal, "
+                         f"greedy generations equal: {v['greedy_equal']}, max |Δlogit| {v['max_abs_logit_diff']:.2e}")
     a = Path(adapter) if adapter else None
     return card(title=f"kormed export: {name}", kind=kind, adapter=a, model_dir=model_dir, extra=extra,
                 library="transformers" if (out_dir / "config.json").is_file() else "gguf",

@@ -30,6 +30,7 @@ import numpy as np
 from kormed.errors import KormedError
 from kormed.eval.kormedmcqa import wilson_interval
 from kormed.io import atomic_write, check_output_path, iter_jsonl
+from kormed.markdown import md_code, md_escape
 from kormed.pipeline import results
 from kormed.pipeline.registry import STAGE_TITLES, TRAINING_STAGES
 from kormed.pipeline.rundir import ReportData, TrainingUnit, collect, target_key
@@ -471,7 +472,7 @@ def _training_section(data: ReportData) -> Section:
 
 
 def _eval_section(data: ReportData) -> Section:
-    sec = Section("KorMedMCQA accuracy and perplexity", "eval")
+    sec = Section("KorMedMCQA accuracy, dictionary knowledge and perplexity", "eval")
     ev = data.eval
     if _unreadable(data, "eval", sec):
         return sec
@@ -496,8 +497,8 @@ def _eval_section(data: ReportData) -> Section:
                    *(["mean margin"] if margins else [])], rows)
         if margins:
             sec.p("Mean margin: log-probability of the right option minus the mean over the wrong ones, per question "
-                  "(averaged over the 5 option rotations with `eval.permutations: cyclic`); it moves where accuracy "
-                  "at chance cannot.")
+                  "(averaged over the 5 option rotations with ", Code("eval.permutations: cyclic"), "); it moves "
+                  "where accuracy at chance cannot.")
         sec.p("95% CI: Wilson score interval of the accuracy over these questions; two models whose intervals "
               "overlap widely are not shown apart by this test set.")
         series: dict[str, list[float | None]] = {"overall": [mcq[t].accuracy for t in targets]}
@@ -507,6 +508,8 @@ def _eval_section(data: ReportData) -> Section:
                                                ylabel="accuracy", ylim=(0, 1.15)), "KorMedMCQA accuracy per stage")
     else:
         sec.p("KorMedMCQA: not run.")
+    _reuse_notes(sec, ev.targets if ev else {})
+    _knowledge_table(sec, ev.targets if ev else {})
     if ppl:
         targets = sorted(ppl, key=target_key)
         vals = [ppl[t].perplexity for t in targets]
@@ -525,6 +528,72 @@ def _eval_section(data: ReportData) -> Section:
     else:
         sec.p("Perplexity: not run.")
     return sec
+
+
+def _reuse_notes(sec: Section, targets: dict[str, results.EvalTarget]) -> None:
+    """Which loop-round targets took the loop's own scores (and from where), or were scored again (and why)."""
+    names = {"kormedmcqa": "KorMedMCQA", "knowledge": "dictionary knowledge"}
+    for t in sorted(targets, key=target_key):
+        for kind, note in sorted(targets[t].reuse.items()):
+            if note.get("reused_from"):
+                sec.p(f"{t}: {names.get(kind, kind)} reused from ", Code(note["reused_from"]),
+                      " (the loop scored the same questions with the same settings; not scored again).")
+            elif note.get("why_not"):
+                sec.p(f"{t}: {names.get(kind, kind)} scored again, not reused from the loop: ", Lit(note["why_not"]),
+                      ".")
+
+
+def _ci(s: dict[str, Any] | None) -> str:
+    """`accuracy (low–high, n)` of one knowledge group ("-" when absent)."""
+    if not s:
+        return "-"
+    low, high = s["ci95"]
+    return f"{s['accuracy']:.3f} ({low:.3f}–{high:.3f}, n={s['total']})"
+
+
+def _paired(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    low, high = d["ci95"]
+    return f"{d['difference']:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
+def _knowledge_table(sec: Section, targets: dict[str, results.EvalTarget]) -> None:
+    """Dictionary knowledge per model: trained vs held-out entries, accuracy with Wilson intervals, mean margin and
+    its paired difference from the base."""
+    known = {t: r for t, r in targets.items() if r.knowledge}
+    if not known:
+        sec.p("Dictionary knowledge: not run (no dictionary in this run, or a run made before the eval stage "
+              "scored it).")
+        return
+    names = sorted(known, key=target_key)
+    splits = sorted({known[t].knowledge_split or "?" for t in names})
+    rows = []
+    for t in names:
+        k = known[t].knowledge
+        tr, ho = k.get("all/trained"), k.get("all/held_out")
+        rows.append([t, _ci(tr), _ci(ho), f"{tr['mean_margin']:.3f}" if tr else "-",
+                     f"{ho['mean_margin']:.3f}" if ho else "-",
+                     _paired(known[t].knowledge_vs_base.get("all/trained")),
+                     _paired(known[t].knowledge_vs_base.get("all/held_out"))])
+    sec.p("Dictionary knowledge (", Code("kormed eval knowledge"), f", {', '.join(splits)} forms: reported, never "
+          "used to choose): multiple choice on the run's medical and symbol dictionaries in forms no stage trains "
+          "on (term to definition, definition to term, English to Korean), each question scored under its 5 option "
+          "rotations, chance 20%. Trained entries are those the SFT and loop stages read; held-out entries were "
+          "set aside by prepare (", Code("prepare.dict_holdout"), ", recorded in ", Code("corpus/*.dict_heldout.json"),
+          ") and never trained on: the control. Accuracy with its Wilson 95% interval; margin as for KorMedMCQA; "
+          "vs base: the mean margin minus the base's on the same questions, with a paired bootstrap 95% interval.")
+    sec.table(["model", "trained accuracy (95% CI, n)", "held-out accuracy (95% CI, n)", "trained margin",
+               "held-out margin", "trained margin vs base", "held-out margin vs base"], rows)
+    forms = sorted({g.rsplit("/", 1)[0] for t in names for g in known[t].knowledge if not g.startswith("all/")})
+    if forms:
+        sec.table(["model", *[f"{f} ({g})" for f in forms for g in ("trained", "held out")]],
+                  [[t, *[_count(known[t].knowledge.get(f"{f}/{g}")) for f in forms for g in ("trained", "held_out")]]
+                   for t in names])
+
+
+def _count(s: dict[str, Any] | None) -> str:
+    return "-" if not s else f"{s['accuracy']:.2f} ({s['correct']}/{s['total']})"
 
 
 def _interval(target: results.EvalTarget) -> str:
@@ -604,32 +673,6 @@ def _html_parts(parts: Iterable[Part]) -> str:
             text = f"<b>{text}</b>"
         out.append(text)
     return "".join(out)
-
-
-# Characters that Markdown (CommonMark / GFM tables) may read as markup inside a line.
-_MD_INLINE = re.compile(r"([\\`*\[\]<>|&~!])")
-_MD_UNDERSCORE = re.compile(r"(?<!\w)_|_(?!\w)")  # an intraword _ never makes emphasis: left readable
-_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])")
-
-
-def md_escape(text: str, *, line_start: bool = False) -> str:
-    """Text from the data as literal Markdown: its markup characters backslash-escaped, line breaks made spaces;
-    `line_start` also escapes what would begin a heading, quote or list at the start of a line."""
-    out = _MD_INLINE.sub(r"\\\1", " ".join(str(text).splitlines()))
-    out = _MD_UNDERSCORE.sub(r"\\_", out)
-    if line_start:
-        out = _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2) if len(m.group(2)) == 1
-                                 else m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], out)
-    return out
-
-
-def md_code(text: str) -> str:
-    """Text from the data as a Markdown code span: fenced by more backticks than it holds (CommonMark)."""
-    text = " ".join(str(text).splitlines())
-    run = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * (run + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _md_parts(parts: Iterable[Part]) -> str:

@@ -299,6 +299,13 @@ class EvalTarget:
     ppl_data: str | None = None  # the text file the perplexity was measured on
     bits_per_char: float | None = None  # each text alone, no end-of-text target (absent in older runs)
     hangul_bits_per_char: float | None = None
+    # dictionary knowledge (eval/knowledge_<target>.json): "form/group" and "all/group" -> accuracy, correct, total,
+    # ci95, mean_margin; the forms' split; per "all/group", the mean margin minus the base's on the same questions
+    knowledge: dict[str, dict[str, Any]] = field(default_factory=dict)
+    knowledge_split: str | None = None
+    knowledge_vs_base: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # kind (kormedmcqa, knowledge) -> {"reused_from": ...} or {"why_not": ...}: a loop round's own scores
+    reuse: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -321,8 +328,11 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
                 unparseable=r["unparseable"], mode=r["mode"],
                 per_subset={k: v["accuracy"] for k, v in r["per_subset"].items()},
                 mean_margin=r.get("mean_margin"), permutations=r.get("permutations"))
+            if isinstance(r.get("reuse"), dict):
+                targets[name].reuse["kormedmcqa"] = {str(k): str(v) for k, v in r["reuse"].items()}
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed KorMedMCQA result (missing {exc})", path=p) from None
+    _knowledge(d, targets)
     for p in sorted(d.glob("ppl_*.json")):
         r = read_json(p, what="perplexity result")
         try:
@@ -334,6 +344,40 @@ def eval_result(eval_dir: str | Path) -> EvalResult:
         except (KeyError, TypeError) as exc:
             raise KormedError(f"not a kormed perplexity result (missing {exc})", path=p) from None
     return EvalResult(targets=targets)
+
+
+def _knowledge(d: Path, targets: dict[str, EvalTarget]) -> None:
+    """Each target's knowledge summary from eval/knowledge_<target>.json, and its paired difference from the base
+    (mean margin over the questions both scored, seeded bootstrap interval: kormed.eval.paired)."""
+    from kormed.eval.paired import mean_difference
+
+    margins: dict[str, dict[str, dict[tuple[str, str, str], float]]] = {}
+    for p in sorted(d.glob("knowledge_*.json")):
+        r = read_json(p, what="knowledge result")
+        name = p.stem.removeprefix("knowledge_")
+        try:
+            target = targets.setdefault(name, EvalTarget())
+            target.knowledge = {str(k): dict(v) for k, v in r["summary"].items()}
+            target.knowledge_split = str(r["split"])
+            if isinstance(r.get("reuse"), dict):
+                target.reuse["knowledge"] = {str(k): str(v) for k, v in r["reuse"].items()}
+            by_group: dict[str, dict[tuple[str, str, str], float]] = {}
+            for q in r["questions"]:
+                by_group.setdefault(str(q["group"]), {})[(q["form"], q["term"], q["question"])] = float(q["margin"])
+            margins[name] = by_group
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KormedError(f"not a kormed knowledge result (missing or bad {exc})", path=p) from None
+    base = margins.get("base")
+    if base is None:
+        return
+    for name, by_group in margins.items():
+        if name == "base":
+            continue
+        for group, items in sorted(by_group.items()):
+            shared = [k for k in items if k in base.get(group, {})]
+            if shared:
+                diff = mean_difference([items[k] for k in shared], [base[group][k] for k in shared])
+                targets[name].knowledge_vs_base[f"all/{group}"] = diff
 
 
 # --------------------------------------------------------------------------------------------------- the file

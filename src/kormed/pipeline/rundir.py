@@ -150,6 +150,7 @@ class ReportData:
     tokenizer: dict[str, Any] | None = None
     mcq: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> kormedmcqa_<target>.json
     ppl: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> ppl_<target>.json
+    knowledge: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> knowledge_<target>.json
 
     @property
     def prepare(self) -> PrepareResult | None:
@@ -192,7 +193,7 @@ def _raw_files(data: ReportData) -> None:
     tok = load_json(stage_dir(data.run_dir, data.state, "tokenizer") / results.TOKENIZER_REPORT)
     data.tokenizer = tok if isinstance(tok, dict) else None
     eval_dir = stage_dir(data.run_dir, data.state, "eval")
-    for prefix, into in (("kormedmcqa_", data.mcq), ("ppl_", data.ppl)):
+    for prefix, into in (("kormedmcqa_", data.mcq), ("ppl_", data.ppl), ("knowledge_", data.knowledge)):
         for p in sorted(eval_dir.glob(f"{prefix}*.json")) if eval_dir.is_dir() else []:
             loaded = load_json(p)
             if isinstance(loaded, dict):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -350,8 +351,32 @@ def _ppl_data(ctx: RunContext) -> str | None:
     return val
 
 
+# Questions per knowledge form and entry group the eval stage scores by default (`eval.knowledge_per_group`): the
+# bundled dictionaries give 10 groups (5 forms x trained / held out), so 4 a group is 40 questions, each scored
+# under 5 rotations: 11,735 prompt tokens, about 1.2x the 100 bundled KorMedMCQA questions (9,874) per model.
+# Set it in the pipeline file (null = all 811 questions, ~8 minutes a model on 2 CPU cores) for narrower intervals.
+STAGE_KNOWLEDGE_PER_GROUP = 4
+
+
+def _knowledge_wire(ctx: RunContext) -> dict[str, Any]:
+    """The dictionaries the training stages read (prepare's trained entries, with its held-out record), scored on
+    the test forms; nothing when the run has no dictionary."""
+    if ctx.enabled("prepare"):
+        cfg = ctx.configs["prepare"]
+        dicts = {n: str(cfg.dict_subset_path(n)) if cfg.source_path(n).exists() else None
+                 for n in ("medical_dict", "char_dict")}
+        heldout: str | None = str(cfg.heldout_path())
+    else:
+        dicts = {n: p if (p := _source(ctx, n)) and Path(p).is_file() else None for n in ("medical_dict", "char_dict")}
+        heldout = None
+    if not any(dicts.values()):
+        return {}
+    return {"dict": dicts["medical_dict"], "char_dict": dicts["char_dict"], "heldout": heldout,
+            "knowledge_split": "test", "knowledge_per_group": STAGE_KNOWLEDGE_PER_GROUP}
+
+
 def _eval_wire(ctx: RunContext) -> dict[str, Any]:
-    values: dict[str, Any] = {"model": ctx.pipeline.model, "data": _source(ctx, "mcq_test")}
+    values: dict[str, Any] = {"model": ctx.pipeline.model, "data": _source(ctx, "mcq_test"), **_knowledge_wire(ctx)}
     if ctx.enabled("cpt"):  # perplexity over blocks built exactly as CPT built its validation blocks
         values["max_length"] = ctx.configs["cpt"].max_length
         values["eod_token"] = ctx.configs["cpt"].eod_token
@@ -363,11 +388,42 @@ def _eval_wire(ctx: RunContext) -> dict[str, Any]:
     return values
 
 
+def _knowledge_line(name: str, result: dict[str, Any]) -> str:
+    """One log line: accuracy and interval of trained and held-out entries over every form."""
+    parts = []
+    for group in ("trained", "held_out"):
+        s = result["summary"].get(f"all/{group}")
+        if s:
+            lo, hi = s["ci95"]
+            parts.append(f"{group.replace('_', '-')} {s['accuracy']:.1%} ({s['correct']}/{s['total']}, "
+                         f"95% CI {lo:.3f}-{hi:.3f})")
+    return f"[eval] {name}: dictionary knowledge ({result['split']} forms) " + ", ".join(parts)
+
+
+def _loop_reuse(record: Any, kinds: dict[str, dict[str, Any]], runtime: dict[str, Any],
+                log: Callable[[str], None], name: str) -> dict[str, tuple[dict[str, Any] | None, dict[str, str]]]:
+    """kind -> (the loop's recorded result to reuse, with the runtime it ran under, or None; the note the target's
+    file records) for a target that is a loop round's adapter. `kinds`: kind -> the settings to be scored."""
+    from kormed.eval import reuse
+
+    out: dict[str, tuple[dict[str, Any] | None, dict[str, str]]] = {}
+    for kind, planned in kinds.items():
+        found, source, why = reuse.find_reusable(record, kind, planned, runtime)
+        if found is not None:
+            log(f"[eval] {name}: {kind} reused from {source} (the same items, settings and runtime)")
+            out[kind] = ({**found, "runtime": record.runtime}, {"reused_from": source})
+        else:
+            log(f"[eval] {name}: {kind} scored again, not reused from the loop: {why}")
+            out[kind] = (None, {"why_not": why})
+    return out
+
+
 def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    """Score every target with one load per base build (adapters swapped on it, :class:`AdapterSwap`): MCQ and
-    perplexity on the same load; the base's results come from :class:`BaseCache` when nothing they depend on
-    changed. Each target's files and numbers are those of a separate `kormed eval` run."""
-    from kormed.eval import kormedmcqa, perplexity
+    """Score every target with one load per base build (adapters swapped on it, :class:`AdapterSwap`): MCQ,
+    dictionary knowledge and perplexity on the same load; the base's results come from :class:`BaseCache` when
+    nothing they depend on changed, and a loop round's from the loop's own record when it scored exactly the same
+    (:mod:`kormed.eval.reuse`). Each other target's files and numbers are those of a separate `kormed eval` run."""
+    from kormed.eval import knowledge, kormedmcqa, perplexity, reuse
     from kormed.eval.session import AdapterSwap, BaseCache
     from kormed.io import write_json
     from kormed.models import pick_runtime
@@ -378,6 +434,14 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     ppl_cfg = dataclasses.replace(cfg, data=ppl_data) if ppl_data else None
     questions, fewshot = kormedmcqa.read_inputs(cfg)  # bad input is refused before any model loads
     documents = perplexity.count_texts(ppl_cfg) if ppl_cfg else 0
+    dictionaries, held = knowledge.read_inputs(cfg) if cfg.dict or cfg.char_dict else ({}, {})
+    planned_knowledge = None
+    if dictionaries:
+        planned, _ = knowledge.plan_questions(dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
+                                              held_out=held, per_group=cfg.knowledge_per_group)
+        planned_knowledge = reuse.planned_knowledge(planned, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
+                                                    per_group=cfg.knowledge_per_group)
+    runtime_here = pick_runtime(cfg.device, cfg.dtype)
     swap = AdapterSwap(cfg.model, device=cfg.device, dtype=cfg.dtype, log=ctx.log)
     keys = {name: swap.key_of(adapter) for name, adapter in targets.items()}
     firsts = list(dict.fromkeys(keys.values()))
@@ -390,30 +454,100 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         mcq_cfg = dataclasses.replace(cfg, adapter=adapter, output=str(out_dir / f"kormedmcqa_{name}.json"))
         ppl_one = (dataclasses.replace(ppl_cfg, adapter=adapter, output=str(out_dir / f"ppl_{name}.json"))
                    if ppl_cfg else None)
-        cache = (BaseCache(cfg, keys[name][0], [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, ppl_data],
-                           pick_runtime(cfg.device, cfg.dtype)) if adapter is None else None)
+        know_cfg = (dataclasses.replace(cfg, adapter=adapter, output=str(out_dir / f"knowledge_{name}.json"))
+                    if dictionaries else None)
+        cache = (BaseCache(cfg, keys[name][0], [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, ppl_data,
+                                                cfg.dict, cfg.char_dict, cfg.heldout],
+                           runtime_here) if adapter is None else None)
         cached = cache.read(log=ctx.log) if cache else None
-        if cached is not None and (ppl_one is None) == (cached.get("ppl") is None):
+        if (cached is not None and (ppl_one is None) == (cached.get("ppl") is None)
+                and (know_cfg is None) == (cached.get("knowledge") is None)):
             ctx.log(f"[eval] {name}: results reused from {cache.path} (same model files, data, options)")
-            result, ppl = cached["kormedmcqa"], cached.get("ppl")
+            result, ppl, known = cached["kormedmcqa"], cached.get("ppl"), cached.get("knowledge")
             write_json(mcq_cfg.output, result)
             if ppl_one is not None:
                 write_json(ppl_one.output, ppl)
+            if know_cfg is not None:
+                write_json(know_cfg.output, known)
         else:
-            net, tokenizer, runtime = swap.use(adapter)
-            ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
-            result = kormedmcqa.score_loaded(mcq_cfg, net, tokenizer, runtime, questions, fewshot)
-            ppl = (perplexity.score_loaded(ppl_one, net, tokenizer, runtime, documents)
-                   if ppl_one is not None else None)
+            loaded: list[tuple[Any, Any, Any]] = []
+            seconds: dict[str, float] = {}
+
+            def model(adapter: str | None = adapter, loaded: list[tuple[Any, Any, Any]] = loaded) -> Any:
+                """The target's model, loaded (or swapped in) the first time something must be scored."""
+                if not loaded:
+                    loaded.append(swap.use(adapter))
+                return loaded[0]
+
+            record, why = reuse.loop_record(adapter) if adapter is not None else (None, "")
+            plans: dict[str, Any] = {"kormedmcqa": None, "knowledge": planned_knowledge} if record else {}
+            if record is not None:
+                bos = swap.tokenizer_of(adapter).bos_token
+                plans["kormedmcqa"] = reuse.mcq_settings({
+                    **kormedmcqa.recorded_settings(cfg.mode, permutations=cfg.permutations,
+                                                   num_fewshot=cfg.num_fewshot, loglik_target=cfg.loglik_target,
+                                                   max_new_tokens=cfg.max_new_tokens),
+                    "questions": [{"prompt": kormedmcqa.prompt_for(q, mode=cfg.mode, fewshot=fewshot,
+                                                                   num_fewshot=cfg.num_fewshot,
+                                                                   chat_template=cfg.chat_mcq_prompt, bos=bos),
+                                   "answer": q.answer_letter} for q in questions]})
+                if cfg.backend != "kormed":
+                    plans.pop("kormedmcqa")
+            reused = _loop_reuse(record, {k: v for k, v in plans.items() if v is not None},
+                                 reuse.runtime_settings(runtime_here), ctx.log, name) if record else {}
+            if record is None and adapter is not None and reuse.beside_loop_table(adapter):
+                ctx.log(f"[eval] {name}: scored, not reused from the loop: {why}")
+                reused = {"kormedmcqa": (None, {"why_not": why}), "knowledge": (None, {"why_not": why})}
+            found, note = reused.get("kormedmcqa", (None, None))
+            if found is not None:
+                result = {k: v for k, v in found.items() if k not in ("split", "used_for_selection")}
+                result.update(backend="kormed", model=cfg.model or "embedded:gemma3-270m", adapter=adapter,
+                              data=str(cfg.data), fewshot_file=cfg.fewshot_file if cfg.num_fewshot else None)
+            else:
+                ctx.log(f"[eval] {name}: KorMedMCQA ({cfg.mode}) on {cfg.data}")
+                net, tokenizer, runtime = model()
+                started = time.perf_counter()
+                result = kormedmcqa.score_loaded(dataclasses.replace(mcq_cfg, output=None), net, tokenizer, runtime,
+                                                 questions, fewshot)
+                seconds["KorMedMCQA"] = time.perf_counter() - started
+            if note is not None:
+                result["reuse"] = note
+            write_json(mcq_cfg.output, result)
+            ppl = None
+            if ppl_one is not None:
+                net, tokenizer, runtime = model()
+                started = time.perf_counter()
+                ppl = perplexity.score_loaded(ppl_one, net, tokenizer, runtime, documents)
+                seconds["perplexity"] = time.perf_counter() - started
+            known = None
+            if know_cfg is not None:
+                found, note = reused.get("knowledge", (None, None))
+                if found is not None:
+                    known = {**found, "model": cfg.model or "embedded:gemma3-270m", "adapter": adapter,
+                             "dict": cfg.dict, "char_dict": cfg.char_dict, "heldout": cfg.heldout}
+                else:
+                    net, tokenizer, runtime = model()
+                    started = time.perf_counter()
+                    known = knowledge.score_loaded(dataclasses.replace(know_cfg, output=None), net, tokenizer, runtime,
+                                                   dictionaries, held, progress=False)
+                    seconds["knowledge"] = time.perf_counter() - started
+                if note is not None:
+                    known["reuse"] = note
+                write_json(know_cfg.output, known)
             if cache is not None:
-                cache.write({"kormedmcqa": result, "ppl": ppl})
+                cache.write({"kormedmcqa": result, "ppl": ppl, "knowledge": known})
                 ctx.log(f"[eval] {name}: results cached in {cache.path}")
+            if seconds:  # what the stage's time goes to (compute, model loads not included)
+                ctx.log(f"[eval] {name}: scored in " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         ctx.log(format_table(result))
         entry = {"accuracy": result["accuracy"], "total": result["total"],
                  "per_subset": {k: v["accuracy"] for k, v in result["per_subset"].items()}}
         if ppl is not None:
             ctx.log(f"[eval] {name}: perplexity {ppl['perplexity']:.3f} on {ppl['tokens']:,} tokens")
             entry["perplexity"] = ppl["perplexity"]
+        if known is not None:
+            ctx.log(_knowledge_line(name, known))
+            entry["knowledge"] = {k: v["accuracy"] for k, v in known["summary"].items() if k.startswith("all/")}
         summary[name] = entry
     swap.close()
     ctx.log(f"[eval] {len(targets)} model(s) scored with {swap.loads} model load(s)")
@@ -421,7 +555,8 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
 
 
 def _eval_inputs(cfg: Any, ctx: RunContext) -> list[Any]:
-    files: list[Any] = [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, _ppl_data(ctx)]
+    files: list[Any] = [cfg.data, cfg.fewshot_file if cfg.num_fewshot else None, _ppl_data(ctx), cfg.dict,
+                        cfg.char_dict, cfg.heldout]
     for adapter in eval_targets(ctx).values():
         files.extend(_adapter_inputs(adapter))
     return files
@@ -433,6 +568,8 @@ def _eval_outputs(cfg: Any, ctx: RunContext) -> list[Path]:
     files = [out_dir / f"kormedmcqa_{n}.json" for n in names]
     if _ppl_data(ctx):
         files += [out_dir / f"ppl_{n}.json" for n in names]
+    if cfg.dict or cfg.char_dict:
+        files += [out_dir / f"knowledge_{n}.json" for n in names]
     return files
 
 
