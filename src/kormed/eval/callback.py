@@ -123,8 +123,7 @@ class KnowledgeCallback(TrainerCallback):
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
-        from kormed.eval.knowledge import evaluate_knowledge
-        from kormed.train.stop_conditions import DEV_KNOWLEDGE
+        from kormed.eval.knowledge import DEV_KNOWLEDGE, evaluate_knowledge
 
         if not state.is_world_process_zero:
             return

@@ -32,6 +32,8 @@ from kormed.io import check_output_path, read_json, write_json
 from kormed.prepare.render import split_definition
 from kormed.records import LETTERS, MCQ, DictEntry, read_dictionary
 
+# The metric name of dictionary knowledge (trained entries, dev forms) in SFT/loop stop conditions and eval logs.
+DEV_KNOWLEDGE = "eval_dev_knowledge"
 FORMS = ("term_to_definition", "definition_to_term", "english_to_korean")
 SPLITS = ("dev", "test")
 # Question wording per split and form: the two splits never share one.

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kormed.errors import KormedError
+from kormed.eval.knowledge import DEV_KNOWLEDGE  # named where it is computed
 from kormed.stop_reason import StopReason
 
 _COMPARE = re.compile(
@@ -44,7 +45,6 @@ _COMPARE = re.compile(
 _MAINTAINED = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s+maintained\s*$")
 # Dictionary knowledge of the trained entries, dev forms (kormed.eval.knowledge), an accuracy: computed at an
 # evaluation only when a condition names it. Higher is better, so only <, <=, >, >= compare it.
-DEV_KNOWLEDGE = "eval_dev_knowledge"
 HIGHER_IS_BETTER = (DEV_KNOWLEDGE,)
 
 
