@@ -502,6 +502,40 @@ def test_run_worker_returns_the_result_and_names_the_log_on_failure(tmp_path):
     assert "No module named" in (tmp_path / "broken.log").read_text(encoding="utf-8")
 
 
+def test_a_terminated_bench_leaves_no_worker_running(tmp_path):
+    """SIGTERM to the bench (a `kill`, a scheduler's time limit) ends its worker too: before, the arm process went
+    on training, orphaned, into the work directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "sleeper.py").write_text(
+        "import os, sys, time\nopen(sys.argv[1] + '.pid', 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from kormed.bench.worker import run_worker; "
+         "run_worker('sleeper', {}, Path(sys.argv[1]), 'arm')", str(tmp_path / "work")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    pid_file = tmp_path / "work" / "arm.task.json.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived the bench")
+
+
 # ------------------------------------------------------------------------------------------------ variants
 
 

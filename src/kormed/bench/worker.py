@@ -3,16 +3,38 @@ output in a log file: the one process runner of `kormed bench train` and `kormed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
 from kormed.io import read_json
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While the worker runs, SIGTERM to this process (a `kill`, a job scheduler) raises SystemExit instead of ending
+    the interpreter on the spot: `subprocess.run` then kills its child, so no arm goes on training orphaned into a
+    work directory its parent has given up on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_worker(module: str, task: dict[str, Any], work: Path, name: str,
@@ -26,7 +48,7 @@ def run_worker(module: str, task: dict[str, Any], work: Path, name: str,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    with log_file.open("w", encoding="utf-8") as fh:
+    with log_file.open("w", encoding="utf-8") as fh, _terminate_as_exit():
         try:
             rc: int | None = subprocess.run([sys.executable, "-m", module, str(task_file), str(result_file)],
                                             stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout,
