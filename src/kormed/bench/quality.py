@@ -824,13 +824,10 @@ def evaluate_arm_knowledge(model: Any, tokenizer: Any, ev: dict[str, Any], compu
     """`kormed eval knowledge` on the TEST forms (:func:`kormed.eval.knowledge.evaluate_knowledge`): the trained
     entries and the held-out ones (the control), a seeded `knowledge_per_group` questions per form and group;
     per-question margins and keys are returned for the paired comparison with the base."""
-    from kormed.eval.knowledge import evaluate_knowledge, read_heldout
-    from kormed.records import read_dictionary
+    from kormed.eval.knowledge import evaluate_knowledge, knowledge_dictionaries
 
-    held = read_heldout(ev["dict_heldout"])
-    dictionaries = {"medical": read_dictionary(ev["dict"])[0] + held["medical_dict"],
-                    "symbol": read_dictionary(ev["char_dict"])[0] + held["char_dict"]}
-    held_terms = {"medical": {e.term for e in held["medical_dict"]}, "symbol": {e.term for e in held["char_dict"]}}
+    # the question pool `kormed eval knowledge --heldout` builds: trained entries, then the held-out ones
+    dictionaries, held_terms = knowledge_dictionaries(ev["dict"], ev["char_dict"], ev["dict_heldout"])
     res = evaluate_knowledge(model, tokenizer, dictionaries, split="test", seed=ev["knowledge_seed"],
                              held_out=held_terms, batch_size=ev["batch_size"], per_group=ev["knowledge_per_group"],
                              progress=False, compute_dtype=compute_dtype)
