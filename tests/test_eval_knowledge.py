@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kormed.errors import KormedError
 from kormed.eval.knowledge import WORDING, build_questions, evaluate_knowledge, format_table, sample_per_group
 from kormed.records import DictEntry
 
@@ -110,7 +111,7 @@ def test_trained_and_held_out_reported_apart(real_tokenizer):
     known = {q["mcq"].question: q["mcq"].answer_text for q in questions if q["group"] == "trained"}
     fake = KnowsTrainedLM(real_tokenizer, known)
     res = evaluate_knowledge(fake, real_tokenizer, {"medical": MEDICAL, "symbol": SYMBOLS}, split="dev",
-                             held_out=held, progress=False)
+                             held_out=held, progress=False, scoring="letter")
     summary = res["summary"]
     assert summary["all/trained"]["accuracy"] == 1.0  # known: right despite the letter prior
     held_rows = [r for r in res["questions"] if r["group"] == "held_out"]
@@ -143,3 +144,90 @@ def test_cli_writes_the_result(tmp_path, tiny_gemma3_dir):
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["split"] == "test" and data["summary"]["all/held_out"]["total"] == 2  # '↑' joined the pool
     assert data["questions_total"] == 6 + 6
+
+
+class KnowsTrainedClozeLM:
+    """A stand-in LM for cloze scoring: +30 (probability ~1) on each token of the RIGHT option's text after the
+    questions in `known` (question text -> right option text), uniform otherwise. Records every input it is shown."""
+
+    training = False
+
+    def __init__(self, tokenizer, known):
+        import torch
+
+        self.tok = tokenizer
+        self.vocab = len(tokenizer)
+        self.seen: list[str] = []
+        # the model input of the right option's request (context + continuation minus its last token) -> targets
+        self.boost: dict[tuple[int, ...], list[int]] = {}
+        for question, answer in known.items():
+            prompt = f"{tokenizer.bos_token}{question}\n정답："
+            ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            whole = tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
+            self.boost[tuple(whole[:-1])] = whole[len(ctx):]
+        self.zeros = torch.zeros(self.vocab)
+
+    def parameters(self):
+        import torch
+
+        yield torch.zeros(1)
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache=False):
+        import torch
+
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            real = [t for t, m in zip(ids, mask, strict=True) if m]
+            self.seen.append(self.tok.decode(real, skip_special_tokens=True))
+            logits = self.zeros.expand(logits_to_keep, self.vocab).clone()
+            targets = self.boost.get(tuple(real))
+            if targets is not None:  # the last len(targets) kept positions predict the right option's tokens
+                for i, t in enumerate(targets):
+                    logits[logits_to_keep - len(targets) + i, t] += 30.0
+            rows.append(logits)
+        return SimpleNamespace(logits=torch.stack(rows))
+
+
+def test_cloze_scoring_shows_no_options_and_scores_the_option_texts(real_tokenizer):
+    held = {"medical": {"빈혈", "폐렴"}, "symbol": {"±"}}
+    dictionaries = {"medical": MEDICAL, "symbol": SYMBOLS}
+    questions = [q for kind, entries in dictionaries.items()
+                 for q in build_questions(entries, kind, "test", held_out=held[kind])[0]]
+    known = {q["mcq"].question: q["mcq"].answer_text for q in questions if q["group"] == "trained"}
+    fake = KnowsTrainedClozeLM(real_tokenizer, known)
+    res = evaluate_knowledge(fake, real_tokenizer, dictionaries, split="test", held_out=held, progress=False)
+    assert res["scoring"] == "cloze" and res["permutations"] == "none"  # the default
+    assert res["summary"]["all/trained"]["accuracy"] == 1.0
+    assert all(r["margin"] > 0 for r in res["questions"] if r["group"] == "trained")
+    # no option is listed in a cloze prompt; each option's text is scored after the question: at most 5 inputs a
+    # question (one-token options share the question's forward)
+    assert not any("\nA. " in s or "\nE. " in s for s in fake.seen)
+    assert all(s.split("\n정답：")[0] in known or s.split("\n정답：")[0] in {q["mcq"].question for q in questions}
+               for s in fake.seen)
+    assert 3 * res["questions_total"] < len(fake.seen) <= 5 * res["questions_total"]
+    # the letter scoring of the same questions does not see what the cloze model knows: it knows no letters
+    letter = evaluate_knowledge(fake, real_tokenizer, dictionaries, split="test", held_out=held, progress=False,
+                                scoring="letter")
+    assert letter["scoring"] == "letter" and letter["permutations"] == "cyclic"
+    assert letter["summary"]["all/trained"]["accuracy"] < 0.5
+    assert "cloze" in format_table(res)
+    with pytest.raises(KormedError, match="knowledge scoring"):
+        evaluate_knowledge(fake, real_tokenizer, dictionaries, split="test", progress=False, scoring="letters")
+
+
+def test_cloze_mode_has_nothing_to_rotate(real_tokenizer):
+    from kormed.eval.kormedmcqa import evaluate_kormedmcqa
+
+    qs = [q["mcq"] for q in build_questions(MEDICAL, "medical", "dev")[0]][:2]
+    fake = KnowsTrainedClozeLM(real_tokenizer, {})
+    res = evaluate_kormedmcqa(fake, real_tokenizer, qs, mode="cloze", progress=False)
+    assert res["mode"] == "cloze" and res["loglik_target"] == "text" and res["permutations"] == "none"
+    assert res["questions"][0]["prompt"].endswith("\n정답：") and "A. " not in res["questions"][0]["prompt"]
+    with pytest.raises(KormedError, match="nothing to rotate"):
+        evaluate_kormedmcqa(fake, real_tokenizer, qs, mode="cloze", permutations="cyclic", progress=False)

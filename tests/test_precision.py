@@ -261,3 +261,27 @@ def test_bf16_storage_fp32_compute_eval_ppl_equals_last_validation(tmp_path, rea
     ppl = run_perplexity(EvalConfig(data=str(val), adapter=str(tmp_path / "cpt"), model=str(base), max_length=32,
                                     batch_size=4, device="cpu", dtype="bfloat16"), progress=False, log=lambda m: None)
     assert ppl["perplexity"] == info["last_eval"]["eval_perplexity"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_output_layer_gets_a_contiguous_input_when_logits_are_sliced(tiny_gemma3_dir, dtype):
+    """transformers slices the kept positions (`logits_to_keep`) before the 262K-row head; a strided bf16 input
+    made torch.matmul copy the head's weight once per row (12 s for 8 rows on a CPU). Every loaded model's head
+    receives a contiguous input, and the logits are those of the full forward's last positions."""
+    from kormed.models import load_model
+
+    model = load_model(str(tiny_gemma3_dir), RuntimeSpec(device="cpu", dtype=dtype, attn_implementation="sdpa",
+                                                         compute_dtype=dtype))
+    model.eval()
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(10, 1000, (3, 7))
+    with torch.no_grad():
+        kept = model(input_ids=ids, logits_to_keep=2, use_cache=False).logits
+        full = model(input_ids=ids, use_cache=False).logits
+    assert seen == [True, True]
+    assert torch.allclose(kept.float(), full[:, -2:, :].float(), atol=2e-2)
+    # the hook is added once however often a model passes through the loader's step
+    before = len(model.get_output_embeddings()._forward_pre_hooks)
+    precision.contiguous_head_input(model)
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == before

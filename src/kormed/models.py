@@ -451,12 +451,14 @@ def load_model(model_path: str, runtime: RuntimeSpec, quantize: str = "none") ->
         if not quant:
             raise
         raise KormedError(f"cannot load the model in 4-bit: {_first_line(exc)}", path=model_path) from None
+    from kormed.precision import contiguous_head_input, enable_fp32_compute, is_fp32_compute
+
+    contiguous_head_input(model)
     if quant:
         from kormed.quantization import finish_quantized_load
 
         return finish_quantized_load(model)  # already on its device (device_map)
     model = model.to(runtime.device)
-    from kormed.precision import enable_fp32_compute, is_fp32_compute
 
     if is_fp32_compute(runtime.dtype, runtime.compute_dtype):
         print("precision: bf16 weights, fp32 matmuls (this CPU has no native bf16 matrix instructions)")

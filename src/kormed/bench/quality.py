@@ -92,6 +92,7 @@ import typer
 from kormed.bench.worker import run_worker
 from kormed.config import _deep_update, build, check_device, merge, read_yaml
 from kormed.errors import KormedError
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP, KNOWLEDGE_SCORINGS
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa, load_questions, wilson_interval
 from kormed.eval.perplexity import score_documents, summarise_documents
 from kormed.io import (
@@ -120,7 +121,8 @@ CPT_ARMS = ("cpt", "cpt_extended")
 OVERRIDE_SECTIONS = ("cpt", "cpt_extended", "tokenizer", "sft", "loop")
 # options the bench sets from its own data and chain: overriding them would measure something else
 WIRED_KEYS = {"data", "val", "model", "output", "tokenizer_path", "adapter", "from_adapter", "mcq", "dict",
-              "char_dict", "raw", "raw_val", "eval_data", "dev_data", "corpus", "out", "dict_heldout"}
+              "char_dict", "raw", "raw_val", "eval_data", "dev_data", "corpus", "out", "dict_heldout",
+              "knowledge_scoring"}
 MEDICAL_CATEGORY = re.compile(r"질환|감염병|약물|응급처치|의학|호르몬|외상")
 CATEGORY_LINK = re.compile(r"\[\[분류:([^\]|#]+)")
 EVAL_EOD_TOKEN = "<end_of_turn>"  # CPT's end-of-document token (cpt.eod_token's default)
@@ -157,6 +159,7 @@ class Budget:
     loop_from: str = "sft"  # sft | cpt (the CPT arm SFT continues: the loop without the SFT steps)
     dict_holdout: float = 0.2  # of each dictionary's entries, seeded: never trained, the knowledge control
     knowledge_per_group: int = 10  # knowledge questions per form and entry group (seeded), ~1 min an arm here
+    knowledge_scoring: str = DEFAULT_KNOWLEDGE_SCORING  # letter | cloze: the bench's columns and the loop's selection
 
     def validate(self) -> None:
         for name in ("cpt_chars", "sft_steps", "loop_rounds", "loop_steps", "batch_size", "eval_chars",
@@ -177,6 +180,8 @@ class Budget:
             raise KormedError("must be at least 0 and below 1", field="dict_holdout")
         if self.knowledge_per_group < 1:
             raise KormedError("must be at least 1", field="knowledge_per_group")
+        if self.knowledge_scoring not in KNOWLEDGE_SCORINGS:
+            raise KormedError(f"must be one of {', '.join(KNOWLEDGE_SCORINGS)}", field="knowledge_scoring")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise KormedError("must be auto, float32 or bfloat16", field="dtype")
 
@@ -636,6 +641,8 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     # The loop selects on dev knowledge of the TRAINED dictionaries (paths["dict"], paths["char_dict"]); the
     # held-out record is only reported by it (and measured by evaluate_arm), never trained or selected on.
     loop["dict_heldout"] = paths["dict_heldout"]
+    # the loop selects on knowledge scored as the bench's columns are
+    loop["knowledge_scoring"] = sft["knowledge_scoring"] = budget.knowledge_scoring
     # a fixed extension of the published low-budget size (a null max_new_tokens would size it to the budget,
     # which gives none at these budgets, and the arm would measure nothing)
     tokenizer = {"model": model, "corpus": paths["train_text"], "dict": paths["dict"],
@@ -830,7 +837,7 @@ def evaluate_arm_knowledge(model: Any, tokenizer: Any, ev: dict[str, Any], compu
     dictionaries, held_terms = knowledge_dictionaries(ev["dict"], ev["char_dict"], ev["dict_heldout"])
     res = evaluate_knowledge(model, tokenizer, dictionaries, split="test", seed=ev["knowledge_seed"],
                              held_out=held_terms, batch_size=ev["batch_size"], per_group=ev["knowledge_per_group"],
-                             progress=False, compute_dtype=compute_dtype)
+                             progress=False, compute_dtype=compute_dtype, scoring=ev["knowledge_scoring"])
     out: dict[str, Any] = {"knowledge": res["summary"], "knowledge_questions": res["questions_total"]}
     for group in KNOWLEDGE_GROUPS:
         s = res["summary"].get(f"all/{group}")
@@ -981,7 +988,8 @@ def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None
                       "medical_authored_test": p.get("medical_authored_test"), "mcq_test": p["mcq_test"],
                       "max_length": budget.eval_max_length, "batch_size": budget.eval_batch_size,
                       "dict": p["dict"], "char_dict": p["char_dict"], "dict_heldout": p["dict_heldout"],
-                      "knowledge_per_group": budget.knowledge_per_group, "knowledge_seed": budget.seed}
+                      "knowledge_per_group": budget.knowledge_per_group, "knowledge_seed": budget.seed,
+                      "knowledge_scoring": budget.knowledge_scoring}
         rows: list[dict[str, Any]] = []
         done: dict[str, dict[str, Any]] = {}  # label -> the result of the run that trained it
         keys: dict[str, str] = {}  # label -> arm key
@@ -1056,6 +1064,7 @@ def make_row(arm: str, res: dict[str, Any], done: dict[str, dict[str, Any]], bud
         **{k: v for k, v in res.items() if k == "knowledge" or k == "knowledge_questions" or any(
             k.startswith(f"knowledge_{g}") for g in KNOWLEDGE_GROUPS)},
         "knowledge_per_group": budget.knowledge_per_group,
+        "knowledge_scoring": budget.knowledge_scoring,
         "training": res["training"],
         "wall_s": res["wall_s"],
         "train_s": res["train_s"],
@@ -1183,6 +1192,10 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                                 help="Dictionary-knowledge questions per form and entry group "
                                                 "(trained, held-out; a seeded sample, test forms): ~1 minute an "
                                                 "arm on 2 cores at 10."),
+        knowledge_scoring: str = typer.Option(d.knowledge_scoring, "--knowledge-scoring",
+                                              help="How the knowledge questions are scored (letter | cloze; the "
+                                              "loop selects on the same): " + KNOWLEDGE_SCORING_HELP.split(
+                                                  "scored. ", 1)[1].replace("\n", " ")),
         sft_steps: int = typer.Option(d.sft_steps, "--sft-steps", min=1, help="Optimizer steps per SFT step."),
         loop_rounds: int = typer.Option(d.loop_rounds, "--loop-rounds", min=1, help="Loop rounds."),
         loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round."),
@@ -1226,7 +1239,7 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                         batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
                         eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from,
                         loop_from=loop_from, medical_share=medical_share, dict_holdout=dict_holdout,
-                        knowledge_per_group=knowledge_per_group)
+                        knowledge_per_group=knowledge_per_group, knowledge_scoring=knowledge_scoring)
         rows = run_bench(budget=budget, arms=_csv(arms), model=model, korean_text=korean_text,
                          overrides=read_overrides(overrides, set_ or []),
                          variants=read_variants(variant or [], variants), work_dir=work_dir,

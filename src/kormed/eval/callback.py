@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.records import MCQ
 
@@ -111,8 +112,9 @@ class KnowledgeCallback(TrainerCallback):
     it through the trainer (TensorBoard `eval/dev_knowledge`, the log history). Only the main process scores."""
 
     def __init__(self, dictionaries: dict[str, Any], *, tokenizer: Any = None, seed: int = 0,
-                 per_group: int | None = None, batch_size: int = 8, compute_dtype: str | None = None) -> None:
-        self.dictionaries, self.tokenizer = dictionaries, tokenizer
+                 per_group: int | None = None, batch_size: int = 8, compute_dtype: str | None = None,
+                 scoring: str = DEFAULT_KNOWLEDGE_SCORING) -> None:
+        self.dictionaries, self.tokenizer, self.scoring = dictionaries, tokenizer, scoring
         self.seed, self.per_group, self.batch_size, self.compute_dtype = seed, per_group, batch_size, compute_dtype
         self.trainer: Any = None
         self.history: list[dict[str, Any]] = []
@@ -134,7 +136,7 @@ class KnowledgeCallback(TrainerCallback):
                                                                                 None)
         result = evaluate_knowledge(model, tokenizer, self.dictionaries, split="dev", seed=self.seed,
                                     per_group=self.per_group, batch_size=self.batch_size, progress=False,
-                                    compute_dtype=self.compute_dtype)
+                                    compute_dtype=self.compute_dtype, scoring=self.scoring)
         trained = result["summary"]["all/trained"]
         self.history.append({"step": state.global_step, "accuracy": trained["accuracy"], "total": trained["total"]})
         logs = {DEV_KNOWLEDGE: trained["accuracy"]}

@@ -7,6 +7,17 @@ from typing import Literal
 
 from kormed.config import DEVICE_PATTERN, opt, seed_opt
 
+# How a dictionary-knowledge question is scored (kormed.eval.knowledge.SCORINGS): one declaration for `kormed eval
+# knowledge`, the eval stage, SFT/the loop (`knowledge_scoring`) and the bench.
+KNOWLEDGE_SCORINGS = ("letter", "cloze")
+DEFAULT_KNOWLEDGE_SCORING = "cloze"
+KNOWLEDGE_SCORING_HELP = (
+    "knowledge: how a question is scored. letter: the harness prompt with the 5 options, the letters'\n"
+    "log-likelihood under the 5 cyclic rotations (what a model that answers multiple choice by letter does).\n"
+    "cloze: the question alone, then each option's text, log-likelihood per UTF-8 byte (the harness's cloze\n"
+    "formulation: what a model too small to answer by letter still prefers). Same cost: 5 forwards a question."
+)
+
 DEFAULT_MAX_NEW_TOKENS = 32
 HARNESS_MAX_GEN_TOKS = 1024
 
@@ -39,13 +50,15 @@ class EvalConfig:
     num_fewshot: int = opt(
         0, "Number of few-shot examples before each question (harness default: 0).", bounds=(0, None)
     )
-    mode: Literal["generate", "loglik", "chat", "chat-loglik"] = opt(
+    mode: Literal["generate", "loglik", "chat", "chat-loglik", "cloze"] = opt(
         "generate",
         "generate: the lm-evaluation-harness kormedmcqa v3.0 protocol (prompt, greedy decoding, stop sequences,\n"
         "extraction cascade); comparable with published numbers.\n"
         "loglik: the option with the highest log-likelihood after the same prompt (fast, deterministic).\n"
         "chat: the question in the Gemma chat format the SFT stages train on, parsed with the same cascade.\n"
-        "chat-loglik: the letters scored after the chat prompt and '정답:' in the model turn (the SFT format).",
+        "chat-loglik: the letters scored after the chat prompt and '정답:' in the model turn (the SFT format).\n"
+        "cloze: the question alone (no options shown), then each option's text scored per UTF-8 byte (the\n"
+        "harness's cloze formulation): what a model too small to answer by letter still prefers.",
     )
     permutations: Literal["none", "cyclic"] = opt(
         "none",
@@ -102,6 +115,7 @@ class EvalConfig:
         "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
     )
     knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
+    knowledge_scoring: Literal["letter", "cloze"] = opt(DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP)
     knowledge_per_group: int | None = opt(
         None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
         "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).\n"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.eval.config import eval_inputs
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING, eval_inputs
 from kormed.io import check_output_path, read_json, write_json
 from kormed.prepare.render import split_definition
 from kormed.records import LETTERS, MCQ, DictEntry, read_dictionary
@@ -54,6 +54,11 @@ WORDING: dict[str, dict[str, dict[str, str]]] = {
     },
 }
 DISTRACTORS = len(LETTERS) - 1
+# How a question is scored -> (kormedmcqa mode, permutations). letter: the harness prompt with the 5 options and
+# the letters' log-likelihood under the 5 cyclic rotations (the letter prior removed); cloze: the question alone,
+# then each option's text, log-likelihood per UTF-8 byte (no options shown: nothing to rotate). Same cost: 5
+# forward passes a question.
+SCORINGS: dict[str, tuple[str, str]] = {"letter": ("loglik", "cyclic"), "cloze": ("cloze", "none")}
 
 
 def _fields(entry: DictEntry, kind: str) -> dict[str, str]:
@@ -179,30 +184,43 @@ def plan_questions(dictionaries: dict[str, list[DictEntry]], *, split: str, seed
     return sample_per_group(questions, per_group, seed), skipped
 
 
+def scoring_settings(scoring: str) -> tuple[str, str]:
+    """(kormedmcqa mode, permutations) of a knowledge `scoring`."""
+    if scoring not in SCORINGS:
+        raise KormedError(f"knowledge scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}",
+                          field="knowledge_scoring")
+    return SCORINGS[scoring]
+
+
 def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[DictEntry]], *, split: str,
                        seed: int = 0, held_out: dict[str, set[str]] | None = None, batch_size: int = 8,
                        per_group: int | None = None, progress: bool = True,
-                       compute_dtype: str | None = None) -> dict[str, Any]:
+                       compute_dtype: str | None = None, scoring: str = DEFAULT_KNOWLEDGE_SCORING) -> dict[str, Any]:
     """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together);
-    `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`)."""
+    `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`); `scoring`:
+    letter | cloze (:data:`SCORINGS`)."""
     from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 
+    mode, permutations = scoring_settings(scoring)
     questions, skipped = plan_questions(dictionaries, split=split, seed=seed, held_out=held_out, per_group=per_group)
-    res = evaluate_kormedmcqa(model, tokenizer, [q["mcq"] for q in questions], mode="loglik",
-                              permutations="cyclic", batch_size=batch_size, progress=progress,
+    res = evaluate_kormedmcqa(model, tokenizer, [q["mcq"] for q in questions], mode=mode,
+                              permutations=permutations, batch_size=batch_size, progress=progress,
                               compute_dtype=compute_dtype)
     records = [{"form": q["form"], "term": q["term"], "group": q["group"], "question": q["mcq"].question,
                 "options": list(q["mcq"].options), "answer": q["mcq"].answer_letter, "extracted": r["extracted"],
                 "correct": r["correct"], "margin": r["margin"]}
                for q, r in zip(questions, res["questions"], strict=True)]
-    return {"split": split, "seed": seed, "permutations": "cyclic", "per_group": per_group,
+    return {"split": split, "seed": seed, "scoring": scoring, "permutations": permutations, "per_group": per_group,
             "questions_total": len(records),
             "skipped": skipped, "summary": summarise(records), "questions": records}
 
 
 def format_table(result: dict[str, Any]) -> str:
     """One line per form and group: accuracy, interval, count, mean margin."""
-    lines = [f"dictionary knowledge ({result['split']} forms, 5 cyclic rotations a question, chance 20%)",
+    how = {"letter": "letters under 5 cyclic rotations, chance 20%",
+           "cloze": "option texts per byte, no options shown; compare with the held-out entries"}
+    scoring = result.get("scoring", "letter")
+    lines = [f"dictionary knowledge ({result['split']} forms, {scoring}: {how[scoring]})",
              f"  {'form / entries':<40} {'accuracy':>8} {'95% CI':>13} {'n':>5} {'margin':>8}"]
     for name, s in result["summary"].items():
         lo, hi = s["ci95"]
@@ -238,7 +256,7 @@ def score_loaded(cfg: Any, model: Any, tokenizer: Any, runtime: Any, dictionarie
     set: the numbers and bytes of :func:`run_knowledge`."""
     result = evaluate_knowledge(model, tokenizer, dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
                                 held_out=held, batch_size=cfg.batch_size, per_group=cfg.knowledge_per_group,
-                                progress=progress,
+                                progress=progress, scoring=cfg.knowledge_scoring,
                                 compute_dtype=runtime.compute_dtype)
     result.update(model=cfg.model or "embedded:gemma3-270m", adapter=cfg.adapter, dict=cfg.dict,
                   char_dict=cfg.char_dict, heldout=cfg.heldout)

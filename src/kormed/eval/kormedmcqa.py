@@ -56,8 +56,8 @@ HARNESS_STOP_SEQUENCES: tuple[str, ...] = ("Q:", "</s>", "<|im_end|>", ".", "\n\
 HARNESS_MAX_GEN_TOKS = 1024
 FULLWIDTH_COLON = "\uff1a"
 ANSWER_CUE = f"정답{FULLWIDTH_COLON}"
-MODES = ("generate", "loglik", "chat", "chat-loglik")
-LOGLIK_MODES = ("loglik", "chat-loglik")
+MODES = ("generate", "loglik", "chat", "chat-loglik", "cloze")
+LOGLIK_MODES = ("loglik", "chat-loglik", "cloze")
 PERMUTATIONS = ("none", "cyclic")
 
 
@@ -113,6 +113,16 @@ def chat_answer_cue(answer_template: str = DEFAULT_MCQ_ANSWER_TEMPLATE) -> str:
 def chat_loglik_prompt(mcq: MCQ, *, template: str | None = None, bos: str = "<bos>") -> str:
     """The `chat-loglik` context: the `chat` prompt and the trained answer's cue (`정답:`); a letter follows."""
     return chat_mode_prompt(mcq, template=template, bos=bos) + chat_answer_cue()
+
+
+def cloze_prompt(mcq: MCQ, *, bos: str = "<bos>") -> str:
+    """The `cloze` context: the question alone (no options listed), then `정답：`; each option's text follows.
+
+    The harness's cloze formulation (scored as its `acc_norm`: log-likelihood per UTF-8 byte). A model too small to
+    answer by letter (the letter prior: the base 270M picks E or D on 98 of 100 questions) can still show, here,
+    whether it prefers the right text: OLMES (Gu et al. 2024) reports small models near chance in the letter
+    format and above it in this one."""
+    return f"{bos}{mcq.question.strip()}\n{ANSWER_CUE}"
 
 
 def rotated(mcq: MCQ, shift: int) -> MCQ:
@@ -323,6 +333,11 @@ def evaluate_kormedmcqa(
     if permutations != "none" and mode not in LOGLIK_MODES:
         raise KormedError(f"permutations apply to the loglik modes ({', '.join(LOGLIK_MODES)}), not {mode}",
                           field="permutations")
+    if mode == "cloze":
+        if permutations != "none":
+            raise KormedError("cloze prompts list no options, so there is nothing to rotate", field="permutations",
+                              hint="use permutations none with mode cloze")
+        loglik_target = "text"  # cloze scores the option texts: there are no letters to score
     if not questions:
         raise KormedError("no questions to evaluate")
     if batch_size < 1:
@@ -379,6 +394,8 @@ def prompt_for(mcq: MCQ, *, mode: str, fewshot: Sequence[MCQ] = (), num_fewshot:
     """The prompt a question is scored after in `mode` (as each record's `prompt`)."""
     if mode == "chat-loglik":
         return chat_loglik_prompt(mcq, template=chat_template, bos=bos)
+    if mode == "cloze":
+        return cloze_prompt(mcq, bos=bos)
     if mode == "chat":
         return chat_mode_prompt(mcq, template=chat_template, bos=bos)
     return generate_prompt(mcq, fewshot, num_fewshot, bos=bos)

@@ -27,7 +27,7 @@ from kormed.run_files import LOOP_TABLE, TRAINING_INFO, LoopTable
 LOOP_MCQ_FILE = "kormedmcqa_test.json"  # the loop's test score of a round (train/loop.py)
 LOOP_KNOWLEDGE_GLOB = "knowledge*.json"
 _MCQ_KEYS = ("mode", "permutations", "num_fewshot", "loglik_target", "max_new_tokens", "harness_version")
-_KNOWLEDGE_KEYS = ("split", "seed", "permutations", "per_group")
+_KNOWLEDGE_KEYS = ("split", "seed", "scoring", "permutations", "per_group")
 
 
 def mcq_settings(result: dict[str, Any]) -> dict[str, Any]:
@@ -43,11 +43,15 @@ def knowledge_settings(result: dict[str, Any]) -> dict[str, Any]:
                        r.get("answer")] for r in result.get("questions") or []]}
 
 
-def planned_knowledge(questions: list[dict[str, Any]], *, split: str, seed: int,
-                      per_group: int | None) -> dict[str, Any]:
-    """:func:`knowledge_settings` of the questions :func:`kormed.eval.knowledge.plan_questions` built."""
+def planned_knowledge(questions: list[dict[str, Any]], *, split: str, seed: int, per_group: int | None,
+                      scoring: str) -> dict[str, Any]:
+    """:func:`knowledge_settings` of the questions :func:`kormed.eval.knowledge.plan_questions` built, scored by
+    `scoring` (:data:`kormed.eval.knowledge.SCORINGS`)."""
+    from kormed.eval.knowledge import scoring_settings
+
     return knowledge_settings({
-        "split": split, "seed": seed, "permutations": "cyclic", "per_group": per_group,
+        "split": split, "seed": seed, "scoring": scoring, "permutations": scoring_settings(scoring)[1],
+        "per_group": per_group,
         "questions": [{"form": q["form"], "term": q["term"], "group": q["group"], "question": q["mcq"].question,
                        "options": list(q["mcq"].options), "answer": q["mcq"].answer_letter} for q in questions]})
 

@@ -440,7 +440,7 @@ def _eval_run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         planned, _ = knowledge.plan_questions(dictionaries, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
                                               held_out=held, per_group=cfg.knowledge_per_group)
         planned_knowledge = reuse.planned_knowledge(planned, split=cfg.knowledge_split, seed=cfg.knowledge_seed,
-                                                    per_group=cfg.knowledge_per_group)
+                                                    per_group=cfg.knowledge_per_group, scoring=cfg.knowledge_scoring)
     runtime_here = pick_runtime(cfg.device, cfg.dtype)
     swap = AdapterSwap(cfg.model, device=cfg.device, dtype=cfg.dtype, log=ctx.log)
     keys = {name: swap.key_of(adapter) for name, adapter in targets.items()}

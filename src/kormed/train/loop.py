@@ -43,7 +43,7 @@ import typer
 
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
-from kormed.eval.knowledge import build_questions, evaluate_knowledge, knowledge_dictionaries
+from kormed.eval.knowledge import build_questions, evaluate_knowledge, knowledge_dictionaries, scoring_settings
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import (
     atomic_write,
@@ -165,7 +165,8 @@ def knowledge_sets(cfg: LoopConfig) -> KnowledgeSets:
                               hint="pass the trained subset `kormed prepare` wrote beside the held-out record")
     files = {name: {"path": str(path), "sha256": file_sha256(path)}
              for name, path in (("dict", cfg.dict), ("char_dict", cfg.char_dict)) if path}
-    common = {"seed": cfg.knowledge_seed, "per_group": cfg.knowledge_per_group, "permutations": "cyclic",
+    common = {"seed": cfg.knowledge_seed, "per_group": cfg.knowledge_per_group, "scoring": cfg.knowledge_scoring,
+              "permutations": scoring_settings(cfg.knowledge_scoring)[1],
               "dictionaries": files}
     heldout = {"path": str(cfg.dict_heldout), "sha256": file_sha256(cfg.dict_heldout)} if cfg.dict_heldout else None
     settings = {
@@ -177,12 +178,12 @@ def knowledge_sets(cfg: LoopConfig) -> KnowledgeSets:
 
 
 def knowledge_scorer(cfg: LoopConfig, ctx: StepContext) -> KnowledgeScorer:
-    """Dictionary knowledge of the model being trained (scored in place, loglik under 5 cyclic rotations)."""
+    """Dictionary knowledge of the model being trained (scored in place, `knowledge_scoring`)."""
 
     def score(dictionaries: dict[str, list[DictEntry]], split: str, held_out: dict[str, set[str]]) -> dict[str, Any]:
         return evaluate_knowledge(ctx.model, ctx.tokenizer, dictionaries, split=split, seed=cfg.knowledge_seed,
                                   held_out=held_out, batch_size=cfg.eval_batch_size,
-                                  per_group=cfg.knowledge_per_group, progress=False,
+                                  per_group=cfg.knowledge_per_group, progress=False, scoring=cfg.knowledge_scoring,
                                   compute_dtype=ctx.runtime.compute_dtype)
 
     return score

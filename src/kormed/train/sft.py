@@ -53,6 +53,7 @@ from kormed.data.chat import (
 from kormed.data.mixture import mix_with_report, normalise_weights, split_records
 from kormed.data.padding_free import CountingCollator, PaddingFreeCollator, uses_flash_attention
 from kormed.errors import KormedError
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING
 from kormed.eval.knowledge import knowledge_dictionaries
 from kormed.eval.perplexity import evaluate_perplexity, packed_eval_blocks
 from kormed.io import Log, check_output_path, read_json, read_texts, write_json
@@ -356,6 +357,7 @@ class StepContext:
     knowledge: dict[str, list[DictEntry]] | None = None
     knowledge_seed: int = 0
     knowledge_per_group: int | None = None
+    knowledge_scoring: str = DEFAULT_KNOWLEDGE_SCORING
 
 
 def _knowledge_callbacks(ctx: StepContext, tracker: StopTracker) -> list[Any]:
@@ -365,7 +367,7 @@ def _knowledge_callbacks(ctx: StepContext, tracker: StopTracker) -> list[Any]:
     if DEV_KNOWLEDGE not in tracker.metrics_needed or ctx.knowledge is None:
         return []
     return [KnowledgeCallback(ctx.knowledge, tokenizer=ctx.tokenizer, seed=ctx.knowledge_seed,
-                              per_group=ctx.knowledge_per_group,
+                              per_group=ctx.knowledge_per_group, scoring=ctx.knowledge_scoring,
                               batch_size=ctx.train_options.eval_batch_size or ctx.train_options.batch_size,
                               compute_dtype=ctx.runtime.compute_dtype)]
 
@@ -555,7 +557,7 @@ def prepare_recipe(opts: RecipeOptions, src: Sources, steps: Sequence[SFTStepCon
                        stopping_strategy=opts.stopping_strategy, padding_free=opts.padding_free,
                        info={**model_info, "sources": src.info, "started_from": start_adapter}, log=log,
                        knowledge=knowledge, knowledge_seed=opts.knowledge_seed,
-                       knowledge_per_group=opts.knowledge_per_group)
+                       knowledge_per_group=opts.knowledge_per_group, knowledge_scoring=opts.knowledge_scoring)
 
 
 def measure_baseline(model: Any, data: EncodedData, *, batch_size: int, log: Log = print,

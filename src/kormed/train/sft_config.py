@@ -29,6 +29,7 @@ from kormed.config import nested, opt, seed_opt
 from kormed.data.chat import ChatTemplates
 from kormed.data.mixture import normalise_weights
 from kormed.errors import KormedError
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP
 from kormed.train.config import LoraOptions, TrainOptions
 from kormed.train.stop_conditions import Tolerances, parse_condition
 
@@ -212,6 +213,9 @@ class RecipeOptions:
     knowledge_seed: int = seed_opt(
         0, "Seed of the knowledge questions' distractors, answer positions and sample (as `eval.knowledge_seed`:\n"
         "the same seed and per_group give the numbers `kormed eval knowledge` gives).",
+    )
+    knowledge_scoring: Literal["letter", "cloze"] = opt(
+        DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP.replace("knowledge: h", "Dictionary knowledge: h", 1)
     )
     templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
