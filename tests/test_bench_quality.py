@@ -645,7 +645,7 @@ def test_knowledge_columns_trained_and_held_out(sample_data, tiny_gemma3_dir, re
     p = data["paths"]
     model, tok = Gemma3ForCausalLM.from_pretrained(tiny_gemma3_dir).eval(), real_tokenizer
     ev = {"dict": p["dict"], "char_dict": p["char_dict"], "dict_heldout": p["dict_heldout"],
-          "knowledge_per_group": 1, "knowledge_seed": 3, "batch_size": 8}
+          "knowledge_per_group": 1, "knowledge_seed": 3, "batch_size": 8, "knowledge_scoring": "cloze"}
     out = bq.evaluate_arm_knowledge(model, tok, ev, "float32", "base", log=lambda m: None)
     forms = 5  # medical: term -> definition, definition -> term, English -> Korean; symbols: the first two
     held = {e.term for entries in read_heldout(p["dict_heldout"]).values() if isinstance(entries, list)

@@ -8,6 +8,7 @@ are called. Each case fails before anything large is loaded, so no test here bui
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # transformers asks the same flag
     return attempts
+
+
+def test_the_cli_is_offline_from_its_first_import_and_quiet_about_bitsandbytes_kernels() -> None:
+    """On a CPU with AVX512-BF16, importing bitsandbytes (peft and transformers do) asks the hub for a kernel
+    (kernels-community/quantization-bitsandbytes): kormed's CLI is offline before any Hugging Face library loads,
+    so the request fails at once, and the two libraries' notes about it do not reach the user's terminal."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    code = ("import os, kormed.cli, bitsandbytes, huggingface_hub.constants as c; "
+            "print(os.environ['HF_HUB_OFFLINE'], c.HF_HUB_OFFLINE)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split() == ["1", "True"]
+    assert "kernels-community" not in proc.stderr.decode() and "publisher trust" not in proc.stderr.decode()
 
 
 def test_gguf_export_never_downloads_the_converter(tiny_gemma3_dir: Path, tmp_path: Path, monkeypatch,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,15 @@ from kormed.config import (
 from kormed.errors import KormedError
 from kormed.flags import command_class, config_parameters, overrides_from_params
 from kormed.prepare.config import load_preset
+
+# kormed opens no network connection at run time (the one download the user asks for, `kormed model path
+# --download`, lifts this in models.hub_offline(False)). Offline from the start, before a Hugging Face library is
+# imported: imported on a CPU with AVX512-BF16, bitsandbytes' CPU backend asks the hub for a kernel
+# (kernels-community/quantization-bitsandbytes, through `kernels`, a transformers dependency) and falls back to its
+# own when that fails; offline it fails at once, and neither library's note about it is kormed's to print.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 # click's "no such option" error, from the click that typer runs on (typer 0.29 vendors its own copy)
 NoSuchOption = importlib.import_module(typer.BadParameter.__module__).NoSuchOption

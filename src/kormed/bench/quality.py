@@ -635,7 +635,10 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     sft = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "max_steps_per_step": budget.sft_steps,
            "output": str(arms / f"sft{tag}"),
            "train": {**train, "eval_steps": budget.sft_steps, "save_steps": budget.sft_steps}}
-    loop = {**chat, "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
+    # the loop may mix the training text into its rounds (source `raw`, against forgetting) and reports its
+    # perplexity on the general dev text
+    loop = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "raw_val_max_texts": 4,
+            "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
             "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(arms / f"loop{tag}"),
             "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
     # The loop selects on dev knowledge of the TRAINED dictionaries (paths["dict"], paths["char_dict"]); the
