@@ -118,10 +118,10 @@ class EvalConfig:
     knowledge_scoring: Literal["letter", "cloze"] = opt(DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP)
     knowledge_per_group: int | None = opt(
         None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
-        "(null = all; the full bundled dictionaries give 811 questions x 5 rotations, ~8 minutes on 2 CPU cores).\n"
-        "`kormed run`'s eval stage wires 4 (40 questions a model, 11,735 prompt tokens with the rotations: about\n"
-        "1.2x the 100 bundled KorMedMCQA questions, so scoring 4 models stays within minutes); set it in the\n"
-        "pipeline file's eval section.",
+        "(null = all: the full bundled dictionaries give 811 questions, 5 forward passes each, 113,445 tokens\n"
+        "scored as cloze, 257,150 as letter). `kormed run`'s eval stage wires 4 (40 questions a model: 5,251 tokens\n"
+        "as cloze, about half the 9,874 of the 100 bundled KorMedMCQA questions); set it in the pipeline file's\n"
+        "eval section.",
         bounds=(1, None),
     )
     max_length: int = opt(

@@ -149,6 +149,12 @@ class KnowledgeSets:
     settings: dict[str, Any]
 
 
+# how the loop table describes a knowledge scoring (kormed.eval.knowledge.SCORINGS; tables before it: letter)
+SCORED_AS = {"letter": "each scored by letter under its 5 cyclic option rotations (chance 20 %)",
+             "cloze": "each scored as cloze (the question alone, each option's text per byte; compare with the "
+                      "held-out entries)"}
+
+
 def knowledge_sets(cfg: LoopConfig) -> KnowledgeSets:
     """Read the loop's dictionaries and `dict_heldout` as `kormed eval knowledge` does (same pools, so the same
     seed and per_group give the same questions); refuse a held-out record whose entries the loop would train on."""
@@ -261,7 +267,7 @@ def table_markdown(result: dict[str, Any]) -> str:
         + (f" and of the held-out entries ({heldout})" if heldout else "") + ".",
         "",
         f"Knowledge questions: seed {test_k.get('seed')}, at most {test_k.get('per_group') or 'all'} per form and "
-        "entry group, each scored under its 5 cyclic option rotations (chance 20 %).",
+        "entry group, " + (SCORED_AS.get(test_k.get("scoring") or "letter", "") + "."),
         "",
         "| round | kind | steps | stop reason | eval_qa_loss | eval_dict_loss | raw ppl | dev knowledge "
         "| dev accuracy | dev correct | test knowledge | held-out knowledge | test accuracy |",

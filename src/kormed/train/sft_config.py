@@ -204,10 +204,10 @@ class RecipeOptions:
     knowledge_per_group: int | None = opt(
         20, "Dictionary knowledge (the loop after each round; SFT steps and rounds whose stop conditions name\n"
         "eval_dev_knowledge, at each evaluation): at most N questions per form and entry group, a seeded sample\n"
-        "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions x 5\n"
-        "rotations (5 forms of the bundled 217+89-entry dictionaries), about a minute on 2 idle CPU cores for\n"
-        "the embedded 270M (all 811 questions: ~8 minutes); the loop's reported test check also scores the\n"
-        "held-out entries (twice the questions), only for the rounds that become the best.",
+        "(kormed.eval.knowledge.sample_per_group; null = all). 20 keeps a round's dev check to ~100 questions (5\n"
+        "forms of the bundled 217+89-entry dictionaries, 5 forward passes each), well under a minute on 2 CPU\n"
+        "cores for the embedded 270M; the loop's reported test check also scores the held-out entries (twice the\n"
+        "questions), only for the rounds that become the best (or every round: test_every_round).",
         bounds=(1, None),
     )
     knowledge_seed: int = seed_opt(
