@@ -63,19 +63,10 @@ def test_sample_per_group_keeps_every_form_and_group_seeded():
     assert sample_per_group(questions, None, seed=3) == questions
 
 
-class KnowsTrainedLM:
-    """A stand-in LM with a strong letter prior ('▁E' +5) that also knows the right option (+3 on its letter) of
-    the questions in `known` (question text -> right option text)."""
+class StandInLM:
+    """What the scorers ask of a model besides its forward: parameters (for the device), eval/train."""
 
     training = False
-
-    def __init__(self, tokenizer, known):
-        import torch
-
-        self.tok, self.known = tokenizer, known
-        self.base = torch.zeros(len(tokenizer))
-        self.base[tokenizer.convert_tokens_to_ids("▁E")] = 5.0
-        self.ids = {k: tokenizer.convert_tokens_to_ids(f"▁{k}") for k in "ABCDE"}
 
     def parameters(self):
         import torch
@@ -87,6 +78,19 @@ class KnowsTrainedLM:
 
     def train(self, mode: bool = True):
         return self
+
+
+class KnowsTrainedLM(StandInLM):
+    """A stand-in LM with a strong letter prior ('▁E' +5) that also knows the right option (+3 on its letter) of
+    the questions in `known` (question text -> right option text)."""
+
+    def __init__(self, tokenizer, known):
+        import torch
+
+        self.tok, self.known = tokenizer, known
+        self.base = torch.zeros(len(tokenizer))
+        self.base[tokenizer.convert_tokens_to_ids("▁E")] = 5.0
+        self.ids = {k: tokenizer.convert_tokens_to_ids(f"▁{k}") for k in "ABCDE"}
 
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache=False):
         import torch
@@ -146,11 +150,9 @@ def test_cli_writes_the_result(tmp_path, tiny_gemma3_dir):
     assert data["questions_total"] == 6 + 6
 
 
-class KnowsTrainedClozeLM:
+class KnowsTrainedClozeLM(StandInLM):
     """A stand-in LM for cloze scoring: +30 (probability ~1) on each token of the RIGHT option's text after the
     questions in `known` (question text -> right option text), uniform otherwise. Records every input it is shown."""
-
-    training = False
 
     def __init__(self, tokenizer, known):
         import torch
@@ -166,17 +168,6 @@ class KnowsTrainedClozeLM:
             whole = tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
             self.boost[tuple(whole[:-1])] = whole[len(ctx):]
         self.zeros = torch.zeros(self.vocab)
-
-    def parameters(self):
-        import torch
-
-        yield torch.zeros(1)
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
 
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache=False):
         import torch
