@@ -1196,9 +1196,8 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                                 "(trained, held-out; a seeded sample, test forms): ~1 minute an "
                                                 "arm on 2 cores at 10."),
         knowledge_scoring: str = typer.Option(d.knowledge_scoring, "--knowledge-scoring",
-                                              help="How the knowledge questions are scored (letter | cloze; the "
-                                              "loop selects on the same): " + KNOWLEDGE_SCORING_HELP.split(
-                                                  "scored. ", 1)[1].replace("\n", " ")),
+                                              help=KNOWLEDGE_SCORING_HELP.replace("\n", " ")
+                                              + " The loop arm selects on the same."),
         sft_steps: int = typer.Option(d.sft_steps, "--sft-steps", min=1, help="Optimizer steps per SFT step."),
         loop_rounds: int = typer.Option(d.loop_rounds, "--loop-rounds", min=1, help="Loop rounds."),
         loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round."),

@@ -7,12 +7,15 @@ from typing import Literal
 
 from kormed.config import DEVICE_PATTERN, opt, seed_opt
 
-# How a dictionary-knowledge question is scored (kormed.eval.knowledge.SCORINGS): one declaration for `kormed eval
-# knowledge`, the eval stage, SFT/the loop (`knowledge_scoring`) and the bench.
-KNOWLEDGE_SCORINGS = ("letter", "cloze")
+# How a dictionary-knowledge question is scored (kormed.eval.knowledge.evaluate_knowledge): one declaration for
+# `kormed eval knowledge`, the eval stage, SFT/the loop (`knowledge_scoring`) and the bench.
+# scoring -> (kormedmcqa mode, permutations). letter: the harness prompt with the 5 options and the letters'
+# log-likelihood under the 5 cyclic rotations (the letter prior removed); cloze: the question alone, then each
+# option's text, log-likelihood per UTF-8 byte (no options shown: nothing to rotate).
+KNOWLEDGE_SCORINGS: dict[str, tuple[str, str]] = {"letter": ("loglik", "cyclic"), "cloze": ("cloze", "none")}
 DEFAULT_KNOWLEDGE_SCORING = "cloze"
 KNOWLEDGE_SCORING_HELP = (
-    "knowledge: how a question is scored. letter: the harness prompt with the 5 options, the letters'\n"
+    "How a dictionary-knowledge question is scored. letter: the harness prompt with the 5 options, the letters'\n"
     "log-likelihood under the 5 cyclic rotations (what a model that answers multiple choice by letter does).\n"
     "cloze: the question alone, then each option's text, log-likelihood per UTF-8 byte (the harness's cloze\n"
     "formulation: what a model too small to answer by letter still prefers). Same cost: 5 forwards a question."
@@ -115,7 +118,8 @@ class EvalConfig:
         "dev", "knowledge: question forms to use: dev (for selection) or test (report once); disjoint wordings.",
     )
     knowledge_seed: int = seed_opt(0, "knowledge: seed of the distractors and answer positions.")
-    knowledge_scoring: Literal["letter", "cloze"] = opt(DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP)
+    knowledge_scoring: Literal["letter", "cloze"] = opt(DEFAULT_KNOWLEDGE_SCORING,
+                                                        "knowledge: " + KNOWLEDGE_SCORING_HELP)
     knowledge_per_group: int | None = opt(
         None, "knowledge: at most N questions per form and entry group (trained / held out), a seeded sample\n"
         "(null = all: the full bundled dictionaries give 811 questions, 5 forward passes each, 113,445 tokens\n"

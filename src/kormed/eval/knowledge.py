@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kormed.errors import KormedError
-from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING, eval_inputs
+from kormed.eval.config import DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORINGS, eval_inputs
 from kormed.io import check_output_path, read_json, write_json
 from kormed.prepare.render import split_definition
 from kormed.records import LETTERS, MCQ, DictEntry, read_dictionary
@@ -54,11 +54,9 @@ WORDING: dict[str, dict[str, dict[str, str]]] = {
     },
 }
 DISTRACTORS = len(LETTERS) - 1
-# How a question is scored -> (kormedmcqa mode, permutations). letter: the harness prompt with the 5 options and
-# the letters' log-likelihood under the 5 cyclic rotations (the letter prior removed); cloze: the question alone,
-# then each option's text, log-likelihood per UTF-8 byte (no options shown: nothing to rotate). Same cost: 5
-# forward passes a question.
-SCORINGS: dict[str, tuple[str, str]] = {"letter": ("loglik", "cyclic"), "cloze": ("cloze", "none")}
+# How each scoring reads in a table (the loop table and `kormed eval knowledge`'s)
+SCORING_DESCRIPTIONS = {"letter": "letters under 5 cyclic option rotations, chance 20 %",
+                        "cloze": "the question alone, each option's text per byte; compare with the held-out entries"}
 
 
 def _fields(entry: DictEntry, kind: str) -> dict[str, str]:
@@ -186,10 +184,10 @@ def plan_questions(dictionaries: dict[str, list[DictEntry]], *, split: str, seed
 
 def scoring_settings(scoring: str) -> tuple[str, str]:
     """(kormedmcqa mode, permutations) of a knowledge `scoring`."""
-    if scoring not in SCORINGS:
-        raise KormedError(f"knowledge scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}",
+    if scoring not in KNOWLEDGE_SCORINGS:
+        raise KormedError(f"knowledge scoring must be one of {', '.join(KNOWLEDGE_SCORINGS)}, got {scoring!r}",
                           field="knowledge_scoring")
-    return SCORINGS[scoring]
+    return KNOWLEDGE_SCORINGS[scoring]
 
 
 def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[DictEntry]], *, split: str,
@@ -198,7 +196,7 @@ def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[
                        compute_dtype: str | None = None, scoring: str = DEFAULT_KNOWLEDGE_SCORING) -> dict[str, Any]:
     """Score the questions of `dictionaries` (`medical`, `symbol`: entries, trained and held-out together);
     `per_group`: at most this many questions per form and entry group (:func:`sample_per_group`); `scoring`:
-    letter | cloze (:data:`SCORINGS`)."""
+    letter | cloze (:data:`kormed.eval.config.KNOWLEDGE_SCORINGS`)."""
     from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 
     mode, permutations = scoring_settings(scoring)
@@ -217,10 +215,8 @@ def evaluate_knowledge(model: Any, tokenizer: Any, dictionaries: dict[str, list[
 
 def format_table(result: dict[str, Any]) -> str:
     """One line per form and group: accuracy, interval, count, mean margin."""
-    how = {"letter": "letters under 5 cyclic rotations, chance 20%",
-           "cloze": "option texts per byte, no options shown; compare with the held-out entries"}
     scoring = result.get("scoring", "letter")
-    lines = [f"dictionary knowledge ({result['split']} forms, {scoring}: {how[scoring]})",
+    lines = [f"dictionary knowledge ({result['split']} forms, {scoring}: {SCORING_DESCRIPTIONS[scoring]})",
              f"  {'form / entries':<40} {'accuracy':>8} {'95% CI':>13} {'n':>5} {'margin':>8}"]
     for name, s in result["summary"].items():
         lo, hi = s["ci95"]

@@ -46,7 +46,7 @@ def knowledge_settings(result: dict[str, Any]) -> dict[str, Any]:
 def planned_knowledge(questions: list[dict[str, Any]], *, split: str, seed: int, per_group: int | None,
                       scoring: str) -> dict[str, Any]:
     """:func:`knowledge_settings` of the questions :func:`kormed.eval.knowledge.plan_questions` built, scored by
-    `scoring` (:data:`kormed.eval.knowledge.SCORINGS`)."""
+    `scoring` (:data:`kormed.eval.config.KNOWLEDGE_SCORINGS`)."""
     from kormed.eval.knowledge import scoring_settings
 
     return knowledge_settings({

@@ -43,7 +43,13 @@ import typer
 
 from kormed.data.mixture import split_records
 from kormed.errors import KormedError
-from kormed.eval.knowledge import build_questions, evaluate_knowledge, knowledge_dictionaries, scoring_settings
+from kormed.eval.knowledge import (
+    SCORING_DESCRIPTIONS,
+    build_questions,
+    evaluate_knowledge,
+    knowledge_dictionaries,
+    scoring_settings,
+)
 from kormed.eval.kormedmcqa import evaluate_kormedmcqa
 from kormed.io import (
     atomic_write,
@@ -149,12 +155,6 @@ class KnowledgeSets:
     settings: dict[str, Any]
 
 
-# how the loop table describes a knowledge scoring (kormed.eval.knowledge.SCORINGS; tables before it: letter)
-SCORED_AS = {"letter": "each scored by letter under its 5 cyclic option rotations (chance 20 %)",
-             "cloze": "each scored as cloze (the question alone, each option's text per byte; compare with the "
-                      "held-out entries)"}
-
-
 def knowledge_sets(cfg: LoopConfig) -> KnowledgeSets:
     """Read the loop's dictionaries and `dict_heldout` as `kormed eval knowledge` does (same pools, so the same
     seed and per_group give the same questions); refuse a held-out record whose entries the loop would train on."""
@@ -257,6 +257,7 @@ def table_markdown(result: dict[str, Any]) -> str:
     """The round-by-round table as Markdown: the knowledge curve (dev each round; test forms and held-out entries
     where reported) beside the exam accuracy."""
     test_k = (result.get("knowledge") or {}).get("test") or {}
+    scoring = test_k.get("scoring") or "letter"  # tables written before cloze scoring: letter
     heldout = (test_k.get("heldout") or {}).get("path")
     lines = [
         f"# kormed train loop: target {_targets(result)}",
@@ -267,7 +268,7 @@ def table_markdown(result: dict[str, Any]) -> str:
         + (f" and of the held-out entries ({heldout})" if heldout else "") + ".",
         "",
         f"Knowledge questions: seed {test_k.get('seed')}, at most {test_k.get('per_group') or 'all'} per form and "
-        "entry group, " + (SCORED_AS.get(test_k.get("scoring") or "letter", "") + "."),
+        f"entry group, scored as {scoring} ({SCORING_DESCRIPTIONS[scoring]}).",
         "",
         "| round | kind | steps | stop reason | eval_qa_loss | eval_dict_loss | raw ppl | dev knowledge "
         "| dev accuracy | dev correct | test knowledge | held-out knowledge | test accuracy |",

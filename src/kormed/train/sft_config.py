@@ -215,7 +215,7 @@ class RecipeOptions:
         "the same seed and per_group give the numbers `kormed eval knowledge` gives).",
     )
     knowledge_scoring: Literal["letter", "cloze"] = opt(
-        DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP.replace("knowledge: h", "Dictionary knowledge: h", 1)
+        DEFAULT_KNOWLEDGE_SCORING, KNOWLEDGE_SCORING_HELP
     )
     templates: ChatTemplates = nested(ChatTemplates, "Chat prompt/answer templates (the loop's eval uses mcq_prompt).")
     lora: LoraOptions = nested(LoraOptions, "LoRA settings of a fresh adapter (ignored with from_adapter).")
