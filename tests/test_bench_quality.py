@@ -295,6 +295,12 @@ def test_stage_configs_wire_the_chain_and_select_on_dev(sample_data):
     assert cfgs["sft"].raw_val == p["val"] and cfgs["sft"].mcq == p["mcq_train"]
     loop = cfgs["loop"]
     assert loop.max_rounds == 2 and loop.max_steps_per_round == 4 and loop.eval_mode == "loglik"
+    # the measured recipe: dictionary rounds in three forms with the training text mixed in, at the loop's own lr
+    assert [(r.name, r.mix) for r in loop.rounds] == [("dict", {"dict": 0.6, "raw": 0.4})]
+    assert loop.templates.dict_forms == ["meaning", "term", "english"] and loop.raw == p["train_text"]
+    assert loop.train.lr == budget.loop_lr == 1e-4 and all(r.lr is None for r in loop.rounds)
+    over = bq.read_overrides(None, ["loop.train.lr=5e-5"])  # a variant or --set still reaches the loop's lr
+    assert bq.stage_configs(p, budget, model=None, work=work, overrides=over)["loop"].train.lr == 5e-5
     assert loop.dev_data == p["mcq_dev"] and loop.eval_data == p["mcq_test"]
     assert loop.dev_data  # the loop's best round is chosen on dev, never on the test questions
     with pytest.raises(KormedError):
@@ -302,8 +308,11 @@ def test_stage_configs_wire_the_chain_and_select_on_dev(sample_data):
 
 
 def test_arms_to_run_adds_what_an_arm_continues():
-    assert bq.arms_to_run(("loop",), bq.Budget()) == ["cpt", "sft", "loop"]  # SFT continues the unextended CPT
-    assert bq.arms_to_run(("loop",), bq.Budget(sft_from="cpt_extended")) == ["cpt_extended", "sft", "loop"]
+    assert bq.arms_to_run(("loop",), bq.Budget()) == ["cpt", "loop"]  # the loop continues CPT by default
+    assert bq.arms_to_run(bq.DEFAULT_ARMS, bq.Budget()) == ["base", "cpt", "loop"]
+    assert bq.arms_to_run(("loop",), bq.Budget(loop_from="sft")) == ["cpt", "sft", "loop"]  # SFT: unextended CPT
+    assert bq.arms_to_run(("loop",), bq.Budget(sft_from="cpt_extended", loop_from="sft")) == [
+        "cpt_extended", "sft", "loop"]
     assert bq.arms_to_run(("sft", "base"), bq.Budget(sft_from="cpt")) == ["base", "cpt", "sft"]
     assert bq.arms_to_run(bq.ARMS, bq.Budget()) == list(bq.ARMS)
     with pytest.raises(KormedError):
@@ -397,6 +406,7 @@ def bench_run(tmp_path_factory, tiny_gemma3_dir):
     out, work = root / "quality.json", root / "work"
     res = CliRunner().invoke(app, [
         "bench", "quality", "--model", str(tiny_gemma3_dir), "--korean-text", str(root / "absent"),
+        "--arms", ",".join(bq.ARMS), "--loop-from", "sft",
         "--cpt-chars", str(CPT_CHARS), "--sft-steps", "1", "--loop-rounds", "1", "--loop-steps", "1",
         "--batch-size", "2", "--max-length", "64", "--eval-max-length", "64", "--eval-chars", "800",
         "--dtype", "float32", "--set", "tokenizer.max_new_tokens=40", "--set", "tokenizer.max_dict_tokens=10",
@@ -611,7 +621,8 @@ def test_a_variant_reuses_the_arms_its_settings_do_not_change(tmp_path, monkeypa
 
     monkeypatch.setattr(bq, "run_worker", worker)
     variants = bq.read_variants(["lr_low:loop.train.lr=5e-5", "med50:--medical-share=0.5", "no_sft:--loop-from=cpt"])
-    rows = bq.run_bench(budget=bq.Budget(cpt_chars=20_000, medical_share=0.25), arms=("base", "cpt", "sft", "loop"),
+    rows = bq.run_bench(budget=bq.Budget(cpt_chars=20_000, medical_share=0.25, loop_from="sft"),
+                        arms=("base", "cpt", "sft", "loop"),
                         korean_text=None, variants=variants, work_dir=tmp_path / "w", log=lambda m: None)
     assert [r[0] for r in runs] == ["base", "cpt", "sft", "loop", "loop@lr_low", "cpt@med50", "sft@med50",
                                     "loop@med50", "loop@no_sft"]

@@ -335,6 +335,33 @@ def test_report_reads_the_typed_results(run_dir: Path):
     assert "evaluation: its result could not be read" in md and "Data distribution" in md
 
 
+def test_report_shows_the_loops_knowledge_curve(run_dir: Path):
+    """A loop that measured dictionary knowledge each round: the report's loop table carries the dev, test and
+    held-out knowledge and the raw perplexity of every round, plots them, and names the best round's dev knowledge;
+    a loop table without knowledge (older runs) keeps the exam-only table and draws no knowledge plot."""
+    _loop_dir(run_dir)
+    path = run_dir / "loop" / "loop_table.json"
+    table = json.loads(path.read_text(encoding="utf-8"))
+    for r, (dev, test, held, ppl) in zip(table["rounds"], ((0.4, 0.34, 0.38, None), (0.6, 0.58, 0.52, 14.06),
+                                                           (0.76, 0.78, 0.5, 16.78)), strict=True):
+        r.update(dev_knowledge_accuracy=dev, test_knowledge_accuracy=test, heldout_knowledge_accuracy=held,
+                 metrics=None if ppl is None else {"eval_raw_perplexity": ppl})
+    table.update(select_on="knowledge", best_dev_knowledge=0.76, baseline_raw_perplexity=13.07)
+    _write(path, table)
+    md = write_report(run_dir)[1].read_text(encoding="utf-8")
+    assert "| dev knowledge | test knowledge | held-out knowledge |" in md
+    assert "| 2 | mcq | 76.0% | 78.0% | 50.0% | 55.0% | 11/20 | 50.0% | 16.78 |" in md
+    assert "| 0 | start | 40.0% | 34.0% | 38.0% | 30.0% | 6/20 | - | - |" in md
+    assert "selected on knowledge" in md and "(the start: 13.07)" in md
+    assert "Best on dev: round 2 (dev knowledge 76.0%, dev 55.0%, test 50.0%)" in md
+    assert (run_dir / "report_assets" / "loop_knowledge.png").is_file()
+    _loop_dir(run_dir)  # the same loop without knowledge
+    (run_dir / "report_assets" / "loop_knowledge.png").unlink()
+    md = write_report(run_dir)[1].read_text(encoding="utf-8")
+    assert "dev knowledge" not in md and "| 2 | mcq | 55.0% | 11/20 | 50.0% |" in md
+    assert not (run_dir / "report_assets" / "loop_knowledge.png").exists()
+
+
 def _knowledge_file(path: Path, right: dict[str, int], margin: float, reuse: dict | None = None) -> None:
     """A `kormed eval knowledge` result: 10 questions per group (trained, held_out), `right[group]` of them right,
     each question's margin `margin` (+0.1 for a right one)."""

@@ -12,9 +12,11 @@ pipeline chains its stages):
 - `sft`: :func:`kormed.train.sft.run_sft` (the staged steps) from the `cpt` adapter by default, as the default
   pipeline does at this budget (its `tokenizer` stage sizes the extension to CPT's budget: none at 40,000
   characters); `--sft-from cpt_extended` chains from the extended-tokenizer CPT arm instead.
-- `loop`: :func:`kormed.train.loop.run_loop` (loglik-scored rounds) from the SFT adapter (`--loop-from cpt`: from
-  the CPT arm SFT would continue); its best round is chosen on the DEV questions; the row measures the chosen
-  adapter on the test questions like every other arm.
+- `loop`: :func:`kormed.train.loop.run_loop` from the CPT arm SFT would continue (`--loop-from sft`: from the SFT
+  adapter): dictionary rounds in three surface forms with the training text mixed in (LOOP_ROUNDS, the measured
+  recipe); its best round is chosen on DEV knowledge; the row measures the chosen adapter like every other arm.
+
+Without `--arms` the bench runs base, cpt and loop (DEFAULT_ARMS: what 45 minutes hold on a 2-core CPU).
 - variants (`--variant NAME:SECTION.KEY=VALUE,...`, `--variants FILE.yaml`): the arms again with overrides on top,
   rows `<arm>@NAME`; every arm is keyed by its settings (data files by content) and its upstream arm's key
   (:func:`arm_key`), and an arm whose key was already run is reused (`reused_from`), not run again.
@@ -117,6 +119,9 @@ from kormed.train.sft_config import LoopConfig, SFTConfig
 # this module is imported by `kormed --help` or by a torch-free command, which must not pay for them.
 
 ARMS = ("base", "cpt", "cpt_extended", "sft", "loop")
+# what `kormed bench quality` runs without --arms: the three arms the 45-minute budget holds on a 2-core CPU (base
+# ~4, CPT ~12, the loop from CPT ~28 idle minutes); sft and cpt_extended are added with --arms
+DEFAULT_ARMS = ("base", "cpt", "loop")
 CPT_ARMS = ("cpt", "cpt_extended")
 OVERRIDE_SECTIONS = ("cpt", "cpt_extended", "tokenizer", "sft", "loop")
 # options the bench sets from its own data and chain: overriding them would measure something else
@@ -144,8 +149,12 @@ class Budget:
     cpt_chars: int = 100_000
     medical_share: float = 0.6  # of cpt_chars: dictionary renders x5 (~50,000), then medical-law bills + pages
     sft_steps: int = 6
-    loop_rounds: int = 2
-    loop_steps: int = 6
+    # the measured loop (benchmarks/README.md, "The loop at a lower learning rate", 2026-12-07): dictionary rounds
+    # of 308 steps x 4 (about two passes over the trained entries in three surface forms, 40 % raw text by learned
+    # tokens) at lr 1e-4, from CPT; 3e-4 reached the same knowledge per pass with 2-3x the perplexity damage
+    loop_rounds: int = 4
+    loop_steps: int = 308
+    loop_lr: float = 1e-4
     batch_size: int = 4
     max_length: int = 512
     lr: float = 2e-4
@@ -156,7 +165,7 @@ class Budget:
     dtype: str = "auto"
     device: str = "auto"
     sft_from: str = "cpt"
-    loop_from: str = "sft"  # sft | cpt (the CPT arm SFT continues: the loop without the SFT steps)
+    loop_from: str = "cpt"  # cpt (the measured recipe) | sft (after the SFT arm's steps)
     dict_holdout: float = 0.2  # of each dictionary's entries, seeded: never trained, the knowledge control
     knowledge_per_group: int = 10  # knowledge questions per form and entry group (seeded), ~1 min an arm here
     knowledge_scoring: str = DEFAULT_KNOWLEDGE_SCORING  # letter | cloze: the bench's columns and the loop's selection
@@ -168,8 +177,9 @@ class Budget:
                 raise KormedError("must be at least 1", field=name)
         if self.max_length < 16 or self.eval_max_length < 16:
             raise KormedError("max_length and eval_max_length must be at least 16", field="max_length")
-        if not self.lr > 0:
-            raise KormedError("must be positive", field="lr")
+        for name in ("lr", "loop_lr"):
+            if not getattr(self, name) > 0:
+                raise KormedError("must be positive", field=name)
         if self.sft_from not in CPT_ARMS:
             raise KormedError(f"must be one of {', '.join(CPT_ARMS)}", field="sft_from")
         if self.loop_from not in LOOP_FROM:
@@ -480,7 +490,7 @@ def check_sections(values: dict[str, Any], where: str | None, prefix: str = "") 
 
 # the bench budgets a variant may change (training only: every arm is measured on the same held-out data)
 VARIANT_BUDGET_KEYS = ("cpt_chars", "medical_share", "sft_steps", "loop_rounds", "loop_steps", "batch_size",
-                       "max_length", "lr", "sft_from", "loop_from")
+                       "max_length", "lr", "loop_lr", "sft_from", "loop_from")
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -613,6 +623,15 @@ def arm_key(arm: str, cfgs: dict[str, Any], budget: Budget, parent_key: str | No
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The loop the bench trains (measured 2026-12-07, benchmarks/README.md): dictionary rounds only, each entry in three
+# surface forms (none an exam form), the bench's training text 40 % of the learned tokens against forgetting. The
+# seeds' MCQ round is left out: it teaches a letter format the 270M model cannot use (its exam stays at chance).
+# Each round runs --loop-steps steps (the stop condition is checked once, at the round's end).
+LOOP_DICT_FORMS = ("meaning", "term", "english")
+LOOP_ROUNDS = ({"name": "dict", "description": "train_01: dictionary SFT in three surface forms, 40 % raw text",
+                "mix": {"dict": 0.6, "raw": 0.4}, "mode": "interleave", "stop": ["eval_dict_loss < 0.3"]},)
+
+
 def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, work: Path,
                   overrides: dict[str, dict[str, Any]], tag: str = "") -> dict[str, Any]:
     """The config dataclass of every stage: defaults, then the bench's settings, then `overrides`; each arm's
@@ -635,12 +654,14 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
     sft = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "max_steps_per_step": budget.sft_steps,
            "output": str(arms / f"sft{tag}"),
            "train": {**train, "eval_steps": budget.sft_steps, "save_steps": budget.sft_steps}}
-    # the loop may mix the training text into its rounds (source `raw`, against forgetting) and reports its
-    # perplexity on the general dev text
+    # the loop mixes the training text into its rounds (source `raw`, against forgetting: LOOP_ROUNDS) and
+    # reports its perplexity on the general dev text
     loop = {**chat, "raw": paths["train_text"], "raw_val": paths["val"], "raw_val_max_texts": 4,
             "eval_data": paths["mcq_test"], "dev_data": paths["mcq_dev"], "max_rounds": budget.loop_rounds,
             "max_steps_per_round": budget.loop_steps, "eval_mode": "loglik", "output": str(arms / f"loop{tag}"),
-            "train": {**train, "eval_steps": budget.loop_steps, "save_steps": budget.loop_steps}}
+            "templates": {"dict_forms": list(LOOP_DICT_FORMS)}, "rounds": [dict(r) for r in LOOP_ROUNDS],
+            "train": {**train, "lr": budget.loop_lr, "eval_steps": budget.loop_steps,
+                      "save_steps": budget.loop_steps}}
     # The loop selects on dev knowledge of the TRAINED dictionaries (paths["dict"], paths["char_dict"]); the
     # held-out record is only reported by it (and measured by evaluate_arm), never trained or selected on.
     loop["dict_heldout"] = paths["dict_heldout"]
@@ -938,7 +959,7 @@ def arms_to_run(wanted: tuple[str, ...], budget: Budget) -> list[str]:
     return [a for a in ARMS if a in need]
 
 
-def run_bench(*, budget: Budget, arms: tuple[str, ...] = ARMS, model: str | None = None,
+def run_bench(*, budget: Budget, arms: tuple[str, ...] = DEFAULT_ARMS, model: str | None = None,
               korean_text: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
               variants: list[Variant] | None = None, work_dir: str | Path | None = None,
               arm_timeout: float | None = None, output: str | Path | None = None,
@@ -1173,8 +1194,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
 
     @subapps["bench"].command("quality")
     def bench_quality(
-        arms: str = typer.Option(",".join(ARMS), "--arms", help="Comma-separated arms; the arms they continue "
-                                 "from run too."),
+        arms: str = typer.Option(",".join(DEFAULT_ARMS), "--arms", help=f"Comma-separated arms of "
+                                 f"{', '.join(ARMS)}; the arms they continue from run too. The default holds the "
+                                 "45-minute budget on a 2-core CPU; sft adds ~5 minutes, cpt_extended ~12."),
         korean_text: str = typer.Option(DEFAULT_KOREAN_TEXT, "--korean-text",
                                         help="Directory with train/dev/test.jsonl of general Korean text "
                                         "(scripts/fetch_assembly_bills.py: National Assembly bills, with "
@@ -1200,18 +1222,21 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
                                               + " The loop arm selects on the same."),
         sft_steps: int = typer.Option(d.sft_steps, "--sft-steps", min=1, help="Optimizer steps per SFT step."),
         loop_rounds: int = typer.Option(d.loop_rounds, "--loop-rounds", min=1, help="Loop rounds."),
-        loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round."),
+        loop_steps: int = typer.Option(d.loop_steps, "--loop-steps", min=1, help="Optimizer steps per round "
+                                       "(308 x --batch-size 4: about two passes over the trained entries)."),
+        loop_lr: float = typer.Option(d.loop_lr, "--loop-lr", help="Learning rate of the loop (measured: 1e-4 "
+                                      "learns as much per pass as 3e-4 with a third to a half of the forgetting)."),
         batch_size: int = typer.Option(d.batch_size, "--batch-size", min=1, help="Sequences per optimizer step."),
         max_length: int = typer.Option(d.max_length, "--max-length", min=16, help="Tokens per training block."),
-        lr: float = typer.Option(d.lr, "--lr", help="Learning rate of every training stage."),
+        lr: float = typer.Option(d.lr, "--lr", help="Learning rate of CPT and SFT (the loop: --loop-lr)."),
         eval_max_length: int = typer.Option(d.eval_max_length, "--eval-max-length", min=16,
                                             help="Tokens per held-out block."),
         eval_chars: int = typer.Option(d.eval_chars, "--eval-chars", min=1,
                                        help="Characters of each fetched held-out test text measured (whole "
                                        "documents; general, and the medical-law bills)."),
         sft_from: str = typer.Option(d.sft_from, "--sft-from", help="CPT arm SFT continues: cpt_extended | cpt."),
-        loop_from: str = typer.Option(d.loop_from, "--loop-from", help="What the loop continues: sft | cpt (the "
-                                      "CPT arm SFT would continue: the loop without the SFT steps)."),
+        loop_from: str = typer.Option(d.loop_from, "--loop-from", help="What the loop continues: cpt (the CPT "
+                                      "arm SFT would continue: the loop without the SFT steps; measured) | sft."),
         seed: int = typer.Option(d.seed, "--seed", help="Seed of every stage and of the data order."),
         dtype: str = typer.Option(d.dtype, "--dtype", help="auto | float32 | bfloat16 (training and measuring)."),
         device: str = typer.Option(d.device, "--device", help="auto | cpu | cuda."),
@@ -1238,8 +1263,9 @@ def register(app: typer.Typer, subapps: dict[str, typer.Typer]) -> None:
         if work_dir:
             check_output_path(work_dir, "dir", "--work-dir", inputs=inputs)
         budget = Budget(cpt_chars=cpt_chars, sft_steps=sft_steps, loop_rounds=loop_rounds, loop_steps=loop_steps,
-                        batch_size=batch_size, max_length=max_length, lr=lr, eval_max_length=eval_max_length,
-                        eval_chars=eval_chars, seed=seed, dtype=dtype, device=device, sft_from=sft_from,
+                        loop_lr=loop_lr, batch_size=batch_size, max_length=max_length, lr=lr,
+                        eval_max_length=eval_max_length, eval_chars=eval_chars, seed=seed, dtype=dtype,
+                        device=device, sft_from=sft_from,
                         loop_from=loop_from, medical_share=medical_share, dict_holdout=dict_holdout,
                         knowledge_per_group=knowledge_per_group, knowledge_scoring=knowledge_scoring)
         rows = run_bench(budget=budget, arms=_csv(arms), model=model, korean_text=korean_text,

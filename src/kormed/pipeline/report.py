@@ -198,6 +198,26 @@ def _grouped_bar(groups: list[str], series: dict[str, list[float | None]], *, ti
     return _png(fig)
 
 
+def _line_plot(xs: list[int], series: dict[str, list[float | None]], *, title: str, ylabel: str,
+               xlabel: str) -> bytes | None:
+    """One line per series over `xs`, unmeasured points left out; None when nothing was measured."""
+    if not any(v is not None for vals in series.values() for v in vals):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for name, vals in series.items():
+        pts = [(x, v) for x, v in zip(xs, vals, strict=True) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=_ascii(name))
+    ax.set_xticks(xs)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_ascii(title), fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
 # --------------------------------------------------------------------------------------------------- document model
 
 
@@ -453,22 +473,41 @@ def _training_section(data: ReportData) -> Section:
                 sec.p("(no logged curves found for this run)")
     loop = data.loop
     if loop is not None and loop.rounds:
-        sec.p("Loop rounds: KorMedMCQA accuracy after each round on the selection split (",
-              Lit(loop.selected_on or "dev"), ") and, where measured, on the reported split (",
-              Lit(loop.reported_on or "test"), "); the test set is never used to choose.")
-        sec.table(["round", "kind", "dev accuracy", "dev correct/total", "test accuracy", "global_step",
-                   "stop_reason"],
-                  [[_fmt(r.round), r.kind, f"{r.dev_accuracy:.1%}", f"{_fmt(r.dev_correct)}/{_fmt(r.dev_total)}",
-                    "-" if r.test_accuracy is None else f"{r.test_accuracy:.1%}", _fmt(r.global_step),
-                    r.stop_reason.value if r.stop_reason else "-"] for r in loop.rounds])
-        if loop.best_round is not None and loop.best_dev_accuracy is not None:
-            test = "" if loop.best_test_accuracy is None else f", test {loop.best_test_accuracy:.1%}"
-            sec.p(f"Best on dev: round {loop.best_round} (dev {loop.best_dev_accuracy:.1%}{test}), copied to ",
-                  Code(loop.best_adapter or "best/"), "; loop stopped by: ",
-                  Lit(loop.stop_reason.value if loop.stop_reason else "running"), ".")
+        _loop_rounds(sec, loop)
     if not any_unit:
         sec.p("No training stage has run yet.")
     return sec
+
+
+def _loop_rounds(sec: Section, loop: results.LoopResult) -> None:
+    """The loop's per-round curve: dictionary knowledge (where measured), exam accuracy, raw-text perplexity."""
+    knowledge = any(r.dev_knowledge is not None for r in loop.rounds)
+    sec.p("Loop rounds: after each round, ", *(["dictionary knowledge (trained entries: dev forms, selected on ",
+          Lit(loop.select_on or "exam"), "; test forms and the held-out entries only reported) and "]
+          if knowledge else []), "KorMedMCQA accuracy on the selection split (", Lit(loop.selected_on or "dev"),
+          ") and, where measured, on the reported split (", Lit(loop.reported_on or "test"),
+          "); raw ppl is the held-out raw text's perplexity (the start: ", Lit(_fmt(loop.baseline_raw_perplexity)),
+          "). The test set and the held-out entries are never used to choose.")
+    head = ["round", "kind", *(["dev knowledge", "test knowledge", "held-out knowledge"] if knowledge else []),
+            "dev accuracy", "dev correct/total", "test accuracy", "raw ppl", "global_step", "stop_reason"]
+    sec.table(head, [[_fmt(r.round), r.kind,
+                      *([_pct(r.dev_knowledge), _pct(r.test_knowledge), _pct(r.heldout_knowledge)] if knowledge
+                        else []),
+                      f"{r.dev_accuracy:.1%}", f"{_fmt(r.dev_correct)}/{_fmt(r.dev_total)}",
+                      _pct(r.test_accuracy), _fmt(r.raw_perplexity), _fmt(r.global_step),
+                      r.stop_reason.value if r.stop_reason else "-"] for r in loop.rounds])
+    if knowledge:
+        series = {"dev knowledge (trained, selected on)": [r.dev_knowledge for r in loop.rounds],
+                  "test knowledge (trained)": [r.test_knowledge for r in loop.rounds],
+                  "test knowledge (held-out entries)": [r.heldout_knowledge for r in loop.rounds]}
+        sec.img("loop_knowledge.png", _line_plot([r.round for r in loop.rounds], series, title="loop: dictionary "
+                "knowledge per round", ylabel="accuracy", xlabel="round"), "dictionary knowledge per loop round")
+    if loop.best_round is not None and loop.best_dev_accuracy is not None:
+        test = "" if loop.best_test_accuracy is None else f", test {loop.best_test_accuracy:.1%}"
+        dev_k = "" if loop.best_dev_knowledge is None else f"dev knowledge {loop.best_dev_knowledge:.1%}, "
+        sec.p(f"Best on dev: round {loop.best_round} ({dev_k}dev {loop.best_dev_accuracy:.1%}{test}), copied to ",
+              Code(loop.best_adapter or "best/"), "; loop stopped by: ",
+              Lit(loop.stop_reason.value if loop.stop_reason else "running"), ".")
 
 
 def _eval_section(data: ReportData) -> Section:

@@ -229,7 +229,9 @@ def sft_result(output: str | Path) -> SFTResult:
 @dataclass
 class LoopRound:
     """One row of the loop table: accuracy after a round (round 0: before the first) on the selection (dev) split,
-    and on the test split when it was measured (the best-so-far rounds, or every round with test_every_round)."""
+    and on the test split when it was measured (the best-so-far rounds, or every round with test_every_round);
+    dictionary knowledge (trained entries: dev forms, test forms; held-out entries: test forms) and the raw-text
+    perplexity where the round measured them (absent in older runs)."""
 
     round: int
     kind: str
@@ -242,6 +244,10 @@ class LoopRound:
     adapter: str | None = None
     global_step: int | None = None
     stop_reason: StopReason | None = None
+    dev_knowledge: float | None = None
+    test_knowledge: float | None = None
+    heldout_knowledge: float | None = None
+    raw_perplexity: float | None = None
 
 
 @dataclass
@@ -258,6 +264,9 @@ class LoopResult:
     best_adapter: str | None = None
     selected_on: str | None = None
     reported_on: str | None = None
+    select_on: str | None = None  # knowledge | exam | both (absent in older runs: exam)
+    best_dev_knowledge: float | None = None
+    baseline_raw_perplexity: float | None = None
 
 
 def loop_result(output: str | Path) -> LoopResult:
@@ -269,13 +278,18 @@ def loop_result(output: str | Path) -> LoopResult:
     rounds = [LoopRound(round=r.round, kind=r.kind, dev_accuracy=r.dev_accuracy, dev_correct=r.dev_correct,
                         dev_total=r.dev_total, test_accuracy=r.test_accuracy, test_correct=r.test_correct,
                         test_total=r.test_total, adapter=r.adapter, global_step=r.global_step,
-                        stop_reason=_reason(r.stop_reason, path) if r.stop_reason else None)
+                        stop_reason=_reason(r.stop_reason, path) if r.stop_reason else None,
+                        dev_knowledge=r.dev_knowledge_accuracy, test_knowledge=r.test_knowledge_accuracy,
+                        heldout_knowledge=r.heldout_knowledge_accuracy,
+                        raw_perplexity=(r.metrics or {}).get("eval_raw_perplexity"))
               for r in table.rounds]
     return LoopResult(rounds=rounds, trained=_units(out, _ROUND_DIR),
                       stop_reason=_reason(table.stop_reason, path) if table.stop_reason else None,
                       best_round=table.best_round, best_dev_accuracy=table.best_dev_accuracy,
                       best_test_accuracy=table.best_test_accuracy, best_adapter=table.best_adapter,
-                      selected_on=table.selected_on, reported_on=table.reported_on)
+                      selected_on=table.selected_on, reported_on=table.reported_on, select_on=table.select_on,
+                      best_dev_knowledge=table.best_dev_knowledge,
+                      baseline_raw_perplexity=table.baseline_raw_perplexity)
 
 
 # --------------------------------------------------------------------------------------------------- eval
