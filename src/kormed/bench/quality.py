@@ -15,11 +15,11 @@ pipeline chains its stages):
 - `loop`: :func:`kormed.train.loop.run_loop` from the CPT arm SFT would continue (`--loop-from sft`: from the SFT
   adapter): dictionary rounds in three surface forms with the training text mixed in (LOOP_ROUNDS, the measured
   recipe); its best round is chosen on DEV knowledge; the row measures the chosen adapter like every other arm.
-
-Without `--arms` the bench runs base, cpt and loop (DEFAULT_ARMS: what 45 minutes hold on a 2-core CPU).
 - variants (`--variant NAME:SECTION.KEY=VALUE,...`, `--variants FILE.yaml`): the arms again with overrides on top,
   rows `<arm>@NAME`; every arm is keyed by its settings (data files by content) and its upstream arm's key
   (:func:`arm_key`), and an arm whose key was already run is reused (`reused_from`), not run again.
+
+Without `--arms` the bench runs base, cpt and loop (DEFAULT_ARMS: what 45 minutes hold on a 2-core CPU).
 
 Data (written under the work directory; the same seed gives the same files; docs/commands/bench-quality.md):
 
