@@ -232,6 +232,20 @@ def test_eval_stage_scores_knowledge_for_each_model_by_entry_group(tmp_path, tin
         return BaseCache(c, str(tiny_gemma3_dir), [c.data, dictionary], pick_runtime("cpu", "auto")).key
 
     assert key(cfg, cfg.dict) != key(dataclasses.replace(cfg, knowledge_per_group=1), cfg.dict)  # settings: a new key
+    # a second run directory with its own copy of the same data: the same key, and the reused files name the copy
+    copies = {}
+    for field in ("dict", "char_dict", "heldout"):
+        copies[field] = str(tmp_path / "second_run" / Path(getattr(cfg, field)).name)
+        Path(copies[field]).parent.mkdir(exist_ok=True)
+        Path(copies[field]).write_bytes(Path(getattr(cfg, field)).read_bytes())
+    second = dataclasses.replace(cfg, **copies)
+    assert key(second, second.dict) == key(cfg, cfg.dict)
+    logs.clear()
+    _eval_run(second, ctx)
+    assert any("base: results reused from" in m for m in logs)
+    again = json.loads((eval_dir / "knowledge_base.json").read_text("utf-8"))
+    assert [again[f] for f in copies] == list(copies.values())
+    assert again["summary"] == json.loads(first)["summary"]
     before = key(cfg, cfg.dict)
     Path(cfg.dict).write_text(Path(cfg.dict).read_text("utf-8").replace("혈당", "혈압"), "utf-8")
     assert key(cfg, cfg.dict) != before  # so is the dictionary's content

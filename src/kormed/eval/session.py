@@ -9,8 +9,9 @@ base in place under loaded adapters would be weight surgery, and the fresh load 
 An adapter's own copy of the base's tokenizer (every adapter kormed saves has one) is the same build: tokenizers
 are compared by what they do (:func:`tokenizer_key`), not by their files.
 
-:class:`BaseCache` keeps the base model's results keyed by the model's files, the data files, the eval options and
-the runtime, so a rerun (or another run on the same base and data) does not score the base again.
+:class:`BaseCache` keeps the base model's results keyed by the model's files, the data files' contents, the eval
+options and the runtime, so a rerun -- or another run directory on the same base and the same data, wherever its
+files lie -- does not score the base again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 from kormed.errors import KormedError
 from kormed.io import file_key, read_json, write_json
 
-EVAL_CACHE_VERSION = 2  # bump when what an eval result holds or how it is scored changes (2: knowledge)
+EVAL_CACHE_VERSION = 3  # bump when what an eval result holds or how it is scored changes (2: knowledge; 3: data
+# keyed by content, results carry the data paths they name)
 FULL_HASH_LIMIT = 64 << 20  # model files above this are keyed by size, mtime and both ends (a 4B model is 8 GB)
 
 
@@ -177,7 +179,13 @@ class AdapterSwap:
 
 class BaseCache:
     """The base model's eval results, stored under kormed's cache dir (`eval-base/<key>.json`) and reused while
-    the model's files, the data files, the options and the runtime are the same; any change is a new key."""
+    the model's files, the data files' contents, the options and the runtime are the same; any change is a new key.
+
+    Data files are keyed by content, not path: every run directory holds its own copy of the prepared data, and
+    the base scores the same on a copy. A reused result names the current run's files, not the run that scored it
+    (:func:`rename_paths`)."""
+
+    PATH_OPTIONS = ("data", "fewshot_file", "dict", "char_dict", "heldout")  # keyed by content, through `data`
 
     def __init__(self, cfg: Any, model_path: str, data: list[str | None], runtime: Any) -> None:
         import torch
@@ -186,12 +194,13 @@ class BaseCache:
         from kormed import __version__
         from kormed.models import cache_root
 
-        options = {k: v for k, v in asdict(cfg).items() if k not in ("output", "adapter")}
+        options = {k: v for k, v in asdict(cfg).items() if k not in ("output", "adapter", *self.PATH_OPTIONS)}
+        self.data = [str(d) if d else None for d in data]
         payload = {
             "version": EVAL_CACHE_VERSION, "kormed": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "options": options,
             "model": [model_path, tree_key(model_path) if Path(model_path).exists() else "hub"],
-            "data": [[d, tree_key(d)] for d in data if d],
+            "data": [tree_key(d) if d else None for d in self.data],
             "runtime": {"device": runtime.device, "dtype": runtime.dtype, "compute_dtype": runtime.compute_dtype},
         }
         self.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -210,7 +219,30 @@ class BaseCache:
                 and isinstance(data.get("ppl"), dict | None) and isinstance(data.get("knowledge"), dict | None)):
             log(f"[eval] ignoring a cached base result that is not one ({self.path}); scoring the base again")
             return None
+        scored_on = data.pop("data_paths", None)
+        if isinstance(scored_on, list) and len(scored_on) == len(self.data):
+            data = rename_paths(data, {old: new for old, new in zip(scored_on, self.data, strict=True)
+                                       if isinstance(old, str) and new and old != new})
         return data
 
     def write(self, results: dict[str, Any]) -> None:
-        write_json(self.path, results)
+        """Store `results` with the data paths they name (replaced by the reader's own on reuse)."""
+        write_json(self.path, {**results, "data_paths": self.data})
+
+
+def rename_paths(value: Any, renames: dict[str, str]) -> Any:
+    """`value` with every string that is one of `renames`' paths, or starts with one and `:` (a `file:line`
+    source), naming the new path instead."""
+    if not renames:
+        return value
+    if isinstance(value, dict):
+        return {k: rename_paths(v, renames) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rename_paths(v, renames) for v in value]
+    if isinstance(value, str):
+        for old, new in renames.items():
+            if value == old:
+                return new
+            if value.startswith(old + ":"):
+                return new + value[len(old):]
+    return value
