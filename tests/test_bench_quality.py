@@ -594,6 +594,9 @@ def test_variants_yaml_file(tmp_path):
     (["--variant", "x:eval.limit=3"], "--variant x: unknown section 'eval'"),
     (["--variant", "x:--loop-from=base"], "--variant x: must be one of sft, cpt"),
     (["--variant", "x:cpt.lora.r=0"], "--variant x:"),
+    # the loop and SFT continue the CPT adapter with its LoRA settings: a rank set there would change nothing
+    (["--variant", "x:loop.lora.r=32"], "--variant x: loop.lora: SFT and the loop continue the CPT adapter"),
+    (["--set", "sft.lora.r=32"], "sft.lora: SFT and the loop continue the CPT adapter"),
 ])
 def test_cli_refuses_a_bad_variant_before_any_arm(tmp_path, args, message):
     from typer.testing import CliRunner

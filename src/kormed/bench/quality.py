@@ -673,6 +673,11 @@ def stage_configs(paths: dict[str, str], budget: Budget, *, model: str | None, w
                  "out": str(arms / f"cpt_extended{tag}" / "tokenizer"), "max_new_tokens": 100,
                  "max_dict_tokens": 25}
     values = {"cpt": cpt, "tokenizer": tokenizer, "sft": sft, "loop": loop}
+    for section in ("sft", "loop"):  # they continue an arm's adapter, whose LoRA settings win (model_setup)
+        if "lora" in overrides.get(section, {}):
+            raise KormedError(f"{section}.lora: SFT and the loop continue the CPT adapter and keep its LoRA "
+                              "settings, so this would change nothing; set cpt.lora (and cpt_extended.lora)",
+                              field=f"{section}.lora")
     for section in ("cpt", "tokenizer", "sft", "loop"):
         _deep_update(values[section], overrides.get(section, {}))
     classes = {"cpt": CPTConfig, "tokenizer": TokenizerConfig, "sft": SFTConfig, "loop": LoopConfig}
