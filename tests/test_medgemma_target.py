@@ -193,3 +193,23 @@ def test_example_pipelines_load(name, tmp_path):
     ctx = resolve_configs(pipeline, default_specs(), log=lambda m: None)  # a stage that fails to import raises
     assert "medgemma" in pipeline.model
     assert ctx.configs["cpt"].model == pipeline.model
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma3_dir", "tiny_multimodal_dir"])
+def test_continuing_an_adapter_names_the_lora_settings_it_does_not_use(fixture, request):
+    """A continued adapter keeps its own rank and scale: the config's LoRA settings that differ are named (and
+    nothing when they match), whatever shape PEFT's target_modules has (the text-only or multimodal regex)."""
+    from peft import LoraConfig
+
+    from kormed.models import load_model
+    from kormed.train.engine.model_setup import lora_settings_not_used, lora_target_regex
+
+    base = load_model(str(request.getfixturevalue(fixture)), CPU)
+    adapter = LoraConfig(r=64, lora_alpha=64, lora_dropout=0.05, use_rslora=True,
+                         target_modules=lora_target_regex(base, ["v_proj", "q_proj"]))
+    assert lora_settings_not_used(LoraOptions(r=64, alpha=64, target_modules=["q_proj", "v_proj"]), adapter) == ""
+    assert lora_settings_not_used(LoraOptions(target_modules=["q_proj", "v_proj"]), adapter) == (
+        "r 16 (adapter: 64), alpha 32 (adapter: 64)")
+    assert lora_settings_not_used(LoraOptions(r=64, alpha=64), adapter) == (
+        "target_modules ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'] "
+        "(adapter: ['q_proj', 'v_proj'])")

@@ -244,6 +244,24 @@ def prepare_full_model(
     return model, tokenizer, info
 
 
+def target_module_names(target_modules: str | Sequence[str] | None) -> list[str]:
+    """The module names a PEFT target_modules holds: a list, or a regex of :func:`lora_target_regex`'s shape."""
+    if isinstance(target_modules, str):
+        found = re.search(r"\(([^()]*)\)$", target_modules)
+        return sorted({n.replace("\\", "") for n in found.group(1).split("|")}) if found else [target_modules]
+    return sorted(set(target_modules or []))
+
+
+def lora_settings_not_used(lora: LoraOptions, adapter_config: Any) -> str:
+    """The `lora` settings that differ from a continued adapter's PEFT config, as `name X (adapter: Y)` items."""
+    pairs = {"r": (lora.r, adapter_config.r), "alpha": (lora.alpha, adapter_config.lora_alpha),
+             "dropout": (lora.dropout, adapter_config.lora_dropout),
+             "use_rslora": (lora.use_rslora, adapter_config.use_rslora),
+             "target_modules": (sorted(set(lora.target_modules)), target_module_names(adapter_config.target_modules))}
+    return ", ".join(f"{name} {mine} (adapter: {theirs})" for name, (mine, theirs) in pairs.items()
+                     if mine != theirs)
+
+
 def prepare_model_for_training(
     model_name: str | None,
     adapter: str | Path | None = None,
@@ -287,6 +305,10 @@ def prepare_model_for_training(
         )
         model_path = str(model.base_model.model.config.name_or_path or model_name)
         log(f"[kormed] continuing adapter {adapter} (its LoRA settings are kept)")
+        unused = lora_settings_not_used(lora, model.peft_config[model.active_adapter])
+        if unused:
+            log(f"[kormed] this config's LoRA settings that differ from the adapter's are not used: {unused} "
+                "(the rank and scale are those the adapter was created with)")
     else:
         model_path = resolve_model(model_name, log=log)
         base_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
