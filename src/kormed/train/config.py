@@ -44,9 +44,9 @@ def report_to_names() -> tuple[str, ...]:
 class LoraOptions:
     """PEFT LoRA settings (rsLoRA by default) and optional embedding training."""
 
-    r: int = opt(16, "LoRA rank. 16 did best of 4, 16 and 64 (rsLoRA scale held) for CPT's medical gain and the loop's\n"
-                 "knowledge per unit of forgetting on the embedded 270M (benchmarks/README.md, \"LoRA rank\").",
-                 bounds=(1, None), aliases=("lora_r",))
+    r: int = opt(16, "LoRA rank. 16 did best of 4, 16 and 64 (rsLoRA scale held) for CPT's medical gain "
+                 "and the loop's\nknowledge per unit of forgetting on the embedded 270M (benchmarks/README.md, "
+                 "\"LoRA rank\").", bounds=(1, None), aliases=("lora_r",))
     alpha: int = opt(
         32, "LoRA alpha. With rsLoRA the update is scaled by alpha / sqrt(r) instead of alpha / r.", bounds=(1, None),
         aliases=("lora_alpha",),
