@@ -185,7 +185,7 @@ class BaseCache:
     the base scores the same on a copy. A reused result names the current run's files, not the run that scored it
     (:func:`rename_paths`)."""
 
-    PATH_OPTIONS = ("data", "fewshot_file", "dict", "char_dict", "heldout")  # keyed by content, through `data`
+    PATH_OPTIONS = ("data", "fewshot_file", "dict", "char_dict", "heldout")  # options keyed by content
 
     def __init__(self, cfg: Any, model_path: str, data: list[str | None], runtime: Any) -> None:
         import torch
@@ -194,7 +194,10 @@ class BaseCache:
         from kormed import __version__
         from kormed.models import cache_root
 
-        options = {k: v for k, v in asdict(cfg).items() if k not in ("output", "adapter", *self.PATH_OPTIONS)}
+        options = {k: v for k, v in asdict(cfg).items() if k not in ("output", "adapter")}
+        for name in self.PATH_OPTIONS:  # by content whatever `data` lists: a file left out must not go unkeyed
+            if options.get(name) and Path(options[name]).exists():
+                options[name] = tree_key(options[name])
         self.data = [str(d) if d else None for d in data]
         payload = {
             "version": EVAL_CACHE_VERSION, "kormed": __version__, "torch": torch.__version__,
